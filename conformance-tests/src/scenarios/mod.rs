@@ -1,0 +1,10 @@
+//! The scenarios, one async function per promise of the backend contract. Each takes a fresh
+//! [`Fixture`](crate::Fixture) and panics, with a message naming the broken promise, on failure.
+
+mod kv;
+mod lease;
+mod watch;
+
+pub use kv::*;
+pub use lease::*;
+pub use watch::*;

@@ -1,0 +1,215 @@
+//! The backend contract: the only thing a backend implements.
+//!
+//! A backend is a small, strongly consistent key-value store with leases and a revisioned change
+//! feed, scoped to one namespace. etcd, Consul, Redis and the in-memory backend each implement
+//! [`Backend`]; the engine (register, discover, directory, routing) runs unchanged over any of them,
+//! and the conformance suite checks every promise below against each.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::Result;
+use crate::lease::{Lease, LeaseId};
+use crate::watch::{KeyValue, Listing, WatchStream};
+
+/// A backend revision: a logical clock over every change in the backend's namespace.
+///
+/// Revisions strictly increase with every change (put, delete, revoke, expiry). They are comparable
+/// only within one backend namespace. Revision 0 is before any change.
+pub type Revision = u64;
+
+/// What a backend promises about itself, so that callers and the conformance suite read limits
+/// instead of hard-coding them.
+///
+/// Construct with [`Capabilities::default`] and the `with_*` methods; fields may be added in minor
+/// releases.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// The shortest TTL the backend grants. A shorter request is raised to it or rejected with
+    /// [`InvalidInput`](crate::ErrorKind::InvalidInput).
+    pub min_ttl: Duration,
+    /// The longest TTL the backend grants; longer requests are rejected with
+    /// [`InvalidInput`](crate::ErrorKind::InvalidInput).
+    pub max_ttl: Duration,
+    /// Granted TTLs are rounded up to a multiple of this.
+    pub ttl_granularity: Duration,
+    /// How late after its TTL (counted from the grant or the last successful keep-alive) an expired
+    /// lease's keys may still be visible. A key is never removed before its TTL has run out.
+    pub expiry_slack: Duration,
+    /// The longest key, in bytes, including nothing of the namespace.
+    pub max_key_len: usize,
+    /// The largest value, in bytes. A value of exactly this size is accepted; one byte more is
+    /// rejected with [`InvalidInput`](crate::ErrorKind::InvalidInput).
+    pub max_value_len: usize,
+    /// Whether a watch delivers every change. When `false` (Consul), several changes to one key made
+    /// between two reads of the backend may reach a watcher as only the last of them; the final state
+    /// is always delivered and revisions still strictly increase per key.
+    pub exact_history: bool,
+    /// An upper bound, under normal load, on the time between a change and its delivery to a watcher.
+    pub watch_delay: Duration,
+}
+
+impl Default for Capabilities {
+    /// Conservative defaults: 1 s minimum TTL, 1 day maximum, 1 ms granularity, 1 s slack, 1 KiB keys,
+    /// 1 MiB values, exact history, 1 s watch delay.
+    fn default() -> Self {
+        Capabilities {
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(86_400),
+            ttl_granularity: Duration::from_millis(1),
+            expiry_slack: Duration::from_secs(1),
+            max_key_len: 1024,
+            max_value_len: 1024 * 1024,
+            exact_history: true,
+            watch_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Capabilities {
+    /// Sets [`min_ttl`](Self::min_ttl).
+    pub fn with_min_ttl(mut self, v: Duration) -> Self {
+        self.min_ttl = v;
+        self
+    }
+    /// Sets [`max_ttl`](Self::max_ttl).
+    pub fn with_max_ttl(mut self, v: Duration) -> Self {
+        self.max_ttl = v;
+        self
+    }
+    /// Sets [`ttl_granularity`](Self::ttl_granularity).
+    pub fn with_ttl_granularity(mut self, v: Duration) -> Self {
+        self.ttl_granularity = v;
+        self
+    }
+    /// Sets [`expiry_slack`](Self::expiry_slack).
+    pub fn with_expiry_slack(mut self, v: Duration) -> Self {
+        self.expiry_slack = v;
+        self
+    }
+    /// Sets [`max_key_len`](Self::max_key_len).
+    pub fn with_max_key_len(mut self, v: usize) -> Self {
+        self.max_key_len = v;
+        self
+    }
+    /// Sets [`max_value_len`](Self::max_value_len).
+    pub fn with_max_value_len(mut self, v: usize) -> Self {
+        self.max_value_len = v;
+        self
+    }
+    /// Sets [`exact_history`](Self::exact_history).
+    pub fn with_exact_history(mut self, v: bool) -> Self {
+        self.exact_history = v;
+        self
+    }
+    /// Sets [`watch_delay`](Self::watch_delay).
+    pub fn with_watch_delay(mut self, v: Duration) -> Self {
+        self.watch_delay = v;
+        self
+    }
+
+    /// The TTL a backend with these capabilities grants for a request of `requested`: raised to the
+    /// minimum and rounded up to the granularity. `None` when it exceeds the maximum or is zero.
+    pub fn grant_ttl(&self, requested: Duration) -> Option<Duration> {
+        if requested.is_zero() || requested > self.max_ttl {
+            return None;
+        }
+        let ttl = requested.max(self.min_ttl);
+        let g = self.ttl_granularity.as_nanos().max(1);
+        let n = ttl.as_nanos().div_ceil(g) * g;
+        Some(Duration::from_nanos(u64::try_from(n).unwrap_or(u64::MAX)))
+    }
+}
+
+/// The backend contract.
+///
+/// All keys are relative to the backend's namespace (chosen when the backend is built) and follow the
+/// rules in [`crate::key`]; prefixes name directories (`a/b` matches `a/b/x`, not `a/bc`). Every method
+/// may fail with [`Unavailable`](crate::ErrorKind::Unavailable) or
+/// [`Timeout`](crate::ErrorKind::Timeout) when the backend cannot be reached, and with
+/// [`PermissionDenied`](crate::ErrorKind::PermissionDenied) when credentials are refused.
+///
+/// The trait is object-safe: the facade holds an `Arc<dyn Backend>` chosen at run time.
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug + 'static {
+    /// The backend's declared limits and guarantees.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Grants a lease with (at least) `ttl`. The returned [`Lease::ttl`] is the TTL actually granted.
+    ///
+    /// A zero TTL or one above [`Capabilities::max_ttl`] is
+    /// [`InvalidInput`](crate::ErrorKind::InvalidInput); one below [`Capabilities::min_ttl`] is
+    /// raised to it or rejected with `InvalidInput`.
+    async fn grant(&self, ttl: Duration) -> Result<Lease>;
+
+    /// Refreshes the lease so that it lives another full TTL from now, returning the remaining TTL
+    /// (at most the granted TTL).
+    ///
+    /// A lease that has expired, was revoked, or was never issued by this backend is
+    /// [`LeaseNotFound`](crate::ErrorKind::LeaseNotFound); once a lease is reported not found it
+    /// stays so, and all its keys are gone (or will be within [`Capabilities::expiry_slack`]).
+    async fn keep_alive(&self, lease: &LeaseId) -> Result<Duration>;
+
+    /// Revokes the lease, deleting every key attached to it in one atomic change; watchers receive
+    /// one delete event per key. An unknown or already revoked lease is
+    /// [`LeaseNotFound`](crate::ErrorKind::LeaseNotFound).
+    async fn revoke(&self, lease: &LeaseId) -> Result<()>;
+
+    /// Writes `value` at `key`, attached to `lease` when given (the key is deleted when the lease
+    /// ends) and detached from any previous lease otherwise. Returns the revision of the change.
+    ///
+    /// An invalid key or an oversized value is [`InvalidInput`](crate::ErrorKind::InvalidInput); a
+    /// lease that no longer exists is [`LeaseNotFound`](crate::ErrorKind::LeaseNotFound) and nothing
+    /// is written.
+    async fn put(&self, key: &str, value: Bytes, lease: Option<&LeaseId>) -> Result<Revision>;
+
+    /// Deletes `key`. Returns the revision of the delete, or `None` when there was no such key (no
+    /// change is made and watchers see nothing).
+    async fn delete(&self, key: &str) -> Result<Option<Revision>>;
+
+    /// Reads one key; `None` when absent.
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
+
+    /// Reads every key under `prefix`, in key order, as one consistent snapshot together with the
+    /// revision it reflects.
+    async fn list(&self, prefix: &str) -> Result<Listing>;
+
+    /// Streams the changes under `prefix` with a revision strictly greater than `after`.
+    ///
+    /// Events arrive in revision order with no gaps and no duplicates, including the deletes caused by
+    /// lease expiry and revoke (when [`Capabilities::exact_history`] is `false`, intermediate values of
+    /// one key may be skipped, never the latest). `after = 0` replays the retained history from the
+    /// start; `after = listing.revision` continues a [`list`](Self::list) without missing a change.
+    ///
+    /// When the backend can no longer serve history back to `after`, the call or the stream fails
+    /// with [`Compacted`](crate::ErrorKind::Compacted), carrying the oldest revision still available:
+    /// re-list and watch again. After yielding any error the stream ends.
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grant_ttl_rounds_and_raises() {
+        let caps = Capabilities::default()
+            .with_min_ttl(Duration::from_secs(2))
+            .with_ttl_granularity(Duration::from_secs(1))
+            .with_max_ttl(Duration::from_secs(100));
+        assert_eq!(
+            caps.grant_ttl(Duration::from_millis(500)),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            caps.grant_ttl(Duration::from_millis(2500)),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(caps.grant_ttl(Duration::ZERO), None);
+        assert_eq!(caps.grant_ttl(Duration::from_secs(101)), None);
+    }
+}

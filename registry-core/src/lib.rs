@@ -1,0 +1,15 @@
+#![doc = include_str!("../README.md")]
+
+pub mod backend;
+pub mod error;
+pub mod key;
+pub mod lease;
+pub mod watch;
+
+pub use backend::{Backend, Capabilities, Revision};
+pub use error::{Error, ErrorKind, Result};
+pub use lease::{Lease, LeaseId};
+pub use watch::{Event, EventKind, KeyValue, Listing, WatchStream};
+
+/// Re-exported so that backends and users name the same `Bytes` type.
+pub use bytes::Bytes;

@@ -1,0 +1,471 @@
+//! [`MemoryBackend`]: the contract implemented in process, with fault injection.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream;
+use registry_core::{
+    Backend, Capabilities, Error, Event, KeyValue, Lease, LeaseId, Listing, Result, Revision,
+    WatchStream, key,
+};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use crate::config::MemoryBuilder;
+use crate::state::{State, parse_lease};
+
+/// Lease ids are unique in the process, so a lease from one memory backend is never mistaken for
+/// one of another.
+static NEXT_LEASE: AtomicU64 = AtomicU64::new(1);
+
+/// How many retained events a watch stream copies out per lock acquisition.
+const WATCH_BATCH: usize = 512;
+
+/// An in-process backend: complete, strongly consistent, with bounded history and fault injection.
+///
+/// Clones share one store, so two registries in one test talk through one `MemoryBackend`. Lease
+/// expiry runs on tokio time: under `tokio::time::pause()` a test that sleeps past a TTL sees the
+/// lease expire instantly. Expired leases are removed by a background task (started with the first
+/// lease, on the runtime that granted it) and, in any case, before any operation observes the store.
+#[derive(Clone)]
+pub struct MemoryBackend {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    state: Mutex<State>,
+    caps: Capabilities,
+    /// Bumped (under the state lock) on every change and every fault that affects watchers.
+    changed: watch::Sender<u64>,
+    reaper_wake: Arc<Notify>,
+    reaper_started: AtomicBool,
+    faults: Faults,
+    counts: Counters,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Lets the reaper notice that the store is gone.
+        self.reaper_wake.notify_one();
+    }
+}
+
+struct Faults {
+    fail_next: AtomicU64,
+    unavailable: AtomicBool,
+    frozen: watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct Counters {
+    grant: AtomicU64,
+    keep_alive: AtomicU64,
+    revoke: AtomicU64,
+    put: AtomicU64,
+    delete: AtomicU64,
+    get: AtomicU64,
+    list: AtomicU64,
+    watch: AtomicU64,
+}
+
+/// How many calls of each contract operation a [`MemoryBackend`] has received (including calls that
+/// failed by fault injection). Tests use it to prove cost claims, such as one keep-alive per
+/// heartbeat however many services a process registers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OperationCounts {
+    /// Calls to `grant`.
+    pub grant: u64,
+    /// Calls to `keep_alive`.
+    pub keep_alive: u64,
+    /// Calls to `revoke`.
+    pub revoke: u64,
+    /// Calls to `put`.
+    pub put: u64,
+    /// Calls to `delete`.
+    pub delete: u64,
+    /// Calls to `get`.
+    pub get: u64,
+    /// Calls to `list`.
+    pub list: u64,
+    /// Calls to `watch`.
+    pub watch: u64,
+}
+
+impl OperationCounts {
+    /// The sum of all counts.
+    pub fn total(&self) -> u64 {
+        self.grant
+            + self.keep_alive
+            + self.revoke
+            + self.put
+            + self.delete
+            + self.get
+            + self.list
+            + self.watch
+    }
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        MemoryBackend::new()
+    }
+}
+
+impl fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.lock();
+        f.debug_struct("MemoryBackend")
+            .field("revision", &st.revision)
+            .field("keys", &st.keys.len())
+            .field("leases", &st.leases.len())
+            .field("history", &st.history.len())
+            .finish()
+    }
+}
+
+impl MemoryBackend {
+    /// A new, empty store with default capabilities and a history of 100,000 events.
+    pub fn new() -> Self {
+        MemoryBuilder::new().build()
+    }
+
+    /// A builder for history size and declared limits.
+    pub fn builder() -> MemoryBuilder {
+        MemoryBuilder::new()
+    }
+
+    pub(crate) fn from_parts(caps: Capabilities, history_limit: usize) -> Self {
+        let (changed, _) = watch::channel(0);
+        let (frozen, _) = watch::channel(false);
+        MemoryBackend {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::new(history_limit)),
+                caps,
+                changed,
+                reaper_wake: Arc::new(Notify::new()),
+                reaper_started: AtomicBool::new(false),
+                faults: Faults {
+                    fail_next: AtomicU64::new(0),
+                    unavailable: AtomicBool::new(false),
+                    frozen,
+                },
+                counts: Counters::default(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-written in a way that matters
+        // more than losing the whole store, so recover the guard.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Locks the store after applying due expiries (so no operation ever sees an expired lease).
+    fn lock_fresh(&self) -> MutexGuard<'_, State> {
+        let mut st = self.lock();
+        if st.expire_due(Instant::now()) {
+            self.notify(&st);
+        }
+        st
+    }
+
+    /// Wakes watchers; called with the state lock held so that no change is missed.
+    fn notify(&self, _held: &MutexGuard<'_, State>) {
+        self.inner.changed.send_modify(|v| *v += 1);
+    }
+
+    /// The current revision.
+    pub fn revision(&self) -> Revision {
+        self.lock_fresh().revision
+    }
+
+    /// The number of retained history events.
+    pub fn history_len(&self) -> usize {
+        self.lock().history.len()
+    }
+
+    /// Discards history at or below `revision`: a watch from an older revision then fails with
+    /// [`Compacted`](registry_core::ErrorKind::Compacted), as etcd does after compaction.
+    pub fn compact(&self, revision: Revision) {
+        let mut st = self.lock();
+        st.compact(revision);
+        self.notify(&st);
+    }
+
+    /// Makes the next `n` operations (of any kind, including opening a watch) fail with
+    /// [`Unavailable`](registry_core::ErrorKind::Unavailable).
+    pub fn fail_next(&self, n: u64) {
+        self.inner.faults.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Simulates an outage: while `down`, every operation fails with `Unavailable` and open watch
+    /// streams end with `Unavailable`. Time keeps running in the "server", so leases that are not
+    /// kept alive expire meanwhile, exactly as on a real server the client cannot reach.
+    pub fn set_unavailable(&self, down: bool) {
+        self.inner.faults.unavailable.store(down, Ordering::SeqCst);
+        if down {
+            self.drop_watches();
+        }
+    }
+
+    /// Ends every open watch stream with an `Unavailable` error (as a server restart would).
+    pub fn drop_watches(&self) {
+        let mut st = self.lock();
+        st.watch_epoch += 1;
+        self.notify(&st);
+    }
+
+    /// Freezes the backend: operations and watch deliveries hang until [`unfreeze`](Self::unfreeze)
+    /// (as with a server that accepts connections but stops answering). Leases keep expiring.
+    pub fn freeze(&self) {
+        self.inner.faults.frozen.send_replace(true);
+    }
+
+    /// Ends a [`freeze`](Self::freeze); hung operations proceed.
+    pub fn unfreeze(&self) {
+        self.inner.faults.frozen.send_replace(false);
+    }
+
+    /// How many calls of each operation this store has received.
+    pub fn operation_counts(&self) -> OperationCounts {
+        let c = &self.inner.counts;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        OperationCounts {
+            grant: l(&c.grant),
+            keep_alive: l(&c.keep_alive),
+            revoke: l(&c.revoke),
+            put: l(&c.put),
+            delete: l(&c.delete),
+            get: l(&c.get),
+            list: l(&c.list),
+            watch: l(&c.watch),
+        }
+    }
+
+    /// Counts a call, waits out a freeze, then applies injected failures.
+    async fn gate(&self, counter: &AtomicU64) -> Result<()> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        wait_unfrozen(&self.inner).await;
+        if self.inner.faults.unavailable.load(Ordering::SeqCst) {
+            return Err(Error::unavailable(
+                "memory backend is unavailable (fault injection)",
+            ));
+        }
+        let injected = self
+            .inner
+            .faults
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if injected {
+            return Err(Error::unavailable(
+                "memory backend failed this operation (fault injection)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn ensure_reaper(&self) {
+        if self.inner.reaper_started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Outside a tokio runtime expiry still happens, lazily, before every operation.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&self.inner);
+            let wake = self.inner.reaper_wake.clone();
+            rt.spawn(reaper(weak, wake));
+        } else {
+            self.inner.reaper_started.store(false, Ordering::SeqCst);
+        }
+    }
+
+    fn lease_id(id: &LeaseId) -> Result<u64> {
+        parse_lease(id).ok_or_else(|| {
+            Error::lease_not_found(format!("{id} is not a lease of the memory backend"))
+        })
+    }
+}
+
+async fn wait_unfrozen(inner: &Inner) {
+    let mut rx = inner.faults.frozen.subscribe();
+    // The sender lives in `inner`, so `wait_for` can only end by the predicate.
+    let _ = rx.wait_for(|frozen| !*frozen).await;
+}
+
+/// Removes expired leases at their deadline, so watchers see the deletes on time even when no one
+/// touches the store.
+async fn reaper(inner: Weak<Inner>, wake: Arc<Notify>) {
+    loop {
+        let next = {
+            let Some(inner) = inner.upgrade() else { return };
+            let backend = MemoryBackend { inner };
+            let st = backend.lock_fresh();
+            st.next_deadline()
+        };
+        match next {
+            Some(deadline) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for MemoryBackend {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.caps.clone()
+    }
+
+    async fn grant(&self, ttl: Duration) -> Result<Lease> {
+        self.gate(&self.inner.counts.grant).await?;
+        let caps = &self.inner.caps;
+        let granted = caps.grant_ttl(ttl).ok_or_else(|| {
+            Error::invalid(format!(
+                "TTL {ttl:?} is outside the allowed range (0, {:?}]",
+                caps.max_ttl
+            ))
+        })?;
+        let id = NEXT_LEASE.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut st = self.lock_fresh();
+            st.grant(id, granted, Instant::now());
+        }
+        self.ensure_reaper();
+        self.inner.reaper_wake.notify_one();
+        Ok(Lease {
+            id: LeaseId::new(id.to_string()),
+            ttl: granted,
+        })
+    }
+
+    async fn keep_alive(&self, lease: &LeaseId) -> Result<Duration> {
+        self.gate(&self.inner.counts.keep_alive).await?;
+        let id = Self::lease_id(lease)?;
+        let now = Instant::now();
+        self.lock_fresh().keep_alive(id, now)
+    }
+
+    async fn revoke(&self, lease: &LeaseId) -> Result<()> {
+        self.gate(&self.inner.counts.revoke).await?;
+        let id = Self::lease_id(lease)?;
+        let mut st = self.lock_fresh();
+        st.revoke(id)?;
+        self.notify(&st);
+        Ok(())
+    }
+
+    async fn put(&self, k: &str, value: Bytes, lease: Option<&LeaseId>) -> Result<Revision> {
+        self.gate(&self.inner.counts.put).await?;
+        key::validate_key(k, &self.inner.caps)?;
+        key::validate_value(&value, &self.inner.caps)?;
+        let lease = lease.map(Self::lease_id).transpose()?;
+        let mut st = self.lock_fresh();
+        let rev = st.put(k, value, lease)?;
+        self.notify(&st);
+        Ok(rev)
+    }
+
+    async fn delete(&self, k: &str) -> Result<Option<Revision>> {
+        self.gate(&self.inner.counts.delete).await?;
+        key::validate_key(k, &self.inner.caps)?;
+        let mut st = self.lock_fresh();
+        let rev = st.delete(k);
+        if rev.is_some() {
+            self.notify(&st);
+        }
+        Ok(rev)
+    }
+
+    async fn get(&self, k: &str) -> Result<Option<KeyValue>> {
+        self.gate(&self.inner.counts.get).await?;
+        key::validate_key(k, &self.inner.caps)?;
+        Ok(self.lock_fresh().get(k))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Listing> {
+        self.gate(&self.inner.counts.list).await?;
+        key::validate_prefix(prefix, &self.inner.caps)?;
+        Ok(self.lock_fresh().list(prefix))
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
+        self.gate(&self.inner.counts.watch).await?;
+        key::validate_prefix(prefix, &self.inner.caps)?;
+        let epoch = self.lock().watch_epoch;
+        let cursor = Cursor {
+            backend: self.clone(),
+            prefix: key::normalize_prefix(prefix).into_owned(),
+            after,
+            epoch,
+            buffer: VecDeque::new(),
+            rx: self.inner.changed.subscribe(),
+            done: false,
+        };
+        Ok(Box::pin(stream::unfold(cursor, Cursor::next)))
+    }
+}
+
+/// The state of one watch stream: a position in the shared history, so a slow reader costs no
+/// memory and loses nothing until history is compacted past it.
+struct Cursor {
+    backend: MemoryBackend,
+    prefix: String,
+    after: Revision,
+    epoch: u64,
+    buffer: VecDeque<Event>,
+    rx: watch::Receiver<u64>,
+    done: bool,
+}
+
+impl Cursor {
+    async fn next(mut self) -> Option<(Result<Event>, Cursor)> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if let Some(ev) = self.buffer.pop_front() {
+                return Some((Ok(ev), self));
+            }
+            wait_unfrozen(&self.backend.inner).await;
+            let failure = {
+                let backend = self.backend.clone();
+                let st = backend.lock_fresh();
+                if st.watch_epoch != self.epoch
+                    || backend.inner.faults.unavailable.load(Ordering::SeqCst)
+                {
+                    Some(Error::unavailable(
+                        "memory backend dropped the watch stream",
+                    ))
+                } else {
+                    // Mark the current notification as seen before reading, under the lock that
+                    // every change is made under: a change after this point wakes `changed()`.
+                    self.rx.mark_unchanged();
+                    match st.read_history(&self.prefix, self.after, WATCH_BATCH, &mut self.buffer) {
+                        Ok(cursor) => {
+                            self.after = cursor;
+                            None
+                        }
+                        Err(oldest) => Some(Error::compacted(oldest)),
+                    }
+                }
+            };
+            if let Some(err) = failure {
+                self.done = true;
+                return Some((Err(err), self));
+            }
+            if self.buffer.is_empty() && self.rx.changed().await.is_err() {
+                return None;
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! [`MemoryBuilder`]: history size and declared capabilities of a [`MemoryBackend`].
+
+use std::time::Duration;
+
+use registry_core::{Capabilities, Error, Result};
+
+use crate::MemoryBackend;
+
+/// Default number of retained history events.
+pub const DEFAULT_HISTORY: usize = 100_000;
+
+/// Builds a [`MemoryBackend`].
+///
+/// ```
+/// use registry_memory::MemoryBackend;
+/// // A small history makes the `Compacted` path easy to reach in tests.
+/// let backend = MemoryBackend::builder().history_limit(16).build();
+/// # drop(backend);
+/// ```
+#[derive(Clone, Debug)]
+pub struct MemoryBuilder {
+    history_limit: usize,
+    caps: Capabilities,
+}
+
+impl Default for MemoryBuilder {
+    fn default() -> Self {
+        MemoryBuilder::new()
+    }
+}
+
+impl MemoryBuilder {
+    /// Defaults: 100,000 retained events; minimum TTL 10 ms; expiry slack 50 ms; 1 KiB keys; 1 MiB
+    /// values.
+    pub fn new() -> Self {
+        MemoryBuilder {
+            history_limit: DEFAULT_HISTORY,
+            caps: Capabilities::default()
+                .with_min_ttl(Duration::from_millis(10))
+                .with_max_ttl(Duration::from_secs(7 * 86_400))
+                .with_ttl_granularity(Duration::from_millis(1))
+                .with_expiry_slack(Duration::from_millis(50))
+                .with_max_key_len(1024)
+                .with_max_value_len(1024 * 1024)
+                .with_exact_history(true)
+                .with_watch_delay(Duration::from_millis(500)),
+        }
+    }
+
+    /// Reads `memory://` URLs; the query may set `history=N` and `max_value=N` (bytes).
+    pub fn from_url(url: &str) -> Result<Self> {
+        let rest = url.strip_prefix("memory://").ok_or_else(|| {
+            Error::invalid(format!(
+                "`{url}` is not a memory URL; expected memory:// or memory://?history=1000"
+            ))
+        })?;
+        let mut b = MemoryBuilder::new();
+        let query = match rest.split_once('?') {
+            Some((_, q)) => q,
+            None => "",
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let n: usize = v.parse().map_err(|_| {
+                Error::invalid(format!("memory URL option `{k}` needs a number, got `{v}`"))
+            })?;
+            b = match k {
+                "history" => b.history_limit(n),
+                "max_value" => b.max_value_len(n),
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "unknown memory URL option `{k}` (known: history, max_value)"
+                    )));
+                }
+            };
+        }
+        Ok(b)
+    }
+
+    /// How many events the history retains before the oldest revisions are compacted away.
+    pub fn history_limit(mut self, events: usize) -> Self {
+        self.history_limit = events.max(1);
+        self
+    }
+
+    /// The largest value accepted.
+    pub fn max_value_len(mut self, bytes: usize) -> Self {
+        self.caps.max_value_len = bytes;
+        self
+    }
+
+    /// The shortest TTL granted (shorter requests are raised to it).
+    pub fn min_ttl(mut self, ttl: Duration) -> Self {
+        self.caps.min_ttl = ttl;
+        self
+    }
+
+    /// Replaces the declared capabilities wholesale.
+    pub fn capabilities(mut self, caps: Capabilities) -> Self {
+        self.caps = caps;
+        self
+    }
+
+    /// Creates the (empty) store.
+    pub fn build(self) -> MemoryBackend {
+        MemoryBackend::from_parts(self.caps, self.history_limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_options() {
+        assert!(MemoryBuilder::from_url("memory://").is_ok());
+        let b = MemoryBuilder::from_url("memory://?history=5&max_value=10").unwrap();
+        assert_eq!(b.history_limit, 5);
+        assert_eq!(b.caps.max_value_len, 10);
+        assert!(MemoryBuilder::from_url("memory://?colour=red").is_err());
+        assert!(MemoryBuilder::from_url("memory://?history=x").is_err());
+        assert!(MemoryBuilder::from_url("etcd://x").is_err());
+    }
+}

@@ -1,0 +1,8 @@
+#![doc = include_str!("../README.md")]
+
+mod backend;
+mod config;
+mod state;
+
+pub use backend::{MemoryBackend, OperationCounts};
+pub use config::{DEFAULT_HISTORY, MemoryBuilder};

@@ -1,0 +1,130 @@
+//! [`connect`]: a backend chosen at run time by URL scheme.
+
+use std::sync::Arc;
+
+use registry_core::{Backend, Error, ErrorKind, Result};
+
+/// The URL schemes `connect` understands, with the cargo feature each needs.
+pub const SCHEMES: &[(&str, &str)] = &[
+    ("memory", "memory"),
+    ("etcd", "etcd"),
+    ("consul", "consul"),
+    ("redis", "redis"),
+    ("rediss", "redis"),
+];
+
+/// Connects to the backend named by `url`'s scheme.
+///
+/// - `memory://` a fresh in-process store; `memory://NAME` the store of that name, shared by every
+///   `connect` in the process (so a demo's registrar and discoverer meet); options as in
+///   [`MemoryBuilder::from_url`](registry_memory::MemoryBuilder::from_url).
+/// - `etcd://host:port[,host:port]`, `consul://host:port`, `redis://host:port`,
+///   `rediss://host:port`: the backends of those crates, each behind its cargo feature.
+///
+/// A scheme whose feature is off is [`ErrorKind::Unsupported`], naming the feature to enable; an
+/// unknown scheme or a malformed URL is [`ErrorKind::InvalidInput`].
+pub async fn connect(url: &str) -> Result<Arc<dyn Backend>> {
+    let Some((scheme, _rest)) = url.split_once("://") else {
+        return Err(Error::invalid(format!(
+            "`{url}` is not a backend URL; expected SCHEME://..., for example memory:// or \
+             etcd://127.0.0.1:2379"
+        )));
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    match scheme.as_str() {
+        "memory" => memory(url),
+        "etcd" | "consul" | "redis" | "rediss" => not_yet(&scheme, url),
+        _ => Err(Error::invalid(format!(
+            "unknown backend scheme `{scheme}` in `{url}`; known schemes: {}",
+            SCHEMES
+                .iter()
+                .map(|(s, _)| format!("{s}://"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+fn feature_of(scheme: &str) -> &'static str {
+    SCHEMES
+        .iter()
+        .find(|(s, _)| *s == scheme)
+        .map_or("full", |(_, f)| f)
+}
+
+#[cfg(feature = "memory")]
+fn memory(url: &str) -> Result<Arc<dyn Backend>> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+
+    use registry_memory::{MemoryBackend, MemoryBuilder};
+
+    static NAMED: OnceLock<Mutex<HashMap<String, MemoryBackend>>> = OnceLock::new();
+
+    let builder = MemoryBuilder::from_url(url)?;
+    let rest = &url["memory://".len()..];
+    let name = rest.split(['?', '/']).next().unwrap_or("");
+    if name.is_empty() {
+        return Ok(Arc::new(builder.build()));
+    }
+    let mut named = NAMED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let backend = named
+        .entry(name.to_owned())
+        .or_insert_with(|| builder.build())
+        .clone();
+    Ok(Arc::new(backend))
+}
+
+#[cfg(not(feature = "memory"))]
+fn memory(url: &str) -> Result<Arc<dyn Backend>> {
+    not_yet("memory", url)
+}
+
+fn not_yet(scheme: &str, url: &str) -> Result<Arc<dyn Backend>> {
+    let feature = feature_of(scheme);
+    Err(Error::new(
+        ErrorKind::Unsupported,
+        format!(
+            "`{url}` needs the {scheme} backend, which this build does not include; enable the \
+             `{feature}` feature of the `registry` crate (or `full`)"
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn scheme_errors_are_clear() {
+        let e = connect("localhost:2379").await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.message().contains("memory://"), "{e}");
+        let e = connect("zookeeper://x").await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.message().contains("etcd://"), "{e}");
+    }
+
+    #[cfg(not(feature = "etcd"))]
+    #[tokio::test]
+    async fn disabled_feature_is_named() {
+        let e = connect("etcd://127.0.0.1:2379").await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+        assert!(e.message().contains("`etcd` feature"), "{e}");
+    }
+
+    #[cfg(feature = "memory")]
+    #[tokio::test]
+    async fn named_memory_stores_are_shared_and_anonymous_ones_are_not() {
+        use registry_core::Bytes;
+        let a = connect("memory://demo-share").await.unwrap();
+        let b = connect("memory://demo-share").await.unwrap();
+        let c = connect("memory://").await.unwrap();
+        a.put("k", Bytes::new(), None).await.unwrap();
+        assert!(b.get("k").await.unwrap().is_some());
+        assert!(c.get("k").await.unwrap().is_none());
+    }
+}
