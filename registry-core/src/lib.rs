@@ -1,12 +1,14 @@
 #![doc = include_str!("../README.md")]
 
 pub mod backend;
+pub mod engine;
 pub mod error;
 pub mod key;
 pub mod lease;
 pub mod watch;
 
 pub use backend::{Backend, Capabilities, Revision};
+pub use engine::{Directory, Instance, InstanceState, Registration, RegistrationState, Registry};
 pub use error::{Error, ErrorKind, Result};
 pub use lease::{Lease, LeaseId};
 pub use watch::{Event, EventKind, KeyValue, Listing, WatchStream};

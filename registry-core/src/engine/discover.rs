@@ -1,0 +1,488 @@
+//! Discover (Pulse's Discover, without polling): list, then watch from the listed revision; resume
+//! after a broken stream, re-list after `Compacted`, keep the last good view (marked stale) while
+//! the backend is unreachable, and skip values that do not decode.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+
+use super::backoff::Backoff;
+use super::directory::Directory;
+use super::instance::{Instance, Layout};
+use super::probe::{self, ProbeOptions};
+use crate::backend::{Backend, Revision};
+use crate::error::{Error, ErrorKind, Result};
+use crate::watch::{Event, EventKind, KeyValue};
+
+/// What a discovery covers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// One service.
+    Service(String),
+    /// Every service in the namespace.
+    All,
+}
+
+/// How a discovery runs.
+#[derive(Clone, Debug)]
+pub struct DiscoveryOptions {
+    poll: Option<Duration>,
+    op_timeout: Option<Duration>,
+    backoff_base: Duration,
+    backoff_max: Duration,
+    probe: Option<ProbeOptions>,
+}
+
+impl Default for DiscoveryOptions {
+    fn default() -> Self {
+        DiscoveryOptions {
+            poll: None,
+            op_timeout: None,
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            probe: None,
+        }
+    }
+}
+
+impl DiscoveryOptions {
+    /// Watch mode (the default): list once, then follow the backend's change feed.
+    pub fn new() -> Self {
+        DiscoveryOptions::default()
+    }
+
+    /// Poll mode (Pulse's): list every `interval` instead of watching. For parity, and for backends
+    /// whose watch is disabled.
+    pub fn poll(mut self, interval: Duration) -> Self {
+        self.poll = Some(interval);
+        self
+    }
+
+    /// Deadline for each list (default: the registry's operation timeout).
+    pub fn op_timeout(mut self, t: Duration) -> Self {
+        self.op_timeout = Some(t);
+        self
+    }
+
+    /// Retry backoff bounds after errors (default 100 ms to 5 s, jittered).
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.backoff_base = base;
+        self.backoff_max = max;
+        self
+    }
+
+    /// Probes instances for liveness and hides those that fail.
+    pub fn probe(mut self, probe: ProbeOptions) -> Self {
+        self.probe = Some(probe);
+        self
+    }
+
+    pub(crate) fn with_default_timeout(mut self, t: Duration) -> Self {
+        self.op_timeout.get_or_insert(t);
+        self
+    }
+}
+
+/// Counters of one discovery.
+#[derive(Debug, Default)]
+struct Stats {
+    lists: AtomicU64,
+    watches: AtomicU64,
+    events: AtomicU64,
+    malformed: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// A copy of a discovery's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DiscoveryCounts {
+    /// Full listings made (the first one, and every re-list after compaction or in poll mode).
+    pub lists: u64,
+    /// Watch streams opened (the first one and every resumption).
+    pub watches: u64,
+    /// Watch events applied.
+    pub events: u64,
+    /// Values under the namespace that did not decode and were skipped.
+    pub malformed: u64,
+    /// Backend errors met (each followed by a retry).
+    pub errors: u64,
+}
+
+/// A running discovery. Dropping it stops the discovery (the directory keeps the last view).
+pub struct Discovery {
+    directory: Directory,
+    stats: Arc<Stats>,
+    synced: watch::Receiver<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    scope: Scope,
+}
+
+impl fmt::Debug for Discovery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Discovery")
+            .field("scope", &self.scope)
+            .field("counts", &self.counts())
+            .finish()
+    }
+}
+
+impl Drop for Discovery {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Discovery {
+    pub(crate) async fn start(
+        backend: Arc<dyn Backend>,
+        layout: Layout,
+        directory: Directory,
+        scope: Scope,
+        opts: DiscoveryOptions,
+    ) -> Result<Discovery> {
+        if let Scope::Service(s) = &scope {
+            super::instance::validate_service(s)?;
+        }
+        let stats = Arc::new(Stats::default());
+        let (synced_tx, synced_rx) = watch::channel(false);
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        let worker = Worker {
+            backend,
+            layout,
+            directory: directory.clone(),
+            scope: scope.clone(),
+            opts: opts.clone(),
+            stats: stats.clone(),
+            view: BTreeMap::new(),
+            revision: 0,
+            logged: HashSet::new(),
+            synced: synced_tx,
+            first: Some(first_tx),
+        };
+        let mut tasks = vec![tokio::spawn(worker.run())];
+        if let Some(p) = opts.probe.clone() {
+            let dir = directory.clone();
+            let scope = scope.clone();
+            let services = move || match &scope {
+                Scope::Service(s) => vec![s.clone()],
+                Scope::All => dir.services(),
+            };
+            tasks.push(tokio::spawn(probe::run(directory.clone(), services, p)));
+        }
+        // Wait for the first attempt (success or failure) so `get` answers right away.
+        let _ = first_rx.await;
+        Ok(Discovery {
+            directory,
+            stats,
+            synced: synced_rx,
+            tasks,
+            scope,
+        })
+    }
+
+    /// The directory this discovery feeds.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// What this discovery covers.
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    /// The counters so far.
+    pub fn counts(&self) -> DiscoveryCounts {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        DiscoveryCounts {
+            lists: l(&self.stats.lists),
+            watches: l(&self.stats.watches),
+            events: l(&self.stats.events),
+            malformed: l(&self.stats.malformed),
+            errors: l(&self.stats.errors),
+        }
+    }
+
+    /// Waits until the view has been loaded from the backend at least once.
+    pub async fn synced(&self) {
+        let mut rx = self.synced.clone();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+/// The discovery loop's state: the decoded view, by service then id.
+struct Worker {
+    backend: Arc<dyn Backend>,
+    layout: Layout,
+    directory: Directory,
+    scope: Scope,
+    opts: DiscoveryOptions,
+    stats: Arc<Stats>,
+    view: BTreeMap<String, BTreeMap<String, Arc<Instance>>>,
+    revision: Revision,
+    /// Keys whose bad value was already logged (logged once per key until it changes to good).
+    logged: HashSet<String>,
+    synced: watch::Sender<bool>,
+    first: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+enum WatchEnd {
+    /// History is gone: list again.
+    Relist,
+    /// The stream broke or could not be opened: resume from the last revision after a pause.
+    Broken(Error),
+}
+
+impl Worker {
+    fn prefix(&self) -> String {
+        match &self.scope {
+            Scope::Service(s) => self.layout.service_prefix(s),
+            Scope::All => self.layout.all_prefix(),
+        }
+    }
+
+    fn op_timeout(&self) -> Duration {
+        self.opts.op_timeout.unwrap_or(Duration::from_secs(10))
+    }
+
+    fn services(&self) -> Vec<String> {
+        match &self.scope {
+            Scope::Service(s) => vec![s.clone()],
+            Scope::All => self.view.keys().cloned().collect(),
+        }
+    }
+
+    fn mark_stale(&self, stale: bool) {
+        for s in self.services() {
+            self.directory.set_stale(&s, stale);
+        }
+    }
+
+    fn first_done(&mut self) {
+        if let Some(tx) = self.first.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    async fn run(mut self) {
+        let mut backoff = Backoff::new(self.opts.backoff_base, self.opts.backoff_max);
+        loop {
+            match self.list().await {
+                Ok(()) => backoff.reset(),
+                Err(e) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(scope = ?self.scope, error = %e, "discovery: list failed; keeping the last view (stale)");
+                    self.mark_stale(true);
+                    if let Scope::Service(s) = &self.scope {
+                        self.directory.set_stale(s, true);
+                    }
+                    self.first_done();
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            }
+            self.first_done();
+            if let Some(interval) = self.opts.poll {
+                tokio::time::sleep(interval).await;
+                continue;
+            }
+            // Watch from the listing; resume after breaks; list again only when history is gone.
+            loop {
+                match self.follow().await {
+                    WatchEnd::Relist => break,
+                    WatchEnd::Broken(e) => {
+                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(scope = ?self.scope, error = %e, revision = self.revision, "discovery: watch broken; resuming");
+                        self.mark_stale(true);
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                }
+            }
+            tracing::info!(scope = ?self.scope, revision = self.revision, "discovery: history compacted; listing again");
+        }
+    }
+
+    async fn list(&mut self) -> Result<()> {
+        let prefix = self.prefix();
+        let listing = match timeout(self.op_timeout(), self.backend.list(&prefix)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(Error::new(ErrorKind::Timeout, "list timed out")),
+        };
+        self.stats.lists.fetch_add(1, Ordering::Relaxed);
+        let mut next: BTreeMap<String, BTreeMap<String, Arc<Instance>>> = BTreeMap::new();
+        if let Scope::Service(s) = &self.scope {
+            next.insert(s.clone(), BTreeMap::new());
+        }
+        let mut seen = HashSet::new();
+        for kv in &listing.entries {
+            seen.insert(kv.key.clone());
+            if let Some((service, inst)) = self.decode(kv) {
+                next.entry(service)
+                    .or_default()
+                    .insert(inst.id.clone(), inst);
+            }
+        }
+        self.logged.retain(|k| seen.contains(k));
+        // Services that vanished entirely are published empty: that is the backend's truth.
+        for service in self.view.keys() {
+            if !next.contains_key(service) {
+                self.directory
+                    .publish(service, BTreeMap::new(), listing.revision);
+            }
+        }
+        for (service, instances) in &next {
+            self.directory
+                .publish(service, instances.clone(), listing.revision);
+        }
+        self.view = next;
+        self.revision = listing.revision;
+        self.synced.send_replace(true);
+        Ok(())
+    }
+
+    /// Decodes one entry, or logs (once per key) and counts why it is skipped.
+    fn decode(&mut self, kv: &KeyValue) -> Option<(String, Arc<Instance>)> {
+        let r = match self.layout.parse(&kv.key) {
+            Some((service, id)) => {
+                Instance::decode(service, id, &kv.value).map(|i| (service.to_owned(), Arc::new(i)))
+            }
+            None => Err(Error::new(
+                ErrorKind::Decode,
+                "key does not have the shape {namespace}/{service}/{id}",
+            )),
+        };
+        match r {
+            Ok(v) => {
+                self.logged.remove(&kv.key);
+                Some(v)
+            }
+            Err(e) => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                if self.logged.insert(kv.key.clone()) {
+                    tracing::warn!(key = %kv.key, error = %e, "discovery: skipping a value that is not a valid instance");
+                }
+                None
+            }
+        }
+    }
+
+    async fn follow(&mut self) -> WatchEnd {
+        let prefix = self.prefix();
+        let opened = timeout(
+            self.op_timeout(),
+            self.backend.watch(&prefix, self.revision),
+        )
+        .await;
+        let mut stream = match opened {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) if e.kind() == ErrorKind::Compacted => return WatchEnd::Relist,
+            Ok(Err(e)) => return WatchEnd::Broken(e),
+            Err(_) => return WatchEnd::Broken(Error::new(ErrorKind::Timeout, "watch timed out")),
+        };
+        self.stats.watches.fetch_add(1, Ordering::Relaxed);
+        self.mark_stale(false);
+        loop {
+            let Some(item) = stream.next().await else {
+                return WatchEnd::Broken(Error::unavailable("watch stream ended"));
+            };
+            let mut batch = Vec::new();
+            match item {
+                Ok(ev) => batch.push(ev),
+                Err(e) if e.kind() == ErrorKind::Compacted => return WatchEnd::Relist,
+                Err(e) => return WatchEnd::Broken(e),
+            }
+            // Coalesce whatever is already buffered into one publication per service.
+            let mut end = None;
+            while let Some(Some(item)) = stream.next().now_or_never() {
+                match item {
+                    Ok(ev) => batch.push(ev),
+                    Err(e) if e.kind() == ErrorKind::Compacted => {
+                        end = Some(WatchEnd::Relist);
+                        break;
+                    }
+                    Err(e) => {
+                        end = Some(WatchEnd::Broken(e));
+                        break;
+                    }
+                }
+            }
+            self.apply(batch);
+            if let Some(end) = end {
+                return end;
+            }
+        }
+    }
+
+    fn apply(&mut self, events: Vec<Event>) {
+        let mut dirty = std::collections::BTreeSet::new();
+        for ev in events {
+            self.stats.events.fetch_add(1, Ordering::Relaxed);
+            self.revision = self.revision.max(ev.revision);
+            let parsed = self
+                .layout
+                .parse(&ev.key)
+                .map(|(s, i)| (s.to_owned(), i.to_owned()));
+            match ev.kind {
+                EventKind::Put => {
+                    let kv = KeyValue {
+                        key: ev.key.clone(),
+                        value: ev.value,
+                        revision: ev.revision,
+                        lease: None,
+                    };
+                    match self.decode(&kv) {
+                        Some((service, inst)) => {
+                            if self.in_scope(&service) {
+                                self.view
+                                    .entry(service.clone())
+                                    .or_default()
+                                    .insert(inst.id.clone(), inst);
+                                dirty.insert(service);
+                            }
+                        }
+                        None => {
+                            // A bad value replaced whatever was there: that instance is gone.
+                            if let Some((service, id)) = parsed {
+                                if let Some(m) = self.view.get_mut(&service) {
+                                    if m.remove(&id).is_some() {
+                                        dirty.insert(service);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                EventKind::Delete => {
+                    self.logged.remove(&ev.key);
+                    if let Some((service, id)) = parsed {
+                        if let Some(m) = self.view.get_mut(&service) {
+                            if m.remove(&id).is_some() {
+                                dirty.insert(service);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for service in dirty {
+            let instances = self.view.get(&service).cloned().unwrap_or_default();
+            self.directory.publish(&service, instances, self.revision);
+        }
+    }
+
+    fn in_scope(&self, service: &str) -> bool {
+        match &self.scope {
+            Scope::Service(s) => s == service,
+            Scope::All => true,
+        }
+    }
+}

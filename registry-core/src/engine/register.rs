@@ -1,0 +1,1066 @@
+//! Register (Pulse's Register, done right): publish instances under a lease, keep the lease alive,
+//! and when it is lost, get a new one and write everything again, forever, with a visible state.
+//!
+//! A [`Registry`] shares one lease among all its registrations by default, so keeping a process's
+//! registrations alive costs one keep-alive per heartbeat however many services it registers. A
+//! registration may ask for a lease of its own instead.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, sleep_until, timeout};
+
+use super::backoff::Backoff;
+use super::directory::Directory;
+use super::discover::{Discovery, DiscoveryOptions, Scope};
+use super::instance::{Instance, InstanceState, Layout};
+use crate::backend::Backend;
+use crate::error::{Error, ErrorKind, Result};
+use crate::lease::{Lease, LeaseId};
+
+/// The default namespace under which instances are stored.
+pub const DEFAULT_NAMESPACE: &str = "registry";
+/// Pulse's baseline TTL.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(15);
+/// Pulse's baseline heartbeat.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Where a registration stands. Watch it with [`Registration::watch_state`].
+#[derive(Clone, Debug)]
+pub enum RegistrationState {
+    /// Not yet written (waiting for the delay, or the first write is being retried).
+    Registering {
+        /// Why the last attempt failed, if one did.
+        last_error: Option<Error>,
+    },
+    /// Written and kept alive.
+    Registered {
+        /// When it was (last) written.
+        since: Instant,
+        /// The lease it is attached to.
+        lease: LeaseId,
+    },
+    /// The lease was lost (keep-alive said `LeaseNotFound`, or the backend was unreachable for
+    /// longer than the TTL): the instance is probably not visible to others. A new lease is being
+    /// obtained and the registration written again.
+    Lost {
+        /// When it was lost.
+        since: Instant,
+        /// The last error seen.
+        error: Error,
+    },
+    /// Deregistered (explicitly, by drain, or by dropping the handle).
+    Deregistered,
+}
+
+impl RegistrationState {
+    /// A short name: `registering`, `registered`, `lost`, `deregistered`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RegistrationState::Registering { .. } => "registering",
+            RegistrationState::Registered { .. } => "registered",
+            RegistrationState::Lost { .. } => "lost",
+            RegistrationState::Deregistered => "deregistered",
+        }
+    }
+
+    /// Whether the state is `Registered`.
+    pub fn is_registered(&self) -> bool {
+        matches!(self, RegistrationState::Registered { .. })
+    }
+}
+
+impl fmt::Display for RegistrationState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegistrationState::Lost { error, .. } => write!(f, "lost ({error})"),
+            RegistrationState::Registering {
+                last_error: Some(e),
+            } => write!(f, "registering (last attempt: {e})"),
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+/// Lease timing: how long a registration outlives its last heartbeat, and how often to beat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseOptions {
+    /// The lease TTL.
+    pub ttl: Duration,
+    /// The keep-alive period; must be shorter than the TTL.
+    pub heartbeat: Duration,
+}
+
+impl Default for LeaseOptions {
+    fn default() -> Self {
+        LeaseOptions {
+            ttl: DEFAULT_TTL,
+            heartbeat: DEFAULT_HEARTBEAT,
+        }
+    }
+}
+
+impl LeaseOptions {
+    /// Checks the options against the backend's declared limits.
+    fn validate(&self, backend: &dyn Backend) -> Result<()> {
+        let caps = backend.capabilities();
+        if self.ttl < caps.min_ttl {
+            return Err(Error::invalid(format!(
+                "TTL {:?} is below the backend's minimum TTL {:?}",
+                self.ttl, caps.min_ttl
+            )));
+        }
+        if self.ttl > caps.max_ttl {
+            return Err(Error::invalid(format!(
+                "TTL {:?} is above the backend's maximum TTL {:?}",
+                self.ttl, caps.max_ttl
+            )));
+        }
+        if self.heartbeat.is_zero() || self.heartbeat >= self.ttl {
+            return Err(Error::invalid(format!(
+                "heartbeat {:?} must be positive and shorter than the TTL {:?}",
+                self.heartbeat, self.ttl
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Per-registration options.
+#[derive(Clone, Debug, Default)]
+pub struct RegisterOptions {
+    delay: Option<Duration>,
+    dedicated: Option<LeaseOptions>,
+}
+
+impl RegisterOptions {
+    /// Default options: the registry's delay and its shared lease.
+    pub fn new() -> Self {
+        RegisterOptions::default()
+    }
+
+    /// Waits this long before the first write (Pulse's `delay`), overriding the registry's.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// Gives this registration a lease of its own, with its own TTL and heartbeat, instead of the
+    /// registry's shared lease.
+    pub fn dedicated_lease(mut self, lease: LeaseOptions) -> Self {
+        self.dedicated = Some(lease);
+        self
+    }
+}
+
+/// Counters of what a registry did, for tests, metrics and the bench.
+#[derive(Debug, Default)]
+pub struct RegistryStats {
+    grants: AtomicU64,
+    keep_alives: AtomicU64,
+    puts: AtomicU64,
+    deletes: AtomicU64,
+    revokes: AtomicU64,
+    lost: AtomicU64,
+    recoveries: AtomicU64,
+}
+
+/// A copy of [`RegistryStats`] at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RegistryCounts {
+    /// Leases granted.
+    pub grants: u64,
+    /// Keep-alives sent.
+    pub keep_alives: u64,
+    /// Instance documents written.
+    pub puts: u64,
+    /// Instance keys deleted.
+    pub deletes: u64,
+    /// Leases revoked.
+    pub revokes: u64,
+    /// Times a lease was declared lost.
+    pub lost: u64,
+    /// Times registrations were written again under a new lease after a loss.
+    pub recoveries: u64,
+}
+
+impl RegistryStats {
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The current counts.
+    pub fn counts(&self) -> RegistryCounts {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RegistryCounts {
+            grants: l(&self.grants),
+            keep_alives: l(&self.keep_alives),
+            puts: l(&self.puts),
+            deletes: l(&self.deletes),
+            revokes: l(&self.revokes),
+            lost: l(&self.lost),
+            recoveries: l(&self.recoveries),
+        }
+    }
+}
+
+/// Builds a [`Registry`].
+#[derive(Debug)]
+pub struct RegistryBuilder {
+    backend: Arc<dyn Backend>,
+    namespace: String,
+    lease: LeaseOptions,
+    delay: Duration,
+    op_timeout: Option<Duration>,
+    directory: Option<Directory>,
+}
+
+impl RegistryBuilder {
+    /// The namespace (key prefix) instances live under; default `registry`.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// The shared lease's TTL (default 15 s).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.lease.ttl = ttl;
+        self
+    }
+
+    /// The shared lease's keep-alive period (default 5 s).
+    pub fn heartbeat(mut self, heartbeat: Duration) -> Self {
+        self.lease.heartbeat = heartbeat;
+        self
+    }
+
+    /// The default wait before a registration's first write (default none).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// The deadline for each backend call made by the registry (default: the heartbeat, at most
+    /// 10 s). A call past it counts as a temporary failure.
+    pub fn op_timeout(mut self, t: Duration) -> Self {
+        self.op_timeout = Some(t);
+        self
+    }
+
+    /// Feeds discoveries into an existing directory instead of a new one.
+    pub fn directory(mut self, directory: Directory) -> Self {
+        self.directory = Some(directory);
+        self
+    }
+
+    /// Validates the options against the backend's capabilities and builds the registry. A TTL
+    /// below the backend's minimum is an error naming both; so is a heartbeat not shorter than the
+    /// TTL.
+    pub fn build(self) -> Result<Registry> {
+        let layout = Layout::new(&self.namespace)?;
+        self.lease.validate(&*self.backend)?;
+        let op_timeout = self
+            .op_timeout
+            .unwrap_or_else(|| self.lease.heartbeat.min(Duration::from_secs(10)));
+        let (halt, _) = watch::channel(false);
+        Ok(Registry {
+            inner: Arc::new(RegistryInner {
+                backend: self.backend,
+                layout,
+                lease: self.lease,
+                delay: self.delay,
+                op_timeout,
+                directory: self.directory.unwrap_or_default(),
+                shared: Mutex::new(None),
+                stats: Arc::new(RegistryStats::default()),
+                halt,
+            }),
+        })
+    }
+}
+
+/// A process's registry: registers instances (sharing one lease) and discovers services into its
+/// [`Directory`]. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<RegistryInner>,
+}
+
+struct RegistryInner {
+    backend: Arc<dyn Backend>,
+    layout: Layout,
+    lease: LeaseOptions,
+    delay: Duration,
+    op_timeout: Duration,
+    directory: Directory,
+    shared: Mutex<Option<mpsc::UnboundedSender<Cmd>>>,
+    stats: Arc<RegistryStats>,
+    halt: watch::Sender<bool>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("backend", &self.inner.backend)
+            .field("namespace", &self.inner.layout.namespace())
+            .field("lease", &self.inner.lease)
+            .finish()
+    }
+}
+
+impl Registry {
+    /// A builder over `backend`.
+    pub fn builder(backend: Arc<dyn Backend>) -> RegistryBuilder {
+        RegistryBuilder {
+            backend,
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            lease: LeaseOptions::default(),
+            delay: Duration::ZERO,
+            op_timeout: None,
+            directory: None,
+        }
+    }
+
+    /// A registry with default options (TTL 15 s, heartbeat 5 s, namespace `registry`).
+    pub fn new(backend: Arc<dyn Backend>) -> Result<Registry> {
+        Registry::builder(backend).build()
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    /// The namespace instances live under.
+    pub fn namespace(&self) -> &str {
+        self.inner.layout.namespace()
+    }
+
+    /// The shared lease's options.
+    pub fn lease_options(&self) -> LeaseOptions {
+        self.inner.lease
+    }
+
+    /// The directory discoveries of this registry feed.
+    pub fn directory(&self) -> &Directory {
+        &self.inner.directory
+    }
+
+    /// What this registry has done so far.
+    pub fn stats(&self) -> RegistryCounts {
+        self.inner.stats.counts()
+    }
+
+    /// Registers `instance` with the registry's defaults. See [`register_with`](Self::register_with).
+    pub async fn register(&self, instance: Instance) -> Result<Registration> {
+        self.register_with(instance, RegisterOptions::default())
+            .await
+    }
+
+    /// Registers `instance` and keeps it registered until the handle is deregistered or dropped.
+    ///
+    /// Without a delay, returns once the first write has been attempted: `Ok` with the handle in
+    /// state `Registered` on success, or in state `Registering` when the backend is temporarily
+    /// unreachable (it keeps trying in the background: see [`Registration::registered`]). Invalid
+    /// instances, an instance already registered by this registry, and permanent refusals
+    /// (`PermissionDenied`, ...) are errors. With a delay, returns at once in state `Registering`.
+    pub async fn register_with(
+        &self,
+        instance: Instance,
+        opts: RegisterOptions,
+    ) -> Result<Registration> {
+        instance.validate()?;
+        let keeper = match opts.dedicated {
+            Some(lease) => {
+                lease.validate(&*self.inner.backend)?;
+                self.spawn_keeper(lease)
+            }
+            None => self.shared_keeper(),
+        };
+        let key = self.inner.layout.key(&instance.service, &instance.id);
+        let (state_tx, state_rx) =
+            watch::channel(RegistrationState::Registering { last_error: None });
+        let value = instance.encode();
+        let delay = opts.delay.unwrap_or(self.inner.delay);
+        let handle = Registration {
+            key: key.clone(),
+            instance: Mutex::new(instance),
+            keeper: keeper.clone(),
+            state: state_rx,
+            live: true,
+        };
+        if delay.is_zero() {
+            let (done_tx, done_rx) = oneshot::channel();
+            send(
+                &keeper,
+                Cmd::Add {
+                    key,
+                    value,
+                    state: state_tx,
+                    done: Some(done_tx),
+                },
+            )?;
+            match done_rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if e.is_temporary() || e.kind() == ErrorKind::LeaseNotFound => {}
+                Ok(Err(e)) => {
+                    let mut handle = handle;
+                    handle.live = false;
+                    return Err(e);
+                }
+                Err(_) => return Err(closed()),
+            }
+        } else {
+            let keeper = keeper.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = keeper.send(Cmd::Add {
+                    key,
+                    value,
+                    state: state_tx,
+                    done: None,
+                });
+            });
+        }
+        Ok(handle)
+    }
+
+    /// Starts discovering `service` into this registry's directory; returns once the first listing
+    /// is loaded (or the first attempt failed: the view is then marked stale and retried). Stops when
+    /// the returned handle is dropped.
+    pub async fn discover(&self, service: &str) -> Result<Discovery> {
+        self.discover_with(
+            Scope::Service(service.to_owned()),
+            DiscoveryOptions::default(),
+        )
+        .await
+    }
+
+    /// Discovers every service in the namespace.
+    pub async fn discover_all(&self) -> Result<Discovery> {
+        self.discover_with(Scope::All, DiscoveryOptions::default())
+            .await
+    }
+
+    /// Discovers `scope` with explicit options (poll mode, probing, backoff).
+    pub async fn discover_with(&self, scope: Scope, opts: DiscoveryOptions) -> Result<Discovery> {
+        Discovery::start(
+            self.inner.backend.clone(),
+            self.inner.layout.clone(),
+            self.inner.directory.clone(),
+            scope,
+            opts.with_default_timeout(self.inner.op_timeout),
+        )
+        .await
+    }
+
+    /// Stops every keep-alive of this registry at once without deregistering anything, as if the
+    /// process had crashed: its instances disappear when their leases expire. For tests and demos.
+    pub fn crash(&self) {
+        self.inner.halt.send_replace(true);
+    }
+
+    fn shared_keeper(&self) -> mpsc::UnboundedSender<Cmd> {
+        let mut shared = self.inner.shared.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = shared.as_ref().filter(|tx| !tx.is_closed()) {
+            return tx.clone();
+        }
+        let tx = self.spawn_keeper(self.inner.lease);
+        *shared = Some(tx.clone());
+        tx
+    }
+
+    fn spawn_keeper(&self, lease: LeaseOptions) -> mpsc::UnboundedSender<Cmd> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let keeper = Keeper {
+            backend: self.inner.backend.clone(),
+            opts: lease,
+            op_timeout: self.inner.op_timeout,
+            lease: None,
+            last_ok: Instant::now(),
+            members: BTreeMap::new(),
+            pending_deletes: BTreeSet::new(),
+            backoff: Backoff::new(
+                Duration::from_millis(100).min(lease.heartbeat / 2),
+                lease.heartbeat.max(Duration::from_millis(200)),
+            ),
+            next_tick: None,
+            stats: self.inner.stats.clone(),
+        };
+        tokio::spawn(keeper.run(rx, self.inner.halt.subscribe()));
+        tx
+    }
+}
+
+fn closed() -> Error {
+    Error::new(ErrorKind::Closed, "the registry's lease keeper has stopped")
+}
+
+fn send(tx: &mpsc::UnboundedSender<Cmd>, cmd: Cmd) -> Result<()> {
+    tx.send(cmd).map_err(|_| closed())
+}
+
+/// A live registration. Dropping it deregisters in the background; use
+/// [`deregister`](Self::deregister) or [`drain`](Self::drain) to wait for it.
+pub struct Registration {
+    key: String,
+    instance: Mutex<Instance>,
+    keeper: mpsc::UnboundedSender<Cmd>,
+    state: watch::Receiver<RegistrationState>,
+    live: bool,
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration")
+            .field("key", &self.key)
+            .field("state", &self.state.borrow().name())
+            .finish()
+    }
+}
+
+impl Registration {
+    /// The backend key of this instance.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The instance as last written.
+    pub fn instance(&self) -> Instance {
+        self.instance
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The current state.
+    pub fn state(&self) -> RegistrationState {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver that wakes on every state change.
+    pub fn watch_state(&self) -> watch::Receiver<RegistrationState> {
+        self.state.clone()
+    }
+
+    /// Waits until the registration is (again) `Registered`.
+    pub async fn registered(&self) -> Result<()> {
+        let mut rx = self.state.clone();
+        let r = rx
+            .wait_for(|s| {
+                matches!(
+                    s,
+                    RegistrationState::Registered { .. } | RegistrationState::Deregistered
+                )
+            })
+            .await
+            .map_err(|_| closed())?;
+        match &*r {
+            RegistrationState::Registered { .. } => Ok(()),
+            _ => Err(Error::new(
+                ErrorKind::Closed,
+                "registration was deregistered",
+            )),
+        }
+    }
+
+    async fn rewrite(&self, f: impl FnOnce(&mut Instance)) -> Result<()> {
+        let value = {
+            let mut inst = self.instance.lock().unwrap_or_else(|p| p.into_inner());
+            let mut next = inst.clone();
+            f(&mut next);
+            next.validate()?;
+            *inst = next;
+            inst.encode()
+        };
+        let (done_tx, done_rx) = oneshot::channel();
+        send(
+            &self.keeper,
+            Cmd::Update {
+                key: self.key.clone(),
+                value,
+                done: done_tx,
+            },
+        )?;
+        done_rx.await.map_err(|_| closed())?
+    }
+
+    /// Takes the instance out of routing (`false`) or back in (`true`), keeping it listed
+    /// (Dispatch's disable/enable). If the write fails, the new state is still written at the next
+    /// successful attempt.
+    pub async fn set_online(&self, online: bool) -> Result<()> {
+        let state = if online {
+            InstanceState::Online
+        } else {
+            InstanceState::Offline
+        };
+        self.rewrite(|i| i.state = state).await
+    }
+
+    /// Replaces the metadata in place.
+    pub async fn set_metadata(&self, metadata: BTreeMap<String, String>) -> Result<()> {
+        self.rewrite(|i| i.metadata = metadata).await
+    }
+
+    /// Updates metadata with `f`.
+    pub async fn update(&self, f: impl FnOnce(&mut Instance)) -> Result<()> {
+        self.rewrite(|i| {
+            let (service, id) = (i.service.clone(), i.id.clone());
+            f(i);
+            // Identity cannot change: it is the key.
+            i.service = service;
+            i.id = id;
+        })
+        .await
+    }
+
+    /// Deregisters at once: the key is deleted (or the dedicated lease revoked) before this returns.
+    /// If the backend is unreachable the delete is retried in the background, and the key goes
+    /// with its lease in any case.
+    pub async fn deregister(mut self) -> Result<()> {
+        self.live = false;
+        let (done_tx, done_rx) = oneshot::channel();
+        send(
+            &self.keeper,
+            Cmd::Remove {
+                key: self.key.clone(),
+                done: Some(done_tx),
+            },
+        )?;
+        done_rx.await.map_err(|_| closed())?
+    }
+
+    /// Graceful shutdown: goes offline (out of routing, still listed), keeps serving for `grace`,
+    /// then deregisters.
+    pub async fn drain(self, grace: Duration) -> Result<()> {
+        if let Err(e) = self.set_online(false).await {
+            tracing::warn!(key = %self.key, error = %e, "drain: could not mark offline; deregistering after the grace period anyway");
+        }
+        tokio::time::sleep(grace).await;
+        self.deregister().await
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if self.live {
+            let _ = self.keeper.send(Cmd::Remove {
+                key: self.key.clone(),
+                done: None,
+            });
+        }
+    }
+}
+
+enum Cmd {
+    Add {
+        key: String,
+        value: Bytes,
+        state: watch::Sender<RegistrationState>,
+        done: Option<oneshot::Sender<Result<()>>>,
+    },
+    Update {
+        key: String,
+        value: Bytes,
+        done: oneshot::Sender<Result<()>>,
+    },
+    Remove {
+        key: String,
+        done: Option<oneshot::Sender<Result<()>>>,
+    },
+}
+
+struct Member {
+    value: Bytes,
+    state: watch::Sender<RegistrationState>,
+    written: bool,
+}
+
+/// Owns one lease and the registrations attached to it.
+struct Keeper {
+    backend: Arc<dyn Backend>,
+    opts: LeaseOptions,
+    op_timeout: Duration,
+    lease: Option<Lease>,
+    /// The last moment the backend confirmed the lease (grant or keep-alive).
+    last_ok: Instant,
+    members: BTreeMap<String, Member>,
+    /// Keys deregistered while the backend was unreachable, still attached to the live lease.
+    pending_deletes: BTreeSet<String>,
+    backoff: Backoff,
+    next_tick: Option<Instant>,
+    stats: Arc<RegistryStats>,
+}
+
+impl Keeper {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>, mut halt: watch::Receiver<bool>) {
+        loop {
+            let tick = self.next_tick;
+            tokio::select! {
+                biased;
+                // The registry may be dropped while handles live on; only a real halt stops us.
+                true = async { halt.wait_for(|h| *h).await.is_ok() } => {
+                    tracing::warn!("registry halted: keep-alives stopped without deregistering");
+                    return;
+                }
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd).await,
+                    None => {
+                        // Every handle and the registry are gone: nothing is left to keep.
+                        if let Some(lease) = self.lease.take() {
+                            let _ = self.call(self.backend.revoke(&lease.id)).await;
+                        }
+                        return;
+                    }
+                },
+                _ = sleep_until(tick.unwrap_or_else(far_future)), if tick.is_some() => self.tick().await,
+            }
+        }
+    }
+
+    async fn call<T>(&self, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        match timeout(self.op_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("backend did not answer within {:?}", self.op_timeout),
+            )),
+        }
+    }
+
+    fn schedule_heartbeat(&mut self) {
+        self.backoff.reset();
+        self.next_tick = if self.members.is_empty() && self.pending_deletes.is_empty() {
+            None
+        } else {
+            Some(Instant::now() + self.opts.heartbeat)
+        };
+    }
+
+    fn schedule_retry(&mut self) {
+        let mut at = Instant::now() + self.backoff.next_delay();
+        // While the lease may still be alive, retry before it would run out.
+        if self.lease.is_some() {
+            let expiry = self.last_ok + self.opts.ttl;
+            if at > expiry {
+                at = expiry.max(Instant::now());
+            }
+        }
+        self.next_tick = Some(at);
+    }
+
+    async fn handle(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Add {
+                key,
+                value,
+                state,
+                done,
+            } => {
+                if self.members.contains_key(&key) {
+                    let e = Error::invalid(format!("{key} is already registered by this registry"));
+                    state.send_replace(RegistrationState::Deregistered);
+                    if let Some(done) = done {
+                        let _ = done.send(Err(e));
+                    }
+                    return;
+                }
+                self.pending_deletes.remove(&key);
+                self.members.insert(
+                    key.clone(),
+                    Member {
+                        value,
+                        state,
+                        written: false,
+                    },
+                );
+                let result = self.write_pending().await;
+                let mine = match self.members.get(&key) {
+                    Some(m) if m.written => Ok(()),
+                    _ => Err(result
+                        .err()
+                        .unwrap_or_else(|| Error::unavailable("registration not written yet"))),
+                };
+                if let Err(e) = &mine {
+                    if !(e.is_temporary() || e.kind() == ErrorKind::LeaseNotFound) {
+                        // Refused for good: the caller gets the error and no handle.
+                        if let Some(m) = self.members.remove(&key) {
+                            m.state.send_replace(RegistrationState::Deregistered);
+                        }
+                    }
+                }
+                if let Some(done) = done {
+                    let _ = done.send(mine);
+                }
+            }
+            Cmd::Update { key, value, done } => {
+                let result = match self.members.get_mut(&key) {
+                    None => Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!("{key} is not registered"),
+                    )),
+                    Some(m) => {
+                        m.value = value;
+                        m.written = false;
+                        let _ = self.write_pending().await;
+                        match self.members.get(&key) {
+                            Some(m) if m.written => Ok(()),
+                            _ => Err(Error::unavailable(format!(
+                                "{key}: update not written yet; it will be at the next attempt"
+                            ))),
+                        }
+                    }
+                };
+                let _ = done.send(result);
+            }
+            Cmd::Remove { key, done } => {
+                let result = self.remove(&key).await;
+                if let Some(done) = done {
+                    let _ = done.send(result);
+                }
+            }
+        }
+    }
+
+    async fn remove(&mut self, key: &str) -> Result<()> {
+        let Some(member) = self.members.remove(key) else {
+            return Ok(());
+        };
+        member.state.send_replace(RegistrationState::Deregistered);
+        tracing::info!(key, "deregistering");
+        let Some(lease) = self.lease.clone() else {
+            // No lease: nothing of ours is in the backend.
+            self.schedule_heartbeat_if_idle();
+            return Ok(());
+        };
+        let result = if self.members.is_empty() {
+            // Last one out revokes the lease: deletes the key and stops the heartbeat.
+            let r = self.call(self.backend.revoke(&lease.id)).await;
+            match &r {
+                Ok(()) => {
+                    RegistryStats::bump(&self.stats.revokes);
+                    self.lease = None;
+                    self.pending_deletes.clear();
+                }
+                Err(e) if e.kind() == ErrorKind::LeaseNotFound => {
+                    self.lease = None;
+                    self.pending_deletes.clear();
+                }
+                Err(_) => {
+                    self.pending_deletes.insert(key.to_owned());
+                }
+            }
+            r.or_else(|e| {
+                if e.kind() == ErrorKind::LeaseNotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+        } else {
+            // Delete even if the last write failed: an older value may still be attached.
+            match self.delete_if_ours(key, &lease.id).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    self.pending_deletes.insert(key.to_owned());
+                    Err(e)
+                }
+            }
+        };
+        if let Err(e) = &result {
+            tracing::warn!(key, error = %e, "deregistration failed; retrying in the background");
+            self.schedule_retry();
+        } else {
+            self.schedule_heartbeat_if_idle();
+        }
+        result
+    }
+
+    fn schedule_heartbeat_if_idle(&mut self) {
+        if self.members.is_empty() && self.pending_deletes.is_empty() {
+            self.next_tick = None;
+        }
+    }
+
+    async fn tick(&mut self) {
+        self.next_tick = None;
+        let Some(lease) = self.lease.clone() else {
+            let _ = self.write_pending().await;
+            return;
+        };
+        let ka = self.call(self.backend.keep_alive(&lease.id)).await;
+        RegistryStats::bump(&self.stats.keep_alives);
+        match ka {
+            Ok(_) => {
+                self.last_ok = Instant::now();
+                self.retry_deletes(&lease.id).await;
+                if self.members.is_empty() && self.pending_deletes.is_empty() {
+                    // Only deletes were pending and they are done: the lease has no purpose left.
+                    if self.call(self.backend.revoke(&lease.id)).await.is_ok() {
+                        RegistryStats::bump(&self.stats.revokes);
+                    }
+                    self.lease = None;
+                    self.next_tick = None;
+                    return;
+                }
+                let _ = self.write_pending().await;
+            }
+            Err(e) if e.kind() == ErrorKind::LeaseNotFound => {
+                self.lose(e);
+                let _ = self.write_pending().await;
+            }
+            Err(e) => {
+                if self.last_ok.elapsed() >= self.opts.ttl {
+                    self.lose(e);
+                    let _ = self.write_pending().await;
+                } else {
+                    tracing::warn!(error = %e, "keep-alive failed; retrying while the lease may still be alive");
+                    self.schedule_retry();
+                }
+            }
+        }
+    }
+
+    async fn retry_deletes(&mut self, lease: &LeaseId) {
+        let keys: Vec<String> = self.pending_deletes.iter().cloned().collect();
+        for key in keys {
+            if self.delete_if_ours(&key, lease).await.is_ok() {
+                self.pending_deletes.remove(&key);
+            }
+        }
+    }
+
+    /// Deletes `key` only while it is still attached to our lease: by the time a deferred delete
+    /// runs, another process may have registered the same instance, and that registration is not
+    /// ours to remove.
+    async fn delete_if_ours(&self, key: &str, lease: &LeaseId) -> Result<()> {
+        let current = self.call(self.backend.get(key)).await?;
+        if current.is_some_and(|kv| kv.lease.as_ref() == Some(lease)) {
+            self.call(self.backend.delete(key)).await?;
+            RegistryStats::bump(&self.stats.deletes);
+        }
+        Ok(())
+    }
+
+    /// The lease is gone (or must be presumed gone): every registration is lost until written again.
+    fn lose(&mut self, error: Error) {
+        RegistryStats::bump(&self.stats.lost);
+        tracing::warn!(error = %error, members = self.members.len(), "lease lost; registrations will be written again under a new lease");
+        self.lease = None;
+        self.pending_deletes.clear();
+        let since = Instant::now();
+        for (key, m) in &mut self.members {
+            m.written = false;
+            let was_registered = m.state.borrow().is_registered()
+                || matches!(&*m.state.borrow(), RegistrationState::Lost { .. });
+            if was_registered {
+                tracing::warn!(key = %key, "registration lost");
+                m.state.send_replace(RegistrationState::Lost {
+                    since,
+                    error: error.clone(),
+                });
+            }
+        }
+    }
+
+    /// Writes every unwritten registration, granting a lease first if there is none. Schedules the
+    /// next tick: a heartbeat on success, a jittered retry on failure.
+    async fn write_pending(&mut self) -> Result<()> {
+        let result = self.try_write_pending().await;
+        match &result {
+            Ok(()) => self.schedule_heartbeat(),
+            Err(e) => {
+                let e = e.clone();
+                for (key, m) in &mut self.members {
+                    if m.written {
+                        continue;
+                    }
+                    let next = match &*m.state.borrow() {
+                        RegistrationState::Lost { since, .. } => RegistrationState::Lost {
+                            since: *since,
+                            error: e.clone(),
+                        },
+                        _ => RegistrationState::Registering {
+                            last_error: Some(e.clone()),
+                        },
+                    };
+                    tracing::debug!(key = %key, error = %e, "registration write failed; retrying");
+                    m.state.send_replace(next);
+                }
+                self.schedule_retry();
+            }
+        }
+        result
+    }
+
+    async fn try_write_pending(&mut self) -> Result<()> {
+        if self.members.values().all(|m| m.written) {
+            return Ok(());
+        }
+        let recovering = self
+            .members
+            .values()
+            .any(|m| matches!(&*m.state.borrow(), RegistrationState::Lost { .. }));
+        let lease = match self.lease.clone() {
+            Some(l) => l,
+            None => {
+                let l = self.call(self.backend.grant(self.opts.ttl)).await?;
+                RegistryStats::bump(&self.stats.grants);
+                tracing::debug!(lease = %l.id, ttl = ?l.ttl, "lease granted");
+                self.last_ok = Instant::now();
+                self.lease = Some(l.clone());
+                l
+            }
+        };
+        let keys: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| !m.written)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            let value = self.members[&key].value.clone();
+            let r = self
+                .call(self.backend.put(&key, value, Some(&lease.id)))
+                .await;
+            match r {
+                Ok(_) => {
+                    RegistryStats::bump(&self.stats.puts);
+                    if let Some(m) = self.members.get_mut(&key) {
+                        m.written = true;
+                        if !m.state.borrow().is_registered() {
+                            tracing::info!(key = %key, lease = %lease.id, "registered");
+                        }
+                        m.state.send_replace(RegistrationState::Registered {
+                            since: Instant::now(),
+                            lease: lease.id.clone(),
+                        });
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::LeaseNotFound => {
+                    self.lose(e.clone());
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if recovering {
+            RegistryStats::bump(&self.stats.recoveries);
+            tracing::info!(
+                members = self.members.len(),
+                "registrations restored under a new lease"
+            );
+        }
+        Ok(())
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
