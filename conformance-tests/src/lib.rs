@@ -6,7 +6,7 @@
 //! `cargo test -p registry-memory lease_` runs only the lease scenarios:
 //!
 //! ```ignore
-//! async fn fixture() -> Option<conformance_tests::Fixture> {
+//! async fn fixture(_scenario: &str) -> Option<conformance_tests::Fixture> {
 //!     Some(conformance_tests::Fixture::new(std::sync::Arc::new(registry_memory::MemoryBackend::new())))
 //! }
 //! conformance_tests::conformance_suite!(fixture);
@@ -24,6 +24,8 @@ use registry_core::{Backend, Result, Revision};
 
 pub mod scenarios;
 pub mod support;
+#[cfg(feature = "testbed")]
+pub mod testbed;
 
 /// The backend under test and what the suite may do to it besides the contract.
 #[derive(Clone)]
@@ -146,7 +148,7 @@ macro_rules! __scenario_tests {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                match $factory().await {
+                match $factory(stringify!($name)).await {
                     Some(fixture) => $crate::scenarios::$name(fixture).await,
                     None => eprintln!("skipped {}: backend unavailable (see above)", stringify!($name)),
                 }
@@ -169,8 +171,8 @@ macro_rules! __scenario_names {
 /// Every scenario name, in suite order.
 pub const SCENARIOS: &[&str] = __with_scenarios!(names);
 
-/// Expands into one `#[tokio::test]` per scenario, each calling `$factory().await` for a fresh
-/// [`Fixture`] (`None` skips, after the factory has printed why; factories must panic instead when
+/// Expands into one `#[tokio::test]` per scenario, each calling `$factory(scenario_name).await` for
+/// a fresh [`Fixture`] (`None` skips, after the factory has printed why; factories must panic instead when
 /// [`server_required`] is true). The calling crate needs `tokio` with the `macros` and
 /// `rt-multi-thread` features among its dev-dependencies.
 #[macro_export]

@@ -6,7 +6,7 @@ use conformance_tests::{Fixture, conformance_suite};
 use registry_memory::MemoryBackend;
 
 /// Every scenario gets its own store: the memory backend's namespace is the instance.
-async fn fixture() -> Option<Fixture> {
+async fn fixture(_scenario: &str) -> Option<Fixture> {
     let backend = MemoryBackend::new();
     let compactor = backend.clone();
     Some(Fixture::new(Arc::new(backend)).with_compactor(move |rev| {

@@ -1,0 +1,263 @@
+//! The containerized test bed shared by every backend's tests (feature `testbed`).
+//!
+//! Servers run in containers started with `testcontainers`. Image and tag per backend come from one
+//! place ([`ServerKind::spec`]): the upstream images a user with Docker and internet would expect, or
+//! the local images `scripts/testbed.sh` builds from Debian's packages, through
+//! `REGISTRY_TEST_<BACKEND>_IMAGE` / `REGISTRY_TEST_<BACKEND>_TAG`. An external server can replace the
+//! container with `REGISTRY_TEST_<BACKEND>_ENDPOINTS`.
+//!
+//! With `REGISTRY_TEST_REQUIRED=1` a server that cannot be started fails the test with the reason;
+//! otherwise the test prints why it skips.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use testcontainers::core::{ContainerPort, IntoContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+
+use crate::server_required;
+
+/// The label every test container carries, so leftovers can be removed (`scripts/testbed.sh`).
+pub const LABEL: (&str, &str) = ("service-registry-test", "1");
+
+/// A backend server the test bed can start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerKind {
+    /// etcd 3.5.
+    Etcd,
+    /// Consul 1.8.
+    Consul,
+    /// Redis 7.0.
+    Redis,
+}
+
+/// Which image runs a server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerSpec {
+    /// Image name (no registry host: Docker's default applies).
+    pub image: String,
+    /// Image tag.
+    pub tag: String,
+}
+
+impl ServerKind {
+    fn env_name(self) -> &'static str {
+        match self {
+            ServerKind::Etcd => "ETCD",
+            ServerKind::Consul => "CONSUL",
+            ServerKind::Redis => "REDIS",
+        }
+    }
+
+    /// The image to run: `REGISTRY_TEST_<KIND>_IMAGE`/`_TAG`, defaulting to the upstream images.
+    pub fn spec(self) -> ServerSpec {
+        let (image, tag) = match self {
+            ServerKind::Etcd => ("bitnami/etcd", "3.5.16"),
+            ServerKind::Consul => ("hashicorp/consul", "1.8.7"),
+            ServerKind::Redis => ("redis", "7.0.15"),
+        };
+        let var = |suffix: &str| {
+            std::env::var(format!("REGISTRY_TEST_{}_{suffix}", self.env_name()))
+                .ok()
+                .filter(|v| !v.is_empty())
+        };
+        ServerSpec {
+            image: var("IMAGE").unwrap_or_else(|| image.to_owned()),
+            tag: var("TAG").unwrap_or_else(|| tag.to_owned()),
+        }
+    }
+
+    /// `REGISTRY_TEST_<KIND>_ENDPOINTS`: an external server to use instead of a container.
+    pub fn external_endpoints(self) -> Option<String> {
+        std::env::var(format!("REGISTRY_TEST_{}_ENDPOINTS", self.env_name()))
+            .ok()
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// What to do when a server cannot be had: fail under `REGISTRY_TEST_REQUIRED=1`, else print the
+/// reason and skip (returns `None`).
+pub fn unavailable<T>(what: &str, reason: &str) -> Option<T> {
+    let msg = format!(
+        "{what} is unavailable: {reason}. Run scripts/testbed.sh (Docker engine and local images), \
+         or point REGISTRY_TEST_*_ENDPOINTS at a server"
+    );
+    if server_required() {
+        panic!("{msg} (REGISTRY_TEST_REQUIRED=1, so this is a failure)");
+    }
+    eprintln!("skipping: {msg}");
+    None
+}
+
+/// A free TCP port on the loopback interface (for containers that must keep their port across a
+/// restart).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Options for one etcd container.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdOptions {
+    /// Member name (also the container's host name on a network); default `etcd`.
+    pub name: Option<String>,
+    /// A Docker network to join (created if missing).
+    pub network: Option<String>,
+    /// `--initial-cluster` for a multi-member cluster.
+    pub initial_cluster: Option<String>,
+    /// A fixed host port for the client port (kept across stop/start).
+    pub host_port: Option<u16>,
+    /// Files to copy into the container, `(container path, bytes)`.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Extra command-line flags.
+    pub extra_args: Vec<String>,
+    /// Client URL scheme (`https` with TLS flags in `extra_args`); default `http`.
+    pub scheme: Option<String>,
+}
+
+/// A running etcd container.
+pub struct Etcd {
+    /// The container (dropping it removes it).
+    pub container: ContainerAsync<GenericImage>,
+    /// `127.0.0.1:port` of the client port.
+    pub endpoint: String,
+    /// The member name.
+    pub name: String,
+}
+
+impl std::fmt::Debug for Etcd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Etcd")
+            .field("name", &self.name)
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+/// Starts an etcd container from [`ServerKind::Etcd`]'s image and waits until it serves clients.
+pub async fn start_etcd(opts: EtcdOptions) -> Result<Etcd, String> {
+    let spec = ServerKind::Etcd.spec();
+    let name = opts.name.clone().unwrap_or_else(|| "etcd".to_owned());
+    let scheme = opts.scheme.clone().unwrap_or_else(|| "http".to_owned());
+    let peer = format!("http://{name}:2380");
+    let mut cmd = vec![
+        "etcd".to_owned(),
+        "--name".into(),
+        name.clone(),
+        "--data-dir".into(),
+        format!("/data/{name}"),
+        "--listen-client-urls".into(),
+        format!("{scheme}://0.0.0.0:2379"),
+        "--advertise-client-urls".into(),
+        format!("{scheme}://{name}:2379"),
+        "--listen-peer-urls".into(),
+        "http://0.0.0.0:2380".into(),
+        "--initial-advertise-peer-urls".into(),
+        peer.clone(),
+        "--initial-cluster".into(),
+        opts.initial_cluster
+            .clone()
+            .unwrap_or_else(|| format!("{name}={peer}")),
+        "--initial-cluster-state".into(),
+        "new".into(),
+    ];
+    cmd.extend(opts.extra_args.iter().cloned());
+    let client_port: ContainerPort = 2379.tcp();
+    let mut req = GenericImage::new(spec.image.clone(), spec.tag.clone())
+        .with_exposed_port(client_port)
+        .with_wait_for(WaitFor::message_on_stderr("ready to serve client requests"))
+        .with_cmd(cmd)
+        .with_label(LABEL.0, LABEL.1)
+        .with_startup_timeout(Duration::from_secs(60));
+    if let Some(net) = &opts.network {
+        req = req
+            .with_network(net.clone())
+            .with_container_name(format!("{net}-{name}"));
+        req = req.with_hostname(name.clone());
+    }
+    if let Some(port) = opts.host_port {
+        req = req.with_mapped_port(port, client_port);
+    }
+    for (path, bytes) in &opts.files {
+        req = req.with_copy_to(path.clone(), bytes.clone());
+    }
+    let container = req.start().await.map_err(|e| {
+        format!(
+            "cannot start etcd from image {}:{} ({e})",
+            spec.image, spec.tag
+        )
+    })?;
+    let port = container
+        .get_host_port_ipv4(client_port)
+        .await
+        .map_err(|e| format!("etcd container has no mapped client port ({e})"))?;
+    Ok(Etcd {
+        container,
+        endpoint: format!("127.0.0.1:{port}"),
+        name,
+    })
+}
+
+/// The etcd every test of this process shares: an external one (`REGISTRY_TEST_ETCD_ENDPOINTS`) or a
+/// container started once, on a thread of its own so it outlives each test's runtime. `None` (after
+/// printing why) when unavailable and not required.
+pub fn shared_etcd() -> Option<String> {
+    static SHARED: OnceLock<Result<String, String>> = OnceLock::new();
+    if let Some(ext) = ServerKind::Etcd.external_endpoints() {
+        return Some(ext);
+    }
+    let r = SHARED.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("shared-etcd".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("runtime: {e}")));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match start_etcd(EtcdOptions::default()).await {
+                        Ok(etcd) => {
+                            let _ = tx.send(Ok(etcd.endpoint.clone()));
+                            // Keep the container for the life of the process.
+                            std::future::pending::<()>().await;
+                            drop(etcd);
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                        }
+                    }
+                });
+            })
+            .map_err(|e| e.to_string())?;
+        rx.recv().map_err(|e| e.to_string())?
+    });
+    match r {
+        Ok(ep) => Some(ep.clone()),
+        Err(reason) => unavailable("etcd", reason),
+    }
+}
+
+/// A fresh namespace for one scenario: `prefix-<random>`.
+pub fn fresh_namespace(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", rand_u64())
+}
+
+fn rand_u64() -> u64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}

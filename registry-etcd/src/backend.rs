@@ -1,0 +1,489 @@
+//! [`EtcdBackend`]: the backend contract over etcd v3.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use etcd_client::{
+    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, LeaseKeepAliveStream,
+    LeaseKeeper, PutOptions, TlsOptions, WatchOptions,
+};
+use futures::{StreamExt, stream};
+use registry_core::{
+    Backend, Capabilities, Error, ErrorKind, Event, KeyValue, Lease, LeaseId, Listing, Result,
+    Revision, WatchStream, key,
+};
+
+use crate::config::EtcdBuilder;
+use crate::error::map;
+
+/// Entries fetched per page when listing, so that no response approaches gRPC's message limit.
+const LIST_PAGE: i64 = 1000;
+
+/// One lease's keep-alive stream: the request half and the response half.
+type Keeper = Arc<tokio::sync::Mutex<(LeaseKeeper, LeaseKeepAliveStream)>>;
+
+/// An etcd v3 backend. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct EtcdBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    /// `namespace/` or empty: prepended to every key.
+    prefix: String,
+    endpoints: Vec<String>,
+    request_timeout: Duration,
+    caps: Capabilities,
+    /// One keep-alive stream per lease, opened on first use and reused, each behind its own lock so
+    /// that keep-alives never wait for other calls (nor other leases).
+    keepers: Mutex<HashMap<i64, Keeper>>,
+}
+
+impl fmt::Debug for EtcdBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdBackend")
+            .field("endpoints", &self.inner.endpoints)
+            .field("namespace", &self.inner.prefix.trim_end_matches('/'))
+            .finish()
+    }
+}
+
+fn parse_lease(id: &LeaseId) -> Result<i64> {
+    id.as_str()
+        .parse()
+        .map_err(|_| Error::lease_not_found(format!("{id} is not an etcd lease id")))
+}
+
+impl EtcdBackend {
+    /// A builder with defaults (`127.0.0.1:2379`).
+    pub fn builder() -> EtcdBuilder {
+        EtcdBuilder::new()
+    }
+
+    pub(crate) async fn connect(b: EtcdBuilder) -> Result<EtcdBackend> {
+        if b.endpoints.is_empty() {
+            return Err(Error::invalid("no etcd endpoint given"));
+        }
+        let scheme = if b.tls.is_some() { "https" } else { "http" };
+        let urls: Vec<String> = b
+            .endpoints
+            .iter()
+            .map(|e| {
+                if e.contains("://") {
+                    e.clone()
+                } else {
+                    format!("{scheme}://{e}")
+                }
+            })
+            .collect();
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(b.connect_timeout)
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
+        if let Some((user, password)) = &b.user {
+            opts = opts.with_user(user.clone(), password.clone());
+        }
+        if let Some(tls) = &b.tls {
+            let mut t = TlsOptions::new();
+            if let Some(ca) = &tls.ca {
+                t = t.ca_certificate(Certificate::from_pem(ca.read("CA certificate")?));
+            }
+            match (&tls.cert, &tls.key) {
+                (Some(cert), Some(key)) => {
+                    t = t.identity(Identity::from_pem(
+                        cert.read("client certificate")?,
+                        key.read("client key")?,
+                    ));
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(Error::invalid(
+                        "a client certificate needs both the certificate and its key",
+                    ));
+                }
+            }
+            if let Some(d) = &tls.domain {
+                t = t.domain_name(d.clone());
+            }
+            opts = opts.with_tls(t);
+        }
+        let where_ = b.endpoints.join(",");
+        let connecting = Client::connect(urls, Some(opts));
+        let client = match tokio::time::timeout(b.connect_timeout + b.request_timeout, connecting)
+            .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                let err = map(e, "connect");
+                let hint = match err.kind() {
+                    ErrorKind::PermissionDenied => "check the user name and password",
+                    _ => "check that etcd is running there and reachable (and TLS settings match)",
+                };
+                return Err(err.context(format!("cannot connect to etcd at {where_} ({hint})")));
+            }
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "cannot connect to etcd at {where_}: no answer within {:?}",
+                        b.connect_timeout
+                    ),
+                ));
+            }
+        };
+        let prefix = if b.namespace.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", b.namespace)
+        };
+        let caps = Capabilities::default()
+            .with_min_ttl(Duration::from_secs(2))
+            .with_max_ttl(Duration::from_secs(365 * 86_400))
+            .with_ttl_granularity(Duration::from_secs(1))
+            .with_expiry_slack(Duration::from_millis(1500))
+            .with_max_key_len(1024)
+            .with_max_value_len(b.max_value_len)
+            .with_exact_history(true)
+            .with_watch_delay(Duration::from_secs(1));
+        let backend = EtcdBackend {
+            inner: Arc::new(Inner {
+                client,
+                prefix,
+                endpoints: b.endpoints,
+                request_timeout: b.request_timeout,
+                caps,
+                keepers: Mutex::new(HashMap::new()),
+            }),
+        };
+        // Fail now, not at the first operation, when nothing answers (the client connects lazily).
+        backend.inner.client.clone().status().await.map_err(|e| {
+            let err = map(e, "status");
+            let hint = match err.kind() {
+                ErrorKind::PermissionDenied => "check the user name and password",
+                _ => "check that etcd is running there and reachable",
+            };
+            err.context(format!("cannot reach etcd at {where_} ({hint})"))
+        })?;
+        Ok(backend)
+    }
+
+    /// Compacts etcd's history up to `revision` (an administrative operation: it affects every user
+    /// of the cluster). Watches from before it then fail with `Compacted`.
+    pub async fn compact(&self, revision: Revision) -> Result<()> {
+        let mut c = self.client();
+        self.call("compact", async move {
+            c.compact(
+                revision as i64,
+                Some(etcd_client::CompactionOptions::new().with_physical()),
+            )
+            .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The etcd client, for administrative calls the contract does not cover.
+    pub fn client(&self) -> Client {
+        self.inner.client.clone()
+    }
+
+    fn full(&self, key: &str) -> String {
+        format!("{}{key}", self.inner.prefix)
+    }
+
+    fn strip<'a>(&self, full: &'a [u8]) -> Option<&'a str> {
+        std::str::from_utf8(full)
+            .ok()?
+            .strip_prefix(self.inner.prefix.as_str())
+    }
+
+    async fn call<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.inner.request_timeout, fut).await {
+            Ok(r) => r.map_err(|e| map(e, what)),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "etcd {what}: no answer from {} within {:?}",
+                    self.inner.endpoints.join(","),
+                    self.inner.request_timeout
+                ),
+            )),
+        }
+    }
+
+    fn drop_keeper(&self, id: i64) {
+        self.inner
+            .keepers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    fn kv(&self, kv: &etcd_client::KeyValue) -> Option<KeyValue> {
+        let key = self.strip(kv.key())?.to_owned();
+        Some(KeyValue {
+            key,
+            value: Bytes::copy_from_slice(kv.value()),
+            revision: kv.mod_revision() as u64,
+            lease: (kv.lease() != 0).then(|| LeaseId::new(kv.lease().to_string())),
+        })
+    }
+
+    /// One range page: `[start, end)` at `revision` (0 = latest).
+    async fn page(
+        &self,
+        start: Vec<u8>,
+        end: Vec<u8>,
+        revision: i64,
+    ) -> Result<etcd_client::GetResponse> {
+        let mut c = self.client();
+        let mut opts = GetOptions::new().with_range(end).with_limit(LIST_PAGE);
+        if revision > 0 {
+            opts = opts.with_revision(revision);
+        }
+        self.call("list", async move { c.get(start, Some(opts)).await })
+            .await
+    }
+}
+
+#[async_trait]
+impl Backend for EtcdBackend {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.caps.clone()
+    }
+
+    async fn grant(&self, ttl: Duration) -> Result<Lease> {
+        let caps = &self.inner.caps;
+        let granted = caps.grant_ttl(ttl).ok_or_else(|| {
+            Error::invalid(format!(
+                "TTL {ttl:?} is outside the allowed range (0, {:?}]",
+                caps.max_ttl
+            ))
+        })?;
+        let secs = granted.as_secs() as i64;
+        let mut c = self.client();
+        let resp = self
+            .call(
+                "lease grant",
+                async move { c.lease_grant(secs, None).await },
+            )
+            .await?;
+        Ok(Lease {
+            id: LeaseId::new(resp.id().to_string()),
+            ttl: Duration::from_secs(resp.ttl().max(secs) as u64),
+        })
+    }
+
+    async fn keep_alive(&self, lease: &LeaseId) -> Result<Duration> {
+        let id = parse_lease(lease)?;
+        let existing = self
+            .inner
+            .keepers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned();
+        let keeper = match existing {
+            Some(k) => k,
+            None => {
+                let mut c = self.client();
+                let pair = self
+                    .call(
+                        "lease keep-alive",
+                        async move { c.lease_keep_alive(id).await },
+                    )
+                    .await?;
+                let k = Arc::new(tokio::sync::Mutex::new(pair));
+                self.inner
+                    .keepers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id, k.clone());
+                k
+            }
+        };
+        let result = {
+            let mut guard = keeper.lock().await;
+            let (ka, stream) = &mut *guard;
+            self.call("lease keep-alive", async {
+                ka.keep_alive().await?;
+                stream.message().await
+            })
+            .await
+        };
+        match result {
+            Ok(Some(resp)) if resp.ttl() > 0 => Ok(Duration::from_secs(resp.ttl() as u64)),
+            Ok(Some(_)) => {
+                self.drop_keeper(id);
+                Err(Error::lease_not_found(format!(
+                    "etcd lease {id} has expired or was revoked"
+                )))
+            }
+            Ok(None) => {
+                self.drop_keeper(id);
+                Err(Error::unavailable("etcd closed the keep-alive stream"))
+            }
+            Err(e) => {
+                // The stream may be broken; open a fresh one next time.
+                self.drop_keeper(id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn revoke(&self, lease: &LeaseId) -> Result<()> {
+        let id = parse_lease(lease)?;
+        self.drop_keeper(id);
+        let mut c = self.client();
+        self.call("lease revoke", async move { c.lease_revoke(id).await })
+            .await
+            .map(|_| ())
+    }
+
+    async fn put(&self, k: &str, value: Bytes, lease: Option<&LeaseId>) -> Result<Revision> {
+        key::validate_key(k, &self.inner.caps)?;
+        key::validate_value(&value, &self.inner.caps)?;
+        let opts = match lease {
+            Some(l) => Some(PutOptions::new().with_lease(parse_lease(l)?)),
+            None => None,
+        };
+        let full = self.full(k);
+        let mut c = self.client();
+        let resp = self
+            .call(
+                "put",
+                async move { c.put(full, value.to_vec(), opts).await },
+            )
+            .await?;
+        Ok(resp.header().map_or(0, |h| h.revision() as u64))
+    }
+
+    async fn delete(&self, k: &str) -> Result<Option<Revision>> {
+        key::validate_key(k, &self.inner.caps)?;
+        let full = self.full(k);
+        let mut c = self.client();
+        let resp = self
+            .call("delete", async move { c.delete(full, None).await })
+            .await?;
+        Ok((resp.deleted() > 0).then(|| resp.header().map_or(0, |h| h.revision() as u64)))
+    }
+
+    async fn get(&self, k: &str) -> Result<Option<KeyValue>> {
+        key::validate_key(k, &self.inner.caps)?;
+        let full = self.full(k);
+        let mut c = self.client();
+        let resp = self
+            .call("get", async move { c.get(full, None).await })
+            .await?;
+        Ok(resp.kvs().first().and_then(|kv| self.kv(kv)))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Listing> {
+        key::validate_prefix(prefix, &self.inner.caps)?;
+        let start = self.full(&key::normalize_prefix(prefix)).into_bytes();
+        // An empty start with the end "\0" is etcd's "every key".
+        let end = key::prefix_range_end(&start).unwrap_or_else(|| vec![0]);
+        let start = if start.is_empty() { vec![0] } else { start };
+        let first = self.page(start, end.clone(), 0).await?;
+        let revision = first.header().map_or(0, |h| h.revision());
+        let mut entries: Vec<KeyValue> = first.kvs().iter().filter_map(|kv| self.kv(kv)).collect();
+        let mut more = first.more();
+        let mut last = first.kvs().last().map(|kv| kv.key().to_vec());
+        // Later pages read the same revision: the listing stays one consistent snapshot.
+        while more {
+            let Some(mut from) = last.take() else { break };
+            from.push(0);
+            let page = self.page(from, end.clone(), revision).await?;
+            entries.extend(page.kvs().iter().filter_map(|kv| self.kv(kv)));
+            more = page.more();
+            last = page.kvs().last().map(|kv| kv.key().to_vec());
+        }
+        Ok(Listing {
+            entries,
+            revision: revision as u64,
+        })
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
+        key::validate_prefix(prefix, &self.inner.caps)?;
+        let start = self.full(&key::normalize_prefix(prefix)).into_bytes();
+        let end = key::prefix_range_end(&start).unwrap_or_else(|| vec![0]);
+        let start = if start.is_empty() { vec![0] } else { start };
+        let opts = WatchOptions::new()
+            .with_range(end)
+            .with_start_revision(after as i64 + 1)
+            .with_progress_notify();
+        let mut c = self.client();
+        let stream = self
+            .call("watch", async move { c.watch(start, Some(opts)).await })
+            .await?;
+        let state = WatchState {
+            backend: self.clone(),
+            stream,
+            buffer: VecDeque::new(),
+            done: false,
+        };
+        Ok(Box::pin(stream::unfold(state, WatchState::next)))
+    }
+}
+
+struct WatchState {
+    backend: EtcdBackend,
+    stream: etcd_client::WatchStream,
+    buffer: VecDeque<Event>,
+    done: bool,
+}
+
+impl WatchState {
+    async fn next(mut self) -> Option<(Result<Event>, WatchState)> {
+        loop {
+            if let Some(ev) = self.buffer.pop_front() {
+                return Some((Ok(ev), self));
+            }
+            if self.done {
+                return None;
+            }
+            let failure = match self.stream.next().await {
+                None => Error::unavailable("etcd closed the watch stream"),
+                Some(Err(e)) => map(e, "watch"),
+                Some(Ok(resp)) => {
+                    if resp.compact_revision() > 0 {
+                        Error::compacted(resp.compact_revision() as u64)
+                    } else if resp.canceled() {
+                        Error::unavailable(format!(
+                            "etcd canceled the watch: {}",
+                            resp.cancel_reason()
+                        ))
+                    } else {
+                        for ev in resp.events() {
+                            let Some(kv) = ev.kv() else { continue };
+                            let Some(key) = self.backend.strip(kv.key()) else {
+                                continue;
+                            };
+                            let rev = kv.mod_revision() as u64;
+                            self.buffer.push_back(match ev.event_type() {
+                                EventType::Put => {
+                                    Event::put(key, Bytes::copy_from_slice(kv.value()), rev)
+                                }
+                                EventType::Delete => Event::delete(key, rev),
+                            });
+                        }
+                        continue;
+                    }
+                }
+            };
+            self.done = true;
+            return Some((Err(failure), self));
+        }
+    }
+}

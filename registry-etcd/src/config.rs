@@ -1,0 +1,432 @@
+//! [`EtcdBuilder`]: endpoints, namespace, credentials, TLS and timeouts, from code, a URL or the
+//! environment.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use registry_core::{Error, Result};
+
+use crate::backend::EtcdBackend;
+
+/// TLS material, as PEM files or PEM bytes.
+#[derive(Clone, Default)]
+pub(crate) struct Tls {
+    pub(crate) ca: Option<Pem>,
+    pub(crate) cert: Option<Pem>,
+    pub(crate) key: Option<Pem>,
+    pub(crate) domain: Option<String>,
+}
+
+#[derive(Clone)]
+pub(crate) enum Pem {
+    File(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+impl Pem {
+    pub(crate) fn read(&self, what: &str) -> Result<Vec<u8>> {
+        match self {
+            Pem::Bytes(b) => Ok(b.clone()),
+            Pem::File(p) => std::fs::read(p).map_err(|e| {
+                Error::invalid(format!("cannot read the {what} file {}", p.display()))
+                    .with_source(e)
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for Pem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pem::File(p) => write!(f, "{}", p.display()),
+            Pem::Bytes(b) => write!(f, "<{} PEM bytes>", b.len()),
+        }
+    }
+}
+
+/// Configures and connects an [`EtcdBackend`].
+///
+/// ```no_run
+/// # async fn demo() -> registry_core::Result<()> {
+/// use registry_etcd::EtcdBuilder;
+/// use std::time::Duration;
+///
+/// let backend = EtcdBuilder::new()
+///     .endpoints(["10.0.0.1:2379", "10.0.0.2:2379", "10.0.0.3:2379"])
+///     .namespace("prod")
+///     .auth("registry", "s3cret")
+///     .ca_file("/etc/etcd/ca.pem")
+///     .request_timeout(Duration::from_secs(5))
+///     .connect()
+///     .await?;
+/// # drop(backend); Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct EtcdBuilder {
+    pub(crate) endpoints: Vec<String>,
+    pub(crate) namespace: String,
+    pub(crate) user: Option<(String, String)>,
+    pub(crate) tls: Option<Tls>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) max_value_len: usize,
+}
+
+impl fmt::Debug for EtcdBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdBuilder")
+            .field("endpoints", &self.endpoints)
+            .field("namespace", &self.namespace)
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .field("password", &self.user.as_ref().map(|_| "<redacted>"))
+            .field(
+                "tls",
+                &self.tls.as_ref().map(|t| {
+                    format!(
+                        "ca: {:?}, cert: {:?}, key: {}",
+                        t.ca,
+                        t.cert,
+                        if t.key.is_some() {
+                            "<redacted>"
+                        } else {
+                            "none"
+                        }
+                    )
+                }),
+            )
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+impl Default for EtcdBuilder {
+    fn default() -> Self {
+        EtcdBuilder::new()
+    }
+}
+
+/// Parses `5s`, `500ms`, `2m` or a plain number of seconds.
+fn parse_duration(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Some(ms) = v.strip_suffix("ms") {
+        return ms.parse().ok().map(Duration::from_millis);
+    }
+    if let Some(s) = v.strip_suffix('s') {
+        return s
+            .parse::<f64>()
+            .ok()
+            .filter(|s| *s >= 0.0)
+            .map(Duration::from_secs_f64);
+    }
+    if let Some(m) = v.strip_suffix('m') {
+        return m.parse::<u64>().ok().map(|m| Duration::from_secs(m * 60));
+    }
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| *s >= 0.0)
+        .map(Duration::from_secs_f64)
+}
+
+fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+const URL_HELP: &str = "expected etcd://[user:password@]host:port[,host:port...][/namespace][?ca=PATH&cert=PATH&key=PATH&timeout=10s&connect_timeout=5s] (etcds:// for TLS)";
+
+impl EtcdBuilder {
+    /// Defaults: `127.0.0.1:2379`, no namespace, no auth, no TLS, 5 s connect timeout, 10 s request
+    /// timeout, 1 MiB values.
+    pub fn new() -> Self {
+        EtcdBuilder {
+            endpoints: vec!["127.0.0.1:2379".to_owned()],
+            namespace: String::new(),
+            user: None,
+            tls: None,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            max_value_len: 1024 * 1024,
+        }
+    }
+
+    /// Reads an `etcd://` or `etcds://` URL:
+    /// `etcd://[user:password@]host:port[,host:port...][/namespace][?ca=PATH&cert=PATH&key=PATH&timeout=10s&connect_timeout=5s]`.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("etcd://") {
+            (false, r)
+        } else if let Some(r) = url.strip_prefix("etcds://") {
+            (true, r)
+        } else {
+            return Err(Error::invalid(format!(
+                "`{url}` is not an etcd URL; {URL_HELP}"
+            )));
+        };
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (authority, namespace) = rest.split_once('/').unwrap_or((rest, ""));
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let mut b = EtcdBuilder::new();
+        let endpoints: Vec<String> = hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if endpoints.is_empty() {
+            return Err(Error::invalid(format!(
+                "`{url}` names no etcd endpoint; {URL_HELP}"
+            )));
+        }
+        for e in &endpoints {
+            let port_ok = e
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !port_ok {
+                return Err(Error::invalid(format!(
+                    "etcd endpoint `{e}` in `{url}` needs host:port; {URL_HELP}"
+                )));
+            }
+        }
+        b.endpoints = endpoints;
+        b.namespace = namespace.trim_matches('/').to_owned();
+        if let Some(u) = userinfo {
+            let (user, pass) = u.split_once(':').unwrap_or((u, ""));
+            b.user = Some((percent_decode(user), percent_decode(pass)));
+        }
+        if tls {
+            b.tls = Some(Tls::default());
+        }
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_decode(v);
+            b = match k {
+                "ca" => b.ca_file(v),
+                "cert" => {
+                    b.tls.get_or_insert_with(Tls::default).cert = Some(Pem::File(v.into()));
+                    b
+                }
+                "key" => {
+                    b.tls.get_or_insert_with(Tls::default).key = Some(Pem::File(v.into()));
+                    b
+                }
+                "domain" => {
+                    b.tls.get_or_insert_with(Tls::default).domain = Some(v);
+                    b
+                }
+                "timeout" | "connect_timeout" => {
+                    let d = parse_duration(&v).ok_or_else(|| {
+                        Error::invalid(format!(
+                            "etcd URL option `{k}`: `{v}` is not a duration like 5s"
+                        ))
+                    })?;
+                    if k == "timeout" {
+                        b.request_timeout(d)
+                    } else {
+                        b.connect_timeout(d)
+                    }
+                }
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "unknown etcd URL option `{k}`; {URL_HELP}"
+                    )));
+                }
+            };
+        }
+        Ok(b)
+    }
+
+    /// Reads `REGISTRY_ETCD_ENDPOINTS` (comma-separated `host:port`, required),
+    /// `REGISTRY_ETCD_NAMESPACE`, `REGISTRY_ETCD_USER`, `REGISTRY_ETCD_PASSWORD`, `REGISTRY_ETCD_CA`,
+    /// `REGISTRY_ETCD_CERT`, `REGISTRY_ETCD_KEY`, `REGISTRY_ETCD_TLS` (`1` for TLS with the system
+    /// roots), `REGISTRY_ETCD_TIMEOUT` and `REGISTRY_ETCD_CONNECT_TIMEOUT`.
+    pub fn from_env() -> Result<Self> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let endpoints = var("REGISTRY_ETCD_ENDPOINTS").ok_or_else(|| {
+            Error::invalid("REGISTRY_ETCD_ENDPOINTS is not set (comma-separated host:port list)")
+        })?;
+        let mut b = EtcdBuilder::new().endpoints(endpoints.split(','));
+        if let Some(ns) = var("REGISTRY_ETCD_NAMESPACE") {
+            b = b.namespace(ns);
+        }
+        if let Some(user) = var("REGISTRY_ETCD_USER") {
+            b = b.auth(user, var("REGISTRY_ETCD_PASSWORD").unwrap_or_default());
+        }
+        if let Some(ca) = var("REGISTRY_ETCD_CA") {
+            b = b.ca_file(ca);
+        }
+        if let (Some(cert), Some(key)) = (var("REGISTRY_ETCD_CERT"), var("REGISTRY_ETCD_KEY")) {
+            b = b.client_cert_files(cert, key);
+        }
+        if var("REGISTRY_ETCD_TLS").is_some_and(|v| v == "1" || v == "true") {
+            b.tls.get_or_insert_with(Tls::default);
+        }
+        for (k, conn) in [
+            ("REGISTRY_ETCD_TIMEOUT", false),
+            ("REGISTRY_ETCD_CONNECT_TIMEOUT", true),
+        ] {
+            if let Some(v) = var(k) {
+                let d = parse_duration(&v).ok_or_else(|| {
+                    Error::invalid(format!("{k}: `{v}` is not a duration like 5s"))
+                })?;
+                b = if conn {
+                    b.connect_timeout(d)
+                } else {
+                    b.request_timeout(d)
+                };
+            }
+        }
+        Ok(b)
+    }
+
+    /// The `host:port` endpoints; the client fails over among them.
+    pub fn endpoints<I, S>(mut self, endpoints: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.endpoints = endpoints
+            .into_iter()
+            .map(Into::into)
+            .map(|e| e.trim().to_owned())
+            .filter(|e| !e.is_empty())
+            .collect();
+        self
+    }
+
+    /// A key prefix isolating this backend's keys (and revisions' meaning) from other users of the
+    /// cluster: every key is stored as `namespace/key`.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into().trim_matches('/').to_owned();
+        self
+    }
+
+    /// User and password authentication.
+    pub fn auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.user = Some((user.into(), password.into()));
+        self
+    }
+
+    /// Enables TLS, trusting the CA in this PEM file.
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls.get_or_insert_with(Tls::default).ca = Some(Pem::File(path.into()));
+        self
+    }
+
+    /// Enables TLS, trusting this PEM CA certificate.
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.get_or_insert_with(Tls::default).ca = Some(Pem::Bytes(pem.into()));
+        self
+    }
+
+    /// A client certificate and key (PEM files) for mutual TLS.
+    pub fn client_cert_files(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        let tls = self.tls.get_or_insert_with(Tls::default);
+        tls.cert = Some(Pem::File(cert.into()));
+        tls.key = Some(Pem::File(key.into()));
+        self
+    }
+
+    /// A client certificate and key (PEM bytes) for mutual TLS.
+    pub fn client_cert_pem(mut self, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        let tls = self.tls.get_or_insert_with(Tls::default);
+        tls.cert = Some(Pem::Bytes(cert.into()));
+        tls.key = Some(Pem::Bytes(key.into()));
+        self
+    }
+
+    /// The name the server certificate must carry (default: the endpoint's host).
+    pub fn tls_domain(mut self, domain: impl Into<String>) -> Self {
+        self.tls.get_or_insert_with(Tls::default).domain = Some(domain.into());
+        self
+    }
+
+    /// How long connecting (and authenticating) may take.
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// How long each request may take before it fails with `Timeout`.
+    pub fn request_timeout(mut self, t: Duration) -> Self {
+        self.request_timeout = t;
+        self
+    }
+
+    /// The largest value accepted (default 1 MiB; etcd's own request limit is 1.5 MiB).
+    pub fn max_value_len(mut self, bytes: usize) -> Self {
+        self.max_value_len = bytes;
+        self
+    }
+
+    /// Connects (and authenticates). An unreachable cluster is `Unavailable` naming the endpoints;
+    /// refused credentials are `PermissionDenied`.
+    pub async fn connect(self) -> Result<EtcdBackend> {
+        EtcdBackend::connect(self).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_forms() {
+        let b = EtcdBuilder::from_url("etcd://h1:2379,h2:2380/prod/eu?timeout=3s").unwrap();
+        assert_eq!(b.endpoints, ["h1:2379", "h2:2380"]);
+        assert_eq!(b.namespace, "prod/eu");
+        assert_eq!(b.request_timeout, Duration::from_secs(3));
+        assert!(b.tls.is_none());
+        let b = EtcdBuilder::from_url("etcds://bob:p%40ss@h:2379?ca=/x/ca.pem").unwrap();
+        assert_eq!(b.user, Some(("bob".into(), "p@ss".into())));
+        assert!(b.tls.as_ref().unwrap().ca.is_some());
+        for bad in [
+            "etcd://",
+            "etcd://host",
+            "etcd://h:x",
+            "http://h:1",
+            "etcd://h:1?colour=red",
+        ] {
+            let e = EtcdBuilder::from_url(bad).unwrap_err();
+            assert!(e.message().contains("etcd://"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let b = EtcdBuilder::new()
+            .auth("alice", "hunter2-password")
+            .client_cert_pem("CERT", "PRIVATE KEY MATERIAL");
+        let d = format!("{b:?}");
+        assert!(d.contains("alice"));
+        assert!(!d.contains("hunter2"), "{d}");
+        assert!(!d.contains("PRIVATE KEY"), "{d}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_duration("x"), None);
+    }
+}
