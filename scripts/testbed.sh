@@ -149,7 +149,8 @@ tb_clean() {
     # shellcheck disable=SC2086
     docker rm -f $ids >/dev/null 2>&1 || true
   fi
-  docker network prune -f --filter "label=$TESTBED_LABEL" >/dev/null 2>&1 || true
+  # Networks of the cluster tests are named regtest-*.
+  docker network ls -q --filter name=regtest- 2>/dev/null | xargs -r docker network rm >/dev/null 2>&1 || true
 }
 
 testbed_up() {

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use registry_core::{Backend, Result, Revision};
 
+pub mod engine;
 pub mod scenarios;
 pub mod support;
 #[cfg(feature = "testbed")]

@@ -100,7 +100,8 @@ pub fn free_port() -> u16 {
 /// Options for one etcd container.
 #[derive(Clone, Debug, Default)]
 pub struct EtcdOptions {
-    /// Member name (also the container's host name on a network); default `etcd`.
+    /// Member name; on a network also the container's name, which peers resolve (so it must be
+    /// unique on the machine); default `etcd`.
     pub name: Option<String>,
     /// A Docker network to join (created if missing).
     pub network: Option<String>,

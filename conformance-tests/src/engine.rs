@@ -1,0 +1,247 @@
+//! End-to-end scenarios of the engine (register, discover, directory, routing) over a real backend,
+//! in real time, with timings read from the backend's capabilities. [`engine_suite!`] expands them
+//! into one test each, like the conformance suite.
+//!
+//! [`engine_suite!`]: crate::engine_suite
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use registry_core::engine::{Directory, Instance, InstanceState, Registry};
+use registry_core::{Backend, Bytes};
+use tokio::time::{Instant, sleep, timeout};
+
+use crate::Fixture;
+
+/// The TTL the engine scenarios register with: the backend's minimum, at least 2 s.
+pub fn engine_ttl(backend: &dyn Backend) -> Duration {
+    let caps = backend.capabilities();
+    caps.grant_ttl(caps.min_ttl.max(Duration::from_secs(2)))
+        .unwrap_or(caps.min_ttl)
+}
+
+/// A registry over the fixture's backend with [`engine_ttl`] and a heartbeat of a third of it.
+pub fn registry(backend: &Arc<dyn Backend>) -> Registry {
+    let ttl = engine_ttl(&**backend);
+    Registry::builder(backend.clone())
+        .ttl(ttl)
+        .heartbeat(ttl / 3)
+        .build()
+        .expect("registry options are valid for the backend")
+}
+
+fn web(id: &str) -> Instance {
+    Instance::new("web", id).addr(format!("10.1.0.{}:8080", id.len()))
+}
+
+/// Waits until `service`'s online ids in `dir` are `want`, returning how long it took.
+pub async fn until_online(
+    dir: &Directory,
+    service: &str,
+    want: &[&str],
+    limit: Duration,
+) -> Duration {
+    let started = Instant::now();
+    let mut rx = dir.subscribe(service);
+    let ok = timeout(limit, async {
+        loop {
+            let ids: Vec<String> = rx
+                .borrow_and_update()
+                .online()
+                .iter()
+                .map(|i| i.id.clone())
+                .collect();
+            if ids == want {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let now: Vec<String> = dir.get(service).iter().map(|i| i.id.clone()).collect();
+    assert!(
+        ok.is_ok() && now == want,
+        "{service}: wanted {want:?} within {limit:?}, have {now:?}"
+    );
+    started.elapsed()
+}
+
+fn watch_limit(backend: &dyn Backend) -> Duration {
+    backend.capabilities().watch_delay * 3 + Duration::from_secs(2)
+}
+
+/// A registration made at one registry appears, with all its details, at another's directory.
+pub async fn engine_registration_visible_at_another_registry(f: Fixture) {
+    let a = registry(&f.backend);
+    let b = registry(&f.backend);
+    let d = b.discover("web").await.expect("discover");
+    let inst = web("w1").meta("zone", "eu").version("1.2.3");
+    let _r = a.register(inst.clone()).await.expect("register");
+    until_online(d.directory(), "web", &["w1"], watch_limit(&*f.backend)).await;
+    assert_eq!(*d.directory().get("web")[0], inst);
+}
+
+/// Heartbeats keep a registration for several TTLs.
+pub async fn engine_heartbeat_keeps_registration(f: Fixture) {
+    let ttl = engine_ttl(&*f.backend);
+    let a = registry(&f.backend);
+    let b = registry(&f.backend);
+    let d = b.discover("web").await.expect("discover");
+    let r = a.register(web("w1")).await.expect("register");
+    until_online(d.directory(), "web", &["w1"], watch_limit(&*f.backend)).await;
+    let slack = f.backend.capabilities().expiry_slack;
+    let until = Instant::now() + ttl * 2 + slack;
+    while Instant::now() < until {
+        assert_eq!(
+            d.directory().get("web").len(),
+            1,
+            "registration dropped despite heartbeats"
+        );
+        sleep(Duration::from_millis(200)).await;
+    }
+    assert!(r.state().is_registered(), "{}", r.state());
+}
+
+/// When keep-alives stop (the process "crashes"), the instance is gone from the other directory
+/// after its TTL plus the backend's slack, and not before its TTL less one heartbeat.
+pub async fn engine_keep_alive_stopped_disappears_after_ttl(f: Fixture) {
+    let ttl = engine_ttl(&*f.backend);
+    let caps = f.backend.capabilities();
+    let a = registry(&f.backend);
+    let b = registry(&f.backend);
+    let d = b.discover("web").await.expect("discover");
+    let r = a.register(web("w1")).await.expect("register");
+    until_online(d.directory(), "web", &["w1"], watch_limit(&*f.backend)).await;
+    let crashed = Instant::now();
+    a.crash();
+    std::mem::forget(r);
+    let limit = ttl + caps.expiry_slack + caps.watch_delay + Duration::from_secs(2);
+    let took = crashed.elapsed() + until_online(d.directory(), "web", &[], limit).await;
+    assert!(
+        took + ttl / 3 + Duration::from_millis(100) >= ttl,
+        "gone {took:?} after the crash, before the TTL {ttl:?} could have run out"
+    );
+}
+
+/// A graceful deregistration disappears from the other directory at once, not after a TTL.
+pub async fn engine_deregister_disappears_at_once(f: Fixture) {
+    let ttl = engine_ttl(&*f.backend);
+    let a = registry(&f.backend);
+    let b = registry(&f.backend);
+    let d = b.discover("web").await.expect("discover");
+    let r1 = a.register(web("w1")).await.expect("register");
+    let _r2 = a.register(web("w2")).await.expect("register");
+    until_online(
+        d.directory(),
+        "web",
+        &["w1", "w2"],
+        watch_limit(&*f.backend),
+    )
+    .await;
+    let t0 = Instant::now();
+    r1.deregister().await.expect("deregister");
+    let took =
+        t0.elapsed() + until_online(d.directory(), "web", &["w2"], watch_limit(&*f.backend)).await;
+    assert!(
+        took < ttl,
+        "deregistration took {took:?}, as long as a TTL ({ttl:?})"
+    );
+}
+
+/// An offline instance stays listed but receives no routed key; online again, it is routed again.
+pub async fn engine_offline_is_listed_but_not_routed(f: Fixture) {
+    let a = registry(&f.backend);
+    let b = registry(&f.backend);
+    let d = b.discover("web").await.expect("discover");
+    let _r1 = a.register(web("w1")).await.expect("register");
+    let r2 = a.register(web("w2")).await.expect("register");
+    let limit = watch_limit(&*f.backend);
+    until_online(d.directory(), "web", &["w1", "w2"], limit).await;
+    r2.set_online(false).await.expect("set_online(false)");
+    until_online(d.directory(), "web", &["w1"], limit).await;
+    let all = d.directory().all("web");
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1].state, InstanceState::Offline);
+    for k in 0..500 {
+        assert_eq!(
+            d.directory().find("web", k.to_string()).expect("owner").id,
+            "w1"
+        );
+    }
+    r2.set_online(true).await.expect("set_online(true)");
+    until_online(d.directory(), "web", &["w1", "w2"], limit).await;
+}
+
+/// A value under the namespace that is not an instance document is skipped and counted; the rest of
+/// the service is unaffected.
+pub async fn engine_malformed_value_is_skipped(f: Fixture) {
+    let a = registry(&f.backend);
+    let b = registry(&f.backend);
+    f.backend
+        .put(
+            "registry/web/bogus",
+            Bytes::from_static(b"{\"v\":1,\"garbage\":true}"),
+            None,
+        )
+        .await
+        .expect("raw put");
+    let _r = a.register(web("w1")).await.expect("register");
+    let d = b.discover("web").await.expect("discover");
+    until_online(d.directory(), "web", &["w1"], watch_limit(&*f.backend)).await;
+    assert_eq!(d.counts().malformed, 1, "{:?}", d.counts());
+}
+
+/// Drain takes the instance out of routing at once and deregisters it after the grace period.
+pub async fn engine_drain_then_deregister(f: Fixture) {
+    let a = registry(&f.backend);
+    let b = registry(&f.backend);
+    let d = b.discover("web").await.expect("discover");
+    let r = a.register(web("w1")).await.expect("register");
+    let limit = watch_limit(&*f.backend);
+    until_online(d.directory(), "web", &["w1"], limit).await;
+    let grace = Duration::from_secs(2);
+    let drain = tokio::spawn(r.drain(grace));
+    until_online(d.directory(), "web", &[], limit).await;
+    assert_eq!(d.directory().all("web").len(), 1, "listed while draining");
+    drain.await.expect("join").expect("drain");
+    let mut rx = d.directory().subscribe("web");
+    timeout(limit, rx.wait_for(|s| s.all().is_empty()))
+        .await
+        .expect("gone after the grace")
+        .expect("directory");
+}
+
+/// Expands the engine scenarios into one test each over `$factory(scenario_name)`, like
+/// [`conformance_suite!`](crate::conformance_suite).
+#[macro_export]
+macro_rules! engine_suite {
+    ($factory:path) => {
+        $crate::__engine_tests!($factory;
+            engine_registration_visible_at_another_registry,
+            engine_heartbeat_keeps_registration,
+            engine_keep_alive_stopped_disappears_after_ttl,
+            engine_deregister_disappears_at_once,
+            engine_offline_is_listed_but_not_routed,
+            engine_malformed_value_is_skipped,
+            engine_drain_then_deregister,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __engine_tests {
+    ($factory:path ; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                match $factory(stringify!($name)).await {
+                    Some(fixture) => $crate::engine::$name(fixture).await,
+                    None => eprintln!("skipped {}: backend unavailable (see above)", stringify!($name)),
+                }
+            }
+        )*
+    };
+}

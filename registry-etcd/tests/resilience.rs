@@ -1,0 +1,429 @@
+//! etcd under stress: a container stopped and restarted under live registrations, the leader of a
+//! three-member cluster killed, and a server with TLS and authentication.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use conformance_tests::engine::until_online;
+use conformance_tests::testbed::{self, EtcdOptions};
+use registry_core::engine::{Instance, Registry};
+use registry_core::{Backend, Bytes, ErrorKind};
+use registry_etcd::{EtcdBackend, EtcdBuilder};
+use tokio::time::{Instant, sleep, timeout};
+
+const TTL: Duration = Duration::from_secs(2);
+
+fn registry(backend: &EtcdBackend) -> Registry {
+    Registry::builder(Arc::new(backend.clone()))
+        .ttl(TTL)
+        .heartbeat(Duration::from_millis(600))
+        .op_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap()
+}
+
+async fn connect(endpoints: &[String]) -> EtcdBackend {
+    EtcdBuilder::new()
+        .endpoints(endpoints.iter().cloned())
+        .namespace("resilience")
+        .request_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect {endpoints:?}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_survives_a_container_stop_and_restart() {
+    if testbed::ServerKind::Etcd.external_endpoints().is_some() {
+        eprintln!(
+            "note: restart test needs its own container; using one despite REGISTRY_TEST_ETCD_ENDPOINTS"
+        );
+    }
+    let port = testbed::free_port();
+    let etcd = match testbed::start_etcd(EtcdOptions {
+        host_port: Some(port),
+        ..EtcdOptions::default()
+    })
+    .await
+    {
+        Ok(e) => e,
+        Err(reason) => return testbed::unavailable::<()>("etcd", &reason).unwrap_or(()),
+    };
+    let endpoints = vec![etcd.endpoint.clone()];
+    let backend = connect(&endpoints).await;
+    let a = registry(&backend);
+    let b = registry(&backend);
+    let d = b.discover("web").await.unwrap();
+    let reg = a
+        .register(Instance::new("web", "w1").addr("10.0.0.1:80"))
+        .await
+        .unwrap();
+    until_online(d.directory(), "web", &["w1"], Duration::from_secs(5)).await;
+
+    let mut states = reg.watch_state();
+    let seen = tokio::spawn(async move {
+        let mut names = vec![states.borrow_and_update().name()];
+        while states.changed().await.is_ok() {
+            names.push(states.borrow_and_update().name());
+            if names.ends_with(&["lost", "registered"]) {
+                break;
+            }
+        }
+        names
+    });
+
+    etcd.container.stop().await.expect("stop etcd");
+    sleep(TTL * 3).await;
+    assert_eq!(
+        reg.state().name(),
+        "lost",
+        "down for 3 TTLs: {}",
+        reg.state()
+    );
+    assert!(
+        d.directory().is_stale("web"),
+        "the other side's view is marked stale"
+    );
+    assert_eq!(d.directory().get("web").len(), 1, "and kept, not emptied");
+    etcd.container.start().await.expect("start etcd");
+
+    let names = timeout(Duration::from_secs(30), seen)
+        .await
+        .expect("registration came back within 30 s")
+        .unwrap();
+    assert!(names.ends_with(&["lost", "registered"]), "{names:?}");
+    let mut view = d.directory().subscribe("web");
+    timeout(
+        Duration::from_secs(15),
+        view.wait_for(|s| !s.is_stale() && s.online().len() == 1),
+    )
+    .await
+    .expect("directory fresh again")
+    .unwrap();
+    let kv = backend
+        .get("registry/web/w1")
+        .await
+        .unwrap()
+        .expect("key back in etcd");
+    assert!(kv.lease.is_some());
+}
+
+/// Which of `endpoints` is the leader, asking each member.
+async fn leader(endpoints: &[String]) -> Option<usize> {
+    for (i, ep) in endpoints.iter().enumerate() {
+        let Ok(b) = EtcdBuilder::new().endpoints([ep.clone()]).connect().await else {
+            continue;
+        };
+        let Ok(status) = b.client().status().await else {
+            continue;
+        };
+        let me = status.header().map(|h| h.member_id());
+        if me == Some(status.leader()) {
+            return Some(i);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_survives_losing_its_leader() {
+    let net = testbed::fresh_namespace("regtest");
+    let names: Vec<String> = (1..=3).map(|i| format!("{net}-e{i}")).collect();
+    let cluster = names
+        .iter()
+        .map(|n| format!("{n}=http://{n}:2380"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let starts = names.iter().map(|n| {
+        testbed::start_etcd(EtcdOptions {
+            name: Some(n.clone()),
+            network: Some(net.clone()),
+            initial_cluster: Some(cluster.clone()),
+            ..EtcdOptions::default()
+        })
+    });
+    let mut members = Vec::new();
+    for r in futures::future::join_all(starts).await {
+        match r {
+            Ok(m) => members.push(m),
+            Err(reason) => {
+                return testbed::unavailable::<()>("etcd cluster", &reason).unwrap_or(());
+            }
+        }
+    }
+    let endpoints: Vec<String> = members.iter().map(|m| m.endpoint.clone()).collect();
+    let writer = connect(&endpoints).await;
+    let reader = connect(&endpoints).await;
+    let a = registry(&writer);
+    let b = registry(&reader);
+    let d = b.discover("web").await.unwrap();
+    let mut regs = Vec::new();
+    for i in 0..5 {
+        regs.push(
+            a.register(Instance::new("web", format!("w{i}")).addr(format!("10.0.0.{i}:80")))
+                .await
+                .unwrap(),
+        );
+    }
+    until_online(
+        d.directory(),
+        "web",
+        &["w0", "w1", "w2", "w3", "w4"],
+        Duration::from_secs(5),
+    )
+    .await;
+
+    let leader = leader(&endpoints).await.expect("a leader");
+    eprintln!("killing leader {}", members[leader].name);
+    let killed = Instant::now();
+    // SIGKILL, not `docker stop`: on SIGTERM etcd hands leadership over gracefully, which is not
+    // the crash this test is about.
+    let status = std::process::Command::new("docker")
+        .args(["kill", "--signal", "KILL", members[leader].container.id()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run docker kill");
+    assert!(status.success(), "docker kill failed");
+    assert!(
+        !members[leader].container.is_running().await.unwrap(),
+        "leader still running"
+    );
+    eprintln!("leader's container stopped after {:?}", killed.elapsed());
+
+    // New registrations succeed within a few seconds (retrying through the election).
+    let newcomer = timeout(Duration::from_secs(10), async {
+        loop {
+            match a
+                .register(Instance::new("web", "w5").addr("10.0.0.5:80"))
+                .await
+            {
+                Ok(r) if r.state().is_registered() => return r,
+                Ok(r) => {
+                    r.registered().await.unwrap();
+                    return r;
+                }
+                Err(e) => {
+                    eprintln!("register during election: {e}");
+                    sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    })
+    .await
+    .expect("a new registration succeeded within 10 s of the leader's death");
+    eprintln!("new registration after {:?}", killed.elapsed());
+
+    // The directory watching through the survivors converges to the truth: nothing lost, nothing
+    // phantom.
+    let want = ["w0", "w1", "w2", "w3", "w4", "w5"];
+    let took = until_online(d.directory(), "web", &want, Duration::from_secs(15)).await;
+    eprintln!(
+        "directory converged {:?} after the kill",
+        killed.elapsed().min(took + killed.elapsed())
+    );
+    let truth: BTreeSet<String> = writer
+        .list("registry/web")
+        .await
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|kv| kv.key.rsplit('/').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(truth, want.iter().map(|s| s.to_string()).collect());
+    let survivors: Vec<String> = endpoints
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader)
+        .map(|(_, e)| e.clone())
+        .collect();
+    let new_leader = timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(i) = self::leader(&survivors).await {
+                return i;
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the survivors elected a leader");
+    eprintln!(
+        "new leader {} at {:?}",
+        survivors[new_leader],
+        killed.elapsed()
+    );
+    // And registrations stay alive on the surviving quorum for several TTLs.
+    sleep(TTL * 3).await;
+    assert_eq!(d.directory().get("web").len(), 6);
+    for r in regs.iter().chain([&newcomer]) {
+        assert!(r.state().is_registered(), "{}", r.state());
+    }
+}
+
+/// Collects everything logged, to prove no secret is.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Pki {
+    ca: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+}
+
+fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "registry test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_params =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = server_params.signed_by(&server_key, &ca, &ca_key).unwrap();
+    let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, "registry-client");
+    let client_key = KeyPair::generate().unwrap();
+    let client = client_params.signed_by(&client_key, &ca, &ca_key).unwrap();
+    Pki {
+        ca: ca.pem(),
+        server_cert: server.pem(),
+        server_key: server_key.serialize_pem(),
+        client_cert: client.pem(),
+        client_key: client_key.serialize_pem(),
+    }
+}
+
+// Single-threaded so that the thread-local log capture sees every task's logs.
+#[tokio::test(flavor = "current_thread")]
+async fn tls_and_authentication() {
+    const PASSWORD: &str = "correct-horse-battery-staple";
+    let logs = Captured::default();
+    let sink = logs.clone();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || sink.clone())
+            .finish(),
+    );
+    let pki = pki();
+    let etcd = match testbed::start_etcd(EtcdOptions {
+        scheme: Some("https".into()),
+        files: vec![
+            ("/certs/ca.pem".into(), pki.ca.clone().into_bytes()),
+            (
+                "/certs/server.pem".into(),
+                pki.server_cert.clone().into_bytes(),
+            ),
+            (
+                "/certs/server-key.pem".into(),
+                pki.server_key.clone().into_bytes(),
+            ),
+        ],
+        extra_args: vec![
+            "--cert-file=/certs/server.pem".into(),
+            "--key-file=/certs/server-key.pem".into(),
+            // A trusted CA makes etcd require client certificates: mutual TLS.
+            "--trusted-ca-file=/certs/ca.pem".into(),
+        ],
+        ..EtcdOptions::default()
+    })
+    .await
+    {
+        Ok(e) => e,
+        Err(reason) => return testbed::unavailable::<()>("etcd with TLS", &reason).unwrap_or(()),
+    };
+    let tls = || {
+        EtcdBuilder::new()
+            .endpoints([etcd.endpoint.clone()])
+            .ca_pem(pki.ca.clone())
+            .client_cert_pem(pki.client_cert.clone(), pki.client_key.clone())
+            .connect_timeout(Duration::from_secs(5))
+    };
+
+    // Without a client certificate the server refuses the connection.
+    let no_cert = EtcdBuilder::new()
+        .endpoints([etcd.endpoint.clone()])
+        .ca_pem(pki.ca.clone())
+        .connect_timeout(Duration::from_secs(3))
+        .request_timeout(Duration::from_secs(3))
+        .connect()
+        .await;
+    assert!(no_cert.is_err(), "connected without a client certificate");
+
+    // Without the CA the server's certificate is not trusted.
+    let untrusted = EtcdBuilder::from_url(&format!("etcds://{}", etcd.endpoint))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(3))
+        .request_timeout(Duration::from_secs(3))
+        .connect()
+        .await;
+    assert!(
+        untrusted.is_err(),
+        "connected over TLS without trusting the CA"
+    );
+
+    // Set up a root user and turn authentication on.
+    let admin = tls()
+        .connect()
+        .await
+        .expect("mutual TLS connect before auth is on");
+    let mut c = admin.client();
+    c.user_add("root", PASSWORD, None).await.unwrap();
+    c.user_grant_role("root", "root").await.unwrap();
+    c.auth_enable().await.unwrap();
+
+    // The right credentials work.
+    let good = tls()
+        .auth("root", PASSWORD)
+        .connect()
+        .await
+        .expect("right credentials");
+    good.put("k", Bytes::from_static(b"v"), None).await.unwrap();
+    assert!(good.get("k").await.unwrap().is_some());
+    let lease = good.grant(Duration::from_secs(5)).await.unwrap();
+    good.keep_alive(&lease.id).await.unwrap();
+
+    // Wrong credentials are PermissionDenied, at connect time.
+    let e = tls()
+        .auth("root", "wrong-password")
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    let e = tls().auth("nobody", PASSWORD).connect().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    assert!(
+        !e.to_string().contains(PASSWORD),
+        "error message shows the password: {e}"
+    );
+    // No credentials at all: refused on the first operation.
+    let e = admin.put("k2", Bytes::new(), None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+
+    // No password in Debug output or in anything logged.
+    let builder = tls().auth("root", PASSWORD);
+    assert!(!format!("{builder:?}").contains(PASSWORD));
+    assert!(!format!("{good:?}").contains(PASSWORD));
+    let url = format!("etcds://root:{PASSWORD}@{}", etcd.endpoint);
+    assert!(!format!("{:?}", EtcdBuilder::from_url(&url).unwrap()).contains(PASSWORD));
+    let logged = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(!logged.is_empty(), "the capture saw no logs at all");
+    assert!(!logged.contains(PASSWORD), "a log line shows the password");
+}
