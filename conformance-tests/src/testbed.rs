@@ -200,18 +200,26 @@ pub async fn start_etcd(opts: EtcdOptions) -> Result<Etcd, String> {
     })
 }
 
-/// The etcd every test of this process shares: an external one (`REGISTRY_TEST_ETCD_ENDPOINTS`) or a
-/// container started once, on a thread of its own so it outlives each test's runtime. `None` (after
-/// printing why) when unavailable and not required.
-pub fn shared_etcd() -> Option<String> {
-    static SHARED: OnceLock<Result<String, String>> = OnceLock::new();
-    if let Some(ext) = ServerKind::Etcd.external_endpoints() {
+/// A server shared by every test of this process: started once, on a thread of its own so it
+/// outlives each test's runtime, and kept until the process exits (the test bed removes leftover
+/// containers by label). `None` (after printing why) when unavailable and not required.
+fn shared<F, Fut, T>(
+    kind: ServerKind,
+    cell: &'static OnceLock<Result<String, String>>,
+    start: F,
+) -> Option<String>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(String, T), String>>,
+    T: Send + 'static,
+{
+    if let Some(ext) = kind.external_endpoints() {
         return Some(ext);
     }
-    let r = SHARED.get_or_init(|| {
+    let r = cell.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
-            .name("shared-etcd".into())
+            .name(format!("shared-{kind:?}"))
             .spawn(move || {
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -224,12 +232,11 @@ pub fn shared_etcd() -> Option<String> {
                     }
                 };
                 rt.block_on(async move {
-                    match start_etcd(EtcdOptions::default()).await {
-                        Ok(etcd) => {
-                            let _ = tx.send(Ok(etcd.endpoint.clone()));
-                            // Keep the container for the life of the process.
+                    match start().await {
+                        Ok((endpoint, server)) => {
+                            let _ = tx.send(Ok(endpoint));
                             std::future::pending::<()>().await;
-                            drop(etcd);
+                            drop(server);
                         }
                         Err(e) => {
                             let _ = tx.send(Err(e));
@@ -242,8 +249,97 @@ pub fn shared_etcd() -> Option<String> {
     });
     match r {
         Ok(ep) => Some(ep.clone()),
-        Err(reason) => unavailable("etcd", reason),
+        Err(reason) => unavailable(&format!("{kind:?}"), reason),
     }
+}
+
+/// The etcd every test of this process shares (or `REGISTRY_TEST_ETCD_ENDPOINTS`).
+pub fn shared_etcd() -> Option<String> {
+    static CELL: OnceLock<Result<String, String>> = OnceLock::new();
+    shared(ServerKind::Etcd, &CELL, || async {
+        let etcd = start_etcd(EtcdOptions::default()).await?;
+        Ok((etcd.endpoint.clone(), etcd))
+    })
+}
+
+/// Options for one Redis container.
+#[derive(Clone, Debug, Default)]
+pub struct RedisOptions {
+    /// A fixed host port (so a replacement container can take over the address).
+    pub host_port: Option<u16>,
+    /// Extra `redis-server` arguments (`--requirepass`, `--user`, ...).
+    pub extra_args: Vec<String>,
+}
+
+/// A running Redis container.
+pub struct Redis {
+    /// The container (dropping it removes it).
+    pub container: ContainerAsync<GenericImage>,
+    /// `127.0.0.1:port`.
+    pub endpoint: String,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+/// Starts a Redis container (no persistence) and waits until it accepts connections.
+pub async fn start_redis(opts: RedisOptions) -> Result<Redis, String> {
+    let spec = ServerKind::Redis.spec();
+    let mut cmd: Vec<String> = [
+        "redis-server",
+        "--port",
+        "6379",
+        "--bind",
+        "0.0.0.0",
+        "--protected-mode",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    cmd.extend(opts.extra_args.iter().cloned());
+    let port: ContainerPort = 6379.tcp();
+    let mut req = GenericImage::new(spec.image.clone(), spec.tag.clone())
+        .with_exposed_port(port)
+        .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
+        .with_cmd(cmd)
+        .with_label(LABEL.0, LABEL.1)
+        .with_startup_timeout(Duration::from_secs(60));
+    if let Some(p) = opts.host_port {
+        req = req.with_mapped_port(p, port);
+    }
+    let container = req.start().await.map_err(|e| {
+        format!(
+            "cannot start redis from image {}:{} ({e})",
+            spec.image, spec.tag
+        )
+    })?;
+    let host_port = container
+        .get_host_port_ipv4(port)
+        .await
+        .map_err(|e| format!("redis container has no mapped port ({e})"))?;
+    Ok(Redis {
+        container,
+        endpoint: format!("127.0.0.1:{host_port}"),
+    })
+}
+
+/// The Redis every test of this process shares (or `REGISTRY_TEST_REDIS_ENDPOINTS`).
+pub fn shared_redis() -> Option<String> {
+    static CELL: OnceLock<Result<String, String>> = OnceLock::new();
+    shared(ServerKind::Redis, &CELL, || async {
+        let r = start_redis(RedisOptions::default()).await?;
+        Ok((r.endpoint.clone(), r))
+    })
 }
 
 /// A fresh namespace for one scenario: `prefix-<random>`.

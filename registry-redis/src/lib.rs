@@ -1,1 +1,9 @@
 #![doc = include_str!("../README.md")]
+
+mod backend;
+mod config;
+mod error;
+mod scripts;
+
+pub use backend::RedisBackend;
+pub use config::RedisBuilder;

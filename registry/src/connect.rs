@@ -8,6 +8,7 @@ use registry_core::{Backend, Error, ErrorKind, Result};
 pub const SCHEMES: &[(&str, &str)] = &[
     ("memory", "memory"),
     ("etcd", "etcd"),
+    ("etcds", "etcd"),
     ("consul", "consul"),
     ("redis", "redis"),
     ("rediss", "redis"),
@@ -18,8 +19,9 @@ pub const SCHEMES: &[(&str, &str)] = &[
 /// - `memory://` a fresh in-process store; `memory://NAME` the store of that name, shared by every
 ///   `connect` in the process (so a demo's registrar and discoverer meet); options as in
 ///   [`MemoryBuilder::from_url`](registry_memory::MemoryBuilder::from_url).
-/// - `etcd://host:port[,host:port]`, `consul://host:port`, `redis://host:port`,
-///   `rediss://host:port`: the backends of those crates, each behind its cargo feature.
+/// - `etcd://host:port[,host:port][/namespace]` (`etcds://` for TLS), `redis://host:port`
+///   (`rediss://` for TLS), `consul://host:port`: the backends of those crates, each behind its
+///   cargo feature; see their builders' `from_url` for the options.
 ///
 /// A scheme whose feature is off is [`ErrorKind::Unsupported`], naming the feature to enable; an
 /// unknown scheme or a malformed URL is [`ErrorKind::InvalidInput`].
@@ -33,7 +35,9 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Backend>> {
     let scheme = scheme.to_ascii_lowercase();
     match scheme.as_str() {
         "memory" => memory(url),
-        "etcd" | "consul" | "redis" | "rediss" => not_yet(&scheme, url),
+        "etcd" | "etcds" => etcd(url).await,
+        "redis" | "rediss" => redis(url).await,
+        "consul" => not_yet(&scheme, url),
         _ => Err(Error::invalid(format!(
             "unknown backend scheme `{scheme}` in `{url}`; known schemes: {}",
             SCHEMES
@@ -76,6 +80,28 @@ fn memory(url: &str) -> Result<Arc<dyn Backend>> {
         .or_insert_with(|| builder.build())
         .clone();
     Ok(Arc::new(backend))
+}
+
+#[cfg(feature = "etcd")]
+async fn etcd(url: &str) -> Result<Arc<dyn Backend>> {
+    let b = registry_etcd::EtcdBuilder::from_url(url)?;
+    Ok(Arc::new(b.connect().await?))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn etcd(url: &str) -> Result<Arc<dyn Backend>> {
+    not_yet("etcd", url)
+}
+
+#[cfg(feature = "redis")]
+async fn redis(url: &str) -> Result<Arc<dyn Backend>> {
+    let b = registry_redis::RedisBuilder::from_url(url)?;
+    Ok(Arc::new(b.connect().await?))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn redis(url: &str) -> Result<Arc<dyn Backend>> {
+    not_yet("redis", url)
 }
 
 #[cfg(not(feature = "memory"))]

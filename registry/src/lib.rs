@@ -8,3 +8,11 @@ pub use registry_core::*;
 /// The in-process backend (feature `memory`).
 #[cfg(feature = "memory")]
 pub use registry_memory as memory;
+
+/// The etcd backend (feature `etcd`).
+#[cfg(feature = "etcd")]
+pub use registry_etcd as etcd;
+
+/// The Redis backend (feature `redis`).
+#[cfg(feature = "redis")]
+pub use registry_redis as redis;

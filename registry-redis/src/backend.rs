@@ -1,0 +1,643 @@
+//! [`RedisBackend`]: the backend contract over Redis, correct without keyspace notifications.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, AsyncConnectionConfig, Client, Script, Value};
+use registry_core::{
+    Backend, Capabilities, Error, ErrorKind, Event, KeyValue, Lease, LeaseId, Listing, Result,
+    Revision, WatchStream, key,
+};
+
+use crate::config::RedisBuilder;
+use crate::error::map;
+use crate::scripts;
+
+/// Local revisions occupy the low 30 bits of a [`Revision`]; the namespace's epoch (tenths of a
+/// second since 2023-11-14, 34 bits) the rest, so a server that lost its data (and started a new,
+/// later epoch) never reuses an old revision.
+const EPOCH_SHIFT: u32 = 30;
+const LOCAL_MASK: u64 = (1 << EPOCH_SHIFT) - 1;
+
+fn compose(epoch: u64, local: u64) -> Revision {
+    (epoch << EPOCH_SHIFT) | (local & LOCAL_MASK)
+}
+
+fn decompose(rev: Revision) -> (u64, u64) {
+    (rev >> EPOCH_SHIFT, rev & LOCAL_MASK)
+}
+
+/// How long one blocking stream read waits before the watch checks that the server is still the
+/// same (a new epoch means history is gone).
+const BLOCK_MS: usize = 2000;
+/// Stream entries read per round trip.
+const READ_COUNT: usize = 512;
+
+struct Scripts {
+    grant: Script,
+    keep_alive: Script,
+    revoke: Script,
+    put: Script,
+    delete: Script,
+    get: Script,
+    list: Script,
+    watch_start: Script,
+    reap: Script,
+    compact: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let s = |body| Script::new(&scripts::source(body));
+        Scripts {
+            grant: s(scripts::GRANT),
+            keep_alive: s(scripts::KEEP_ALIVE),
+            revoke: s(scripts::REVOKE),
+            put: s(scripts::PUT),
+            delete: s(scripts::DELETE),
+            get: s(scripts::GET),
+            list: s(scripts::LIST),
+            watch_start: s(scripts::WATCH_START),
+            reap: s(scripts::REAP),
+            compact: s(scripts::COMPACT),
+        }
+    }
+}
+
+/// A Redis backend. Cheap to clone; clones share the connection and the reaper.
+#[derive(Clone)]
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    conn: ConnectionManager,
+    /// The script KEYS, all under the namespace's hash tag.
+    keys: [String; 9],
+    /// `{ns}:`, the prefix of derived keys.
+    base: String,
+    namespace: String,
+    address: String,
+    stream_max_len: usize,
+    request_timeout: Duration,
+    caps: Capabilities,
+    scripts: Scripts,
+    reaper: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(h) = self.reaper.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            h.abort();
+        }
+    }
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("address", &self.inner.address)
+            .field("namespace", &self.inner.namespace)
+            .finish()
+    }
+}
+
+fn lease_parts(id: &LeaseId) -> Result<(String, String)> {
+    id.as_str()
+        .split_once('-')
+        .filter(|(e, n)| e.parse::<u64>().is_ok() && n.parse::<u64>().is_ok())
+        .map(|(e, n)| (e.to_owned(), n.to_owned()))
+        .ok_or_else(|| Error::lease_not_found(format!("{id} is not a Redis backend lease id")))
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_bytes(v: &Value) -> Option<Bytes> {
+    match v {
+        Value::BulkString(b) => Some(Bytes::copy_from_slice(b)),
+        Value::SimpleString(s) => Some(Bytes::copy_from_slice(s.as_bytes())),
+        _ => None,
+    }
+}
+
+fn as_array(v: Value) -> Result<Vec<Value>> {
+    match v {
+        Value::Array(a) => Ok(a),
+        other => Err(Error::new(
+            ErrorKind::Internal,
+            format!("unexpected script reply {other:?}"),
+        )),
+    }
+}
+
+fn bad_reply(what: &str) -> Error {
+    Error::new(
+        ErrorKind::Internal,
+        format!("redis {what}: unexpected script reply"),
+    )
+}
+
+/// Parses a stream ID `rev-seq`.
+fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (r, s) = id.split_once('-')?;
+    Some((r.parse().ok()?, s.parse().ok()?))
+}
+
+impl RedisBackend {
+    /// A builder with defaults (`redis://127.0.0.1:6379`).
+    pub fn builder() -> RedisBuilder {
+        RedisBuilder::new()
+    }
+
+    pub(crate) async fn connect(b: RedisBuilder) -> Result<RedisBackend> {
+        let (client, address) = b.client()?;
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(b.connect_timeout))
+            .set_response_timeout(Some(b.request_timeout))
+            .set_number_of_retries(1);
+        let conn = match tokio::time::timeout(
+            b.connect_timeout + b.request_timeout,
+            ConnectionManager::new_with_config(client.clone(), cfg),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                let err = map(e, "connect");
+                let hint = match err.kind() {
+                    ErrorKind::PermissionDenied => "check the user name and password",
+                    _ => "check that Redis is running there and reachable (and TLS settings match)",
+                };
+                return Err(err.context(format!("cannot connect to Redis at {address} ({hint})")));
+            }
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "cannot connect to Redis at {address}: no answer within {:?}",
+                        b.connect_timeout
+                    ),
+                ));
+            }
+        };
+        let tag = format!("{{{}}}", b.namespace);
+        let base = format!("{tag}:");
+        let keys = [
+            "rev", "kv", "meta", "idx", "leases", "ttl", "events", "seq", "epoch",
+        ]
+        .map(|k| format!("{base}{k}"));
+        let caps = Capabilities::default()
+            .with_min_ttl(Duration::from_millis(100))
+            .with_max_ttl(Duration::from_secs(365 * 86_400))
+            .with_ttl_granularity(Duration::from_millis(1))
+            .with_expiry_slack(b.reap_interval + Duration::from_millis(400))
+            .with_max_key_len(1024)
+            .with_max_value_len(b.max_value_len)
+            .with_exact_history(true)
+            .with_watch_delay(Duration::from_secs(1));
+        let backend = RedisBackend {
+            inner: Arc::new(Inner {
+                client,
+                conn,
+                keys,
+                base,
+                namespace: b.namespace.clone(),
+                address,
+                stream_max_len: b.stream_max_len,
+                request_timeout: b.request_timeout,
+                caps,
+                scripts: Scripts::new(),
+                reaper: std::sync::Mutex::new(None),
+            }),
+        };
+        // Fails now on refused credentials or a missing permission, not at the first operation.
+        let mut conn = backend.inner.conn.clone();
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| {
+                map(e, "connect").context(format!("Redis at {}", backend.inner.address))
+            })?;
+        backend
+            .run(&backend.inner.scripts.reap, "connect", &[])
+            .await
+            .map_err(|e| e.context(format!("Redis at {}", backend.inner.address)))?;
+        let handle = tokio::spawn(reaper(Arc::downgrade(&backend.inner), b.reap_interval));
+        *backend
+            .inner
+            .reaper
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        Ok(backend)
+    }
+
+    /// Runs a script with the namespace's keys and the common arguments followed by `args`.
+    async fn run(&self, script: &Script, what: &str, args: &[&[u8]]) -> Result<Value> {
+        let mut inv = script.prepare_invoke();
+        for k in &self.inner.keys {
+            inv.key(k);
+        }
+        inv.arg(&self.inner.base).arg(self.inner.stream_max_len);
+        for a in args {
+            inv.arg(*a);
+        }
+        let mut conn = self.inner.conn.clone();
+        match tokio::time::timeout(
+            self.inner.request_timeout,
+            inv.invoke_async::<Value>(&mut conn),
+        )
+        .await
+        {
+            Ok(r) => r.map_err(|e| map(e, what)),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "redis {what}: no answer from {} within {:?}",
+                    self.inner.address, self.inner.request_timeout
+                ),
+            )),
+        }
+    }
+
+    /// Runs a script whose reply starts with the epoch; returns the epoch and the rest.
+    async fn run_epoch(
+        &self,
+        script: &Script,
+        what: &str,
+        args: &[&[u8]],
+    ) -> Result<(u64, Vec<Value>)> {
+        let mut reply = as_array(self.run(script, what, args).await?)?.into_iter();
+        let epoch = reply
+            .next()
+            .as_ref()
+            .and_then(as_u64)
+            .ok_or_else(|| bad_reply(what))?;
+        Ok((epoch, reply.collect()))
+    }
+
+    /// Discards the namespace's history at or below `revision`: a watch from an older revision then
+    /// fails with `Compacted`. (The stream is also trimmed to the configured length as it grows.)
+    pub async fn compact(&self, revision: Revision) -> Result<()> {
+        let (epoch, local) = decompose(revision);
+        let (e, l) = (epoch.to_string(), local.to_string());
+        self.run(
+            &self.inner.scripts.compact,
+            "compact",
+            &[e.as_bytes(), l.as_bytes()],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Runs the expiry reaper once, returning how many leases it ended. Every connected backend
+    /// also runs it on its own, every reap interval.
+    pub async fn reap(&self) -> Result<u64> {
+        let (_, rest) = self
+            .run_epoch(&self.inner.scripts.reap, "reap", &[])
+            .await?;
+        Ok(rest.first().and_then(as_u64).unwrap_or(0))
+    }
+
+    fn kv(&self, epoch: u64, key: String, value: &Value, meta: &Value) -> Option<KeyValue> {
+        let value = as_bytes(value)?;
+        let meta = as_bytes(meta)?;
+        let meta = std::str::from_utf8(&meta).ok()?;
+        let (rev, lease) = meta.split_once(':')?;
+        Some(KeyValue {
+            key,
+            value,
+            revision: compose(epoch, rev.parse().ok()?),
+            lease: (!lease.is_empty()).then(|| LeaseId::new(format!("{epoch}-{lease}"))),
+        })
+    }
+
+    async fn watch_connection(&self) -> Result<MultiplexedConnection> {
+        // Blocking reads must not hit the response timeout of the shared connection.
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.inner.request_timeout))
+            .set_response_timeout(None);
+        self.inner
+            .client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .map_err(|e| {
+                map(e, "watch connect").context(format!("Redis at {}", self.inner.address))
+            })
+    }
+}
+
+/// Ends expired leases every `interval`, so their deletes reach watchers within the declared slack
+/// even when nobody reads. Concurrent reapers are harmless: the script is atomic.
+async fn reaper(inner: Weak<Inner>, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let backend = RedisBackend { inner };
+        if let Err(e) = backend.reap().await {
+            tracing::debug!(error = %e, "redis reaper: pass failed; retrying");
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.caps.clone()
+    }
+
+    async fn grant(&self, ttl: Duration) -> Result<Lease> {
+        let caps = &self.inner.caps;
+        let granted = caps.grant_ttl(ttl).ok_or_else(|| {
+            Error::invalid(format!(
+                "TTL {ttl:?} is outside the allowed range (0, {:?}]",
+                caps.max_ttl
+            ))
+        })?;
+        let ms = (granted.as_millis() as u64).to_string();
+        let (epoch, rest) = self
+            .run_epoch(&self.inner.scripts.grant, "lease grant", &[ms.as_bytes()])
+            .await?;
+        let id = rest
+            .first()
+            .and_then(as_u64)
+            .ok_or_else(|| bad_reply("grant"))?;
+        Ok(Lease {
+            id: LeaseId::new(format!("{epoch}-{id}")),
+            ttl: granted,
+        })
+    }
+
+    async fn keep_alive(&self, lease: &LeaseId) -> Result<Duration> {
+        let (e, id) = lease_parts(lease)?;
+        let v = self
+            .run(
+                &self.inner.scripts.keep_alive,
+                "lease keep-alive",
+                &[e.as_bytes(), id.as_bytes()],
+            )
+            .await?;
+        as_u64(&v)
+            .map(Duration::from_millis)
+            .ok_or_else(|| bad_reply("keep-alive"))
+    }
+
+    async fn revoke(&self, lease: &LeaseId) -> Result<()> {
+        let (e, id) = lease_parts(lease)?;
+        self.run(
+            &self.inner.scripts.revoke,
+            "lease revoke",
+            &[e.as_bytes(), id.as_bytes()],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn put(&self, k: &str, value: Bytes, lease: Option<&LeaseId>) -> Result<Revision> {
+        key::validate_key(k, &self.inner.caps)?;
+        key::validate_value(&value, &self.inner.caps)?;
+        let (e, id) = match lease {
+            Some(l) => lease_parts(l)?,
+            None => (String::new(), String::new()),
+        };
+        let (epoch, rest) = self
+            .run_epoch(
+                &self.inner.scripts.put,
+                "put",
+                &[k.as_bytes(), &value, e.as_bytes(), id.as_bytes()],
+            )
+            .await?;
+        let rev = rest
+            .first()
+            .and_then(as_u64)
+            .ok_or_else(|| bad_reply("put"))?;
+        Ok(compose(epoch, rev))
+    }
+
+    async fn delete(&self, k: &str) -> Result<Option<Revision>> {
+        key::validate_key(k, &self.inner.caps)?;
+        let (epoch, rest) = self
+            .run_epoch(&self.inner.scripts.delete, "delete", &[k.as_bytes()])
+            .await?;
+        let rev = rest
+            .first()
+            .and_then(as_u64)
+            .ok_or_else(|| bad_reply("delete"))?;
+        Ok((rev > 0).then(|| compose(epoch, rev)))
+    }
+
+    async fn get(&self, k: &str) -> Result<Option<KeyValue>> {
+        key::validate_key(k, &self.inner.caps)?;
+        let (epoch, rest) = self
+            .run_epoch(&self.inner.scripts.get, "get", &[k.as_bytes()])
+            .await?;
+        match rest.as_slice() {
+            [] => Ok(None),
+            [value, meta] => self
+                .kv(epoch, k.to_owned(), value, meta)
+                .map(Some)
+                .ok_or_else(|| bad_reply("get")),
+            _ => Err(bad_reply("get")),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Listing> {
+        key::validate_prefix(prefix, &self.inner.caps)?;
+        let p = key::normalize_prefix(prefix);
+        let (min, max) = if p.is_empty() {
+            (b"-".to_vec(), b"+".to_vec())
+        } else {
+            let mut min = b"[".to_vec();
+            min.extend_from_slice(p.as_bytes());
+            let max = match key::prefix_range_end(p.as_bytes()) {
+                Some(end) => {
+                    let mut m = b"(".to_vec();
+                    m.extend_from_slice(&end);
+                    m
+                }
+                None => b"+".to_vec(),
+            };
+            (min, max)
+        };
+        let (epoch, rest) = self
+            .run_epoch(&self.inner.scripts.list, "list", &[&min, &max])
+            .await?;
+        let mut it = rest.into_iter();
+        let rev = it
+            .next()
+            .as_ref()
+            .and_then(as_u64)
+            .ok_or_else(|| bad_reply("list"))?;
+        let keys = as_array(it.next().ok_or_else(|| bad_reply("list"))?)?;
+        let values = as_array(it.next().ok_or_else(|| bad_reply("list"))?)?;
+        let metas = as_array(it.next().ok_or_else(|| bad_reply("list"))?)?;
+        let mut entries = Vec::with_capacity(keys.len());
+        for ((k, v), m) in keys.iter().zip(&values).zip(&metas) {
+            let Some(k) = as_bytes(k).and_then(|b| String::from_utf8(b.to_vec()).ok()) else {
+                continue;
+            };
+            if let Some(kv) = self.kv(epoch, k, v, m) {
+                entries.push(kv);
+            }
+        }
+        Ok(Listing {
+            entries,
+            revision: compose(epoch, rev),
+        })
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
+        key::validate_prefix(prefix, &self.inner.caps)?;
+        let (epoch, rest) = self
+            .run_epoch(&self.inner.scripts.watch_start, "watch", &[])
+            .await?;
+        let current = rest
+            .first()
+            .and_then(as_u64)
+            .ok_or_else(|| bad_reply("watch"))?;
+        let first = rest
+            .get(1)
+            .and_then(as_bytes)
+            .and_then(|b| String::from_utf8(b.to_vec()).ok())
+            .and_then(|s| parse_id(&s));
+        let (after_epoch, after_local) = decompose(after);
+        let oldest = match first {
+            Some((r, 0)) => r,
+            Some((r, _)) => r + 1,
+            None => current + 1,
+        };
+        if after != 0 && after_epoch != epoch {
+            // The server lost this namespace's data since `after` was read: its history is gone.
+            return Err(Error::compacted(compose(
+                epoch,
+                oldest.min(current + 1).max(1),
+            )));
+        }
+        let complete = match first {
+            // Nothing retained: complete only if nothing happened after `after`.
+            None => current <= after_local,
+            Some((r, s)) => r <= after_local || (r == after_local + 1 && s == 0),
+        };
+        if !complete {
+            return Err(Error::compacted(compose(epoch, oldest)));
+        }
+        let conn = self.watch_connection().await?;
+        let state = Reader {
+            backend: self.clone(),
+            conn,
+            prefix: key::normalize_prefix(prefix).into_owned(),
+            epoch,
+            last: (after_local, u64::MAX),
+            buffer: VecDeque::new(),
+            done: false,
+        };
+        Ok(Box::pin(stream::unfold(state, Reader::next)))
+    }
+}
+
+/// One watch: blocking reads of the namespace's stream from the last ID seen, on a connection of
+/// its own.
+struct Reader {
+    backend: RedisBackend,
+    conn: MultiplexedConnection,
+    prefix: String,
+    epoch: u64,
+    /// The last stream ID seen (`seq == u64::MAX`: every event of that revision).
+    last: (u64, u64),
+    buffer: VecDeque<Event>,
+    done: bool,
+}
+
+impl Reader {
+    async fn next(mut self) -> Option<(Result<Event>, Reader)> {
+        loop {
+            if let Some(ev) = self.buffer.pop_front() {
+                return Some((Ok(ev), self));
+            }
+            if self.done {
+                return None;
+            }
+            if let Err(e) = self.read().await {
+                self.done = true;
+                return Some((Err(e), self));
+            }
+        }
+    }
+
+    /// The stream ID that follows `last` with no gap: the next seq of the same revision, or the
+    /// first of the next.
+    fn follows(&self, id: (u64, u64)) -> bool {
+        let (r, s) = self.last;
+        id == (r + 1, 0) || (s != u64::MAX && id == (r, s + 1))
+    }
+
+    async fn read(&mut self) -> Result<()> {
+        let stream_key = &self.backend.inner.keys[6];
+        let from = format!("{}-{}", self.last.0, self.last.1);
+        let opts = StreamReadOptions::default()
+            .block(BLOCK_MS)
+            .count(READ_COUNT);
+        let reply: Option<StreamReadReply> = self
+            .conn
+            .xread_options(&[stream_key], &[&from], &opts)
+            .await
+            .map_err(|e| map(e, "watch"))?;
+        let ids = reply
+            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>())
+            .unwrap_or_default();
+        if ids.is_empty() {
+            // Quiet: make sure the server is still the one we were reading (a server that lost its
+            // data starts a new epoch and numbers events from 1 again, below our position).
+            let epoch: Option<String> = self
+                .conn
+                .get(&self.backend.inner.keys[8])
+                .await
+                .map_err(|e| map(e, "watch"))?;
+            if epoch.as_deref() != Some(self.epoch.to_string().as_str()) {
+                return Err(Error::compacted(compose(
+                    epoch.and_then(|e| e.parse().ok()).unwrap_or(self.epoch + 1),
+                    1,
+                )));
+            }
+            return Ok(());
+        }
+        for entry in ids {
+            let id = parse_id(&entry.id).ok_or_else(|| bad_reply("watch"))?;
+            if !self.follows(id) {
+                // The stream was trimmed past us: events are missing.
+                let oldest = if id.1 == 0 { id.0 } else { id.0 + 1 };
+                return Err(Error::compacted(compose(self.epoch, oldest)));
+            }
+            self.last = id;
+            let field = |name: &str| entry.map.get(name).and_then(as_bytes);
+            let key = field("k")
+                .and_then(|b| String::from_utf8(b.to_vec()).ok())
+                .ok_or_else(|| bad_reply("watch"))?;
+            if !key::key_matches(&self.prefix, &key) {
+                continue;
+            }
+            let revision = compose(self.epoch, id.0);
+            let ev = match field("t").as_deref() {
+                Some(b"p") => Event::put(key, field("v").unwrap_or_default(), revision),
+                Some(b"d") => Event::delete(key, revision),
+                _ => return Err(bad_reply("watch")),
+            };
+            self.buffer.push_back(ev);
+        }
+        Ok(())
+    }
+}

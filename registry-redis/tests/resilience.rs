@@ -1,0 +1,275 @@
+//! Redis replaced under live registrations, the stream trimmed under a watcher, and authentication.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use conformance_tests::engine::until_online;
+use conformance_tests::testbed::{self, RedisOptions};
+use futures::StreamExt;
+use registry_core::engine::{Instance, Registry};
+use registry_core::{Backend, Bytes, ErrorKind};
+use registry_redis::{RedisBackend, RedisBuilder};
+use tokio::time::{sleep, timeout};
+
+fn builder(endpoint: &str) -> RedisBuilder {
+    let (host, port) = endpoint.rsplit_once(':').expect("host:port");
+    RedisBuilder::new()
+        .address(host, port.parse().expect("port"))
+        .request_timeout(Duration::from_secs(1))
+        .connect_timeout(Duration::from_secs(1))
+}
+
+fn registry(backend: &RedisBackend) -> Registry {
+    Registry::builder(Arc::new(backend.clone()))
+        .ttl(Duration::from_secs(2))
+        .heartbeat(Duration::from_millis(600))
+        .op_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_come_back_after_redis_is_replaced() {
+    let port = testbed::free_port();
+    let first = match testbed::start_redis(RedisOptions {
+        host_port: Some(port),
+        ..RedisOptions::default()
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(reason) => return testbed::unavailable::<()>("redis", &reason).unwrap_or(()),
+    };
+    let endpoint = first.endpoint.clone();
+    let backend = builder(&endpoint).connect().await.unwrap();
+    let a = registry(&backend);
+    let b = registry(&backend);
+    let d = b.discover("web").await.unwrap();
+    let mut regs = Vec::new();
+    for i in 0..3 {
+        regs.push(
+            a.register(Instance::new("web", format!("w{i}")).addr(format!("10.0.0.{i}:80")))
+                .await
+                .unwrap(),
+        );
+    }
+    until_online(
+        d.directory(),
+        "web",
+        &["w0", "w1", "w2"],
+        Duration::from_secs(5),
+    )
+    .await;
+
+    // Kill it (no persistence: every key, lease and event is gone) and start a new, empty one on
+    // the same address.
+    let status = std::process::Command::new("docker")
+        .args(["kill", "--signal", "KILL", first.container.id()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("docker kill");
+    assert!(status.success());
+    sleep(Duration::from_secs(1)).await;
+    let second = testbed::start_redis(RedisOptions {
+        host_port: Some(port),
+        ..RedisOptions::default()
+    })
+    .await
+    .expect("start the replacement redis");
+    assert_eq!(second.endpoint, endpoint);
+
+    // Keep-alives find the leases gone (a new epoch), grant new ones and write everything again;
+    // the watcher sees its history gone and re-lists.
+    for r in &regs {
+        timeout(Duration::from_secs(20), r.registered())
+            .await
+            .expect("registered again within 20 s")
+            .unwrap();
+    }
+    let mut view = d.directory().subscribe("web");
+    timeout(
+        Duration::from_secs(20),
+        view.wait_for(|s| !s.is_stale() && s.online().len() == 3),
+    )
+    .await
+    .expect("the directory shows all three again")
+    .unwrap();
+    let listed = backend.list("registry/web").await.unwrap();
+    assert_eq!(listed.entries.len(), 3);
+    assert!(a.stats().recoveries >= 1, "{:?}", a.stats());
+    drop(second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_lost_its_data_is_never_taken_for_the_same_history() {
+    let Some(endpoint) = testbed::shared_redis() else {
+        return;
+    };
+    let ns = testbed::fresh_namespace("epoch");
+    let backend = builder(&endpoint)
+        .namespace(ns.clone())
+        .connect()
+        .await
+        .unwrap();
+    for i in 0..5 {
+        backend
+            .put(&format!("k/{i}"), Bytes::from_static(b"v"), None)
+            .await
+            .unwrap();
+    }
+    let old = backend.list("k").await.unwrap().revision;
+    let lease = backend.grant(Duration::from_secs(30)).await.unwrap();
+    // Wipe the namespace, as a restart without persistence would.
+    let client = redis::Client::open(format!("redis://{endpoint}")).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{ns}}}:*"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    sleep(Duration::from_millis(200)).await; // epochs count tenths of a second
+    backend.put("k/new", Bytes::new(), None).await.unwrap();
+    let new = backend.list("k").await.unwrap().revision;
+    assert!(new > old, "revisions went backwards: {old} -> {new}");
+    let e = match backend.watch("k", old).await {
+        Err(e) => e,
+        Ok(mut s) => s.next().await.unwrap().unwrap_err(),
+    };
+    assert_eq!(e.kind(), ErrorKind::Compacted, "{e}");
+    assert_eq!(
+        backend.keep_alive(&lease.id).await.unwrap_err().kind(),
+        ErrorKind::LeaseNotFound
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_are_permission_denied() {
+    const PASSWORD: &str = "requirepass-secret";
+    let redis = match testbed::start_redis(RedisOptions {
+        extra_args: vec![
+            "--requirepass".into(),
+            PASSWORD.into(),
+            "--user".into(),
+            "alice".into(),
+            "on".into(),
+            ">alice-secret".into(),
+            "~*".into(),
+            "&*".into(),
+            "+@all".into(),
+            "--user".into(),
+            "reader".into(),
+            "on".into(),
+            ">reader-secret".into(),
+            "~*".into(),
+            "+@read".into(),
+        ],
+        ..RedisOptions::default()
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(reason) => return testbed::unavailable::<()>("redis", &reason).unwrap_or(()),
+    };
+    let ep = redis.endpoint.clone();
+    // requirepass: right and wrong password.
+    let ok = builder(&ep)
+        .password(PASSWORD)
+        .connect()
+        .await
+        .expect("right password");
+    ok.put("k", Bytes::from_static(b"v"), None).await.unwrap();
+    let e = builder(&ep).password("wrong").connect().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    let e = builder(&ep).connect().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "no password: {e}");
+    // ACL users: right, wrong, and one without the permission to run scripts.
+    let alice = builder(&ep)
+        .auth("alice", "alice-secret")
+        .connect()
+        .await
+        .expect("ACL user");
+    assert!(alice.get("k").await.unwrap().is_some());
+    let e = builder(&ep)
+        .auth("alice", "nope")
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    assert!(!e.to_string().contains("alice-secret"));
+    let e = builder(&ep)
+        .auth("reader", "reader-secret")
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.kind(),
+        ErrorKind::PermissionDenied,
+        "user without script permission: {e}"
+    );
+    let url = format!("redis://alice:alice-secret@{ep}");
+    assert!(!format!("{:?}", RedisBuilder::from_url(&url).unwrap()).contains("alice-secret"));
+    assert!(!format!("{alice:?}").contains("alice-secret"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_local_revisions_starts_a_new_epoch_cleanly() {
+    let Some(endpoint) = testbed::shared_redis() else {
+        return;
+    };
+    let ns = testbed::fresh_namespace("rollover");
+    let backend = builder(&endpoint)
+        .namespace(ns.clone())
+        .connect()
+        .await
+        .unwrap();
+    let lease = backend.grant(Duration::from_secs(30)).await.unwrap();
+    backend
+        .put("k/leased", Bytes::from_static(b"1"), Some(&lease.id))
+        .await
+        .unwrap();
+    backend
+        .put("k/plain", Bytes::from_static(b"2"), None)
+        .await
+        .unwrap();
+    let before = backend.list("k").await.unwrap().revision;
+    // Jump the local revision counter to the edge of its 30 bits.
+    let client = redis::Client::open(format!("redis://{endpoint}")).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{{{ns}}}:rev"))
+        .arg(1_073_741_000u64)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let listing = backend.list("k").await.unwrap();
+    assert!(
+        listing.revision > before,
+        "revision went backwards across the rollover"
+    );
+    assert_eq!(listing.entries.len(), 2, "data survives the rollover");
+    for kv in &listing.entries {
+        assert!(
+            kv.revision <= listing.revision,
+            "{} newer than its listing",
+            kv.key
+        );
+    }
+    let e = match backend.watch("k", before).await {
+        Err(e) => e,
+        Ok(mut s) => s.next().await.unwrap().unwrap_err(),
+    };
+    assert_eq!(e.kind(), ErrorKind::Compacted, "{e}");
+    assert_eq!(
+        backend.keep_alive(&lease.id).await.unwrap_err().kind(),
+        ErrorKind::LeaseNotFound,
+        "leases of the old epoch end"
+    );
+    let mut w = backend.watch("k", listing.revision).await.unwrap();
+    let r = backend.put("k/after", Bytes::new(), None).await.unwrap();
+    assert_eq!(w.next().await.unwrap().unwrap().revision, r);
+}
