@@ -91,7 +91,7 @@ pub async fn engine_heartbeat_keeps_registration(f: Fixture) {
     let d = b.discover("web").await.expect("discover");
     let r = a.register(web("w1")).await.expect("register");
     until_online(d.directory(), "web", &["w1"], watch_limit(&*f.backend)).await;
-    let slack = f.backend.capabilities().expiry_slack;
+    let slack = f.backend.capabilities().expiry_slack_for(ttl);
     let until = Instant::now() + ttl * 2 + slack;
     while Instant::now() < until {
         assert_eq!(
@@ -117,7 +117,7 @@ pub async fn engine_keep_alive_stopped_disappears_after_ttl(f: Fixture) {
     let crashed = Instant::now();
     a.crash();
     std::mem::forget(r);
-    let limit = ttl + caps.expiry_slack + caps.watch_delay + Duration::from_secs(2);
+    let limit = ttl + caps.expiry_slack_for(ttl) + caps.watch_delay + Duration::from_secs(2);
     let took = crashed.elapsed() + until_online(d.directory(), "web", &[], limit).await;
     assert!(
         took + ttl / 3 + Duration::from_millis(100) >= ttl,

@@ -342,6 +342,82 @@ pub fn shared_redis() -> Option<String> {
     })
 }
 
+/// Options for one Consul container (a `-dev` agent: in-memory, single node).
+#[derive(Clone, Debug, Default)]
+pub struct ConsulOptions {
+    /// A fixed host port for the HTTP API (so a restarted agent keeps its address).
+    pub host_port: Option<u16>,
+    /// Extra agent arguments (`-hcl ...` for ACLs).
+    pub extra_args: Vec<String>,
+}
+
+/// A running Consul container.
+pub struct Consul {
+    /// The container (dropping it removes it).
+    pub container: ContainerAsync<GenericImage>,
+    /// `127.0.0.1:port` of the HTTP API.
+    pub endpoint: String,
+}
+
+impl std::fmt::Debug for Consul {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consul")
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+/// Starts a Consul `-dev` agent and waits until it has a leader and has synced its node.
+pub async fn start_consul(opts: ConsulOptions) -> Result<Consul, String> {
+    let spec = ServerKind::Consul.spec();
+    let mut cmd: Vec<String> = [
+        "consul",
+        "agent",
+        "-dev",
+        "-client",
+        "0.0.0.0",
+        "-log-level",
+        "info",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    cmd.extend(opts.extra_args.iter().cloned());
+    let port: ContainerPort = 8500.tcp();
+    let mut req = GenericImage::new(spec.image.clone(), spec.tag.clone())
+        .with_exposed_port(port)
+        .with_wait_for(WaitFor::message_on_stdout("Synced node info"))
+        .with_cmd(cmd)
+        .with_label(LABEL.0, LABEL.1)
+        .with_startup_timeout(Duration::from_secs(60));
+    if let Some(p) = opts.host_port {
+        req = req.with_mapped_port(p, port);
+    }
+    let container = req.start().await.map_err(|e| {
+        format!(
+            "cannot start consul from image {}:{} ({e})",
+            spec.image, spec.tag
+        )
+    })?;
+    let host_port = container
+        .get_host_port_ipv4(port)
+        .await
+        .map_err(|e| format!("consul container has no mapped port ({e})"))?;
+    Ok(Consul {
+        container,
+        endpoint: format!("127.0.0.1:{host_port}"),
+    })
+}
+
+/// The Consul agent every test of this process shares (or `REGISTRY_TEST_CONSUL_ENDPOINTS`).
+pub fn shared_consul() -> Option<String> {
+    static CELL: OnceLock<Result<String, String>> = OnceLock::new();
+    shared(ServerKind::Consul, &CELL, || async {
+        let c = start_consul(ConsulOptions::default()).await?;
+        Ok((c.endpoint.clone(), c))
+    })
+}
+
 /// A fresh namespace for one scenario: `prefix-<random>`.
 pub fn fresh_namespace(prefix: &str) -> String {
     format!("{prefix}-{:016x}", rand_u64())

@@ -38,8 +38,13 @@ pub struct Capabilities {
     /// Granted TTLs are rounded up to a multiple of this.
     pub ttl_granularity: Duration,
     /// How late after its TTL (counted from the grant or the last successful keep-alive) an expired
-    /// lease's keys may still be visible. A key is never removed before its TTL has run out.
+    /// lease's keys may still be visible, as a fixed duration; see also
+    /// [`expiry_slack_ttl_percent`](Self::expiry_slack_ttl_percent) and
+    /// [`expiry_slack_for`](Self::expiry_slack_for). A key is never removed before its TTL has run out.
     pub expiry_slack: Duration,
+    /// The part of the expiry slack proportional to the TTL, in percent of it (Consul may wait up to
+    /// twice the TTL: 100).
+    pub expiry_slack_ttl_percent: u32,
     /// The longest key, in bytes, including nothing of the namespace.
     pub max_key_len: usize,
     /// The largest value, in bytes. A value of exactly this size is accepted; one byte more is
@@ -62,6 +67,7 @@ impl Default for Capabilities {
             max_ttl: Duration::from_secs(86_400),
             ttl_granularity: Duration::from_millis(1),
             expiry_slack: Duration::from_secs(1),
+            expiry_slack_ttl_percent: 0,
             max_key_len: 1024,
             max_value_len: 1024 * 1024,
             exact_history: true,
@@ -91,6 +97,18 @@ impl Capabilities {
         self.expiry_slack = v;
         self
     }
+    /// Sets [`expiry_slack_ttl_percent`](Self::expiry_slack_ttl_percent).
+    pub fn with_expiry_slack_ttl_percent(mut self, v: u32) -> Self {
+        self.expiry_slack_ttl_percent = v;
+        self
+    }
+
+    /// How late after `ttl` a lease's keys may still be visible: the fixed slack plus the
+    /// TTL-proportional part.
+    pub fn expiry_slack_for(&self, ttl: Duration) -> Duration {
+        self.expiry_slack + ttl * self.expiry_slack_ttl_percent / 100
+    }
+
     /// Sets [`max_key_len`](Self::max_key_len).
     pub fn with_max_key_len(mut self, v: usize) -> Self {
         self.max_key_len = v;

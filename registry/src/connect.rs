@@ -10,6 +10,7 @@ pub const SCHEMES: &[(&str, &str)] = &[
     ("etcd", "etcd"),
     ("etcds", "etcd"),
     ("consul", "consul"),
+    ("consuls", "consul"),
     ("redis", "redis"),
     ("rediss", "redis"),
 ];
@@ -37,7 +38,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Backend>> {
         "memory" => memory(url),
         "etcd" | "etcds" => etcd(url).await,
         "redis" | "rediss" => redis(url).await,
-        "consul" => not_yet(&scheme, url),
+        "consul" | "consuls" => consul(url).await,
         _ => Err(Error::invalid(format!(
             "unknown backend scheme `{scheme}` in `{url}`; known schemes: {}",
             SCHEMES
@@ -49,6 +50,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Backend>> {
     }
 }
 
+#[cfg(not(all(feature = "memory", feature = "etcd", feature = "consul", feature = "redis")))]
 fn feature_of(scheme: &str) -> &'static str {
     SCHEMES
         .iter()
@@ -93,6 +95,17 @@ async fn etcd(url: &str) -> Result<Arc<dyn Backend>> {
     not_yet("etcd", url)
 }
 
+#[cfg(feature = "consul")]
+async fn consul(url: &str) -> Result<Arc<dyn Backend>> {
+    let b = registry_consul::ConsulBuilder::from_url(url)?;
+    Ok(Arc::new(b.connect().await?))
+}
+
+#[cfg(not(feature = "consul"))]
+async fn consul(url: &str) -> Result<Arc<dyn Backend>> {
+    not_yet("consul", url)
+}
+
 #[cfg(feature = "redis")]
 async fn redis(url: &str) -> Result<Arc<dyn Backend>> {
     let b = registry_redis::RedisBuilder::from_url(url)?;
@@ -109,6 +122,7 @@ fn memory(url: &str) -> Result<Arc<dyn Backend>> {
     not_yet("memory", url)
 }
 
+#[cfg(not(all(feature = "memory", feature = "etcd", feature = "consul", feature = "redis")))]
 fn not_yet(scheme: &str, url: &str) -> Result<Arc<dyn Backend>> {
     let feature = feature_of(scheme);
     Err(Error::new(

@@ -16,3 +16,7 @@ pub use registry_etcd as etcd;
 /// The Redis backend (feature `redis`).
 #[cfg(feature = "redis")]
 pub use registry_redis as redis;
+
+/// The Consul backend (feature `consul`).
+#[cfg(feature = "consul")]
+pub use registry_consul as consul;

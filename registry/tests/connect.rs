@@ -1,5 +1,5 @@
 //! `registry::connect` picks the backend by URL scheme, against real servers when built with them.
-#![cfg(all(feature = "etcd", feature = "redis"))]
+#![cfg(all(feature = "etcd", feature = "redis", feature = "consul"))]
 
 use registry::{Bytes, ErrorKind};
 
@@ -8,6 +8,13 @@ async fn etcd_and_redis_urls_connect_to_real_servers() {
     let ns = conformance_tests::testbed::fresh_namespace("connect");
     if let Some(ep) = conformance_tests::testbed::shared_etcd() {
         let b = registry::connect(&format!("etcd://{ep}/{ns}"))
+            .await
+            .unwrap();
+        b.put("k", Bytes::from_static(b"v"), None).await.unwrap();
+        assert!(b.get("k").await.unwrap().is_some());
+    }
+    if let Some(ep) = conformance_tests::testbed::shared_consul() {
+        let b = registry::connect(&format!("consul://{ep}/{ns}"))
             .await
             .unwrap();
         b.put("k", Bytes::from_static(b"v"), None).await.unwrap();
@@ -28,6 +35,7 @@ async fn unreachable_servers_say_where_and_what_to_check() {
     for url in [
         format!("etcd://127.0.0.1:{port}?connect_timeout=1s&timeout=1s"),
         format!("redis://127.0.0.1:{port}"),
+        format!("consul://127.0.0.1:{port}"),
     ] {
         let e = registry::connect(&url).await.unwrap_err();
         assert!(

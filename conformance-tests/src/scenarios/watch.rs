@@ -156,6 +156,15 @@ pub async fn watch_slow_reader_gets_every_event(f: Fixture) {
             revs
         })
     };
+    if !caps.exact_history {
+        // Coalescing backends deliver at least the final value of every key.
+        let revs = writer.await.expect("writer");
+        let want: Vec<Event> = (0..N)
+            .map(|i| Event::put(format!("slow/{}", i % 97), b(&i.to_string()), revs[i]))
+            .collect();
+        expect_events(&mut stream, &caps, &want).await;
+        return;
+    }
     let mut got = Vec::with_capacity(N);
     while got.len() < N {
         match timeout(event_timeout(&caps), stream.next()).await {

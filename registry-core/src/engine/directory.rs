@@ -278,15 +278,18 @@ impl Directory {
         Changes::new(self.subscribe(service))
     }
 
-    /// Replaces `service`'s instances as of `revision` (ignored when older than the current view).
+    /// Replaces `service`'s instances as of `revision`. An incremental update older than the current
+    /// view is ignored; an `authoritative` one (a full listing) always applies, since a backend that
+    /// lost its history may restart its revisions lower.
     pub(crate) fn publish(
         &self,
         service: &str,
         all: BTreeMap<String, Arc<Instance>>,
         revision: Revision,
+        authoritative: bool,
     ) {
         self.update(service, |cur| {
-            if cur.synced && revision < cur.revision {
+            if !authoritative && cur.synced && revision < cur.revision {
                 return None;
             }
             Some(ServiceSnapshot::rebuild(

@@ -336,14 +336,15 @@ impl Worker {
         for service in self.view.keys() {
             if !next.contains_key(service) {
                 self.directory
-                    .publish(service, BTreeMap::new(), listing.revision);
+                    .publish(service, BTreeMap::new(), listing.revision, true);
             }
         }
         for (service, instances) in &next {
             self.directory
-                .publish(service, instances.clone(), listing.revision);
+                .publish(service, instances.clone(), listing.revision, true);
         }
         self.view = next;
+        // A listing is the truth, even if the backend's revisions restarted lower.
         self.revision = listing.revision;
         self.synced.send_replace(true);
         Ok(())
@@ -475,7 +476,8 @@ impl Worker {
         }
         for service in dirty {
             let instances = self.view.get(&service).cloned().unwrap_or_default();
-            self.directory.publish(&service, instances, self.revision);
+            self.directory
+                .publish(&service, instances, self.revision, false);
         }
     }
 

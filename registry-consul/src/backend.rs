@@ -1,0 +1,694 @@
+//! [`ConsulBackend`]: leases are sessions (`Behavior=delete`), keys attached to a lease are locked by
+//! its session, watches are rate-limited blocking queries diffed into per-key events.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use futures::stream;
+use hyper::{Method, StatusCode};
+use registry_core::{
+    Backend, Capabilities, Error, ErrorKind, Event, KeyValue, Lease, LeaseId, Listing, Result,
+    Revision, WatchStream, key,
+};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::config::ConsulBuilder;
+use crate::http::{Answer, Http};
+use crate::keys;
+
+/// One key's state in a snapshot of a prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    modify_index: u64,
+    value: Bytes,
+    session: Option<String>,
+}
+
+/// A prefix's full state at one index, keyed by our (decoded) keys.
+type Snapshot = Arc<BTreeMap<String, Entry>>;
+
+/// Recently seen snapshots, so that a watch can start from a revision this process listed or
+/// delivered: Consul keeps no history, so a diff needs the state at the starting revision.
+#[derive(Default)]
+struct Snapshots {
+    recent: VecDeque<(String, Revision, Snapshot)>,
+}
+
+const SNAPSHOTS_KEPT: usize = 64;
+
+impl Snapshots {
+    fn insert(&mut self, prefix: &str, rev: Revision, snap: Snapshot) {
+        if self.recent.iter().any(|(p, r, _)| p == prefix && *r == rev) {
+            return;
+        }
+        if self.recent.len() >= SNAPSHOTS_KEPT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((prefix.to_owned(), rev, snap));
+    }
+
+    /// The state of `prefix` at `rev`, from a snapshot of it or of any directory above it.
+    fn get(&self, prefix: &str, rev: Revision) -> Option<Snapshot> {
+        let (p, _, snap) = self
+            .recent
+            .iter()
+            .rev()
+            .find(|(p, r, _)| *r == rev && prefix.starts_with(p.as_str()))?;
+        if p == prefix {
+            return Some(snap.clone());
+        }
+        Some(Arc::new(
+            snap.iter()
+                .filter(|(k, _)| key::key_matches(prefix, k))
+                .map(|(k, e)| (k.clone(), e.clone()))
+                .collect(),
+        ))
+    }
+}
+
+/// A Consul backend. Cheap to clone; clones share the HTTP client.
+#[derive(Clone)]
+pub struct ConsulBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: Http,
+    /// The encoded namespace, ending in `/`.
+    root: String,
+    namespace: String,
+    request_timeout: Duration,
+    watch_wait: Duration,
+    min_poll_interval: Duration,
+    caps: Capabilities,
+    snapshots: Mutex<Snapshots>,
+}
+
+impl fmt::Debug for ConsulBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsulBackend")
+            .field("address", &self.inner.http.address)
+            .field("namespace", &self.inner.namespace)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RawEntry {
+    key: String,
+    value: Option<String>,
+    modify_index: u64,
+    session: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TxnAnswer {
+    results: Option<Vec<TxnResult>>,
+    errors: Option<Vec<TxnError>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TxnResult {
+    #[serde(rename = "KV")]
+    kv: Option<RawEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TxnError {
+    what: String,
+}
+
+fn session_id(lease: &LeaseId) -> Result<&str> {
+    let id = lease.as_str();
+    let ok = id.len() == 36 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    if ok {
+        Ok(id)
+    } else {
+        Err(Error::lease_not_found(format!(
+            "{id} is not a Consul session id"
+        )))
+    }
+}
+
+fn parse_ttl(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if let Some(v) = s.strip_suffix("ms") {
+        return v.parse().ok().map(Duration::from_millis);
+    }
+    if let Some(v) = s.strip_suffix('s') {
+        return v.parse::<f64>().ok().map(Duration::from_secs_f64);
+    }
+    if let Some(v) = s.strip_suffix('m') {
+        return v.parse::<u64>().ok().map(|m| Duration::from_secs(m * 60));
+    }
+    None
+}
+
+impl ConsulBackend {
+    /// A builder with defaults (`127.0.0.1:8500`).
+    pub fn builder() -> ConsulBuilder {
+        ConsulBuilder::new()
+    }
+
+    pub(crate) async fn connect(b: ConsulBuilder) -> Result<ConsulBackend> {
+        let http = b.http()?;
+        let caps = Capabilities::default()
+            .with_min_ttl(Duration::from_secs(10))
+            .with_max_ttl(Duration::from_secs(86_400))
+            .with_ttl_granularity(Duration::from_secs(1))
+            // Consul invalidates a session up to twice its TTL after the last renewal.
+            .with_expiry_slack(Duration::from_secs(2))
+            .with_expiry_slack_ttl_percent(100)
+            .with_max_key_len(512)
+            // Values travel base64-encoded inside a transaction limited to 512 KiB.
+            .with_max_value_len(256 * 1024)
+            .with_exact_history(false)
+            .with_watch_delay(Duration::from_secs(1) + b.min_poll_interval);
+        let backend = ConsulBackend {
+            inner: Arc::new(Inner {
+                http,
+                root: keys::encode_prefix(&format!("{}/", b.namespace)),
+                namespace: b.namespace.clone(),
+                request_timeout: b.request_timeout,
+                watch_wait: b.watch_wait,
+                min_poll_interval: b.min_poll_interval,
+                caps,
+                snapshots: Mutex::new(Snapshots::default()),
+            }),
+        };
+        // Fail now when nothing answers or the token is refused.
+        backend.list("").await.map_err(|e| {
+            e.context(format!(
+                "cannot use Consul at {}",
+                backend.inner.http.address
+            ))
+        })?;
+        Ok(backend)
+    }
+
+    fn enc(&self, k: &str) -> String {
+        format!("{}{}", self.inner.root, keys::encode(k))
+    }
+
+    fn enc_prefix(&self, normalized: &str) -> String {
+        if normalized.is_empty() {
+            self.inner.root.clone()
+        } else {
+            format!("{}{}", self.inner.root, keys::encode_prefix(normalized))
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Answer> {
+        self.inner
+            .http
+            .call(method, path, query, body, self.inner.request_timeout)
+            .await
+    }
+
+    fn decode_entry(&self, raw: RawEntry) -> Option<(String, Entry)> {
+        let key = keys::decode(raw.key.strip_prefix(&self.inner.root)?)?;
+        let value = match raw.value {
+            Some(v) => Bytes::from(B64.decode(v).ok()?),
+            None => Bytes::new(),
+        };
+        Some((
+            key,
+            Entry {
+                modify_index: raw.modify_index,
+                value,
+                session: raw.session.filter(|s| !s.is_empty()),
+            },
+        ))
+    }
+
+    /// The state of a (normalized) prefix: a plain read, or a blocking query waiting for a change
+    /// after `index`.
+    async fn fetch(&self, prefix: &str, blocking: Option<u64>) -> Result<(u64, Snapshot)> {
+        let path = format!("/v1/kv/{}", self.enc_prefix(prefix));
+        let (query, timeout) = match blocking {
+            Some(i) => (
+                format!(
+                    "recurse=true&index={i}&wait={}s",
+                    self.inner.watch_wait.as_secs().max(1)
+                ),
+                self.inner.watch_wait + self.inner.watch_wait / 16 + self.inner.request_timeout,
+            ),
+            None => ("recurse=true".to_owned(), self.inner.request_timeout),
+        };
+        let a = self
+            .inner
+            .http
+            .call(Method::GET, &path, &query, None, timeout)
+            .await?;
+        let index = a.index.unwrap_or(0);
+        let mut snap = BTreeMap::new();
+        match a.status {
+            StatusCode::NOT_FOUND => {}
+            StatusCode::OK => {
+                let raw: Vec<RawEntry> = serde_json::from_slice(&a.body).map_err(|e| {
+                    Error::new(ErrorKind::Internal, "consul: unreadable KV listing").with_source(e)
+                })?;
+                for r in raw {
+                    if let Some((k, e)) = self.decode_entry(r) {
+                        if key::key_matches(prefix, &k) {
+                            snap.insert(k, e);
+                        }
+                    }
+                }
+            }
+            s => {
+                return Err(Error::new(
+                    ErrorKind::Internal,
+                    format!("consul KV read: {s} {}", a.text()),
+                ));
+            }
+        }
+        Ok((index, Arc::new(snap)))
+    }
+
+    fn remember(&self, prefix: &str, rev: Revision, snap: &Snapshot) {
+        self.inner
+            .snapshots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(prefix, rev, snap.clone());
+    }
+
+    fn recall(&self, prefix: &str, rev: Revision) -> Option<Snapshot> {
+        self.inner
+            .snapshots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(prefix, rev)
+    }
+
+    async fn txn(
+        &self,
+        ops: serde_json::Value,
+    ) -> Result<std::result::Result<Vec<TxnResult>, Vec<String>>> {
+        let body = serde_json::to_vec(&ops).map_err(|e| Error::invalid(e.to_string()))?;
+        let a = self.call(Method::PUT, "/v1/txn", "", Some(body)).await?;
+        match a.status {
+            StatusCode::OK | StatusCode::CONFLICT => {
+                let t: TxnAnswer = serde_json::from_slice(&a.body).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Internal,
+                        format!("consul txn: unreadable answer {}", a.text()),
+                    )
+                    .with_source(e)
+                })?;
+                match t.errors {
+                    Some(errs) if !errs.is_empty() => {
+                        Ok(Err(errs.into_iter().map(|e| e.what).collect()))
+                    }
+                    _ => Ok(Ok(t.results.unwrap_or_default())),
+                }
+            }
+            StatusCode::PAYLOAD_TOO_LARGE => Err(Error::invalid(format!(
+                "consul txn: request too large ({})",
+                a.text()
+            ))),
+            s => Err(Error::new(
+                if s == StatusCode::BAD_REQUEST {
+                    ErrorKind::InvalidInput
+                } else {
+                    ErrorKind::Internal
+                },
+                format!("consul txn: {s} {}", a.text()),
+            )),
+        }
+    }
+
+    async fn session_exists(&self, id: &str) -> Result<bool> {
+        let a = self
+            .call(Method::GET, &format!("/v1/session/info/{id}"), "", None)
+            .await?;
+        if a.status != StatusCode::OK {
+            return Ok(false);
+        }
+        let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap_or_default();
+        Ok(v.as_array().is_some_and(|a| !a.is_empty()))
+    }
+}
+
+#[async_trait]
+impl Backend for ConsulBackend {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.caps.clone()
+    }
+
+    async fn grant(&self, ttl: Duration) -> Result<Lease> {
+        let caps = &self.inner.caps;
+        let granted = caps.grant_ttl(ttl).ok_or_else(|| {
+            Error::invalid(format!(
+                "TTL {ttl:?} is outside Consul's session range [{:?}, {:?}]",
+                caps.min_ttl, caps.max_ttl
+            ))
+        })?;
+        // LockDelay 0: a registration must be able to take its key again at once after its old
+        // session ended.
+        let body = json!({
+            "Name": "service-registry",
+            "TTL": format!("{}s", granted.as_secs()),
+            "Behavior": "delete",
+            "LockDelay": "0s",
+        });
+        let a = self
+            .call(
+                Method::PUT,
+                "/v1/session/create",
+                "",
+                Some(body.to_string().into_bytes()),
+            )
+            .await?;
+        if a.status != StatusCode::OK {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!("consul session create: {} {}", a.status, a.text()),
+            ));
+        }
+        #[derive(Deserialize)]
+        struct Created {
+            #[serde(rename = "ID")]
+            id: String,
+        }
+        let c: Created = serde_json::from_slice(&a.body).map_err(|e| {
+            Error::new(
+                ErrorKind::Internal,
+                "consul session create: unreadable answer",
+            )
+            .with_source(e)
+        })?;
+        Ok(Lease {
+            id: LeaseId::new(c.id),
+            ttl: granted,
+        })
+    }
+
+    async fn keep_alive(&self, lease: &LeaseId) -> Result<Duration> {
+        let id = session_id(lease)?;
+        let a = self
+            .call(Method::PUT, &format!("/v1/session/renew/{id}"), "", None)
+            .await?;
+        match a.status {
+            StatusCode::OK => {
+                #[derive(Deserialize)]
+                struct S {
+                    #[serde(rename = "TTL")]
+                    ttl: String,
+                }
+                let s: Vec<S> = serde_json::from_slice(&a.body).unwrap_or_default();
+                s.first()
+                    .and_then(|s| parse_ttl(&s.ttl))
+                    .ok_or_else(|| Error::new(ErrorKind::Internal, "consul session renew: no TTL"))
+            }
+            StatusCode::NOT_FOUND => Err(Error::lease_not_found(format!(
+                "consul session {id} has expired or was destroyed"
+            ))),
+            s => Err(Error::new(
+                ErrorKind::Internal,
+                format!("consul session renew: {s} {}", a.text()),
+            )),
+        }
+    }
+
+    async fn revoke(&self, lease: &LeaseId) -> Result<()> {
+        let id = session_id(lease)?;
+        if !self.session_exists(id).await? {
+            return Err(Error::lease_not_found(format!(
+                "consul session {id} has expired or was destroyed"
+            )));
+        }
+        let a = self
+            .call(Method::PUT, &format!("/v1/session/destroy/{id}"), "", None)
+            .await?;
+        if a.status != StatusCode::OK {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!("consul session destroy: {} {}", a.status, a.text()),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn put(&self, k: &str, value: Bytes, lease: Option<&LeaseId>) -> Result<Revision> {
+        key::validate_key(k, &self.inner.caps)?;
+        key::validate_value(&value, &self.inner.caps)?;
+        let session = lease.map(session_id).transpose()?;
+        let ck = self.enc(k);
+        let v = B64.encode(&value);
+        // A key held by another session must be unlocked by that session first; it may change
+        // between our read and the transaction, which then fails as a whole: read again.
+        for _ in 0..8 {
+            let holder = self
+                .get(k)
+                .await?
+                .and_then(|kv| kv.lease)
+                .map(|l| l.as_str().to_owned());
+            let mut ops = Vec::new();
+            if let Some(h) = holder.as_deref().filter(|h| Some(*h) != session) {
+                ops.push(json!({"KV": {"Verb": "unlock", "Key": ck, "Value": v, "Session": h}}));
+            }
+            ops.push(match session {
+                Some(s) => json!({"KV": {"Verb": "lock", "Key": ck, "Value": v, "Session": s}}),
+                None => json!({"KV": {"Verb": "set", "Key": ck, "Value": v}}),
+            });
+            match self.txn(serde_json::Value::Array(ops)).await? {
+                Ok(results) => {
+                    return results
+                        .iter()
+                        .rev()
+                        .find_map(|r| r.kv.as_ref().map(|kv| kv.modify_index))
+                        .ok_or_else(|| {
+                            Error::new(ErrorKind::Internal, "consul txn: no index in the answer")
+                        });
+                }
+                Err(whats) => {
+                    let all = whats.join("; ");
+                    let lower = all.to_ascii_lowercase();
+                    if session.is_some()
+                        && lower.contains("session")
+                        && !self.session_exists(session.unwrap_or_default()).await?
+                    {
+                        return Err(Error::lease_not_found(format!("consul put {k}: {all}")));
+                    }
+                    if lower.contains("lock") || lower.contains("session") {
+                        continue;
+                    }
+                    return Err(Error::new(
+                        ErrorKind::Internal,
+                        format!("consul put {k}: {all}"),
+                    ));
+                }
+            }
+        }
+        Err(Error::unavailable(format!(
+            "consul put {k}: the key's lock kept changing hands; try again"
+        )))
+    }
+
+    async fn delete(&self, k: &str) -> Result<Option<Revision>> {
+        key::validate_key(k, &self.inner.caps)?;
+        let ck = self.enc(k);
+        // Atomically: fail if absent, else delete (locked or not).
+        let ops = json!([
+            {"KV": {"Verb": "get", "Key": ck}},
+            {"KV": {"Verb": "delete", "Key": ck}},
+        ]);
+        match self.txn(ops).await? {
+            Err(_) => Ok(None),
+            Ok(_) => {
+                // Consul does not say at which index the delete happened; the key's own prefix
+                // index covers its tombstone and no later change outside it.
+                let a = self
+                    .call(Method::GET, &format!("/v1/kv/{ck}"), "keys=true", None)
+                    .await?;
+                Ok(Some(a.index.unwrap_or(0)))
+            }
+        }
+    }
+
+    async fn get(&self, k: &str) -> Result<Option<KeyValue>> {
+        key::validate_key(k, &self.inner.caps)?;
+        let a = self
+            .call(Method::GET, &format!("/v1/kv/{}", self.enc(k)), "", None)
+            .await?;
+        match a.status {
+            StatusCode::NOT_FOUND => Ok(None),
+            StatusCode::OK => {
+                let raw: Vec<RawEntry> = serde_json::from_slice(&a.body).map_err(|e| {
+                    Error::new(ErrorKind::Internal, "consul: unreadable KV entry").with_source(e)
+                })?;
+                Ok(raw
+                    .into_iter()
+                    .filter_map(|r| self.decode_entry(r))
+                    .find(|(key, _)| key == k)
+                    .map(|(key, e)| KeyValue {
+                        key,
+                        value: e.value,
+                        revision: e.modify_index,
+                        lease: e.session.map(LeaseId::new),
+                    }))
+            }
+            s => Err(Error::new(
+                ErrorKind::Internal,
+                format!("consul KV get: {s} {}", a.text()),
+            )),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Listing> {
+        key::validate_prefix(prefix, &self.inner.caps)?;
+        let p = key::normalize_prefix(prefix).into_owned();
+        let (index, snap) = self.fetch(&p, None).await?;
+        self.remember(&p, index, &snap);
+        Ok(Listing {
+            entries: snap
+                .iter()
+                .map(|(k, e)| KeyValue {
+                    key: k.clone(),
+                    value: e.value.clone(),
+                    revision: e.modify_index,
+                    lease: e.session.clone().map(LeaseId::new),
+                })
+                .collect(),
+            revision: index,
+        })
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
+        key::validate_prefix(prefix, &self.inner.caps)?;
+        let p = key::normalize_prefix(prefix).into_owned();
+        let base = if after == 0 {
+            Arc::new(BTreeMap::new())
+        } else if let Some(s) = self.recall(&p, after) {
+            s
+        } else {
+            // No snapshot at `after`: usable only if nothing changed under the prefix since.
+            let (index, snap) = self.fetch(&p, None).await?;
+            if index != after {
+                return Err(Error::compacted(index.max(1)));
+            }
+            snap
+        };
+        let state = Poller {
+            backend: self.clone(),
+            prefix: p,
+            base,
+            index: after,
+            last_emitted: after,
+            last_poll: None,
+            buffer: VecDeque::new(),
+            done: false,
+        };
+        Ok(Box::pin(stream::unfold(state, Poller::next)))
+    }
+}
+
+/// One watch: blocking queries on the prefix from the last index, each answer diffed against the
+/// previous state into put and delete events.
+struct Poller {
+    backend: ConsulBackend,
+    prefix: String,
+    base: Snapshot,
+    /// The index for the next blocking query (0 after the index went backwards).
+    index: u64,
+    last_emitted: Revision,
+    last_poll: Option<Instant>,
+    buffer: VecDeque<Event>,
+    done: bool,
+}
+
+impl Poller {
+    async fn next(mut self) -> Option<(Result<Event>, Poller)> {
+        loop {
+            if let Some(ev) = self.buffer.pop_front() {
+                return Some((Ok(ev), self));
+            }
+            if self.done {
+                return None;
+            }
+            if let Err(e) = self.poll().await {
+                self.done = true;
+                return Some((Err(e), self));
+            }
+        }
+    }
+
+    async fn poll(&mut self) -> Result<()> {
+        // Rate limit: a flapping key or an index that keeps moving never makes the loop spin.
+        if let Some(at) = self.last_poll {
+            tokio::time::sleep_until(at + self.backend.inner.min_poll_interval).await;
+        }
+        self.last_poll = Some(Instant::now());
+        let (index, snap) = self.backend.fetch(&self.prefix, Some(self.index)).await?;
+        let mut puts: Vec<(u64, String, Bytes)> = Vec::new();
+        for (k, e) in snap.iter() {
+            if self
+                .base
+                .get(k)
+                .is_none_or(|old| old.modify_index != e.modify_index)
+            {
+                puts.push((e.modify_index, k.clone(), e.value.clone()));
+            }
+        }
+        puts.sort();
+        if puts
+            .first()
+            .is_some_and(|(m, _, _)| *m <= self.last_emitted)
+        {
+            // Indexes older than what we delivered: the server's history restarted (a new cluster,
+            // a restored snapshot). Only a fresh listing is meaningful now.
+            return Err(Error::compacted(index.max(1)));
+        }
+        let deleted: Vec<String> = self
+            .base
+            .keys()
+            .filter(|k| !snap.contains_key(*k))
+            .cloned()
+            .collect();
+        let mut last = self.last_emitted;
+        for (m, k, v) in puts {
+            self.buffer.push_back(Event::put(k, v, m));
+            last = m;
+        }
+        if !deleted.is_empty() {
+            // Consul does not say when a key vanished: at the index of the answer that shows it gone.
+            let rev = index.max(last);
+            for k in deleted {
+                self.buffer.push_back(Event::delete(k, rev));
+            }
+            last = rev;
+        }
+        self.last_emitted = last;
+        if index < self.index {
+            // The index went backwards (tombstones reaped): reset, per Consul's guidance.
+            self.index = 0;
+        } else {
+            self.index = index;
+        }
+        self.base = snap;
+        // A later watch may resume from what was delivered, or from this answer's index.
+        self.backend.remember(&self.prefix, last, &self.base);
+        self.backend.remember(&self.prefix, index, &self.base);
+        Ok(())
+    }
+}

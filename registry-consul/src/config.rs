@@ -1,0 +1,267 @@
+//! [`ConsulBuilder`]: agent address, ACL token, TLS, datacenter, namespace and polling, from code, a
+//! URL or the environment.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use registry_core::{Error, Result};
+
+use crate::backend::ConsulBackend;
+use crate::http::Http;
+
+const URL_HELP: &str =
+    "expected consul://host:port[/namespace][?token=T&dc=DC&ns=NS&ca=PATH] (consuls:// for HTTPS)";
+
+/// Configures and connects a [`ConsulBackend`].
+///
+/// ```no_run
+/// # async fn demo() -> registry_core::Result<()> {
+/// let backend = registry_consul::ConsulBuilder::new()
+///     .address("10.0.0.7:8500")
+///     .token("acl-token")
+///     .datacenter("eu-west")
+///     .connect()
+///     .await?;
+/// # drop(backend); Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ConsulBuilder {
+    address: String,
+    tls: bool,
+    ca: Option<PathBuf>,
+    pub(crate) token: Option<String>,
+    datacenter: Option<String>,
+    consul_namespace: Option<String>,
+    pub(crate) namespace: String,
+    pub(crate) request_timeout: Duration,
+    pub(crate) watch_wait: Duration,
+    pub(crate) min_poll_interval: Duration,
+}
+
+impl fmt::Debug for ConsulBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsulBuilder")
+            .field("address", &self.address)
+            .field("tls", &self.tls)
+            .field("ca", &self.ca)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("datacenter", &self.datacenter)
+            .field("consul_namespace", &self.consul_namespace)
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+impl Default for ConsulBuilder {
+    fn default() -> Self {
+        ConsulBuilder::new()
+    }
+}
+
+impl ConsulBuilder {
+    /// Defaults: `127.0.0.1:8500`, key namespace `registry`, 5 s requests, 10 s blocking queries,
+    /// at most 10 polls a second per watch.
+    pub fn new() -> Self {
+        ConsulBuilder {
+            address: "127.0.0.1:8500".into(),
+            tls: false,
+            ca: None,
+            token: None,
+            datacenter: None,
+            consul_namespace: None,
+            namespace: "registry".into(),
+            request_timeout: Duration::from_secs(5),
+            watch_wait: Duration::from_secs(10),
+            min_poll_interval: Duration::from_millis(100),
+        }
+    }
+
+    /// Reads `consul://host:port[/namespace][?token=T&dc=DC&ns=NS&ca=PATH]` (`consuls://` for HTTPS).
+    pub fn from_url(url: &str) -> Result<Self> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("consul://") {
+            (false, r)
+        } else if let Some(r) = url.strip_prefix("consuls://") {
+            (true, r)
+        } else {
+            return Err(Error::invalid(format!(
+                "`{url}` is not a Consul URL; {URL_HELP}"
+            )));
+        };
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (addr, ns) = rest.split_once('/').unwrap_or((rest, ""));
+        let port_ok = addr
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if !port_ok {
+            return Err(Error::invalid(format!(
+                "`{url}` needs host:port; {URL_HELP}"
+            )));
+        }
+        let mut b = ConsulBuilder::new().address(addr);
+        b.tls = tls;
+        if !ns.trim_matches('/').is_empty() {
+            b = b.namespace(ns.trim_matches('/'));
+        }
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            b = match k {
+                "token" => b.token(v),
+                "dc" => b.datacenter(v),
+                "ns" => b.consul_namespace(v),
+                "ca" => b.ca_file(v),
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "unknown Consul URL option `{k}`; {URL_HELP}"
+                    )));
+                }
+            };
+        }
+        Ok(b)
+    }
+
+    /// Reads `CONSUL_HTTP_ADDR` (as the Consul CLI does; default `127.0.0.1:8500`, `https://` for
+    /// TLS), `CONSUL_HTTP_TOKEN`, `CONSUL_CACERT`, and `REGISTRY_CONSUL_NAMESPACE`.
+    pub fn from_env() -> Result<Self> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let mut b = ConsulBuilder::new();
+        if let Some(addr) = var("CONSUL_HTTP_ADDR") {
+            if let Some(a) = addr.strip_prefix("https://") {
+                b = b.address(a);
+                b.tls = true;
+            } else {
+                b = b.address(addr.trim_start_matches("http://"));
+            }
+        }
+        if let Some(t) = var("CONSUL_HTTP_TOKEN") {
+            b = b.token(t);
+        }
+        if let Some(ca) = var("CONSUL_CACERT") {
+            b = b.ca_file(ca);
+        }
+        if let Some(ns) = var("REGISTRY_CONSUL_NAMESPACE") {
+            b = b.namespace(ns);
+        }
+        Ok(b)
+    }
+
+    /// The agent's `host:port`.
+    pub fn address(mut self, address: impl Into<String>) -> Self {
+        self.address = address.into();
+        self
+    }
+
+    /// The ACL token sent with every request.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// HTTPS, trusting the CA in this PEM file.
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls = true;
+        self.ca = Some(path.into());
+        self
+    }
+
+    /// HTTPS with the webpki roots.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
+    /// The datacenter to use (default: the agent's).
+    pub fn datacenter(mut self, dc: impl Into<String>) -> Self {
+        self.datacenter = Some(dc.into());
+        self
+    }
+
+    /// The Consul Enterprise namespace to use.
+    pub fn consul_namespace(mut self, ns: impl Into<String>) -> Self {
+        self.consul_namespace = Some(ns.into());
+        self
+    }
+
+    /// The KV prefix this backend's keys live under (default `registry`).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// How long each request may take.
+    pub fn request_timeout(mut self, t: Duration) -> Self {
+        self.request_timeout = t;
+        self
+    }
+
+    /// How long a blocking query waits for a change before asking again (at least 1 s).
+    pub fn watch_wait(mut self, t: Duration) -> Self {
+        self.watch_wait = t.max(Duration::from_secs(1));
+        self
+    }
+
+    /// The shortest time between two polls of one watch (rate limit; default 100 ms).
+    pub fn min_poll_interval(mut self, t: Duration) -> Self {
+        self.min_poll_interval = t;
+        self
+    }
+
+    pub(crate) fn base_url(&self) -> String {
+        format!(
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.address
+        )
+    }
+
+    pub(crate) fn http(&self) -> Result<Http> {
+        if self.namespace.is_empty() || self.namespace.chars().any(|c| c.is_control()) {
+            return Err(Error::invalid(format!(
+                "invalid Consul key namespace {:?}",
+                self.namespace
+            )));
+        }
+        let ca = match &self.ca {
+            Some(p) => Some(std::fs::read(p).map_err(|e| {
+                Error::invalid(format!("cannot read the CA file {}", p.display())).with_source(e)
+            })?),
+            None => None,
+        };
+        Http::new(
+            self.base_url(),
+            self.token.clone(),
+            self.datacenter.clone(),
+            self.consul_namespace.clone(),
+            ca,
+        )
+    }
+
+    /// Connects, checking that the agent answers and accepts the token.
+    pub async fn connect(self) -> Result<ConsulBackend> {
+        ConsulBackend::connect(self).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_forms_and_redaction() {
+        let b = ConsulBuilder::from_url("consul://h:8500/prod?token=s3cret-token&dc=eu").unwrap();
+        assert_eq!(b.address, "h:8500");
+        assert_eq!(b.namespace, "prod");
+        assert_eq!(b.datacenter.as_deref(), Some("eu"));
+        assert!(!format!("{b:?}").contains("s3cret"), "{b:?}");
+        assert!(ConsulBuilder::from_url("consuls://h:8501").unwrap().tls);
+        for bad in ["consul://h", "http://h:1", "consul://h:1?x=y"] {
+            assert!(
+                ConsulBuilder::from_url(bad)
+                    .unwrap_err()
+                    .message()
+                    .contains("consul://"),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Plain HTTP calls to the Consul agent over rs-consul's HTTP stack (hyper with rustls), for what
+//! rs-consul does not cover: sessions, transactions, and KV reads of binary values with their
+//! indexes.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use hyper::{Method, Request, StatusCode};
+use registry_core::{Error, ErrorKind, Result};
+
+/// One answer: status, `X-Consul-Index` (when sent) and body.
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) index: Option<u64>,
+    pub(crate) body: Bytes,
+}
+
+impl Answer {
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).trim().to_owned()
+    }
+}
+
+pub(crate) struct Http {
+    client: rs_consul::HttpsClient,
+    base: String,
+    token: Option<String>,
+    /// `dc=...&ns=...` (may be empty), appended to every query.
+    scope: String,
+    pub(crate) address: String,
+}
+
+impl Http {
+    pub(crate) fn new(
+        base: String,
+        token: Option<String>,
+        datacenter: Option<String>,
+        namespace: Option<String>,
+        ca_pem: Option<Vec<u8>>,
+    ) -> Result<Http> {
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let builder = match ca_pem {
+            Some(pem) => {
+                use rustls::pki_types::{CertificateDer, pem::PemObject};
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(&pem) {
+                    let cert = cert.map_err(|e| {
+                        Error::invalid(format!("the Consul CA file is not valid PEM: {e}"))
+                    })?;
+                    roots.add(cert).map_err(|e| {
+                        Error::invalid(format!("the Consul CA certificate is not usable: {e}"))
+                    })?;
+                }
+                let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| Error::invalid(format!("TLS configuration: {e}")))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+                builder.with_tls_config(config)
+            }
+            None => builder.with_webpki_roots(),
+        };
+        let connector = builder.https_or_http().enable_http1().build();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build::<_, BoxBody<Bytes, Infallible>>(connector);
+        let mut scope = Vec::new();
+        if let Some(dc) = datacenter {
+            scope.push(format!("dc={dc}"));
+        }
+        if let Some(ns) = namespace {
+            scope.push(format!("ns={ns}"));
+        }
+        let address = base
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .to_owned();
+        Ok(Http {
+            client,
+            base,
+            token,
+            scope: scope.join("&"),
+            address,
+        })
+    }
+
+    /// Calls `method path?query` with an optional JSON or binary body within `timeout`. Transport
+    /// failures are `Unavailable` and timeouts `Timeout`; the status is left to the caller, except
+    /// 403 (`PermissionDenied`) and 5xx (`Unavailable`).
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Answer> {
+        let mut q = query.to_owned();
+        if !self.scope.is_empty() {
+            if !q.is_empty() {
+                q.push('&');
+            }
+            q.push_str(&self.scope);
+        }
+        let uri = if q.is_empty() {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}{path}?{q}", self.base)
+        };
+        let body: BoxBody<Bytes, Infallible> = match body {
+            Some(b) => Full::new(Bytes::from(b)).boxed(),
+            None => Empty::new().boxed(),
+        };
+        let mut req = Request::builder().method(method.clone()).uri(&uri);
+        if let Some(t) = &self.token {
+            req = req.header("X-Consul-Token", t);
+        }
+        let req = req
+            .body(body)
+            .map_err(|e| Error::invalid(format!("bad Consul request {path}: {e}")))?;
+        let what = format!("consul {method} {path}");
+        let resp = match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                return Err(Error::unavailable(format!(
+                    "{what}: cannot reach the Consul agent at {} (check that it is running there and reachable)",
+                    self.address
+                ))
+                .with_source(e));
+            }
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("{what}: no answer from {} within {timeout:?}", self.address),
+                ));
+            }
+        };
+        let status = resp.status();
+        let index = resp
+            .headers()
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let body = match tokio::time::timeout(timeout, resp.into_body().collect()).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e)) => {
+                return Err(
+                    Error::unavailable(format!("{what}: reading the answer failed")).with_source(e),
+                );
+            }
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("{what}: answer too slow"),
+                ));
+            }
+        };
+        let answer = Answer {
+            status,
+            index,
+            body,
+        };
+        if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!("{what}: {} (check the ACL token)", answer.text()),
+            ));
+        }
+        if status.is_server_error() {
+            return Err(Error::unavailable(format!(
+                "{what}: {status} {}",
+                answer.text()
+            )));
+        }
+        Ok(answer)
+    }
+}
