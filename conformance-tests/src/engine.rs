@@ -245,3 +245,30 @@ macro_rules! __engine_tests {
         )*
     };
 }
+
+/// Waits until `registration` has been lost and registered again (after a server restart, a
+/// registration still shows `registered` until its next keep-alive finds the lease gone).
+pub async fn until_lost_and_back(
+    states: &mut tokio::sync::watch::Receiver<registry_core::engine::RegistrationState>,
+    limit: Duration,
+) {
+    let mut seen_lost = false;
+    let ok = timeout(limit, async {
+        loop {
+            let name = states.borrow_and_update().name();
+            seen_lost |= name == "lost";
+            if seen_lost && name == "registered" {
+                return;
+            }
+            if states.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        ok.is_ok() && seen_lost,
+        "registration did not go lost -> registered within {limit:?} (now {})",
+        states.borrow().name()
+    );
+}

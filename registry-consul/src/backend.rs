@@ -666,17 +666,18 @@ impl Poller {
             .cloned()
             .collect();
         let mut last = self.last_emitted;
+        if !deleted.is_empty() {
+            // Consul does not say when a key vanished, only that it did after the previous answer:
+            // deletes come first, just after what was delivered, so a reader that stops at a put of
+            // this answer has seen every delete that may have preceded it.
+            last += 1;
+            for k in deleted {
+                self.buffer.push_back(Event::delete(k, last));
+            }
+        }
         for (m, k, v) in puts {
             self.buffer.push_back(Event::put(k, v, m));
-            last = m;
-        }
-        if !deleted.is_empty() {
-            // Consul does not say when a key vanished: at the index of the answer that shows it gone.
-            let rev = index.max(last);
-            for k in deleted {
-                self.buffer.push_back(Event::delete(k, rev));
-            }
-            last = rev;
+            last = last.max(m);
         }
         self.last_emitted = last;
         if index < self.index {

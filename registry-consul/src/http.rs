@@ -92,6 +92,9 @@ impl Http {
     /// Calls `method path?query` with an optional JSON or binary body within `timeout`. Transport
     /// failures are `Unavailable` and timeouts `Timeout`; the status is left to the caller, except
     /// 403 (`PermissionDenied`) and 5xx (`Unavailable`).
+    ///
+    /// A request that never connected is retried (it had no effect); a GET also on any
+    /// unavailability (a 500 "No cluster leader" during an election, a restart), until `timeout`.
     pub(crate) async fn call(
         &self,
         method: Method,
@@ -100,6 +103,37 @@ impl Http {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<Answer> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(25);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self
+                .once(method.clone(), path, query, body.clone(), left)
+                .await
+            {
+                Ok(a) => return Ok(a),
+                Err((e, never_connected)) => {
+                    let retry = never_connected
+                        || (method == Method::GET && e.kind() == ErrorKind::Unavailable);
+                    if !retry || tokio::time::Instant::now() + pause >= deadline {
+                        return Err(e);
+                    }
+                    tracing::debug!(error = %e, "consul: retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    async fn once(
+        &self,
+        method: Method,
+        path: &str,
+        query: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> std::result::Result<Answer, (Error, bool)> {
         let mut q = query.to_owned();
         if !self.scope.is_empty() {
             if !q.is_empty() {
@@ -120,23 +154,33 @@ impl Http {
         if let Some(t) = &self.token {
             req = req.header("X-Consul-Token", t);
         }
-        let req = req
-            .body(body)
-            .map_err(|e| Error::invalid(format!("bad Consul request {path}: {e}")))?;
+        let req = req.body(body).map_err(|e| {
+            (
+                Error::invalid(format!("bad Consul request {path}: {e}")),
+                false,
+            )
+        })?;
         let what = format!("consul {method} {path}");
         let resp = match tokio::time::timeout(timeout, self.client.request(req)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                return Err(Error::unavailable(format!(
-                    "{what}: cannot reach the Consul agent at {} (check that it is running there and reachable)",
-                    self.address
-                ))
-                .with_source(e));
+                let never_connected = e.is_connect();
+                return Err((
+                    Error::unavailable(format!(
+                        "{what}: cannot reach the Consul agent at {} (check that it is running there and reachable)",
+                        self.address
+                    ))
+                    .with_source(e),
+                    never_connected,
+                ));
             }
             Err(_) => {
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!("{what}: no answer from {} within {timeout:?}", self.address),
+                return Err((
+                    Error::new(
+                        ErrorKind::Timeout,
+                        format!("{what}: no answer from {} within {timeout:?}", self.address),
+                    ),
+                    false,
                 ));
             }
         };
@@ -148,16 +192,14 @@ impl Http {
             .and_then(|v| v.parse().ok());
         let body = match tokio::time::timeout(timeout, resp.into_body().collect()).await {
             Ok(Ok(b)) => b.to_bytes(),
-            Ok(Err(e)) => {
-                return Err(
-                    Error::unavailable(format!("{what}: reading the answer failed")).with_source(e),
-                );
+            Ok(Err(source)) => {
+                let e = Error::unavailable(format!("{what}: reading the answer failed"))
+                    .with_source(source);
+                return Err((e, false));
             }
             Err(_) => {
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!("{what}: answer too slow"),
-                ));
+                let e = Error::new(ErrorKind::Timeout, format!("{what}: answer too slow"));
+                return Err((e, false));
             }
         };
         let answer = Answer {
@@ -166,16 +208,15 @@ impl Http {
             body,
         };
         if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED {
-            return Err(Error::new(
+            let e = Error::new(
                 ErrorKind::PermissionDenied,
                 format!("{what}: {} (check the ACL token)", answer.text()),
-            ));
+            );
+            return Err((e, false));
         }
         if status.is_server_error() {
-            return Err(Error::unavailable(format!(
-                "{what}: {status} {}",
-                answer.text()
-            )));
+            let e = Error::unavailable(format!("{what}: {status} {}", answer.text()));
+            return Err((e, false));
         }
         Ok(answer)
     }

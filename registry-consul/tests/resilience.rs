@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use conformance_tests::engine::until_online;
+use conformance_tests::engine::{until_lost_and_back, until_online};
 use conformance_tests::testbed::{self, ConsulOptions};
 use registry_consul::ConsulBuilder;
 use registry_core::engine::{Instance, Registry};
@@ -57,6 +57,7 @@ async fn registrations_come_back_after_consul_restarts() {
 
     // A -dev agent keeps everything in memory: after the restart its KV store, sessions and
     // indexes start from nothing.
+    let mut states: Vec<_> = regs.iter().map(|r| r.watch_state()).collect();
     consul.container.stop().await.expect("stop consul");
     sleep(Duration::from_secs(2)).await;
     assert_eq!(
@@ -66,11 +67,8 @@ async fn registrations_come_back_after_consul_restarts() {
     );
     consul.container.start().await.expect("start consul");
 
-    for r in &regs {
-        timeout(Duration::from_secs(60), r.registered())
-            .await
-            .expect("registered again within 60 s")
-            .unwrap();
+    for s in &mut states {
+        until_lost_and_back(s, Duration::from_secs(60)).await;
     }
     let mut view = d.directory().subscribe("web");
     timeout(

@@ -53,6 +53,17 @@ impl fmt::Debug for EtcdBackend {
     }
 }
 
+/// Whether the request failed before reaching any server (connection refused, no route).
+fn is_connect_error(e: &etcd_client::Error) -> bool {
+    let text = match e {
+        etcd_client::Error::GRpcStatus(s) => s.message().to_owned(),
+        etcd_client::Error::TransportError(t) => t.to_string(),
+        _ => return false,
+    };
+    let lower = text.to_ascii_lowercase();
+    lower.contains("connect error") || lower.contains("connection refused")
+}
+
 fn parse_lease(id: &LeaseId) -> Result<i64> {
     id.as_str()
         .parse()
@@ -176,8 +187,7 @@ impl EtcdBackend {
     /// Compacts etcd's history up to `revision` (an administrative operation: it affects every user
     /// of the cluster). Watches from before it then fail with `Compacted`.
     pub async fn compact(&self, revision: Revision) -> Result<()> {
-        let mut c = self.client();
-        self.call("compact", async move {
+        self.call("compact", true, |mut c| async move {
             c.compact(
                 revision as i64,
                 Some(etcd_client::CompactionOptions::new().with_physical()),
@@ -203,21 +213,44 @@ impl EtcdBackend {
             .strip_prefix(self.inner.prefix.as_str())
     }
 
-    async fn call<T>(
-        &self,
-        what: &str,
-        fut: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
-    ) -> Result<T> {
-        match tokio::time::timeout(self.inner.request_timeout, fut).await {
-            Ok(r) => r.map_err(|e| map(e, what)),
-            Err(_) => Err(Error::new(
-                ErrorKind::Timeout,
-                format!(
-                    "etcd {what}: no answer from {} within {:?}",
-                    self.inner.endpoints.join(","),
-                    self.inner.request_timeout
-                ),
-            )),
+    /// Runs one request with the request timeout. A request that could not even connect (the
+    /// balanced channel picked a dead member) had no effect anywhere, so it is retried, reaching
+    /// another endpoint; `idempotent` requests are retried on any unavailability.
+    async fn call<T, F, Fut>(&self, what: &str, idempotent: bool, mut op: F) -> Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let attempt = tokio::time::timeout_at(deadline, op(self.client())).await;
+            let err = match attempt {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => {
+                    let never_connected = is_connect_error(&e);
+                    let mapped = map(e, what);
+                    let retry =
+                        never_connected || (idempotent && mapped.kind() == ErrorKind::Unavailable);
+                    if !retry || tokio::time::Instant::now() + pause >= deadline {
+                        return Err(mapped);
+                    }
+                    mapped
+                }
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "etcd {what}: no answer from {} within {:?}",
+                            self.inner.endpoints.join(","),
+                            self.inner.request_timeout
+                        ),
+                    ));
+                }
+            };
+            tracing::debug!(error = %err, "etcd {what}: retrying on another endpoint");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
         }
     }
 
@@ -246,13 +279,15 @@ impl EtcdBackend {
         end: Vec<u8>,
         revision: i64,
     ) -> Result<etcd_client::GetResponse> {
-        let mut c = self.client();
         let mut opts = GetOptions::new().with_range(end).with_limit(LIST_PAGE);
         if revision > 0 {
             opts = opts.with_revision(revision);
         }
-        self.call("list", async move { c.get(start, Some(opts)).await })
-            .await
+        self.call("list", true, |mut c| {
+            let (start, opts) = (start.clone(), opts.clone());
+            async move { c.get(start, Some(opts)).await }
+        })
+        .await
     }
 }
 
@@ -271,12 +306,10 @@ impl Backend for EtcdBackend {
             ))
         })?;
         let secs = granted.as_secs() as i64;
-        let mut c = self.client();
         let resp = self
-            .call(
-                "lease grant",
-                async move { c.lease_grant(secs, None).await },
-            )
+            .call("lease grant", false, |mut c| async move {
+                c.lease_grant(secs, None).await
+            })
             .await?;
         Ok(Lease {
             id: LeaseId::new(resp.id().to_string()),
@@ -296,12 +329,10 @@ impl Backend for EtcdBackend {
         let keeper = match existing {
             Some(k) => k,
             None => {
-                let mut c = self.client();
                 let pair = self
-                    .call(
-                        "lease keep-alive",
-                        async move { c.lease_keep_alive(id).await },
-                    )
+                    .call("lease keep-alive", true, |mut c| async move {
+                        c.lease_keep_alive(id).await
+                    })
                     .await?;
                 let k = Arc::new(tokio::sync::Mutex::new(pair));
                 self.inner
@@ -315,11 +346,21 @@ impl Backend for EtcdBackend {
         let result = {
             let mut guard = keeper.lock().await;
             let (ka, stream) = &mut *guard;
-            self.call("lease keep-alive", async {
+            match tokio::time::timeout(self.inner.request_timeout, async {
                 ka.keep_alive().await?;
                 stream.message().await
             })
             .await
+            {
+                Ok(r) => r.map_err(|e| map(e, "lease keep-alive")),
+                Err(_) => Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "etcd lease keep-alive: no answer within {:?}",
+                        self.inner.request_timeout
+                    ),
+                )),
+            }
         };
         match result {
             Ok(Some(resp)) if resp.ttl() > 0 => Ok(Duration::from_secs(resp.ttl() as u64)),
@@ -344,10 +385,11 @@ impl Backend for EtcdBackend {
     async fn revoke(&self, lease: &LeaseId) -> Result<()> {
         let id = parse_lease(lease)?;
         self.drop_keeper(id);
-        let mut c = self.client();
-        self.call("lease revoke", async move { c.lease_revoke(id).await })
-            .await
-            .map(|_| ())
+        self.call("lease revoke", false, |mut c| async move {
+            c.lease_revoke(id).await
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn put(&self, k: &str, value: Bytes, lease: Option<&LeaseId>) -> Result<Revision> {
@@ -358,12 +400,11 @@ impl Backend for EtcdBackend {
             None => None,
         };
         let full = self.full(k);
-        let mut c = self.client();
         let resp = self
-            .call(
-                "put",
-                async move { c.put(full, value.to_vec(), opts).await },
-            )
+            .call("put", false, |mut c| {
+                let (full, value, opts) = (full.clone(), value.to_vec(), opts.clone());
+                async move { c.put(full, value, opts).await }
+            })
             .await?;
         Ok(resp.header().map_or(0, |h| h.revision() as u64))
     }
@@ -371,9 +412,11 @@ impl Backend for EtcdBackend {
     async fn delete(&self, k: &str) -> Result<Option<Revision>> {
         key::validate_key(k, &self.inner.caps)?;
         let full = self.full(k);
-        let mut c = self.client();
         let resp = self
-            .call("delete", async move { c.delete(full, None).await })
+            .call("delete", false, |mut c| {
+                let full = full.clone();
+                async move { c.delete(full, None).await }
+            })
             .await?;
         Ok((resp.deleted() > 0).then(|| resp.header().map_or(0, |h| h.revision() as u64)))
     }
@@ -381,9 +424,11 @@ impl Backend for EtcdBackend {
     async fn get(&self, k: &str) -> Result<Option<KeyValue>> {
         key::validate_key(k, &self.inner.caps)?;
         let full = self.full(k);
-        let mut c = self.client();
         let resp = self
-            .call("get", async move { c.get(full, None).await })
+            .call("get", true, |mut c| {
+                let full = full.clone();
+                async move { c.get(full, None).await }
+            })
             .await?;
         Ok(resp.kvs().first().and_then(|kv| self.kv(kv)))
     }
@@ -423,9 +468,11 @@ impl Backend for EtcdBackend {
             .with_range(end)
             .with_start_revision(after as i64 + 1)
             .with_progress_notify();
-        let mut c = self.client();
         let stream = self
-            .call("watch", async move { c.watch(start, Some(opts)).await })
+            .call("watch", true, |mut c| {
+                let (start, opts) = (start.clone(), opts.clone());
+                async move { c.watch(start, Some(opts)).await }
+            })
             .await?;
         let state = WatchState {
             backend: self.clone(),

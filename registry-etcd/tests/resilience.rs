@@ -225,7 +225,7 @@ async fn cluster_survives_losing_its_leader() {
     let truth: BTreeSet<String> = writer
         .list("registry/web")
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("list through the survivors: {e:?}"))
         .entries
         .into_iter()
         .map(|kv| kv.key.rsplit('/').next().unwrap().to_owned())

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use conformance_tests::engine::until_online;
+use conformance_tests::engine::{until_lost_and_back, until_online};
 use conformance_tests::testbed::{self, RedisOptions};
 use futures::StreamExt;
 use registry_core::engine::{Instance, Registry};
@@ -63,6 +63,7 @@ async fn registrations_come_back_after_redis_is_replaced() {
 
     // Kill it (no persistence: every key, lease and event is gone) and start a new, empty one on
     // the same address.
+    let mut states: Vec<_> = regs.iter().map(|r| r.watch_state()).collect();
     let status = std::process::Command::new("docker")
         .args(["kill", "--signal", "KILL", first.container.id()])
         .stdout(std::process::Stdio::null())
@@ -80,11 +81,8 @@ async fn registrations_come_back_after_redis_is_replaced() {
 
     // Keep-alives find the leases gone (a new epoch), grant new ones and write everything again;
     // the watcher sees its history gone and re-lists.
-    for r in &regs {
-        timeout(Duration::from_secs(20), r.registered())
-            .await
-            .expect("registered again within 20 s")
-            .unwrap();
+    for s in &mut states {
+        until_lost_and_back(s, Duration::from_secs(60)).await;
     }
     let mut view = d.directory().subscribe("web");
     timeout(

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use registry_core::{Backend, Error, ErrorKind, Result};
+use registry_core::{Backend, Error, Result};
 
 /// The URL schemes `connect` understands, with the cargo feature each needs.
 pub const SCHEMES: &[(&str, &str)] = &[
@@ -24,8 +24,8 @@ pub const SCHEMES: &[(&str, &str)] = &[
 ///   (`rediss://` for TLS), `consul://host:port`: the backends of those crates, each behind its
 ///   cargo feature; see their builders' `from_url` for the options.
 ///
-/// A scheme whose feature is off is [`ErrorKind::Unsupported`], naming the feature to enable; an
-/// unknown scheme or a malformed URL is [`ErrorKind::InvalidInput`].
+/// A scheme whose feature is off is [`ErrorKind::Unsupported`](registry_core::ErrorKind::Unsupported), naming the feature to enable; an
+/// unknown scheme or a malformed URL is [`ErrorKind::InvalidInput`](registry_core::ErrorKind::InvalidInput).
 pub async fn connect(url: &str) -> Result<Arc<dyn Backend>> {
     let Some((scheme, _rest)) = url.split_once("://") else {
         return Err(Error::invalid(format!(
@@ -50,7 +50,12 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Backend>> {
     }
 }
 
-#[cfg(not(all(feature = "memory", feature = "etcd", feature = "consul", feature = "redis")))]
+#[cfg(not(all(
+    feature = "memory",
+    feature = "etcd",
+    feature = "consul",
+    feature = "redis"
+)))]
 fn feature_of(scheme: &str) -> &'static str {
     SCHEMES
         .iter()
@@ -122,11 +127,16 @@ fn memory(url: &str) -> Result<Arc<dyn Backend>> {
     not_yet("memory", url)
 }
 
-#[cfg(not(all(feature = "memory", feature = "etcd", feature = "consul", feature = "redis")))]
+#[cfg(not(all(
+    feature = "memory",
+    feature = "etcd",
+    feature = "consul",
+    feature = "redis"
+)))]
 fn not_yet(scheme: &str, url: &str) -> Result<Arc<dyn Backend>> {
     let feature = feature_of(scheme);
     Err(Error::new(
-        ErrorKind::Unsupported,
+        registry_core::ErrorKind::Unsupported,
         format!(
             "`{url}` needs the {scheme} backend, which this build does not include; enable the \
              `{feature}` feature of the `registry` crate (or `full`)"
@@ -137,6 +147,7 @@ fn not_yet(scheme: &str, url: &str) -> Result<Arc<dyn Backend>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use registry_core::ErrorKind;
 
     #[tokio::test]
     async fn scheme_errors_are_clear() {
