@@ -706,7 +706,7 @@ impl Keeper {
                 biased;
                 // The registry may be dropped while handles live on; only a real halt stops us.
                 true = async { halt.wait_for(|h| *h).await.is_ok() } => {
-                    tracing::warn!("registry halted: keep-alives stopped without deregistering");
+                    tracing::info!("registry halted: keep-alives stopped without deregistering");
                     return;
                 }
                 cmd = rx.recv() => match cmd {

@@ -1,0 +1,401 @@
+//! `register`, `list`, `watch` and `find`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use registry::engine::{Change, Discovery, Instance, InstanceState, RegistrationState, Registry};
+use registry::{Backend, Error, ErrorKind, Result};
+use serde_json::json;
+
+use crate::output::{bold, dim, green, red, table, yellow};
+use crate::parse_duration;
+
+/// What every command needs: where the backend is and which namespace to use.
+pub(crate) struct Context {
+    pub(crate) url: String,
+    pub(crate) namespace: String,
+}
+
+impl Context {
+    pub(crate) async fn backend(&self) -> Result<Arc<dyn Backend>> {
+        registry::connect(&self.url).await
+    }
+
+    pub(crate) async fn registry(&self, ttl: Duration, heartbeat: Duration) -> Result<Registry> {
+        Registry::builder(self.backend().await?)
+            .namespace(self.namespace.clone())
+            .ttl(ttl)
+            .heartbeat(heartbeat)
+            .build()
+    }
+
+    /// A registry for reading (discovery only), with the backend's smallest valid lease options.
+    async fn reader(&self) -> Result<Registry> {
+        let backend = self.backend().await?;
+        let caps = backend.capabilities();
+        let ttl = caps.min_ttl.max(Duration::from_secs(15));
+        Registry::builder(backend)
+            .namespace(self.namespace.clone())
+            .ttl(ttl)
+            .heartbeat(ttl / 3)
+            .build()
+    }
+}
+
+fn parse_meta(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("`{s}` is not key=value")),
+    }
+}
+
+/// `HH:MM:SS` UTC, for log-like lines.
+fn clock() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let s = secs % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
+}
+
+fn meta_text(i: &Instance) -> String {
+    i.metadata
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn instance_json(i: &Instance) -> serde_json::Value {
+    serde_json::to_value(i).unwrap_or_default()
+}
+
+/// Waits until a discovery has loaded its first listing, or reports why it cannot.
+async fn synced(d: &Discovery, url: &str) -> Result<()> {
+    tokio::time::timeout(Duration::from_secs(15), d.synced())
+        .await
+        .map_err(|_| {
+            Error::unavailable(format!(
+                "could not list instances from {url} within 15 s (check that the backend is reachable)"
+            ))
+        })
+}
+
+/// `registry register`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct RegisterArgs {
+    /// Service name (letters, digits, . _ -)
+    service: String,
+    /// Instance id, unique within the service
+    #[arg(long)]
+    id: String,
+    /// Address to publish, HOST:PORT or a URL (repeatable)
+    #[arg(long = "addr", required = true, value_name = "HOST:PORT")]
+    addrs: Vec<String>,
+    /// Metadata entry (repeatable)
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
+    meta: Vec<(String, String)>,
+    /// Software version to publish
+    #[arg(long, value_name = "VERSION")]
+    instance_version: Option<String>,
+    /// Routing weight (100 = 128 virtual nodes)
+    #[arg(long, default_value_t = 100)]
+    weight: u32,
+    /// How long the registration outlives its last heartbeat
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    ttl: Duration,
+    /// How often to send a heartbeat (shorter than the TTL)
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    heartbeat: Duration,
+    /// Register offline (listed, but not routed to)
+    #[arg(long)]
+    offline: bool,
+    /// Print state changes as JSON lines
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn register(ctx: &Context, a: RegisterArgs) -> Result<()> {
+    let registry = ctx.registry(a.ttl, a.heartbeat).await?;
+    let mut inst = Instance::new(&a.service, &a.id).weight(a.weight);
+    for addr in &a.addrs {
+        inst = inst.addr(addr);
+    }
+    for (k, v) in &a.meta {
+        inst = inst.meta(k, v);
+    }
+    if let Some(v) = &a.instance_version {
+        inst = inst.version(v);
+    }
+    if a.offline {
+        inst = inst.state(InstanceState::Offline);
+    }
+    let what = format!("{}/{}", a.service, a.id);
+    if !a.json {
+        println!(
+            "{} {what} at {} on {} (ttl {:?}, heartbeat {:?}); Ctrl-C deregisters",
+            bold("registering"),
+            a.addrs.join(", "),
+            ctx.url,
+            a.ttl,
+            a.heartbeat
+        );
+    }
+    let reg = registry.register(inst).await?;
+    let mut states = reg.watch_state();
+    let report = |s: &RegistrationState| {
+        if a.json {
+            let mut v =
+                json!({"time": clock(), "service": a.service, "id": a.id, "state": s.name()});
+            if let RegistrationState::Lost { error, .. } = s {
+                v["error"] = json!(error.to_string());
+            }
+            println!("{v}");
+        } else {
+            let name = match s {
+                RegistrationState::Registered { .. } => green(s.name()),
+                RegistrationState::Lost { .. } => red(s.name()),
+                _ => yellow(s.name()),
+            };
+            let detail = match s {
+                RegistrationState::Registered { lease, .. } => dim(&format!("lease {lease}")),
+                RegistrationState::Lost { error, .. } => error.to_string(),
+                RegistrationState::Registering {
+                    last_error: Some(e),
+                } => e.to_string(),
+                _ => String::new(),
+            };
+            let line = format!("{} {what} {name} {detail}", dim(&clock()));
+            println!("{}", line.trim_end());
+        }
+    };
+    report(&states.borrow_and_update());
+    let mut term = signal(SignalKind::terminate());
+    loop {
+        tokio::select! {
+            changed = states.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                report(&states.borrow_and_update());
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = recv(&mut term) => break,
+        }
+    }
+    let result = reg.deregister().await;
+    report(&RegistrationState::Deregistered);
+    result
+}
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+async fn recv(sig: &mut std::io::Result<Signal>) {
+    match sig {
+        Ok(s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// `registry list`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ListArgs {
+    /// Only this service
+    service: Option<String>,
+    /// One JSON document instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn list(ctx: &Context, a: ListArgs) -> Result<()> {
+    let reader = ctx.reader().await?;
+    let d = match &a.service {
+        Some(s) => reader.discover(s).await?,
+        None => reader.discover_all().await?,
+    };
+    synced(&d, &ctx.url).await?;
+    let dir = d.directory();
+    let services = match &a.service {
+        Some(s) => vec![s.clone()],
+        None => dir.services(),
+    };
+    let mut all: Vec<Arc<Instance>> = Vec::new();
+    for s in &services {
+        all.extend(dir.all(s));
+    }
+    if a.json {
+        let doc: Vec<serde_json::Value> = all.iter().map(|i| instance_json(i)).collect();
+        println!("{}", serde_json::Value::Array(doc));
+        return Ok(());
+    }
+    if all.is_empty() {
+        println!(
+            "no instances{} in namespace {} on {}",
+            a.service
+                .as_deref()
+                .map(|s| format!(" of {s}"))
+                .unwrap_or_default(),
+            ctx.namespace,
+            ctx.url
+        );
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .map(|i| {
+            let hidden = dir.snapshot(&i.service).is_hidden(&i.id);
+            let state = match (i.state, hidden) {
+                (_, true) => yellow("unreachable"),
+                (InstanceState::Online, _) => green("online"),
+                (InstanceState::Offline, _) => yellow("offline"),
+            };
+            vec![
+                i.service.clone(),
+                i.id.clone(),
+                state,
+                i.addrs.join(","),
+                i.version.clone().unwrap_or_default(),
+                meta_text(i),
+            ]
+        })
+        .collect();
+    table(
+        &["SERVICE", "ID", "STATE", "ADDRESS", "VERSION", "META"],
+        &rows,
+    );
+    Ok(())
+}
+
+/// `registry watch`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct WatchArgs {
+    /// Only this service
+    service: Option<String>,
+    /// One JSON document per line
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn watch(ctx: &Context, a: WatchArgs) -> Result<()> {
+    let reader = ctx.reader().await?;
+    let d = match &a.service {
+        Some(s) => reader.discover(s).await?,
+        None => reader.discover_all().await?,
+    };
+    synced(&d, &ctx.url).await?;
+    if !a.json {
+        println!(
+            "{} {} on {} (Ctrl-C to stop)",
+            bold("watching"),
+            a.service.as_deref().unwrap_or("every service"),
+            ctx.url
+        );
+    }
+    let dir = d.directory().clone();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Change)>();
+    let mut followed: HashSet<String> = HashSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut term = signal(SignalKind::terminate());
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let services = match &a.service {
+                    Some(s) => vec![s.clone()],
+                    None => dir.services(),
+                };
+                for s in services {
+                    if followed.insert(s.clone()) {
+                        let mut changes = dir.changes(&s);
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            while let Some(c) = changes.next().await {
+                                if tx.send((s.clone(), c)).is_err() {
+                                    return;
+                                }
+                            }
+                        });
+                    }
+                }
+            }
+            Some((service, change)) = rx.recv() => print_change(&service, &change, a.json),
+            _ = tokio::signal::ctrl_c() => break,
+            _ = recv(&mut term) => break,
+        }
+    }
+    drop(d);
+    Ok(())
+}
+
+fn print_change(service: &str, change: &Change, json: bool) {
+    match (change, json) {
+        (Change::Insert(id, inst), true) => println!(
+            "{}",
+            json!({"time": clock(), "event": "insert", "service": service, "id": id, "instance": instance_json(inst)})
+        ),
+        (Change::Remove(id), true) => println!(
+            "{}",
+            json!({"time": clock(), "event": "remove", "service": service, "id": id})
+        ),
+        (Change::Insert(id, inst), false) => println!(
+            "{} {} {service}/{id}  {}  {}",
+            dim(&clock()),
+            green("+"),
+            inst.addrs.join(","),
+            dim(&meta_text(inst))
+        ),
+        (Change::Remove(id), false) => {
+            println!("{} {} {service}/{id}", dim(&clock()), red("-"))
+        }
+    }
+}
+
+/// `registry find`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct FindArgs {
+    /// Service name
+    service: String,
+    /// The key to route (a user id, a file name, ...)
+    key: String,
+    /// How many distinct owners to list, walking the ring from the key
+    #[arg(long, short = 'n', default_value_t = 1)]
+    count: usize,
+    /// One JSON document instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn find(ctx: &Context, a: FindArgs) -> Result<()> {
+    let reader = ctx.reader().await?;
+    let d = reader.discover(&a.service).await?;
+    synced(&d, &ctx.url).await?;
+    let owners = d.directory().find_n(a.count.max(1), &a.service, &a.key);
+    if owners.is_empty() {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "no online instance of service {} in namespace {} on {}",
+                a.service, ctx.namespace, ctx.url
+            ),
+        ));
+    }
+    if a.json {
+        let doc: Vec<serde_json::Value> = owners.iter().map(|i| instance_json(i)).collect();
+        println!(
+            "{}",
+            json!({"service": a.service, "key": a.key, "owners": doc})
+        );
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = owners
+        .iter()
+        .enumerate()
+        .map(|(n, i)| vec![(n + 1).to_string(), i.id.clone(), i.addrs.join(",")])
+        .collect();
+    println!("key {} of service {}:", bold(&a.key), bold(&a.service));
+    table(&["RANK", "ID", "ADDRESS"], &rows);
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! `registry`: register, discover and route over etcd, Consul, Redis or memory, from the shell.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use registry::{Error, ErrorKind};
+
+mod commands;
+mod demo;
+mod output;
+
+/// Exit code for a usage error (bad arguments, bad URL).
+const EXIT_USAGE: u8 = 2;
+/// Exit code for a backend error (unreachable, refused credentials, timeout).
+const EXIT_BACKEND: u8 = 3;
+/// Exit code when what was asked for does not exist (no instance to route a key to).
+const EXIT_NOT_FOUND: u8 = 4;
+
+/// Service registration, discovery and key routing over etcd, Consul, Redis or memory.
+///
+/// Every command works against the backend named by --backend (or REGISTRY_BACKEND). The default,
+/// memory://, is an in-process store: fine for `demo`, empty for everything else.
+#[derive(Parser, Debug)]
+#[command(name = "registry", version, propagate_version = true)]
+#[command(
+    after_help = "Backend URLs:\n  memory://                          in-process store (the default)\n  etcd://host:2379[,host:2379][/ns]  etcd (etcds:// for TLS)\n  consul://host:8500[/ns]            Consul (consuls:// for HTTPS)\n  redis://[user:pass@]host:6379      Redis (rediss:// for TLS)\n\nExit codes: 0 ok, 2 usage error, 3 backend error, 4 not found."
+)]
+struct Cli {
+    /// Backend URL, e.g. etcd://127.0.0.1:2379
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "REGISTRY_BACKEND",
+        default_value = "memory://"
+    )]
+    backend: String,
+
+    /// Key namespace instances live under
+    #[arg(
+        long,
+        global = true,
+        env = "REGISTRY_NAMESPACE",
+        default_value = "registry"
+    )]
+    namespace: String,
+
+    /// Log details to stderr (repeat for more)
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Tell the whole story in under a minute: register, discover, route, go offline, crash, drain
+    Demo(demo::DemoArgs),
+    /// Register an instance and keep it alive until Ctrl-C (which deregisters it)
+    Register(commands::RegisterArgs),
+    /// List instances (of one service, or of all)
+    List(commands::ListArgs),
+    /// Print changes to the online instances as they happen, one line each
+    Watch(commands::WatchArgs),
+    /// Show which instance(s) own a key by consistent hashing
+    Find(commands::FindArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Parses `15s`, `500ms`, `2m`, or a number of seconds.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let parsed = if let Some(ms) = s.strip_suffix("ms") {
+        ms.parse::<u64>().ok().map(Duration::from_millis)
+    } else if let Some(m) = s.strip_suffix('m') {
+        m.parse::<u64>().ok().map(|m| Duration::from_secs(m * 60))
+    } else {
+        s.strip_suffix('s')
+            .unwrap_or(s)
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .map(Duration::from_secs_f64)
+    };
+    parsed.ok_or_else(|| format!("`{s}` is not a duration; use e.g. 15s, 500ms or 2m"))
+}
+
+fn exit_code(e: &Error) -> u8 {
+    match e.kind() {
+        ErrorKind::InvalidInput | ErrorKind::Unsupported => EXIT_USAGE,
+        ErrorKind::NotFound | ErrorKind::ServiceUnavailable => EXIT_NOT_FOUND,
+        _ => EXIT_BACKEND,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match cli.verbose {
+        0 => "warn",
+        1 => "info,registry_core=info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REGISTRY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "registry",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_BACKEND);
+        }
+    };
+    let result = rt.block_on(async move {
+        let ctx = commands::Context {
+            url: cli.backend.clone(),
+            namespace: cli.namespace.clone(),
+        };
+        match cli.command {
+            Command::Demo(a) => demo::run(&ctx, a).await,
+            Command::Register(a) => commands::register(&ctx, a).await,
+            Command::List(a) => commands::list(&ctx, a).await,
+            Command::Watch(a) => commands::watch(&ctx, a).await,
+            Command::Find(a) => commands::find(&ctx, a).await,
+            Command::Completions { .. } => Ok(()),
+        }
+    });
+    // Background keep-alives of a finished command must not hold the process.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{} {}", output::red("error:"), describe(&e));
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+/// The message with its chain of causes, without repeating a cause already in the message.
+fn describe(e: &Error) -> String {
+    let mut msg = e.message().to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(&format!("\n  caused by: {text}"));
+        }
+        source = s.source();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}
