@@ -53,6 +53,18 @@ impl fmt::Debug for ConsulBuilder {
     }
 }
 
+fn parse_ms(v: &str) -> Option<Duration> {
+    if let Some(ms) = v.strip_suffix("ms") {
+        return ms.parse().ok().map(Duration::from_millis);
+    }
+    v.strip_suffix('s')
+        .unwrap_or(v)
+        .parse::<f64>()
+        .ok()
+        .filter(|s| *s >= 0.0)
+        .map(Duration::from_secs_f64)
+}
+
 impl Default for ConsulBuilder {
     fn default() -> Self {
         ConsulBuilder::new()
@@ -110,6 +122,14 @@ impl ConsulBuilder {
                 "dc" => b.datacenter(v),
                 "ns" => b.consul_namespace(v),
                 "ca" => b.ca_file(v),
+                "min_poll" => {
+                    let d = parse_ms(v).ok_or_else(|| {
+                        Error::invalid(format!(
+                            "Consul URL option min_poll: `{v}` is not a duration like 100ms"
+                        ))
+                    })?;
+                    b.min_poll_interval(d)
+                }
                 _ => {
                     return Err(Error::invalid(format!(
                         "unknown Consul URL option `{k}`; {URL_HELP}"

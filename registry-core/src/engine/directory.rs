@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
@@ -30,7 +30,10 @@ pub struct ServiceSnapshot {
     all: BTreeMap<String, Arc<Instance>>,
     hidden: BTreeSet<String>,
     online: Instances,
-    ring: Ring,
+    /// Built from `online` after the snapshot is published, so that publishing never waits for it;
+    /// a reader needing it first builds it (once).
+    ring: OnceLock<Ring>,
+    vnodes: u32,
     revision: Revision,
     stale: bool,
     synced: bool,
@@ -60,7 +63,8 @@ impl ServiceSnapshot {
             all: BTreeMap::new(),
             hidden: BTreeSet::new(),
             online: Arc::from(Vec::new()),
-            ring: Ring::default(),
+            ring: OnceLock::new(),
+            vnodes: DEFAULT_VNODES,
             revision: 0,
             stale: false,
             synced: false,
@@ -80,13 +84,13 @@ impl ServiceSnapshot {
             .filter(|i| i.is_online() && !hidden.contains(&i.id))
             .cloned()
             .collect();
-        let ring = Ring::with_vnodes(online.iter().cloned(), vnodes);
         ServiceSnapshot {
             service: service.to_owned(),
             all,
             hidden,
             online: Arc::from(online),
-            ring,
+            ring: OnceLock::new(),
+            vnodes,
             revision,
             stale,
             synced: true,
@@ -113,9 +117,11 @@ impl ServiceSnapshot {
         self.hidden.contains(id)
     }
 
-    /// The routing ring over [`online`](Self::online).
+    /// The routing ring over [`online`](Self::online), built from the full membership (on first
+    /// use, if the publisher has not built it yet).
     pub fn ring(&self) -> &Ring {
-        &self.ring
+        self.ring
+            .get_or_init(|| Ring::with_vnodes(self.online.iter().cloned(), self.vnodes))
     }
 
     /// The backend revision this view reflects.
@@ -248,7 +254,7 @@ impl Directory {
     pub fn find(&self, service: &str, key: impl AsRef<[u8]>) -> Option<Arc<Instance>> {
         let slots = self.inner.slots.load();
         let snap = slots.get(service)?.current.load();
-        snap.ring.find(key.as_ref()).cloned()
+        snap.ring().find(key.as_ref()).cloned()
     }
 
     /// Up to `count` distinct online instances of `service`, walking the ring from `key`.
@@ -258,7 +264,7 @@ impl Directory {
             return Vec::new();
         };
         let snap = slot.current.load();
-        snap.ring
+        snap.ring()
             .find_n(count, key.as_ref())
             .into_iter()
             .cloned()
@@ -336,7 +342,9 @@ impl Directory {
         let Some(next) = f(&cur) else { return };
         let next = Arc::new(next);
         slot.current.store(next.clone());
-        slot.tx.send_replace(next);
+        slot.tx.send_replace(next.clone());
+        // Subscribers already see the new membership; now build its ring, off their path.
+        next.ring();
     }
 }
 

@@ -1,0 +1,58 @@
+//! Criterion microbenchmarks of directory lookups at 10, 1,000 and 100,000 instances.
+//! `cargo bench -p registry-bench` (add `-- --quick` for a short run).
+
+use std::sync::Arc;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use registry::Backend;
+use registry::engine::{Directory, Instance, Registry};
+
+fn directory(rt: &tokio::runtime::Runtime, n: usize) -> (Directory, registry::engine::Discovery) {
+    rt.block_on(async {
+        let backend: Arc<dyn Backend> = Arc::new(registry::memory::MemoryBackend::new());
+        for i in 0..n {
+            let doc = Instance::new("bench", format!("b{i:06}"))
+                .addr("10.0.0.1:80")
+                .encode();
+            backend
+                .put(&format!("registry/bench/b{i:06}"), doc, None)
+                .await
+                .expect("put");
+        }
+        let r = Registry::new(backend).expect("registry");
+        let d = r.discover("bench").await.expect("discover");
+        let mut rx = d.directory().subscribe("bench");
+        rx.wait_for(|s| s.online().len() == n)
+            .await
+            .expect("filled");
+        (d.directory().clone(), d)
+    })
+}
+
+fn lookups(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut g = c.benchmark_group("lookup");
+    for n in [10usize, 1_000, 100_000] {
+        let (dir, _keep) = directory(&rt, n);
+        let mut i = 0u64;
+        g.bench_with_input(BenchmarkId::new("get", n), &n, |b, _| {
+            b.iter(|| dir.get("bench"))
+        });
+        g.bench_with_input(BenchmarkId::new("find", n), &n, |b, _| {
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                dir.find("bench", i.to_le_bytes())
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("find_n3", n), &n, |b, _| {
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                dir.find_n(3, "bench", i.to_le_bytes())
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, lookups);
+criterion_main!(benches);

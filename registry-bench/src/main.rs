@@ -1,0 +1,665 @@
+//! `registry-bench --backend URL [--quick] [--out DIR]`: how fast, how cheap and how far the registry
+//! scales on one backend, each figure next to its baseline measured in the same run. Writes a
+//! Markdown report and a JSON file; `--quick` runs everything small, in well under a minute.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use registry::engine::{
+    Directory, Instance, LeaseOptions, RegisterOptions, RegistrationState, Registry, Ring,
+};
+use registry::{Backend, Bytes};
+use serde_json::{Value, json};
+
+mod counting;
+mod raw;
+mod stats;
+
+use counting::Counting;
+use stats::{json as sjson, ms, summarize};
+
+struct Args {
+    url: String,
+    quick: bool,
+    out: std::path::PathBuf,
+    only: Option<Vec<String>>,
+}
+
+fn args() -> Result<Args, String> {
+    let mut a = Args {
+        url: "memory://".into(),
+        quick: false,
+        out: "bench-results".into(),
+        only: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--backend" | "-b" => a.url = it.next().ok_or("--backend needs a URL")?,
+            "--quick" => a.quick = true,
+            "--out" => a.out = it.next().ok_or("--out needs a directory")?.into(),
+            "--only" => {
+                a.only = Some(
+                    it.next()
+                        .ok_or("--only needs a list")?
+                        .split(',')
+                        .map(str::to_owned)
+                        .collect(),
+                )
+            }
+            "--help" | "-h" => {
+                return Err("usage: registry-bench [--backend URL] [--quick] [--out DIR] [--only propagation,scale,heartbeat,ring,lookup]".into());
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(a)
+}
+
+/// A report section: Markdown lines and a JSON value.
+struct Section {
+    md: Vec<String>,
+    json: Value,
+}
+
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+fn ttl_for(backend: &dyn Backend, at_least: Duration) -> Duration {
+    let caps = backend.capabilities();
+    caps.grant_ttl(caps.min_ttl.max(at_least))
+        .unwrap_or(at_least)
+}
+
+fn registry(backend: Arc<dyn Backend>, ns: &str, ttl: Duration) -> Registry {
+    Registry::builder(backend)
+        .namespace(ns.to_owned())
+        .ttl(ttl)
+        .heartbeat(ttl / 3)
+        .build()
+        .expect("valid options")
+}
+
+async fn until(
+    dir: &Directory,
+    service: &str,
+    f: impl Fn(&registry::engine::ServiceSnapshot) -> bool,
+) -> bool {
+    let mut rx = dir.subscribe(service);
+    tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|s| f(s)))
+        .await
+        .is_ok()
+}
+
+/// Propagation (1): register/deregister at A -> visible/gone at B, next to the raw put -> event
+/// latency; and crash -> removal past the TTL, against the declared slack.
+async fn propagation(url: &str, backend: Arc<dyn Backend>, ns: &str, quick: bool) -> Section {
+    let n = if quick { 40 } else { 1000 };
+    let ttl = ttl_for(&*backend, Duration::from_secs(5));
+    let a = registry(backend.clone(), ns, ttl);
+    let b = registry(backend.clone(), ns, ttl);
+    let d = b.discover("prop").await.expect("discover");
+    let dir = d.directory().clone();
+    // Paced, so that what is measured is propagation, not the coalescing a watch applies to
+    // back-to-back changes (Consul's blocking-query loop polls at most every 100 ms by default).
+    let pace = raw::PACE;
+    let (mut since_call, mut since_return, mut regs) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        tokio::time::sleep(pace).await;
+        let id = format!("i{i}");
+        let t0 = Instant::now();
+        let reg = a
+            .register(Instance::new("prop", &id).addr("10.0.0.1:80"))
+            .await
+            .expect("register");
+        let t1 = Instant::now();
+        assert!(
+            until(&dir, "prop", |s| s.all().contains_key(&id)).await,
+            "{id} never visible"
+        );
+        since_call.push(t0.elapsed());
+        since_return.push(t1.elapsed());
+        regs.push((id, reg));
+    }
+    let mut dereg = Vec::new();
+    for (id, reg) in regs {
+        tokio::time::sleep(pace).await;
+        reg.deregister().await.expect("deregister");
+        let t1 = Instant::now();
+        assert!(
+            until(&dir, "prop", |s| !s.all().contains_key(&id)).await,
+            "{id} never gone"
+        );
+        dereg.push(t1.elapsed());
+    }
+    eprintln!("  registrations measured; raw baseline ...");
+    let raw = raw::latency(url, n).await;
+    eprintln!("  crashes ...");
+
+    // Crashes: k processes crash at once; each instance should go TTL (+ slack) after its last
+    // keep-alive, which was at most one heartbeat before the crash.
+    let k = if quick { 3 } else { 20 };
+    let mut crashed = Vec::new();
+    for i in 0..k {
+        let p = registry(backend.clone(), ns, ttl);
+        let reg = p
+            .register(Instance::new("crash", format!("c{i}")).addr("10.0.0.2:80"))
+            .await
+            .expect("register");
+        crashed.push((p, reg));
+    }
+    let dc = b.discover("crash").await.expect("discover");
+    let cdir = dc.directory().clone();
+    assert!(until(&cdir, "crash", |s| s.all().len() == k).await);
+    let at = Instant::now();
+    for (p, reg) in crashed {
+        p.crash();
+        std::mem::forget(reg);
+    }
+    let mut gone_after: BTreeMap<String, Duration> = BTreeMap::new();
+    let mut rx = cdir.subscribe("crash");
+    while gone_after.len() < k && at.elapsed() < ttl * 3 + Duration::from_secs(30) {
+        let snap = rx.borrow_and_update().clone();
+        for i in 0..k {
+            let id = format!("c{i}");
+            if !snap.all().contains_key(&id) {
+                gone_after.entry(id).or_insert_with(|| at.elapsed());
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), rx.changed()).await;
+    }
+    // The last keep-alive was at most one heartbeat before the crash, so removal is due between
+    // TTL - heartbeat and TTL after the crash, plus the declared slack.
+    let since_crash: Vec<Duration> = gone_after.values().copied().collect();
+    let slack = backend.capabilities().expiry_slack_for(ttl);
+
+    let sc = summarize(since_call);
+    let sr = summarize(since_return);
+    let sd = summarize(dereg);
+    let crash = summarize(if since_crash.is_empty() {
+        vec![Duration::ZERO]
+    } else {
+        since_crash
+    });
+    let mut md = vec![
+        format!("### Propagation ({n} registrations, one every {pace:?})"),
+        String::new(),
+        "| measure | p50 | p99 | max |".into(),
+        "|---|---|---|---|".into(),
+    ];
+    let row = |name: &str, s: &stats::Summary| {
+        format!("| {name} | {} | {} | {} |", ms(s.p50), ms(s.p99), ms(s.max))
+    };
+    md.push(row("register called -> visible at B", &sc));
+    md.push(row("register returned -> visible at B", &sr));
+    md.push(row("deregister returned -> gone at B", &sd));
+    let mut j = json!({
+        "n": n,
+        "register_from_call": sjson(&sc),
+        "register_from_return": sjson(&sr),
+        "deregister_from_return": sjson(&sd),
+        "crash": { "k": k, "ttl_ms": ttl.as_millis() as u64, "heartbeat_ms": (ttl / 3).as_millis() as u64, "declared_slack_ms": slack.as_millis() as u64, "removed_after_crash": sjson(&crash), "removed": gone_after.len() },
+    });
+    match raw {
+        Ok(r) => {
+            md.push(row("**raw client: put -> watch event**", &r));
+            let over = sc.p99.as_secs_f64() / r.p99.as_secs_f64() - 1.0;
+            let over50 = sc.p50.as_secs_f64() / r.p50.as_secs_f64() - 1.0;
+            md.push(String::new());
+            md.push(format!(
+                "Registry against the raw client (register called -> visible, against put -> event, same pace): p50 **{:+.0}%**, p99 **{:+.0}%** (goal: p99 under +20%).",
+                over50 * 100.0,
+                over * 100.0
+            ));
+            j["overhead_p50"] = json!(over50);
+            j["raw_put_to_event"] = sjson(&r);
+            j["overhead_p99"] = json!(over);
+        }
+        Err(e) => md.push(format!("| raw client | {e} | | |")),
+    }
+    md.push(String::new());
+    md.push(format!(
+        "Crash: {k} processes stop heart-beating at once (TTL {ttl:?}, heartbeat {:?}); gone after the crash: p50 {}, max {} ({} of {k} removed). Due between {:?} and {:?} (TTL, less the heartbeat since the last keep-alive, plus the declared slack {slack:?}).",
+        ttl / 3,
+        ms(crash.p50),
+        ms(crash.max),
+        gone_after.len(),
+        ttl - ttl / 3,
+        ttl + slack,
+    ));
+    Section { md, json: j }
+}
+
+/// Scale (3): registering many instances from one process (time, backend operations) against raw
+/// put throughput; cold start of a directory over them; memory per instance held.
+async fn scale(url: &str, backend: Arc<dyn Backend>, ns: &str, quick: bool) -> Section {
+    let n = if quick { 300 } else { 10_000 };
+    let ttl = ttl_for(&*backend, Duration::from_secs(30));
+    let (counted, counts) = Counting::wrap(backend.clone());
+    let a = registry(counted, ns, ttl);
+    let t0 = Instant::now();
+    let mut regs = Vec::with_capacity(n);
+    for i in 0..n {
+        regs.push(
+            a.register(Instance::new("scale", format!("s{i:05}")).addr(format!(
+                "10.1.{}.{}:80",
+                i / 250,
+                i % 250
+            )))
+            .await
+            .expect("register"),
+        );
+    }
+    let took = t0.elapsed();
+    let ops = counts.total();
+    let raw = raw::throughput(url, n).await;
+
+    // Cold start: a new process discovers them all.
+    let rss0 = rss_bytes();
+    let c = registry(backend.clone(), ns, ttl);
+    let t0 = Instant::now();
+    let d = c.discover("scale").await.expect("discover");
+    let ok = until(d.directory(), "scale", |s| s.all().len() == n).await;
+    let cold = t0.elapsed();
+    let rss1 = rss_bytes();
+    let per_instance = match (rss0, rss1) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / n as f64),
+        _ => None,
+    };
+    // Clean up at once: revoke the shared lease (deletes everything), stop the keeper.
+    if let Some(RegistrationState::Registered { lease, .. }) = regs.first().map(|r| r.state()) {
+        let _ = backend.revoke(&lease).await;
+    }
+    a.crash();
+    for r in regs {
+        std::mem::forget(r);
+    }
+    let rate = n as f64 / took.as_secs_f64();
+    let mut md = vec![
+        format!("### Scale ({n} instances from one process)"),
+        String::new(),
+        "| measure | value |".into(),
+        "|---|---|".into(),
+        format!(
+            "| register {n}, one after another | {:.2} s ({rate:.0}/s), {ops} backend operations ({:.2} per instance) |",
+            took.as_secs_f64(),
+            ops as f64 / n as f64
+        ),
+    ];
+    let mut j = json!({"n": n, "register_s": took.as_secs_f64(), "register_per_s": rate, "backend_ops": ops, "cold_start_s": cold.as_secs_f64(), "cold_start_complete": ok});
+    match raw {
+        Ok((seq, piped)) => {
+            md.push(format!(
+                "| **raw client: sequential puts** | {seq:.0}/s (registry reaches {:.0}%) |",
+                rate / seq * 100.0
+            ));
+            md.push(format!(
+                "| **raw client: 64 puts in flight** | {piped:.0}/s |"
+            ));
+            j["raw_sequential_per_s"] = json!(seq);
+            j["raw_pipelined_per_s"] = json!(piped);
+        }
+        Err(e) => md.push(format!("| raw client | {e} |")),
+    }
+    md.push(format!(
+        "| cold start: discover {n} existing instances | {} {} |",
+        ms(cold),
+        if ok { "" } else { "(incomplete!)" }
+    ));
+    if let Some(b) = per_instance {
+        md.push(format!(
+            "| resident memory per instance held in a directory (ring included) | {:.0} bytes |",
+            b
+        ));
+        j["rss_per_instance_bytes"] = json!(b);
+    }
+    Section { md, json: j }
+}
+
+/// Heartbeat cost (4): backend requests per second to keep many registrations alive, with one shared
+/// lease, one lease per registration, and Pulse's rewrite of every key every heartbeat.
+async fn heartbeat(backend: Arc<dyn Backend>, ns: &str, quick: bool) -> Section {
+    let k = if quick { 50 } else { 1000 };
+    let ttl = ttl_for(&*backend, Duration::from_secs(3));
+    let beat = ttl / 3;
+    let window = if quick { beat } else { beat * 3 };
+    let mut rows = Vec::new();
+    let mut j = json!({"registrations": k, "heartbeat_ms": beat.as_millis() as u64});
+    for mode in ["shared lease (default)", "one lease per registration"] {
+        let (counted, counts) = Counting::wrap(backend.clone());
+        let r = registry(counted, &format!("{ns}-hb"), ttl);
+        let mut regs = Vec::new();
+        for i in 0..k {
+            let inst = Instance::new("hb", format!("h{i}")).addr("10.2.0.1:80");
+            let reg = if mode.starts_with("shared") {
+                r.register(inst).await
+            } else {
+                r.register_with(
+                    inst,
+                    RegisterOptions::new().dedicated_lease(LeaseOptions {
+                        ttl,
+                        heartbeat: beat,
+                    }),
+                )
+                .await
+            };
+            regs.push(reg.expect("register"));
+        }
+        let before = counts.total();
+        tokio::time::sleep(window).await;
+        let per_s = (counts.total() - before) as f64 / window.as_secs_f64();
+        rows.push(format!("| {mode} | {per_s:.1} |"));
+        j[mode] = json!(per_s);
+        for reg in regs {
+            let _ = reg.deregister().await;
+        }
+    }
+    // Pulse: every key written again every heartbeat.
+    let (counted, counts) = Counting::wrap(backend.clone());
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(beat);
+    while started.elapsed() < window {
+        tick.tick().await;
+        for i in 0..k {
+            let _ = counted
+                .put(
+                    &format!("{ns}-pulse/hb/p{i}"),
+                    Bytes::from_static(b"node"),
+                    None,
+                )
+                .await;
+        }
+    }
+    let per_s = counts.total() as f64 / started.elapsed().as_secs_f64();
+    rows.push(format!(
+        "| Pulse: rewrite every key every heartbeat | {per_s:.1} |"
+    ));
+    j["pulse rewrite"] = json!(per_s);
+    for i in 0..k {
+        let _ = backend.delete(&format!("{ns}-pulse/hb/p{i}")).await;
+    }
+    let mut md = vec![
+        format!("### Heartbeat cost ({k} registrations, heartbeat {beat:?})"),
+        String::new(),
+        "| mode | backend requests per second |".into(),
+        "|---|---|".into(),
+    ];
+    md.extend(rows);
+    Section { md, json: j }
+}
+
+/// Ring quality (5): keys moved when one instance joins or leaves, and load spread at 128 vnodes.
+fn ring_quality() -> Section {
+    let inst = |id: String| Arc::new(Instance::new("ring", id).addr("x:1"));
+    let keys: Vec<String> = (0..100_000).map(|k| format!("key-{k}")).collect();
+    let mut md = vec![
+        "### Ring quality (128 virtual nodes per instance, 100,000 keys, 20 random memberships each)".into(),
+        String::new(),
+        "| n | moved on join (ideal 1/(n+1)) | moved on leave (ideal 1/n) | load max/mean | load min/mean | load CV |".into(),
+        "|---|---|---|---|---|---|".into(),
+    ];
+    let mut j = json!({});
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for n in [3usize, 10, 100] {
+        let (mut join, mut leave, mut maxr, mut minr, mut cv) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for _ in 0..20 {
+            let ids: Vec<String> = (0..n).map(|_| format!("m{:016x}", next())).collect();
+            let ring = Ring::new(ids.iter().cloned().map(inst));
+            let owners: Vec<String> = keys
+                .iter()
+                .map(|k| ring.find(k.as_bytes()).expect("owner").id.clone())
+                .collect();
+            let mut plus = ids.clone();
+            plus.push(format!("new{:016x}", next()));
+            let joined = Ring::new(plus.into_iter().map(inst));
+            let moved = keys
+                .iter()
+                .zip(&owners)
+                .filter(|(k, o)| &joined.find(k.as_bytes()).expect("owner").id != *o)
+                .count();
+            join.push(moved as f64 / keys.len() as f64 * (n + 1) as f64);
+            let left = Ring::new(ids[1..].iter().cloned().map(inst));
+            if n > 1 {
+                let moved = keys
+                    .iter()
+                    .zip(&owners)
+                    .filter(|(k, o)| &left.find(k.as_bytes()).expect("owner").id != *o)
+                    .count();
+                leave.push(moved as f64 / keys.len() as f64 * n as f64);
+            }
+            let mut load: BTreeMap<&str, usize> = BTreeMap::new();
+            for o in &owners {
+                *load.entry(o.as_str()).or_default() += 1;
+            }
+            let mean = keys.len() as f64 / n as f64;
+            let loads: Vec<f64> = ids
+                .iter()
+                .map(|i| *load.get(i.as_str()).unwrap_or(&0) as f64)
+                .collect();
+            maxr.push(loads.iter().cloned().fold(0.0, f64::max) / mean);
+            minr.push(loads.iter().cloned().fold(f64::MAX, f64::min) / mean);
+            let var = loads.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / n as f64;
+            cv.push(var.sqrt() / mean);
+        }
+        let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        md.push(format!(
+            "| {n} | {:.3} × ideal (worst {:.3}) | {:.3} × ideal (worst {:.3}) | {:.3} | {:.3} | {:.3} |",
+            avg(&join),
+            join.iter().cloned().fold(0.0, |a: f64, b| if (b - 1.0).abs() > (a - 1.0).abs() { b } else { a }),
+            avg(&leave),
+            leave.iter().cloned().fold(0.0, |a: f64, b| if (b - 1.0).abs() > (a - 1.0).abs() { b } else { a }),
+            avg(&maxr),
+            avg(&minr),
+            avg(&cv)
+        ));
+        j[n.to_string()] = json!({"join_ratio": avg(&join), "leave_ratio": avg(&leave), "max_over_mean": avg(&maxr), "min_over_mean": avg(&minr), "cv": avg(&cv)});
+    }
+    Section { md, json: j }
+}
+
+/// Lookups (2), timed in this binary (criterion gives the detailed figures: `cargo bench -p
+/// registry-bench`): nanoseconds per `get`, `find`, `find_n(3)`, alone and with the other core
+/// reading while a writer churns membership.
+async fn lookup(quick: bool) -> Section {
+    let sizes: &[usize] = if quick {
+        &[10, 1000]
+    } else {
+        &[10, 1000, 100_000]
+    };
+    let mut md = vec![
+        "### Lookups (in-process directory; median of 5 runs)".into(),
+        String::new(),
+        "| instances | get | find | find_n(3) | get, contended | find, contended | find_n(3), contended |".into(),
+        "|---|---|---|---|---|---|---|".into(),
+    ];
+    let mut j = json!({});
+    for &n in sizes {
+        let (dir, backend, _d) = filled_directory(n).await;
+        let iters: u64 = if quick { 20_000 } else { 200_000 };
+        let alone = measure(&dir, iters);
+        // Contention: another thread reads as fast as it can, a writer churns membership.
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (dir, stop) = (dir.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::black_box(dir.find("bench", i.to_le_bytes()));
+                    i += 1;
+                }
+            })
+        };
+        let writer = {
+            let (backend, stop) = (backend.clone(), stop.clone());
+            tokio::spawn(async move {
+                let doc = Instance::new("bench", "churn").addr("10.9.9.9:1").encode();
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = backend.put("registry/bench/churn", doc.clone(), None).await;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    let _ = backend.delete("registry/bench/churn").await;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        };
+        let contended = tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            move || measure(&dir, iters)
+        })
+        .await
+        .expect("measure");
+        stop.store(true, Ordering::Relaxed);
+        let _ = reader.join();
+        let _ = writer.await;
+        md.push(format!(
+            "| {n} | {:.0} ns | {:.0} ns | {:.0} ns | {:.0} ns | {:.0} ns | {:.0} ns |",
+            alone[0], alone[1], alone[2], contended[0], contended[1], contended[2]
+        ));
+        j[n.to_string()] = json!({"get_ns": alone[0], "find_ns": alone[1], "find3_ns": alone[2], "contended": {"get_ns": contended[0], "find_ns": contended[1], "find3_ns": contended[2]}});
+    }
+    Section { md, json: j }
+}
+
+/// A directory holding `n` instances of service `bench`, filled through a real discovery over the
+/// memory backend.
+async fn filled_directory(n: usize) -> (Directory, Arc<dyn Backend>, registry::engine::Discovery) {
+    let backend: Arc<dyn Backend> = Arc::new(registry::memory::MemoryBackend::new());
+    for i in 0..n {
+        let doc = Instance::new("bench", format!("b{i:06}"))
+            .addr(format!("10.3.{}.{}:80", i / 250 % 250, i % 250))
+            .encode();
+        backend
+            .put(&format!("registry/bench/b{i:06}"), doc, None)
+            .await
+            .expect("put");
+    }
+    let r = Registry::new(backend.clone()).expect("registry");
+    let d = r.discover("bench").await.expect("discover");
+    assert!(until(d.directory(), "bench", |s| s.online().len() == n).await);
+    (d.directory().clone(), backend, d)
+}
+
+/// Median ns/op of 5 runs of `iters` calls, for get, find and find_n(3).
+fn measure(dir: &Directory, iters: u64) -> [f64; 3] {
+    let mut out = [0.0; 3];
+    for (slot, op) in out.iter_mut().zip(0..3) {
+        let mut runs: Vec<f64> = (0..5)
+            .map(|_| {
+                let t0 = Instant::now();
+                for i in 0..iters {
+                    let key = i.to_le_bytes();
+                    match op {
+                        0 => {
+                            std::hint::black_box(dir.get("bench"));
+                        }
+                        1 => {
+                            std::hint::black_box(dir.find("bench", key));
+                        }
+                        _ => {
+                            std::hint::black_box(dir.find_n(3, "bench", key));
+                        }
+                    }
+                }
+                t0.elapsed().as_nanos() as f64 / iters as f64
+            })
+            .collect();
+        runs.sort_by(|a, b| a.total_cmp(b));
+        *slot = runs[2];
+    }
+    out
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let a = match args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let want = |s: &str| a.only.as_ref().is_none_or(|o| o.iter().any(|x| x == s));
+    let backend = match registry::connect(&a.url).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(3);
+        }
+    };
+    let ns = format!("bench-{}", std::process::id());
+    let scheme = a.url.split("://").next().unwrap_or("backend").to_owned();
+    let started = Instant::now();
+    let mut sections: Vec<(&str, Section)> = Vec::new();
+    if want("propagation") {
+        eprintln!("propagation ...");
+        sections.push((
+            "propagation",
+            propagation(&a.url, backend.clone(), &ns, a.quick).await,
+        ));
+    }
+    if want("scale") {
+        eprintln!("scale ...");
+        sections.push((
+            "scale",
+            scale(&a.url, backend.clone(), &format!("{ns}-scale"), a.quick).await,
+        ));
+    }
+    if want("heartbeat") {
+        eprintln!("heartbeat ...");
+        sections.push(("heartbeat", heartbeat(backend.clone(), &ns, a.quick).await));
+    }
+    if want("ring") {
+        eprintln!("ring ...");
+        sections.push(("ring", ring_quality()));
+    }
+    if want("lookup") {
+        eprintln!("lookup ...");
+        sections.push(("lookup", lookup(a.quick).await));
+    }
+    let mut md = vec![
+        format!(
+            "## Backend {} ({})",
+            scheme,
+            if a.quick { "quick run" } else { "full run" }
+        ),
+        String::new(),
+        format!(
+            "Command: `registry-bench --backend {}{}`; {:.0} s.",
+            a.url,
+            if a.quick { " --quick" } else { "" },
+            started.elapsed().as_secs_f64()
+        ),
+    ];
+    let mut j =
+        json!({"backend": a.url, "quick": a.quick, "seconds": started.elapsed().as_secs_f64()});
+    for (name, s) in sections {
+        md.push(String::new());
+        md.extend(s.md);
+        j[name] = s.json;
+    }
+    let text = md.join("\n") + "\n";
+    println!("{text}");
+    if let Err(e) = std::fs::create_dir_all(&a.out)
+        .and_then(|_| std::fs::write(a.out.join(format!("bench-{scheme}.md")), &text))
+        .and_then(|_| {
+            std::fs::write(
+                a.out.join(format!("bench-{scheme}.json")),
+                serde_json::to_string_pretty(&j).unwrap_or_default(),
+            )
+        })
+    {
+        eprintln!("cannot write results to {}: {e}", a.out.display());
+        std::process::exit(3);
+    }
+}
