@@ -735,3 +735,31 @@ async fn offline_set_during_an_outage_is_written_when_the_backend_returns() {
     until_online(&b, "web", &[]).await;
     assert_eq!(b.directory().all("web")[0].state, InstanceState::Offline);
 }
+
+#[tokio::test(start_paused = true)]
+async fn registrations_faster_than_the_heartbeat_do_not_starve_keep_alives() {
+    let backend = MemoryBackend::new();
+    let a = registry(&backend);
+    let mut regs = Vec::new();
+    // One new registration every 100 ms for a minute: four TTLs, far faster than the heartbeat.
+    for i in 0..600 {
+        regs.push(a.register(web(&format!("w{i}"))).await.unwrap());
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        a.stats().lost,
+        0,
+        "the lease expired under a stream of registrations: {:?}",
+        a.stats()
+    );
+    assert_eq!(a.stats().grants, 1);
+    let ka = backend.operation_counts().keep_alive;
+    assert!(
+        (11..=13).contains(&ka),
+        "{ka} keep-alives in 60 s at a 5 s heartbeat"
+    );
+    assert_eq!(
+        backend.list("registry/web").await.unwrap().entries.len(),
+        600
+    );
+}

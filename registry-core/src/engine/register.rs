@@ -734,12 +734,15 @@ impl Keeper {
         }
     }
 
+    /// The next keep-alive is due one heartbeat after the backend last confirmed the lease: writes
+    /// do not renew a lease, so they must never push the keep-alive back (a steady stream of
+    /// registrations would otherwise starve it until the lease expired).
     fn schedule_heartbeat(&mut self) {
         self.backoff.reset();
         self.next_tick = if self.members.is_empty() && self.pending_deletes.is_empty() {
             None
         } else {
-            Some(Instant::now() + self.opts.heartbeat)
+            Some(self.last_ok + self.opts.heartbeat)
         };
     }
 
