@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use testcontainers::core::{ContainerPort, IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
-use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+use testcontainers::{ContainerAsync, ContainerRequest, GenericImage, ImageExt};
 
 use crate::server_required;
 
@@ -97,6 +97,40 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// Starts `kind`'s image with `cmd`, exposing `port` (fixed on the host when `host_port` is given),
+/// waits for `ready`, and returns the container with its `127.0.0.1:port` endpoint.
+async fn start_container(
+    kind: ServerKind,
+    cmd: Vec<String>,
+    port: u16,
+    ready: WaitFor,
+    host_port: Option<u16>,
+    customize: impl FnOnce(ContainerRequest<GenericImage>) -> ContainerRequest<GenericImage>,
+) -> Result<(ContainerAsync<GenericImage>, String), String> {
+    let spec = kind.spec();
+    let port: ContainerPort = port.tcp();
+    let mut req = GenericImage::new(spec.image.clone(), spec.tag.clone())
+        .with_exposed_port(port)
+        .with_wait_for(ready)
+        .with_cmd(cmd)
+        .with_label(LABEL.0, LABEL.1)
+        .with_startup_timeout(Duration::from_secs(60));
+    if let Some(p) = host_port {
+        req = req.with_mapped_port(p, port);
+    }
+    let container = customize(req).start().await.map_err(|e| {
+        format!(
+            "cannot start {kind:?} from image {}:{} ({e})",
+            spec.image, spec.tag
+        )
+    })?;
+    let mapped = container
+        .get_host_port_ipv4(port)
+        .await
+        .map_err(|e| format!("{kind:?} container has no mapped port ({e})"))?;
+    Ok((container, format!("127.0.0.1:{mapped}")))
+}
+
 /// Options for one etcd container.
 #[derive(Clone, Debug, Default)]
 pub struct EtcdOptions {
@@ -138,7 +172,6 @@ impl std::fmt::Debug for Etcd {
 
 /// Starts an etcd container from [`ServerKind::Etcd`]'s image and waits until it serves clients.
 pub async fn start_etcd(opts: EtcdOptions) -> Result<Etcd, String> {
-    let spec = ServerKind::Etcd.spec();
     let name = opts.name.clone().unwrap_or_else(|| "etcd".to_owned());
     let scheme = opts.scheme.clone().unwrap_or_else(|| "http".to_owned());
     let peer = format!("http://{name}:2380");
@@ -164,38 +197,29 @@ pub async fn start_etcd(opts: EtcdOptions) -> Result<Etcd, String> {
         "new".into(),
     ];
     cmd.extend(opts.extra_args.iter().cloned());
-    let client_port: ContainerPort = 2379.tcp();
-    let mut req = GenericImage::new(spec.image.clone(), spec.tag.clone())
-        .with_exposed_port(client_port)
-        .with_wait_for(WaitFor::message_on_stderr("ready to serve client requests"))
-        .with_cmd(cmd)
-        .with_label(LABEL.0, LABEL.1)
-        .with_startup_timeout(Duration::from_secs(60));
-    if let Some(net) = &opts.network {
-        req = req
-            .with_network(net.clone())
-            .with_container_name(format!("{net}-{name}"));
-        req = req.with_hostname(name.clone());
-    }
-    if let Some(port) = opts.host_port {
-        req = req.with_mapped_port(port, client_port);
-    }
-    for (path, bytes) in &opts.files {
-        req = req.with_copy_to(path.clone(), bytes.clone());
-    }
-    let container = req.start().await.map_err(|e| {
-        format!(
-            "cannot start etcd from image {}:{} ({e})",
-            spec.image, spec.tag
-        )
-    })?;
-    let port = container
-        .get_host_port_ipv4(client_port)
-        .await
-        .map_err(|e| format!("etcd container has no mapped client port ({e})"))?;
+    let ready = WaitFor::message_on_stderr("ready to serve client requests");
+    let (container, endpoint) = start_container(
+        ServerKind::Etcd,
+        cmd,
+        2379,
+        ready,
+        opts.host_port,
+        |mut req| {
+            if let Some(net) = &opts.network {
+                req = req
+                    .with_network(net.clone())
+                    .with_container_name(name.clone());
+            }
+            for (path, bytes) in &opts.files {
+                req = req.with_copy_to(path.clone(), bytes.clone());
+            }
+            req
+        },
+    )
+    .await?;
     Ok(Etcd {
         container,
-        endpoint: format!("127.0.0.1:{port}"),
+        endpoint,
         name,
     })
 }
@@ -289,7 +313,6 @@ impl std::fmt::Debug for Redis {
 
 /// Starts a Redis container (no persistence) and waits until it accepts connections.
 pub async fn start_redis(opts: RedisOptions) -> Result<Redis, String> {
-    let spec = ServerKind::Redis.spec();
     let mut cmd: Vec<String> = [
         "redis-server",
         "--port",
@@ -307,29 +330,12 @@ pub async fn start_redis(opts: RedisOptions) -> Result<Redis, String> {
     .map(|s| s.to_string())
     .collect();
     cmd.extend(opts.extra_args.iter().cloned());
-    let port: ContainerPort = 6379.tcp();
-    let mut req = GenericImage::new(spec.image.clone(), spec.tag.clone())
-        .with_exposed_port(port)
-        .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
-        .with_cmd(cmd)
-        .with_label(LABEL.0, LABEL.1)
-        .with_startup_timeout(Duration::from_secs(60));
-    if let Some(p) = opts.host_port {
-        req = req.with_mapped_port(p, port);
-    }
-    let container = req.start().await.map_err(|e| {
-        format!(
-            "cannot start redis from image {}:{} ({e})",
-            spec.image, spec.tag
-        )
-    })?;
-    let host_port = container
-        .get_host_port_ipv4(port)
-        .await
-        .map_err(|e| format!("redis container has no mapped port ({e})"))?;
+    let ready = WaitFor::message_on_stdout("Ready to accept connections");
+    let (container, endpoint) =
+        start_container(ServerKind::Redis, cmd, 6379, ready, opts.host_port, |r| r).await?;
     Ok(Redis {
         container,
-        endpoint: format!("127.0.0.1:{host_port}"),
+        endpoint,
     })
 }
 
@@ -369,7 +375,6 @@ impl std::fmt::Debug for Consul {
 
 /// Starts a Consul `-dev` agent and waits until it has a leader and has synced its node.
 pub async fn start_consul(opts: ConsulOptions) -> Result<Consul, String> {
-    let spec = ServerKind::Consul.spec();
     let mut cmd: Vec<String> = [
         "consul",
         "agent",
@@ -383,29 +388,12 @@ pub async fn start_consul(opts: ConsulOptions) -> Result<Consul, String> {
     .map(|s| s.to_string())
     .collect();
     cmd.extend(opts.extra_args.iter().cloned());
-    let port: ContainerPort = 8500.tcp();
-    let mut req = GenericImage::new(spec.image.clone(), spec.tag.clone())
-        .with_exposed_port(port)
-        .with_wait_for(WaitFor::message_on_stdout("Synced node info"))
-        .with_cmd(cmd)
-        .with_label(LABEL.0, LABEL.1)
-        .with_startup_timeout(Duration::from_secs(60));
-    if let Some(p) = opts.host_port {
-        req = req.with_mapped_port(p, port);
-    }
-    let container = req.start().await.map_err(|e| {
-        format!(
-            "cannot start consul from image {}:{} ({e})",
-            spec.image, spec.tag
-        )
-    })?;
-    let host_port = container
-        .get_host_port_ipv4(port)
-        .await
-        .map_err(|e| format!("consul container has no mapped port ({e})"))?;
+    let ready = WaitFor::message_on_stdout("Synced node info");
+    let (container, endpoint) =
+        start_container(ServerKind::Consul, cmd, 8500, ready, opts.host_port, |r| r).await?;
     Ok(Consul {
         container,
-        endpoint: format!("127.0.0.1:{host_port}"),
+        endpoint,
     })
 }
 

@@ -73,22 +73,10 @@ enum Command {
     },
 }
 
-/// Parses `15s`, `500ms`, `2m`, or a number of seconds.
+/// Parses `15s`, `500ms`, `2m`, or a number of seconds (for clap).
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let parsed = if let Some(ms) = s.strip_suffix("ms") {
-        ms.parse::<u64>().ok().map(Duration::from_millis)
-    } else if let Some(m) = s.strip_suffix('m') {
-        m.parse::<u64>().ok().map(|m| Duration::from_secs(m * 60))
-    } else {
-        s.strip_suffix('s')
-            .unwrap_or(s)
-            .parse::<f64>()
-            .ok()
-            .filter(|v| v.is_finite() && *v >= 0.0)
-            .map(Duration::from_secs_f64)
-    };
-    parsed.ok_or_else(|| format!("`{s}` is not a duration; use e.g. 15s, 500ms or 2m"))
+    registry::config::parse_duration(s)
+        .ok_or_else(|| format!("`{s}` is not a duration; use e.g. 15s, 500ms or 2m"))
 }
 
 fn exit_code(e: &Error) -> u8 {

@@ -357,12 +357,7 @@ impl Backend for ConsulBackend {
 
     async fn grant(&self, ttl: Duration) -> Result<Lease> {
         let caps = &self.inner.caps;
-        let granted = caps.grant_ttl(ttl).ok_or_else(|| {
-            Error::invalid(format!(
-                "TTL {ttl:?} is outside Consul's session range [{:?}, {:?}]",
-                caps.min_ttl, caps.max_ttl
-            ))
-        })?;
+        let granted = caps.check_ttl(ttl)?;
         // LockDelay 0: a registration must be able to take its key again at once after its old
         // session ended.
         let body = json!({

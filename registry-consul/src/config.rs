@@ -53,17 +53,7 @@ impl fmt::Debug for ConsulBuilder {
     }
 }
 
-fn parse_ms(v: &str) -> Option<Duration> {
-    if let Some(ms) = v.strip_suffix("ms") {
-        return ms.parse().ok().map(Duration::from_millis);
-    }
-    v.strip_suffix('s')
-        .unwrap_or(v)
-        .parse::<f64>()
-        .ok()
-        .filter(|s| *s >= 0.0)
-        .map(Duration::from_secs_f64)
-}
+use registry_core::config::parse_duration;
 
 impl Default for ConsulBuilder {
     fn default() -> Self {
@@ -123,7 +113,7 @@ impl ConsulBuilder {
                 "ns" => b.consul_namespace(v),
                 "ca" => b.ca_file(v),
                 "min_poll" => {
-                    let d = parse_ms(v).ok_or_else(|| {
+                    let d = parse_duration(v).ok_or_else(|| {
                         Error::invalid(format!(
                             "Consul URL option min_poll: `{v}` is not a duration like 100ms"
                         ))

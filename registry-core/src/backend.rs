@@ -130,6 +130,17 @@ impl Capabilities {
         self
     }
 
+    /// [`grant_ttl`](Self::grant_ttl), or the `InvalidInput` error every backend gives for a TTL out
+    /// of range.
+    pub fn check_ttl(&self, requested: Duration) -> crate::Result<Duration> {
+        self.grant_ttl(requested).ok_or_else(|| {
+            crate::Error::invalid(format!(
+                "TTL {requested:?} is out of range: it must be positive and at most {:?} (shorter than {:?} is raised to it)",
+                self.max_ttl, self.min_ttl
+            ))
+        })
+    }
+
     /// The TTL a backend with these capabilities grants for a request of `requested`: raised to the
     /// minimum and rounded up to the granularity. `None` when it exceeds the maximum or is zero.
     pub fn grant_ttl(&self, requested: Duration) -> Option<Duration> {

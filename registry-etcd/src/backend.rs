@@ -299,12 +299,7 @@ impl Backend for EtcdBackend {
 
     async fn grant(&self, ttl: Duration) -> Result<Lease> {
         let caps = &self.inner.caps;
-        let granted = caps.grant_ttl(ttl).ok_or_else(|| {
-            Error::invalid(format!(
-                "TTL {ttl:?} is outside the allowed range (0, {:?}]",
-                caps.max_ttl
-            ))
-        })?;
+        let granted = caps.check_ttl(ttl)?;
         let secs = granted.as_secs() as i64;
         let resp = self
             .call("lease grant", false, |mut c| async move {

@@ -107,27 +107,7 @@ impl Default for EtcdBuilder {
     }
 }
 
-/// Parses `5s`, `500ms`, `2m` or a plain number of seconds.
-fn parse_duration(v: &str) -> Option<Duration> {
-    let v = v.trim();
-    if let Some(ms) = v.strip_suffix("ms") {
-        return ms.parse().ok().map(Duration::from_millis);
-    }
-    if let Some(s) = v.strip_suffix('s') {
-        return s
-            .parse::<f64>()
-            .ok()
-            .filter(|s| *s >= 0.0)
-            .map(Duration::from_secs_f64);
-    }
-    if let Some(m) = v.strip_suffix('m') {
-        return m.parse::<u64>().ok().map(|m| Duration::from_secs(m * 60));
-    }
-    v.parse::<f64>()
-        .ok()
-        .filter(|s| *s >= 0.0)
-        .map(Duration::from_secs_f64)
-}
+use registry_core::config::parse_duration;
 
 fn percent_decode(s: &str) -> String {
     fn hex(b: u8) -> Option<u8> {
@@ -420,13 +400,5 @@ mod tests {
         assert!(d.contains("alice"));
         assert!(!d.contains("hunter2"), "{d}");
         assert!(!d.contains("PRIVATE KEY"), "{d}");
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
-        assert_eq!(parse_duration("x"), None);
     }
 }

@@ -329,12 +329,7 @@ impl Backend for MemoryBackend {
     async fn grant(&self, ttl: Duration) -> Result<Lease> {
         self.gate(&self.inner.counts.grant).await?;
         let caps = &self.inner.caps;
-        let granted = caps.grant_ttl(ttl).ok_or_else(|| {
-            Error::invalid(format!(
-                "TTL {ttl:?} is outside the allowed range (0, {:?}]",
-                caps.max_ttl
-            ))
-        })?;
+        let granted = caps.check_ttl(ttl)?;
         let id = NEXT_LEASE.fetch_add(1, Ordering::Relaxed);
         {
             let mut st = self.lock_fresh();

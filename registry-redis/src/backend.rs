@@ -362,12 +362,7 @@ impl Backend for RedisBackend {
 
     async fn grant(&self, ttl: Duration) -> Result<Lease> {
         let caps = &self.inner.caps;
-        let granted = caps.grant_ttl(ttl).ok_or_else(|| {
-            Error::invalid(format!(
-                "TTL {ttl:?} is outside the allowed range (0, {:?}]",
-                caps.max_ttl
-            ))
-        })?;
+        let granted = caps.check_ttl(ttl)?;
         let ms = (granted.as_millis() as u64).to_string();
         let (epoch, rest) = self
             .run_epoch(&self.inner.scripts.grant, "lease grant", &[ms.as_bytes()])

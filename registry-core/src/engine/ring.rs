@@ -20,6 +20,10 @@ pub const DEFAULT_VNODES: u32 = 128;
 pub struct Ring {
     /// Sorted point hashes.
     points: Vec<u64>,
+    /// `index[b]` is the first point whose top `bits` bits are at least `b`: a lookup reads one
+    /// bucket of about one point instead of binary-searching millions (which is DRAM-bound).
+    index: Vec<u32>,
+    bits: u32,
     /// `owners[i]` is the index in `members` owning `points[i]`.
     owners: Vec<u32>,
     /// Members, sorted by id.
@@ -37,12 +41,7 @@ impl fmt::Debug for Ring {
 
 /// The 64-bit hash of a key, as the ring uses it.
 pub fn hash_key(key: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in key {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    fmix64(h)
+    fmix64(fnv(FNV_OFFSET, key))
 }
 
 /// MurmurHash3's 64-bit finaliser: spreads FNV's weak low-entropy output over all bits.
@@ -55,13 +54,26 @@ fn fmix64(mut k: u64) -> u64 {
     k
 }
 
-fn point_hash(id: &str, i: u32) -> u64 {
-    // 0xff never occurs in UTF-8, so (id, i) pairs cannot collide by concatenation.
-    let mut buf = Vec::with_capacity(id.len() + 5);
-    buf.extend_from_slice(id.as_bytes());
-    buf.push(0xff);
-    buf.extend_from_slice(&i.to_be_bytes());
-    hash_key(&buf)
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    h
+}
+
+/// The hash of point `i` of member `id`: `hash_key(id ++ 0xff ++ i as big-endian u32)`, computed
+/// from the member's prefix state so that building a ring hashes each id once. (0xff never occurs in
+/// UTF-8, so (id, i) pairs cannot collide by concatenation.)
+fn point_hash(prefix_state: u64, i: u32) -> u64 {
+    fmix64(fnv(prefix_state, &i.to_be_bytes()))
+}
+
+fn prefix_state(id: &str) -> u64 {
+    fnv(fnv(FNV_OFFSET, id.as_bytes()), &[0xff])
 }
 
 impl Ring {
@@ -81,13 +93,29 @@ impl Ring {
             let n = (u64::from(vnodes) * u64::from(m.weight) + u64::from(DEFAULT_WEIGHT) / 2)
                 / u64::from(DEFAULT_WEIGHT);
             let n = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
-            pairs.extend((0..n).map(|i| (point_hash(&m.id, i), idx as u32)));
+            let state = prefix_state(&m.id);
+            pairs.extend((0..n).map(|i| (point_hash(state, i), idx as u32)));
         }
         // Ties (astronomically rare) are broken by member order, which is by id: deterministic.
         pairs.sort_unstable();
-        let (points, owners) = pairs.into_iter().unzip();
+        let (points, owners): (Vec<u64>, Vec<u32>) = pairs.into_iter().unzip();
+        // Two to four points per bucket (one cache line), at most 2^22 buckets (16 MiB of index).
+        let bits = (usize::BITS - points.len().leading_zeros())
+            .saturating_sub(2)
+            .clamp(1, 22);
+        let mut index = Vec::with_capacity((1usize << bits) + 1);
+        let mut at = 0usize;
+        for b in 0..(1u64 << bits) {
+            while at < points.len() && (points[at] >> (64 - bits)) < b {
+                at += 1;
+            }
+            index.push(at as u32);
+        }
+        index.push(points.len() as u32);
         Ring {
             points,
+            index,
+            bits,
             owners,
             members,
         }
@@ -113,9 +141,14 @@ impl Ring {
         self.points.len()
     }
 
+    /// The first point at or after the key's hash, wrapping around.
     fn start(&self, key: &[u8]) -> usize {
         let h = hash_key(key);
-        let i = self.points.partition_point(|&p| p < h);
+        let b = (h >> (64 - self.bits)) as usize;
+        let (lo, hi) = (self.index[b] as usize, self.index[b + 1] as usize);
+        // Points in this bucket are the only candidates; if all are below h, the answer is the first
+        // point of a later bucket, which is `hi`.
+        let i = lo + self.points[lo..hi].partition_point(|&p| p < h);
         if i == self.points.len() { 0 } else { i }
     }
 
@@ -200,6 +233,20 @@ mod tests {
         let heavy = Arc::new(Instance::new("svc", "h").addr("x:1").weight(300));
         let r = Ring::new(vec![heavy, inst("l")]);
         assert_eq!(r.points(), 384 + 128);
+    }
+
+    #[test]
+    fn bucket_index_agrees_with_a_plain_search() {
+        for n in [1usize, 2, 7, 300] {
+            let r = Ring::new((0..n).map(|i| inst(&format!("m{i}"))));
+            for k in 0..5000u32 {
+                let key = k.to_le_bytes();
+                let h = hash_key(&key);
+                let plain = r.points.partition_point(|&p| p < h);
+                let plain = if plain == r.points.len() { 0 } else { plain };
+                assert_eq!(r.start(&key), plain, "n={n} key={k}");
+            }
+        }
     }
 
     #[test]
