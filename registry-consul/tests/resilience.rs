@@ -58,6 +58,7 @@ async fn registrations_come_back_after_consul_restarts() {
     // A -dev agent keeps everything in memory: after the restart its KV store, sessions and
     // indexes start from nothing.
     let mut states: Vec<_> = regs.iter().map(|r| r.watch_state()).collect();
+    let outage = tokio::time::Instant::now();
     consul.container.stop().await.expect("stop consul");
     sleep(Duration::from_secs(2)).await;
     assert_eq!(
@@ -68,7 +69,7 @@ async fn registrations_come_back_after_consul_restarts() {
     consul.container.start().await.expect("start consul");
 
     for s in &mut states {
-        until_lost_and_back(s, Duration::from_secs(60)).await;
+        until_lost_and_back(s, outage, Duration::from_secs(60)).await;
     }
     let mut view = d.directory().subscribe("web");
     timeout(

@@ -64,6 +64,7 @@ async fn registrations_come_back_after_redis_is_replaced() {
     // Kill it (no persistence: every key, lease and event is gone) and start a new, empty one on
     // the same address.
     let mut states: Vec<_> = regs.iter().map(|r| r.watch_state()).collect();
+    let outage = tokio::time::Instant::now();
     let status = std::process::Command::new("docker")
         .args(["kill", "--signal", "KILL", first.container.id()])
         .stdout(std::process::Stdio::null())
@@ -82,7 +83,7 @@ async fn registrations_come_back_after_redis_is_replaced() {
     // Keep-alives find the leases gone (a new epoch), grant new ones and write everything again;
     // the watcher sees its history gone and re-lists.
     for s in &mut states {
-        until_lost_and_back(s, Duration::from_secs(60)).await;
+        until_lost_and_back(s, outage, Duration::from_secs(60)).await;
     }
     let mut view = d.directory().subscribe("web");
     timeout(
