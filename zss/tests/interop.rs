@@ -18,8 +18,20 @@ use zss::{Client, Reply, ServiceConfig, ServiceError, Value};
 #[path = "../examples/ping.rs"]
 mod ping;
 
+/// The JavaScript side of the tests. `cargo test` sets CARGO_MANIFEST_DIR when it runs the test,
+/// and that is preferred over the compile-time value: a shared target directory may hold a test
+/// binary built from another checkout of the same sources, whose path no longer exists.
 fn js_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("js")
+    let root = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let dir = root.join("js");
+    assert!(
+        dir.join("broker.js").is_file(),
+        "the JavaScript test programs are missing from {}",
+        dir.display()
+    );
+    dir
 }
 
 /// Node's modules, or `None` (after saying why) when the tests must skip.
@@ -54,44 +66,79 @@ struct Broker {
 }
 
 impl Broker {
-    async fn start(modules: &str, frontend: &str, backend: &str) -> Broker {
+    /// Starts the broker on the given addresses; the error carries what it printed when it exits
+    /// before it is ready (for example an address already in use).
+    async fn try_start(modules: &str, frontend: &str, backend: &str) -> Result<Broker, String> {
         let mut child = Command::new("node")
             .arg(js_dir().join("broker.js"))
             .args([frontend, backend])
             .env("NODE_PATH", modules)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("node runs the broker");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        tokio::time::timeout(Duration::from_secs(20), async {
+        let mut errors = BufReader::new(child.stderr.take().unwrap()).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(20), async {
             while let Ok(Some(l)) = lines.next_line().await {
                 if l.contains("waiting for messages") {
-                    return;
+                    return true;
                 }
             }
-            panic!("broker exited before it was ready");
+            false
         })
         .await
         .expect("broker ready within 20 s");
-        // Keep draining its log so it never blocks on a full pipe.
+        if !ready {
+            let mut said = Vec::new();
+            while let Ok(Ok(Some(l))) =
+                tokio::time::timeout(Duration::from_secs(2), errors.next_line()).await
+            {
+                said.push(l);
+            }
+            return Err(format!(
+                "broker on {frontend} / {backend} exited before it was ready: {}",
+                said.join("\n")
+            ));
+        }
+        // Keep draining its output so it never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Broker {
+        tokio::spawn(async move { while let Ok(Some(_)) = errors.next_line().await {} });
+        Ok(Broker {
             child,
             frontend: frontend.into(),
             backend: backend.into(),
-        }
+        })
     }
 
+    async fn start(modules: &str, frontend: &str, backend: &str) -> Broker {
+        Broker::try_start(modules, frontend, backend)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A broker on two free ports. A port found free can be taken (by another test's outgoing
+    /// connection) before the broker binds it, so a broker that cannot bind is retried elsewhere.
     async fn new(modules: &str) -> Broker {
-        let (fe, be) = (free_port(), free_port());
-        Broker::start(
-            modules,
-            &format!("tcp://127.0.0.1:{fe}"),
-            &format!("tcp://127.0.0.1:{be}"),
-        )
-        .await
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            let (fe, be) = (free_port(), free_port());
+            match Broker::try_start(
+                modules,
+                &format!("tcp://127.0.0.1:{fe}"),
+                &format!("tcp://127.0.0.1:{be}"),
+            )
+            .await
+            {
+                Ok(b) => return b,
+                Err(e) => {
+                    eprintln!("{e}; trying other ports");
+                    failures.push(e);
+                }
+            }
+        }
+        panic!("no broker started in 5 attempts: {failures:#?}");
     }
 }
 
