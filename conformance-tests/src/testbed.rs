@@ -92,7 +92,34 @@ pub fn unavailable<T>(what: &str, reason: &str) -> Option<T> {
 
 /// A free TCP port on the loopback interface (for containers that must keep their port across a
 /// restart).
+///
+/// It is taken from below the kernel's ephemeral range: a port the kernel hands out (`bind(0)`)
+/// can be reused as the source port of any outgoing connection - tests open many - before the
+/// container binds it. Ports below that range are only ever taken by an explicit bind.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FLOOR: u32 = 10_000;
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = low.saturating_sub(FLOOR);
+    if span > 100 {
+        // Different processes start at different places; one process walks on from there.
+        let seed = std::process::id().wrapping_mul(2_654_435_761)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+        for _ in 0..span.min(1000) {
+            let step = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = FLOOR + seed.wrapping_add(step.wrapping_mul(7_919)) % span;
+            if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+                return port as u16;
+            }
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local addr").port()
 }
