@@ -2,12 +2,17 @@
 //! Dispatch's registry).
 //!
 //! Readers never lock: [`Directory::get`], [`Directory::find`] and friends load an immutable
-//! [`ServiceSnapshot`] through an atomic pointer. Writers (discovery and probing) build a new snapshot,
-//! including a freshly built [`Ring`], and swap it in.
+//! [`ServiceSnapshot`] through an atomic pointer. Writers (discovery and probing) build a new snapshot
+//! and swap it in. Its [`Ring`] is built afterwards, by one background builder per service that
+//! always builds the newest membership (a burst of changes costs one build, not one per change).
+//! When members only left, [`Directory::find`] does not wait for it: it walks the previous ring,
+//! skipping them, which gives exactly the new ring's answer (a member's points depend only on its
+//! id and weight). After a join, the first lookup builds the ring if the builder has not yet.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
@@ -31,8 +36,11 @@ pub struct ServiceSnapshot {
     hidden: BTreeSet<String>,
     online: Instances,
     /// Built from `online` after the snapshot is published, so that publishing never waits for it;
-    /// a reader needing it first builds it (once).
-    ring: OnceLock<Ring>,
+    /// shared by snapshots of the same membership (a stale flag changes nothing to route by).
+    ring: Arc<OnceLock<Ring>>,
+    /// The ring of an earlier view whose members include all of this one's (same ids and weights):
+    /// walked, skipping departed members, while `ring` is not built yet.
+    base: Option<Arc<OnceLock<Ring>>>,
     vnodes: u32,
     revision: Revision,
     stale: bool,
@@ -63,7 +71,8 @@ impl ServiceSnapshot {
             all: BTreeMap::new(),
             hidden: BTreeSet::new(),
             online: Arc::from(Vec::new()),
-            ring: OnceLock::new(),
+            ring: Arc::default(),
+            base: None,
             vnodes: DEFAULT_VNODES,
             revision: 0,
             stale: false,
@@ -89,7 +98,8 @@ impl ServiceSnapshot {
             all,
             hidden,
             online: Arc::from(online),
-            ring: OnceLock::new(),
+            ring: Arc::default(),
+            base: None,
             vnodes,
             revision,
             stale,
@@ -117,11 +127,19 @@ impl ServiceSnapshot {
         self.hidden.contains(id)
     }
 
-    /// The routing ring over [`online`](Self::online), built from the full membership (on first
-    /// use, if the publisher has not built it yet).
+    /// The routing ring over [`online`](Self::online) (built here, once, if the directory's
+    /// background builder has not built it yet).
     pub fn ring(&self) -> &Ring {
         self.ring
             .get_or_init(|| Ring::with_vnodes(self.online.iter().cloned(), self.vnodes))
+    }
+
+    /// `id`'s current instance if it is online and not hidden: a member of this view's ring.
+    fn routable(&self, id: &str) -> Option<Arc<Instance>> {
+        self.all
+            .get(id)
+            .filter(|i| i.is_online() && !self.hidden.contains(id))
+            .cloned()
     }
 
     /// The backend revision this view reflects.
@@ -145,6 +163,62 @@ struct Slot {
     tx: watch::Sender<Arc<ServiceSnapshot>>,
     /// Serialises writers; readers never take it.
     write: Mutex<()>,
+    /// Whether a background ring builder is running for this service (at most one is).
+    building: AtomicBool,
+    /// Rings built by the background builder (for tests).
+    #[cfg(test)]
+    builds: std::sync::atomic::AtomicUsize,
+}
+
+/// How many departed members a lookup may pass over on an older ring before it gives up and builds
+/// the current ring itself (beyond the `count` it wants).
+const MAX_SKIPPED: usize = 8;
+
+impl Slot {
+    /// Up to `count` distinct routable instances from `key`'s position on the current membership's
+    /// ring. If that ring is not built yet but an earlier one covering every current member is,
+    /// walks that one, skipping departed members: the same answer, without waiting.
+    fn route(&self, count: usize, key: &[u8]) -> Vec<Arc<Instance>> {
+        let snap = self.current.load();
+        if snap.ring.get().is_none() {
+            let want = count.min(snap.online.len());
+            if let Some(base) = snap.base.as_ref().and_then(|b| b.get()) {
+                let found =
+                    base.find_n_mapped(count, key, count + MAX_SKIPPED, |m| snap.routable(&m.id));
+                if let Some(found) = found.filter(|f| f.len() == want) {
+                    return found;
+                }
+            }
+        }
+        snap.ring()
+            .find_n(count, key)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Builds the rings of the newest snapshots until the newest has one; at most one runs per
+    /// slot. A publisher that finds a builder running leaves the new snapshot to it.
+    fn build_rings(self: Arc<Self>) {
+        loop {
+            if self
+                .building
+                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+            {
+                return;
+            }
+            let snap = self.current.load_full();
+            snap.ring();
+            #[cfg(test)]
+            self.builds.fetch_add(1, Ordering::SeqCst);
+            self.building.store(false, Ordering::SeqCst);
+            // A snapshot published while this one was being built found the flag taken: build it.
+            if self.current.load().ring.get().is_some() {
+                return;
+            }
+        }
+    }
 }
 
 struct Inner {
@@ -210,6 +284,9 @@ impl Directory {
             current: ArcSwap::new(snap),
             tx,
             write: Mutex::new(()),
+            building: AtomicBool::new(false),
+            #[cfg(test)]
+            builds: Default::default(),
         });
         let mut map = HashMap::clone(&self.inner.slots.load());
         map.insert(service.to_owned(), slot.clone());
@@ -251,10 +328,16 @@ impl Directory {
     }
 
     /// The owner of `key` among `service`'s online instances, by consistent hashing.
+    ///
+    /// Never waits for a ring to be rebuilt: right after a membership change, the previous ring is
+    /// walked (skipping departed members) until the new one is ready.
     pub fn find(&self, service: &str, key: impl AsRef<[u8]>) -> Option<Arc<Instance>> {
         let slots = self.inner.slots.load();
-        let snap = slots.get(service)?.current.load();
-        snap.ring().find(key.as_ref()).cloned()
+        let slot = slots.get(service)?;
+        if let Some(ring) = slot.current.load().ring.get() {
+            return ring.find(key.as_ref()).cloned();
+        }
+        slot.route(1, key.as_ref()).pop()
     }
 
     /// Up to `count` distinct online instances of `service`, walking the ring from `key`.
@@ -263,12 +346,7 @@ impl Directory {
         let Some(slot) = slots.get(service) else {
             return Vec::new();
         };
-        let snap = slot.current.load();
-        snap.ring()
-            .find_n(count, key.as_ref())
-            .into_iter()
-            .cloned()
-            .collect()
+        slot.route(count, key.as_ref())
     }
 
     /// A watchable snapshot of `service`: `borrow()` is the current view, `changed()` wakes on the
@@ -339,24 +417,43 @@ impl Directory {
         let slot = self.slot_or_create(service);
         let _g = lock(&slot.write);
         let cur = slot.current.load_full();
-        let Some(next) = f(&cur) else { return };
+        let Some(mut next) = f(&cur) else { return };
+        if !Arc::ptr_eq(&next.ring, &cur.ring) && covers(&cur.online, &next.online) {
+            next.base = if cur.ring.get().is_some() {
+                Some(cur.ring.clone())
+            } else {
+                cur.base.clone()
+            };
+        }
         let next = Arc::new(next);
+        let ring_ready = next.ring.get().is_some();
         slot.current.store(next.clone());
-        slot.tx.send_replace(next.clone());
-        // Subscribers already see the new membership; build its ring off their path and off the
-        // publisher's (a ring of 10,000 instances takes ~90 ms). A reader that needs it first builds
-        // it itself; the ring is built once either way.
+        slot.tx.send_replace(next);
+        if ring_ready {
+            return;
+        }
+        // Subscribers already see the new membership; its ring is built off their path and off
+        // the publisher's (10,000 instances take ~90 ms), by this slot's single builder.
+        let slot = slot.clone();
         match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn_blocking(move || {
-                    next.ring();
-                });
+            Ok(rt) if !slot.building.load(Ordering::SeqCst) => {
+                rt.spawn_blocking(move || slot.build_rings());
             }
-            Err(_) => {
-                next.ring();
-            }
+            Ok(_) => {}
+            Err(_) => slot.build_rings(),
         }
     }
+}
+
+/// Whether every member of `inner` is in `outer` with the same weight (so it has the same points on
+/// a ring). Both are sorted by id.
+fn covers(outer: &[Arc<Instance>], inner: &[Arc<Instance>]) -> bool {
+    let mut o = outer.iter().peekable();
+    inner.iter().all(|m| {
+        while o.next_if(|x| x.id < m.id).is_some() {}
+        o.next_if(|x| x.id == m.id)
+            .is_some_and(|x| x.weight == m.weight)
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -455,6 +552,77 @@ impl Stream for Changes {
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(n: usize, skip: usize) -> BTreeMap<String, Arc<Instance>> {
+        (skip..n)
+            .map(|i| {
+                let id = format!("m{i:05}");
+                (id.clone(), Arc::new(Instance::new("svc", id).addr("x:1")))
+            })
+            .collect()
+    }
+
+    /// A burst of membership changes must not start one ring build per change (at 100,000
+    /// instances a ring takes about a second and 150 MB), and lookups during the burst must give
+    /// the current view's answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_changes_builds_few_rings_and_lookups_never_return_departed_members() {
+        let dir = Directory::new();
+        let n = 3000;
+        dir.publish("svc", members(n, 0), 1, true);
+        let slot = dir.slot("svc").unwrap();
+        while slot.current.load().ring.get().is_none() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let before = slot.builds.load(Ordering::SeqCst);
+        let changes = 40;
+        let mut answers = Vec::new();
+        for c in 1..=changes {
+            // Each change removes the lowest remaining member.
+            dir.publish("svc", members(n, c), 1 + c as u64, false);
+            let snap = dir.snapshot("svc");
+            answers.clear();
+            for k in 0..200u32 {
+                let owner = dir.find("svc", k.to_le_bytes()).expect("an owner");
+                assert!(snap.routable(&owner.id).is_some(), "{} has left", owner.id);
+                answers.push(owner.id.clone());
+                for m in dir.find_n(3, "svc", k.to_le_bytes()) {
+                    assert!(snap.routable(&m.id).is_some(), "{} has left", m.id);
+                }
+            }
+        }
+        while slot.current.load().ring.get().is_none() || slot.building.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let builds = slot.builds.load(Ordering::SeqCst) - before;
+        assert!(
+            builds < changes / 2,
+            "{builds} background builds for {changes} changes"
+        );
+        // Lookups answered from the earlier ring were the new ring's answers.
+        let expected = Ring::new(members(n, changes).into_values());
+        for (k, owner) in answers.iter().enumerate() {
+            assert_eq!(
+                Some(owner),
+                expected.find(&(k as u32).to_le_bytes()).map(|m| &m.id),
+                "key {k}"
+            );
+        }
+        // A join is not on any earlier ring: the lookup builds the new ring rather than miss it.
+        dir.publish("svc", members(n + 1, changes), 100, false);
+        let expected = Ring::new(members(n + 1, changes).into_values());
+        for k in 0..200u32 {
+            assert_eq!(
+                dir.find("svc", k.to_le_bytes()).map(|m| m.id.clone()),
+                expected.find(&k.to_le_bytes()).map(|m| m.id.clone())
+            );
         }
     }
 }

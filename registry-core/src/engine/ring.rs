@@ -186,12 +186,85 @@ impl Ring {
     }
 }
 
+impl Ring {
+    /// Like [`find_n`](Self::find_n), but each member passes through `map` (which may refuse it, and
+    /// may give back a newer version of it); refused members are skipped. `None` once more than
+    /// `max_skipped` distinct members have been refused: the caller should use a ring of the
+    /// current membership instead.
+    pub(crate) fn find_n_mapped(
+        &self,
+        count: usize,
+        key: &[u8],
+        max_skipped: usize,
+        mut map: impl FnMut(&Arc<Instance>) -> Option<Arc<Instance>>,
+    ) -> Option<Vec<Arc<Instance>>> {
+        let mut out = Vec::new();
+        if count == 0 || self.points.is_empty() {
+            return Some(out);
+        }
+        let mut seen: Vec<u32> = Vec::new();
+        let start = self.start(key);
+        let n = self.points.len();
+        for step in 0..n {
+            let owner = self.owners[(start + step) % n];
+            if seen.contains(&owner) {
+                continue;
+            }
+            seen.push(owner);
+            match map(&self.members[owner as usize]) {
+                Some(m) => {
+                    out.push(m);
+                    if out.len() == count {
+                        break;
+                    }
+                }
+                None if seen.len() - out.len() > max_skipped => return None,
+                None => {}
+            }
+            if seen.len() == self.members.len() {
+                break;
+            }
+        }
+        Some(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn inst(id: &str) -> Arc<Instance> {
         Arc::new(Instance::new("svc", id).addr("x:1"))
+    }
+
+    /// Skipping departed members on an old ring gives exactly the new ring's answer: a member's
+    /// points depend only on its id, so the ring without it is the old ring minus its points.
+    #[test]
+    fn walking_an_old_ring_past_departed_members_matches_the_new_ring() {
+        let all: Vec<_> = (0..50).map(|i| inst(&format!("m{i}"))).collect();
+        let old = Ring::new(all.iter().cloned());
+        let gone = ["m3", "m17", "m18", "m40"];
+        let new = Ring::new(
+            all.iter()
+                .filter(|m| !gone.contains(&m.id.as_str()))
+                .cloned(),
+        );
+        for k in 0..2000u32 {
+            let key = k.to_le_bytes();
+            let walked = old
+                .find_n_mapped(3, &key, 8, |m| {
+                    (!gone.contains(&m.id.as_str())).then(|| m.clone())
+                })
+                .expect("few enough departed");
+            let expected: Vec<_> = new.find_n(3, &key).into_iter().cloned().collect();
+            assert_eq!(walked, expected, "key {k}");
+        }
+        // Too many departed members on the way: the caller is told to use a current ring.
+        assert_eq!(old.find_n_mapped(1, b"k", 3, |_| None), None);
+        // All accepted: the same as find_n.
+        let same = old.find_n_mapped(5, b"k", 0, |m| Some(m.clone())).unwrap();
+        let expected: Vec<_> = old.find_n(5, b"k").into_iter().cloned().collect();
+        assert_eq!(same, expected);
     }
 
     /// FNV-1a 64 of `user-42` through fmix64, computed independently.
