@@ -5,9 +5,10 @@
 //! [`ServiceSnapshot`] through an atomic pointer. Writers (discovery and probing) build a new snapshot
 //! and swap it in. Its [`Ring`] is built afterwards, by one background builder per service that
 //! always builds the newest membership (a burst of changes costs one build, not one per change).
-//! When members only left, [`Directory::find`] does not wait for it: it walks the previous ring,
-//! skipping them, which gives exactly the new ring's answer (a member's points depend only on its
-//! id and weight). After a join, the first lookup builds the ring if the builder has not yet.
+//! Until it is ready, [`Directory::find`] does not wait for it: it walks the newest built ring,
+//! skipping departed members, together with a small ring of the members that joined since, which
+//! gives exactly the new ring's answer (a member's points depend only on its id and weight). Only
+//! when too much has changed since the last built ring does a lookup build the ring itself.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
@@ -38,9 +39,9 @@ pub struct ServiceSnapshot {
     /// Built from `online` after the snapshot is published, so that publishing never waits for it;
     /// shared by snapshots of the same membership (a stale flag changes nothing to route by).
     ring: Arc<OnceLock<Ring>>,
-    /// The ring of an earlier view whose members include all of this one's (same ids and weights):
-    /// walked, skipping departed members, while `ring` is not built yet.
-    base: Option<Arc<OnceLock<Ring>>>,
+    /// The newest built ring at publication, and a ring of the members that joined since: walked
+    /// together, skipping departed members, while `ring` is not built yet.
+    base: Option<Arc<Base>>,
     vnodes: u32,
     revision: Revision,
     stale: bool,
@@ -158,6 +159,15 @@ impl ServiceSnapshot {
     }
 }
 
+/// An earlier view's built ring plus a ring of the members not on it (see [`Slot::route`]).
+struct Base {
+    ring: Arc<OnceLock<Ring>>,
+    joined: Ring,
+}
+
+/// How many joined members a [`Base`] may carry; beyond it, lookups build the new ring.
+const MAX_JOINED: usize = 64;
+
 struct Slot {
     current: ArcSwap<ServiceSnapshot>,
     tx: watch::Sender<Arc<ServiceSnapshot>>,
@@ -176,15 +186,18 @@ const MAX_SKIPPED: usize = 8;
 
 impl Slot {
     /// Up to `count` distinct routable instances from `key`'s position on the current membership's
-    /// ring. If that ring is not built yet but an earlier one covering every current member is,
-    /// walks that one, skipping departed members: the same answer, without waiting.
+    /// ring. If that ring is not built yet, walks the view's [`Base`]: the earlier ring, skipping
+    /// members that left (or changed weight), together with the ring of those that joined. Same
+    /// answer, without waiting.
     fn route(&self, count: usize, key: &[u8]) -> Vec<Arc<Instance>> {
         let snap = self.current.load();
         if snap.ring.get().is_none() {
             let want = count.min(snap.online.len());
-            if let Some(base) = snap.base.as_ref().and_then(|b| b.get()) {
+            if let Some((base, ring)) = snap.base.as_ref().and_then(|b| Some((b, b.ring.get()?))) {
                 let found =
-                    base.find_n_mapped(count, key, count + MAX_SKIPPED, |m| snap.routable(&m.id));
+                    ring.find_n_overlay(Some(&base.joined), count, key, count + MAX_SKIPPED, |m| {
+                        snap.routable(&m.id).filter(|now| now.weight == m.weight)
+                    });
                 if let Some(found) = found.filter(|f| f.len() == want) {
                     return found;
                 }
@@ -418,12 +431,20 @@ impl Directory {
         let _g = lock(&slot.write);
         let cur = slot.current.load_full();
         let Some(mut next) = f(&cur) else { return };
-        if !Arc::ptr_eq(&next.ring, &cur.ring) && covers(&cur.online, &next.online) {
-            next.base = if cur.ring.get().is_some() {
+        if !Arc::ptr_eq(&next.ring, &cur.ring) {
+            // The newest built ring this view can be routed on until its own is built.
+            let built = if cur.ring.get().is_some() {
                 Some(cur.ring.clone())
             } else {
-                cur.base.clone()
+                cur.base.as_ref().map(|b| b.ring.clone())
             };
+            next.base = built.and_then(|cell| {
+                let joined = joined_since(cell.get()?.members(), &next.online, MAX_JOINED)?;
+                Some(Arc::new(Base {
+                    ring: cell,
+                    joined: Ring::with_vnodes(joined, next.vnodes),
+                }))
+            });
         }
         let next = Arc::new(next);
         let ring_ready = next.ring.get().is_some();
@@ -445,15 +466,27 @@ impl Directory {
     }
 }
 
-/// Whether every member of `inner` is in `outer` with the same weight (so it has the same points on
-/// a ring). Both are sorted by id.
-fn covers(outer: &[Arc<Instance>], inner: &[Arc<Instance>]) -> bool {
-    let mut o = outer.iter().peekable();
-    inner.iter().all(|m| {
-        while o.next_if(|x| x.id < m.id).is_some() {}
-        o.next_if(|x| x.id == m.id)
-            .is_some_and(|x| x.weight == m.weight)
-    })
+/// The members of `now` that are not in `before` with the same weight (and so not on its ring), or
+/// `None` if there are more than `max`. Both are sorted by id.
+fn joined_since(
+    before: &[Arc<Instance>],
+    now: &[Arc<Instance>],
+    max: usize,
+) -> Option<Vec<Arc<Instance>>> {
+    let mut b = before.iter().peekable();
+    let mut joined = Vec::new();
+    for m in now {
+        while b.next_if(|x| x.id < m.id).is_some() {}
+        if b.next_if(|x| x.id == m.id && x.weight == m.weight)
+            .is_none()
+        {
+            if joined.len() == max {
+                return None;
+            }
+            joined.push(m.clone());
+        }
+    }
+    Some(joined)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -615,14 +648,36 @@ mod tests {
                 "key {k}"
             );
         }
-        // A join is not on any earlier ring: the lookup builds the new ring rather than miss it.
-        dir.publish("svc", members(n + 1, changes), 100, false);
-        let expected = Ring::new(members(n + 1, changes).into_values());
-        for k in 0..200u32 {
-            assert_eq!(
-                dir.find("svc", k.to_le_bytes()).map(|m| m.id.clone()),
-                expected.find(&k.to_le_bytes()).map(|m| m.id.clone())
+    }
+
+    /// While the new ring is not built (the builder is held busy here), lookups walk the last built
+    /// ring with the departed members skipped and the joined ones added, over several publications,
+    /// and give exactly the answers of a ring of the current membership, without building one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lookups_before_the_new_ring_is_built_give_its_answers() {
+        let dir = Directory::new();
+        dir.publish("svc", members(2000, 0), 1, true);
+        let slot = dir.slot("svc").unwrap();
+        while slot.current.load().ring.get().is_none() || slot.building.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        slot.building.store(true, Ordering::SeqCst);
+        // Three publications: ten leave, thirty join, then five more leave.
+        let steps = [members(2000, 10), members(2030, 10), members(2030, 15)];
+        for (i, view) in steps.into_iter().enumerate() {
+            dir.publish("svc", view.clone(), 2 + i as u64, false);
+            let expected = Ring::new(view.into_values());
+            for k in 0..5000u32 {
+                let key = k.to_le_bytes();
+                let want: Vec<_> = expected.find_n(3, &key).into_iter().cloned().collect();
+                assert_eq!(dir.find("svc", key).as_ref(), want.first(), "key {k}");
+                assert_eq!(dir.find_n(3, "svc", key), want, "key {k}");
+            }
+            assert!(
+                slot.current.load().ring.get().is_none(),
+                "answered without building the new ring"
             );
         }
+        slot.building.store(false, Ordering::SeqCst);
     }
 }

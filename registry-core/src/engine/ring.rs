@@ -143,7 +143,11 @@ impl Ring {
 
     /// The first point at or after the key's hash, wrapping around.
     fn start(&self, key: &[u8]) -> usize {
-        let h = hash_key(key);
+        self.start_hash(hash_key(key))
+    }
+
+    /// The first point at or after `h`, wrapping around.
+    fn start_hash(&self, h: u64) -> usize {
         let b = (h >> (64 - self.bits)) as usize;
         let (lo, hi) = (self.index[b] as usize, self.index[b + 1] as usize);
         // Points in this bucket are the only candidates; if all are below h, the answer is the first
@@ -187,45 +191,106 @@ impl Ring {
 }
 
 impl Ring {
-    /// Like [`find_n`](Self::find_n), but each member passes through `map` (which may refuse it, and
-    /// may give back a newer version of it); refused members are skipped. `None` once more than
-    /// `max_skipped` distinct members have been refused: the caller should use a ring of the
-    /// current membership instead.
-    pub(crate) fn find_n_mapped(
+    /// [`find_n`](Self::find_n) over this ring's points and `joined`'s together, as if they were
+    /// one ring. Each of this ring's members passes through `map`, which may refuse it (it has
+    /// left) or give back a newer version of it; `joined`'s members are taken as they are. `None`
+    /// once more than `max_skipped` distinct members have been refused: the caller should build a
+    /// ring of the current membership instead.
+    ///
+    /// A member's points depend only on its id and weight, so with `map` refusing exactly the
+    /// departed members (and those whose weight changed) and `joined` holding exactly the new ones,
+    /// the answer is the one a ring of the current membership gives.
+    pub(crate) fn find_n_overlay(
         &self,
+        joined: Option<&Ring>,
         count: usize,
         key: &[u8],
         max_skipped: usize,
         mut map: impl FnMut(&Arc<Instance>) -> Option<Arc<Instance>>,
     ) -> Option<Vec<Arc<Instance>>> {
-        let mut out = Vec::new();
-        if count == 0 || self.points.is_empty() {
-            return Some(out);
-        }
-        let mut seen: Vec<u32> = Vec::new();
-        let start = self.start(key);
-        let n = self.points.len();
-        for step in 0..n {
-            let owner = self.owners[(start + step) % n];
-            if seen.contains(&owner) {
+        let empty = Ring::default();
+        let joined = joined.unwrap_or(&empty);
+        let h = hash_key(key);
+        let mut out: Vec<Arc<Instance>> = Vec::new();
+        let mut seen: Vec<&str> = Vec::new();
+        let (mut a, mut b) = (self.cursor(h), joined.cursor(h));
+        let mut refused: Vec<&str> = Vec::new();
+        while out.len() < count {
+            let next_a = a.peek(self);
+            let next_b = b.peek(joined);
+            let from_self = match (next_a, next_b) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((da, ma)), Some((db, mb))) => (da, &ma.id) <= (db, &mb.id),
+            };
+            let (_, m) = if from_self { next_a } else { next_b }.expect("one side has a point");
+            if from_self {
+                a.advance();
+            } else {
+                b.advance();
+            }
+            // A refused member of this ring may be on `joined` (its weight changed): only the
+            // taken ones count as seen.
+            if seen.contains(&m.id.as_str()) || (from_self && refused.contains(&m.id.as_str())) {
                 continue;
             }
-            seen.push(owner);
-            match map(&self.members[owner as usize]) {
-                Some(m) => {
-                    out.push(m);
-                    if out.len() == count {
-                        break;
-                    }
+            if !from_self {
+                seen.push(&m.id);
+                out.push(m.clone());
+            } else if let Some(now) = map(m) {
+                seen.push(&m.id);
+                out.push(now);
+            } else {
+                refused.push(&m.id);
+                if refused.len() > max_skipped {
+                    return None;
                 }
-                None if seen.len() - out.len() > max_skipped => return None,
-                None => {}
-            }
-            if seen.len() == self.members.len() {
-                break;
             }
         }
         Some(out)
+    }
+
+    /// A walk over every point clockwise from hash `h`.
+    fn cursor(&self, h: u64) -> Cursor {
+        Cursor {
+            at: if self.points.is_empty() {
+                0
+            } else {
+                self.start_hash(h)
+            },
+            left: self.points.len(),
+            len: self.points.len(),
+            h,
+        }
+    }
+}
+
+/// A position on a ring's points, walking clockwise (see [`Ring::find_n_overlay`]).
+struct Cursor {
+    at: usize,
+    left: usize,
+    len: usize,
+    h: u64,
+}
+
+impl Cursor {
+    /// The next point's clockwise distance from the start hash, and its owner.
+    fn peek<'r>(&self, ring: &'r Ring) -> Option<(u64, &'r Arc<Instance>)> {
+        (self.left > 0).then(|| {
+            (
+                ring.points[self.at].wrapping_sub(self.h),
+                &ring.members[ring.owners[self.at] as usize],
+            )
+        })
+    }
+
+    fn advance(&mut self) {
+        self.left -= 1;
+        self.at += 1;
+        if self.at == self.len {
+            self.at = 0;
+        }
     }
 }
 
@@ -252,7 +317,7 @@ mod tests {
         for k in 0..2000u32 {
             let key = k.to_le_bytes();
             let walked = old
-                .find_n_mapped(3, &key, 8, |m| {
+                .find_n_overlay(None, 3, &key, 8, |m| {
                     (!gone.contains(&m.id.as_str())).then(|| m.clone())
                 })
                 .expect("few enough departed");
@@ -260,11 +325,43 @@ mod tests {
             assert_eq!(walked, expected, "key {k}");
         }
         // Too many departed members on the way: the caller is told to use a current ring.
-        assert_eq!(old.find_n_mapped(1, b"k", 3, |_| None), None);
+        assert_eq!(old.find_n_overlay(None, 1, b"k", 3, |_| None), None);
         // All accepted: the same as find_n.
-        let same = old.find_n_mapped(5, b"k", 0, |m| Some(m.clone())).unwrap();
+        let same = old
+            .find_n_overlay(None, 5, b"k", 0, |m| Some(m.clone()))
+            .unwrap();
         let expected: Vec<_> = old.find_n(5, b"k").into_iter().cloned().collect();
         assert_eq!(same, expected);
+    }
+
+    /// An old ring, minus departed members, plus a small ring of the joined ones (one of them a
+    /// member whose weight changed) answers exactly like a ring of the new membership.
+    #[test]
+    fn an_old_ring_plus_a_ring_of_joined_members_matches_the_new_ring() {
+        let old_members: Vec<_> = (0..40).map(|i| inst(&format!("m{i}"))).collect();
+        let old = Ring::new(old_members.iter().cloned());
+        let gone = ["m5", "m6", "m31"];
+        let heavier = Arc::new(Instance::new("svc", "m9").addr("x:1").weight(300));
+        let mut joined: Vec<_> = (40..44).map(|i| inst(&format!("m{i}"))).collect();
+        joined.push(heavier.clone());
+        let extra = Ring::new(joined.iter().cloned());
+        let current: Vec<_> = old_members
+            .iter()
+            .filter(|m| !gone.contains(&m.id.as_str()) && m.id != "m9")
+            .cloned()
+            .chain(joined.iter().cloned())
+            .collect();
+        let new = Ring::new(current.iter().cloned());
+        for k in 0..3000u32 {
+            let key = k.to_le_bytes();
+            let walked = old
+                .find_n_overlay(Some(&extra), 3, &key, 8, |m| {
+                    (!gone.contains(&m.id.as_str()) && m.id != "m9").then(|| m.clone())
+                })
+                .expect("few enough departed");
+            let expected: Vec<_> = new.find_n(3, &key).into_iter().cloned().collect();
+            assert_eq!(walked, expected, "key {k}");
+        }
     }
 
     /// FNV-1a 64 of `user-42` through fmix64, computed independently.
