@@ -451,6 +451,17 @@ async fn heartbeat(backend: Arc<dyn Backend>, ns: &str, quick: bool) -> Section 
 }
 
 /// Ring quality (5): keys moved when one instance joins or leaves, and load spread at 128 vnodes.
+/// The ratio (to the ideal share of keys moved) farthest from 1, or 1 when there is none.
+fn farthest_from_ideal(ratios: &[f64]) -> f64 {
+    ratios.iter().copied().fold(1.0, |worst, r| {
+        if (r - 1.0).abs() > (worst - 1.0).abs() {
+            r
+        } else {
+            worst
+        }
+    })
+}
+
 fn ring_quality() -> Section {
     let inst = |id: String| Arc::new(Instance::new("ring", id).addr("x:1"));
     let keys: Vec<String> = (0..100_000).map(|k| format!("key-{k}")).collect();
@@ -514,9 +525,9 @@ fn ring_quality() -> Section {
         md.push(format!(
             "| {n} | {:.3} × ideal (worst {:.3}) | {:.3} × ideal (worst {:.3}) | {:.3} | {:.3} | {:.3} |",
             avg(&join),
-            join.iter().cloned().fold(0.0, |a: f64, b| if (b - 1.0).abs() > (a - 1.0).abs() { b } else { a }),
+            farthest_from_ideal(&join),
             avg(&leave),
-            leave.iter().cloned().fold(0.0, |a: f64, b| if (b - 1.0).abs() > (a - 1.0).abs() { b } else { a }),
+            farthest_from_ideal(&leave),
             avg(&maxr),
             avg(&minr),
             avg(&cv)
