@@ -3,8 +3,10 @@
 //!
 //! Readers never lock: [`Directory::get`], [`Directory::find`] and friends load an immutable
 //! [`ServiceSnapshot`] through an atomic pointer. Writers (discovery and probing) build a new snapshot
-//! and swap it in. Its [`Ring`] is built afterwards, by one background builder per service that
-//! always builds the newest membership (a burst of changes costs one build, not one per change).
+//! and swap it in. Once a service has been routed on ([`Directory::find`], [`Directory::find_n`]),
+//! its [`Ring`] is built after each change by one background builder per service that always builds
+//! the newest membership (a burst of changes costs one build, not one per change); services only
+//! ever read with [`Directory::get`] never pay for rings.
 //! Until it is ready, [`Directory::find`] does not wait for it: it walks the newest built ring,
 //! skipping departed members, together with a small ring of the members that joined since, which
 //! gives exactly the new ring's answer (a member's points depend only on its id and weight). Only
@@ -175,6 +177,8 @@ struct Slot {
     write: Mutex<()>,
     /// Whether a background ring builder is running for this service (at most one is).
     building: AtomicBool,
+    /// Whether anyone has routed on this service: until then no ring is built in the background.
+    routed: AtomicBool,
     /// Rings built by the background builder (for tests).
     #[cfg(test)]
     builds: std::sync::atomic::AtomicUsize,
@@ -190,6 +194,9 @@ impl Slot {
     /// members that left (or changed weight), together with the ring of those that joined. Same
     /// answer, without waiting.
     fn route(&self, count: usize, key: &[u8]) -> Vec<Arc<Instance>> {
+        if !self.routed.load(Ordering::Relaxed) {
+            self.routed.store(true, Ordering::Relaxed);
+        }
         let snap = self.current.load();
         if snap.ring.get().is_none() {
             let want = count.min(snap.online.len());
@@ -298,6 +305,7 @@ impl Directory {
             tx,
             write: Mutex::new(()),
             building: AtomicBool::new(false),
+            routed: AtomicBool::new(false),
             #[cfg(test)]
             builds: Default::default(),
         });
@@ -450,7 +458,7 @@ impl Directory {
         let ring_ready = next.ring.get().is_some();
         slot.current.store(next.clone());
         slot.tx.send_replace(next);
-        if ring_ready {
+        if ring_ready || !slot.routed.load(Ordering::Relaxed) {
             return;
         }
         // Subscribers already see the new membership; its ring is built off their path and off
@@ -610,6 +618,7 @@ mod tests {
         let dir = Directory::new();
         let n = 3000;
         dir.publish("svc", members(n, 0), 1, true);
+        dir.find("svc", b"routed from now on");
         let slot = dir.slot("svc").unwrap();
         while slot.current.load().ring.get().is_none() {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -657,6 +666,7 @@ mod tests {
     async fn lookups_before_the_new_ring_is_built_give_its_answers() {
         let dir = Directory::new();
         dir.publish("svc", members(2000, 0), 1, true);
+        dir.find("svc", b"routed from now on");
         let slot = dir.slot("svc").unwrap();
         while slot.current.load().ring.get().is_none() || slot.building.load(Ordering::SeqCst) {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -679,5 +689,36 @@ mod tests {
             );
         }
         slot.building.store(false, Ordering::SeqCst);
+    }
+
+    /// A service read only with `get` never has a ring built; the first lookup builds one, and
+    /// from then on the background builder keeps it current.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rings_are_built_only_for_services_that_are_routed_on() {
+        let dir = Directory::new();
+        for c in 0..5 {
+            dir.publish("svc", members(500, c), 1 + c as u64, true);
+            assert_eq!(dir.get("svc").len(), 500 - c);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let slot = dir.slot("svc").unwrap();
+        assert_eq!(slot.builds.load(Ordering::SeqCst), 0);
+        assert!(slot.current.load().ring.get().is_none());
+
+        assert!(dir.find("svc", b"k").is_some());
+        assert!(
+            slot.current.load().ring.get().is_some(),
+            "built by the lookup"
+        );
+        dir.publish("svc", members(500, 5), 10, true);
+        let t0 = std::time::Instant::now();
+        while slot.current.load().ring.get().is_none() {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(10),
+                "the background builder keeps a routed service's ring current"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(slot.builds.load(Ordering::SeqCst), 1);
     }
 }
