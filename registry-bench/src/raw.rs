@@ -53,6 +53,32 @@ fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
+/// Puts `n` keys one after another, then `n` more with 64 in flight: puts per second for each.
+/// `put` gets the key's suffix (`s{i}` for the sequential ones, `p{i}` for the pipelined ones).
+async fn put_rates<F, Fut, E>(n: usize, put: F) -> Result<(f64, f64), String>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: ToString,
+{
+    let t0 = Instant::now();
+    for i in 0..n {
+        put(format!("s{i}")).await.map_err(|e| e.to_string())?;
+    }
+    let seq = rate(n, t0.elapsed());
+    let t0 = Instant::now();
+    let results: Vec<Result<(), E>> = futures::stream::iter(0..n)
+        .map(|i| put(format!("p{i}")))
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let piped = rate(n, t0.elapsed());
+    if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+        return Err(e.to_string());
+    }
+    Ok((seq, piped))
+}
+
 async fn etcd_client(url: &str) -> Result<etcd_client::Client, String> {
     let eps: Vec<String> = hosts(url)
         .into_iter()
@@ -109,28 +135,11 @@ async fn etcd_latency(url: &str, n: usize) -> Result<Summary, String> {
 async fn etcd_throughput(url: &str, n: usize) -> Result<(f64, f64), String> {
     let c = etcd_client(url).await?;
     let prefix = format!("{}/tp/", tag());
-    let t0 = Instant::now();
-    for i in 0..n {
-        c.clone()
-            .put(format!("{prefix}s{i}"), "v", None)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    let seq = rate(n, t0.elapsed());
-    let t0 = Instant::now();
-    let results: Vec<_> = futures::stream::iter(0..n)
-        .map(|i| {
-            let mut c = c.clone();
-            let key = format!("{prefix}p{i}");
-            async move { c.put(key, "v", None).await }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
-    let piped = rate(n, t0.elapsed());
-    if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
-        return Err(e.to_string());
-    }
+    let rates = put_rates(n, |k| {
+        let (mut c, key) = (c.clone(), format!("{prefix}{k}"));
+        async move { c.put(key, "v", None).await.map(|_| ()) }
+    })
+    .await;
     let _ = c
         .clone()
         .delete(
@@ -138,7 +147,7 @@ async fn etcd_throughput(url: &str, n: usize) -> Result<(f64, f64), String> {
             Some(etcd_client::DeleteOptions::new().with_prefix()),
         )
         .await;
-    Ok((seq, piped))
+    rates
 }
 
 fn redis_url(url: &str) -> String {
@@ -205,36 +214,18 @@ async fn redis_throughput(url: &str, n: usize) -> Result<(f64, f64), String> {
         .await
         .map_err(|e| e.to_string())?;
     let prefix = format!("{}:tp:", tag());
-    let t0 = Instant::now();
-    for i in 0..n {
-        let _: () = con
-            .clone()
-            .set(format!("{prefix}s{i}"), "v")
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    let seq = rate(n, t0.elapsed());
-    let t0 = Instant::now();
-    let results: Vec<redis::RedisResult<()>> = futures::stream::iter(0..n)
-        .map(|i| {
-            let mut con = con.clone();
-            let key = format!("{prefix}p{i}");
-            async move { con.set(key, "v").await }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
-    let piped = rate(n, t0.elapsed());
-    if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
-        return Err(e.to_string());
-    }
+    let rates = put_rates(n, |k| {
+        let (mut con, key) = (con.clone(), format!("{prefix}{k}"));
+        async move { con.set::<_, _, ()>(key, "v").await }
+    })
+    .await?;
     let keys: Vec<String> = (0..n)
         .flat_map(|i| [format!("{prefix}s{i}"), format!("{prefix}p{i}")])
         .collect();
     for chunk in keys.chunks(1000) {
         let _: () = con.clone().del(chunk).await.map_err(|e| e.to_string())?;
     }
-    Ok((seq, piped))
+    Ok(rates)
 }
 
 type Http = hyper_util::client::legacy::Client<
@@ -329,30 +320,15 @@ async fn consul_throughput(url: &str, n: usize) -> Result<(f64, f64), String> {
     let base = format!("http://{}", hosts(url)[0]);
     let prefix = format!("{}/tp/", tag());
     let c = http();
-    let t0 = Instant::now();
-    for i in 0..n {
-        consul_call(
-            &c,
-            hyper::Method::PUT,
-            format!("{base}/v1/kv/{prefix}s{i}"),
-            Some("v"),
-        )
-        .await?;
-    }
-    let seq = rate(n, t0.elapsed());
-    let t0 = Instant::now();
-    let results: Vec<_> = futures::stream::iter(0..n)
-        .map(|i| {
-            let (c, uri) = (c.clone(), format!("{base}/v1/kv/{prefix}p{i}"));
-            async move { consul_call(&c, hyper::Method::PUT, uri, Some("v")).await }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
-    let piped = rate(n, t0.elapsed());
-    if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
-        return Err(e);
-    }
+    let rates = put_rates(n, |k| {
+        let (c, uri) = (c.clone(), format!("{base}/v1/kv/{prefix}{k}"));
+        async move {
+            consul_call(&c, hyper::Method::PUT, uri, Some("v"))
+                .await
+                .map(|_| ())
+        }
+    })
+    .await?;
     consul_call(
         &c,
         hyper::Method::DELETE,
@@ -360,7 +336,7 @@ async fn consul_throughput(url: &str, n: usize) -> Result<(f64, f64), String> {
         None,
     )
     .await?;
-    Ok((seq, piped))
+    Ok(rates)
 }
 
 async fn memory_latency(n: usize) -> Result<Summary, String> {
@@ -384,24 +360,9 @@ async fn memory_latency(n: usize) -> Result<Summary, String> {
 
 async fn memory_throughput(n: usize) -> Result<(f64, f64), String> {
     let b = registry::memory::MemoryBackend::new();
-    let t0 = Instant::now();
-    for i in 0..n {
-        b.put(&format!("s/{i}"), Bytes::from_static(b"v"), None)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    let seq = rate(n, t0.elapsed());
-    let t0 = Instant::now();
-    let _: Vec<_> = futures::stream::iter(0..n)
-        .map(|i| {
-            let b = b.clone();
-            async move {
-                b.put(&format!("p/{i}"), Bytes::from_static(b"v"), None)
-                    .await
-            }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
-    Ok((seq, rate(n, t0.elapsed())))
+    put_rates(n, |k| {
+        let b = b.clone();
+        async move { b.put(&k, Bytes::from_static(b"v"), None).await.map(|_| ()) }
+    })
+    .await
 }
