@@ -42,6 +42,17 @@ impl Context {
             .heartbeat(ttl / 3)
             .build()
     }
+
+    /// A discovery of `service` (or of every service), once it has listed what there is.
+    async fn discover(&self, service: Option<&str>) -> Result<Discovery> {
+        let reader = self.reader().await?;
+        let d = match service {
+            Some(s) => reader.discover(s).await?,
+            None => reader.discover_all().await?,
+        };
+        synced(&d, &self.url).await?;
+        Ok(d)
+    }
 }
 
 fn parse_meta(s: &str) -> std::result::Result<(String, String), String> {
@@ -212,12 +223,7 @@ pub(crate) struct ListArgs {
 }
 
 pub(crate) async fn list(ctx: &Context, a: ListArgs) -> Result<()> {
-    let reader = ctx.reader().await?;
-    let d = match &a.service {
-        Some(s) => reader.discover(s).await?,
-        None => reader.discover_all().await?,
-    };
-    synced(&d, &ctx.url).await?;
+    let d = ctx.discover(a.service.as_deref()).await?;
     let dir = d.directory();
     let services = match &a.service {
         Some(s) => vec![s.clone()],
@@ -281,12 +287,7 @@ pub(crate) struct WatchArgs {
 }
 
 pub(crate) async fn watch(ctx: &Context, a: WatchArgs) -> Result<()> {
-    let reader = ctx.reader().await?;
-    let d = match &a.service {
-        Some(s) => reader.discover(s).await?,
-        None => reader.discover_all().await?,
-    };
-    synced(&d, &ctx.url).await?;
+    let d = ctx.discover(a.service.as_deref()).await?;
     if !a.json {
         println!(
             "{} {} on {} (Ctrl-C to stop)",
@@ -369,9 +370,7 @@ pub(crate) struct FindArgs {
 }
 
 pub(crate) async fn find(ctx: &Context, a: FindArgs) -> Result<()> {
-    let reader = ctx.reader().await?;
-    let d = reader.discover(&a.service).await?;
-    synced(&d, &ctx.url).await?;
+    let d = ctx.discover(Some(&a.service)).await?;
     let owners = d.directory().find_n(a.count.max(1), &a.service, &a.key);
     if owners.is_empty() {
         return Err(Error::new(
