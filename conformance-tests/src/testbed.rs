@@ -50,7 +50,18 @@ impl ServerKind {
         }
     }
 
-    /// The image to run: `REGISTRY_TEST_<KIND>_IMAGE`/`_TAG`, defaulting to the upstream images.
+    /// The image `scripts/testbed.sh` builds for this server (`registry-test/etcd`, ...).
+    pub fn local_image(self) -> &'static str {
+        match self {
+            ServerKind::Etcd => "registry-test/etcd",
+            ServerKind::Consul => "registry-test/consul",
+            ServerKind::Redis => "registry-test/redis",
+        }
+    }
+
+    /// The image to run: `REGISTRY_TEST_<KIND>_IMAGE`/`_TAG` when set; else the image
+    /// `scripts/testbed.sh` built locally, found by asking the Docker engine (so the tests need no
+    /// environment file); else the upstream image a machine with an image registry would pull.
     pub fn spec(self) -> ServerSpec {
         let (image, tag) = match self {
             ServerKind::Etcd => ("bitnami/etcd", "3.5.16"),
@@ -62,10 +73,54 @@ impl ServerKind {
                 .ok()
                 .filter(|v| !v.is_empty())
         };
-        ServerSpec {
-            image: var("IMAGE").unwrap_or_else(|| image.to_owned()),
-            tag: var("TAG").unwrap_or_else(|| tag.to_owned()),
+        if let Some(image) = var("IMAGE") {
+            return ServerSpec {
+                image,
+                tag: var("TAG").unwrap_or_else(|| tag.to_owned()),
+            };
         }
+        if let Some(tag) = self.local_tag() {
+            return ServerSpec {
+                image: self.local_image().to_owned(),
+                tag,
+            };
+        }
+        ServerSpec {
+            image: image.to_owned(),
+            tag: tag.to_owned(),
+        }
+    }
+
+    /// The newest tag of [`local_image`](Self::local_image) the Docker engine has, asked once per
+    /// process through the `docker` command.
+    fn local_tag(self) -> Option<String> {
+        static TAGS: OnceLock<[Option<String>; 3]> = OnceLock::new();
+        let tags = TAGS.get_or_init(|| {
+            [ServerKind::Etcd, ServerKind::Consul, ServerKind::Redis].map(|k| {
+                let out = std::process::Command::new("docker")
+                    .args(["image", "ls", "--format", "{{.Tag}}", k.local_image()])
+                    .stderr(std::process::Stdio::null())
+                    .output()
+                    .ok()?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                // Newest version first: compare dotted numbers numerically.
+                text.lines()
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty() && *t != "<none>")
+                    .max_by_key(|t| {
+                        t.split('.')
+                            .map(|p| p.parse::<u64>().unwrap_or(0))
+                            .collect::<Vec<_>>()
+                    })
+                    .map(str::to_owned)
+            })
+        });
+        let i = match self {
+            ServerKind::Etcd => 0,
+            ServerKind::Consul => 1,
+            ServerKind::Redis => 2,
+        };
+        tags[i].clone()
     }
 
     /// `REGISTRY_TEST_<KIND>_ENDPOINTS`: an external server to use instead of a container.
@@ -151,11 +206,55 @@ async fn start_container(
             spec.image, spec.tag
         )
     })?;
+    remove_when_process_exits(container.id());
     let mapped = container
         .get_host_port_ipv4(port)
         .await
         .map_err(|e| format!("{kind:?} container has no mapped port ({e})"))?;
     Ok((container, format!("127.0.0.1:{mapped}")))
+}
+
+/// Makes sure the container `id` is removed when this process ends, however it ends.
+///
+/// Containers a test drops are removed by testcontainers, but the servers shared by all tests of a
+/// process live in statics that are never dropped, and a killed or aborted test process drops
+/// nothing. So every container gets a small watcher: a shell in its own process group (a Ctrl-C at
+/// the terminal does not reach it) that waits for end-of-file on a pipe whose write end only this
+/// process holds (close-on-exec, so no child inherits it). The kernel closes that pipe when the
+/// process exits, for any reason, and the watcher then removes the container. Removing a container
+/// that is already gone is a no-op.
+fn remove_when_process_exits(id: &str) {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    use std::sync::Mutex;
+    static PIPES: Mutex<Vec<std::process::ChildStdin>> = Mutex::new(Vec::new());
+    let spawned = Command::new("sh")
+        .args([
+            "-c",
+            "cat >/dev/null; exec docker rm -f -v \"$0\" >/dev/null 2>&1",
+            id,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
+    match spawned {
+        Ok(mut child) => {
+            if let Some(stdin) = child.stdin.take() {
+                PIPES.lock().unwrap_or_else(|p| p.into_inner()).push(stdin);
+            }
+            // Reap it in the background if this process outlives it (it never exits before us
+            // unless killed; then there is nothing left to do).
+            std::thread::spawn(move || {
+                let _ = child.wait();
+            });
+        }
+        Err(e) => eprintln!(
+            "testbed: cannot start the watcher that removes container {id} at exit ({e}); \
+             scripts/testbed.sh removes leftovers"
+        ),
+    }
 }
 
 /// Options for one etcd container.

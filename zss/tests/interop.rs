@@ -1,6 +1,6 @@
 //! Rust workers and client against the real ZeroMQ Service Suite: the NodeJS broker 1.0.1, the
 //! JavaScript client 1.0.3 and a JavaScript worker (service 1.0.1), installed by
-//! `scripts/zss-node.sh` (the test command sets ZSS_NODE_MODULES). Without Node these tests fail
+//! `scripts/zss-node.sh` (found in its default place, or through ZSS_NODE_MODULES). Without Node these tests fail
 //! under REGISTRY_TEST_REQUIRED=1 and skip otherwise, like the server tests.
 
 use std::collections::BTreeMap;
@@ -37,10 +37,28 @@ fn js_dir() -> PathBuf {
 /// Node's modules, or `None` (after saying why) when the tests must skip.
 fn node_modules() -> Option<String> {
     let required = matches!(std::env::var("REGISTRY_TEST_REQUIRED").as_deref(), Ok("1"));
-    match std::env::var("ZSS_NODE_MODULES") {
-        Ok(m) if PathBuf::from(&m).join("zmq-service-suite-broker").exists() => Some(m),
+    // ZSS_NODE_MODULES, else where scripts/zss-node.sh installs them by default.
+    let default_dir = || {
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        let dir = std::env::var_os("REGISTRY_TESTBED_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| cache.join("service-registry/testbed"));
+        Some(
+            dir.join("zss-node/node_modules")
+                .to_string_lossy()
+                .into_owned(),
+        )
+    };
+    let found = std::env::var("ZSS_NODE_MODULES")
+        .ok()
+        .filter(|m| !m.is_empty())
+        .or_else(default_dir);
+    match found {
+        Some(m) if PathBuf::from(&m).join("zmq-service-suite-broker").exists() => Some(m),
         _ => {
-            let why = "the real ZSS broker and clients are not installed (run scripts/zss-node.sh and export ZSS_NODE_MODULES)";
+            let why = "the real ZSS broker and clients are not installed (run scripts/zss-node.sh)";
             assert!(
                 !required,
                 "{why}; REGISTRY_TEST_REQUIRED=1 makes this a failure"
