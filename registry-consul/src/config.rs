@@ -81,13 +81,15 @@ impl ConsulBuilder {
 
     /// Reads `consul://host:port[/namespace][?token=T&dc=DC&ns=NS&ca=PATH]` (`consuls://` for HTTPS).
     pub fn from_url(url: &str) -> Result<Self> {
+        // Messages show the URL with its password and token masked.
+        let shown = registry_core::redact::redact_url(url);
         let (tls, rest) = if let Some(r) = url.strip_prefix("consul://") {
             (false, r)
         } else if let Some(r) = url.strip_prefix("consuls://") {
             (true, r)
         } else {
             return Err(Error::invalid(format!(
-                "`{url}` is not a Consul URL; {URL_HELP}"
+                "`{shown}` is not a Consul URL; {URL_HELP}"
             )));
         };
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
@@ -97,7 +99,7 @@ impl ConsulBuilder {
             .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
         if !port_ok {
             return Err(Error::invalid(format!(
-                "`{url}` needs host:port; {URL_HELP}"
+                "`{shown}` needs host:port; {URL_HELP}"
             )));
         }
         let mut b = ConsulBuilder::new().address(addr);

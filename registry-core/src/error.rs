@@ -147,6 +147,35 @@ impl Error {
         self
     }
 
+    /// This error with every secret `secrets` knows masked, in its message and in the text of each
+    /// of its causes (which are replaced by plain-text copies, in the same order).
+    ///
+    /// For the edges of a program that show errors it did not write: a client crate may quote a URL
+    /// or a credential in its own message.
+    pub fn masked(mut self, secrets: &crate::redact::Secrets) -> Self {
+        if secrets.is_empty() {
+            return self;
+        }
+        self.message = Cow::Owned(secrets.mask(&self.message));
+        if let Some(source) = self.source.take() {
+            let mut texts = Vec::new();
+            let mut next: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+            while let Some(e) = next {
+                texts.push(secrets.mask(&e.to_string()));
+                next = e.source();
+            }
+            let mut chain: Option<MaskedCause> = None;
+            for text in texts.into_iter().rev() {
+                chain = Some(MaskedCause {
+                    text,
+                    next: chain.map(Box::new),
+                });
+            }
+            self.source = chain.map(|c| Arc::new(c) as Arc<dyn std::error::Error + Send + Sync>);
+        }
+        self
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         self.kind
@@ -205,9 +234,62 @@ impl std::error::Error for Error {
     }
 }
 
+/// A cause whose text had secrets masked ([`Error::masked`]).
+#[derive(Debug)]
+struct MaskedCause {
+    text: String,
+    next: Option<Box<MaskedCause>>,
+}
+
+impl fmt::Display for MaskedCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for MaskedCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.next
+            .as_deref()
+            .map(|c| c as &(dyn std::error::Error + 'static))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masked_hides_secrets_in_message_and_every_cause() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl fmt::Display for Outer {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("client said: redis://:pa55word@h failed")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let inner = std::io::Error::other("inner pa55word");
+        let e = Error::unavailable("connect with pa55word")
+            .with_source(Outer(inner))
+            .masked(&crate::redact::Secrets::from_url("redis://:pa55word@h"));
+        let mut all = format!("{e} {e:?}");
+        let mut next = std::error::Error::source(&e);
+        let mut depth = 0;
+        while let Some(c) = next {
+            all.push_str(&c.to_string());
+            depth += 1;
+            next = c.source();
+        }
+        assert_eq!(depth, 2, "the chain keeps its length");
+        assert!(!all.contains("pa55word"), "{all}");
+        assert!(all.contains("inner ***"), "{all}");
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+    }
 
     #[test]
     fn temporary_kinds() {

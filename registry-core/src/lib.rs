@@ -6,6 +6,7 @@ pub mod engine;
 pub mod error;
 pub mod key;
 pub mod lease;
+pub mod redact;
 pub mod watch;
 
 pub use backend::{Backend, Capabilities, Revision};

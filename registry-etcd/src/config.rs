@@ -150,13 +150,15 @@ impl EtcdBuilder {
     /// Reads an `etcd://` or `etcds://` URL:
     /// `etcd://[user:password@]host:port[,host:port...][/namespace][?ca=PATH&cert=PATH&key=PATH&timeout=10s&connect_timeout=5s]`.
     pub fn from_url(url: &str) -> Result<Self> {
+        // Messages show the URL with its password and token masked.
+        let shown = registry_core::redact::redact_url(url);
         let (tls, rest) = if let Some(r) = url.strip_prefix("etcd://") {
             (false, r)
         } else if let Some(r) = url.strip_prefix("etcds://") {
             (true, r)
         } else {
             return Err(Error::invalid(format!(
-                "`{url}` is not an etcd URL; {URL_HELP}"
+                "`{shown}` is not an etcd URL; {URL_HELP}"
             )));
         };
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
@@ -174,7 +176,7 @@ impl EtcdBuilder {
             .collect();
         if endpoints.is_empty() {
             return Err(Error::invalid(format!(
-                "`{url}` names no etcd endpoint; {URL_HELP}"
+                "`{shown}` names no etcd endpoint; {URL_HELP}"
             )));
         }
         for e in &endpoints {
@@ -183,7 +185,7 @@ impl EtcdBuilder {
                 .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
             if !port_ok {
                 return Err(Error::invalid(format!(
-                    "etcd endpoint `{e}` in `{url}` needs host:port; {URL_HELP}"
+                    "etcd endpoint `{e}` in `{shown}` needs host:port; {URL_HELP}"
                 )));
             }
         }

@@ -49,9 +49,11 @@ impl MemoryBuilder {
 
     /// Reads `memory://` URLs; the query may set `history=N` and `max_value=N` (bytes).
     pub fn from_url(url: &str) -> Result<Self> {
+        // Messages show the URL with its password and token masked.
+        let shown = registry_core::redact::redact_url(url);
         let rest = url.strip_prefix("memory://").ok_or_else(|| {
             Error::invalid(format!(
-                "`{url}` is not a memory URL; expected memory:// or memory://?history=1000"
+                "`{shown}` is not a memory URL; expected memory:// or memory://?history=1000"
             ))
         })?;
         let mut b = MemoryBuilder::new();

@@ -98,19 +98,25 @@ impl RedisBuilder {
     /// Reads `redis://[user:password@]host:port[/db][?namespace=NAME&ca=PATH&cert=PATH&key=PATH]`;
     /// `rediss://` for TLS.
     pub fn from_url(url: &str) -> Result<Self> {
+        // Messages show the URL with its password and token masked.
+        let shown = registry_core::redact::redact_url(url);
         let tls = if url.starts_with("rediss://") {
             true
         } else if url.starts_with("redis://") {
             false
         } else {
             return Err(Error::invalid(format!(
-                "`{url}` is not a Redis URL; {URL_HELP}"
+                "`{shown}` is not a Redis URL; {URL_HELP}"
             )));
         };
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
-        let info: ConnectionInfo = base
-            .into_connection_info()
-            .map_err(|e| Error::invalid(format!("`{base}`: {e}; {URL_HELP}")))?;
+        let info: ConnectionInfo = base.into_connection_info().map_err(|e| {
+            Error::invalid(format!(
+                "`{}`: {}; {URL_HELP}",
+                registry_core::redact::redact_url(base),
+                registry_core::redact::Secrets::from_url(url).mask(&e.to_string())
+            ))
+        })?;
         let mut b = RedisBuilder::new();
         match info.addr() {
             ConnectionAddr::Tcp(h, p)
@@ -127,7 +133,7 @@ impl RedisBuilder {
             }
             _ => {
                 return Err(Error::invalid(format!(
-                    "unsupported address in `{url}`; {URL_HELP}"
+                    "unsupported address in `{shown}`; {URL_HELP}"
                 )));
             }
         }

@@ -26,10 +26,25 @@ pub const SCHEMES: &[(&str, &str)] = &[
 ///
 /// A scheme whose feature is off is [`ErrorKind::Unsupported`](registry_core::ErrorKind::Unsupported), naming the feature to enable; an
 /// unknown scheme or a malformed URL is [`ErrorKind::InvalidInput`](registry_core::ErrorKind::InvalidInput).
+///
+/// No message of the error shows a secret: passwords and tokens of the URL are masked (`***`),
+/// in this crate's messages and in those of the client crates underneath.
 pub async fn connect(url: &str) -> Result<Arc<dyn Backend>> {
+    let secrets = registry_core::redact::Secrets::from_url(url);
+    connect_inner(url).await.map_err(|e| {
+        if secrets.is_empty() {
+            e
+        } else {
+            e.masked(&secrets)
+        }
+    })
+}
+
+async fn connect_inner(url: &str) -> Result<Arc<dyn Backend>> {
+    let shown = registry_core::redact::redact_url(url);
     let Some((scheme, _rest)) = url.split_once("://") else {
         return Err(Error::invalid(format!(
-            "`{url}` is not a backend URL; expected SCHEME://..., for example memory:// or \
+            "`{shown}` is not a backend URL; expected SCHEME://..., for example memory:// or \
              etcd://127.0.0.1:2379"
         )));
     };
@@ -40,7 +55,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Backend>> {
         "redis" | "rediss" => redis(url).await,
         "consul" | "consuls" => consul(url).await,
         _ => Err(Error::invalid(format!(
-            "unknown backend scheme `{scheme}` in `{url}`; known schemes: {}",
+            "unknown backend scheme `{scheme}` in `{shown}`; known schemes: {}",
             SCHEMES
                 .iter()
                 .map(|(s, _)| format!("{s}://"))
@@ -138,8 +153,9 @@ fn not_yet(scheme: &str, url: &str) -> Result<Arc<dyn Backend>> {
     Err(Error::new(
         registry_core::ErrorKind::Unsupported,
         format!(
-            "`{url}` needs the {scheme} backend, which this build does not include; enable the \
-             `{feature}` feature of the `registry` crate (or `full`)"
+            "`{}` needs the {scheme} backend, which this build does not include; enable the \
+             `{feature}` feature of the `registry` crate (or `full`)",
+            registry_core::redact::redact_url(url)
         ),
     ))
 }
