@@ -12,22 +12,41 @@ ZSS_NODE_DIR="${REGISTRY_TESTBED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/service-
 
 zn_die() { echo "zss-node: $*" >&2; exit 2; }
 
+# Installs Debian packages (as root, or through sudo) when a command or file they provide is missing.
+zn_apt_install() {
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  command -v apt-get >/dev/null || zn_die "missing: $*; install them with your package manager"
+  echo "zss-node: installing Debian's $*" >&2
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1 || {
+    $sudo apt-get update -qq >/dev/null 2>&1 || true
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null ||
+      zn_die "could not install $* with apt-get"
+  }
+}
+
 zss_node_up() {
-  command -v node >/dev/null || zn_die "missing: Node.js (node). Install Debian's nodejs and npm."
-  command -v npm >/dev/null || zn_die "missing: npm. Install Debian's npm."
+  # Node.js and npm, Node's headers, and what node-gyp needs to build the zeromq module against
+  # Debian's libzmq: a fresh machine has none of them.
+  local missing=()
+  command -v node >/dev/null || missing+=(nodejs)
+  command -v npm >/dev/null || missing+=(npm)
+  command -v make >/dev/null || missing+=(make)
+  command -v g++ >/dev/null || missing+=(g++)
+  command -v python3 >/dev/null || missing+=(python3)
+  command -v pkg-config >/dev/null || missing+=(pkg-config)
+  pkg-config --exists libzmq 2>/dev/null || missing+=(libzmq3-dev)
   local nodedir
+  if command -v node >/dev/null; then
+    nodedir=$(dirname "$(dirname "$(command -v node)")")
+    [ -f "$nodedir/include/node/node.h" ] || missing+=(libnode-dev)
+  else
+    missing+=(libnode-dev)
+  fi
+  [ ${#missing[@]} -eq 0 ] || zn_apt_install "${missing[@]}"
   nodedir=$(dirname "$(dirname "$(command -v node)")")
   [ -f "$nodedir/include/node/node.h" ] || zn_die "missing Node's headers in $nodedir/include/node (Debian: libnode-dev)"
-  if ! pkg-config --exists libzmq 2>/dev/null; then
-    echo "zss-node: installing Debian's libzmq3-dev and pkg-config" >&2
-    local sudo=""
-    [ "$(id -u)" = 0 ] || sudo=sudo
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libzmq3-dev pkg-config >/dev/null 2>&1 || {
-      $sudo apt-get update -qq >/dev/null 2>&1 || true
-      $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libzmq3-dev pkg-config >/dev/null ||
-        zn_die "could not install libzmq3-dev with apt-get"
-    }
-  fi
+  pkg-config --exists libzmq || zn_die "libzmq is not found by pkg-config (Debian: libzmq3-dev)"
   mkdir -p "$ZSS_NODE_DIR"
   local manifest='{
   "name": "zss-interop",

@@ -9,12 +9,15 @@ use registry::engine::{Change, Discovery, Instance, InstanceState, RegistrationS
 use registry::{Backend, Error, ErrorKind, Result};
 use serde_json::json;
 
-use crate::output::{bold, dim, green, red, table, yellow};
+use crate::output::{bold, clean, dim, green, json_line, red, table, yellow};
 use crate::parse_duration;
 
 /// What every command needs: where the backend is and which namespace to use.
 pub(crate) struct Context {
+    /// The backend URL as given (with its credentials): only for connecting.
     pub(crate) url: String,
+    /// The same URL with its password and token masked: for everything shown.
+    pub(crate) shown: String,
     pub(crate) namespace: String,
 }
 
@@ -50,7 +53,7 @@ impl Context {
             Some(s) => reader.discover(s).await?,
             None => reader.discover_all().await?,
         };
-        synced(&d, &self.url).await?;
+        synced(&d, &self.shown).await?;
         Ok(d)
     }
 }
@@ -71,12 +74,20 @@ fn clock() -> String {
     format!("{:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
 }
 
+/// Metadata as `k=v,k=v`, safe for a terminal (written by anyone).
 fn meta_text(i: &Instance) -> String {
-    i.metadata
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    clean(
+        &i.metadata
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}
+
+/// Addresses as `a,b`, safe for a terminal.
+fn addrs_text(i: &Instance) -> String {
+    clean(&i.addrs.join(","))
 }
 
 fn instance_json(i: &Instance) -> serde_json::Value {
@@ -149,7 +160,7 @@ pub(crate) async fn register(ctx: &Context, a: RegisterArgs) -> Result<()> {
             "{} {what} at {} on {} (ttl {:?}, heartbeat {:?}); Ctrl-C deregisters",
             bold("registering"),
             a.addrs.join(", "),
-            ctx.url,
+            ctx.shown,
             a.ttl,
             a.heartbeat
         );
@@ -163,7 +174,7 @@ pub(crate) async fn register(ctx: &Context, a: RegisterArgs) -> Result<()> {
             if let RegistrationState::Lost { error, .. } = s {
                 v["error"] = json!(error.to_string());
             }
-            println!("{v}");
+            println!("{}", json_line(&v));
         } else {
             let name = match s {
                 RegistrationState::Registered { .. } => green(s.name()),
@@ -172,10 +183,10 @@ pub(crate) async fn register(ctx: &Context, a: RegisterArgs) -> Result<()> {
             };
             let detail = match s {
                 RegistrationState::Registered { lease, .. } => dim(&format!("lease {lease}")),
-                RegistrationState::Lost { error, .. } => error.to_string(),
+                RegistrationState::Lost { error, .. } => clean(&error.to_string()),
                 RegistrationState::Registering {
                     last_error: Some(e),
-                } => e.to_string(),
+                } => clean(&e.to_string()),
                 _ => String::new(),
             };
             let line = format!("{} {what} {name} {detail}", dim(&clock()));
@@ -235,7 +246,7 @@ pub(crate) async fn list(ctx: &Context, a: ListArgs) -> Result<()> {
     }
     if a.json {
         let doc: Vec<serde_json::Value> = all.iter().map(|i| instance_json(i)).collect();
-        println!("{}", serde_json::Value::Array(doc));
+        println!("{}", json_line(&serde_json::Value::Array(doc)));
         return Ok(());
     }
     if all.is_empty() {
@@ -246,7 +257,7 @@ pub(crate) async fn list(ctx: &Context, a: ListArgs) -> Result<()> {
                 .map(|s| format!(" of {s}"))
                 .unwrap_or_default(),
             ctx.namespace,
-            ctx.url
+            ctx.shown
         );
         return Ok(());
     }
@@ -260,11 +271,11 @@ pub(crate) async fn list(ctx: &Context, a: ListArgs) -> Result<()> {
                 (InstanceState::Offline, _) => yellow("offline"),
             };
             vec![
-                i.service.clone(),
-                i.id.clone(),
+                clean(&i.service),
+                clean(&i.id),
                 state,
-                i.addrs.join(","),
-                i.version.clone().unwrap_or_default(),
+                addrs_text(i),
+                clean(i.version.as_deref().unwrap_or_default()),
                 meta_text(i),
             ]
         })
@@ -293,7 +304,7 @@ pub(crate) async fn watch(ctx: &Context, a: WatchArgs) -> Result<()> {
             "{} {} on {} (Ctrl-C to stop)",
             bold("watching"),
             a.service.as_deref().unwrap_or("every service"),
-            ctx.url
+            ctx.shown
         );
     }
     let dir = d.directory().clone();
@@ -335,21 +346,31 @@ fn print_change(service: &str, change: &Change, json: bool) {
     match (change, json) {
         (Change::Insert(id, inst), true) => println!(
             "{}",
-            json!({"time": clock(), "event": "insert", "service": service, "id": id, "instance": instance_json(inst)})
+            json_line(
+                &json!({"time": clock(), "event": "insert", "service": service, "id": id, "instance": instance_json(inst)})
+            )
         ),
         (Change::Remove(id), true) => println!(
             "{}",
-            json!({"time": clock(), "event": "remove", "service": service, "id": id})
+            json_line(&json!({"time": clock(), "event": "remove", "service": service, "id": id}))
         ),
         (Change::Insert(id, inst), false) => println!(
-            "{} {} {service}/{id}  {}  {}",
+            "{} {} {}/{}  {}  {}",
             dim(&clock()),
             green("+"),
-            inst.addrs.join(","),
+            clean(service),
+            clean(id),
+            addrs_text(inst),
             dim(&meta_text(inst))
         ),
         (Change::Remove(id), false) => {
-            println!("{} {} {service}/{id}", dim(&clock()), red("-"))
+            println!(
+                "{} {} {}/{}",
+                dim(&clock()),
+                red("-"),
+                clean(service),
+                clean(id)
+            )
         }
     }
 }
@@ -377,7 +398,7 @@ pub(crate) async fn find(ctx: &Context, a: FindArgs) -> Result<()> {
             ErrorKind::NotFound,
             format!(
                 "no online instance of service {} in namespace {} on {}",
-                a.service, ctx.namespace, ctx.url
+                a.service, ctx.namespace, ctx.shown
             ),
         ));
     }
@@ -385,16 +406,20 @@ pub(crate) async fn find(ctx: &Context, a: FindArgs) -> Result<()> {
         let doc: Vec<serde_json::Value> = owners.iter().map(|i| instance_json(i)).collect();
         println!(
             "{}",
-            json!({"service": a.service, "key": a.key, "owners": doc})
+            json_line(&json!({"service": a.service, "key": a.key, "owners": doc}))
         );
         return Ok(());
     }
     let rows: Vec<Vec<String>> = owners
         .iter()
         .enumerate()
-        .map(|(n, i)| vec![(n + 1).to_string(), i.id.clone(), i.addrs.join(",")])
+        .map(|(n, i)| vec![(n + 1).to_string(), clean(&i.id), addrs_text(i)])
         .collect();
-    println!("key {} of service {}:", bold(&a.key), bold(&a.service));
+    println!(
+        "key {} of service {}:",
+        bold(&clean(&a.key)),
+        bold(&clean(&a.service))
+    );
     table(&["RANK", "ID", "ADDRESS"], &rows);
     Ok(())
 }

@@ -65,7 +65,7 @@ pub(crate) async fn run(ctx: &Context, a: DemoArgs) -> Result<()> {
     println!(
         "{} five instances of two services, on {} (namespace {namespace})",
         bold("registry demo:"),
-        ctx.url
+        ctx.shown
     );
 
     step(

@@ -1,9 +1,11 @@
 //! `registry`: register, discover and route over etcd, Consul, Redis or memory, from the shell.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
+use registry::redact::{Secrets, redact_url};
 use registry::{Error, ErrorKind};
 
 mod commands;
@@ -33,6 +35,7 @@ struct Cli {
         short,
         global = true,
         env = "REGISTRY_BACKEND",
+        hide_env_values = true,
         default_value = "memory://"
     )]
     backend: String,
@@ -87,8 +90,48 @@ fn exit_code(e: &Error) -> u8 {
     }
 }
 
+/// Every secret this process was given: the backend URL's password and token, and the values of
+/// environment variables that hold credentials or URLs. Whatever the process prints or logs goes
+/// through [`Secrets::mask`] as a last line of defence (the library already shows URLs redacted).
+fn secrets(url: &str) -> Arc<Secrets> {
+    let mut s = Secrets::new();
+    s.add_url(url);
+    for (name, value) in std::env::vars_os() {
+        let (Some(name), Some(value)) = (name.to_str(), value.to_str()) else {
+            continue;
+        };
+        let upper = name.to_ascii_uppercase();
+        if ["PASSWORD", "TOKEN", "SECRET", "PASSWD"]
+            .iter()
+            .any(|w| upper.contains(w))
+        {
+            s.add(value);
+        } else if value.contains("://") {
+            s.add_url(value);
+        }
+    }
+    Arc::new(s)
+}
+
+/// Standard error with every known secret masked; the log writer.
+struct MaskedStderr(Arc<Secrets>);
+
+impl std::io::Write for MaskedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // The fmt layer writes each event with one call, so a secret is never split across calls.
+        let text = self.0.mask(&String::from_utf8_lossy(buf));
+        std::io::stderr().write_all(text.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let secrets = secrets(&cli.backend);
     let filter = match cli.verbose {
         0 => "warn",
         1 => "info,registry_core=info",
@@ -99,7 +142,10 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("REGISTRY_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
         )
-        .with_writer(std::io::stderr)
+        .with_writer({
+            let secrets = secrets.clone();
+            move || MaskedStderr(secrets.clone())
+        })
         .init();
     if let Command::Completions { shell } = cli.command {
         clap_complete::generate(
@@ -124,6 +170,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async move {
         let ctx = commands::Context {
             url: cli.backend.clone(),
+            shown: redact_url(&cli.backend),
             namespace: cli.namespace.clone(),
         };
         match cli.command {
@@ -140,18 +187,23 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{} {}", output::red("error:"), describe(&e));
+            eprintln!(
+                "{} {}",
+                output::red("error:"),
+                describe(&e.clone().masked(&secrets))
+            );
             ExitCode::from(exit_code(&e))
         }
     }
 }
 
-/// The message with its chain of causes, without repeating a cause already in the message.
+/// The message with its chain of causes, without repeating a cause already in the message; each
+/// part made safe for a terminal (a cause may quote what a server sent).
 fn describe(e: &Error) -> String {
-    let mut msg = e.message().to_string();
+    let mut msg = output::clean(e.message());
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        let text = s.to_string();
+        let text = output::clean(&s.to_string());
         if !msg.contains(&text) {
             msg.push_str(&format!("\n  caused by: {text}"));
         }
