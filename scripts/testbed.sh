@@ -7,10 +7,11 @@
 #      from bullseye, redis-server 7.0 from bookworm), through a private apt configuration whose
 #      mirror is read from the system's own apt configuration; nothing is installed on the host.
 #   3. Build small local images (FROM scratch: the binary plus the shared libraries ldd names).
-#   4. Write the environment that points the tests at those images.
+#   4. Write the environment that points the tests at those images (optional: the tests find the
+#      images by asking the engine, so `cargo test -p registry-etcd` works right after this script).
 #
 # Reruns reuse the downloaded packages and the built images. Sourced by scripts/test; can also be
-# run alone (`scripts/testbed.sh`), after which `source "$TESTBED_ENV"` sets the same environment.
+# run alone (`scripts/testbed.sh`).
 #
 # Environment: REGISTRY_TESTBED_CACHE (default ~/.cache/service-registry/testbed).
 
@@ -141,15 +142,18 @@ tb_build_images() {
   REDIS_IMAGE=$(tb_build_image redis "$(tb_version "$debs"/redis-server_*.deb)" redis-server "$extracted")
 }
 
-# Removes containers left behind by earlier runs (a test process that exits keeps its shared servers).
+# Removes containers left behind by earlier runs: those whose test process is gone (each test
+# container removes itself when its process exits, so this only finds what a crash of the watcher
+# or of the engine left). Containers of a test process still running are kept.
 tb_clean() {
-  local ids
-  ids=$(docker ps -aq --filter "label=$TESTBED_LABEL" 2>/dev/null || true)
-  if [ -n "$ids" ]; then
-    # shellcheck disable=SC2086
-    docker rm -f $ids >/dev/null 2>&1 || true
-  fi
-  # Networks of the cluster tests are named regtest-*.
+  local id pid
+  docker ps -aq --filter "label=$TESTBED_LABEL" 2>/dev/null | while read -r id; do
+    pid=$(docker inspect -f '{{ index .Config.Labels "service-registry-test.pid" }}' "$id" 2>/dev/null || true)
+    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+      docker rm -f -v "$id" >/dev/null 2>&1 || true
+    fi
+  done
+  # Networks of the cluster tests are named regtest-*; one still in use is not removed.
   docker network ls -q --filter name=regtest- 2>/dev/null | xargs -r docker network rm >/dev/null 2>&1 || true
 }
 
@@ -175,5 +179,5 @@ EOF
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   testbed_up
-  echo "source $TESTBED_ENV"
+  echo "testbed: ready; run the backend tests, e.g. cargo test -p registry-etcd" >&2
 fi

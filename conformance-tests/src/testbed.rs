@@ -21,6 +21,10 @@ use crate::server_required;
 /// The label every test container carries, so leftovers can be removed (`scripts/testbed.sh`).
 pub const LABEL: (&str, &str) = ("service-registry-test", "1");
 
+/// The label naming the process that started a test container: `scripts/testbed.sh` removes
+/// leftovers only when that process is gone, so concurrent test runs do not remove each other's.
+pub const PID_LABEL: &str = "service-registry-test.pid";
+
 /// A backend server the test bed can start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServerKind {
@@ -196,6 +200,7 @@ async fn start_container(
         .with_wait_for(ready)
         .with_cmd(cmd)
         .with_label(LABEL.0, LABEL.1)
+        .with_label(PID_LABEL, std::process::id().to_string())
         .with_startup_timeout(Duration::from_secs(60));
     if let Some(p) = host_port {
         req = req.with_mapped_port(p, port);
