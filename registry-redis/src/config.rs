@@ -10,7 +10,27 @@ use registry_core::{Error, Result};
 
 use crate::backend::RedisBackend;
 
-const URL_HELP: &str = "expected redis://[user:password@]host:port[/db][?namespace=NAME&ca=PATH&cert=PATH&key=PATH] (rediss:// for TLS)";
+const URL_HELP: &str = "expected redis://[user:password@]host:port[/db][?namespace=NAME&user=U&password=P&ca=PATH&cert=PATH&key=PATH] (rediss:// for TLS)";
+
+/// `%XX` escapes decoded (query option values).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
 
 /// Configures and connects a [`RedisBackend`].
 ///
@@ -95,7 +115,7 @@ impl RedisBuilder {
         }
     }
 
-    /// Reads `redis://[user:password@]host:port[/db][?namespace=NAME&ca=PATH&cert=PATH&key=PATH]`;
+    /// Reads `redis://[user:password@]host:port[/db][?namespace=NAME&user=U&password=P&ca=PATH&cert=PATH&key=PATH]`;
     /// `rediss://` for TLS.
     pub fn from_url(url: &str) -> Result<Self> {
         // Messages show the URL with its password and token masked.
@@ -148,6 +168,10 @@ impl RedisBuilder {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             match k {
                 "namespace" => b = b.namespace(v),
+                // Credentials as options too: for passwords with characters a URL's user
+                // information cannot hold unencoded.
+                "user" | "username" => b.user = Some(percent_decode(v)),
+                "password" => b.password = Some(percent_decode(v)),
                 "ca" => b.ca = Some(v.into()),
                 "cert" => cert = Some(PathBuf::from(v)),
                 "key" => key = Some(PathBuf::from(v)),
