@@ -31,9 +31,27 @@ tb_sudo() {
 
 tb_docker_ok() { docker info >/dev/null 2>&1; }
 
+# An engine of this machine that the default socket does not reach. In a chroot (a fresh root made
+# with debootstrap, as ../shared/tools/fresh-machine.sh does) whose /var/run is the usual symlink
+# to /run, a socket bind-mounted to /var/run/docker.sock from outside lands on the host's own path,
+# not in the root; the host's engine is still there, through the root of process 1. Only the
+# engine's socket is used this way, and only when no engine answers otherwise.
+tb_find_engine() {
+  local sock
+  for sock in /var/run/docker.sock /run/docker.sock /proc/1/root/run/docker.sock /proc/1/root/var/run/docker.sock; do
+    [ -S "$sock" ] || continue
+    if DOCKER_HOST="unix://$sock" docker info >/dev/null 2>&1; then
+      export DOCKER_HOST="unix://$sock"
+      tb_log "using the Docker engine at $sock"
+      return 0
+    fi
+  done
+  return 1
+}
+
 tb_ensure_docker() {
   if tb_docker_ok; then return; fi
-  if ! command -v dockerd >/dev/null 2>&1; then
+  if ! command -v docker >/dev/null 2>&1 || ! command -v dockerd >/dev/null 2>&1; then
     command -v apt-get >/dev/null || tb_die "no Docker engine and no apt-get to install Debian's docker.io"
     tb_log "installing Debian's docker.io"
     tb_sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null 2>&1 || {
@@ -42,12 +60,11 @@ tb_ensure_docker() {
         tb_die "could not install docker.io with apt-get"
     }
   fi
-  if ! tb_docker_ok; then
-    tb_log "starting dockerd (log: $TESTBED_CACHE/dockerd.log)"
-    mkdir -p "$TESTBED_CACHE"
-    tb_sudo sh -c "nohup dockerd >'$TESTBED_CACHE/dockerd.log' 2>&1 &"
-    for _ in $(seq 1 60); do tb_docker_ok && break; sleep 1; done
-  fi
+  if tb_docker_ok || tb_find_engine; then return; fi
+  tb_log "starting dockerd (log: $TESTBED_CACHE/dockerd.log)"
+  mkdir -p "$TESTBED_CACHE"
+  tb_sudo sh -c "nohup dockerd >'$TESTBED_CACHE/dockerd.log' 2>&1 &"
+  for _ in $(seq 1 60); do tb_docker_ok && break; sleep 1; done
   tb_docker_ok || tb_die "dockerd did not come up; see $TESTBED_CACHE/dockerd.log"
 }
 
