@@ -6,6 +6,8 @@ pub mod engine;
 pub mod error;
 pub mod key;
 pub mod lease;
+#[cfg(feature = "rustls")]
+pub mod tls;
 pub mod watch;
 
 pub use backend::{Backend, Capabilities, Revision};
