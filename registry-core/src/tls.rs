@@ -6,6 +6,7 @@
 //! digs it out so that a certificate problem is reported as one, not as an unreachable server.
 
 use std::error::Error as StdError;
+use std::sync::Arc;
 
 use rustls::{AlertDescription, CertificateError};
 
@@ -139,7 +140,8 @@ fn alert_in_text(err: &(dyn StdError + 'static)) -> Option<rustls::Error> {
 }
 
 /// The first rustls error in the chain. `std::io::Error::source` skips the error it wraps, and
-/// rustls errors travel inside `io::Error`s, so those are opened with `get_ref`.
+/// rustls errors travel inside `io::Error`s, so those are opened with `get_ref`; likewise errors
+/// shared behind an `Arc`.
 fn find_rustls<'a>(err: &'a (dyn StdError + 'static), depth: usize) -> Option<&'a rustls::Error> {
     let mut cur = Some(err);
     let mut depth = depth;
@@ -156,6 +158,13 @@ fn find_rustls<'a>(err: &'a (dyn StdError + 'static), depth: usize) -> Option<&'
             .and_then(|io| io.get_ref())
         {
             if let Some(r) = find_rustls(inner, depth) {
+                return Some(r);
+            }
+        }
+        // A shared error (the redis crate keeps its I/O errors so) is itself the next link: its
+        // `source` is the wrapped error's source, which skips the wrapped error.
+        if let Some(inner) = e.downcast_ref::<Arc<dyn StdError + Send + Sync>>() {
+            if let Some(r) = find_rustls(&**inner, depth) {
                 return Some(r);
             }
         }
@@ -200,6 +209,13 @@ mod tests {
         assert!(t.message().contains("UnknownIssuer"), "{t}");
         assert!(t.message().contains("/x/ca.pem"), "{t}");
         assert!(t.message().contains("ca=PATH"), "{t}");
+        // Behind an Arc, as the redis crate keeps I/O errors.
+        let shared: Arc<dyn StdError + Send + Sync> = Arc::new(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+        ));
+        let t = tls_failure(&shared, "x").unwrap();
+        assert!(t.message().contains("UnknownIssuer"), "{t}");
         let plain = std::io::Error::other("connection refused");
         assert!(tls_failure(&plain, "x").is_none());
         assert!(tls_failure(&Wrapper(Box::new(plain)), "x").is_none());
