@@ -1,7 +1,9 @@
 //! `rediss://` against a Redis container serving TLS only, with a certificate from a CA made by the
-//! test: with the CA file a real lease, put, get and watch round trip works; a URL without a CA (the
-//! system's roots), a wrong CA or a certificate for another name is refused at once with an error
-//! that says TLS and what to check; a plain-text port, which never answers, within the timeouts.
+//! test: with the CA file a real lease, put, get and watch round trip works, and so it does without
+//! one in a child process whose system roots (`SSL_CERT_FILE`) hold the test CA; a URL without a CA
+//! (the machine's roots), a wrong CA or a certificate for another name is refused at once with an
+//! error that says TLS and what to check; a plain-text port, which never answers, within the
+//! timeouts.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -134,6 +136,58 @@ async fn rediss_trusts_the_ca_file_and_refuses_a_wrong_ca_or_name() {
     let e = r.expect_err("a CA file without a certificate");
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     assert!(e.message().contains("no PEM certificate"), "{e}");
+
+    // Without a CA file the system's trust store is what counts: a child process whose
+    // SSL_CERT_FILE (honoured as OpenSSL does) names the test CA connects.
+    let url = format!("rediss://127.0.0.1:{port}");
+    let ca = ca_file.to_str().expect("UTF-8 path").to_owned();
+    tokio::task::spawn_blocking(move || {
+        run_child(
+            "child_connects_with_system_roots",
+            &[(CHILD_URL, &url), ("SSL_CERT_FILE", &ca)],
+        )
+    })
+    .await
+    .unwrap();
+}
+
+/// Runs this test binary's `child` test in a child process with `env`, and returns its output.
+fn run_child(child: &str, env: &[(&str, &str)]) -> String {
+    let exe = std::env::current_exe().expect("test binary");
+    let out = std::process::Command::new(exe)
+        .args(["--ignored", "--exact", "--nocapture", child])
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the child test");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "child {child} failed:\n{text}");
+    assert!(
+        text.contains("1 passed"),
+        "child {child} ran no test:\n{text}"
+    );
+    text
+}
+
+/// The URL a child test connects to, from its parent.
+const CHILD_URL: &str = "REGISTRY_TLS_CHILD_URL";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run in a child process by rediss_trusts_the_ca_file_and_refuses_a_wrong_ca_or_name"]
+async fn child_connects_with_system_roots() {
+    let url = std::env::var(CHILD_URL).unwrap_or_else(|_| {
+        panic!("{CHILD_URL} is not set: this test is run by rediss_trusts_the_ca_file_and_refuses_a_wrong_ca_or_name")
+    });
+    let backend = connect(&url)
+        .await
+        .0
+        .unwrap_or_else(|e| panic!("{url} with SSL_CERT_FILE naming the test CA: {e}"));
+    round_trip(&backend).await;
 }
 
 /// A plain-text Redis takes the TLS client hello for the start of an inline command and waits for
