@@ -251,6 +251,18 @@ impl Http {
             index,
             body,
         };
+        // Go's HTTPS server answers a plain-HTTP request so.
+        if status == StatusCode::BAD_REQUEST
+            && self.trusted.is_none()
+            && answer.text().contains("HTTP request to an HTTPS server")
+        {
+            let e = Error::unavailable(format!(
+                "{what}: TLS: the agent at {} serves HTTPS on this port: use consuls:// (with \
+                 ca=PATH for a private CA)",
+                self.address
+            ));
+            return Err((e, Retry::Never));
+        }
         if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED {
             let e = Error::new(
                 ErrorKind::PermissionDenied,

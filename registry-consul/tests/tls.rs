@@ -134,6 +134,13 @@ async fn consuls_trusts_the_ca_file_and_refuses_a_wrong_ca_or_name() {
     )
     .await;
 
+    // Plain text to the TLS port: the hint names the TLS scheme.
+    let (r, took) = connect(&format!("consul://127.0.0.1:{port}")).await;
+    let e = r.expect_err("plain text to a TLS port");
+    eprintln!("consul:// to the TLS port, refused in {took:?}: {e}");
+    assert!(took < PROMPT, "took {took:?}: {e}");
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(e.message().contains("consuls://"), "{e}");
     // A CA file with no certificate in it is a configuration error, found before connecting.
     let empty = dir.write("empty.pem", "");
     let (r, _) = connect(&with_ca("127.0.0.1", &empty)).await;

@@ -125,6 +125,10 @@ impl EtcdBackend {
                 let err = map(e, "connect");
                 let hint = match err.kind() {
                     ErrorKind::PermissionDenied => "check the user name and password",
+                    _ if trusted.is_none() => {
+                        "check that etcd is running there and reachable, and whether it serves \
+                         TLS (then use etcds://)"
+                    }
                     _ => "check that etcd is running there and reachable (and TLS settings match)",
                 };
                 return Err(err.context(format!("cannot connect to etcd at {where_} ({hint})")));
@@ -171,6 +175,10 @@ impl EtcdBackend {
             let err = map(e, "status");
             let hint = match err.kind() {
                 ErrorKind::PermissionDenied => "check the user name and password",
+                _ if trusted.is_none() => {
+                    "check that etcd is running there and reachable, and whether it serves TLS \
+                     (then use etcds://)"
+                }
                 _ => "check that etcd is running there and reachable",
             };
             err.context(format!("cannot reach etcd at {where_} ({hint})"))

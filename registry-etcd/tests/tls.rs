@@ -136,6 +136,13 @@ async fn the_ca_file_is_trusted_and_a_wrong_ca_or_name_is_refused() {
     )
     .await;
 
+    // Plain text to the TLS port: the hint names the TLS scheme.
+    let (r, took) = connect(&format!("etcd://127.0.0.1:{port}")).await;
+    let e = r.expect_err("plain text to a TLS port");
+    eprintln!("etcd:// to the TLS port, refused in {took:?}: {e}");
+    assert!(took < PROMPT, "took {took:?}: {e}");
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(e.message().contains("etcds://"), "{e}");
     // A CA file with no certificate in it is a configuration error, found before connecting.
     let empty = dir.write("empty.pem", "");
     let (r, _) = connect(&with_ca("127.0.0.1", &empty)).await;

@@ -190,6 +190,10 @@ impl RedisBackend {
                 let err = map(e, "connect");
                 let hint = match err.kind() {
                     ErrorKind::PermissionDenied => "check the user name and password",
+                    _ if tls.is_none() => {
+                        "check that Redis is running there and reachable, and whether it serves \
+                         TLS only (then use rediss://)"
+                    }
                     _ => "check that Redis is running there and reachable (and TLS settings match)",
                 };
                 return Err(err.context(format!("cannot connect to Redis at {address} ({hint})")));

@@ -130,6 +130,13 @@ async fn rediss_trusts_the_ca_file_and_refuses_a_wrong_ca_or_name() {
     )
     .await;
 
+    // Plain text to the TLS port: the hint names the TLS scheme.
+    let (r, took) = connect(&format!("redis://127.0.0.1:{port}")).await;
+    let e = r.expect_err("plain text to a TLS port");
+    eprintln!("redis:// to the TLS port, refused in {took:?}: {e}");
+    assert!(took < PROMPT, "took {took:?}: {e}");
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(e.message().contains("rediss://"), "{e}");
     // A CA file with no certificate in it is a configuration error, found before connecting.
     let empty = dir.write("empty.pem", "");
     let (r, _) = connect(&with_ca("127.0.0.1", &empty)).await;
