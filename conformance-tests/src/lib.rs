@@ -23,6 +23,8 @@ use futures::future::BoxFuture;
 use registry_core::{Backend, Result, Revision};
 
 pub mod engine;
+#[cfg(feature = "testbed")]
+pub mod pki;
 pub mod scenarios;
 pub mod support;
 #[cfg(feature = "testbed")]

@@ -417,6 +417,37 @@ pub fn shared_etcd() -> Option<String> {
     })
 }
 
+/// TLS for a test server: its certificate and key (PEM, for example from
+/// [`TestCa::server_cert`](crate::pki::TestCa::server_cert)), copied into the container as
+/// [`ServerTls::CERT`] and [`ServerTls::KEY`]. Clients are not asked for a certificate.
+#[derive(Clone, Default)]
+pub struct ServerTls {
+    /// The server's certificate, PEM.
+    pub cert: String,
+    /// Its private key, PEM.
+    pub key: String,
+}
+
+impl ServerTls {
+    /// Where the certificate is in the container.
+    pub const CERT: &str = "/certs/server.pem";
+    /// Where the key is in the container.
+    pub const KEY: &str = "/certs/server-key.pem";
+
+    fn copy_into(&self, req: ContainerRequest<GenericImage>) -> ContainerRequest<GenericImage> {
+        req.with_copy_to(Self::CERT, self.cert.clone().into_bytes())
+            .with_copy_to(Self::KEY, self.key.clone().into_bytes())
+    }
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
 /// Options for one Redis container.
 #[derive(Clone, Debug, Default)]
 pub struct RedisOptions {
@@ -424,6 +455,8 @@ pub struct RedisOptions {
     pub host_port: Option<u16>,
     /// Extra `redis-server` arguments (`--requirepass`, `--user`, ...).
     pub extra_args: Vec<String>,
+    /// Serve TLS only (`--tls-port`, no plain-text port) with this certificate.
+    pub tls: Option<ServerTls>,
 }
 
 /// A running Redis container.
@@ -460,10 +493,38 @@ pub async fn start_redis(opts: RedisOptions) -> Result<Redis, String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if opts.tls.is_some() {
+        // Debian's redis-server is built with TLS (it links libssl, which the image carries).
+        let plain = cmd.iter().position(|a| a == "--port").expect("--port") + 1;
+        cmd[plain] = "0".into();
+        cmd.extend(
+            [
+                "--tls-port",
+                "6379",
+                "--tls-cert-file",
+                ServerTls::CERT,
+                "--tls-key-file",
+                ServerTls::KEY,
+                "--tls-auth-clients",
+                "no",
+            ]
+            .map(String::from),
+        );
+    }
     cmd.extend(opts.extra_args.iter().cloned());
     let ready = WaitFor::message_on_stdout("Ready to accept connections");
-    let (container, endpoint) =
-        start_container(ServerKind::Redis, cmd, 6379, ready, opts.host_port, |r| r).await?;
+    let (container, endpoint) = start_container(
+        ServerKind::Redis,
+        cmd,
+        6379,
+        ready,
+        opts.host_port,
+        |r| match &opts.tls {
+            Some(tls) => tls.copy_into(r),
+            None => r,
+        },
+    )
+    .await?;
     Ok(Redis {
         container,
         endpoint,
@@ -486,13 +547,15 @@ pub struct ConsulOptions {
     pub host_port: Option<u16>,
     /// Extra agent arguments (`-hcl ...` for ACLs).
     pub extra_args: Vec<String>,
+    /// Serve the HTTP API over HTTPS (port 8501, the endpoint then) with this certificate.
+    pub tls: Option<ServerTls>,
 }
 
 /// A running Consul container.
 pub struct Consul {
     /// The container (dropping it removes it).
     pub container: ContainerAsync<GenericImage>,
-    /// `127.0.0.1:port` of the HTTP API.
+    /// `127.0.0.1:port` of the HTTP API (HTTPS with [`ConsulOptions::tls`]).
     pub endpoint: String,
 }
 
@@ -518,10 +581,31 @@ pub async fn start_consul(opts: ConsulOptions) -> Result<Consul, String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if opts.tls.is_some() {
+        for hcl in [
+            "ports { https = 8501 }".to_owned(),
+            format!("cert_file = \"{}\"", ServerTls::CERT),
+            format!("key_file = \"{}\"", ServerTls::KEY),
+            "verify_incoming = false".to_owned(),
+        ] {
+            cmd.extend(["-hcl".to_owned(), hcl]);
+        }
+    }
     cmd.extend(opts.extra_args.iter().cloned());
     let ready = WaitFor::message_on_stdout("Synced node info");
-    let (container, endpoint) =
-        start_container(ServerKind::Consul, cmd, 8500, ready, opts.host_port, |r| r).await?;
+    let port = if opts.tls.is_some() { 8501 } else { 8500 };
+    let (container, endpoint) = start_container(
+        ServerKind::Consul,
+        cmd,
+        port,
+        ready,
+        opts.host_port,
+        |r| match &opts.tls {
+            Some(tls) => tls.copy_into(r),
+            None => r,
+        },
+    )
+    .await?;
     Ok(Consul {
         container,
         endpoint,

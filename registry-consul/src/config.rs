@@ -234,9 +234,13 @@ impl ConsulBuilder {
             )));
         }
         let ca = match &self.ca {
-            Some(p) => Some(std::fs::read(p).map_err(|e| {
-                Error::invalid(format!("cannot read the CA file {}", p.display())).with_source(e)
-            })?),
+            Some(p) => Some((
+                format!("the CA file {}", p.display()),
+                std::fs::read(p).map_err(|e| {
+                    Error::invalid(format!("cannot read the CA file {}", p.display()))
+                        .with_source(e)
+                })?,
+            )),
             None => None,
         };
         Http::new(

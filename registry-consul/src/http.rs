@@ -23,6 +23,17 @@ impl Answer {
     }
 }
 
+/// Whether a failed request may be sent again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retry {
+    /// It never reached the agent: sending it again is always safe.
+    NeverSent,
+    /// It may have had an effect: only a GET is sent again, and only on unavailability.
+    IfIdempotent,
+    /// Sending it again cannot help: a failed TLS handshake fails again.
+    Never,
+}
+
 pub(crate) struct Http {
     client: rs_consul::HttpsClient,
     base: String,
@@ -30,6 +41,8 @@ pub(crate) struct Http {
     /// `dc=...&ns=...` (may be empty), appended to every query.
     scope: String,
     pub(crate) address: String,
+    /// What an HTTPS connection trusts, for the message of a failed handshake (`None` for HTTP).
+    trusted: Option<String>,
 }
 
 impl Http {
@@ -38,20 +51,28 @@ impl Http {
         token: Option<String>,
         datacenter: Option<String>,
         namespace: Option<String>,
-        ca_pem: Option<Vec<u8>>,
+        ca: Option<(String, Vec<u8>)>,
     ) -> Result<Http> {
+        let trusted = base.starts_with("https://").then(|| match &ca {
+            Some((what, _)) => what.clone(),
+            None => "the built-in Mozilla roots (no CA file was given)".to_owned(),
+        });
         let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        let builder = match ca_pem {
-            Some(pem) => {
+        let builder = match ca {
+            Some((what, pem)) => {
                 use rustls::pki_types::{CertificateDer, pem::PemObject};
                 let mut roots = rustls::RootCertStore::empty();
                 for cert in CertificateDer::pem_slice_iter(&pem) {
-                    let cert = cert.map_err(|e| {
-                        Error::invalid(format!("the Consul CA file is not valid PEM: {e}"))
-                    })?;
+                    let cert =
+                        cert.map_err(|e| Error::invalid(format!("{what} is not valid PEM: {e}")))?;
                     roots.add(cert).map_err(|e| {
-                        Error::invalid(format!("the Consul CA certificate is not usable: {e}"))
+                        Error::invalid(format!("the certificate in {what} is not usable: {e}"))
                     })?;
+                }
+                if roots.is_empty() {
+                    return Err(Error::invalid(format!(
+                        "{what} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+                    )));
                 }
                 let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
                     rustls::crypto::ring::default_provider(),
@@ -86,6 +107,7 @@ impl Http {
             token,
             scope: scope.join("&"),
             address,
+            trusted,
         })
     }
 
@@ -95,6 +117,7 @@ impl Http {
     ///
     /// A request that never connected is retried (it had no effect); a GET also on any
     /// unavailability (a 500 "No cluster leader" during an election, a restart), until `timeout`.
+    /// A failed TLS handshake is not retried: it would fail the same way.
     pub(crate) async fn call(
         &self,
         method: Method,
@@ -112,9 +135,14 @@ impl Http {
                 .await
             {
                 Ok(a) => return Ok(a),
-                Err((e, never_connected)) => {
-                    let retry = never_connected
-                        || (method == Method::GET && e.kind() == ErrorKind::Unavailable);
+                Err((e, again)) => {
+                    let retry = match again {
+                        Retry::NeverSent => true,
+                        Retry::IfIdempotent => {
+                            method == Method::GET && e.kind() == ErrorKind::Unavailable
+                        }
+                        Retry::Never => false,
+                    };
                     if !retry || tokio::time::Instant::now() + pause >= deadline {
                         return Err(e);
                     }
@@ -133,7 +161,7 @@ impl Http {
         query: &str,
         body: Option<Vec<u8>>,
         timeout: Duration,
-    ) -> std::result::Result<Answer, (Error, bool)> {
+    ) -> std::result::Result<Answer, (Error, Retry)> {
         let mut q = query.to_owned();
         if !self.scope.is_empty() {
             if !q.is_empty() {
@@ -157,21 +185,37 @@ impl Http {
         let req = req.body(body).map_err(|e| {
             (
                 Error::invalid(format!("bad Consul request {path}: {e}")),
-                false,
+                Retry::IfIdempotent,
             )
         })?;
         let what = format!("consul {method} {path}");
         let resp = match tokio::time::timeout(timeout, self.client.request(req)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                let never_connected = e.is_connect();
+                // A failed TLS handshake says so, and is not retried: it would fail again.
+                if let Some(t) = self
+                    .trusted
+                    .as_deref()
+                    .and_then(|trusted| registry_core::tls::tls_failure(&e, trusted))
+                {
+                    return Err((
+                        t.context(format!("{what} at {}", self.address))
+                            .with_source(e),
+                        Retry::Never,
+                    ));
+                }
+                let again = if e.is_connect() {
+                    Retry::NeverSent
+                } else {
+                    Retry::IfIdempotent
+                };
                 return Err((
                     Error::unavailable(format!(
                         "{what}: cannot reach the Consul agent at {} (check that it is running there and reachable)",
                         self.address
                     ))
                     .with_source(e),
-                    never_connected,
+                    again,
                 ));
             }
             Err(_) => {
@@ -180,7 +224,7 @@ impl Http {
                         ErrorKind::Timeout,
                         format!("{what}: no answer from {} within {timeout:?}", self.address),
                     ),
-                    false,
+                    Retry::IfIdempotent,
                 ));
             }
         };
@@ -195,11 +239,11 @@ impl Http {
             Ok(Err(source)) => {
                 let e = Error::unavailable(format!("{what}: reading the answer failed"))
                     .with_source(source);
-                return Err((e, false));
+                return Err((e, Retry::IfIdempotent));
             }
             Err(_) => {
                 let e = Error::new(ErrorKind::Timeout, format!("{what}: answer too slow"));
-                return Err((e, false));
+                return Err((e, Retry::IfIdempotent));
             }
         };
         let answer = Answer {
@@ -207,16 +251,28 @@ impl Http {
             index,
             body,
         };
+        // Go's HTTPS server answers a plain-HTTP request so.
+        if status == StatusCode::BAD_REQUEST
+            && self.trusted.is_none()
+            && answer.text().contains("HTTP request to an HTTPS server")
+        {
+            let e = Error::unavailable(format!(
+                "{what}: TLS: the agent at {} serves HTTPS on this port: use consuls:// (with \
+                 ca=PATH for a private CA)",
+                self.address
+            ));
+            return Err((e, Retry::Never));
+        }
         if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED {
             let e = Error::new(
                 ErrorKind::PermissionDenied,
                 format!("{what}: {} (check the ACL token)", answer.text()),
             );
-            return Err((e, false));
+            return Err((e, Retry::IfIdempotent));
         }
         if status.is_server_error() {
             let e = Error::unavailable(format!("{what}: {status} {}", answer.text()));
-            return Err((e, false));
+            return Err((e, Retry::IfIdempotent));
         }
         Ok(answer)
     }

@@ -7,6 +7,8 @@ pub mod error;
 pub mod key;
 pub mod lease;
 pub mod redact;
+#[cfg(feature = "rustls")]
+pub mod tls;
 pub mod watch;
 
 pub use backend::{Backend, Capabilities, Revision};

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use etcd_client::{
-    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, LeaseKeepAliveStream,
-    LeaseKeeper, PutOptions, TlsOptions, WatchOptions,
+    Client, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
+    WatchOptions,
 };
 use futures::{StreamExt, stream};
 use registry_core::{
@@ -100,40 +100,35 @@ impl EtcdBackend {
         if let Some((user, password)) = &b.user {
             opts = opts.with_user(user.clone(), password.clone());
         }
+        // What the client trusts, for the message of a failed handshake.
+        let mut trusted = None;
         if let Some(tls) = &b.tls {
-            let mut t = TlsOptions::new();
-            if let Some(ca) = &tls.ca {
-                t = t.ca_certificate(Certificate::from_pem(ca.read("CA certificate")?));
-            }
-            match (&tls.cert, &tls.key) {
-                (Some(cert), Some(key)) => {
-                    t = t.identity(Identity::from_pem(
-                        cert.read("client certificate")?,
-                        key.read("client key")?,
-                    ));
-                }
-                (None, None) => {}
-                _ => {
-                    return Err(Error::invalid(
-                        "a client certificate needs both the certificate and its key",
-                    ));
-                }
-            }
-            if let Some(d) = &tls.domain {
-                t = t.domain_name(d.clone());
-            }
+            let (t, roots) = crate::tls::options(tls, b.connect_timeout)?;
             opts = opts.with_tls(t);
+            trusted = Some(roots.describe());
         }
         let where_ = b.endpoints.join(",");
+        // A failed handshake says TLS and what to check, with what this client trusts.
+        let tls_failure = |e: &etcd_client::Error| {
+            let t = crate::tls::failure(e, trusted.as_deref()?)?;
+            Some(t.context(format!("cannot connect to etcd at {where_}")))
+        };
         let connecting = Client::connect(urls, Some(opts));
         let client = match tokio::time::timeout(b.connect_timeout + b.request_timeout, connecting)
             .await
         {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
+                if let Some(t) = tls_failure(&e) {
+                    return Err(t.with_source(e));
+                }
                 let err = map(e, "connect");
                 let hint = match err.kind() {
                     ErrorKind::PermissionDenied => "check the user name and password",
+                    _ if trusted.is_none() => {
+                        "check that etcd is running there and reachable, and whether it serves \
+                         TLS (then use etcds://)"
+                    }
                     _ => "check that etcd is running there and reachable (and TLS settings match)",
                 };
                 return Err(err.context(format!("cannot connect to etcd at {where_} ({hint})")));
@@ -174,9 +169,16 @@ impl EtcdBackend {
         };
         // Fail now, not at the first operation, when nothing answers (the client connects lazily).
         backend.inner.client.clone().status().await.map_err(|e| {
+            if let Some(t) = tls_failure(&e) {
+                return t.with_source(e);
+            }
             let err = map(e, "status");
             let hint = match err.kind() {
                 ErrorKind::PermissionDenied => "check the user name and password",
+                _ if trusted.is_none() => {
+                    "check that etcd is running there and reachable, and whether it serves TLS \
+                     (then use etcds://)"
+                }
                 _ => "check that etcd is running there and reachable",
             };
             err.context(format!("cannot reach etcd at {where_} ({hint})"))

@@ -5,6 +5,10 @@ use registry_core::{Error, ErrorKind};
 /// Classifies an etcd-client error. `what` names the operation, for the message.
 pub(crate) fn map(e: etcd_client::Error, what: &str) -> Error {
     use etcd_client::Error as E;
+    // A failed TLS handshake (a reconnect to a member whose certificate changed) says so.
+    if let Some(t) = crate::tls::failure(&e, "the roots this client trusts") {
+        return t.context(format!("etcd {what}")).with_source(e);
+    }
     let (kind, msg) = match &e {
         E::GRpcStatus(status) => {
             let m = status.message().to_owned();

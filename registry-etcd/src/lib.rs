@@ -3,6 +3,7 @@
 mod backend;
 mod config;
 mod error;
+mod tls;
 
 pub use backend::EtcdBackend;
 pub use config::EtcdBuilder;

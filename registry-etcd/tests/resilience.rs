@@ -365,7 +365,11 @@ async fn tls_and_authentication() {
         .request_timeout(Duration::from_secs(3))
         .connect()
         .await;
-    assert!(no_cert.is_err(), "connected without a client certificate");
+    let e = no_cert.expect_err("connected without a client certificate");
+    eprintln!("without a client certificate: {e}");
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    assert!(e.message().contains("TLS: "), "{e}");
+    assert!(e.message().contains("client certificate"), "{e}");
 
     // Without the CA the server's certificate is not trusted.
     let untrusted = EtcdBuilder::from_url(&format!("etcds://{}", etcd.endpoint))
@@ -374,10 +378,8 @@ async fn tls_and_authentication() {
         .request_timeout(Duration::from_secs(3))
         .connect()
         .await;
-    assert!(
-        untrusted.is_err(),
-        "connected over TLS without trusting the CA"
-    );
+    let e = untrusted.expect_err("connected over TLS without trusting the CA");
+    assert!(e.message().contains("TLS: "), "{e}");
 
     // Set up a root user and turn authentication on.
     let admin = tls()

@@ -178,19 +178,39 @@ impl RedisBackend {
         {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
+                // A failed handshake says TLS and what to check, with what this client trusts.
+                let tls = b.trusted();
+                if let Some(t) = tls
+                    .as_deref()
+                    .and_then(|trusted| registry_core::tls::tls_failure(&e, trusted))
+                {
+                    let t = t.context(format!("cannot connect to Redis at {address}"));
+                    return Err(t.with_source(e));
+                }
                 let err = map(e, "connect");
                 let hint = match err.kind() {
                     ErrorKind::PermissionDenied => "check the user name and password",
+                    _ if tls.is_none() => {
+                        "check that Redis is running there and reachable, and whether it serves \
+                         TLS only (then use rediss://)"
+                    }
                     _ => "check that Redis is running there and reachable (and TLS settings match)",
                 };
                 return Err(err.context(format!("cannot connect to Redis at {address} ({hint})")));
             }
             Err(_) => {
+                // A server that does not speak TLS waits for more of the handshake, forever.
+                let tls_hint = if b.trusted().is_some() {
+                    "; TLS is on (rediss://): a server that does not speak TLS never answers the \
+                     handshake, so check that this is its TLS port"
+                } else {
+                    ""
+                };
                 return Err(Error::new(
                     ErrorKind::Timeout,
                     format!(
-                        "cannot connect to Redis at {address}: no answer within {:?}",
-                        b.connect_timeout
+                        "cannot connect to Redis at {address}: no answer within {:?}{tls_hint}",
+                        b.connect_timeout + b.request_timeout
                     ),
                 ));
             }

@@ -344,7 +344,11 @@ impl RedisBuilder {
             let root_cert = self
                 .ca
                 .as_ref()
-                .map(|p| read(p, "CA certificate"))
+                .map(|p| {
+                    let pem = read(p, "CA certificate")?;
+                    check_ca(&pem, p)?;
+                    Ok::<_, Error>(pem)
+                })
                 .transpose()?;
             let client_tls = match &self.client_cert {
                 Some((c, k)) => Some(redis::ClientTlsConfig {
@@ -367,11 +371,45 @@ impl RedisBuilder {
         Ok((client, address))
     }
 
+    /// What a TLS connection trusts, for the message of a failed handshake (`None` without TLS).
+    pub(crate) fn trusted(&self) -> Option<String> {
+        if !self.tls {
+            return None;
+        }
+        Some(match &self.ca {
+            Some(p) => format!("the CA file {}", p.display()),
+            None => "the system's trust store (no CA file was given)".to_owned(),
+        })
+    }
+
     /// Connects, authenticates and starts this client's expiry reaper (on the current tokio
     /// runtime). Refused credentials are `PermissionDenied`; an unreachable server is `Unavailable`.
     pub async fn connect(self) -> Result<RedisBackend> {
         RedisBackend::connect(self).await
     }
+}
+
+/// Refuses a CA file that is not PEM or holds no certificate: it would trust nothing, and every
+/// handshake would fail with a less telling error.
+fn check_ca(pem: &[u8], path: &std::path::Path) -> Result<()> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let mut n = 0;
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        cert.map_err(|e| {
+            Error::invalid(format!(
+                "the CA file {} is not valid PEM: {e}",
+                path.display()
+            ))
+        })?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err(Error::invalid(format!(
+            "the CA file {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

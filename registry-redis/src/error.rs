@@ -5,6 +5,10 @@ use registry_core::{Error, ErrorKind};
 
 /// Classifies a Redis error. `what` names the operation, for the message.
 pub(crate) fn map(e: RedisError, what: &str) -> Error {
+    // A failed TLS handshake (a reconnect to a server whose certificate changed) says so.
+    if let Some(t) = registry_core::tls::tls_failure(&e, "the roots this client trusts") {
+        return t.context(format!("redis {what}")).with_source(e);
+    }
     let code = e.code().unwrap_or("");
     let kind = match code {
         "LEASE_NOT_FOUND" => ErrorKind::LeaseNotFound,
