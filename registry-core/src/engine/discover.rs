@@ -18,7 +18,7 @@ use super::directory::Directory;
 use super::instance::{Instance, Layout};
 use super::probe::{self, ProbeOptions};
 use crate::backend::{Backend, Revision};
-use crate::config::{MAX_DURATION, check_duration, check_max_duration};
+use crate::config::{check_duration, check_max_duration};
 use crate::error::{Error, ErrorKind, Result};
 use crate::watch::{Event, EventKind, KeyValue};
 
@@ -60,8 +60,8 @@ impl DiscoveryOptions {
     }
 
     /// Poll mode (Pulse's): list every `interval` instead of watching. For parity, and for backends
-    /// whose watch is disabled. The interval must be positive and at most [`MAX_DURATION`]: the
-    /// discovery refuses to start otherwise.
+    /// whose watch is disabled. The interval must be positive and at most
+    /// [`MAX_DURATION`](crate::config::MAX_DURATION): the discovery refuses to start otherwise.
     pub fn poll(mut self, interval: Duration) -> Self {
         self.poll = Some(interval);
         self
@@ -88,7 +88,7 @@ impl DiscoveryOptions {
 
     /// Checks every duration: the poll and probe intervals and the timeout must be positive (a
     /// zero interval would spin, or panic in `tokio::time::interval`), and every one at most
-    /// [`MAX_DURATION`].
+    /// [`MAX_DURATION`](crate::config::MAX_DURATION).
     fn validate(&self) -> Result<()> {
         if let Some(poll) = self.poll {
             check_duration("discovery poll interval", poll)?;

@@ -20,7 +20,7 @@ use super::directory::Directory;
 use super::discover::{Discovery, DiscoveryOptions, Scope};
 use super::instance::{Instance, InstanceState, Layout};
 use crate::backend::Backend;
-use crate::config::{MAX_DURATION, check_duration, check_max_duration};
+use crate::config::{check_duration, check_max_duration};
 use crate::error::{Error, ErrorKind, Result};
 use crate::lease::{Lease, LeaseId};
 
@@ -107,8 +107,9 @@ impl Default for LeaseOptions {
 }
 
 impl LeaseOptions {
-    /// Checks the options against the backend's declared limits (and [`MAX_DURATION`], whatever
-    /// the backend declares, so that no deadline computed from them can overflow).
+    /// Checks the options against the backend's declared limits (and
+    /// [`MAX_DURATION`](crate::config::MAX_DURATION), whatever the backend declares, so that no
+    /// deadline computed from them can overflow).
     fn validate(&self, backend: &dyn Backend) -> Result<()> {
         check_duration("TTL", self.ttl)?;
         check_duration("heartbeat", self.heartbeat)?;
@@ -265,8 +266,8 @@ impl RegistryBuilder {
 
     /// Validates the options against the backend's capabilities and builds the registry. A TTL
     /// below the backend's minimum is an error naming both; so is a heartbeat not shorter than the
-    /// TTL. Every duration must be at most [`MAX_DURATION`], and the operation timeout positive
-    /// ([`InvalidInput`](ErrorKind::InvalidInput) otherwise).
+    /// TTL. Every duration must be at most [`MAX_DURATION`](crate::config::MAX_DURATION), and the
+    /// operation timeout positive ([`InvalidInput`](ErrorKind::InvalidInput) otherwise).
     pub fn build(self) -> Result<Registry> {
         let layout = Layout::new(&self.namespace)?;
         self.lease.validate(&*self.backend)?;
@@ -1086,6 +1087,7 @@ mod tests {
 
     use super::*;
     use crate::backend::Capabilities;
+    use crate::config::MAX_DURATION;
     use crate::engine::{DiscoveryOptions, ProbeOptions, Scope};
     use crate::watch::{KeyValue, Listing, WatchStream};
 
