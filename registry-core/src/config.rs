@@ -31,9 +31,9 @@ pub enum DurationError {
 impl fmt::Display for DurationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DurationError::Malformed => {
-                f.write_str("is not a duration; use e.g. 500ms, 2s, 1.5s, 2m, 1h or 15 (seconds)")
-            }
+            DurationError::Malformed => f.write_str(
+                "is not a duration; use e.g. 500ms, 15s, 1.5s, 2m, 1h or a number of seconds",
+            ),
             DurationError::Negative => f.write_str("is negative; a duration must be 0 or more"),
             DurationError::NotFinite => f.write_str("is not a finite number"),
             DurationError::TooLarge => write!(
