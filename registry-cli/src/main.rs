@@ -76,10 +76,10 @@ enum Command {
     },
 }
 
-/// Parses `15s`, `500ms`, `2m`, or a number of seconds (for clap).
+/// Parses `15s`, `500ms`, `2m`, `1h`, or a number of seconds (for clap), saying why a value is
+/// refused (not a duration, negative, too large).
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    registry::config::parse_duration(s)
-        .ok_or_else(|| format!("`{s}` is not a duration; use e.g. 15s, 500ms or 2m"))
+    registry::config::try_parse_duration(s).map_err(|why| format!("`{s}` {why}"))
 }
 
 fn exit_code(e: &Error) -> u8 {
@@ -229,5 +229,29 @@ mod tests {
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    /// `--ttl 1e300s` panicked in `Duration::from_secs_f64`; it is now a usage error that says why.
+    #[test]
+    fn huge_and_nan_durations_are_usage_errors_that_say_why() {
+        let e = parse_duration("1e300s").unwrap_err();
+        assert!(e.contains("too large"), "{e}");
+        assert!(
+            parse_duration("18446744073709551615m")
+                .unwrap_err()
+                .contains("too large")
+        );
+        assert!(
+            parse_duration("NaN")
+                .unwrap_err()
+                .contains("not a finite number")
+        );
+        assert!(parse_duration("-1s").unwrap_err().contains("negative"));
+        assert!(parse_duration("soon").unwrap_err().contains("500ms"));
+        let parsed = Cli::try_parse_from([
+            "registry", "register", "web", "--id", "a", "--addr", "x:1", "--ttl", "1e300s",
+        ]);
+        let e = parsed.unwrap_err().to_string();
+        assert!(e.contains("too large"), "{e}");
     }
 }

@@ -12,6 +12,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use futures::stream;
 use hyper::{Method, StatusCode};
+use registry_core::config::check_duration;
 use registry_core::{
     Backend, Capabilities, Error, ErrorKind, Event, KeyValue, Lease, LeaseId, Listing, Result,
     Revision, WatchStream, key,
@@ -142,18 +143,11 @@ fn session_id(lease: &LeaseId) -> Result<&str> {
     }
 }
 
+/// A session TTL as the server returns it (`15s`; also `500ms`, `2m`, ...), at most
+/// [`MAX_DURATION`](registry_core::config::MAX_DURATION). `None` for anything else, including
+/// negative, `NaN` and huge values.
 fn parse_ttl(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if let Some(v) = s.strip_suffix("ms") {
-        return v.parse().ok().map(Duration::from_millis);
-    }
-    if let Some(v) = s.strip_suffix('s') {
-        return v.parse::<f64>().ok().map(Duration::from_secs_f64);
-    }
-    if let Some(v) = s.strip_suffix('m') {
-        return v.parse::<u64>().ok().map(|m| Duration::from_secs(m * 60));
-    }
-    None
+    registry_core::config::parse_duration(s)
 }
 
 impl ConsulBackend {
@@ -163,6 +157,11 @@ impl ConsulBackend {
     }
 
     pub(crate) async fn connect(b: ConsulBuilder) -> Result<ConsulBackend> {
+        // Positive and bounded: a zero poll interval would let a watch spin, and deadlines (sums
+        // of these) must not overflow.
+        check_duration("Consul request timeout", b.request_timeout)?;
+        check_duration("Consul blocking query wait", b.watch_wait)?;
+        check_duration("Consul minimum poll interval", b.min_poll_interval)?;
         let http = b.http()?;
         let caps = Capabilities::default()
             .with_min_ttl(Duration::from_secs(10))
@@ -665,7 +664,7 @@ impl Poller {
             // Consul does not say when a key vanished, only that it did after the previous answer:
             // deletes come first, just after what was delivered, so a reader that stops at a put of
             // this answer has seen every delete that may have preceded it.
-            last += 1;
+            last = last.saturating_add(1);
             for k in deleted {
                 self.buffer.push_back(Event::delete(k, last));
             }
@@ -686,5 +685,64 @@ impl Poller {
         self.backend.remember(&self.prefix, last, &self.base);
         self.backend.remember(&self.prefix, index, &self.base);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use registry_core::config::MAX_DURATION;
+
+    /// A TTL string from the server went through `Duration::from_secs_f64` (which panics on
+    /// negative, NaN and huge values) or `m * 60` (which overflows).
+    #[test]
+    fn session_ttls_from_the_server_never_panic() {
+        assert_eq!(parse_ttl("15s"), Some(Duration::from_secs(15)));
+        assert_eq!(parse_ttl("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_ttl("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_ttl("2m"), Some(Duration::from_secs(120)));
+        for hostile in [
+            "1e300s",
+            "-1s",
+            "NaNs",
+            "infs",
+            "307445734561825861m",
+            "18446744073709551615m",
+            "",
+            "s",
+            "fifteen seconds",
+        ] {
+            assert_eq!(parse_ttl(hostile), None, "{hostile}");
+        }
+        assert_eq!(parse_ttl("315360000s"), Some(MAX_DURATION));
+    }
+
+    /// `Duration::MAX` timeouts panicked in deadline arithmetic, and a zero minimum poll interval
+    /// let a watch spin.
+    #[tokio::test]
+    async fn out_of_range_durations_are_refused_before_connecting() {
+        for (b, what) in [
+            (
+                ConsulBuilder::new().request_timeout(Duration::MAX),
+                "request timeout",
+            ),
+            (
+                ConsulBuilder::new().request_timeout(Duration::ZERO),
+                "request timeout",
+            ),
+            (ConsulBuilder::new().watch_wait(Duration::MAX), "wait"),
+            (
+                ConsulBuilder::new().min_poll_interval(Duration::ZERO),
+                "poll interval",
+            ),
+            (
+                ConsulBuilder::new().min_poll_interval(Duration::MAX),
+                "poll interval",
+            ),
+        ] {
+            let e = b.connect().await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+            assert!(e.message().contains(what), "{what}: {e}");
+        }
     }
 }

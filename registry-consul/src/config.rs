@@ -53,7 +53,7 @@ impl fmt::Debug for ConsulBuilder {
     }
 }
 
-use registry_core::config::parse_duration;
+use registry_core::config::try_parse_duration;
 
 impl Default for ConsulBuilder {
     fn default() -> Self {
@@ -115,10 +115,8 @@ impl ConsulBuilder {
                 "ns" => b.consul_namespace(v),
                 "ca" => b.ca_file(v),
                 "min_poll" => {
-                    let d = parse_duration(v).ok_or_else(|| {
-                        Error::invalid(format!(
-                            "Consul URL option min_poll: `{v}` is not a duration like 100ms"
-                        ))
+                    let d = try_parse_duration(v).map_err(|why| {
+                        Error::invalid(format!("Consul URL option min_poll: `{v}` {why}"))
                     })?;
                     b.min_poll_interval(d)
                 }

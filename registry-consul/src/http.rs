@@ -126,7 +126,10 @@ impl Http {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<Answer> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + registry_core::config::MAX_DURATION);
         let mut pause = Duration::from_millis(25);
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -63,8 +63,12 @@ pub(crate) fn decode(enc: &str) -> Option<String> {
         let mut j = 0;
         while j < b.len() {
             if b[j] == b'~' {
-                let hex = std::str::from_utf8(b.get(j + 1..j + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                let pair = b.get(j + 1..j + 3)?;
+                // Exactly two hex digits (`from_str_radix` would also take a sign, `~+F`).
+                if !pair.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?);
                 j += 3;
             } else if safe(b[j]) {
                 out.push(b[j]);
@@ -105,6 +109,18 @@ mod tests {
             );
             assert_eq!(decode(&e).as_deref(), Some(k), "{k:?} -> {e:?}");
         }
+    }
+
+    #[test]
+    fn foreign_keys_that_are_not_our_encoding_are_refused() {
+        for foreign in ["~+F", "~-1", "~4", "~", "a//b", "a b", "~zz", "x~4\u{e9}"] {
+            let d = decode(foreign);
+            assert!(
+                d.is_none() || d.as_deref().map(encode).as_deref() == Some(foreign),
+                "{foreign:?} -> {d:?}"
+            );
+        }
+        assert_eq!(decode("~+F"), None);
     }
 
     #[test]

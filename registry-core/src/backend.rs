@@ -104,9 +104,14 @@ impl Capabilities {
     }
 
     /// How late after `ttl` a lease's keys may still be visible: the fixed slack plus the
-    /// TTL-proportional part.
+    /// TTL-proportional part (saturating at `Duration::MAX` rather than overflowing).
     pub fn expiry_slack_for(&self, ttl: Duration) -> Duration {
-        self.expiry_slack + ttl * self.expiry_slack_ttl_percent / 100
+        let proportional = ttl.as_nanos() * u128::from(self.expiry_slack_ttl_percent) / 100;
+        let proportional = Duration::new(
+            u64::try_from(proportional / 1_000_000_000).unwrap_or(u64::MAX),
+            (proportional % 1_000_000_000) as u32,
+        );
+        self.expiry_slack.saturating_add(proportional)
     }
 
     /// Sets [`max_key_len`](Self::max_key_len).
@@ -240,5 +245,29 @@ mod tests {
         );
         assert_eq!(caps.grant_ttl(Duration::ZERO), None);
         assert_eq!(caps.grant_ttl(Duration::from_secs(101)), None);
+    }
+
+    /// `ttl * percent` overflowed (a panic) for long TTLs before it saturated.
+    #[test]
+    fn expiry_slack_saturates() {
+        let caps = Capabilities::default()
+            .with_expiry_slack(Duration::from_secs(2))
+            .with_expiry_slack_ttl_percent(100);
+        assert_eq!(
+            caps.expiry_slack_for(Duration::from_secs(15)),
+            Duration::from_secs(17)
+        );
+        assert_eq!(
+            caps.clone()
+                .with_expiry_slack_ttl_percent(50)
+                .expiry_slack_for(Duration::from_millis(15_001)),
+            Duration::from_micros(9_500_500)
+        );
+        assert_eq!(caps.expiry_slack_for(Duration::MAX), Duration::MAX);
+        let caps = caps.with_expiry_slack_ttl_percent(u32::MAX);
+        assert_eq!(
+            caps.expiry_slack_for(Duration::from_secs(u64::MAX / 2)),
+            Duration::MAX
+        );
     }
 }

@@ -12,6 +12,7 @@ use etcd_client::{
     WatchOptions,
 };
 use futures::{StreamExt, stream};
+use registry_core::config::{check_duration, clamp_duration};
 use registry_core::{
     Backend, Capabilities, Error, ErrorKind, Event, KeyValue, Lease, LeaseId, Listing, Result,
     Revision, WatchStream, key,
@@ -64,6 +65,13 @@ fn is_connect_error(e: &etcd_client::Error) -> bool {
     lower.contains("connect error") || lower.contains("connection refused")
 }
 
+/// The etcd start revision of a watch delivering what follows `after`. A revision beyond etcd's
+/// `i64` range (one the caller made up, or a server's negative revision read as `u64`) waits
+/// for the last possible revision instead of overflowing.
+fn start_revision(after: Revision) -> i64 {
+    i64::try_from(after).map_or(i64::MAX, |a| a.saturating_add(1))
+}
+
 fn parse_lease(id: &LeaseId) -> Result<i64> {
     id.as_str()
         .parse()
@@ -80,6 +88,9 @@ impl EtcdBackend {
         if b.endpoints.is_empty() {
             return Err(Error::invalid("no etcd endpoint given"));
         }
+        // Positive and bounded, so that deadlines (and their sum below) cannot overflow.
+        check_duration("etcd connect timeout", b.connect_timeout)?;
+        check_duration("etcd request timeout", b.request_timeout)?;
         let scheme = if b.tls.is_some() { "https" } else { "http" };
         let urls: Vec<String> = b
             .endpoints
@@ -310,7 +321,7 @@ impl Backend for EtcdBackend {
             .await?;
         Ok(Lease {
             id: LeaseId::new(resp.id().to_string()),
-            ttl: Duration::from_secs(resp.ttl().max(secs) as u64),
+            ttl: clamp_duration(Duration::from_secs(resp.ttl().max(secs) as u64)),
         })
     }
 
@@ -360,7 +371,9 @@ impl Backend for EtcdBackend {
             }
         };
         match result {
-            Ok(Some(resp)) if resp.ttl() > 0 => Ok(Duration::from_secs(resp.ttl() as u64)),
+            Ok(Some(resp)) if resp.ttl() > 0 => {
+                Ok(clamp_duration(Duration::from_secs(resp.ttl() as u64)))
+            }
             Ok(Some(_)) => {
                 self.drop_keeper(id);
                 Err(Error::lease_not_found(format!(
@@ -463,7 +476,7 @@ impl Backend for EtcdBackend {
         let start = if start.is_empty() { vec![0] } else { start };
         let opts = WatchOptions::new()
             .with_range(end)
-            .with_start_revision(after as i64 + 1)
+            .with_start_revision(start_revision(after))
             .with_progress_notify();
         let stream = self
             .call("watch", true, |mut c| {
@@ -528,6 +541,35 @@ impl WatchState {
             };
             self.done = true;
             return Some((Err(failure), self));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `after as i64 + 1` overflowed (a panic in debug builds) for revisions from `i64::MAX` up.
+    #[test]
+    fn watch_start_revision_never_overflows() {
+        assert_eq!(start_revision(0), 1);
+        assert_eq!(start_revision(41), 42);
+        assert_eq!(start_revision(i64::MAX as u64), i64::MAX);
+        assert_eq!(start_revision(u64::MAX), i64::MAX);
+    }
+
+    /// A request timeout of `Duration::MAX` panicked in `connect_timeout + request_timeout`.
+    #[tokio::test]
+    async fn out_of_range_timeouts_are_refused_before_connecting() {
+        for b in [
+            EtcdBuilder::new().request_timeout(Duration::MAX),
+            EtcdBuilder::new().connect_timeout(Duration::MAX),
+            EtcdBuilder::new().request_timeout(Duration::ZERO),
+            EtcdBuilder::new().connect_timeout(Duration::ZERO),
+        ] {
+            let e = b.connect().await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+            assert!(e.message().contains("timeout"), "{e}");
         }
     }
 }

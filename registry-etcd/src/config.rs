@@ -107,7 +107,7 @@ impl Default for EtcdBuilder {
     }
 }
 
-use registry_core::config::parse_duration;
+use registry_core::config::try_parse_duration;
 
 fn percent_decode(s: &str) -> String {
     fn hex(b: u8) -> Option<u8> {
@@ -216,10 +216,8 @@ impl EtcdBuilder {
                     b
                 }
                 "timeout" | "connect_timeout" => {
-                    let d = parse_duration(&v).ok_or_else(|| {
-                        Error::invalid(format!(
-                            "etcd URL option `{k}`: `{v}` is not a duration like 5s"
-                        ))
+                    let d = try_parse_duration(&v).map_err(|why| {
+                        Error::invalid(format!("etcd URL option `{k}`: `{v}` {why}"))
                     })?;
                     if k == "timeout" {
                         b.request_timeout(d)
@@ -267,9 +265,8 @@ impl EtcdBuilder {
             ("REGISTRY_ETCD_CONNECT_TIMEOUT", true),
         ] {
             if let Some(v) = var(k) {
-                let d = parse_duration(&v).ok_or_else(|| {
-                    Error::invalid(format!("{k}: `{v}` is not a duration like 5s"))
-                })?;
+                let d = try_parse_duration(&v)
+                    .map_err(|why| Error::invalid(format!("{k}: `{v}` {why}")))?;
                 b = if conn {
                     b.connect_timeout(d)
                 } else {

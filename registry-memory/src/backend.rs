@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream;
+use registry_core::config::clamp_duration;
 use registry_core::{
     Backend, Capabilities, Error, Event, KeyValue, Lease, LeaseId, Listing, Result, Revision,
     WatchStream, key,
@@ -140,7 +141,12 @@ impl MemoryBackend {
         MemoryBuilder::new()
     }
 
-    pub(crate) fn from_parts(caps: Capabilities, history_limit: usize) -> Self {
+    pub(crate) fn from_parts(mut caps: Capabilities, history_limit: usize) -> Self {
+        // Whatever capabilities the user declared, a granted TTL stays within MAX_DURATION (about
+        // twice it after rounding up to the granularity), so lease deadlines cannot overflow.
+        caps.max_ttl = clamp_duration(caps.max_ttl);
+        caps.min_ttl = caps.min_ttl.min(caps.max_ttl);
+        caps.ttl_granularity = caps.ttl_granularity.min(caps.max_ttl);
         let (changed, _) = watch::channel(0);
         let (frozen, _) = watch::channel(false);
         MemoryBackend {
@@ -462,5 +468,35 @@ impl Cursor {
                 return None;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use registry_core::ErrorKind;
+    use registry_core::config::MAX_DURATION;
+
+    use super::*;
+
+    /// With capabilities declaring no TTL bound, `grant(Duration::MAX)` panicked in `now + ttl`;
+    /// so did any grant once the minimum TTL was `Duration::MAX`.
+    #[tokio::test]
+    async fn unbounded_declared_ttls_never_overflow_a_deadline() {
+        let caps = Capabilities::default()
+            .with_max_ttl(Duration::MAX)
+            .with_ttl_granularity(Duration::MAX);
+        let b = MemoryBuilder::new().capabilities(caps).build();
+        assert_eq!(b.capabilities().max_ttl, MAX_DURATION);
+        let e = b.grant(Duration::MAX).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        let lease = b.grant(MAX_DURATION).await.unwrap();
+        assert!(lease.ttl >= MAX_DURATION);
+        b.keep_alive(&lease.id).await.unwrap();
+        b.put("k", Bytes::new(), Some(&lease.id)).await.unwrap();
+
+        let b = MemoryBuilder::new().min_ttl(Duration::MAX).build();
+        let lease = b.grant(Duration::from_secs(1)).await.unwrap();
+        assert_eq!(lease.ttl, b.capabilities().max_ttl);
+        b.keep_alive(&lease.id).await.unwrap();
     }
 }

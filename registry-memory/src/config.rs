@@ -91,13 +91,15 @@ impl MemoryBuilder {
         self
     }
 
-    /// The shortest TTL granted (shorter requests are raised to it).
+    /// The shortest TTL granted (shorter requests are raised to it; at most the maximum TTL).
     pub fn min_ttl(mut self, ttl: Duration) -> Self {
         self.caps.min_ttl = ttl;
         self
     }
 
-    /// Replaces the declared capabilities wholesale.
+    /// Replaces the declared capabilities wholesale. The maximum TTL is capped at
+    /// [`MAX_DURATION`](registry_core::config::MAX_DURATION), and the minimum TTL and the
+    /// granularity at the maximum TTL, so that no lease deadline can overflow.
     pub fn capabilities(mut self, caps: Capabilities) -> Self {
         self.caps = caps;
         self

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
+use registry_core::config::MAX_DURATION;
 use registry_core::{Error, Event, KeyValue, LeaseId, Listing, Result, Revision, key};
 use tokio::time::Instant;
 
@@ -94,7 +95,7 @@ impl State {
     }
 
     pub(crate) fn grant(&mut self, id: u64, ttl: Duration, now: Instant) {
-        let deadline = now + ttl;
+        let deadline = deadline_after(now, ttl);
         self.leases.insert(
             id,
             LeaseState {
@@ -111,7 +112,7 @@ impl State {
             Error::lease_not_found(format!("lease {id} has expired or was revoked"))
         })?;
         self.deadlines.remove(&(lease.deadline, id));
-        lease.deadline = now + lease.ttl;
+        lease.deadline = deadline_after(now, lease.ttl);
         self.deadlines.insert((lease.deadline, id));
         Ok(lease.ttl)
     }
@@ -238,6 +239,14 @@ impl State {
         }
         Ok(last)
     }
+}
+
+/// `now + ttl`, or `now +` [`MAX_DURATION`] if that would overflow (a TTL that long never expires
+/// in practice either way).
+fn deadline_after(now: Instant, ttl: Duration) -> Instant {
+    now.checked_add(ttl)
+        .or_else(|| now.checked_add(MAX_DURATION))
+        .unwrap_or(now)
 }
 
 fn to_kv(k: &str, e: &Entry) -> KeyValue {

@@ -11,6 +11,7 @@ use futures::stream;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, AsyncConnectionConfig, Client, Script, Value};
+use registry_core::config::{check_duration, clamp_duration};
 use registry_core::{
     Backend, Capabilities, Error, ErrorKind, Event, KeyValue, Lease, LeaseId, Listing, Result,
     Revision, WatchStream, key,
@@ -165,6 +166,10 @@ impl RedisBackend {
     }
 
     pub(crate) async fn connect(b: RedisBuilder) -> Result<RedisBackend> {
+        // Positive and bounded, so that deadlines and the declared slack cannot overflow.
+        check_duration("Redis connect timeout", b.connect_timeout)?;
+        check_duration("Redis request timeout", b.request_timeout)?;
+        check_duration("Redis reap interval", b.reap_interval)?;
         let (client, address) = b.client()?;
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(b.connect_timeout))
@@ -407,7 +412,7 @@ impl Backend for RedisBackend {
             )
             .await?;
         as_u64(&v)
-            .map(Duration::from_millis)
+            .map(|ms| clamp_duration(Duration::from_millis(ms)))
             .ok_or_else(|| bad_reply("keep-alive"))
     }
 
@@ -530,16 +535,18 @@ impl Backend for RedisBackend {
             .and_then(|b| String::from_utf8(b.to_vec()).ok())
             .and_then(|s| parse_id(&s));
         let (after_epoch, after_local) = decompose(after);
+        // Numbers from the server saturate rather than overflow: a reply of u64::MAX is nonsense,
+        // not a reason to panic.
         let oldest = match first {
             Some((r, 0)) => r,
-            Some((r, _)) => r + 1,
-            None => current + 1,
+            Some((r, _)) => r.saturating_add(1),
+            None => current.saturating_add(1),
         };
         if after != 0 && after_epoch != epoch {
             // The server lost this namespace's data since `after` was read: its history is gone.
             return Err(Error::compacted(compose(
                 epoch,
-                oldest.min(current + 1).max(1),
+                oldest.min(current.saturating_add(1)).max(1),
             )));
         }
         let complete = match first {
@@ -562,6 +569,15 @@ impl Backend for RedisBackend {
         };
         Ok(Box::pin(stream::unfold(state, Reader::next)))
     }
+}
+
+/// Whether stream ID `id` follows `last` with no gap: the next seq of the same revision, or the
+/// first of the next (`last.1 == u64::MAX` stands for every event of revision `last.0`). IDs come
+/// from the server: at `u64::MAX` nothing follows, rather than an overflow.
+fn follows(last: (u64, u64), id: (u64, u64)) -> bool {
+    let (r, s) = last;
+    r.checked_add(1).is_some_and(|next| id == (next, 0))
+        || s.checked_add(1).is_some_and(|next| id == (r, next))
 }
 
 /// One watch: blocking reads of the namespace's stream from the last ID seen, on a connection of
@@ -593,13 +609,6 @@ impl Reader {
         }
     }
 
-    /// The stream ID that follows `last` with no gap: the next seq of the same revision, or the
-    /// first of the next.
-    fn follows(&self, id: (u64, u64)) -> bool {
-        let (r, s) = self.last;
-        id == (r + 1, 0) || (s != u64::MAX && id == (r, s + 1))
-    }
-
     async fn read(&mut self) -> Result<()> {
         let stream_key = &self.backend.inner.keys[6];
         let from = format!("{}-{}", self.last.0, self.last.1);
@@ -624,7 +633,9 @@ impl Reader {
                 .map_err(|e| map(e, "watch"))?;
             if epoch.as_deref() != Some(self.epoch.to_string().as_str()) {
                 return Err(Error::compacted(compose(
-                    epoch.and_then(|e| e.parse().ok()).unwrap_or(self.epoch + 1),
+                    epoch
+                        .and_then(|e| e.parse().ok())
+                        .unwrap_or(self.epoch.saturating_add(1)),
                     1,
                 )));
             }
@@ -632,9 +643,13 @@ impl Reader {
         }
         for entry in ids {
             let id = parse_id(&entry.id).ok_or_else(|| bad_reply("watch"))?;
-            if !self.follows(id) {
+            if !follows(self.last, id) {
                 // The stream was trimmed past us: events are missing.
-                let oldest = if id.1 == 0 { id.0 } else { id.0 + 1 };
+                let oldest = if id.1 == 0 {
+                    id.0
+                } else {
+                    id.0.saturating_add(1)
+                };
                 return Err(Error::compacted(compose(self.epoch, oldest)));
             }
             self.last = id;
@@ -654,5 +669,57 @@ impl Reader {
             self.buffer.push_back(ev);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `r + 1` overflowed (a panic in debug builds) on a stream ID of `u64::MAX` from the server.
+    #[test]
+    fn stream_ids_at_the_end_of_the_range_do_not_overflow() {
+        assert!(follows((4, u64::MAX), (5, 0)));
+        assert!(follows((4, 2), (4, 3)));
+        assert!(follows((4, 2), (5, 0)));
+        assert!(!follows((4, 2), (4, 4)));
+        assert!(!follows((4, u64::MAX), (4, 0)));
+        assert!(!follows((u64::MAX, u64::MAX), (0, 0)));
+        assert!(!follows((u64::MAX, 7), (0, 0)));
+        assert!(follows((u64::MAX, 7), (u64::MAX, 8)));
+        assert_eq!(
+            parse_id("18446744073709551615-18446744073709551615"),
+            Some((u64::MAX, u64::MAX))
+        );
+        assert_eq!(parse_id("18446744073709551616-0"), None);
+        assert_eq!(parse_id("-"), None);
+    }
+
+    /// A `Duration::MAX` timeout or reap interval panicked in `connect_timeout + request_timeout`
+    /// or `reap_interval + 400 ms`.
+    #[tokio::test]
+    async fn out_of_range_durations_are_refused_before_connecting() {
+        for (b, what) in [
+            (
+                RedisBuilder::new().request_timeout(Duration::MAX),
+                "request timeout",
+            ),
+            (
+                RedisBuilder::new().connect_timeout(Duration::MAX),
+                "connect timeout",
+            ),
+            (
+                RedisBuilder::new().request_timeout(Duration::ZERO),
+                "request timeout",
+            ),
+            (
+                RedisBuilder::new().reap_interval(Duration::MAX),
+                "reap interval",
+            ),
+        ] {
+            let e = b.connect().await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+            assert!(e.message().contains(what), "{what}: {e}");
+        }
     }
 }

@@ -91,7 +91,7 @@ fn valid_namespace(ns: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/'))
 }
 
-use registry_core::config::parse_duration;
+use registry_core::config::try_parse_duration;
 
 impl RedisBuilder {
     /// Defaults: `127.0.0.1:6379`, db 0, namespace `registry`, a stream of about 100,000 events, a
@@ -176,8 +176,8 @@ impl RedisBuilder {
                 "cert" => cert = Some(PathBuf::from(v)),
                 "key" => key = Some(PathBuf::from(v)),
                 "timeout" => {
-                    b.request_timeout = parse_duration(v).ok_or_else(|| {
-                        Error::invalid(format!("Redis URL option timeout: `{v}` is not a duration"))
+                    b.request_timeout = try_parse_duration(v).map_err(|why| {
+                        Error::invalid(format!("Redis URL option timeout: `{v}` {why}"))
                     })?
                 }
                 _ => {

@@ -71,8 +71,9 @@ impl Client {
         self
     }
 
-    /// Calls `sid`'s `verb` with `payload` and `headers`; a call unanswered within `timeout` is a
-    /// [`Response`] with status 599.
+    /// Calls `sid`'s `verb` with `payload` and `headers`; a call unanswered within `timeout` (at
+    /// most [`MAX_DURATION`](crate::MAX_DURATION); longer is lowered to it) is a [`Response`]
+    /// with status 599.
     pub async fn call(
         &self,
         sid: &str,
@@ -93,7 +94,7 @@ impl Client {
             headers
         };
         let request = Message::request(Address::new(sid, verb), headers, payload.into());
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now() + timeout.min(crate::MAX_DURATION);
         let exchange = async {
             socket
                 .connect(&self.frontend)
@@ -136,5 +137,19 @@ impl Client {
         };
         let _ = socket.close().await;
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Instant::now() + timeout` panicked for `Duration::MAX` before the call even started.
+    #[tokio::test]
+    async fn a_huge_timeout_is_not_a_panic() {
+        let r = Client::new("not-an-endpoint")
+            .call("svc", "get", Value::Nil, Value::Nil, Duration::MAX)
+            .await;
+        assert!(r.is_err(), "{r:?}");
     }
 }

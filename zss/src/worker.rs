@@ -162,15 +162,17 @@ impl ServiceConfig {
         self
     }
 
-    /// The heartbeat interval.
+    /// The heartbeat interval: 10 ms to [`MAX_DURATION`](crate::MAX_DURATION), other values
+    /// being raised or lowered to that range.
     pub fn heartbeat(mut self, interval: Duration) -> Self {
-        self.heartbeat = interval.max(Duration::from_millis(10));
+        self.heartbeat = interval.clamp(Duration::from_millis(10), crate::MAX_DURATION);
         self
     }
 
-    /// How long [`Worker::stop`] waits for the broker to acknowledge `DOWN`.
+    /// How long [`Worker::stop`] waits for the broker to acknowledge `DOWN` (at most
+    /// [`MAX_DURATION`](crate::MAX_DURATION)).
     pub fn stop_timeout(mut self, t: Duration) -> Self {
-        self.stop_timeout = t;
+        self.stop_timeout = t.min(crate::MAX_DURATION);
         self
     }
 
@@ -451,4 +453,26 @@ pub(crate) fn frames(m: Message) -> ZmqMessage {
     let f: Vec<Bytes> = m.to_frames();
     // Eight frames are never empty.
     ZmqMessage::try_from(f).unwrap_or_else(|_| ZmqMessage::from(Bytes::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A heartbeat of `Duration::MAX` overflowed `heartbeat * 4` and the heartbeat interval's next
+    /// tick; a stop timeout of `Duration::MAX` overflowed `Instant::now() + stop_timeout`. Both
+    /// happened inside the worker task.
+    #[test]
+    fn huge_heartbeat_and_stop_timeout_are_lowered_to_the_bound() {
+        let c = ServiceConfig::new("svc")
+            .heartbeat(Duration::MAX)
+            .stop_timeout(Duration::MAX);
+        assert_eq!(c.heartbeat, crate::MAX_DURATION);
+        assert_eq!(c.stop_timeout, crate::MAX_DURATION);
+        let silent_after = c.heartbeat * 4;
+        assert!(Instant::now().checked_add(silent_after).is_some());
+        assert!(Instant::now().checked_add(c.stop_timeout).is_some());
+        let zero = ServiceConfig::new("svc").heartbeat(Duration::ZERO);
+        assert_eq!(zero.heartbeat, Duration::from_millis(10));
+    }
 }

@@ -274,14 +274,15 @@ impl Directory {
         Directory::with_vnodes(DEFAULT_VNODES)
     }
 
-    /// An empty directory whose rings use `vnodes` points per instance at the default weight.
+    /// An empty directory whose rings use `vnodes` points per instance at the default weight (1 to
+    /// [`MAX_VNODES`](super::ring::MAX_VNODES); see [`Ring::with_vnodes`]).
     pub fn with_vnodes(vnodes: u32) -> Self {
         Directory {
             inner: Arc::new(Inner {
                 slots: ArcSwap::from_pointee(HashMap::new()),
                 add_slot: Mutex::new(()),
                 empty: Arc::from(Vec::new()),
-                vnodes: vnodes.max(1),
+                vnodes: vnodes.clamp(1, super::ring::MAX_VNODES),
             }),
         }
     }

@@ -18,6 +18,7 @@ use super::directory::Directory;
 use super::instance::{Instance, Layout};
 use super::probe::{self, ProbeOptions};
 use crate::backend::{Backend, Revision};
+use crate::config::{check_duration, check_max_duration};
 use crate::error::{Error, ErrorKind, Result};
 use crate::watch::{Event, EventKind, KeyValue};
 
@@ -59,7 +60,8 @@ impl DiscoveryOptions {
     }
 
     /// Poll mode (Pulse's): list every `interval` instead of watching. For parity, and for backends
-    /// whose watch is disabled.
+    /// whose watch is disabled. The interval must be positive and at most
+    /// [`MAX_DURATION`](crate::config::MAX_DURATION): the discovery refuses to start otherwise.
     pub fn poll(mut self, interval: Duration) -> Self {
         self.poll = Some(interval);
         self
@@ -82,6 +84,24 @@ impl DiscoveryOptions {
     pub fn probe(mut self, probe: ProbeOptions) -> Self {
         self.probe = Some(probe);
         self
+    }
+
+    /// Checks every duration: the poll and probe intervals and the timeout must be positive (a
+    /// zero interval would spin, or panic in `tokio::time::interval`), and every one at most
+    /// [`MAX_DURATION`](crate::config::MAX_DURATION).
+    fn validate(&self) -> Result<()> {
+        if let Some(poll) = self.poll {
+            check_duration("discovery poll interval", poll)?;
+        }
+        if let Some(t) = self.op_timeout {
+            check_duration("discovery operation timeout", t)?;
+        }
+        check_max_duration("discovery backoff base", self.backoff_base)?;
+        check_max_duration("discovery backoff maximum", self.backoff_max)?;
+        if let Some(p) = &self.probe {
+            check_duration("probe interval", p.interval)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn with_default_timeout(mut self, t: Duration) -> Self {
@@ -153,6 +173,7 @@ impl Discovery {
         if let Scope::Service(s) = &scope {
             super::instance::validate_service(s)?;
         }
+        opts.validate()?;
         let stats = Arc::new(Stats::default());
         let (synced_tx, synced_rx) = watch::channel(false);
         let (first_tx, first_rx) = tokio::sync::oneshot::channel();

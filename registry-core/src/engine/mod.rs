@@ -34,4 +34,4 @@ pub use register::{
     DEFAULT_HEARTBEAT, DEFAULT_NAMESPACE, DEFAULT_TTL, LeaseOptions, RegisterOptions, Registration,
     RegistrationState, Registry, RegistryBuilder, RegistryCounts, RegistryStats,
 };
-pub use ring::{DEFAULT_VNODES, Ring, hash_key};
+pub use ring::{DEFAULT_VNODES, MAX_VNODES, Ring, hash_key};

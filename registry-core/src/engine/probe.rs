@@ -81,7 +81,9 @@ impl fmt::Debug for ProbeOptions {
 }
 
 impl ProbeOptions {
-    /// Probes with `probe` every `interval`, 16 instances at a time.
+    /// Probes with `probe` every `interval`, 16 instances at a time. The interval must be positive
+    /// and at most [`MAX_DURATION`](crate::config::MAX_DURATION): a discovery refuses to start
+    /// with anything else.
     pub fn new(probe: impl Probe, interval: Duration) -> Self {
         ProbeOptions {
             probe: Arc::new(probe),

@@ -10,10 +10,14 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::instance::{DEFAULT_WEIGHT, Instance};
+use super::instance::{DEFAULT_WEIGHT, Instance, MAX_WEIGHT};
 
 /// Virtual nodes per instance at the default weight.
 pub const DEFAULT_VNODES: u32 = 128;
+/// The most virtual nodes per instance at the default weight that a ring uses: larger requests are
+/// lowered to it, so that an instance at [`MAX_WEIGHT`] has at most 409,600 points and a ring's
+/// size stays proportional to its membership instead of exhausting memory.
+pub const MAX_VNODES: u32 = 4096;
 
 /// A consistent-hash ring over a set of instances.
 #[derive(Clone, Default)]
@@ -82,15 +86,18 @@ impl Ring {
         Ring::with_vnodes(instances, DEFAULT_VNODES)
     }
 
-    /// A ring with `vnodes` points per instance at the default weight, scaled by each instance's
-    /// weight (at least one point each).
+    /// A ring with `vnodes` points per instance at the default weight (1 to [`MAX_VNODES`]; other
+    /// values are raised or lowered to that range), scaled by each instance's weight (at least one
+    /// point each; weights above [`MAX_WEIGHT`], which no stored instance has, count as it).
     pub fn with_vnodes(instances: impl IntoIterator<Item = Arc<Instance>>, vnodes: u32) -> Ring {
+        let vnodes = vnodes.clamp(1, MAX_VNODES);
         let mut members: Vec<Arc<Instance>> = instances.into_iter().collect();
         members.sort_by(|a, b| a.id.cmp(&b.id));
         members.dedup_by(|a, b| a.id == b.id);
         let mut pairs: Vec<(u64, u32)> = Vec::new();
         for (idx, m) in members.iter().enumerate() {
-            let n = (u64::from(vnodes) * u64::from(m.weight) + u64::from(DEFAULT_WEIGHT) / 2)
+            let weight = m.weight.min(MAX_WEIGHT);
+            let n = (u64::from(vnodes) * u64::from(weight) + u64::from(DEFAULT_WEIGHT) / 2)
                 / u64::from(DEFAULT_WEIGHT);
             let n = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
             let state = prefix_state(&m.id);
@@ -374,6 +381,27 @@ mod tests {
         assert_eq!(hash_key(b"user-42"), hash_key(b"user-42"));
         assert_ne!(hash_key(b"user-42"), hash_key(b"user-43"));
         assert_eq!(hash_key(b"user-42"), PINNED_USER_42);
+    }
+
+    /// Before the bounds, one instance of weight `u32::MAX` (which user code can build without
+    /// validation) or a directory with `u32::MAX` vnodes asked for about 4 billion points: tens of
+    /// gigabytes, and an allocation failure.
+    #[test]
+    fn absurd_vnodes_and_weights_are_bounded() {
+        let heavy = Arc::new(Instance::new("svc", "h").addr("x:1").weight(u32::MAX));
+        let r = Ring::with_vnodes([heavy.clone()], u32::MAX);
+        assert_eq!(
+            r.points(),
+            (MAX_VNODES as usize) * (MAX_WEIGHT / DEFAULT_WEIGHT) as usize
+        );
+        assert_eq!(r.find(b"k").map(|m| m.id.as_str()), Some("h"));
+        // Weight above the maximum counts as the maximum; zero vnodes as one.
+        let capped = Arc::new(Instance::new("svc", "h").addr("x:1").weight(MAX_WEIGHT));
+        assert_eq!(
+            Ring::with_vnodes([heavy], 128).points(),
+            Ring::with_vnodes([capped], 128).points()
+        );
+        assert_eq!(Ring::with_vnodes([inst("a")], 0).points(), 1);
     }
 
     #[test]
