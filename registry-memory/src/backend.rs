@@ -60,6 +60,8 @@ struct Faults {
     fail_next: AtomicU64,
     unavailable: AtomicBool,
     frozen: watch::Sender<bool>,
+    /// Added to every operation, in microseconds.
+    latency_us: AtomicU64,
 }
 
 #[derive(Default)]
@@ -160,6 +162,7 @@ impl MemoryBackend {
                     fail_next: AtomicU64::new(0),
                     unavailable: AtomicBool::new(false),
                     frozen,
+                    latency_us: AtomicU64::new(0),
                 },
                 counts: Counters::default(),
             }),
@@ -238,6 +241,14 @@ impl MemoryBackend {
         self.inner.faults.frozen.send_replace(false);
     }
 
+    /// Makes every operation take `latency` longer (as a distant or loaded server would), so
+    /// tests can see what a zero-latency store hides: a backlog of requests, a keep-alive waiting
+    /// behind them. `Duration::ZERO` turns it off.
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.inner.faults.latency_us.store(us, Ordering::SeqCst);
+    }
+
     /// How many calls of each operation this store has received.
     pub fn operation_counts(&self) -> OperationCounts {
         let c = &self.inner.counts;
@@ -257,6 +268,10 @@ impl MemoryBackend {
     /// Counts a call, waits out a freeze, then applies injected failures.
     async fn gate(&self, counter: &AtomicU64) -> Result<()> {
         counter.fetch_add(1, Ordering::Relaxed);
+        let latency = self.inner.faults.latency_us.load(Ordering::SeqCst);
+        if latency > 0 {
+            tokio::time::sleep(std::time::Duration::from_micros(latency)).await;
+        }
         wait_unfrozen(&self.inner).await;
         if self.inner.faults.unavailable.load(Ordering::SeqCst) {
             return Err(Error::unavailable(

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -173,6 +173,7 @@ pub struct RegistryStats {
     revokes: AtomicU64,
     lost: AtomicU64,
     recoveries: AtomicU64,
+    refused: AtomicU64,
 }
 
 /// A copy of [`RegistryStats`] at one moment.
@@ -193,6 +194,9 @@ pub struct RegistryCounts {
     pub lost: u64,
     /// Times registrations were written again under a new lease after a loss.
     pub recoveries: u64,
+    /// Writes the backend refused for good (a value too large, a key not allowed): each marks
+    /// its own registration only.
+    pub refused: u64,
 }
 
 impl RegistryStats {
@@ -211,6 +215,7 @@ impl RegistryStats {
             revokes: l(&self.revokes),
             lost: l(&self.lost),
             recoveries: l(&self.recoveries),
+            refused: l(&self.refused),
         }
     }
 }
@@ -401,8 +406,12 @@ impl Registry {
             watch::channel(RegistrationState::Registering { last_error: None });
         let value = instance.encode();
         let delay = opts.delay.unwrap_or(self.inner.delay);
+        let token = next_token();
+        let cancelled = Arc::new(AtomicBool::new(false));
         let handle = Registration {
             key: key.clone(),
+            token,
+            cancelled: cancelled.clone(),
             instance: Mutex::new(instance),
             keeper: keeper.clone(),
             state: state_rx,
@@ -414,6 +423,8 @@ impl Registry {
                 &keeper,
                 Cmd::Add {
                     key,
+                    token,
+                    cancelled,
                     value,
                     state: state_tx,
                     done: Some(done_tx),
@@ -433,8 +444,16 @@ impl Registry {
             let keeper = keeper.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
+                // Deregistered or dropped meanwhile: nothing to write. (The keeper checks again
+                // when the command arrives, as the handle may go between this check and that.)
+                if cancelled.load(Ordering::SeqCst) {
+                    state_tx.send_replace(RegistrationState::Deregistered);
+                    return;
+                }
                 let _ = keeper.send(Cmd::Add {
                     key,
+                    token,
+                    cancelled,
                     value,
                     state: state_tx,
                     done: None,
@@ -523,10 +542,22 @@ fn send(tx: &mpsc::UnboundedSender<Cmd>, cmd: Cmd) -> Result<()> {
 /// [`deregister`](Self::deregister) or [`drain`](Self::drain) to wait for it.
 pub struct Registration {
     key: String,
+    /// This registration's identity at its keeper: commands act on a key only while this handle
+    /// owns it there (a rejected duplicate of the same key owns nothing).
+    token: u64,
+    /// Set when the handle is deregistered or dropped; a delayed first write that has not been
+    /// applied yet is then never applied.
+    cancelled: Arc<AtomicBool>,
     instance: Mutex<Instance>,
     keeper: mpsc::UnboundedSender<Cmd>,
     state: watch::Receiver<RegistrationState>,
     live: bool,
+}
+
+/// A process-wide unique registration identity.
+fn next_token() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl fmt::Debug for Registration {
@@ -584,19 +615,32 @@ impl Registration {
     }
 
     async fn rewrite(&self, f: impl FnOnce(&mut Instance)) -> Result<()> {
-        let value = {
+        let (value, previous) = {
             let mut inst = self.instance.lock().unwrap_or_else(|p| p.into_inner());
             let mut next = inst.clone();
             f(&mut next);
             next.validate()?;
-            *inst = next;
-            inst.encode()
+            let previous = std::mem::replace(&mut *inst, next);
+            (inst.encode(), previous)
         };
+        let result = self.send_update(value).await;
+        if let Err(e) = &result {
+            if !e.is_temporary() {
+                // Refused for good (too large, not allowed): the registration keeps its last
+                // written value, and so does the handle.
+                *self.instance.lock().unwrap_or_else(|p| p.into_inner()) = previous;
+            }
+        }
+        result
+    }
+
+    async fn send_update(&self, value: Bytes) -> Result<()> {
         let (done_tx, done_rx) = oneshot::channel();
         send(
             &self.keeper,
             Cmd::Update {
                 key: self.key.clone(),
+                token: self.token,
                 value,
                 done: done_tx,
             },
@@ -638,11 +682,13 @@ impl Registration {
     /// with its lease in any case.
     pub async fn deregister(mut self) -> Result<()> {
         self.live = false;
+        self.cancelled.store(true, Ordering::SeqCst);
         let (done_tx, done_rx) = oneshot::channel();
         send(
             &self.keeper,
             Cmd::Remove {
                 key: self.key.clone(),
+                token: self.token,
                 done: Some(done_tx),
             },
         )?;
@@ -663,8 +709,10 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         if self.live {
+            self.cancelled.store(true, Ordering::SeqCst);
             let _ = self.keeper.send(Cmd::Remove {
                 key: self.key.clone(),
+                token: self.token,
                 done: None,
             });
         }
@@ -674,25 +722,37 @@ impl Drop for Registration {
 enum Cmd {
     Add {
         key: String,
+        token: u64,
+        cancelled: Arc<AtomicBool>,
         value: Bytes,
         state: watch::Sender<RegistrationState>,
         done: Option<oneshot::Sender<Result<()>>>,
     },
     Update {
         key: String,
+        token: u64,
         value: Bytes,
         done: oneshot::Sender<Result<()>>,
     },
     Remove {
         key: String,
+        token: u64,
         done: Option<oneshot::Sender<Result<()>>>,
     },
 }
 
 struct Member {
+    /// The handle this member belongs to.
+    token: u64,
     value: Bytes,
+    /// The value the backend last accepted for this key, if any: what an update the backend
+    /// refuses for good falls back to.
+    accepted: Option<Bytes>,
     state: watch::Sender<RegistrationState>,
     written: bool,
+    /// Why the backend refused `value` for good (too large, not allowed). Such a member is
+    /// written again only at heartbeats, and blocks no other registration.
+    refused: Option<Error>,
 }
 
 /// Owns one lease and the registrations attached to it.
@@ -722,6 +782,9 @@ impl Keeper {
                     tracing::info!("registry halted: keep-alives stopped without deregistering");
                     return;
                 }
+                // A due keep-alive goes before any queued command: a backlog of registrations
+                // against a slow backend must not let the lease run out.
+                _ = sleep_until(tick.unwrap_or_else(far_future)), if tick.is_some() => self.tick().await,
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => self.handle(cmd).await,
                     None => {
@@ -732,7 +795,6 @@ impl Keeper {
                         return;
                     }
                 },
-                _ = sleep_until(tick.unwrap_or_else(far_future)), if tick.is_some() => self.tick().await,
             }
         }
     }
@@ -775,12 +837,23 @@ impl Keeper {
         match cmd {
             Cmd::Add {
                 key,
+                token,
+                cancelled,
                 value,
                 state,
                 done,
             } => {
+                if cancelled.load(Ordering::SeqCst) {
+                    // The handle went before its (delayed) first write was applied.
+                    state.send_replace(RegistrationState::Deregistered);
+                    if let Some(done) = done {
+                        let _ = done.send(Err(closed()));
+                    }
+                    return;
+                }
                 if self.members.contains_key(&key) {
                     let e = Error::invalid(format!("{key} is already registered by this registry"));
+                    tracing::warn!(key = %key, "registration refused: the key is already registered by this registry");
                     state.send_replace(RegistrationState::Deregistered);
                     if let Some(done) = done {
                         let _ = done.send(Err(e));
@@ -791,14 +864,20 @@ impl Keeper {
                 self.members.insert(
                     key.clone(),
                     Member {
+                        token,
                         value,
+                        accepted: None,
                         state,
                         written: false,
+                        refused: None,
                     },
                 );
                 let result = self.write_pending().await;
                 let mine = match self.members.get(&key) {
                     Some(m) if m.written => Ok(()),
+                    Some(Member {
+                        refused: Some(e), ..
+                    }) => Err(e.clone()),
                     _ => Err(result
                         .err()
                         .unwrap_or_else(|| Error::unavailable("registration not written yet"))),
@@ -809,34 +888,59 @@ impl Keeper {
                         if let Some(m) = self.members.remove(&key) {
                             m.state.send_replace(RegistrationState::Deregistered);
                         }
+                        self.schedule_heartbeat_if_idle();
                     }
                 }
                 if let Some(done) = done {
                     let _ = done.send(mine);
                 }
             }
-            Cmd::Update { key, value, done } => {
+            Cmd::Update {
+                key,
+                token,
+                value,
+                done,
+            } => {
                 let result = match self.members.get_mut(&key) {
-                    None => Err(Error::new(
-                        ErrorKind::NotFound,
-                        format!("{key} is not registered"),
-                    )),
-                    Some(m) => {
+                    Some(m) if m.token == token => {
                         m.value = value;
                         m.written = false;
+                        m.refused = None;
                         let _ = self.write_pending().await;
-                        match self.members.get(&key) {
+                        match self.members.get_mut(&key) {
                             Some(m) if m.written => Ok(()),
+                            Some(m) if m.refused.is_some() => {
+                                // Refused for good: keep the last value the backend accepted,
+                                // which is still what it holds.
+                                let e = m.refused.take().unwrap_or_else(closed);
+                                match m.accepted.clone() {
+                                    Some(v) => {
+                                        m.value = v;
+                                        m.written = true;
+                                    }
+                                    None => m.refused = Some(e.clone()),
+                                }
+                                Err(e)
+                            }
                             _ => Err(Error::unavailable(format!(
                                 "{key}: update not written yet; it will be at the next attempt"
                             ))),
                         }
                     }
+                    _ => Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!("{key} is not registered by this handle"),
+                    )),
                 };
                 let _ = done.send(result);
             }
-            Cmd::Remove { key, done } => {
-                let result = self.remove(&key).await;
+            Cmd::Remove { key, token, done } => {
+                let result = if self.members.get(&key).is_some_and(|m| m.token == token) {
+                    self.remove(&key).await
+                } else {
+                    // Not this handle's (a rejected duplicate, or already removed).
+                    Ok(())
+                };
                 if let Some(done) = done {
                     let _ = done.send(result);
                 }
@@ -925,7 +1029,7 @@ impl Keeper {
                     self.next_tick = None;
                     return;
                 }
-                let _ = self.write_pending().await;
+                let _ = self.write_pending_with(true).await;
             }
             Err(e) if e.kind() == ErrorKind::LeaseNotFound => {
                 self.lose(e);
@@ -988,7 +1092,13 @@ impl Keeper {
     /// Writes every unwritten registration, granting a lease first if there is none. Schedules the
     /// next tick: a heartbeat on success, a jittered retry on failure.
     async fn write_pending(&mut self) -> Result<()> {
-        let result = self.try_write_pending().await;
+        self.write_pending_with(false).await
+    }
+
+    /// [`write_pending`](Self::write_pending), also retrying the values the backend refused for
+    /// good when `include_refused` (once per heartbeat).
+    async fn write_pending_with(&mut self, include_refused: bool) -> Result<()> {
+        let result = self.try_write_pending(include_refused).await;
         match &result {
             Ok(()) => self.schedule_heartbeat(),
             Err(e) => {
@@ -1015,8 +1125,14 @@ impl Keeper {
         result
     }
 
-    async fn try_write_pending(&mut self) -> Result<()> {
-        if self.members.values().all(|m| m.written) {
+    /// Writes the unwritten registrations; those the backend refused for good only when
+    /// `include_refused` (at heartbeats), so that they are retried without a hot loop.
+    async fn try_write_pending(&mut self, include_refused: bool) -> Result<()> {
+        if self
+            .members
+            .values()
+            .all(|m| m.written || (m.refused.is_some() && !include_refused))
+        {
             return Ok(());
         }
         let recovering = self
@@ -1037,19 +1153,21 @@ impl Keeper {
         let keys: Vec<String> = self
             .members
             .iter()
-            .filter(|(_, m)| !m.written)
+            .filter(|(_, m)| !m.written && (include_refused || m.refused.is_none()))
             .map(|(k, _)| k.clone())
             .collect();
         for key in keys {
             let value = self.members[&key].value.clone();
             let r = self
-                .call(self.backend.put(&key, value, Some(&lease.id)))
+                .call(self.backend.put(&key, value.clone(), Some(&lease.id)))
                 .await;
             match r {
                 Ok(_) => {
                     RegistryStats::bump(&self.stats.puts);
                     if let Some(m) = self.members.get_mut(&key) {
                         m.written = true;
+                        m.refused = None;
+                        m.accepted = Some(value);
                         if !m.state.borrow().is_registered() {
                             tracing::info!(key = %key, lease = %lease.id, "registered");
                         }
@@ -1063,7 +1181,42 @@ impl Keeper {
                     self.lose(e.clone());
                     return Err(e);
                 }
-                Err(e) => return Err(e),
+                // The backend is unreachable or slow: the same for every key, stop here.
+                Err(e) if e.is_temporary() => return Err(e),
+                // This value is refused for good (too large, not allowed for this key): mark
+                // this one registration and go on with the others.
+                Err(e) => {
+                    RegistryStats::bump(&self.stats.refused);
+                    if let Some(m) = self.members.get_mut(&key) {
+                        let first = m.refused.is_none();
+                        m.refused = Some(e.clone());
+                        if let Some(good) = m.accepted.clone().filter(|g| *g != value) {
+                            // A refused update: fall back to the value the backend accepted
+                            // before (still what it holds unless the lease was lost meanwhile;
+                            // then it is written again at the next heartbeat).
+                            tracing::warn!(key = %key, error = %e, "the backend refuses this registration's new value; keeping the previous one");
+                            m.value = good;
+                            continue;
+                        }
+                        if first {
+                            tracing::warn!(key = %key, error = %e, "the backend refuses this registration's value; the others go on");
+                        }
+                        let next = match &*m.state.borrow() {
+                            RegistrationState::Lost { since, .. } => RegistrationState::Lost {
+                                since: *since,
+                                error: e.clone(),
+                            },
+                            RegistrationState::Registered { .. } => RegistrationState::Lost {
+                                since: Instant::now(),
+                                error: e.clone(),
+                            },
+                            _ => RegistrationState::Registering {
+                                last_error: Some(e.clone()),
+                            },
+                        };
+                        m.state.send_replace(next);
+                    }
+                }
             }
         }
         if recovering {

@@ -1,0 +1,144 @@
+//! The keeper (the task that owns a lease and the registrations on it) under the conditions that
+//! used to break it: handles that go away before their delayed first write, rejected duplicates,
+//! a value the backend refuses, and a backlog of commands against a slow backend. On the memory
+//! backend under paused tokio time; the truth is read from the backend itself.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use registry::engine::{Instance, RegisterOptions, Registry};
+use registry::memory::MemoryBackend;
+use registry::{Backend, ErrorKind};
+use tokio::time::sleep;
+
+const TTL: Duration = Duration::from_secs(3);
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+fn registry(backend: &MemoryBackend) -> Registry {
+    Registry::builder(Arc::new(backend.clone()))
+        .ttl(TTL)
+        .heartbeat(HEARTBEAT)
+        .build()
+        .unwrap()
+}
+
+fn web(id: &str) -> Instance {
+    Instance::new("web", id).addr("10.0.0.1:8080")
+}
+
+async fn present(backend: &MemoryBackend, id: &str) -> bool {
+    backend
+        .get(&format!("registry/web/{id}"))
+        .await
+        .unwrap()
+        .is_some()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delayed_registration_dropped_before_its_delay_never_appears() {
+    let backend = MemoryBackend::new();
+    let a = registry(&backend);
+    let delayed = RegisterOptions::new().delay(Duration::from_secs(5));
+    let dropped = a.register_with(web("w1"), delayed.clone()).await.unwrap();
+    let deregistered = a.register_with(web("w2"), delayed).await.unwrap();
+    drop(dropped);
+    deregistered.deregister().await.unwrap();
+    // Well past the delay and several TTLs: nothing of either may be in the backend.
+    sleep(Duration::from_secs(20)).await;
+    assert!(!present(&backend, "w1").await, "a dropped handle's phantom");
+    assert!(
+        !present(&backend, "w2").await,
+        "a deregistered handle's phantom"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_rejected_duplicate_keeps_the_original() {
+    let backend = MemoryBackend::new();
+    let a = registry(&backend);
+    let original = a.register(web("w1")).await.unwrap();
+    // A duplicate with a delay is only rejected when its write is due: its handle exists.
+    let duplicate = a
+        .register_with(
+            web("w1"),
+            RegisterOptions::new().delay(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(duplicate.state().name(), "deregistered", "it was rejected");
+    drop(duplicate);
+    sleep(Duration::from_secs(10)).await;
+    assert!(
+        present(&backend, "w1").await,
+        "dropping the rejected duplicate removed the original"
+    );
+    assert!(original.state().is_registered(), "{}", original.state());
+    // The original's own updates and deregistration still work.
+    original.set_online(false).await.unwrap();
+    original.deregister().await.unwrap();
+    assert!(!present(&backend, "w1").await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_value_blocks_no_other_registration() {
+    let backend = MemoryBackend::builder().max_value_len(4096).build();
+    let a = registry(&backend);
+    let ra = a.register(web("a")).await.unwrap();
+    let rb = a.register(web("b")).await.unwrap();
+    let rc = a.register(web("c")).await.unwrap();
+    // b's new metadata is too large: the update is refused, b keeps its last good value.
+    let huge: BTreeMap<String, String> = [("blob".to_owned(), "x".repeat(10_000))].into();
+    let e = rb.set_metadata(huge).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(rb.state().is_registered(), "{}", rb.state());
+    // The lease is lost (revoked behind the registry's back): every registration is written
+    // again, c (which sorts after b) included.
+    let lease = match ra.state() {
+        registry::engine::RegistrationState::Registered { lease, .. } => lease,
+        other => panic!("{other}"),
+    };
+    backend.revoke(&lease).await.unwrap();
+    sleep(Duration::from_secs(5)).await;
+    for (id, r) in [("a", &ra), ("b", &rb), ("c", &rc)] {
+        assert!(present(&backend, id).await, "{id} was not written again");
+        assert!(r.state().is_registered(), "{id}: {}", r.state());
+    }
+    let b = backend.get("registry/web/b").await.unwrap().unwrap();
+    assert!(b.value.len() < 4096, "b is back with its last good value");
+    assert_eq!(a.stats().lost, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backlog_of_commands_does_not_starve_the_keep_alive() {
+    let backend = MemoryBackend::new();
+    let a = Arc::new(registry(&backend));
+    let first = a.register(web("first")).await.unwrap();
+    // Every request takes 50 ms: 200 registrations queued at once are 10 s of work, more than
+    // three TTLs, and the keep-alive must still go out every heartbeat.
+    backend.set_latency(Duration::from_millis(50));
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let a = a.clone();
+        tasks.push(tokio::spawn(async move {
+            a.register(web(&format!("w{i:03}"))).await.unwrap()
+        }));
+    }
+    let mut regs = Vec::new();
+    for t in tasks {
+        regs.push(t.await.unwrap());
+    }
+    assert_eq!(
+        a.stats().lost,
+        0,
+        "the lease expired behind the backlog: {:?}",
+        a.stats()
+    );
+    assert!(first.state().is_registered(), "{}", first.state());
+    assert_eq!(a.stats().grants, 1);
+    assert_eq!(
+        backend.list("registry/web").await.unwrap().entries.len(),
+        201
+    );
+}
