@@ -189,8 +189,17 @@ impl Discovery {
             logged: HashSet::new(),
             synced: synced_tx,
             first: Some(first_tx),
+            events_since_list: 0,
         };
-        let mut tasks = vec![tokio::spawn(worker.run())];
+        let worker = tokio::spawn(worker.run());
+        // Wait for the first attempt (success or failure) so `get` answers right away. A
+        // permanent refusal (credentials, permissions, an unsupported operation) is the caller's
+        // to see now, not a view that stays unsynced for ever.
+        if let Ok(Err(e)) = first_rx.await {
+            worker.abort();
+            return Err(e);
+        }
+        let mut tasks = vec![worker];
         if let Some(p) = opts.probe.clone() {
             let dir = directory.clone();
             let scope = scope.clone();
@@ -200,8 +209,6 @@ impl Discovery {
             };
             tasks.push(tokio::spawn(probe::run(directory.clone(), services, p)));
         }
-        // Wait for the first attempt (success or failure) so `get` answers right away.
-        let _ = first_rx.await;
         Ok(Discovery {
             directory,
             stats,
@@ -253,7 +260,12 @@ struct Worker {
     /// Keys whose bad value was already logged (logged once per key until it changes to good).
     logged: HashSet<String>,
     synced: watch::Sender<bool>,
-    first: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Told the outcome of the first listing: `start` returns a permanent error from it.
+    first: Option<tokio::sync::oneshot::Sender<Result<()>>>,
+    /// Events applied since the last listing: a watch that delivered nothing before answering
+    /// `Compacted` again makes the next re-list wait (a backend that keeps answering it must not
+    /// become a hot loop).
+    events_since_list: u64,
 }
 
 enum WatchEnd {
@@ -288,30 +300,37 @@ impl Worker {
         }
     }
 
-    fn first_done(&mut self) {
+    fn first_done(&mut self, outcome: Result<()>) {
         if let Some(tx) = self.first.take() {
-            let _ = tx.send(());
+            let _ = tx.send(outcome);
         }
     }
 
     async fn run(mut self) {
         let mut backoff = Backoff::new(self.opts.backoff_base, self.opts.backoff_max);
+        let mut relist_backoff = Backoff::new(self.opts.backoff_base, self.opts.backoff_max);
         loop {
             match self.list().await {
                 Ok(()) => backoff.reset(),
                 Err(e) => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    if self.first.is_some() && is_permanent(&e) {
+                        tracing::warn!(scope = ?self.scope, error = %e, "discovery: the backend refuses the listing");
+                        self.first_done(Err(e));
+                        return;
+                    }
                     tracing::warn!(scope = ?self.scope, error = %e, "discovery: list failed; keeping the last view (stale)");
                     self.mark_stale(true);
                     if let Scope::Service(s) = &self.scope {
                         self.directory.set_stale(s, true);
                     }
-                    self.first_done();
+                    self.first_done(Ok(()));
                     tokio::time::sleep(backoff.next_delay()).await;
                     continue;
                 }
             }
-            self.first_done();
+            self.first_done(Ok(()));
+            self.events_since_list = 0;
             if let Some(interval) = self.opts.poll {
                 tokio::time::sleep(interval).await;
                 continue;
@@ -328,7 +347,15 @@ impl Worker {
                     }
                 }
             }
-            tracing::info!(scope = ?self.scope, revision = self.revision, "discovery: history compacted; listing again");
+            if self.events_since_list == 0 {
+                // Compacted again with nothing in between: wait before the next listing.
+                let pause = relist_backoff.next_delay();
+                tracing::warn!(scope = ?self.scope, revision = self.revision, ?pause, "discovery: history compacted again right after a listing; listing again after a pause");
+                tokio::time::sleep(pause).await;
+            } else {
+                relist_backoff.reset();
+                tracing::info!(scope = ?self.scope, revision = self.revision, "discovery: history compacted; listing again");
+            }
         }
     }
 
@@ -445,6 +472,7 @@ impl Worker {
     }
 
     fn apply(&mut self, events: Vec<Event>) {
+        self.events_since_list += events.len() as u64;
         let mut dirty = std::collections::BTreeSet::new();
         for ev in events {
             self.stats.events.fetch_add(1, Ordering::Relaxed);
@@ -508,4 +536,13 @@ impl Worker {
             Scope::All => true,
         }
     }
+}
+
+/// Errors that retrying cannot cure: refused credentials or permissions, an operation the backend
+/// does not support, a request it considers invalid.
+fn is_permanent(e: &Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::PermissionDenied | ErrorKind::Unsupported | ErrorKind::InvalidInput
+    )
 }
