@@ -243,8 +243,9 @@ fn watch_json_sees_another_process_register_and_vanish() {
     wait_for(&events, Duration::from_secs(15), is("insert"));
     let stopped = Instant::now();
     assert!(
-        Command::new("kill")
-            .args(["-INT", &pid])
+        // The shell's kill builtin: a minimal Debian has no /bin/kill (procps).
+        Command::new("sh")
+            .args(["-c", &format!("kill -INT {pid}")])
             .status()
             .expect("kill -INT")
             .success()

@@ -88,8 +88,9 @@ fn cli(args: &[&str], env: &[(&str, &str)], for_at_most: Duration) -> (Option<i3
     }
     if child.try_wait().expect("wait").is_none() {
         // SIGINT: the commands' own shutdown path (deregistering) runs and logs too.
-        let _ = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
+        // The shell's kill builtin: a minimal Debian has no /bin/kill (procps).
+        let _ = Command::new("sh")
+            .args(["-c", &format!("kill -INT {}", child.id())])
             .status();
         let stop = Instant::now() + Duration::from_secs(10);
         while child.try_wait().expect("wait").is_none() && Instant::now() < stop {
