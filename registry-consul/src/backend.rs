@@ -131,6 +131,20 @@ struct TxnError {
     what: String,
 }
 
+/// The error of a transaction Consul refused: `PermissionDenied` when an ACL said no.
+fn txn_failure(what: &str, errs: &[String]) -> Error {
+    let text = errs.join("; ");
+    let kind = if errs
+        .iter()
+        .any(|e| e.to_ascii_lowercase().contains("permission denied"))
+    {
+        ErrorKind::PermissionDenied
+    } else {
+        ErrorKind::Internal
+    };
+    Error::new(kind, format!("consul {what} transaction failed: {text}"))
+}
+
 fn session_id(lease: &LeaseId) -> Result<&str> {
     let id = lease.as_str();
     let ok = id.len() == 36 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
@@ -279,6 +293,13 @@ impl ConsulBackend {
                     format!("consul KV read: {s} {}", a.text()),
                 ));
             }
+        }
+        if snap.is_empty() {
+            // Consul filters a recursive read by the token's ACLs without saying so: a token that
+            // may not read the prefix sees it empty. An empty answer is only believed when a plain
+            // read of the prefix itself is not refused (that one answers 403, which the HTTP layer
+            // turns into PermissionDenied); otherwise a directory would go empty instead of stale.
+            self.call(Method::GET, &path, "", None).await?;
         }
         Ok((index, Arc::new(snap)))
     }
@@ -484,13 +505,13 @@ impl Backend for ConsulBackend {
                     {
                         return Err(Error::lease_not_found(format!("consul put {k}: {all}")));
                     }
+                    if lower.contains("permission denied") {
+                        return Err(txn_failure(&format!("put {k}"), &whats));
+                    }
                     if lower.contains("lock") || lower.contains("session") {
                         continue;
                     }
-                    return Err(Error::new(
-                        ErrorKind::Internal,
-                        format!("consul put {k}: {all}"),
-                    ));
+                    return Err(txn_failure(&format!("put {k}"), &whats));
                 }
             }
         }
@@ -508,7 +529,16 @@ impl Backend for ConsulBackend {
             {"KV": {"Verb": "delete", "Key": ck}},
         ]);
         match self.txn(ops).await? {
-            Err(_) => Ok(None),
+            // The get failed: the key is absent. Any other failure (permissions, a server
+            // error) is not "no such key".
+            Err(errs)
+                if errs
+                    .iter()
+                    .all(|e| e.contains("doesn't exist") || e.contains("does not exist")) =>
+            {
+                Ok(None)
+            }
+            Err(errs) => Err(txn_failure("delete", &errs)),
             Ok(_) => {
                 // Consul does not say at which index the delete happened; the key's own prefix
                 // index covers its tombstone and no later change outside it.

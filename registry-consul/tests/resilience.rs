@@ -86,6 +86,7 @@ async fn registrations_come_back_after_consul_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_acl_token_is_permission_denied() {
     const ROOT: &str = "9f2c1e6a-0000-4000-8000-00000000cafe";
+    const READ_ONLY: &str = "9f2c1e6a-0000-4000-8000-00000000a0a0";
     let consul = match testbed::start_consul(ConsulOptions {
         extra_args: vec![
             "-hcl".into(),
@@ -132,23 +133,263 @@ async fn wrong_acl_token_is_permission_denied() {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
-    // Without a token Consul filters recursive reads (the anonymous token sees nothing) rather than
-    // refusing them, so connecting works; every single-key read, write or session is refused.
-    let anonymous = ConsulBuilder::new()
+    // Without a token Consul filters recursive reads (the anonymous token sees nothing) rather
+    // than refusing them. A filtered listing must not pass for an empty one (a directory would go
+    // empty instead of stale), so connecting, which lists the namespace, is refused.
+    let e = ConsulBuilder::new()
         .address(ep.clone())
         .connect()
         .await
-        .unwrap();
-    assert!(
-        anonymous.list("").await.unwrap().entries.is_empty(),
-        "anonymous listings are filtered"
+        .unwrap_err();
+    assert_eq!(
+        e.kind(),
+        ErrorKind::PermissionDenied,
+        "a filtered listing: {e}"
     );
-    let e = anonymous.get("k").await.unwrap_err();
+    // An empty namespace with the right token is still an empty listing, and an absent key's
+    // delete still "nothing to delete".
+    assert!(ok.list("empty-prefix").await.unwrap().entries.is_empty());
+    assert_eq!(ok.delete("never-there").await.unwrap(), None);
+    // A read-only token: it lists and reads, and every write, delete or session is refused
+    // (a refused delete is not "no such key").
+    consul_cli(
+        &consul,
+        ROOT,
+        &[
+            "acl",
+            "policy",
+            "create",
+            "-name",
+            "read-only",
+            "-rules",
+            r#"key_prefix "" { policy = "read" }"#,
+        ],
+    );
+    consul_cli(
+        &consul,
+        ROOT,
+        &[
+            "acl",
+            "token",
+            "create",
+            "-secret",
+            READ_ONLY,
+            "-policy-name",
+            "read-only",
+        ],
+    );
+    let ro = ConsulBuilder::new()
+        .address(ep.clone())
+        .token(READ_ONLY)
+        .connect()
+        .await
+        .expect("a read-only token connects");
+    assert!(ro.get("k").await.unwrap().is_some());
+    let e = ro.delete("k").await.unwrap_err();
+    assert_eq!(
+        e.kind(),
+        ErrorKind::PermissionDenied,
+        "a refused delete: {e}"
+    );
+    assert!(
+        ok.get("k").await.unwrap().is_some(),
+        "and nothing was deleted"
+    );
+    let e = ro.put("k", Bytes::new(), None).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
-    let e = anonymous.put("k", Bytes::new(), None).await.unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
-    let e = anonymous.grant(Duration::from_secs(10)).await.unwrap_err();
+    let e = ro.grant(Duration::from_secs(10)).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
     let url = format!("consul://{ep}?token={ROOT}");
     assert!(!format!("{:?}", ConsulBuilder::from_url(&url).unwrap()).contains(ROOT));
+}
+
+/// Runs the `consul` command inside the agent's container with `token` (the ACL tests' way to
+/// create and change policies, as an operator would).
+fn consul_cli(consul: &testbed::Consul, token: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args([
+            "exec",
+            "-e",
+            &format!("CONSUL_HTTP_TOKEN={token}"),
+            consul.container.id(),
+            "consul",
+        ])
+        .args(args)
+        .output()
+        .expect("docker exec");
+    assert!(
+        out.status.success(),
+        "consul {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Consul with ACLs on and the root token working (the agent bootstraps its ACLs a moment after
+/// it starts).
+async fn consul_with_acls(root: &str) -> Option<testbed::Consul> {
+    let consul = match testbed::start_consul(ConsulOptions {
+        extra_args: vec![
+            "-hcl".into(),
+            format!(
+                r#"acl {{ enabled = true default_policy = "deny" tokens {{ master = "{root}" agent = "{root}" }} }}"#
+            ),
+        ],
+        ..ConsulOptions::default()
+    })
+    .await
+    {
+        Ok(c) => c,
+        Err(reason) => return testbed::unavailable("consul with ACLs", &reason),
+    };
+    timeout(Duration::from_secs(20), async {
+        while ConsulBuilder::new()
+            .address(consul.endpoint.clone())
+            .token(root)
+            .connect()
+            .await
+            .is_err()
+        {
+            sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await
+    .expect("the root token is accepted");
+    Some(consul)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_losing_read_permission_leaves_the_view_stale_not_empty() {
+    const ROOT: &str = "9f2c1e6a-0000-4000-8000-00000000beef";
+    const TOKEN: &str = "9f2c1e6a-0000-4000-8000-000000000001";
+    let Some(consul) = consul_with_acls(ROOT).await else {
+        return;
+    };
+    let ep = consul.endpoint.clone();
+    let rules = |kv: &str| {
+        format!(r#"key_prefix "" {{ policy = "{kv}" }} session_prefix "" {{ policy = "write" }}"#)
+    };
+    consul_cli(
+        &consul,
+        ROOT,
+        &[
+            "acl",
+            "policy",
+            "create",
+            "-name",
+            "registry",
+            "-rules",
+            &rules("write"),
+        ],
+    );
+    consul_cli(
+        &consul,
+        ROOT,
+        &[
+            "acl",
+            "token",
+            "create",
+            "-secret",
+            TOKEN,
+            "-policy-name",
+            "registry",
+        ],
+    );
+    let backend = || async {
+        Arc::new(
+            ConsulBuilder::new()
+                .address(ep.clone())
+                .token(TOKEN)
+                .connect()
+                .await
+                .expect("connect with the registry token"),
+        )
+    };
+    let registrar = Registry::builder(backend().await)
+        .ttl(Duration::from_secs(10))
+        .heartbeat(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let _w1 = registrar
+        .register(Instance::new("web", "w1").addr("10.0.0.1:80"))
+        .await
+        .unwrap();
+    let reader = Registry::builder(backend().await)
+        .ttl(Duration::from_secs(10))
+        .heartbeat(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let _d = reader.discover("web").await.unwrap();
+    until_online(reader.directory(), "web", &["w1"], Duration::from_secs(15)).await;
+    // An operator takes the token's KV permission away: Consul now filters every listing to
+    // nothing. The directory keeps w1, marked stale.
+    consul_cli(
+        &consul,
+        ROOT,
+        &[
+            "acl",
+            "policy",
+            "update",
+            "-name",
+            "registry",
+            "-rules",
+            &rules("deny"),
+        ],
+    );
+    // Consul answers a blocking query when the prefix changes: another process writes there.
+    let root = ConsulBuilder::new()
+        .address(ep.clone())
+        .token(ROOT)
+        .connect()
+        .await
+        .unwrap();
+    root.put(
+        "registry/web/not-an-instance",
+        Bytes::from_static(b"{"),
+        None,
+    )
+    .await
+    .unwrap();
+    let dir = reader.directory();
+    timeout(Duration::from_secs(20), async {
+        while !dir.is_stale("web") {
+            assert_eq!(
+                dir.get("web").len(),
+                1,
+                "the view went empty instead of stale"
+            );
+            sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the view is marked stale");
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        dir.get("web").len(),
+        1,
+        "the view went empty instead of stale"
+    );
+    // Permission back: fresh again, still w1.
+    consul_cli(
+        &consul,
+        ROOT,
+        &[
+            "acl",
+            "policy",
+            "update",
+            "-name",
+            "registry",
+            "-rules",
+            &rules("write"),
+        ],
+    );
+    timeout(Duration::from_secs(30), async {
+        while dir.is_stale("web") {
+            sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the view is fresh again");
+    assert_eq!(dir.get("web").len(), 1);
 }
