@@ -379,12 +379,17 @@ impl Backend for ConsulBackend {
         let caps = &self.inner.caps;
         let granted = caps.check_ttl(ttl)?;
         // LockDelay 0: a registration must be able to take its key again at once after its old
-        // session ended.
+        // session ended. No health checks ("Checks": [], and the 1.7+ NodeChecks): a session
+        // created without them gets the node's serfHealth check, and an agent whose gossip flaps
+        // would then delete every healthy registration on it. The TTL alone says whether the
+        // process lives.
         let body = json!({
             "Name": "service-registry",
             "TTL": format!("{}s", granted.as_secs()),
             "Behavior": "delete",
             "LockDelay": "0s",
+            "Checks": [],
+            "NodeChecks": [],
         });
         let a = self
             .call(

@@ -393,3 +393,41 @@ async fn a_token_losing_read_permission_leaves_the_view_stale_not_empty() {
     .expect("the view is fresh again");
     assert_eq!(dir.get("web").len(), 1);
 }
+
+/// A plain HTTP GET against the agent, read as JSON (an independent look at what Consul holds).
+async fn consul_get(endpoint: &str, path: &str) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(endpoint).await.unwrap();
+    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: {endpoint}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_depend_on_their_ttl_not_on_the_nodes_health() {
+    let Some(ep) = testbed::shared_consul() else {
+        return;
+    };
+    let backend = ConsulBuilder::new()
+        .address(ep.clone())
+        .connect()
+        .await
+        .unwrap();
+    let lease = backend.grant(Duration::from_secs(10)).await.unwrap();
+    let info = consul_get(&ep, &format!("/v1/session/info/{}", lease.id.as_str())).await;
+    let session = &info[0];
+    assert_eq!(session["Behavior"], "delete", "{info}");
+    for field in ["Checks", "NodeChecks"] {
+        let checks = session[field].as_array().map_or(0, Vec::len);
+        assert_eq!(
+            checks, 0,
+            "{field}: the session follows a health check: {info}"
+        );
+    }
+    backend.revoke(&lease.id).await.unwrap();
+}
