@@ -565,6 +565,7 @@ impl Backend for RedisBackend {
             epoch,
             last: (after_local, u64::MAX),
             buffer: VecDeque::new(),
+            held: Vec::new(),
             done: false,
         };
         Ok(Box::pin(stream::unfold(state, Reader::next)))
@@ -590,6 +591,11 @@ struct Reader {
     /// The last stream ID seen (`seq == u64::MAX`: every event of that revision).
     last: (u64, u64),
     buffer: VecDeque<Event>,
+    /// Events of the last revision read while that revision may still have more entries in the
+    /// stream (a read filled its COUNT). A revision is handed out only whole: a consumer resumes
+    /// after the revision of the last event it saw, so handing out part of one would lose the
+    /// rest if the watch broke before the next read.
+    held: Vec<Event>,
     done: bool,
 }
 
@@ -615,15 +621,36 @@ impl Reader {
         let opts = StreamReadOptions::default()
             .block(BLOCK_MS)
             .count(READ_COUNT);
-        let reply: Option<StreamReadReply> = self
-            .conn
-            .xread_options(&[stream_key], &[&from], &opts)
-            .await
-            .map_err(|e| map(e, "watch"))?;
+        // The connection has no response timeout (the read blocks by design), so bound it here: a
+        // server that stops answering while the connection stays open (a black-holed network, a
+        // paused host) must end the stream, not hang it while the view claims to be fresh.
+        let limit = Duration::from_millis(BLOCK_MS as u64) + self.backend.inner.request_timeout;
+        let reply: Option<StreamReadReply> = match tokio::time::timeout(
+            limit,
+            self.conn.xread_options(&[stream_key], &[&from], &opts),
+        )
+        .await
+        {
+            Ok(r) => r.map_err(|e| map(e, "watch"))?,
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "watch: Redis at {} did not answer a blocking read within {limit:?}",
+                        self.backend.inner.address
+                    ),
+                ));
+            }
+        };
         let ids = reply
             .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>())
             .unwrap_or_default();
+        // Every entry of one revision is added by one atomic script, so a read that returned
+        // fewer entries than it asked for saw the whole of its last revision.
+        let full = ids.len() >= READ_COUNT;
         if ids.is_empty() {
+            // Nothing after the held revision: it was whole.
+            self.buffer.extend(self.held.drain(..));
             // Quiet: make sure the server is still the one we were reading (a server that lost its
             // data starts a new epoch and numbers events from 1 again, below our position).
             let epoch: Option<String> = self
@@ -666,7 +693,13 @@ impl Reader {
                 Some(b"d") => Event::delete(key, revision),
                 _ => return Err(bad_reply("watch")),
             };
-            self.buffer.push_back(ev);
+            if self.held.first().is_some_and(|h| h.revision != revision) {
+                self.buffer.extend(self.held.drain(..));
+            }
+            self.held.push(ev);
+        }
+        if !full {
+            self.buffer.extend(self.held.drain(..));
         }
         Ok(())
     }

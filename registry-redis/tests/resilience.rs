@@ -272,3 +272,106 @@ async fn running_out_of_local_revisions_starts_a_new_epoch_cleanly() {
     let r = backend.put("k/after", Bytes::new(), None).await.unwrap();
     assert_eq!(w.next().await.unwrap().unwrap().revision, r);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_watch_connection_ends_the_stream_instead_of_hanging() {
+    let redis = match testbed::start_redis(RedisOptions::default()).await {
+        Ok(r) => r,
+        Err(reason) => return testbed::unavailable::<()>("redis", &reason).unwrap_or(()),
+    };
+    let backend = builder(&redis.endpoint).connect().await.unwrap();
+    let rev = backend
+        .put("web/a", Bytes::from_static(b"1"), None)
+        .await
+        .unwrap();
+    let mut stream = backend.watch("web", rev).await.unwrap();
+    // The server stops answering but keeps the connection open (a paused container: what a
+    // network that drops packets looks like to the client).
+    let id = redis.container.id().to_owned();
+    let docker = |verb: &str| {
+        let ok = std::process::Command::new("docker")
+            .args([verb, id.as_str()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "docker {verb}");
+    };
+    docker("pause");
+    let started = std::time::Instant::now();
+    let ended = timeout(Duration::from_secs(15), stream.next()).await;
+    docker("unpause");
+    let item = ended.expect("the watch hung on a connection that never answers");
+    match item {
+        Some(Err(e)) => assert!(e.is_temporary(), "{e}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    // Blocking read (2 s) + request timeout (1 s) + a margin.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_broken_inside_a_large_revision_resumes_without_losing_its_events() {
+    let redis = match testbed::start_redis(RedisOptions::default()).await {
+        Ok(r) => r,
+        Err(reason) => return testbed::unavailable::<()>("redis", &reason).unwrap_or(()),
+    };
+    let backend = builder(&redis.endpoint).connect().await.unwrap();
+    // 600 keys on one lease: revoking it deletes them all in one revision, more events than one
+    // read of the stream returns.
+    let lease = backend.grant(Duration::from_secs(30)).await.unwrap();
+    for i in 0..600 {
+        backend
+            .put(
+                &format!("big/k{i:03}"),
+                Bytes::from_static(b"v"),
+                Some(&lease.id),
+            )
+            .await
+            .unwrap();
+    }
+    let before = backend.list("big").await.unwrap().revision;
+    backend.revoke(&lease.id).await.unwrap();
+    let mut stream = backend.watch("big", before).await.unwrap();
+    let mut deleted = std::collections::BTreeSet::new();
+    let mut last = before;
+    // Take 100 events, then cut every client connection but the killer's own: the watch breaks.
+    for _ in 0..100 {
+        let ev = stream.next().await.unwrap().unwrap();
+        deleted.insert(ev.key.clone());
+        last = ev.revision;
+    }
+    let client = redis::Client::open(format!("redis://{}", redis.endpoint)).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Drain what the stream still yields until it breaks, then resume from the last revision
+    // seen, as a consumer does.
+    loop {
+        match timeout(Duration::from_secs(10), stream.next()).await {
+            Ok(Some(Ok(ev))) => {
+                deleted.insert(ev.key.clone());
+                last = ev.revision;
+            }
+            Ok(Some(Err(_))) | Ok(None) => break,
+            Err(_) => break,
+        }
+    }
+    let backend = builder(&redis.endpoint).connect().await.unwrap();
+    let mut resumed = backend.watch("big", last).await.unwrap();
+    while let Ok(Some(Ok(ev))) = timeout(Duration::from_secs(3), resumed.next()).await {
+        deleted.insert(ev.key.clone());
+    }
+    assert_eq!(
+        deleted.len(),
+        600,
+        "deletes lost across a resume inside one revision"
+    );
+}
