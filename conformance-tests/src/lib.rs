@@ -137,6 +137,7 @@ macro_rules! __with_scenarios {
             watch_slow_reader_gets_every_event,
             watch_concurrent_writers_consistent_order,
             watch_resume_has_no_gap_or_duplicate,
+            watch_resume_converges_with_deletes,
             watch_reports_compacted,
             watch_list_then_watch_misses_nothing,
             watch_many_watchers_see_the_same_events,

@@ -279,6 +279,125 @@ pub async fn watch_resume_has_no_gap_or_duplicate(f: Fixture) {
     assert_quiet(&mut second, Duration::from_millis(200)).await;
 }
 
+/// A consumer that applies a listing and then the events of a watch, drops the watch in the middle
+/// of puts and deletes, and resumes from the revision of the last event it applied (re-listing if
+/// told `Compacted`), ends with exactly what the backend holds: no lost delete, no stale value.
+/// This is the promise discovery relies on, coalescing backends included.
+pub async fn watch_resume_converges_with_deletes(f: Fixture) {
+    let caps = f.backend.capabilities();
+    let prefix = "conv";
+    for i in 0..8 {
+        put(&*f.backend, &format!("{prefix}/{i}"), "0").await;
+    }
+    let listing = ok(f.backend.list(prefix).await, "list");
+    let mut state: BTreeMap<String, Vec<u8>> = listing
+        .entries
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.to_vec()))
+        .collect();
+    let mut at = listing.revision;
+    // One round: some puts and deletes, part of them seen by a watch that is then dropped.
+    let mut relists = 0;
+    for round in 0..4 {
+        let mut stream = match f.backend.watch(prefix, at).await {
+            Ok(s) => s,
+            Err(e) if e.kind() == ErrorKind::Compacted => {
+                // History from `at` is gone: a consumer lists again.
+                relists += 1;
+                let l = ok(f.backend.list(prefix).await, "relist");
+                state = l
+                    .entries
+                    .iter()
+                    .map(|kv| (kv.key.clone(), kv.value.to_vec()))
+                    .collect();
+                at = l.revision;
+                watch(&*f.backend, prefix, at).await
+            }
+            Err(e) => panic!("round {round}: watch from {at}: {e}"),
+        };
+        for i in 0..8 {
+            let key = format!("{prefix}/{i}");
+            if (i + round) % 3 == 0 {
+                let _ = ok(f.backend.delete(&key).await, "delete");
+            } else {
+                put(&*f.backend, &key, &format!("{round}.{i}")).await;
+            }
+        }
+        // Apply a few events only, then drop the watch mid-stream.
+        for _ in 0..3 {
+            match timeout(event_timeout(&caps), stream.next()).await {
+                Ok(Some(Ok(ev))) => {
+                    match ev.kind {
+                        EventKind::Put => state.insert(ev.key.clone(), ev.value.to_vec()),
+                        EventKind::Delete => state.remove(&ev.key),
+                    };
+                    at = ev.revision;
+                }
+                Ok(Some(Err(e))) if e.kind() == ErrorKind::Compacted => break,
+                other => panic!("round {round}: watch failed: {other:?}"),
+            }
+        }
+        drop(stream);
+    }
+    // Resume and follow until the state matches the backend's, re-listing on Compacted.
+    let truth: BTreeMap<String, Vec<u8>> = ok(f.backend.list(prefix).await, "list")
+        .entries
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.to_vec()))
+        .collect();
+    let deadline = tokio::time::Instant::now() + event_timeout(&caps) * 4;
+    let mut stream = match f.backend.watch(prefix, at).await {
+        Ok(s) => Some(s),
+        Err(e) if e.kind() == ErrorKind::Compacted => None,
+        Err(e) => panic!("resume: {e}"),
+    };
+    while state != truth {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "after resuming from {at} the view is {state:?}, the backend holds {truth:?}"
+        );
+        let Some(s) = stream.as_mut() else {
+            let l = ok(f.backend.list(prefix).await, "relist");
+            state = l
+                .entries
+                .iter()
+                .map(|kv| (kv.key.clone(), kv.value.to_vec()))
+                .collect();
+            stream = Some(watch(&*f.backend, prefix, l.revision).await);
+            continue;
+        };
+        match timeout(Duration::from_millis(200), s.next()).await {
+            Ok(Some(Ok(ev))) => {
+                match ev.kind {
+                    EventKind::Put => state.insert(ev.key.clone(), ev.value.to_vec()),
+                    EventKind::Delete => state.remove(&ev.key),
+                };
+            }
+            Ok(Some(Err(e))) if e.kind() == ErrorKind::Compacted => stream = None,
+            Ok(Some(Err(e))) => panic!("resumed watch failed: {e}"),
+            Ok(None) => panic!("resumed watch ended"),
+            Err(_) => {}
+        }
+    }
+    // And nothing more arrives that would make it wrong again.
+    if let Some(s) = stream.as_mut() {
+        while let Ok(Some(item)) = timeout(Duration::from_millis(300), s.next()).await {
+            let ev = item.expect("no error after converging");
+            match ev.kind {
+                EventKind::Put => state.insert(ev.key.clone(), ev.value.to_vec()),
+                EventKind::Delete => state.remove(&ev.key),
+            };
+        }
+    }
+    assert_eq!(state, truth, "a late event made the view wrong");
+    if caps.exact_history {
+        assert_eq!(
+            relists, 0,
+            "a backend with exact history had to be listed again"
+        );
+    }
+}
+
 /// After compaction, a watch from before the compacted revision fails with `Compacted` carrying the
 /// oldest available revision, and a watch from there works. A backend that cannot compact must
 /// declare that it keeps no history.
