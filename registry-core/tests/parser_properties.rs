@@ -113,7 +113,7 @@ proptest! {
         let d = Duration::new(secs, nanos);
         let text = format!("{secs}.{nanos:09}s");
         let back = try_parse_duration(&text).unwrap();
-        let diff = if back > d { back - d } else { d - back };
+        let diff = back.abs_diff(d);
         prop_assert!(diff <= Duration::from_micros(1), "{text} -> {back:?}, diff {diff:?}");
         prop_assert!(back <= MAX_DURATION);
     }
