@@ -129,6 +129,98 @@ impl From<serde_json::Value> for Value {
     }
 }
 
+/// The longest text a non-string map key becomes in the JSON view.
+const MAX_KEY_TEXT: usize = 256;
+
+/// The JSON text of a non-string map key, written directly from the value (keys nested in it
+/// inline, not escaped again as strings) and cut at [`MAX_KEY_TEXT`] bytes. Escaping nested key
+/// texts doubled them at every level of nesting: about 150 bytes of maps-as-keys from a peer made
+/// gigabytes of text. Written this way, and stopped at the bound, a key costs at most its own size.
+fn key_text(k: &Value) -> String {
+    let mut out = String::new();
+    write_key_text(k, &mut out);
+    if out.len() > MAX_KEY_TEXT {
+        let mut end = MAX_KEY_TEXT;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+    }
+    out
+}
+
+fn write_key_text(v: &Value, out: &mut String) {
+    use std::fmt::Write as _;
+    if out.len() > MAX_KEY_TEXT {
+        return;
+    }
+    // Writing to a String cannot fail.
+    match v {
+        Value::Nil => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        Value::Float(f) => match serde_json::Number::from_f64(*f) {
+            Some(n) => {
+                let _ = write!(out, "{n}");
+            }
+            None => out.push_str("null"),
+        },
+        Value::Str(s) => {
+            // Only what can still be shown: the escaped text of at most the bound's length.
+            let mut end = s.len().min(MAX_KEY_TEXT + 1);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            out.push_str(&serde_json::Value::from(&s[..end]).to_string());
+        }
+        Value::Bin(b) => {
+            out.push('[');
+            for (i, x) in b.iter().enumerate() {
+                if out.len() > MAX_KEY_TEXT {
+                    return;
+                }
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "{x}");
+            }
+            out.push(']');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if out.len() > MAX_KEY_TEXT {
+                    return;
+                }
+                if i > 0 {
+                    out.push(',');
+                }
+                write_key_text(x, out);
+            }
+            out.push(']');
+        }
+        Value::Map(m) => {
+            out.push('{');
+            for (i, (k, x)) in m.iter().enumerate() {
+                if out.len() > MAX_KEY_TEXT {
+                    return;
+                }
+                if i > 0 {
+                    out.push(',');
+                }
+                write_key_text(k, out);
+                out.push(':');
+                write_key_text(x, out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+/// The JSON view of a value. Map keys that are not strings become their JSON text (at most 256
+/// bytes of it); buffers become arrays of numbers; non-finite floats `null`.
 impl From<&Value> for serde_json::Value {
     fn from(v: &Value) -> Self {
         match v {
@@ -149,7 +241,7 @@ impl From<&Value> for serde_json::Value {
                 for (k, v) in m {
                     let key = match k {
                         Value::Str(s) => s.clone(),
-                        other => serde_json::Value::from(other).to_string(),
+                        other => key_text(other),
                     };
                     o.insert(key, serde_json::Value::from(v));
                 }
@@ -505,6 +597,47 @@ mod tests {
         }
         let deep = vec![0x91u8; 10_000];
         assert!(decode(&deep).is_err());
+    }
+
+    /// Found by `cargo fuzz` (zss_msgpack, out of memory): maps nested as map keys. Converting
+    /// these 141 bytes to JSON escaped each level's key text into the next, doubling it per level,
+    /// until libFuzzer stopped at 2 GB.
+    #[test]
+    fn maps_nested_as_keys_make_bounded_json() {
+        let input: &[u8] = &[
+            134, 134, 134, 1, 255, 129, 129, 129, 129, 129, 129, 1, 0, 129, 129, 129, 129, 129,
+            129, 129, 129, 134, 134, 134, 1, 255, 129, 129, 129, 129, 129, 129, 129, 129, 129, 129,
+            129, 129, 129, 129, 129, 129, 129, 129, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48,
+            50, 48, 48, 48, 48, 111, 111, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48,
+            48, 48, 111, 111, 111, 111, 111, 255, 255, 255, 51, 3, 129, 129, 48, 48, 48, 48, 48,
+            48, 48, 48, 48, 48, 48, 48, 50, 48, 48, 48, 48, 111, 111, 48, 48, 48, 48, 48, 48, 48,
+            48, 48, 48, 48, 48, 48, 48, 48, 48, 111, 111, 111, 111, 111, 255, 255, 255, 51, 3, 111,
+            233, 48, 101, 61,
+        ];
+        let v = decode(input).unwrap();
+        let json = serde_json::Value::from(&v).to_string();
+        assert!(json.len() < 64 * 1024, "{} bytes", json.len());
+
+        // The worst shape for escaping: a chain of 500 maps, each the key of the next.
+        let mut chain = Value::from("leaf \"quoted\" \\ text");
+        for _ in 0..500 {
+            chain = Value::Map(vec![(chain, Value::Nil)]);
+        }
+        let json = serde_json::Value::from(&chain).to_string();
+        assert!(json.len() <= 2 * MAX_KEY_TEXT + 16, "{} bytes", json.len());
+
+        // Simple non-string keys read as before.
+        let v = Value::Map(vec![
+            (Value::Int(7), Value::from("seven")),
+            (
+                Value::Array(vec![Value::Int(1), Value::Bool(true)]),
+                Value::Nil,
+            ),
+            (Value::map([("a", Value::from("b\"c"))]), Value::Nil),
+        ]);
+        let json = serde_json::Value::from(&v);
+        let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["7", "[1,true]", r#"{"a":"b\"c"}"#]);
     }
 
     #[test]

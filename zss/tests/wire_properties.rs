@@ -35,6 +35,15 @@ fn value() -> impl Strategy<Value = Value> {
 /// replaced).
 fn check_stable(v: &Value) -> Result<(), TestCaseError> {
     let once = encode(v);
+    // The JSON view handlers use stays proportional to the bytes received (maps nested as keys
+    // once doubled it per level).
+    let json = serde_json::Value::from(v).to_string();
+    prop_assert!(
+        json.len() <= 64 * once.len() + 64,
+        "{} bytes of msgpack became {} bytes of JSON",
+        once.len(),
+        json.len()
+    );
     let back = decode(&once);
     prop_assert!(back.is_ok(), "{v:?} encodes to undecodable {once:02x?}");
     let twice = encode(&back.unwrap());

@@ -201,10 +201,11 @@ impl Slot {
         if snap.ring.get().is_none() {
             let want = count.min(snap.online.len());
             if let Some((base, ring)) = snap.base.as_ref().and_then(|b| Some((b, b.ring.get()?))) {
-                let found =
-                    ring.find_n_overlay(Some(&base.joined), count, key, count + MAX_SKIPPED, |m| {
-                        snap.routable(&m.id).filter(|now| now.weight == m.weight)
-                    });
+                // `count` comes from the caller (a CLI's `-n`): saturate rather than overflow.
+                let max_skipped = count.saturating_add(MAX_SKIPPED);
+                let found = ring.find_n_overlay(Some(&base.joined), count, key, max_skipped, |m| {
+                    snap.routable(&m.id).filter(|now| now.weight == m.weight)
+                });
                 if let Some(found) = found.filter(|f| f.len() == want) {
                     return found;
                 }
@@ -663,6 +664,24 @@ mod tests {
     /// While the new ring is not built (the builder is held busy here), lookups walk the last built
     /// ring with the departed members skipped and the joined ones added, over several publications,
     /// and give exactly the answers of a ring of the current membership, without building one.
+    /// `count + MAX_SKIPPED` overflowed (a panic in debug builds) when a lookup asked for
+    /// `usize::MAX` owners while a new ring was not built yet.
+    #[test]
+    fn asking_for_usize_max_owners_during_a_rebuild_is_not_an_overflow() {
+        let dir = Directory::new();
+        dir.publish("svc", members(50, 0), 1, true);
+        assert_eq!(dir.find_n(usize::MAX, "svc", b"k").len(), 50);
+        let slot = dir.slot("svc").unwrap();
+        // Outside a runtime the ring was built inline; hold the builder off for the next view.
+        slot.building.store(true, Ordering::SeqCst);
+        dir.publish("svc", members(60, 5), 2, false);
+        assert!(slot.current.load().ring.get().is_none());
+        assert!(slot.current.load().base.is_some());
+        let all = dir.find_n(usize::MAX, "svc", b"k");
+        assert_eq!(all.len(), 55);
+        slot.building.store(false, Ordering::SeqCst);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lookups_before_the_new_ring_is_built_give_its_answers() {
         let dir = Directory::new();
