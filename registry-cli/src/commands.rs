@@ -9,7 +9,7 @@ use registry::engine::{Change, Discovery, Instance, InstanceState, RegistrationS
 use registry::{Backend, Error, ErrorKind, Result};
 use serde_json::json;
 
-use crate::output::{bold, clean, dim, green, json_line, red, table, yellow};
+use crate::output::{bold, clean, dim, green, json_line, outln, red, table, yellow};
 use crate::parse_duration;
 
 /// What every command needs: where the backend is and which namespace to use.
@@ -156,7 +156,7 @@ pub(crate) async fn register(ctx: &Context, a: RegisterArgs) -> Result<()> {
     }
     let what = format!("{}/{}", a.service, a.id);
     if !a.json {
-        println!(
+        outln!(
             "{} {what} at {} on {} (ttl {:?}, heartbeat {:?}); Ctrl-C deregisters",
             bold("registering"),
             a.addrs.join(", "),
@@ -174,7 +174,7 @@ pub(crate) async fn register(ctx: &Context, a: RegisterArgs) -> Result<()> {
             if let RegistrationState::Lost { error, .. } = s {
                 v["error"] = json!(error.to_string());
             }
-            println!("{}", json_line(&v));
+            outln!("{}", json_line(&v));
         } else {
             let name = match s {
                 RegistrationState::Registered { .. } => green(s.name()),
@@ -190,7 +190,7 @@ pub(crate) async fn register(ctx: &Context, a: RegisterArgs) -> Result<()> {
                 _ => String::new(),
             };
             let line = format!("{} {what} {name} {detail}", dim(&clock()));
-            println!("{}", line.trim_end());
+            outln!("{}", line.trim_end());
         }
     };
     report(&states.borrow_and_update());
@@ -246,11 +246,11 @@ pub(crate) async fn list(ctx: &Context, a: ListArgs) -> Result<()> {
     }
     if a.json {
         let doc: Vec<serde_json::Value> = all.iter().map(|i| instance_json(i)).collect();
-        println!("{}", json_line(&serde_json::Value::Array(doc)));
+        outln!("{}", json_line(&serde_json::Value::Array(doc)));
         return Ok(());
     }
     if all.is_empty() {
-        println!(
+        outln!(
             "no instances{} in namespace {} on {}",
             a.service
                 .as_deref()
@@ -300,7 +300,7 @@ pub(crate) struct WatchArgs {
 pub(crate) async fn watch(ctx: &Context, a: WatchArgs) -> Result<()> {
     let d = ctx.discover(a.service.as_deref()).await?;
     if !a.json {
-        println!(
+        outln!(
             "{} {} on {} (Ctrl-C to stop)",
             bold("watching"),
             a.service.as_deref().unwrap_or("every service"),
@@ -344,17 +344,17 @@ pub(crate) async fn watch(ctx: &Context, a: WatchArgs) -> Result<()> {
 
 fn print_change(service: &str, change: &Change, json: bool) {
     match (change, json) {
-        (Change::Insert(id, inst), true) => println!(
+        (Change::Insert(id, inst), true) => outln!(
             "{}",
             json_line(
                 &json!({"time": clock(), "event": "insert", "service": service, "id": id, "instance": instance_json(inst)})
             )
         ),
-        (Change::Remove(id), true) => println!(
+        (Change::Remove(id), true) => outln!(
             "{}",
             json_line(&json!({"time": clock(), "event": "remove", "service": service, "id": id}))
         ),
-        (Change::Insert(id, inst), false) => println!(
+        (Change::Insert(id, inst), false) => outln!(
             "{} {} {}/{}  {}  {}",
             dim(&clock()),
             green("+"),
@@ -364,7 +364,7 @@ fn print_change(service: &str, change: &Change, json: bool) {
             dim(&meta_text(inst))
         ),
         (Change::Remove(id), false) => {
-            println!(
+            outln!(
                 "{} {} {}/{}",
                 dim(&clock()),
                 red("-"),
@@ -404,7 +404,7 @@ pub(crate) async fn find(ctx: &Context, a: FindArgs) -> Result<()> {
     }
     if a.json {
         let doc: Vec<serde_json::Value> = owners.iter().map(|i| instance_json(i)).collect();
-        println!(
+        outln!(
             "{}",
             json_line(&json!({"service": a.service, "key": a.key, "owners": doc}))
         );
@@ -415,7 +415,7 @@ pub(crate) async fn find(ctx: &Context, a: FindArgs) -> Result<()> {
         .enumerate()
         .map(|(n, i)| vec![(n + 1).to_string(), clean(&i.id), addrs_text(i)])
         .collect();
-    println!(
+    outln!(
         "key {} of service {}:",
         bold(&clean(&a.key)),
         bold(&clean(&a.service))

@@ -9,7 +9,7 @@ use registry::engine::{Directory, Instance, Registration, Registry};
 use tokio::time::{Instant, sleep};
 
 use crate::commands::Context;
-use crate::output::{bold, dim, green, red, yellow};
+use crate::output::{bold, dim, green, out, outln, red, yellow};
 
 /// `registry demo`.
 #[derive(clap::Args, Debug)]
@@ -20,7 +20,7 @@ pub(crate) struct DemoArgs {
 }
 
 fn step(n: u32, text: &str) {
-    println!("\n{}  {}", bold(&n.to_string()), bold(text));
+    outln!("\n{}  {}", bold(&n.to_string()), bold(text));
 }
 
 fn flush() {
@@ -62,7 +62,7 @@ pub(crate) async fn run(ctx: &Context, a: DemoArgs) -> Result<()> {
             .build()
     };
 
-    println!(
+    outln!(
         "{} five instances of two services, on {} (namespace {namespace})",
         bold("registry demo:"),
         ctx.shown
@@ -89,7 +89,7 @@ pub(crate) async fn run(ctx: &Context, a: DemoArgs) -> Result<()> {
         let reg = p
             .register(Instance::new(service, id).addr(addr).meta("zone", zone))
             .await?;
-        println!(
+        outln!(
             "   {} {:<14} {:<15} {}",
             green("+"),
             format!("{service}/{id}"),
@@ -107,7 +107,7 @@ pub(crate) async fn run(ctx: &Context, a: DemoArgs) -> Result<()> {
     until(&dir, "cache", |s| s.online().len() == 2).await;
     for service in ["api", "cache"] {
         let online = ids(&dir, service);
-        println!(
+        outln!(
             "   {:<6} {} online  {}",
             service,
             online.len(),
@@ -131,13 +131,13 @@ pub(crate) async fn run(ctx: &Context, a: DemoArgs) -> Result<()> {
     let before: Vec<String> = keys.iter().map(|k| owner(k)).collect();
     for row in keys.iter().zip(&before).collect::<Vec<_>>().chunks(4) {
         let line: Vec<String> = row.iter().map(|(k, o)| format!("{k} → {:<7}", o)).collect();
-        println!("   {}", line.join("  ").trim_end());
+        outln!("   {}", line.join("  ").trim_end());
     }
     let mut load: BTreeMap<&str, usize> = BTreeMap::new();
     for o in &before {
         *load.entry(o.as_str()).or_default() += 1;
     }
-    println!(
+    outln!(
         "   {}",
         dim(&load
             .iter()
@@ -161,11 +161,11 @@ pub(crate) async fn run(ctx: &Context, a: DemoArgs) -> Result<()> {
             if old != "api-2" {
                 moved_from_others += 1;
             }
-            println!("   {k}  {} → {}", yellow(old), green(&new));
+            outln!("   {k}  {} → {}", yellow(old), green(&new));
         }
     }
     let owned = before.iter().filter(|o| *o == "api-2").count();
-    println!(
+    outln!(
         "   {moved} of {} keys moved, {} api-2's {owned}; {} stayed where they were.",
         keys.len(),
         if moved_from_others == 0 {
@@ -186,7 +186,7 @@ pub(crate) async fn run(ctx: &Context, a: DemoArgs) -> Result<()> {
             )
         })
         .collect();
-    println!("   {}", dim(&format!("listed: {}", listed.join(", "))));
+    outln!("   {}", dim(&format!("listed: {}", listed.join(", "))));
 
     step(
         5,
@@ -196,7 +196,7 @@ pub(crate) async fn run(ctx: &Context, a: DemoArgs) -> Result<()> {
     let crashed_at = Instant::now();
     crashed.crash();
     std::mem::forget(reg); // a crashed process deregisters nothing
-    print!("   api-3 still listed ");
+    out!("   api-3 still listed ");
     flush();
     let mut shown = ttl.as_secs() + 1;
     loop {
@@ -209,17 +209,17 @@ pub(crate) async fn run(ctx: &Context, a: DemoArgs) -> Result<()> {
             .div_ceil(1000) as u64;
         if left < shown {
             shown = left;
-            print!("{} ", yellow(&format!("{left}s")));
+            out!("{} ", yellow(&format!("{left}s")));
             flush();
         }
         if crashed_at.elapsed() > ttl + caps.expiry_slack_for(ttl) + Duration::from_secs(30) {
-            println!();
-            println!("   {}", red("api-3 did not expire in time"));
+            outln!();
+            outln!("   {}", red("api-3 did not expire in time"));
             break;
         }
         sleep(Duration::from_millis(100)).await;
     }
-    println!(
+    outln!(
         "… {} {:.1}s after the crash",
         red("gone"),
         crashed_at.elapsed().as_secs_f64()
@@ -240,20 +240,20 @@ pub(crate) async fn run(ctx: &Context, a: DemoArgs) -> Result<()> {
         s.online().iter().all(|i| i.id != "cache-1")
     })
     .await;
-    println!(
+    outln!(
         "   cache-1 {} {:.1}s after the drain began (still listed while it finishes its work)",
         yellow("offline"),
         drain_at.elapsed().as_secs_f64()
     );
     let _ = drain.await;
     until(&dir, "cache", |s| s.all().keys().all(|id| id != "cache-1")).await;
-    println!(
+    outln!(
         "   cache-1 {} {:.1}s after the drain began, without waiting for its TTL",
         red("gone"),
         drain_at.elapsed().as_secs_f64()
     );
 
-    println!(
+    outln!(
         "\n{} api {} online ({}), cache {} online ({})",
         bold("Directory now:"),
         ids(&dir, "api").len(),
@@ -266,7 +266,7 @@ pub(crate) async fn run(ctx: &Context, a: DemoArgs) -> Result<()> {
         let _ = reg.deregister().await;
     }
     if ctx.url.starts_with("memory:") {
-        println!(
+        outln!(
             "{}",
             dim(
                 "Next: the same against a server, `registry --backend etcd://127.0.0.1:2379 demo`; or `registry --help`."

@@ -1,7 +1,43 @@
 //! Terminal output: colour only on a terminal (and never with `NO_COLOR`), aligned tables.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::OnceLock;
+
+/// Writes to standard output; when the reader went away (`registry watch --json | head -1`),
+/// exits quietly with success instead of panicking as `println!` does on a closed pipe.
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
+    let mut out = std::io::stdout().lock();
+    let result = out
+        .write_fmt(args)
+        .and_then(|()| {
+            if newline {
+                out.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| out.flush());
+    if let Err(e) = result {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` that survives a closed pipe ([`write_stdout`]).
+macro_rules! outln {
+    () => { $crate::output::write_stdout(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::output::write_stdout(format_args!($($arg)*), true) };
+}
+
+/// `print!` that survives a closed pipe ([`write_stdout`]).
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::output::write_stdout(format_args!($($arg)*), false) };
+}
+
+pub(crate) use {out, outln};
 
 fn colour_on() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
@@ -110,12 +146,12 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
         }
         out.trim_end().to_owned()
     };
-    println!(
+    outln!(
         "{}",
         bold(&line(header.iter().map(|h| h.to_string()).collect()))
     );
     for row in rows {
-        println!("{}", line(row.clone()));
+        outln!("{}", line(row.clone()));
     }
 }
 

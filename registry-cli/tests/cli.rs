@@ -338,3 +338,24 @@ fn list_find_and_demo_against_etcd() {
         text(&out.stdout).contains("Directory now: api 1 online (api-1), cache 1 online (cache-2)")
     );
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // `registry demo | head -1`: the reader goes away after one line.
+    let mut child = registry()
+        .arg("demo")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn demo");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("first line");
+    assert!(first.contains("registry demo"), "{first}");
+    // The pipe's read end is closed now; the next write must not panic.
+    let out = child.wait_with_output().expect("wait");
+    let err = text(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.status.success(), "{:?} {err}", out.status);
+}
