@@ -142,3 +142,33 @@ async fn a_backlog_of_commands_does_not_starve_the_keep_alive() {
         201
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_deregisters_everything_and_returns_when_done() {
+    let backend = MemoryBackend::new();
+    let a = registry(&backend);
+    let shared1 = a.register(web("s1")).await.unwrap();
+    let shared2 = a.register(web("s2")).await.unwrap();
+    let dedicated = a
+        .register_with(
+            web("d1"),
+            RegisterOptions::new().dedicated_lease(registry::engine::LeaseOptions {
+                ttl: Duration::from_secs(5),
+                heartbeat: Duration::from_secs(1),
+            }),
+        )
+        .await
+        .unwrap();
+    a.shutdown().await.unwrap();
+    // Done when it returns: no key left, no waiting for a TTL.
+    assert!(backend.list("registry").await.unwrap().entries.is_empty());
+    for r in [&shared1, &shared2, &dedicated] {
+        assert_eq!(r.state().name(), "deregistered");
+    }
+    // Dropping the handles afterwards is harmless, and the registry can register again.
+    drop((shared1, shared2, dedicated));
+    let again = a.register(web("s1")).await.unwrap();
+    assert!(again.state().is_registered());
+    sleep(Duration::from_secs(10)).await;
+    assert!(present(&backend, "s1").await);
+}

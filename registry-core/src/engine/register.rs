@@ -293,6 +293,7 @@ impl RegistryBuilder {
                 op_timeout,
                 directory: self.directory.unwrap_or_default(),
                 shared: Mutex::new(None),
+                keepers: Mutex::new(Vec::new()),
                 stats: Arc::new(RegistryStats::default()),
                 halt,
             }),
@@ -315,6 +316,9 @@ struct RegistryInner {
     op_timeout: Duration,
     directory: Directory,
     shared: Mutex<Option<mpsc::UnboundedSender<Cmd>>>,
+    /// Every keeper this registry started (the shared one and those of dedicated leases), for
+    /// [`Registry::shutdown`].
+    keepers: Mutex<Vec<mpsc::UnboundedSender<Cmd>>>,
     stats: Arc<RegistryStats>,
     halt: watch::Sender<bool>,
 }
@@ -492,6 +496,35 @@ impl Registry {
         .await
     }
 
+    /// Deregisters every registration of this registry (revoking its leases, which deletes their
+    /// keys at once) and returns when the backend has confirmed it, or with the first error (what
+    /// could not be deleted then goes with its lease's TTL). Handles still held afterwards are in
+    /// state `Deregistered`; dropping them does nothing more. For a process's orderly exit.
+    pub async fn shutdown(&self) -> Result<()> {
+        let keepers: Vec<_> = self
+            .inner
+            .keepers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        *self.inner.shared.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let mut first_error = None;
+        for tx in keepers {
+            let (done_tx, done_rx) = oneshot::channel();
+            if tx.send(Cmd::Shutdown { done: done_tx }).is_err() {
+                continue; // That keeper has already stopped.
+            }
+            if let Ok(Err(e)) = done_rx.await {
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Stops every keep-alive of this registry at once without deregistering anything, as if the
     /// process had crashed: its instances disappear when their leases expire. For tests and demos.
     pub fn crash(&self) {
@@ -526,6 +559,9 @@ impl Registry {
             stats: self.inner.stats.clone(),
         };
         tokio::spawn(keeper.run(rx, self.inner.halt.subscribe()));
+        let mut keepers = self.inner.keepers.lock().unwrap_or_else(|p| p.into_inner());
+        keepers.retain(|k| !k.is_closed());
+        keepers.push(tx.clone());
         tx
     }
 }
@@ -739,6 +775,8 @@ enum Cmd {
         token: u64,
         done: Option<oneshot::Sender<Result<()>>>,
     },
+    /// Deregister everything and stop.
+    Shutdown { done: oneshot::Sender<Result<()>> },
 }
 
 struct Member {
@@ -786,6 +824,10 @@ impl Keeper {
                 // against a slow backend must not let the lease run out.
                 _ = sleep_until(tick.unwrap_or_else(far_future)), if tick.is_some() => self.tick().await,
                 cmd = rx.recv() => match cmd {
+                    Some(Cmd::Shutdown { done }) => {
+                        let _ = done.send(self.shutdown().await);
+                        return;
+                    }
                     Some(cmd) => self.handle(cmd).await,
                     None => {
                         // Every handle and the registry are gone: nothing is left to keep.
@@ -934,6 +976,10 @@ impl Keeper {
                 };
                 let _ = done.send(result);
             }
+            // The run loop stops after this; here only for completeness.
+            Cmd::Shutdown { done } => {
+                let _ = done.send(self.shutdown().await);
+            }
             Cmd::Remove { key, token, done } => {
                 let result = if self.members.get(&key).is_some_and(|m| m.token == token) {
                     self.remove(&key).await
@@ -945,6 +991,28 @@ impl Keeper {
                     let _ = done.send(result);
                 }
             }
+        }
+    }
+
+    /// Every member deregistered: the lease revoked (its keys go with it), or, without a lease,
+    /// nothing of ours is in the backend.
+    async fn shutdown(&mut self) -> Result<()> {
+        for (_, m) in std::mem::take(&mut self.members) {
+            m.state.send_replace(RegistrationState::Deregistered);
+        }
+        self.pending_deletes.clear();
+        self.next_tick = None;
+        let Some(lease) = self.lease.take() else {
+            return Ok(());
+        };
+        tracing::info!(lease = %lease.id, "registry shutting down: revoking its lease");
+        match self.call(self.backend.revoke(&lease.id)).await {
+            Ok(()) => {
+                RegistryStats::bump(&self.stats.revokes);
+                Ok(())
+            }
+            Err(e) if e.kind() == ErrorKind::LeaseNotFound => Ok(()),
+            Err(e) => Err(e.context("shutdown: revoking the lease")),
         }
     }
 
