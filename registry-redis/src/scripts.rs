@@ -96,6 +96,30 @@ local function unlink_from_lease(key)
   return nil
 end
 
+-- Writes key = value attached to lease ('' for none; the caller has checked it is live), detached
+-- from any previous lease. Returns the revision.
+local function write_key(key, value, lease)
+  unlink_from_lease(key)
+  if lease ~= '' then redis.call('SADD', BASE .. 'lk:' .. lease, key) end
+  local rev = redis.call('INCR', K_REV)
+  redis.call('HSET', K_KV, key, value)
+  redis.call('HSET', K_META, key, rev .. ':' .. lease)
+  redis.call('ZADD', K_IDX, 0, key)
+  xadd(rev, 0, key, 'p', value)
+  return rev
+end
+
+-- Deletes an existing key. Returns the revision.
+local function delete_key(key)
+  unlink_from_lease(key)
+  redis.call('HDEL', K_KV, key)
+  redis.call('HDEL', K_META, key)
+  redis.call('ZREM', K_IDX, key)
+  local rev = redis.call('INCR', K_REV)
+  xadd(rev, 0, key, 'd', nil)
+  return rev
+end
+
 reap(100)
 "#;
 
@@ -136,27 +160,14 @@ local key, lease = ARGV[3], ARGV[6]
 if lease ~= '' and not live_lease(ARGV[5], lease) then
   return redis.error_reply('LEASE_NOT_FOUND the lease has expired or was revoked')
 end
-unlink_from_lease(key)
-if lease ~= '' then redis.call('SADD', BASE .. 'lk:' .. lease, key) end
-local rev = redis.call('INCR', K_REV)
-redis.call('HSET', K_KV, key, ARGV[4])
-redis.call('HSET', K_META, key, rev .. ':' .. lease)
-redis.call('ZADD', K_IDX, 0, key)
-xadd(rev, 0, key, 'p', ARGV[4])
-return {EPOCH, rev}
+return {EPOCH, write_key(key, ARGV[4], lease)}
 "#;
 
 /// ARGV[3] = key. Returns {epoch, revision or 0}.
 pub(crate) const DELETE: &str = r#"
 local key = ARGV[3]
 if redis.call('HEXISTS', K_KV, key) == 0 then return {EPOCH, 0} end
-unlink_from_lease(key)
-redis.call('HDEL', K_KV, key)
-redis.call('HDEL', K_META, key)
-redis.call('ZREM', K_IDX, key)
-local rev = redis.call('INCR', K_REV)
-xadd(rev, 0, key, 'd', nil)
-return {EPOCH, rev}
+return {EPOCH, delete_key(key)}
 "#;
 
 /// ARGV[3] = key. Returns {epoch} or {epoch, value, meta}.
