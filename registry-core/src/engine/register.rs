@@ -1239,7 +1239,7 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::backend::Capabilities;
+    use crate::backend::{Capabilities, CondOutcome, Condition};
     use crate::config::MAX_DURATION;
     use crate::engine::{DiscoveryOptions, ProbeOptions, Scope};
     use crate::watch::{KeyValue, Listing, WatchStream};
@@ -1271,6 +1271,18 @@ mod tests {
             down()
         }
         async fn delete(&self, _: &str) -> Result<Option<u64>> {
+            down()
+        }
+        async fn put_if(
+            &self,
+            _: &str,
+            _: Bytes,
+            _: Option<&LeaseId>,
+            _: Condition,
+        ) -> Result<CondOutcome> {
+            down()
+        }
+        async fn delete_if(&self, _: &str, _: Condition) -> Result<CondOutcome> {
             down()
         }
         async fn get(&self, _: &str) -> Result<Option<KeyValue>> {
