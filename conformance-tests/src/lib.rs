@@ -141,6 +141,19 @@ macro_rules! __with_scenarios {
             watch_reports_compacted,
             watch_list_then_watch_misses_nothing,
             watch_many_watchers_see_the_same_events,
+            cond_put_absent_creates_once,
+            cond_put_revision_is_compare_and_swap,
+            cond_put_lease_is_write_if_owner,
+            cond_delete_absent_changes_nothing,
+            cond_delete_revision_is_compare_and_delete,
+            cond_delete_lease_is_delete_if_owner,
+            cond_lease_condition_fails_once_revoked,
+            cond_lease_condition_fails_once_expired,
+            cond_condition_comes_before_the_lease,
+            cond_applied_writes_watch_like_unconditional,
+            cond_failed_writes_change_nothing,
+            cond_writes_validate_like_put,
+            cond_concurrent_writers_have_one_winner,
         }
     };
 }

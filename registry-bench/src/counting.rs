@@ -9,7 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use registry::{
-    Backend, Capabilities, KeyValue, Lease, LeaseId, Listing, Result, Revision, WatchStream,
+    Backend, Capabilities, CondOutcome, Condition, KeyValue, Lease, LeaseId, Listing, Result,
+    Revision, WatchStream,
 };
 
 #[derive(Default, Debug)]
@@ -19,6 +20,8 @@ pub(crate) struct Counts {
     pub(crate) revoke: AtomicU64,
     pub(crate) put: AtomicU64,
     pub(crate) delete: AtomicU64,
+    pub(crate) put_if: AtomicU64,
+    pub(crate) delete_if: AtomicU64,
     pub(crate) get: AtomicU64,
     pub(crate) list: AtomicU64,
     pub(crate) watch: AtomicU64,
@@ -32,6 +35,8 @@ impl Counts {
             &self.revoke,
             &self.put,
             &self.delete,
+            &self.put_if,
+            &self.delete_if,
             &self.get,
             &self.list,
             &self.watch,
@@ -94,6 +99,20 @@ impl Backend for Counting {
     async fn delete(&self, key: &str) -> Result<Option<Revision>> {
         bump(&self.counts.delete);
         self.inner.delete(key).await
+    }
+    async fn put_if(
+        &self,
+        key: &str,
+        value: Bytes,
+        lease: Option<&LeaseId>,
+        cond: Condition,
+    ) -> Result<CondOutcome> {
+        bump(&self.counts.put_if);
+        self.inner.put_if(key, value, lease, cond).await
+    }
+    async fn delete_if(&self, key: &str, cond: Condition) -> Result<CondOutcome> {
+        bump(&self.counts.delete_if);
+        self.inner.delete_if(key, cond).await
     }
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         bump(&self.counts.get);

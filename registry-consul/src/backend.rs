@@ -14,8 +14,8 @@ use futures::stream;
 use hyper::{Method, StatusCode};
 use registry_core::config::check_duration;
 use registry_core::{
-    Backend, Capabilities, Error, ErrorKind, Event, KeyValue, Lease, LeaseId, Listing, Result,
-    Revision, WatchStream, key,
+    Backend, Capabilities, CondOutcome, Condition, Error, ErrorKind, Event, KeyValue, Lease,
+    LeaseId, Listing, Result, Revision, WatchStream, key,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -24,6 +24,8 @@ use tokio::time::Instant;
 use crate::config::ConsulBuilder;
 use crate::http::{Answer, Http};
 use crate::keys;
+
+mod cond;
 
 /// One key's state in a snapshot of a prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -553,6 +555,20 @@ impl Backend for ConsulBackend {
                 Ok(Some(a.index.unwrap_or(0)))
             }
         }
+    }
+
+    async fn put_if(
+        &self,
+        k: &str,
+        value: Bytes,
+        lease: Option<&LeaseId>,
+        cond: Condition,
+    ) -> Result<CondOutcome> {
+        self.put_if_txn(k, value, lease, cond).await
+    }
+
+    async fn delete_if(&self, k: &str, cond: Condition) -> Result<CondOutcome> {
+        self.delete_if_txn(k, cond).await
     }
 
     async fn get(&self, k: &str) -> Result<Option<KeyValue>> {

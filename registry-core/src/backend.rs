@@ -159,6 +159,59 @@ impl Capabilities {
     }
 }
 
+/// What must be true of a key for a conditional write ([`Backend::put_if`],
+/// [`Backend::delete_if`]) to happen.
+///
+/// The backend checks the condition and applies the write in one atomic step on the server: no
+/// other change can come between them. Variants may be added in minor releases.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Condition {
+    /// The key does not exist ("create if absent"). A key whose lease has ended does not exist.
+    Absent,
+    /// The key exists and its last change is the one at this revision, as reported by
+    /// [`KeyValue::revision`] or returned by the write that made it ("compare and swap"). Holds for
+    /// no absent key, and never for revision 0.
+    Revision(Revision),
+    /// The key exists and is attached to this lease ("write if owner"). Holds for no key without a
+    /// lease, and for no key once the lease has ended (its keys are gone with it).
+    Lease(LeaseId),
+}
+
+/// The outcome of a conditional write ([`Backend::put_if`], [`Backend::delete_if`]).
+///
+/// Variants may be added in minor releases.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+#[must_use = "a conditional write may not have happened: look at the outcome"]
+pub enum CondOutcome {
+    /// The condition held and the write was made: the revision of the change. (A
+    /// [`delete_if`](Backend::delete_if) with [`Condition::Absent`] that held changed nothing: it
+    /// carries a revision at which the key was absent.)
+    Applied(Revision),
+    /// The condition did not hold and nothing was written: what the key holds now, if anything.
+    ///
+    /// Most backends read it in the same atomic step as the failed check; Consul, whose
+    /// transactions return nothing when they fail, reads it just after, so it may already show a
+    /// later change.
+    Failed(Option<KeyValue>),
+}
+
+impl CondOutcome {
+    /// Whether the write was made.
+    pub fn is_applied(&self) -> bool {
+        matches!(self, CondOutcome::Applied(_))
+    }
+
+    /// The revision of the write, if it was made.
+    pub fn applied(&self) -> Option<Revision> {
+        match self {
+            CondOutcome::Applied(r) => Some(*r),
+            _ => None,
+        }
+    }
+}
+
 /// The backend contract.
 ///
 /// All keys are relative to the backend's namespace (chosen when the backend is built) and follow the
@@ -204,6 +257,40 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Deletes `key`. Returns the revision of the delete, or `None` when there was no such key (no
     /// change is made and watchers see nothing).
     async fn delete(&self, key: &str) -> Result<Option<Revision>>;
+
+    /// Writes `value` at `key` exactly as [`put`](Self::put) does, but only if `cond` holds for the
+    /// key: the check and the write are one atomic step on the server, so no other change can come
+    /// between them.
+    ///
+    /// Returns [`CondOutcome::Applied`] with the revision of the change, or
+    /// [`CondOutcome::Failed`] with what the key holds now; then nothing is written, no revision is
+    /// taken and watchers see nothing. An applied conditional put cannot be told from an
+    /// unconditional one: the same watch event, attached to `lease` (or detached from any previous
+    /// lease when `lease` is `None`).
+    ///
+    /// An invalid key or an oversized value is [`InvalidInput`](crate::ErrorKind::InvalidInput),
+    /// whatever the condition. The condition is checked before the lease: when it does not hold the
+    /// outcome is `Failed` even if `lease` has ended; when it holds and `lease` no longer exists,
+    /// the call is [`LeaseNotFound`](crate::ErrorKind::LeaseNotFound) and nothing is written. (A
+    /// lease id not even of this backend's form may be refused with `LeaseNotFound` up front.)
+    async fn put_if(
+        &self,
+        key: &str,
+        value: Bytes,
+        lease: Option<&LeaseId>,
+        cond: Condition,
+    ) -> Result<CondOutcome>;
+
+    /// Deletes `key` exactly as [`delete`](Self::delete) does, but only if `cond` holds for the
+    /// key, checked and applied in one atomic step on the server.
+    ///
+    /// Returns [`CondOutcome::Applied`] with the revision of the delete, or
+    /// [`CondOutcome::Failed`] with what the key holds now (nothing is deleted and watchers see
+    /// nothing). With [`Condition::Absent`] the condition holds exactly when there is nothing to
+    /// delete: `Applied` with a revision at which the key was absent, and no change.
+    ///
+    /// An invalid key is [`InvalidInput`](crate::ErrorKind::InvalidInput).
+    async fn delete_if(&self, key: &str, cond: Condition) -> Result<CondOutcome>;
 
     /// Reads one key; `None` when absent.
     async fn get(&self, key: &str) -> Result<Option<KeyValue>>;

@@ -11,7 +11,7 @@ pub mod redact;
 pub mod tls;
 pub mod watch;
 
-pub use backend::{Backend, Capabilities, Revision};
+pub use backend::{Backend, Capabilities, CondOutcome, Condition, Revision};
 pub use engine::{Directory, Instance, InstanceState, Registration, RegistrationState, Registry};
 pub use error::{Error, ErrorKind, Result};
 pub use lease::{Lease, LeaseId};

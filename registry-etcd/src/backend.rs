@@ -8,14 +8,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
-    WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream,
+    LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use futures::{StreamExt, stream};
 use registry_core::config::{check_duration, clamp_duration};
 use registry_core::{
-    Backend, Capabilities, Error, ErrorKind, Event, KeyValue, Lease, LeaseId, Listing, Result,
-    Revision, WatchStream, key,
+    Backend, Capabilities, CondOutcome, Condition, Error, ErrorKind, Event, KeyValue, Lease,
+    LeaseId, Listing, Result, Revision, WatchStream, key,
 };
 
 use crate::config::EtcdBuilder;
@@ -76,6 +76,26 @@ fn parse_lease(id: &LeaseId) -> Result<i64> {
     id.as_str()
         .parse()
         .map_err(|_| Error::lease_not_found(format!("{id} is not an etcd lease id")))
+}
+
+/// The etcd comparison that holds exactly when `cond` does for the key `full`, or `None` when
+/// `cond` can hold for no key (revision 0 or beyond etcd's range, a lease id not of etcd's form).
+fn compare(full: &str, cond: &Condition) -> Option<Compare> {
+    match cond {
+        // A key that never existed, or was deleted, has create revision 0.
+        Condition::Absent => Some(Compare::create_revision(full, CompareOp::Equal, 0)),
+        // An absent key compares as mod revision 0: revision 0 must not reach etcd.
+        Condition::Revision(r) => i64::try_from(*r)
+            .ok()
+            .filter(|r| *r > 0)
+            .map(|r| Compare::mod_revision(full, CompareOp::Equal, r)),
+        // An absent key compares as lease 0, a key without a lease too.
+        Condition::Lease(l) => parse_lease(l)
+            .ok()
+            .filter(|id| *id != 0)
+            .map(|id| Compare::lease(full, CompareOp::Equal, id)),
+        _ => None,
+    }
 }
 
 impl EtcdBackend {
@@ -285,6 +305,42 @@ impl EtcdBackend {
         })
     }
 
+    /// Runs `op` on `k` in one transaction guarded by `cond`; when the guard fails, the same
+    /// transaction reads the key instead, so the answer shows the state the guard was checked on.
+    async fn txn_if(
+        &self,
+        what: &str,
+        k: &str,
+        cond: &Condition,
+        op: TxnOp,
+    ) -> Result<CondOutcome> {
+        let full = self.full(k);
+        let Some(cmp) = compare(&full, cond) else {
+            // Nothing can satisfy it: a plain read is the whole answer.
+            return Ok(CondOutcome::Failed(self.get(k).await?));
+        };
+        let txn = Txn::new()
+            .when(vec![cmp])
+            .and_then(vec![op])
+            .or_else(vec![TxnOp::get(full, None)]);
+        let resp = self
+            .call(what, false, |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        if resp.succeeded() {
+            return Ok(CondOutcome::Applied(
+                resp.header().map_or(0, |h| h.revision() as u64),
+            ));
+        }
+        let current = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g.kvs().first().and_then(|kv| self.kv(kv))),
+            _ => None,
+        });
+        Ok(CondOutcome::Failed(current.flatten()))
+    }
+
     /// One range page: `[start, end)` at `revision` (0 = latest).
     async fn page(
         &self,
@@ -429,6 +485,31 @@ impl Backend for EtcdBackend {
             })
             .await?;
         Ok((resp.deleted() > 0).then(|| resp.header().map_or(0, |h| h.revision() as u64)))
+    }
+
+    async fn put_if(
+        &self,
+        k: &str,
+        value: Bytes,
+        lease: Option<&LeaseId>,
+        cond: Condition,
+    ) -> Result<CondOutcome> {
+        key::validate_key(k, &self.inner.caps)?;
+        key::validate_value(&value, &self.inner.caps)?;
+        let opts = match lease {
+            Some(l) => Some(PutOptions::new().with_lease(parse_lease(l)?)),
+            None => None,
+        };
+        // etcd checks the lease only on the branch it runs: a failed guard is `Failed` even when
+        // the lease has ended, as the contract says.
+        let op = TxnOp::put(self.full(k), value.to_vec(), opts);
+        self.txn_if("conditional put", k, &cond, op).await
+    }
+
+    async fn delete_if(&self, k: &str, cond: Condition) -> Result<CondOutcome> {
+        key::validate_key(k, &self.inner.caps)?;
+        let op = TxnOp::delete(self.full(k), None);
+        self.txn_if("conditional delete", k, &cond, op).await
     }
 
     async fn get(&self, k: &str) -> Result<Option<KeyValue>> {

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use futures::stream;
 use registry_core::config::clamp_duration;
 use registry_core::{
-    Backend, Capabilities, Error, Event, KeyValue, Lease, LeaseId, Listing, Result, Revision,
-    WatchStream, key,
+    Backend, Capabilities, CondOutcome, Condition, Error, Event, KeyValue, Lease, LeaseId, Listing,
+    Result, Revision, WatchStream, key,
 };
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -71,6 +71,8 @@ struct Counters {
     revoke: AtomicU64,
     put: AtomicU64,
     delete: AtomicU64,
+    put_if: AtomicU64,
+    delete_if: AtomicU64,
     get: AtomicU64,
     list: AtomicU64,
     watch: AtomicU64,
@@ -92,6 +94,10 @@ pub struct OperationCounts {
     pub put: u64,
     /// Calls to `delete`.
     pub delete: u64,
+    /// Calls to `put_if`.
+    pub put_if: u64,
+    /// Calls to `delete_if`.
+    pub delete_if: u64,
     /// Calls to `get`.
     pub get: u64,
     /// Calls to `list`.
@@ -108,6 +114,8 @@ impl OperationCounts {
             + self.revoke
             + self.put
             + self.delete
+            + self.put_if
+            + self.delete_if
             + self.get
             + self.list
             + self.watch
@@ -259,6 +267,8 @@ impl MemoryBackend {
             revoke: l(&c.revoke),
             put: l(&c.put),
             delete: l(&c.delete),
+            put_if: l(&c.put_if),
+            delete_if: l(&c.delete_if),
             get: l(&c.get),
             list: l(&c.list),
             watch: l(&c.watch),
@@ -400,6 +410,37 @@ impl Backend for MemoryBackend {
             self.notify(&st);
         }
         Ok(rev)
+    }
+
+    async fn put_if(
+        &self,
+        k: &str,
+        value: Bytes,
+        lease: Option<&LeaseId>,
+        cond: Condition,
+    ) -> Result<CondOutcome> {
+        self.gate(&self.inner.counts.put_if).await?;
+        key::validate_key(k, &self.inner.caps)?;
+        key::validate_value(&value, &self.inner.caps)?;
+        let lease = lease.map(Self::lease_id).transpose()?;
+        let mut st = self.lock_fresh();
+        let outcome = st.put_if(k, value, lease, &cond)?;
+        if outcome.is_applied() {
+            self.notify(&st);
+        }
+        Ok(outcome)
+    }
+
+    async fn delete_if(&self, k: &str, cond: Condition) -> Result<CondOutcome> {
+        self.gate(&self.inner.counts.delete_if).await?;
+        key::validate_key(k, &self.inner.caps)?;
+        let mut st = self.lock_fresh();
+        let before = st.revision;
+        let outcome = st.delete_if(k, &cond);
+        if st.revision != before {
+            self.notify(&st);
+        }
+        Ok(outcome)
     }
 
     async fn get(&self, k: &str) -> Result<Option<KeyValue>> {

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use registry_core::config::MAX_DURATION;
-use registry_core::{Error, Event, KeyValue, LeaseId, Listing, Result, Revision, key};
+use registry_core::{
+    CondOutcome, Condition, Error, Event, KeyValue, LeaseId, Listing, Result, Revision, key,
+};
 use tokio::time::Instant;
 
 #[derive(Debug)]
@@ -171,6 +173,45 @@ impl State {
         self.history.push_back(Event::delete(k, self.revision));
         self.trim_history();
         Some(self.revision)
+    }
+
+    /// Whether `cond` holds for `k` now.
+    fn holds(&self, k: &str, cond: &Condition) -> bool {
+        let entry = self.keys.get(k);
+        match cond {
+            Condition::Absent => entry.is_none(),
+            Condition::Revision(r) => entry.is_some_and(|e| e.revision == *r),
+            Condition::Lease(l) => {
+                let id = parse_lease(l);
+                entry.is_some_and(|e| e.lease.is_some() && e.lease == id)
+            }
+            // A condition this backend does not know never holds.
+            _ => false,
+        }
+    }
+
+    /// [`put`](Self::put) if `cond` holds, checked first: when it does not, nothing is written and
+    /// the lease is not looked at.
+    pub(crate) fn put_if(
+        &mut self,
+        k: &str,
+        value: Bytes,
+        lease: Option<u64>,
+        cond: &Condition,
+    ) -> Result<CondOutcome> {
+        if !self.holds(k, cond) {
+            return Ok(CondOutcome::Failed(self.get(k)));
+        }
+        self.put(k, value, lease).map(CondOutcome::Applied)
+    }
+
+    /// [`delete`](Self::delete) if `cond` holds. With [`Condition::Absent`] there is nothing to
+    /// delete: the current revision, and no change.
+    pub(crate) fn delete_if(&mut self, k: &str, cond: &Condition) -> CondOutcome {
+        if !self.holds(k, cond) {
+            return CondOutcome::Failed(self.get(k));
+        }
+        CondOutcome::Applied(self.delete(k).unwrap_or(self.revision))
     }
 
     pub(crate) fn get(&self, k: &str) -> Option<KeyValue> {

@@ -13,8 +13,8 @@ use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, AsyncConnectionConfig, Client, Script, Value};
 use registry_core::config::{check_duration, clamp_duration};
 use registry_core::{
-    Backend, Capabilities, Error, ErrorKind, Event, KeyValue, Lease, LeaseId, Listing, Result,
-    Revision, WatchStream, key,
+    Backend, Capabilities, CondOutcome, Condition, Error, ErrorKind, Event, KeyValue, Lease,
+    LeaseId, Listing, Result, Revision, WatchStream, key,
 };
 
 use crate::config::RedisBuilder;
@@ -47,6 +47,8 @@ struct Scripts {
     revoke: Script,
     put: Script,
     delete: Script,
+    put_if: Script,
+    delete_if: Script,
     get: Script,
     list: Script,
     watch_start: Script,
@@ -63,6 +65,8 @@ impl Scripts {
             revoke: s(scripts::REVOKE),
             put: s(scripts::PUT),
             delete: s(scripts::DELETE),
+            put_if: Script::new(&scripts::conditional_source(scripts::PUT_IF)),
+            delete_if: Script::new(&scripts::conditional_source(scripts::DELETE_IF)),
             get: s(scripts::GET),
             list: s(scripts::LIST),
             watch_start: s(scripts::WATCH_START),
@@ -157,6 +161,24 @@ fn bad_reply(what: &str) -> Error {
 fn parse_id(id: &str) -> Option<(u64, u64)> {
     let (r, s) = id.split_once('-')?;
     Some((r.parse().ok()?, s.parse().ok()?))
+}
+
+/// A condition as the conditional scripts' ARGV[7..9]: kind, epoch, local revision or lease id.
+/// `None` when it can hold for no key (a lease id not of this backend's form, a condition this
+/// backend does not know).
+fn condition_args(cond: &Condition) -> Option<[String; 3]> {
+    match cond {
+        Condition::Absent => Some(["absent".into(), String::new(), String::new()]),
+        Condition::Revision(r) => {
+            let (epoch, local) = decompose(*r);
+            Some(["rev".into(), epoch.to_string(), local.to_string()])
+        }
+        Condition::Lease(l) => {
+            let (epoch, id) = lease_parts(l).ok()?;
+            Some(["lease".into(), epoch, id])
+        }
+        _ => None,
+    }
 }
 
 impl RedisBackend {
@@ -338,6 +360,52 @@ impl RedisBackend {
         Ok(rest.first().and_then(as_u64).unwrap_or(0))
     }
 
+    /// Runs a conditional script (`put_if` or `delete_if`) and reads its outcome.
+    async fn run_if(
+        &self,
+        script: &Script,
+        what: &str,
+        k: &str,
+        value: &[u8],
+        lease: Option<&LeaseId>,
+        cond: &Condition,
+    ) -> Result<CondOutcome> {
+        let (le, lid) = match lease {
+            Some(l) => lease_parts(l)?,
+            None => (String::new(), String::new()),
+        };
+        let Some([kind, ce, carg]) = condition_args(cond) else {
+            return Ok(CondOutcome::Failed(self.get(k).await?));
+        };
+        let (epoch, rest) = self
+            .run_epoch(
+                script,
+                what,
+                &[
+                    k.as_bytes(),
+                    value,
+                    le.as_bytes(),
+                    lid.as_bytes(),
+                    kind.as_bytes(),
+                    ce.as_bytes(),
+                    carg.as_bytes(),
+                ],
+            )
+            .await?;
+        match rest.as_slice() {
+            [applied, rev] if as_u64(applied) == Some(1) => {
+                let rev = as_u64(rev).ok_or_else(|| bad_reply(what))?;
+                Ok(CondOutcome::Applied(compose(epoch, rev)))
+            }
+            [failed] if as_u64(failed) == Some(0) => Ok(CondOutcome::Failed(None)),
+            [failed, value, meta] if as_u64(failed) == Some(0) => self
+                .kv(epoch, k.to_owned(), value, meta)
+                .map(|kv| CondOutcome::Failed(Some(kv)))
+                .ok_or_else(|| bad_reply(what)),
+            _ => Err(bad_reply(what)),
+        }
+    }
+
     fn kv(&self, epoch: u64, key: String, value: &Value, meta: &Value) -> Option<KeyValue> {
         let value = as_bytes(value)?;
         let meta = as_bytes(meta)?;
@@ -458,6 +526,27 @@ impl Backend for RedisBackend {
             .and_then(as_u64)
             .ok_or_else(|| bad_reply("delete"))?;
         Ok((rev > 0).then(|| compose(epoch, rev)))
+    }
+
+    async fn put_if(
+        &self,
+        k: &str,
+        value: Bytes,
+        lease: Option<&LeaseId>,
+        cond: Condition,
+    ) -> Result<CondOutcome> {
+        key::validate_key(k, &self.inner.caps)?;
+        key::validate_value(&value, &self.inner.caps)?;
+        let script = &self.inner.scripts.put_if;
+        self.run_if(script, "conditional put", k, &value, lease, &cond)
+            .await
+    }
+
+    async fn delete_if(&self, k: &str, cond: Condition) -> Result<CondOutcome> {
+        key::validate_key(k, &self.inner.caps)?;
+        let script = &self.inner.scripts.delete_if;
+        self.run_if(script, "conditional delete", k, b"", None, &cond)
+            .await
     }
 
     async fn get(&self, k: &str) -> Result<Option<KeyValue>> {

@@ -96,6 +96,30 @@ local function unlink_from_lease(key)
   return nil
 end
 
+-- Writes key = value attached to lease ('' for none; the caller has checked it is live), detached
+-- from any previous lease. Returns the revision.
+local function write_key(key, value, lease)
+  unlink_from_lease(key)
+  if lease ~= '' then redis.call('SADD', BASE .. 'lk:' .. lease, key) end
+  local rev = redis.call('INCR', K_REV)
+  redis.call('HSET', K_KV, key, value)
+  redis.call('HSET', K_META, key, rev .. ':' .. lease)
+  redis.call('ZADD', K_IDX, 0, key)
+  xadd(rev, 0, key, 'p', value)
+  return rev
+end
+
+-- Deletes an existing key. Returns the revision.
+local function delete_key(key)
+  unlink_from_lease(key)
+  redis.call('HDEL', K_KV, key)
+  redis.call('HDEL', K_META, key)
+  redis.call('ZREM', K_IDX, key)
+  local rev = redis.call('INCR', K_REV)
+  xadd(rev, 0, key, 'd', nil)
+  return rev
+end
+
 reap(100)
 "#;
 
@@ -136,27 +160,72 @@ local key, lease = ARGV[3], ARGV[6]
 if lease ~= '' and not live_lease(ARGV[5], lease) then
   return redis.error_reply('LEASE_NOT_FOUND the lease has expired or was revoked')
 end
-unlink_from_lease(key)
-if lease ~= '' then redis.call('SADD', BASE .. 'lk:' .. lease, key) end
-local rev = redis.call('INCR', K_REV)
-redis.call('HSET', K_KV, key, ARGV[4])
-redis.call('HSET', K_META, key, rev .. ':' .. lease)
-redis.call('ZADD', K_IDX, 0, key)
-xadd(rev, 0, key, 'p', ARGV[4])
-return {EPOCH, rev}
+return {EPOCH, write_key(key, ARGV[4], lease)}
 "#;
 
 /// ARGV[3] = key. Returns {epoch, revision or 0}.
 pub(crate) const DELETE: &str = r#"
 local key = ARGV[3]
 if redis.call('HEXISTS', K_KV, key) == 0 then return {EPOCH, 0} end
-unlink_from_lease(key)
-redis.call('HDEL', K_KV, key)
-redis.call('HDEL', K_META, key)
-redis.call('ZREM', K_IDX, key)
-local rev = redis.call('INCR', K_REV)
-xadd(rev, 0, key, 'd', nil)
-return {EPOCH, rev}
+return {EPOCH, delete_key(key)}
+"#;
+
+/// The condition of a conditional write, shared by [`PUT_IF`] and [`DELETE_IF`]: ARGV[7] = kind
+/// (`absent`, `rev` or `lease`), ARGV[8] = its epoch, ARGV[9] = its local revision or lease id.
+const CONDITION: &str = r#"
+local COND_KIND, COND_EPOCH, COND_ARG = ARGV[7], ARGV[8], ARGV[9]
+
+-- The key's metadata `rev:lease`, or nil when absent. A key whose lease is past its deadline (not
+-- reaped yet) has its lease ended here, exactly as a write with that lease would: it is absent.
+local function current_meta(key)
+  local meta = redis.call('HGET', K_META, key)
+  if not meta then return nil end
+  local lease = string.match(meta, '^[0-9]+:(.*)$')
+  if lease and lease ~= '' and not live_lease(EPOCH, lease) then
+    meta = redis.call('HGET', K_META, key)
+  end
+  return meta
+end
+
+-- Whether the condition holds for a key with metadata `meta` (nil: absent).
+local function cond_holds(meta)
+  if COND_KIND == 'absent' then return meta == nil end
+  if meta == nil or COND_EPOCH ~= EPOCH then return false end
+  local rev, lease = string.match(meta, '^([0-9]+):(.*)$')
+  if COND_KIND == 'rev' then return rev == COND_ARG end
+  if COND_KIND == 'lease' then return lease ~= '' and lease == COND_ARG end
+  return false
+end
+
+-- The reply of a failed condition: {epoch, 0} for an absent key, else {epoch, 0, value, meta}.
+local function cond_failed(key, meta)
+  if meta == nil then return {EPOCH, 0} end
+  return {EPOCH, 0, redis.call('HGET', K_KV, key), meta}
+end
+"#;
+
+/// [`PUT`] if the [`CONDITION`] holds, checked first (a failed condition never looks at the
+/// lease). ARGV[3] = key, ARGV[4] = value, ARGV[5] = lease epoch or '', ARGV[6] = lease id or '',
+/// ARGV[7..9] = condition. Returns {epoch, 1, revision}, or the failed condition's reply.
+pub(crate) const PUT_IF: &str = r#"
+local key, lease = ARGV[3], ARGV[6]
+local meta = current_meta(key)
+if not cond_holds(meta) then return cond_failed(key, meta) end
+if lease ~= '' and not live_lease(ARGV[5], lease) then
+  return redis.error_reply('LEASE_NOT_FOUND the lease has expired or was revoked')
+end
+return {EPOCH, 1, write_key(key, ARGV[4], lease)}
+"#;
+
+/// [`DELETE`] if the [`CONDITION`] holds. ARGV[3] = key, ARGV[4..6] unused, ARGV[7..9] =
+/// condition. Returns {epoch, 1, revision} (the current one when the key was absent: nothing to
+/// delete), or the failed condition's reply.
+pub(crate) const DELETE_IF: &str = r#"
+local key = ARGV[3]
+local meta = current_meta(key)
+if not cond_holds(meta) then return cond_failed(key, meta) end
+if meta == nil then return {EPOCH, 1, redis.call('GET', K_REV) or '0'} end
+return {EPOCH, 1, delete_key(key)}
 "#;
 
 /// ARGV[3] = key. Returns {epoch} or {epoch, value, meta}.
@@ -206,4 +275,9 @@ return redis.call('XTRIM', K_EVENTS, 'MINID', (tonumber(ARGV[4]) + 1) .. '-0')
 /// The full source of a script: the shared prelude, then its body.
 pub(crate) fn source(body: &str) -> String {
     format!("{PRELUDE}\n{body}")
+}
+
+/// The full source of a conditional script: the shared prelude, the [`CONDITION`], then its body.
+pub(crate) fn conditional_source(body: &str) -> String {
+    format!("{PRELUDE}\n{CONDITION}\n{body}")
 }

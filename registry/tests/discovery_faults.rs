@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use registry::engine::Registry;
 use registry::memory::MemoryBackend;
 use registry::{
-    Backend, Bytes, Capabilities, Error, ErrorKind, KeyValue, Lease, LeaseId, Listing, Result,
-    Revision, WatchStream,
+    Backend, Bytes, Capabilities, CondOutcome, Condition, Error, ErrorKind, KeyValue, Lease,
+    LeaseId, Listing, Result, Revision, WatchStream,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -49,6 +49,18 @@ impl Backend for Faulty {
     }
     async fn delete(&self, key: &str) -> Result<Option<Revision>> {
         self.inner.delete(key).await
+    }
+    async fn put_if(
+        &self,
+        key: &str,
+        value: Bytes,
+        lease: Option<&LeaseId>,
+        cond: Condition,
+    ) -> Result<CondOutcome> {
+        self.inner.put_if(key, value, lease, cond).await
+    }
+    async fn delete_if(&self, key: &str, cond: Condition) -> Result<CondOutcome> {
+        self.inner.delete_if(key, cond).await
     }
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         self.inner.get(key).await

@@ -4,12 +4,17 @@
 //! backend under paused tokio time; the truth is read from the backend itself.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use registry::engine::{Instance, RegisterOptions, Registry};
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use registry::engine::{Instance, RegisterOptions, Registration, RegistrationState, Registry};
 use registry::memory::MemoryBackend;
-use registry::{Backend, ErrorKind};
+use registry::{
+    Backend, Bytes, Capabilities, CondOutcome, Condition, ErrorKind, KeyValue, Lease, LeaseId,
+    Listing, Result, Revision, WatchStream,
+};
 use tokio::time::sleep;
 
 const TTL: Duration = Duration::from_secs(3);
@@ -171,4 +176,153 @@ async fn shutdown_deregisters_everything_and_returns_when_done() {
     assert!(again.state().is_registered());
     sleep(Duration::from_secs(10)).await;
     assert!(present(&backend, "s1").await);
+}
+
+/// The memory backend, with a hook that runs the moment its user next reaches for one key to
+/// delete it: right after reading the key (where a get-then-delete decides the key is still its
+/// own) or right before a conditional delete of it. The hook lets another process register the
+/// same key in between, the race a deferred delete must survive.
+struct Interleaving {
+    inner: MemoryBackend,
+    key: String,
+    hook: Mutex<Option<BoxFuture<'static, ()>>>,
+}
+
+impl std::fmt::Debug for Interleaving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interleaving")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl Interleaving {
+    async fn interleave(&self, key: &str) {
+        if key != self.key {
+            return;
+        }
+        let hook = self.hook.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook.await;
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for Interleaving {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn grant(&self, ttl: Duration) -> Result<Lease> {
+        self.inner.grant(ttl).await
+    }
+    async fn keep_alive(&self, lease: &LeaseId) -> Result<Duration> {
+        self.inner.keep_alive(lease).await
+    }
+    async fn revoke(&self, lease: &LeaseId) -> Result<()> {
+        self.inner.revoke(lease).await
+    }
+    async fn put(&self, key: &str, value: Bytes, lease: Option<&LeaseId>) -> Result<Revision> {
+        self.inner.put(key, value, lease).await
+    }
+    async fn delete(&self, key: &str) -> Result<Option<Revision>> {
+        self.inner.delete(key).await
+    }
+    async fn put_if(
+        &self,
+        key: &str,
+        value: Bytes,
+        lease: Option<&LeaseId>,
+        cond: Condition,
+    ) -> Result<CondOutcome> {
+        self.inner.put_if(key, value, lease, cond).await
+    }
+    async fn delete_if(&self, key: &str, cond: Condition) -> Result<CondOutcome> {
+        self.interleave(key).await;
+        self.inner.delete_if(key, cond).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let kv = self.inner.get(key).await;
+        self.interleave(key).await;
+        kv
+    }
+    async fn list(&self, prefix: &str) -> Result<Listing> {
+        self.inner.list(prefix).await
+    }
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
+        self.inner.watch(prefix, after).await
+    }
+}
+
+fn lease_of(r: &Registration) -> LeaseId {
+    match r.state() {
+        RegistrationState::Registered { lease, .. } => lease,
+        other => panic!("not registered: {other}"),
+    }
+}
+
+/// A deregistration deferred while the backend was unreachable runs later, at a keep-alive. By
+/// then another process may have registered the same instance: the deferred delete must leave
+/// that registration alone. (A get-then-delete removed it when the other process wrote between
+/// the read and the delete.)
+#[tokio::test(start_paused = true)]
+async fn a_deferred_delete_never_removes_another_process_registration() {
+    let store = MemoryBackend::new();
+    let key = "registry/web/w1";
+    let backend = Arc::new(Interleaving {
+        inner: store.clone(),
+        key: key.to_owned(),
+        hook: Mutex::new(None),
+    });
+    let a = Registry::builder(backend.clone())
+        .ttl(TTL)
+        .heartbeat(HEARTBEAT)
+        .build()
+        .unwrap();
+    let w1 = a.register(web("w1")).await.unwrap();
+    // A second registration keeps the lease alive after w1 goes (the last one out revokes).
+    let _w2 = a.register(web("w2")).await.unwrap();
+    let ours = lease_of(&w1);
+
+    // The delete fails (the backend is briefly unreachable): it is deferred to a keep-alive.
+    store.fail_next(1);
+    let e = w1.deregister().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert_eq!(
+        store.get(key).await.unwrap().and_then(|kv| kv.lease),
+        Some(ours.clone()),
+        "the delete was not deferred"
+    );
+
+    // Another process registers the same instance just as the deferred delete is about to go.
+    let b = registry(&store);
+    let theirs: Arc<Mutex<Option<Registration>>> = Arc::default();
+    *backend.hook.lock().unwrap() = Some({
+        let theirs = theirs.clone();
+        Box::pin(async move {
+            let r = b.register(web("w1")).await.unwrap();
+            *theirs.lock().unwrap() = Some(r);
+        })
+    });
+    sleep(HEARTBEAT + Duration::from_millis(10)).await;
+    let theirs = theirs
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the deferred delete never ran");
+    let their_lease = lease_of(&theirs);
+    assert_ne!(their_lease, ours);
+    assert_eq!(
+        store.get(key).await.unwrap().and_then(|kv| kv.lease),
+        Some(their_lease.clone()),
+        "the deferred delete removed the other process's registration"
+    );
+    // Nor does it come back for it later: the delete is done with.
+    sleep(TTL * 3).await;
+    assert_eq!(
+        store.get(key).await.unwrap().and_then(|kv| kv.lease),
+        Some(their_lease)
+    );
+    assert!(theirs.state().is_registered(), "{}", theirs.state());
+    assert_eq!(a.stats().deletes, 0, "nothing of ours was deleted");
 }

@@ -19,7 +19,7 @@ use super::backoff::Backoff;
 use super::directory::Directory;
 use super::discover::{Discovery, DiscoveryOptions, Scope};
 use super::instance::{Instance, InstanceState, Layout};
-use crate::backend::Backend;
+use crate::backend::{Backend, Condition};
 use crate::config::{check_duration, check_max_duration};
 use crate::error::{Error, ErrorKind, Result};
 use crate::lease::{Lease, LeaseId};
@@ -1126,11 +1126,15 @@ impl Keeper {
 
     /// Deletes `key` only while it is still attached to our lease: by the time a deferred delete
     /// runs, another process may have registered the same instance, and that registration is not
-    /// ours to remove.
+    /// ours to remove. One conditional delete, checked on the server: a read followed by a delete
+    /// would remove a registration written between the two.
     async fn delete_if_ours(&self, key: &str, lease: &LeaseId) -> Result<()> {
-        let current = self.call(self.backend.get(key)).await?;
-        if current.is_some_and(|kv| kv.lease.as_ref() == Some(lease)) {
-            self.call(self.backend.delete(key)).await?;
+        let cond = Condition::Lease(lease.clone());
+        if self
+            .call(self.backend.delete_if(key, cond))
+            .await?
+            .is_applied()
+        {
             RegistryStats::bump(&self.stats.deletes);
         }
         Ok(())
@@ -1307,7 +1311,7 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::backend::Capabilities;
+    use crate::backend::{Capabilities, CondOutcome};
     use crate::config::MAX_DURATION;
     use crate::engine::{DiscoveryOptions, ProbeOptions, Scope};
     use crate::watch::{KeyValue, Listing, WatchStream};
@@ -1339,6 +1343,18 @@ mod tests {
             down()
         }
         async fn delete(&self, _: &str) -> Result<Option<u64>> {
+            down()
+        }
+        async fn put_if(
+            &self,
+            _: &str,
+            _: Bytes,
+            _: Option<&LeaseId>,
+            _: Condition,
+        ) -> Result<CondOutcome> {
+            down()
+        }
+        async fn delete_if(&self, _: &str, _: Condition) -> Result<CondOutcome> {
             down()
         }
         async fn get(&self, _: &str) -> Result<Option<KeyValue>> {
