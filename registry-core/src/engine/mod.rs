@@ -17,6 +17,7 @@ mod directory;
 mod discover;
 mod dispatch;
 mod instance;
+mod keeper;
 mod probe;
 mod register;
 mod ring;

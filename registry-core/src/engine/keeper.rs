@@ -1,0 +1,600 @@
+//! The keeper: the task that owns one lease and the registrations on it. It keeps the lease
+//! alive on a schedule no command backlog can delay, writes registrations (each with its own
+//! outcome: a value the backend refuses marks that registration only), rewrites everything under a
+//! new lease when the old one is lost, and removes registrations by the identity of their handle,
+//! never by key alone. [`Registry`](super::Registry) and [`Registration`](super::Registration) talk
+//! to it through [`Cmd`]s.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, sleep_until, timeout};
+
+use super::backoff::Backoff;
+use super::register::{LeaseOptions, RegistrationState, RegistryStats, closed};
+use crate::backend::{Backend, Condition};
+use crate::error::{Error, ErrorKind, Result};
+use crate::lease::{Lease, LeaseId};
+
+/// What handles and the registry ask of a keeper.
+pub(super) enum Cmd {
+    Add {
+        key: String,
+        token: u64,
+        cancelled: Arc<AtomicBool>,
+        value: Bytes,
+        state: watch::Sender<RegistrationState>,
+        done: Option<oneshot::Sender<Result<()>>>,
+    },
+    Update {
+        key: String,
+        token: u64,
+        value: Bytes,
+        done: oneshot::Sender<Result<()>>,
+    },
+    Remove {
+        key: String,
+        token: u64,
+        done: Option<oneshot::Sender<Result<()>>>,
+    },
+    /// Deregister everything and stop.
+    Shutdown { done: oneshot::Sender<Result<()>> },
+}
+
+struct Member {
+    /// The handle this member belongs to.
+    token: u64,
+    value: Bytes,
+    /// The value the backend last accepted for this key, if any: what an update the backend
+    /// refuses for good falls back to.
+    accepted: Option<Bytes>,
+    state: watch::Sender<RegistrationState>,
+    written: bool,
+    /// Why the backend refused `value` for good (too large, not allowed). Such a member is
+    /// written again only at heartbeats, and blocks no other registration.
+    refused: Option<Error>,
+}
+
+/// Owns one lease and the registrations attached to it.
+pub(super) struct Keeper {
+    backend: Arc<dyn Backend>,
+    opts: LeaseOptions,
+    op_timeout: Duration,
+    lease: Option<Lease>,
+    /// The last moment the backend confirmed the lease (grant or keep-alive).
+    last_ok: Instant,
+    members: BTreeMap<String, Member>,
+    /// Keys deregistered while the backend was unreachable, still attached to the live lease.
+    pending_deletes: BTreeSet<String>,
+    backoff: Backoff,
+    next_tick: Option<Instant>,
+    stats: Arc<RegistryStats>,
+}
+
+impl Keeper {
+    pub(super) fn new(
+        backend: Arc<dyn Backend>,
+        lease: LeaseOptions,
+        op_timeout: Duration,
+        stats: Arc<RegistryStats>,
+    ) -> Keeper {
+        Keeper {
+            backend,
+            opts: lease,
+            op_timeout,
+            lease: None,
+            last_ok: Instant::now(),
+            members: BTreeMap::new(),
+            pending_deletes: BTreeSet::new(),
+            backoff: Backoff::new(
+                Duration::from_millis(100).min(lease.heartbeat / 2),
+                lease.heartbeat.max(Duration::from_millis(200)),
+            ),
+            next_tick: None,
+            stats,
+        }
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Cmd>,
+        mut halt: watch::Receiver<bool>,
+    ) {
+        loop {
+            let tick = self.next_tick;
+            tokio::select! {
+                biased;
+                // The registry may be dropped while handles live on; only a real halt stops us.
+                true = async { halt.wait_for(|h| *h).await.is_ok() } => {
+                    tracing::info!("registry halted: keep-alives stopped without deregistering");
+                    return;
+                }
+                // A due keep-alive goes before any queued command: a backlog of registrations
+                // against a slow backend must not let the lease run out.
+                _ = sleep_until(tick.unwrap_or_else(far_future)), if tick.is_some() => self.tick().await,
+                cmd = rx.recv() => match cmd {
+                    Some(Cmd::Shutdown { done }) => {
+                        let _ = done.send(self.shutdown().await);
+                        return;
+                    }
+                    Some(cmd) => self.handle(cmd).await,
+                    None => {
+                        // Every handle and the registry are gone: nothing is left to keep.
+                        if let Some(lease) = self.lease.take() {
+                            let _ = self.call(self.backend.revoke(&lease.id)).await;
+                        }
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    async fn call<T>(&self, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        match timeout(self.op_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("backend did not answer within {:?}", self.op_timeout),
+            )),
+        }
+    }
+
+    /// The next keep-alive is due one heartbeat after the backend last confirmed the lease: writes
+    /// do not renew a lease, so they must never push the keep-alive back (a steady stream of
+    /// registrations would otherwise starve it until the lease expired).
+    fn schedule_heartbeat(&mut self) {
+        self.backoff.reset();
+        self.next_tick = if self.members.is_empty() && self.pending_deletes.is_empty() {
+            None
+        } else {
+            Some(self.last_ok + self.opts.heartbeat)
+        };
+    }
+
+    fn schedule_retry(&mut self) {
+        let mut at = Instant::now() + self.backoff.next_delay();
+        // While the lease may still be alive, retry before it would run out.
+        if self.lease.is_some() {
+            let expiry = self.last_ok + self.opts.ttl;
+            if at > expiry {
+                at = expiry.max(Instant::now());
+            }
+        }
+        self.next_tick = Some(at);
+    }
+
+    async fn handle(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Add {
+                key,
+                token,
+                cancelled,
+                value,
+                state,
+                done,
+            } => {
+                if cancelled.load(Ordering::SeqCst) {
+                    // The handle went before its (delayed) first write was applied.
+                    state.send_replace(RegistrationState::Deregistered);
+                    if let Some(done) = done {
+                        let _ = done.send(Err(closed()));
+                    }
+                    return;
+                }
+                if self.members.contains_key(&key) {
+                    let e = Error::invalid(format!("{key} is already registered by this registry"));
+                    tracing::warn!(key = %key, "registration refused: the key is already registered by this registry");
+                    state.send_replace(RegistrationState::Deregistered);
+                    if let Some(done) = done {
+                        let _ = done.send(Err(e));
+                    }
+                    return;
+                }
+                self.pending_deletes.remove(&key);
+                self.members.insert(
+                    key.clone(),
+                    Member {
+                        token,
+                        value,
+                        accepted: None,
+                        state,
+                        written: false,
+                        refused: None,
+                    },
+                );
+                let result = self.write_pending().await;
+                let mine = match self.members.get(&key) {
+                    Some(m) if m.written => Ok(()),
+                    Some(Member {
+                        refused: Some(e), ..
+                    }) => Err(e.clone()),
+                    _ => Err(result
+                        .err()
+                        .unwrap_or_else(|| Error::unavailable("registration not written yet"))),
+                };
+                if let Err(e) = &mine {
+                    if !(e.is_temporary() || e.kind() == ErrorKind::LeaseNotFound) {
+                        // Refused for good: the caller gets the error and no handle.
+                        if let Some(m) = self.members.remove(&key) {
+                            m.state.send_replace(RegistrationState::Deregistered);
+                        }
+                        self.schedule_heartbeat_if_idle();
+                    }
+                }
+                if let Some(done) = done {
+                    let _ = done.send(mine);
+                }
+            }
+            Cmd::Update {
+                key,
+                token,
+                value,
+                done,
+            } => {
+                let result = match self.members.get_mut(&key) {
+                    Some(m) if m.token == token => {
+                        m.value = value;
+                        m.written = false;
+                        m.refused = None;
+                        let _ = self.write_pending().await;
+                        match self.members.get_mut(&key) {
+                            Some(m) if m.written => Ok(()),
+                            Some(m) if m.refused.is_some() => {
+                                // Refused for good: keep the last value the backend accepted,
+                                // which is still what it holds.
+                                let e = m.refused.take().unwrap_or_else(closed);
+                                match m.accepted.clone() {
+                                    Some(v) => {
+                                        m.value = v;
+                                        m.written = true;
+                                    }
+                                    None => m.refused = Some(e.clone()),
+                                }
+                                Err(e)
+                            }
+                            _ => Err(Error::unavailable(format!(
+                                "{key}: update not written yet; it will be at the next attempt"
+                            ))),
+                        }
+                    }
+                    _ => Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!("{key} is not registered by this handle"),
+                    )),
+                };
+                let _ = done.send(result);
+            }
+            // The run loop stops after this; here only for completeness.
+            Cmd::Shutdown { done } => {
+                let _ = done.send(self.shutdown().await);
+            }
+            Cmd::Remove { key, token, done } => {
+                let result = if self.members.get(&key).is_some_and(|m| m.token == token) {
+                    self.remove(&key).await
+                } else {
+                    // Not this handle's (a rejected duplicate, or already removed).
+                    Ok(())
+                };
+                if let Some(done) = done {
+                    let _ = done.send(result);
+                }
+            }
+        }
+    }
+
+    /// Every member deregistered: the lease revoked (its keys go with it), or, without a lease,
+    /// nothing of ours is in the backend.
+    async fn shutdown(&mut self) -> Result<()> {
+        for (_, m) in std::mem::take(&mut self.members) {
+            m.state.send_replace(RegistrationState::Deregistered);
+        }
+        self.pending_deletes.clear();
+        self.next_tick = None;
+        let Some(lease) = self.lease.take() else {
+            return Ok(());
+        };
+        tracing::info!(lease = %lease.id, "registry shutting down: revoking its lease");
+        match self.call(self.backend.revoke(&lease.id)).await {
+            Ok(()) => {
+                RegistryStats::bump(&self.stats.revokes);
+                Ok(())
+            }
+            Err(e) if e.kind() == ErrorKind::LeaseNotFound => Ok(()),
+            Err(e) => Err(e.context("shutdown: revoking the lease")),
+        }
+    }
+
+    async fn remove(&mut self, key: &str) -> Result<()> {
+        let Some(member) = self.members.remove(key) else {
+            return Ok(());
+        };
+        member.state.send_replace(RegistrationState::Deregistered);
+        tracing::info!(key, "deregistering");
+        let Some(lease) = self.lease.clone() else {
+            // No lease: nothing of ours is in the backend.
+            self.schedule_heartbeat_if_idle();
+            return Ok(());
+        };
+        let result = if self.members.is_empty() {
+            // Last one out revokes the lease: deletes the key and stops the heartbeat.
+            let r = self.call(self.backend.revoke(&lease.id)).await;
+            match &r {
+                Ok(()) => {
+                    RegistryStats::bump(&self.stats.revokes);
+                    self.lease = None;
+                    self.pending_deletes.clear();
+                }
+                Err(e) if e.kind() == ErrorKind::LeaseNotFound => {
+                    self.lease = None;
+                    self.pending_deletes.clear();
+                }
+                Err(_) => {
+                    self.pending_deletes.insert(key.to_owned());
+                }
+            }
+            r.or_else(|e| {
+                if e.kind() == ErrorKind::LeaseNotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+        } else {
+            // Delete even if the last write failed: an older value may still be attached.
+            match self.delete_if_ours(key, &lease.id).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    self.pending_deletes.insert(key.to_owned());
+                    Err(e)
+                }
+            }
+        };
+        if let Err(e) = &result {
+            tracing::warn!(key, error = %e, "deregistration failed; retrying in the background");
+            self.schedule_retry();
+        } else {
+            self.schedule_heartbeat_if_idle();
+        }
+        result
+    }
+
+    fn schedule_heartbeat_if_idle(&mut self) {
+        if self.members.is_empty() && self.pending_deletes.is_empty() {
+            self.next_tick = None;
+        }
+    }
+
+    async fn tick(&mut self) {
+        self.next_tick = None;
+        let Some(lease) = self.lease.clone() else {
+            let _ = self.write_pending().await;
+            return;
+        };
+        let ka = self.call(self.backend.keep_alive(&lease.id)).await;
+        RegistryStats::bump(&self.stats.keep_alives);
+        match ka {
+            Ok(_) => {
+                self.last_ok = Instant::now();
+                self.retry_deletes(&lease.id).await;
+                if self.members.is_empty() && self.pending_deletes.is_empty() {
+                    // Only deletes were pending and they are done: the lease has no purpose left.
+                    if self.call(self.backend.revoke(&lease.id)).await.is_ok() {
+                        RegistryStats::bump(&self.stats.revokes);
+                    }
+                    self.lease = None;
+                    self.next_tick = None;
+                    return;
+                }
+                let _ = self.write_pending_with(true).await;
+            }
+            Err(e) if e.kind() == ErrorKind::LeaseNotFound => {
+                self.lose(e);
+                let _ = self.write_pending().await;
+            }
+            Err(e) => {
+                if self.last_ok.elapsed() >= self.opts.ttl {
+                    self.lose(e);
+                    let _ = self.write_pending().await;
+                } else {
+                    tracing::warn!(error = %e, "keep-alive failed; retrying while the lease may still be alive");
+                    self.schedule_retry();
+                }
+            }
+        }
+    }
+
+    async fn retry_deletes(&mut self, lease: &LeaseId) {
+        let keys: Vec<String> = self.pending_deletes.iter().cloned().collect();
+        for key in keys {
+            if self.delete_if_ours(&key, lease).await.is_ok() {
+                self.pending_deletes.remove(&key);
+            }
+        }
+    }
+
+    /// Deletes `key` only while it is still attached to our lease: by the time a deferred delete
+    /// runs, another process may have registered the same instance, and that registration is not
+    /// ours to remove. One conditional delete, checked on the server: a read followed by a delete
+    /// would remove a registration written between the two.
+    async fn delete_if_ours(&self, key: &str, lease: &LeaseId) -> Result<()> {
+        let cond = Condition::Lease(lease.clone());
+        if self
+            .call(self.backend.delete_if(key, cond))
+            .await?
+            .is_applied()
+        {
+            RegistryStats::bump(&self.stats.deletes);
+        }
+        Ok(())
+    }
+
+    /// The lease is gone (or must be presumed gone): every registration is lost until written again.
+    fn lose(&mut self, error: Error) {
+        RegistryStats::bump(&self.stats.lost);
+        tracing::warn!(error = %error, members = self.members.len(), "lease lost; registrations will be written again under a new lease");
+        self.lease = None;
+        self.pending_deletes.clear();
+        let since = Instant::now();
+        for (key, m) in &mut self.members {
+            m.written = false;
+            let was_registered = m.state.borrow().is_registered()
+                || matches!(&*m.state.borrow(), RegistrationState::Lost { .. });
+            if was_registered {
+                tracing::warn!(key = %key, "registration lost");
+                m.state.send_replace(RegistrationState::Lost {
+                    since,
+                    error: error.clone(),
+                });
+            }
+        }
+    }
+
+    /// Writes every unwritten registration, granting a lease first if there is none. Schedules the
+    /// next tick: a heartbeat on success, a jittered retry on failure.
+    async fn write_pending(&mut self) -> Result<()> {
+        self.write_pending_with(false).await
+    }
+
+    /// [`write_pending`](Self::write_pending), also retrying the values the backend refused for
+    /// good when `include_refused` (once per heartbeat).
+    async fn write_pending_with(&mut self, include_refused: bool) -> Result<()> {
+        let result = self.try_write_pending(include_refused).await;
+        match &result {
+            Ok(()) => self.schedule_heartbeat(),
+            Err(e) => {
+                let e = e.clone();
+                for (key, m) in &mut self.members {
+                    if m.written {
+                        continue;
+                    }
+                    let next = match &*m.state.borrow() {
+                        RegistrationState::Lost { since, .. } => RegistrationState::Lost {
+                            since: *since,
+                            error: e.clone(),
+                        },
+                        _ => RegistrationState::Registering {
+                            last_error: Some(e.clone()),
+                        },
+                    };
+                    tracing::debug!(key = %key, error = %e, "registration write failed; retrying");
+                    m.state.send_replace(next);
+                }
+                self.schedule_retry();
+            }
+        }
+        result
+    }
+
+    /// Writes the unwritten registrations; those the backend refused for good only when
+    /// `include_refused` (at heartbeats), so that they are retried without a hot loop.
+    async fn try_write_pending(&mut self, include_refused: bool) -> Result<()> {
+        if self
+            .members
+            .values()
+            .all(|m| m.written || (m.refused.is_some() && !include_refused))
+        {
+            return Ok(());
+        }
+        let recovering = self
+            .members
+            .values()
+            .any(|m| matches!(&*m.state.borrow(), RegistrationState::Lost { .. }));
+        let lease = match self.lease.clone() {
+            Some(l) => l,
+            None => {
+                let l = self.call(self.backend.grant(self.opts.ttl)).await?;
+                RegistryStats::bump(&self.stats.grants);
+                tracing::debug!(lease = %l.id, ttl = ?l.ttl, "lease granted");
+                self.last_ok = Instant::now();
+                self.lease = Some(l.clone());
+                l
+            }
+        };
+        let keys: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| !m.written && (include_refused || m.refused.is_none()))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            let value = self.members[&key].value.clone();
+            let r = self
+                .call(self.backend.put(&key, value.clone(), Some(&lease.id)))
+                .await;
+            match r {
+                Ok(_) => {
+                    RegistryStats::bump(&self.stats.puts);
+                    if let Some(m) = self.members.get_mut(&key) {
+                        m.written = true;
+                        m.refused = None;
+                        m.accepted = Some(value);
+                        if !m.state.borrow().is_registered() {
+                            tracing::info!(key = %key, lease = %lease.id, "registered");
+                        }
+                        m.state.send_replace(RegistrationState::Registered {
+                            since: Instant::now(),
+                            lease: lease.id.clone(),
+                        });
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::LeaseNotFound => {
+                    self.lose(e.clone());
+                    return Err(e);
+                }
+                // The backend is unreachable or slow: the same for every key, stop here.
+                Err(e) if e.is_temporary() => return Err(e),
+                // This value is refused for good (too large, not allowed for this key): mark
+                // this one registration and go on with the others.
+                Err(e) => {
+                    RegistryStats::bump(&self.stats.refused);
+                    if let Some(m) = self.members.get_mut(&key) {
+                        let first = m.refused.is_none();
+                        m.refused = Some(e.clone());
+                        if let Some(good) = m.accepted.clone().filter(|g| *g != value) {
+                            // A refused update: fall back to the value the backend accepted
+                            // before (still what it holds unless the lease was lost meanwhile;
+                            // then it is written again at the next heartbeat).
+                            tracing::warn!(key = %key, error = %e, "the backend refuses this registration's new value; keeping the previous one");
+                            m.value = good;
+                            continue;
+                        }
+                        if first {
+                            tracing::warn!(key = %key, error = %e, "the backend refuses this registration's value; the others go on");
+                        }
+                        let next = match &*m.state.borrow() {
+                            RegistrationState::Lost { since, .. } => RegistrationState::Lost {
+                                since: *since,
+                                error: e.clone(),
+                            },
+                            RegistrationState::Registered { .. } => RegistrationState::Lost {
+                                since: Instant::now(),
+                                error: e.clone(),
+                            },
+                            _ => RegistrationState::Registering {
+                                last_error: Some(e.clone()),
+                            },
+                        };
+                        m.state.send_replace(next);
+                    }
+                }
+            }
+        }
+        if recovering {
+            RegistryStats::bump(&self.stats.recoveries);
+            tracing::info!(
+                members = self.members.len(),
+                "registrations restored under a new lease"
+            );
+        }
+        Ok(())
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
