@@ -326,3 +326,104 @@ async fn a_deferred_delete_never_removes_another_process_registration() {
     assert!(theirs.state().is_registered(), "{}", theirs.state());
     assert_eq!(a.stats().deletes, 0, "nothing of ours was deleted");
 }
+
+/// The memory backend where the first put of one key is slow: it reaches the store only after
+/// `delay`, whatever happened to the caller meanwhile (a request that timed out on the client but
+/// was already on its way).
+#[derive(Debug)]
+struct LatePut {
+    inner: MemoryBackend,
+    key: String,
+    delay: Duration,
+    fired: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl Backend for LatePut {
+    fn capabilities(&self) -> registry::Capabilities {
+        self.inner.capabilities()
+    }
+    async fn grant(&self, ttl: Duration) -> Result<Lease> {
+        self.inner.grant(ttl).await
+    }
+    async fn keep_alive(&self, lease: &LeaseId) -> Result<Duration> {
+        self.inner.keep_alive(lease).await
+    }
+    async fn revoke(&self, lease: &LeaseId) -> Result<()> {
+        self.inner.revoke(lease).await
+    }
+    async fn put(&self, key: &str, value: Bytes, lease: Option<&LeaseId>) -> Result<Revision> {
+        use std::sync::atomic::Ordering;
+        if key == self.key && !self.fired.swap(true, Ordering::SeqCst) {
+            let (inner, key, lease, delay) = (
+                self.inner.clone(),
+                key.to_owned(),
+                lease.cloned(),
+                self.delay,
+            );
+            // Spawned: it completes even when the caller stops waiting.
+            let late = tokio::spawn(async move {
+                sleep(delay).await;
+                inner.put(&key, value, lease.as_ref()).await
+            });
+            return late.await.expect("late put task");
+        }
+        self.inner.put(key, value, lease).await
+    }
+    async fn delete(&self, key: &str) -> Result<Option<Revision>> {
+        self.inner.delete(key).await
+    }
+    async fn put_if(
+        &self,
+        key: &str,
+        value: Bytes,
+        lease: Option<&LeaseId>,
+        cond: Condition,
+    ) -> Result<CondOutcome> {
+        self.inner.put_if(key, value, lease, cond).await
+    }
+    async fn delete_if(&self, key: &str, cond: Condition) -> Result<CondOutcome> {
+        self.inner.delete_if(key, cond).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Listing> {
+        self.inner.list(prefix).await
+    }
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
+        self.inner.watch(prefix, after).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_that_times_out_and_lands_after_the_deregistration_does_not_resurrect_it() {
+    let store = MemoryBackend::new();
+    let backend = Arc::new(LatePut {
+        inner: store.clone(),
+        key: "registry/web/late".to_owned(),
+        delay: Duration::from_secs(2),
+        fired: Default::default(),
+    });
+    let a = Registry::builder(backend)
+        .ttl(TTL)
+        .heartbeat(HEARTBEAT)
+        .op_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    // Another registration keeps the shared lease alive throughout.
+    let _other = a.register(web("other")).await.unwrap();
+    // The write times out on our side (500 ms) but reaches the store 2 s after it was sent.
+    let late = a.register(web("late")).await.unwrap();
+    assert_eq!(late.state().name(), "registering", "{}", late.state());
+    late.deregister().await.unwrap();
+    assert!(!present(&store, "late").await);
+    sleep(Duration::from_secs(3)).await;
+    // The late write landed meanwhile; within a few heartbeats the keeper has deleted it again.
+    sleep(HEARTBEAT * 4).await;
+    assert!(
+        !present(&store, "late").await,
+        "a write that landed after the deregistration resurrected the key"
+    );
+    assert!(present(&store, "other").await);
+}

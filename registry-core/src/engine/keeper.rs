@@ -5,7 +5,7 @@
 //! never by key alone. [`Registry`](super::Registry) and [`Registration`](super::Registration) talk
 //! to it through [`Cmd`]s.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -57,7 +57,14 @@ struct Member {
     /// Why the backend refused `value` for good (too large, not allowed). Such a member is
     /// written again only at heartbeats, and blocks no other registration.
     refused: Option<Error>,
+    /// The last write timed out: it may have been applied, or may still be applied later.
+    uncertain: bool,
 }
+
+/// How many heartbeats a deregistered key whose last write timed out is deleted again (while it
+/// is attached to our lease): a write in flight lands within a few request timeouts, far less than
+/// this many heartbeats.
+const UNCERTAIN_DELETE_HEARTBEATS: u32 = 3;
 
 /// Owns one lease and the registrations attached to it.
 pub(super) struct Keeper {
@@ -69,7 +76,10 @@ pub(super) struct Keeper {
     last_ok: Instant,
     members: BTreeMap<String, Member>,
     /// Keys deregistered while the backend was unreachable, still attached to the live lease.
-    pending_deletes: BTreeSet<String>,
+    /// Keys to delete (while attached to our lease) at the next heartbeats, with how many more
+    /// heartbeats to do it: one for a delete that failed, more for a key whose last write timed
+    /// out (that write may still land after the delete and bring the key back).
+    pending_deletes: BTreeMap<String, u32>,
     backoff: Backoff,
     next_tick: Option<Instant>,
     stats: Arc<RegistryStats>,
@@ -89,7 +99,7 @@ impl Keeper {
             lease: None,
             last_ok: Instant::now(),
             members: BTreeMap::new(),
-            pending_deletes: BTreeSet::new(),
+            pending_deletes: BTreeMap::new(),
             backoff: Backoff::new(
                 Duration::from_millis(100).min(lease.heartbeat / 2),
                 lease.heartbeat.max(Duration::from_millis(200)),
@@ -205,6 +215,7 @@ impl Keeper {
                         state,
                         written: false,
                         refused: None,
+                        uncertain: false,
                     },
                 );
                 let result = self.write_pending().await;
@@ -334,7 +345,7 @@ impl Keeper {
                     self.pending_deletes.clear();
                 }
                 Err(_) => {
-                    self.pending_deletes.insert(key.to_owned());
+                    self.pending_deletes.insert(key.to_owned(), 1);
                 }
             }
             r.or_else(|e| {
@@ -347,9 +358,24 @@ impl Keeper {
         } else {
             // Delete even if the last write failed: an older value may still be attached.
             match self.delete_if_ours(key, &lease.id).await {
-                Ok(()) => Ok(()),
+                Ok(()) => {
+                    if member.uncertain {
+                        // Its last write timed out and may land after this delete: delete
+                        // again (only while it is on our lease) at the next heartbeats.
+                        self.pending_deletes
+                            .insert(key.to_owned(), UNCERTAIN_DELETE_HEARTBEATS);
+                    }
+                    Ok(())
+                }
                 Err(e) => {
-                    self.pending_deletes.insert(key.to_owned());
+                    self.pending_deletes.insert(
+                        key.to_owned(),
+                        if member.uncertain {
+                            UNCERTAIN_DELETE_HEARTBEATS
+                        } else {
+                            1
+                        },
+                    );
                     Err(e)
                 }
             }
@@ -409,10 +435,15 @@ impl Keeper {
     }
 
     async fn retry_deletes(&mut self, lease: &LeaseId) {
-        let keys: Vec<String> = self.pending_deletes.iter().cloned().collect();
+        let keys: Vec<String> = self.pending_deletes.keys().cloned().collect();
         for key in keys {
             if self.delete_if_ours(&key, lease).await.is_ok() {
-                self.pending_deletes.remove(&key);
+                match self.pending_deletes.get_mut(&key) {
+                    Some(left) if *left > 1 => *left -= 1,
+                    _ => {
+                        self.pending_deletes.remove(&key);
+                    }
+                }
             }
         }
     }
@@ -532,6 +563,7 @@ impl Keeper {
                     if let Some(m) = self.members.get_mut(&key) {
                         m.written = true;
                         m.refused = None;
+                        m.uncertain = false;
                         m.accepted = Some(value);
                         if !m.state.borrow().is_registered() {
                             tracing::info!(key = %key, lease = %lease.id, "registered");
@@ -547,7 +579,14 @@ impl Keeper {
                     return Err(e);
                 }
                 // The backend is unreachable or slow: the same for every key, stop here.
-                Err(e) if e.is_temporary() => return Err(e),
+                Err(e) if e.is_temporary() => {
+                    if e.kind() == ErrorKind::Timeout {
+                        if let Some(m) = self.members.get_mut(&key) {
+                            m.uncertain = true;
+                        }
+                    }
+                    return Err(e);
+                }
                 // This value is refused for good (too large, not allowed for this key): mark
                 // this one registration and go on with the others.
                 Err(e) => {
