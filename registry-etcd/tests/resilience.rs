@@ -367,9 +367,16 @@ async fn tls_and_authentication() {
         .await;
     let e = no_cert.expect_err("connected without a client certificate");
     eprintln!("without a client certificate: {e}");
-    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
-    assert!(e.message().contains("TLS: "), "{e}");
-    assert!(e.message().contains("client certificate"), "{e}");
+    // Usually the server's TLS alert arrives and says why; on a loaded machine the server may
+    // close the connection before the client reads the alert, which leaves a broken pipe.
+    match e.kind() {
+        ErrorKind::PermissionDenied => {
+            assert!(e.message().contains("TLS: "), "{e}");
+            assert!(e.message().contains("client certificate"), "{e}");
+        }
+        ErrorKind::Unavailable => {}
+        other => panic!("without a client certificate: {other:?}: {e}"),
+    }
 
     // Without the CA the server's certificate is not trusted.
     let untrusted = EtcdBuilder::from_url(&format!("etcds://{}", etcd.endpoint))
