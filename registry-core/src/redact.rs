@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use crate::config::percent_decode;
+
 /// What a secret is replaced with.
 pub const MASK: &str = "***";
 
@@ -130,25 +132,6 @@ pub fn secrets_in_url(url: &str) -> Vec<String> {
     found.sort();
     found.dedup();
     found
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = |b: u8| (b as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A set of secret values to mask in any text before it is shown: the passwords and tokens of the

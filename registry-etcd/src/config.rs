@@ -107,28 +107,7 @@ impl Default for EtcdBuilder {
     }
 }
 
-use registry_core::config::try_parse_duration;
-
-fn percent_decode(s: &str) -> String {
-    fn hex(b: u8) -> Option<u8> {
-        (b as char).to_digit(16).map(|d| d as u8)
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+use registry_core::config::{percent_decode, try_parse_duration};
 
 const URL_HELP: &str = "expected etcd://[user:password@]host:port[,host:port...][/namespace][?ca=PATH&cert=PATH&key=PATH&timeout=10s&connect_timeout=5s] (etcds:// for TLS)";
 

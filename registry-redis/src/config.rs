@@ -12,26 +12,6 @@ use crate::backend::RedisBackend;
 
 const URL_HELP: &str = "expected redis://[user:password@]host:port[/db][?namespace=NAME&user=U&password=P&ca=PATH&cert=PATH&key=PATH] (rediss:// for TLS)";
 
-/// `%XX` escapes decoded (query option values).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Configures and connects a [`RedisBackend`].
 ///
 /// ```no_run
@@ -91,7 +71,7 @@ fn valid_namespace(ns: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/'))
 }
 
-use registry_core::config::try_parse_duration;
+use registry_core::config::{percent_decode, try_parse_duration};
 
 impl RedisBuilder {
     /// Defaults: `127.0.0.1:6379`, db 0, namespace `registry`, a stream of about 100,000 events, a
