@@ -427,3 +427,26 @@ async fn a_write_that_times_out_and_lands_after_the_deregistration_does_not_resu
     );
     assert!(present(&store, "other").await);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_update_refused_while_the_lease_is_lost_still_comes_back_with_its_old_value() {
+    let backend = MemoryBackend::builder().max_value_len(4096).build();
+    let a = registry(&backend);
+    let ra = a.register(web("a")).await.unwrap();
+    let rb = a.register(web("b")).await.unwrap();
+    // An outage longer than the TTL: the registrations are lost and wait to be written again.
+    backend.set_unavailable(true);
+    sleep(TTL * 2).await;
+    assert_eq!(rb.state().name(), "lost", "{}", rb.state());
+    backend.set_unavailable(false);
+    // Before the keeper's retry comes, b's update is refused: b must still be written again,
+    // with its last accepted value.
+    let huge: BTreeMap<String, String> = [("blob".to_owned(), "x".repeat(10_000))].into();
+    let e = rb.set_metadata(huge).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    sleep(HEARTBEAT * 3).await;
+    for (id, r) in [("a", &ra), ("b", &rb)] {
+        assert!(present(&backend, id).await, "{id} was not written again");
+        assert!(r.state().is_registered(), "{id}: {}", r.state());
+    }
+}

@@ -247,22 +247,33 @@ impl Keeper {
                 value,
                 done,
             } => {
+                let lease_before = self.lease.as_ref().map(|l| l.id.clone());
                 let result = match self.members.get_mut(&key) {
                     Some(m) if m.token == token => {
+                        // Whether the backend holds this member's accepted value right now.
+                        let was_written = m.written;
                         m.value = value;
                         m.written = false;
                         m.refused = None;
                         let _ = self.write_pending().await;
+                        let same_lease = lease_before.is_some()
+                            && self.lease.as_ref().map(|l| &l.id) == lease_before.as_ref();
                         match self.members.get_mut(&key) {
                             Some(m) if m.written => Ok(()),
                             Some(m) if m.refused.is_some() => {
-                                // Refused for good: keep the last value the backend accepted,
-                                // which is still what it holds.
+                                // Refused for good: keep the last value the backend accepted.
                                 let e = m.refused.take().unwrap_or_else(closed);
                                 match m.accepted.clone() {
-                                    Some(v) => {
+                                    // Still what the backend holds, under the same lease.
+                                    Some(v) if was_written && same_lease => {
                                         m.value = v;
                                         m.written = true;
+                                    }
+                                    // Not there (the lease was lost, or it was never written
+                                    // under this one): write the accepted value again now.
+                                    Some(v) => {
+                                        m.value = v;
+                                        let _ = self.write_pending().await;
                                     }
                                     None => m.refused = Some(e.clone()),
                                 }
