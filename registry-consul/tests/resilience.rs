@@ -87,38 +87,17 @@ async fn registrations_come_back_after_consul_restarts() {
 async fn wrong_acl_token_is_permission_denied() {
     const ROOT: &str = "9f2c1e6a-0000-4000-8000-00000000cafe";
     const READ_ONLY: &str = "9f2c1e6a-0000-4000-8000-00000000a0a0";
-    let consul = match testbed::start_consul(ConsulOptions {
-        extra_args: vec![
-            "-hcl".into(),
-            format!(
-                r#"acl {{ enabled = true default_policy = "deny" tokens {{ master = "{ROOT}" agent = "{ROOT}" }} }}"#
-            ),
-        ],
-        ..ConsulOptions::default()
-    })
-    .await
-    {
-        Ok(c) => c,
-        Err(reason) => return testbed::unavailable::<()>("consul with ACLs", &reason).unwrap_or(()),
+    let Some(consul) = consul_with_acls(ROOT).await else {
+        return;
     };
     let ep = consul.endpoint.clone();
     // The right token works, for KV and sessions.
-    let ok = timeout(Duration::from_secs(20), async {
-        loop {
-            // ACL bootstrap of a fresh agent takes a moment.
-            match ConsulBuilder::new()
-                .address(ep.clone())
-                .token(ROOT)
-                .connect()
-                .await
-            {
-                Ok(b) => return b,
-                Err(_) => sleep(Duration::from_millis(250)).await,
-            }
-        }
-    })
-    .await
-    .expect("the master token is accepted");
+    let ok = ConsulBuilder::new()
+        .address(ep.clone())
+        .token(ROOT)
+        .connect()
+        .await
+        .expect("the master token is accepted");
     ok.put("k", Bytes::from_static(b"v"), None).await.unwrap();
     let lease = ok.grant(Duration::from_secs(10)).await.unwrap();
     ok.put("leased", Bytes::new(), Some(&lease.id))
