@@ -115,22 +115,9 @@ struct RawEntry {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct TxnAnswer {
-    results: Option<Vec<TxnResult>>,
-    errors: Option<Vec<TxnError>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
 struct TxnResult {
     #[serde(rename = "KV")]
     kv: Option<RawEntry>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct TxnError {
-    what: String,
 }
 
 /// The error of a transaction Consul refused: `PermissionDenied` when an ACL said no.
@@ -322,41 +309,19 @@ impl ConsulBackend {
             .get(prefix, rev)
     }
 
+    /// Runs a transaction; `Err` inside (each error's text) when Consul rolled it back.
     async fn txn(
         &self,
         ops: serde_json::Value,
     ) -> Result<std::result::Result<Vec<TxnResult>, Vec<String>>> {
-        let body = serde_json::to_vec(&ops).map_err(|e| Error::invalid(e.to_string()))?;
-        let a = self.call(Method::PUT, "/v1/txn", "", Some(body)).await?;
-        match a.status {
-            StatusCode::OK | StatusCode::CONFLICT => {
-                let t: TxnAnswer = serde_json::from_slice(&a.body).map_err(|e| {
-                    Error::new(
-                        ErrorKind::Internal,
-                        format!("consul txn: unreadable answer {}", a.text()),
-                    )
-                    .with_source(e)
-                })?;
-                match t.errors {
-                    Some(errs) if !errs.is_empty() => {
-                        Ok(Err(errs.into_iter().map(|e| e.what).collect()))
-                    }
-                    _ => Ok(Ok(t.results.unwrap_or_default())),
-                }
-            }
-            StatusCode::PAYLOAD_TOO_LARGE => Err(Error::invalid(format!(
-                "consul txn: request too large ({})",
-                a.text()
-            ))),
-            s => Err(Error::new(
-                if s == StatusCode::BAD_REQUEST {
-                    ErrorKind::InvalidInput
-                } else {
-                    ErrorKind::Internal
-                },
-                format!("consul txn: {s} {}", a.text()),
-            )),
-        }
+        let ops = match ops {
+            serde_json::Value::Array(ops) => ops,
+            op => vec![op],
+        };
+        Ok(self
+            .txn_indexed(ops)
+            .await?
+            .map_err(|errs| errs.into_iter().map(|(_, what)| what).collect()))
     }
 
     async fn session_exists(&self, id: &str) -> Result<bool> {

@@ -28,7 +28,7 @@ type Refusals = Vec<(usize, String)>;
 
 impl ConsulBackend {
     /// Runs a transaction; `Err` inside when Consul rolled it back, with each error's operation.
-    async fn txn_indexed(
+    pub(super) async fn txn_indexed(
         &self,
         ops: Vec<serde_json::Value>,
     ) -> Result<std::result::Result<Vec<TxnResult>, Refusals>> {
