@@ -213,6 +213,173 @@ pub async fn engine_drain_then_deregister(f: Fixture) {
         .expect("directory");
 }
 
+/// How long a keeper takes to notice a change to its own key and write it again: its next
+/// heartbeat (plus one for a heartbeat in flight) and a request.
+fn heal_limit(backend: &dyn Backend) -> Duration {
+    engine_ttl(backend) / 3 * 2 + Duration::from_secs(2)
+}
+
+async fn until_state(reg: &registry_core::engine::Registration, name: &str, limit: Duration) {
+    let mut rx = reg.watch_state();
+    let ok = timeout(limit, rx.wait_for(|s| s.name() == name)).await;
+    assert!(
+        matches!(ok, Ok(Ok(_))),
+        "{}: wanted state {name} within {limit:?}, have {}",
+        reg.key(),
+        reg.state()
+    );
+}
+
+/// Someone deletes a live registration's key (by hand, a script, a clean-up gone wrong): the
+/// keeper writes it again within a heartbeat, counts the repair, and other directories see the
+/// instance again.
+pub async fn engine_external_delete_is_repaired(f: Fixture) {
+    let a = registry(&f.backend);
+    let b = registry(&f.backend);
+    let d = b.discover("web").await.expect("discover");
+    let r = a.register(web("w1")).await.expect("register");
+    let limit = watch_limit(&*f.backend);
+    until_online(d.directory(), "web", &["w1"], limit).await;
+    f.backend.delete(r.key()).await.expect("external delete");
+    until_online(d.directory(), "web", &[], limit).await;
+    until_online(
+        d.directory(),
+        "web",
+        &["w1"],
+        heal_limit(&*f.backend) + limit,
+    )
+    .await;
+    let kv = f
+        .backend
+        .get(r.key())
+        .await
+        .expect("get")
+        .expect("written again");
+    assert_eq!(kv.value, r.instance().encode());
+    assert!(r.state().is_registered(), "{}", r.state());
+    assert_eq!(
+        kv.lease.as_ref(),
+        match &r.state() {
+            registry_core::engine::RegistrationState::Registered { lease, .. } => Some(lease),
+            _ => None,
+        }
+    );
+    assert!(a.stats().repairs >= 1, "{:?}", a.stats());
+}
+
+/// Someone overwrites a live registration's key with a plain value of their own: the keeper
+/// writes its own value back (attached to its lease) within a heartbeat.
+pub async fn engine_external_overwrite_is_repaired(f: Fixture) {
+    let a = registry(&f.backend);
+    let r = a.register(web("w1")).await.expect("register");
+    f.backend
+        .put(r.key(), Bytes::from_static(b"not an instance"), None)
+        .await
+        .expect("external overwrite");
+    let limit = heal_limit(&*f.backend);
+    let started = Instant::now();
+    loop {
+        let kv = f.backend.get(r.key()).await.expect("get");
+        if let Some(kv) = kv {
+            if kv.value == r.instance().encode() && kv.lease.is_some() {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < limit,
+            "the overwritten registration was not written back within {limit:?}"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert!(a.stats().repairs >= 1, "{:?}", a.stats());
+}
+
+/// An instance id another live process holds is not taken by a second registration (a clear
+/// `Conflict` error), unless it asks to take over; then the first owner's handle says
+/// `conflict` and does not write back (no fight), and gets the id back once the other owner
+/// deregisters.
+pub async fn engine_live_owner_conflict_and_takeover(f: Fixture) {
+    use registry_core::engine::RegisterOptions;
+    let a = registry(&f.backend);
+    let c = registry(&f.backend);
+    let first = a
+        .register(web("w1").meta("owner", "a"))
+        .await
+        .expect("register");
+    let e = c
+        .register(web("w1").meta("owner", "c"))
+        .await
+        .expect_err("a second live owner is refused");
+    assert_eq!(e.kind(), registry_core::ErrorKind::Conflict, "{e}");
+    let kv = f
+        .backend
+        .get(first.key())
+        .await
+        .expect("get")
+        .expect("kept");
+    assert_eq!(kv.value, first.instance().encode(), "the refused one wrote");
+
+    let second = c
+        .register_with(
+            web("w1").meta("owner", "c"),
+            RegisterOptions::new().takeover(true),
+        )
+        .await
+        .expect("takeover");
+    assert!(second.state().is_registered(), "{}", second.state());
+    let limit = heal_limit(&*f.backend);
+    until_state(&first, "conflict", limit).await;
+    // Several heartbeats later nobody has written over anybody.
+    sleep(limit).await;
+    assert_eq!(first.state().name(), "conflict", "{}", first.state());
+    assert!(second.state().is_registered(), "{}", second.state());
+    let kv = f
+        .backend
+        .get(first.key())
+        .await
+        .expect("get")
+        .expect("held");
+    assert_eq!(
+        kv.value,
+        second.instance().encode(),
+        "the first owner fought back"
+    );
+    assert!(a.stats().conflicts >= 1, "{:?}", a.stats());
+
+    second.deregister().await.expect("deregister");
+    until_state(&first, "registered", limit).await;
+    let kv = f
+        .backend
+        .get(first.key())
+        .await
+        .expect("get")
+        .expect("back");
+    assert_eq!(kv.value, first.instance().encode());
+}
+
+/// The same instance restarted before its old lease ran out (the old process crashed): the new
+/// registration of the identical value takes the id over instead of failing for a TTL.
+pub async fn engine_restarted_instance_takes_over_its_id(f: Fixture) {
+    let old = registry(&f.backend);
+    let r = old.register(web("w1")).await.expect("register");
+    old.crash();
+    std::mem::forget(r);
+    let new = registry(&f.backend);
+    let r = new.register(web("w1")).await.expect("restarted instance");
+    assert!(r.state().is_registered(), "{}", r.state());
+    // After the old lease has run out the registration is still there, on the new lease.
+    let ttl = engine_ttl(&*f.backend);
+    sleep(ttl + f.backend.capabilities().expiry_slack_for(ttl)).await;
+    let kv = f
+        .backend
+        .get(r.key())
+        .await
+        .expect("get")
+        .expect("still registered");
+    assert_eq!(kv.value, r.instance().encode());
+    assert!(r.state().is_registered(), "{}", r.state());
+}
+
 /// Expands the engine scenarios into one test each over `$factory(scenario_name)`, like
 /// [`conformance_suite!`](crate::conformance_suite).
 #[macro_export]
@@ -226,6 +393,10 @@ macro_rules! engine_suite {
             engine_offline_is_listed_but_not_routed,
             engine_malformed_value_is_skipped,
             engine_drain_then_deregister,
+            engine_external_delete_is_repaired,
+            engine_external_overwrite_is_repaired,
+            engine_live_owner_conflict_and_takeover,
+            engine_restarted_instance_takes_over_its_id,
         );
     };
 }

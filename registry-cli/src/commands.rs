@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use registry::engine::{Change, Discovery, Instance, InstanceState, RegistrationState, Registry};
+use registry::engine::{
+    Change, Discovery, Instance, InstanceState, RegisterOptions, RegistrationState, Registry,
+};
 use registry::{Backend, Error, ErrorKind, Result};
 use serde_json::json;
 
@@ -137,6 +139,9 @@ pub(crate) struct RegisterArgs {
     /// Print state changes as JSON lines
     #[arg(long)]
     json: bool,
+    /// Replace the same id held by another live process (which then reports `conflict`)
+    #[arg(long)]
+    takeover: bool,
 }
 
 pub(crate) async fn register(ctx: &Context, a: RegisterArgs) -> Result<()> {
@@ -165,7 +170,9 @@ pub(crate) async fn register(ctx: &Context, a: RegisterArgs) -> Result<()> {
             a.heartbeat
         );
     }
-    let reg = registry.register(inst).await?;
+    let reg = registry
+        .register_with(inst, RegisterOptions::new().takeover(a.takeover))
+        .await?;
     let mut states = reg.watch_state();
     let report = |s: &RegistrationState| {
         if a.json {
@@ -174,16 +181,24 @@ pub(crate) async fn register(ctx: &Context, a: RegisterArgs) -> Result<()> {
             if let RegistrationState::Lost { error, .. } = s {
                 v["error"] = json!(error.to_string());
             }
+            if let RegistrationState::Conflict { holder, .. } = s {
+                v["holder"] = json!(holder.to_string());
+            }
             outln!("{}", json_line(&v));
         } else {
             let name = match s {
                 RegistrationState::Registered { .. } => green(s.name()),
-                RegistrationState::Lost { .. } => red(s.name()),
+                RegistrationState::Lost { .. } | RegistrationState::Conflict { .. } => {
+                    red(s.name())
+                }
                 _ => yellow(s.name()),
             };
             let detail = match s {
                 RegistrationState::Registered { lease, .. } => dim(&format!("lease {lease}")),
                 RegistrationState::Lost { error, .. } => clean(&error.to_string()),
+                RegistrationState::Conflict { holder, .. } => {
+                    clean(&format!("held by another live owner (lease {holder})"))
+                }
                 RegistrationState::Registering {
                     last_error: Some(e),
                 } => clean(&e.to_string()),

@@ -46,6 +46,9 @@ pub enum ErrorKind {
     Decode,
     /// The operation was abandoned because the component doing it was shut down.
     Closed,
+    /// Another live owner holds what was asked for (an instance id registered under another
+    /// process's live lease). See [`RegisterOptions::takeover`](crate::engine::RegisterOptions::takeover).
+    Conflict,
     /// Anything else: a bug, or a backend answer we do not understand.
     Internal,
 }
@@ -65,6 +68,7 @@ impl ErrorKind {
             ErrorKind::ServiceUnavailable => "service unavailable",
             ErrorKind::Decode => "decode error",
             ErrorKind::Closed => "closed",
+            ErrorKind::Conflict => "conflict",
             ErrorKind::Internal => "internal error",
         }
     }

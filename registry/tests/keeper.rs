@@ -327,7 +327,7 @@ async fn a_deferred_delete_never_removes_another_process_registration() {
     assert_eq!(a.stats().deletes, 0, "nothing of ours was deleted");
 }
 
-/// The memory backend where the first put of one key is slow: it reaches the store only after
+/// The memory backend where the first (conditional) write of one key is slow: it reaches the store only after
 /// `delay`, whatever happened to the caller meanwhile (a request that timed out on the client but
 /// was already on its way).
 #[derive(Debug)]
@@ -353,21 +353,6 @@ impl Backend for LatePut {
         self.inner.revoke(lease).await
     }
     async fn put(&self, key: &str, value: Bytes, lease: Option<&LeaseId>) -> Result<Revision> {
-        use std::sync::atomic::Ordering;
-        if key == self.key && !self.fired.swap(true, Ordering::SeqCst) {
-            let (inner, key, lease, delay) = (
-                self.inner.clone(),
-                key.to_owned(),
-                lease.cloned(),
-                self.delay,
-            );
-            // Spawned: it completes even when the caller stops waiting.
-            let late = tokio::spawn(async move {
-                sleep(delay).await;
-                inner.put(&key, value, lease.as_ref()).await
-            });
-            return late.await.expect("late put task");
-        }
         self.inner.put(key, value, lease).await
     }
     async fn delete(&self, key: &str) -> Result<Option<Revision>> {
@@ -380,6 +365,21 @@ impl Backend for LatePut {
         lease: Option<&LeaseId>,
         cond: Condition,
     ) -> Result<CondOutcome> {
+        use std::sync::atomic::Ordering;
+        if key == self.key && !self.fired.swap(true, Ordering::SeqCst) {
+            let (inner, key, lease, delay) = (
+                self.inner.clone(),
+                key.to_owned(),
+                lease.cloned(),
+                self.delay,
+            );
+            // Spawned: it completes even when the caller stops waiting.
+            let late = tokio::spawn(async move {
+                sleep(delay).await;
+                inner.put_if(&key, value, lease.as_ref(), cond).await
+            });
+            return late.await.expect("late put task");
+        }
         self.inner.put_if(key, value, lease, cond).await
     }
     async fn delete_if(&self, key: &str, cond: Condition) -> Result<CondOutcome> {

@@ -16,7 +16,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use super::backoff::Backoff;
 use super::register::{LeaseOptions, RegistrationState, RegistryStats, closed};
-use crate::backend::{Backend, Condition};
+use crate::backend::{Backend, CondOutcome, Condition};
 use crate::error::{Error, ErrorKind, Result};
 use crate::lease::{Lease, LeaseId};
 
@@ -27,6 +27,8 @@ pub(super) enum Cmd {
         token: u64,
         cancelled: Arc<AtomicBool>,
         value: Bytes,
+        /// Whether the first write may replace the id held by another live owner.
+        takeover: bool,
         state: watch::Sender<RegistrationState>,
         done: Option<oneshot::Sender<Result<()>>>,
     },
@@ -59,7 +61,35 @@ struct Member {
     refused: Option<Error>,
     /// The last write timed out: it may have been applied, or may still be applied later.
     uncertain: bool,
+    /// Never written yet: the first write may take over the id (see [`Cmd::Add::takeover`]).
+    first: bool,
+    takeover: bool,
+    /// Another live owner holds the key: we do not write over it (retried at heartbeats, with
+    /// "only if absent").
+    conflict: Option<LeaseId>,
 }
+
+impl Member {
+    /// Left out of ordinary writes (retried once per heartbeat only).
+    fn parked(&self) -> bool {
+        self.refused.is_some() || self.conflict.is_some()
+    }
+}
+
+/// How one conditional write of a registration ended.
+enum Written {
+    Done,
+    /// Another live owner holds the key.
+    Conflict(LeaseId),
+    /// The key changed between our read and our write: try again later.
+    Raced,
+}
+
+/// How many of our earlier leases we remember: a key still attached to one of them (a lease we
+/// presumed lost while it was in fact alive) is ours to overwrite, not a conflict.
+const PAST_LEASES: usize = 8;
+/// Reads in flight when the keeper checks its own keys at a heartbeat.
+const VERIFY_CONCURRENCY: usize = 16;
 
 /// How many heartbeats a deregistered key whose last write timed out is deleted again (while it
 /// is attached to our lease): a write in flight lands within a few request timeouts, far less than
@@ -72,6 +102,8 @@ pub(super) struct Keeper {
     opts: LeaseOptions,
     op_timeout: Duration,
     lease: Option<Lease>,
+    /// Our earlier leases, newest last (see [`PAST_LEASES`]).
+    past_leases: Vec<LeaseId>,
     /// The last moment the backend confirmed the lease (grant or keep-alive).
     last_ok: Instant,
     members: BTreeMap<String, Member>,
@@ -97,6 +129,7 @@ impl Keeper {
             opts: lease,
             op_timeout,
             lease: None,
+            past_leases: Vec::new(),
             last_ok: Instant::now(),
             members: BTreeMap::new(),
             pending_deletes: BTreeMap::new(),
@@ -185,6 +218,7 @@ impl Keeper {
                 token,
                 cancelled,
                 value,
+                takeover,
                 state,
                 done,
             } => {
@@ -216,6 +250,9 @@ impl Keeper {
                         written: false,
                         refused: None,
                         uncertain: false,
+                        first: true,
+                        takeover,
+                        conflict: None,
                     },
                 );
                 let result = self.write_pending().await;
@@ -224,6 +261,18 @@ impl Keeper {
                     Some(Member {
                         refused: Some(e), ..
                     }) => Err(e.clone()),
+                    // Only a caller waiting for the result is refused; a delayed registration
+                    // stays in `Conflict` and is written once the other owner's key is gone.
+                    Some(Member {
+                        conflict: Some(holder),
+                        ..
+                    }) if done.is_some() => Err(Error::new(
+                        ErrorKind::Conflict,
+                        format!(
+                            "{key} is registered by another live owner (lease {holder}); \
+                             deregister it there, wait for its lease to end, or register with takeover"
+                        ),
+                    )),
                     _ => Err(result
                         .err()
                         .unwrap_or_else(|| Error::unavailable("registration not written yet"))),
@@ -427,6 +476,7 @@ impl Keeper {
                     self.next_tick = None;
                     return;
                 }
+                self.verify(&lease.id).await;
                 let _ = self.write_pending_with(true).await;
             }
             Err(e) if e.kind() == ErrorKind::LeaseNotFound => {
@@ -475,11 +525,134 @@ impl Keeper {
         Ok(())
     }
 
+    /// Writes one registration under `lease`: only if the key is absent, or still ours (this lease
+    /// or one we held before), or a plain value without a lease (written by hand: not a live
+    /// registration), or, on the first write, held by another owner when `takeover` was asked or
+    /// the stored value is exactly ours (the same instance, restarted before its old lease ended).
+    /// A key another live owner holds is never overwritten otherwise: [`Written::Conflict`].
+    async fn write_member(&self, key: &str, value: Bytes, lease: &LeaseId) -> Result<Written> {
+        let (first, takeover) = match self.members.get(key) {
+            Some(m) => (m.first, m.takeover),
+            None => return Ok(Written::Raced),
+        };
+        let absent = self
+            .call(
+                self.backend
+                    .put_if(key, value.clone(), Some(lease), Condition::Absent),
+            )
+            .await?;
+        let current = match absent {
+            CondOutcome::Applied(_) => return Ok(Written::Done),
+            CondOutcome::Failed(Some(kv)) => kv,
+            CondOutcome::Failed(None) => return Ok(Written::Raced),
+        };
+        let ours = match &current.lease {
+            None => true,
+            Some(l) => l == lease || self.past_leases.contains(l),
+        };
+        if !ours && !(first && (takeover || current.value == value)) {
+            return Ok(Written::Conflict(
+                current.lease.unwrap_or_else(|| lease.clone()),
+            ));
+        }
+        if !ours {
+            tracing::warn!(key, holder = ?current.lease.as_ref().map(|l| l.to_string()), "taking over an instance id another lease holds");
+        }
+        let cond = Condition::Revision(current.revision);
+        match self
+            .call(self.backend.put_if(key, value, Some(lease), cond))
+            .await?
+        {
+            CondOutcome::Applied(_) => Ok(Written::Done),
+            CondOutcome::Failed(_) => Ok(Written::Raced),
+        }
+    }
+
+    /// Another live owner holds `key`: say so (once) and leave it alone.
+    fn conflicted(&mut self, key: &str, holder: LeaseId) {
+        let Some(m) = self.members.get_mut(key) else {
+            return;
+        };
+        m.written = false;
+        if m.conflict.as_ref() == Some(&holder) {
+            return;
+        }
+        RegistryStats::bump(&self.stats.conflicts);
+        tracing::warn!(key, holder = %holder, "another live owner holds this instance id; not writing over it");
+        let since = match &*m.state.borrow() {
+            RegistrationState::Conflict { since, .. } => *since,
+            _ => Instant::now(),
+        };
+        m.state.send_replace(RegistrationState::Conflict {
+            since,
+            holder: holder.clone(),
+        });
+        m.conflict = Some(holder);
+    }
+
+    /// Reads every written registration back (a few reads in flight at a time): one deleted or
+    /// overwritten by someone else is marked unwritten (and written again right after), one that
+    /// another live owner now holds goes to `Conflict`. A read that fails proves nothing and
+    /// changes nothing.
+    async fn verify(&mut self, lease: &LeaseId) {
+        use futures::StreamExt;
+        let keys: Vec<(String, Option<Bytes>)> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.written)
+            .map(|(k, m)| (k.clone(), m.accepted.clone()))
+            .collect();
+        let backend = &self.backend;
+        let op_timeout = self.op_timeout;
+        let reads: Vec<_> = futures::stream::iter(keys)
+            .map(|(key, accepted)| async move {
+                let r = timeout(op_timeout, backend.get(&key)).await;
+                (key, accepted, r)
+            })
+            .buffer_unordered(VERIFY_CONCURRENCY)
+            .collect()
+            .await;
+        for (key, accepted, read) in reads {
+            let Ok(Ok(current)) = read else { continue };
+            if !self.members.get(&key).is_some_and(|m| m.written) {
+                continue;
+            }
+            let problem = match &current {
+                None => "deleted by someone else",
+                Some(kv) if kv.lease.as_ref() == Some(lease) => {
+                    if accepted.as_ref() == Some(&kv.value) {
+                        continue;
+                    }
+                    "overwritten by someone else"
+                }
+                Some(kv) => match &kv.lease {
+                    Some(other) if !self.past_leases.contains(other) => {
+                        self.conflicted(&key, other.clone());
+                        continue;
+                    }
+                    _ => "overwritten by someone else",
+                },
+            };
+            RegistryStats::bump(&self.stats.repairs);
+            tracing::warn!(key = %key, "registration {problem} while its lease lives; writing it again");
+            if let Some(m) = self.members.get_mut(&key) {
+                m.written = false;
+            }
+        }
+    }
+
     /// The lease is gone (or must be presumed gone): every registration is lost until written again.
     fn lose(&mut self, error: Error) {
         RegistryStats::bump(&self.stats.lost);
         tracing::warn!(error = %error, members = self.members.len(), "lease lost; registrations will be written again under a new lease");
-        self.lease = None;
+        if let Some(old) = self.lease.take() {
+            // It may still be alive on the server (we could not reach it): keys found on it
+            // later are ours to overwrite.
+            self.past_leases.push(old.id);
+            if self.past_leases.len() > PAST_LEASES {
+                self.past_leases.remove(0);
+            }
+        }
         self.pending_deletes.clear();
         let since = Instant::now();
         for (key, m) in &mut self.members {
@@ -511,7 +684,7 @@ impl Keeper {
             Err(e) => {
                 let e = e.clone();
                 for (key, m) in &mut self.members {
-                    if m.written {
+                    if m.written || m.conflict.is_some() {
                         continue;
                     }
                     let next = match &*m.state.borrow() {
@@ -538,7 +711,7 @@ impl Keeper {
         if self
             .members
             .values()
-            .all(|m| m.written || (m.refused.is_some() && !include_refused))
+            .all(|m| m.written || (m.parked() && !include_refused))
         {
             return Ok(());
         }
@@ -560,19 +733,25 @@ impl Keeper {
         let keys: Vec<String> = self
             .members
             .iter()
-            .filter(|(_, m)| !m.written && (include_refused || m.refused.is_none()))
+            .filter(|(_, m)| !m.written && (include_refused || !m.parked()))
             .map(|(k, _)| k.clone())
             .collect();
         for key in keys {
             let value = self.members[&key].value.clone();
-            let r = self
-                .call(self.backend.put(&key, value.clone(), Some(&lease.id)))
-                .await;
+            let r = self.write_member(&key, value.clone(), &lease.id).await;
             match r {
-                Ok(_) => {
+                Ok(Written::Raced) => {
+                    tracing::debug!(key = %key, "registration changed while being written; retrying at the next heartbeat");
+                }
+                Ok(Written::Conflict(holder)) => self.conflicted(&key, holder),
+                Ok(Written::Done) => {
                     RegistryStats::bump(&self.stats.puts);
                     if let Some(m) = self.members.get_mut(&key) {
+                        if let Some(holder) = m.conflict.take() {
+                            tracing::info!(key = %key, holder = %holder, "the other owner's registration is gone; registered again");
+                        }
                         m.written = true;
+                        m.first = false;
                         m.refused = None;
                         m.uncertain = false;
                         m.accepted = Some(value);

@@ -55,17 +55,27 @@ pub enum RegistrationState {
         /// The last error seen.
         error: Error,
     },
+    /// Another live owner (another process's lease) holds this instance id: it took the id over,
+    /// or wrote it while our lease was lost. This registration does not fight it: it is written
+    /// again (and becomes `Registered`) only once the other owner's key is gone.
+    Conflict {
+        /// When the conflict was first seen.
+        since: Instant,
+        /// The lease of the owner holding the id.
+        holder: LeaseId,
+    },
     /// Deregistered (explicitly, by drain, or by dropping the handle).
     Deregistered,
 }
 
 impl RegistrationState {
-    /// A short name: `registering`, `registered`, `lost`, `deregistered`.
+    /// A short name: `registering`, `registered`, `lost`, `conflict`, `deregistered`.
     pub fn name(&self) -> &'static str {
         match self {
             RegistrationState::Registering { .. } => "registering",
             RegistrationState::Registered { .. } => "registered",
             RegistrationState::Lost { .. } => "lost",
+            RegistrationState::Conflict { .. } => "conflict",
             RegistrationState::Deregistered => "deregistered",
         }
     }
@@ -141,6 +151,7 @@ impl LeaseOptions {
 pub struct RegisterOptions {
     delay: Option<Duration>,
     dedicated: Option<LeaseOptions>,
+    takeover: bool,
 }
 
 impl RegisterOptions {
@@ -161,6 +172,19 @@ impl RegisterOptions {
         self.dedicated = Some(lease);
         self
     }
+
+    /// Whether the first write may replace the same instance id held by another live owner.
+    ///
+    /// By default registering an id that another process's live lease holds is refused with
+    /// [`ErrorKind::Conflict`] (unless the stored value is byte for byte the one being registered:
+    /// that is the same instance restarted before its old lease ran out, and it is taken over).
+    /// With `takeover`, the first write replaces it; the other owner's handle then reports
+    /// [`RegistrationState::Conflict`] and does not write the id back. Only the first write takes
+    /// over: after that, whoever holds the id keeps it, so two processes never fight over it.
+    pub fn takeover(mut self, takeover: bool) -> Self {
+        self.takeover = takeover;
+        self
+    }
 }
 
 /// Counters of what a registry did, for tests, metrics and the bench.
@@ -174,6 +198,8 @@ pub struct RegistryStats {
     pub(super) lost: AtomicU64,
     pub(super) recoveries: AtomicU64,
     pub(super) refused: AtomicU64,
+    pub(super) repairs: AtomicU64,
+    pub(super) conflicts: AtomicU64,
 }
 
 /// A copy of [`RegistryStats`] at one moment.
@@ -197,6 +223,11 @@ pub struct RegistryCounts {
     /// Writes the backend refused for good (a value too large, a key not allowed): each marks
     /// its own registration only.
     pub refused: u64,
+    /// Registrations found deleted or overwritten by someone else while their lease lived, and
+    /// written again.
+    pub repairs: u64,
+    /// Times a registration found its instance id held by another live owner.
+    pub conflicts: u64,
 }
 
 impl RegistryStats {
@@ -216,6 +247,8 @@ impl RegistryStats {
             lost: l(&self.lost),
             recoveries: l(&self.recoveries),
             refused: l(&self.refused),
+            repairs: l(&self.repairs),
+            conflicts: l(&self.conflicts),
         }
     }
 }
@@ -430,6 +463,7 @@ impl Registry {
                     token,
                     cancelled,
                     value,
+                    takeover: opts.takeover,
                     state: state_tx,
                     done: Some(done_tx),
                 },
@@ -459,6 +493,7 @@ impl Registry {
                     token,
                     cancelled,
                     value,
+                    takeover: opts.takeover,
                     state: state_tx,
                     done: None,
                 });
