@@ -29,6 +29,40 @@ if not EPOCH then
   EPOCH = tostring(NOW_EPOCH)
   redis.call('SET', K_EPOCH, EPOCH)
 end
+-- The server process that last ran a script on this namespace (its INFO run_id, new at every start).
+-- Another one means the data was restarted from a snapshot or an append-only file, or a replica was
+-- promoted: either may be older than what clients saw, with revisions and lease ids that will be
+-- handed out a second time. So a new server starts a new epoch: history is dropped (watchers get
+-- Compacted and re-list), every lease ends with its keys (their owners get LeaseNotFound and
+-- register again at their next heartbeat), and revisions restart. Keys without a lease are kept.
+local RUN_ID = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+local K_RUN = BASE .. 'server'
+local SEEN_RUN = redis.call('GET', K_RUN)
+if SEEN_RUN ~= RUN_ID then
+  if SEEN_RUN then
+    EPOCH = tostring(math.max(tonumber(EPOCH) + 1, NOW_EPOCH))
+    redis.call('SET', K_EPOCH, EPOCH)
+    local ids = redis.call('ZRANGE', K_LEASES, 0, -1)
+    for _, id in ipairs(ids) do
+      local lk = BASE .. 'lk:' .. id
+      for _, k in ipairs(redis.call('SMEMBERS', lk)) do
+        redis.call('HDEL', K_KV, k)
+        redis.call('HDEL', K_META, k)
+        redis.call('ZREM', K_IDX, k)
+      end
+      redis.call('DEL', lk, BASE .. 'lease:' .. id)
+    end
+    redis.call('DEL', K_LEASES, K_TTL, K_EVENTS)
+    redis.call('SET', K_REV, 0)
+    local metas = redis.call('HGETALL', K_META)
+    for i = 1, #metas, 2 do
+      redis.call('HSET', K_META, metas[i], '0:')
+    end
+    redis.call('INCR', BASE .. 'restarts')
+  end
+  redis.call('SET', K_RUN, RUN_ID)
+end
+
 -- Local revisions have 30 bits. Before they run out, start a new epoch: history is dropped (watchers
 -- re-list), stored revisions restart at 0 and leases of the old epoch end (their owners re-register).
 if tonumber(redis.call('GET', K_REV) or '0') >= 1073741000 then
