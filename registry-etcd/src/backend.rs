@@ -570,6 +570,7 @@ impl Backend for EtcdBackend {
             stream,
             buffer: VecDeque::new(),
             done: false,
+            floor: after,
         };
         Ok(Box::pin(stream::unfold(state, WatchState::next)))
     }
@@ -580,6 +581,10 @@ struct WatchState {
     stream: etcd_client::WatchStream,
     buffer: VecDeque<Event>,
     done: bool,
+    /// The highest revision this watch knows the server reached (where it started, then each
+    /// event's). A response whose header is below it comes from a server whose history went
+    /// back: restored from a snapshot or a copy of its data directory.
+    floor: Revision,
 }
 
 impl WatchState {
@@ -595,7 +600,18 @@ impl WatchState {
                 None => Error::unavailable("etcd closed the watch stream"),
                 Some(Err(e)) => map(e, "watch"),
                 Some(Ok(resp)) => {
-                    if resp.compact_revision() > 0 {
+                    let now = resp.header().map_or(0, |h| h.revision() as u64);
+                    if resp.header().is_some() && now < self.floor {
+                        tracing::warn!(
+                            seen = self.floor,
+                            now,
+                            "etcd's revision went backwards (restored from an older snapshot?); its history is gone"
+                        );
+                        Error::compacted(now.saturating_add(1)).context(format!(
+                            "etcd's revision went back from {} to {now}",
+                            self.floor
+                        ))
+                    } else if resp.compact_revision() > 0 {
                         Error::compacted(resp.compact_revision() as u64)
                     } else if resp.canceled() {
                         Error::unavailable(format!(
@@ -609,6 +625,7 @@ impl WatchState {
                                 continue;
                             };
                             let rev = kv.mod_revision() as u64;
+                            self.floor = self.floor.max(rev);
                             self.buffer.push_back(match ev.event_type() {
                                 EventType::Put => {
                                     Event::put(key, Bytes::copy_from_slice(kv.value()), rev)

@@ -436,3 +436,141 @@ async fn tls_and_authentication() {
     assert!(!logged.is_empty(), "the capture saw no logs at all");
     assert!(!logged.contains(PASSWORD), "a log line shows the password");
 }
+
+/// Copies a directory tree (what `cp -a` does, for a stopped server's data directory).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+    let mode = std::fs::metadata(from).unwrap().permissions();
+    std::fs::set_permissions(to, mode).unwrap();
+}
+
+/// etcd put back to an older copy of its data directory (a disk restored from a backup, a VM
+/// snapshot rolled back): same cluster, but its revision is lower than what watchers saw, so a
+/// watcher resuming from its last revision would wait for revisions that now mean other changes.
+/// The watch must report the lost history (Compacted), the directory re-list, and every live
+/// registration be back, as etcd itself (read with etcd-client) shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_of_an_older_data_directory_is_detected() {
+    let data = conformance_tests::pki::TempDir::new("etcd-data");
+    let port = testbed::free_port();
+    let etcd = match testbed::start_etcd(EtcdOptions {
+        host_port: Some(port),
+        data_dir: Some(data.path().to_owned()),
+        ..EtcdOptions::default()
+    })
+    .await
+    {
+        Ok(e) => e,
+        Err(reason) => return testbed::unavailable::<()>("etcd", &reason).unwrap_or(()),
+    };
+    let endpoints = vec![etcd.endpoint.clone()];
+    let backend = connect(&endpoints).await;
+    let mut truth = etcd_client::Client::connect(&endpoints, None)
+        .await
+        .unwrap();
+    let ready = |truth: &mut etcd_client::Client| {
+        let mut truth = truth.clone();
+        async move {
+            for _ in 0..300 {
+                if truth.get("probe", None).await.is_ok() {
+                    return;
+                }
+                sleep(Duration::from_millis(100)).await;
+            }
+            panic!("etcd did not come back");
+        }
+    };
+    let a = registry(&backend);
+    let c = registry(&backend);
+    let b = registry(&backend);
+    let d = b.discover("web").await.unwrap();
+    let web = |id: &str| Instance::new("web", id).addr("10.0.0.1:80");
+    let _w0 = a.register(web("w0")).await.unwrap();
+    until_online(d.directory(), "web", &["w0"], Duration::from_secs(5)).await;
+
+    // The backup: taken while the server is stopped.
+    let backup = conformance_tests::pki::TempDir::new("etcd-backup");
+    etcd.container.stop().await.expect("stop etcd");
+    copy_tree(&data.path().join("etcd"), &backup.path().join("etcd"));
+    etcd.container.start().await.expect("start etcd");
+    ready(&mut truth).await;
+
+    // Life goes on: another registration and plenty of history the backup does not have.
+    let w1 = c.register(web("w1")).await.unwrap();
+    for _ in 0..15 {
+        c.register(web("churn"))
+            .await
+            .unwrap()
+            .deregister()
+            .await
+            .unwrap();
+    }
+    until_online(d.directory(), "web", &["w0", "w1"], Duration::from_secs(10)).await;
+    let seen = d.directory().snapshot("web").revision();
+
+    // Restore the backup.
+    etcd.container.stop().await.expect("stop etcd");
+    std::fs::remove_dir_all(data.path().join("etcd")).unwrap();
+    copy_tree(&backup.path().join("etcd"), &data.path().join("etcd"));
+    etcd.container.start().await.expect("start etcd");
+    ready(&mut truth).await;
+    let now = truth.get("probe", None).await.unwrap();
+    let now = now.header().map_or(0, |h| h.revision()) as u64;
+    assert!(
+        now + 10 < seen,
+        "the restore went back from {seen} to {now}"
+    );
+
+    // A registration made after the restore reaches the watcher; everything is in etcd.
+    let mut tries = 0;
+    let _w2 = loop {
+        match c.register(web("w2")).await {
+            Ok(r) => break r,
+            Err(e) if tries < 20 => {
+                tries += 1;
+                eprintln!("register after the restore: {e}");
+                sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("register after the restore: {e}"),
+        }
+    };
+    until_online(
+        d.directory(),
+        "web",
+        &["w0", "w1", "w2"],
+        Duration::from_secs(15),
+    )
+    .await;
+    let held = truth
+        .get(
+            "resilience/",
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only(),
+            ),
+        )
+        .await
+        .unwrap();
+    let held: Vec<String> = held
+        .kvs()
+        .iter()
+        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .collect();
+    for id in ["w0", "w1", "w2"] {
+        assert!(
+            held.iter().any(|k| k.ends_with(&format!("web/{id}"))),
+            "{id} missing from etcd: {held:?}"
+        );
+    }
+    assert!(w1.state().is_registered(), "{}", w1.state());
+}
