@@ -619,7 +619,7 @@ struct Poller {
     backend: ConsulBackend,
     prefix: String,
     base: Snapshot,
-    /// The index for the next blocking query (0 after the index went backwards).
+    /// The index for the next blocking query.
     index: u64,
     last_emitted: Revision,
     last_poll: Option<Instant>,
@@ -650,6 +650,12 @@ impl Poller {
         }
         self.last_poll = Some(Instant::now());
         let (index, snap) = self.backend.fetch(&self.prefix, Some(self.index)).await?;
+        if index < self.last_emitted {
+            // The index went below what we delivered: the server's history restarted (a restored
+            // snapshot, a new cluster) or its tombstones were reaped. Revisions we handed out may
+            // now mean other states: only a fresh listing is meaningful.
+            return Err(Error::compacted(index.max(1)));
+        }
         let mut puts: Vec<(u64, String, Bytes)> = Vec::new();
         for (k, e) in snap.iter() {
             if self
@@ -665,8 +671,7 @@ impl Poller {
             .first()
             .is_some_and(|(m, _, _)| *m <= self.last_emitted)
         {
-            // Indexes older than what we delivered: the server's history restarted (a new cluster,
-            // a restored snapshot). Only a fresh listing is meaningful now.
+            // Indexes older than what we delivered: the server's history restarted.
             return Err(Error::compacted(index.max(1)));
         }
         let deleted: Vec<String> = self
@@ -675,11 +680,12 @@ impl Poller {
             .filter(|k| !snap.contains_key(*k))
             .cloned()
             .collect();
+        // Consul does not say when a key vanished, only that it did after the previous answer:
+        // deletes come first, just after what was delivered (so a reader that stops at a put of
+        // this answer has seen every delete that may have preceded it), then the puts at their
+        // own indexes.
         let mut last = self.last_emitted;
         if !deleted.is_empty() {
-            // Consul does not say when a key vanished, only that it did after the previous answer:
-            // deletes come first, just after what was delivered, so a reader that stops at a put of
-            // this answer has seen every delete that may have preceded it.
             last = last.saturating_add(1);
             for k in deleted {
                 self.buffer.push_back(Event::delete(k, last));
@@ -690,15 +696,13 @@ impl Poller {
             last = last.max(m);
         }
         self.last_emitted = last;
-        if index < self.index {
-            // The index went backwards (tombstones reaped): reset, per Consul's guidance.
-            self.index = 0;
-        } else {
-            self.index = index;
-        }
+        self.index = index;
         self.base = snap;
-        // A later watch may resume from what was delivered, or from this answer's index.
-        self.backend.remember(&self.prefix, last, &self.base);
+        // A later watch may resume from this answer's index: remember the state there. Only
+        // there: the state after this answer is the state at its index, but not at its last
+        // put's index when a delete came after that put, nor at the deletes' made-up revision; a
+        // reader that listed at such a revision would be diffed against a state it never had
+        // and miss a delete for good. Resuming elsewhere costs a listing (`Compacted`).
         self.backend.remember(&self.prefix, index, &self.base);
         Ok(())
     }

@@ -415,3 +415,87 @@ async fn sessions_depend_on_their_ttl_not_on_the_nodes_health() {
     }
     backend.revoke(&lease.id).await.unwrap();
 }
+
+/// Consul keeps no history, so the backend diffs snapshots, and resuming a watch needs the state
+/// at the revision it resumes from. A snapshot remembered under a revision that is not the
+/// state at that index (a watcher's last put, taken from an answer whose index is later because
+/// of a delete) would let a reader that listed at that revision resume from a state without a
+/// key it holds, and the key's delete would never reach it: a phantom forever. Resuming from a
+/// listing's revision must give a delete for every key deleted since, or `Compacted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumed_at_a_listing_never_misses_a_delete() {
+    use futures::StreamExt;
+    let Some(endpoint) = testbed::shared_consul() else {
+        return;
+    };
+    let backend = ConsulBuilder::new()
+        .address(endpoint)
+        .namespace(testbed::fresh_namespace("resume"))
+        .min_poll_interval(Duration::from_millis(10))
+        .connect()
+        .await
+        .unwrap();
+    let put = |k: &'static str| {
+        let backend = backend.clone();
+        async move {
+            backend
+                .put(k, Bytes::from_static(b"v"), None)
+                .await
+                .unwrap()
+        }
+    };
+    put("web/a").await;
+    let start = backend.list("web").await.unwrap().revision;
+    // An early watcher that has not read anything yet.
+    let mut early = backend.watch("web", start).await.unwrap();
+    put("web/k").await;
+    put("web/j").await;
+    // A reader lists (it holds a, j and k) ...
+    let listing = backend.list("web").await.unwrap();
+    assert_eq!(listing.entries.len(), 3);
+    // ... k is deleted, other readers come and go (the backend's memory of snapshots is not
+    // infinite), and the early watcher reads the put of j and the state after the delete.
+    backend.delete("web/k").await.unwrap();
+    for i in 0..80 {
+        backend.list(&format!("other{i}")).await.unwrap();
+    }
+    let ev = timeout(Duration::from_secs(10), early.next())
+        .await
+        .expect("early watcher")
+        .expect("event")
+        .expect("ok");
+    assert_eq!(ev.key, "web/j");
+    drop(early);
+    // The reader now watches from its listing: it must learn that k is gone.
+    let resumed = match backend.watch("web", listing.revision).await {
+        Err(e) => {
+            assert_eq!(e.kind(), ErrorKind::Compacted, "{e}");
+            return;
+        }
+        Ok(s) => s,
+    };
+    put("web/z").await;
+    let mut resumed = resumed;
+    let mut seen = Vec::new();
+    loop {
+        match timeout(Duration::from_secs(10), resumed.next()).await {
+            Ok(Some(Ok(ev))) => {
+                let done = ev.key == "web/z";
+                seen.push(ev);
+                if done {
+                    break;
+                }
+            }
+            Ok(Some(Err(e))) => {
+                assert_eq!(e.kind(), ErrorKind::Compacted, "{e}");
+                return;
+            }
+            other => panic!("no put of z: {other:?} after {seen:?}"),
+        }
+    }
+    assert!(
+        seen.iter()
+            .any(|e| e.key == "web/k" && e.kind == registry_core::EventKind::Delete),
+        "the delete of k never reached a reader that listed it: {seen:?}"
+    );
+}
