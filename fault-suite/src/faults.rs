@@ -142,7 +142,8 @@ pub async fn inject(
     let ns = scene.cfg.namespace.clone();
     let svc = scene.cfg.service.clone();
     let ttl = scene.cfg.ttl;
-    let hold = ttl + Duration::from_secs(2);
+    // Longer than the TTL, and than twice the TTL: Consul ends a session only after up to 2 x TTL.
+    let hold = ttl * 2 + Duration::from_secs(2);
     let mut during = Vec::new();
     match fault {
         Fault::DeleteKey => {
@@ -167,17 +168,37 @@ pub async fn inject(
             scene.add_registrar(each)?;
             wait_registered(scene, &truth, Duration::from_secs(20)).await?;
             server.restore().await?;
+            // A process that starts right after the rollback is handed ids (lease, revision) the
+            // server already handed out before it forgot them.
+            scene.add_registrar(each)?;
         }
         Fault::StopRegistrar => {
             let n = scene.registrars.first().ok_or("no registrar")?;
             n.signal("STOP").await?;
             sleep(hold).await;
+            // The fault must have bitten: the stopped process's leases expired on the server.
+            let held = truth.ids(&ns, &svc).await;
             n.signal("CONT").await?;
+            let held = held?;
+            if n.ids.iter().any(|id| held.contains(id)) {
+                return Err(format!(
+                    "the fault did not bite: {:?} still on the server after {hold:?} stopped",
+                    n.ids
+                ));
+            }
         }
         Fault::NetworkCut => {
             server.cut_network(0).await?;
-            sleep(hold).await;
+            sleep(Duration::from_secs(1)).await;
+            // The fault must have bitten: the server no longer answers on the clients' port.
+            let answered = truth.ping().await;
+            sleep(hold.saturating_sub(Duration::from_secs(1))).await;
             server.heal_network(0).await?;
+            if answered {
+                return Err(
+                    "the network cut did not take effect (the server still answered)".into(),
+                );
+            }
         }
         Fault::CompactUnderChurn => {
             for d in &scene.discoverers {
@@ -231,6 +252,14 @@ pub async fn inject(
         }
         Fault::RevokeRead => {
             server.consul_set_key_policy("deny").await?;
+            // The fault must have bitten: the processes' token sees nothing any more.
+            sleep(Duration::from_millis(500)).await;
+            let seen = server.node_truth().ids(&ns, &svc).await;
+            if !matches!(&seen, Ok(s) if s.is_empty()) && seen.is_ok() {
+                return Err(format!(
+                    "revoking read did not take effect: the token still reads {seen:?}"
+                ));
+            }
             let until = Instant::now() + hold;
             while Instant::now() < until {
                 // A directory must never pass an unreadable prefix off as an empty service.

@@ -267,6 +267,17 @@ impl Server {
         }
     }
 
+    /// A truth reader with the scene processes' own token (ACL runs), to see what they may see.
+    pub fn node_truth(&self) -> Truth {
+        match (self.backend, self.truth()) {
+            (Backend::Consul, Truth::Consul { endpoint, .. }) => Truth::Consul {
+                endpoint,
+                token: (self.setup == Setup::ConsulAcl).then(|| NODE_TOKEN.to_owned()),
+            },
+            (_, t) => t,
+        }
+    }
+
     /// The truth reader of one member, directly (not through the proxy).
     pub fn member_truth(&self, i: usize) -> Truth {
         let ep = format!("127.0.0.1:{}", self.members[i].host_port);
