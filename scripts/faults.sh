@@ -43,7 +43,7 @@ if [ "$mode" = short ]; then
   echo
   printf '%-8s %-26s %-5s %10s %5s %9s\n' backend fault result converge lost phantoms
   sort "$report" | while IFS=$'\t' read -r b f r c l p; do
-    printf '%-8s %-26s %-5s %10s %5s %9s\n' "$b" "$f" "$r" "${c}${c:+ s}" "$l" "$p"
+    printf '%-8s %-26s %-5s %10s %5s %9s\n' "$b" "$f" "$r" "$([ "$c" = - ] && echo - || echo "$c s")" "$l" "$p"
   done
 else
   [ -n "$seed" ] || seed=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
