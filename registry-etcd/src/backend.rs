@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream,
-    LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    LeaseKeeper, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use futures::{StreamExt, stream};
 use registry_core::config::{check_duration, clamp_duration};
@@ -43,6 +43,38 @@ struct Inner {
     /// One keep-alive stream per lease, opened on first use and reused, each behind its own lock so
     /// that keep-alives never wait for other calls (nor other leases).
     keepers: Mutex<HashMap<i64, Keeper>>,
+    /// What revisions this backend handed out looked like (see [`Witness`]), newest last.
+    witnesses: Mutex<VecDeque<(Vec<u8>, Revision, Witness)>>,
+}
+
+/// How many [`Witness`]es a backend keeps: enough for every watch of a process to resume.
+const WITNESSES_KEPT: usize = 512;
+
+/// What the server held at a revision this backend handed out (a listing's, or the last event a
+/// watch delivered), to recognise that revision when a watch resumes from it.
+///
+/// etcd put back to an older copy of its data (a restored backup, a rolled-back disk) keeps its
+/// cluster id and hands out the old revision numbers again for other changes. A watch resuming
+/// from a revision above the server's current one is caught by its header; but once new writes
+/// have carried the server past it, only the history itself can tell: the same revision must
+/// show the same thing. So a resume first reads, at its revision, what was seen there: the
+/// listing's prefix (how many keys, the newest modification) or the event's key (its create
+/// revision and version). A difference means the history was replaced: `Compacted`, re-list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Witness {
+    Listing {
+        count: i64,
+        newest: i64,
+    },
+    Key {
+        key: Vec<u8>,
+        create: i64,
+        version: i64,
+    },
+    /// A key deleted at the revision: absent there, present just before.
+    Gone {
+        key: Vec<u8>,
+    },
 }
 
 impl fmt::Debug for EtcdBackend {
@@ -196,6 +228,7 @@ impl EtcdBackend {
                 request_timeout: b.request_timeout,
                 caps,
                 keepers: Mutex::new(HashMap::new()),
+                witnesses: Mutex::new(VecDeque::new()),
             }),
         };
         // Fail now, not at the first operation, when nothing answers (the client connects lazily).
@@ -358,6 +391,119 @@ impl EtcdBackend {
         })
         .await
     }
+
+    fn witness(&self, prefix: Vec<u8>, rev: Revision, w: Witness) {
+        let mut all = self
+            .inner
+            .witnesses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if all
+            .iter()
+            .any(|(p, r, known)| *p == prefix && *r == rev && *known == w)
+        {
+            return;
+        }
+        if all.len() >= WITNESSES_KEPT {
+            all.pop_front();
+        }
+        all.push_back((prefix, rev, w));
+    }
+
+    /// Before a watch of `start..end` resumes from `after`: if this backend handed `after` out,
+    /// the server must still show there what it showed then (see [`Witness`]).
+    async fn check_witness(&self, start: &[u8], end: &[u8], after: Revision) -> Result<()> {
+        let known: Vec<Witness> = self
+            .inner
+            .witnesses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(p, r, _)| p == start && *r == after)
+            .map(|(_, _, w)| w.clone())
+            .collect();
+        let Ok(at) = i64::try_from(after) else {
+            return Ok(());
+        };
+        for w in known {
+            let same = match &w {
+                Witness::Listing { count, newest } => {
+                    let opts = GetOptions::new()
+                        .with_range(end.to_vec())
+                        .with_revision(at)
+                        .with_sort(SortTarget::Mod, SortOrder::Descend)
+                        .with_limit(1)
+                        .with_keys_only();
+                    let r = self.read_at(start, opts, after).await?;
+                    r.count() == *count
+                        && r.kvs().first().map_or(0, |kv| kv.mod_revision()) == *newest
+                }
+                Witness::Key {
+                    key,
+                    create,
+                    version,
+                } => {
+                    let r = self
+                        .read_at(key, GetOptions::new().with_revision(at), after)
+                        .await?;
+                    r.kvs().first().is_some_and(|kv| {
+                        kv.mod_revision() == at
+                            && kv.create_revision() == *create
+                            && kv.version() == *version
+                    })
+                }
+                Witness::Gone { key } => {
+                    let gone = self
+                        .read_at(key, GetOptions::new().with_revision(at), after)
+                        .await?
+                        .kvs()
+                        .is_empty();
+                    gone && at > 1 && {
+                        let before = GetOptions::new().with_revision(at - 1);
+                        !self.read_at(key, before, after).await?.kvs().is_empty()
+                    }
+                }
+            };
+            if !same {
+                return Err(replaced(after, "it shows other data than it did"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A read at a past revision for [`check_witness`](Self::check_witness).
+    async fn read_at(
+        &self,
+        key: &[u8],
+        opts: GetOptions,
+        after: Revision,
+    ) -> Result<etcd_client::GetResponse> {
+        match self
+            .call("watch resume check", true, |mut c| {
+                let (key, opts) = (key.to_vec(), opts.clone());
+                async move { c.get(key, Some(opts)).await }
+            })
+            .await
+        {
+            // The server is below `after` now: its history went back.
+            Err(e) if e.to_string().contains("future revision") => {
+                Err(replaced(after, "the server's revision is below it"))
+            }
+            r => r,
+        }
+    }
+}
+
+/// `Compacted` for a watch whose resume revision now means something else on the server.
+fn replaced(after: Revision, why: &str) -> Error {
+    tracing::warn!(
+        revision = after,
+        why,
+        "etcd's history was replaced (restored from an older copy of its data?); listing again"
+    );
+    Error::compacted(after.saturating_add(1)).context(format!(
+        "etcd no longer holds the history this watch resumes from (revision {after}: {why})"
+    ))
 }
 
 #[async_trait]
@@ -530,8 +676,10 @@ impl Backend for EtcdBackend {
         // An empty start with the end "\0" is etcd's "every key".
         let end = key::prefix_range_end(&start).unwrap_or_else(|| vec![0]);
         let start = if start.is_empty() { vec![0] } else { start };
-        let first = self.page(start, end.clone(), 0).await?;
+        let first = self.page(start.clone(), end.clone(), 0).await?;
         let revision = first.header().map_or(0, |h| h.revision());
+        let count = first.count();
+        let mut newest = first.kvs().iter().map(|kv| kv.mod_revision()).max();
         let mut entries: Vec<KeyValue> = first.kvs().iter().filter_map(|kv| self.kv(kv)).collect();
         let mut more = first.more();
         let mut last = first.kvs().last().map(|kv| kv.key().to_vec());
@@ -541,9 +689,18 @@ impl Backend for EtcdBackend {
             from.push(0);
             let page = self.page(from, end.clone(), revision).await?;
             entries.extend(page.kvs().iter().filter_map(|kv| self.kv(kv)));
+            newest = newest.max(page.kvs().iter().map(|kv| kv.mod_revision()).max());
             more = page.more();
             last = page.kvs().last().map(|kv| kv.key().to_vec());
         }
+        self.witness(
+            start,
+            revision as u64,
+            Witness::Listing {
+                count,
+                newest: newest.unwrap_or(0),
+            },
+        );
         Ok(Listing {
             entries,
             revision: revision as u64,
@@ -555,6 +712,10 @@ impl Backend for EtcdBackend {
         let start = self.full(&key::normalize_prefix(prefix)).into_bytes();
         let end = key::prefix_range_end(&start).unwrap_or_else(|| vec![0]);
         let start = if start.is_empty() { vec![0] } else { start };
+        if after > 0 {
+            self.check_witness(&start, &end, after).await?;
+        }
+        let witness_prefix = start.clone();
         let opts = WatchOptions::new()
             .with_range(end)
             .with_start_revision(start_revision(after))
@@ -571,6 +732,8 @@ impl Backend for EtcdBackend {
             buffer: VecDeque::new(),
             done: false,
             floor: after,
+            prefix: witness_prefix,
+            delivered: None,
         };
         Ok(Box::pin(stream::unfold(state, WatchState::next)))
     }
@@ -579,18 +742,32 @@ impl Backend for EtcdBackend {
 struct WatchState {
     backend: EtcdBackend,
     stream: etcd_client::WatchStream,
-    buffer: VecDeque<Event>,
+    buffer: VecDeque<(Event, Witness)>,
     done: bool,
     /// The highest revision this watch knows the server reached (where it started, then each
     /// event's). A response whose header is below it comes from a server whose history went
     /// back: restored from a snapshot or a copy of its data directory.
     floor: Revision,
+    /// The watched range's start, and the last event handed out with its witness: recorded in
+    /// the backend when the watch ends, for the watch that resumes from there.
+    prefix: Vec<u8>,
+    delivered: Option<(Revision, Witness)>,
+}
+
+impl Drop for WatchState {
+    fn drop(&mut self) {
+        if let Some((rev, w)) = self.delivered.take() {
+            self.backend
+                .witness(std::mem::take(&mut self.prefix), rev, w);
+        }
+    }
 }
 
 impl WatchState {
     async fn next(mut self) -> Option<(Result<Event>, WatchState)> {
         loop {
-            if let Some(ev) = self.buffer.pop_front() {
+            if let Some((ev, w)) = self.buffer.pop_front() {
+                self.delivered = Some((ev.revision, w));
                 return Some((Ok(ev), self));
             }
             if self.done {
@@ -601,7 +778,9 @@ impl WatchState {
                 Some(Err(e)) => map(e, "watch"),
                 Some(Ok(resp)) => {
                     let now = resp.header().map_or(0, |h| h.revision() as u64);
-                    if resp.header().is_some() && now < self.floor {
+                    if resp.compact_revision() > 0 {
+                        Error::compacted(resp.compact_revision() as u64)
+                    } else if now > 0 && now < self.floor {
                         tracing::warn!(
                             seen = self.floor,
                             now,
@@ -611,8 +790,6 @@ impl WatchState {
                             "etcd's revision went back from {} to {now}",
                             self.floor
                         ))
-                    } else if resp.compact_revision() > 0 {
-                        Error::compacted(resp.compact_revision() as u64)
                     } else if resp.canceled() {
                         Error::unavailable(format!(
                             "etcd canceled the watch: {}",
@@ -626,12 +803,23 @@ impl WatchState {
                             };
                             let rev = kv.mod_revision() as u64;
                             self.floor = self.floor.max(rev);
-                            self.buffer.push_back(match ev.event_type() {
+                            let witness = match ev.event_type() {
+                                EventType::Put => Witness::Key {
+                                    key: kv.key().to_vec(),
+                                    create: kv.create_revision(),
+                                    version: kv.version(),
+                                },
+                                EventType::Delete => Witness::Gone {
+                                    key: kv.key().to_vec(),
+                                },
+                            };
+                            let event = match ev.event_type() {
                                 EventType::Put => {
                                     Event::put(key, Bytes::copy_from_slice(kv.value()), rev)
                                 }
                                 EventType::Delete => Event::delete(key, rev),
-                            });
+                            };
+                            self.buffer.push_back((event, witness));
                         }
                         continue;
                     }

@@ -516,6 +516,7 @@ async fn a_restore_of_an_older_data_directory_is_detected() {
     }
     until_online(d.directory(), "web", &["w0", "w1"], Duration::from_secs(10)).await;
     let seen = d.directory().snapshot("web").revision();
+    let listed = backend.list("registry/web").await.unwrap().revision;
 
     // Restore the backup.
     etcd.container.stop().await.expect("stop etcd");
@@ -529,6 +530,27 @@ async fn a_restore_of_an_older_data_directory_is_detected() {
         now + 10 < seen,
         "the restore went back from {seen} to {now}"
     );
+
+    // A watch resuming from a revision handed out before the restore, after the server's
+    // revision has passed it again with other changes: the revision now means something else.
+    let mut outsider = truth.clone();
+    for i in 0..(seen - now + 5) {
+        outsider
+            .put(format!("elsewhere/{i}"), "x", None)
+            .await
+            .unwrap();
+    }
+    let resumed = match backend.watch("registry/web", listed).await {
+        Err(e) => e,
+        Ok(mut s) => {
+            use futures::StreamExt;
+            match timeout(Duration::from_secs(3), s.next()).await {
+                Ok(Some(Err(e))) => e,
+                other => panic!("resumed from a replaced revision without a word: {other:?}"),
+            }
+        }
+    };
+    assert_eq!(resumed.kind(), ErrorKind::Compacted, "{resumed}");
 
     // A registration made after the restore reaches the watcher; everything is in etcd.
     let mut tries = 0;

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, AsyncConnectionConfig, Client, Script, Value};
 use registry_core::config::{check_duration, clamp_duration};
 use registry_core::{
@@ -741,10 +741,17 @@ impl Reader {
             // Nothing after the held revision: it was whole.
             self.buffer.extend(self.held.drain(..));
             // Quiet: make sure the server is still the one we were reading (a server that lost its
-            // data starts a new epoch and numbers events from 1 again, below our position).
-            let epoch: Option<String> = self
-                .conn
+            // data starts a new epoch and numbers events from 1 again, below our position), and
+            // that nothing we have not seen happened: a stream trimmed past our position (by
+            // hand, or by its length limit while we were paused) shows nothing after it, but the
+            // revision counter is ahead. Read together (MULTI), so that a write landing between
+            // the reads cannot pass for a gap.
+            let (epoch, rev, next): (Option<String>, Option<u64>, StreamRangeReply) = redis::pipe()
+                .atomic()
                 .get(&self.backend.inner.keys[8])
+                .get(&self.backend.inner.keys[0])
+                .xrange_count(stream_key, format!("({from}"), "+", 1)
+                .query_async(&mut self.conn)
                 .await
                 .map_err(|e| map(e, "watch"))?;
             if epoch.as_deref() != Some(self.epoch.to_string().as_str()) {
@@ -754,6 +761,11 @@ impl Reader {
                         .unwrap_or(self.epoch.saturating_add(1)),
                     1,
                 )));
+            }
+            let rev = rev.unwrap_or(0);
+            if next.ids.is_empty() && rev > self.last.0 {
+                // Revisions after ours exist, their events do not: trimmed away.
+                return Err(Error::compacted(compose(self.epoch, rev.saturating_add(1))));
             }
             return Ok(());
         }

@@ -490,3 +490,43 @@ async fn a_restart_from_an_older_snapshot_is_a_new_epoch() {
     }
     assert!(w1.state().is_registered(), "{}", w1.state());
 }
+
+/// The event stream trimmed past a paused watcher, and then nothing more written: the watcher's
+/// blocking read finds nothing after its position, yet changes happened that it never saw. It
+/// must report the lost history (the revision counter is ahead of the stream), not stay quiet
+/// with a view that misses them until the next write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_trimmed_past_a_quiet_watcher_is_compacted() {
+    let Some(endpoint) = testbed::shared_redis() else {
+        return;
+    };
+    let ns = testbed::fresh_namespace("trim");
+    let backend = builder(&endpoint)
+        .namespace(ns.clone())
+        .connect()
+        .await
+        .unwrap();
+    let at = backend
+        .put("k/a", Bytes::from_static(b"1"), None)
+        .await
+        .unwrap();
+    let mut stream = backend.watch("k", at).await.unwrap();
+    backend
+        .put("k/b", Bytes::from_static(b"2"), None)
+        .await
+        .unwrap();
+    backend.delete("k/a").await.unwrap();
+    let client = redis::Client::open(format!("redis://{endpoint}")).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let _: u64 = redis::cmd("XTRIM")
+        .arg(format!("{{{ns}}}:events"))
+        .arg("MAXLEN")
+        .arg(0)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    match timeout(Duration::from_secs(8), stream.next()).await {
+        Ok(Some(Err(e))) => assert_eq!(e.kind(), ErrorKind::Compacted, "{e}"),
+        other => panic!("the watcher did not report the trimmed history: {other:?}"),
+    }
+}
