@@ -236,8 +236,30 @@ pub async fn seeded(seed: u64, minutes: f64, backends: &[Backend], node_bin: &Pa
                         }
                     }
                     Err(e) => {
-                        eprintln!("fault {} on {}: could not inject: {e}", f.name(), b.name());
-                        break;
+                        // A fault that could not be injected (or did not bite) is a failure of
+                        // the run, counted like one; the soak goes on once the scene recovers.
+                        let o = Outcome {
+                            backend: b,
+                            fault: f,
+                            bound: Duration::ZERO,
+                            conv: Convergence {
+                                converged: None,
+                                lost: 0,
+                                silent_lost: 0,
+                                phantoms: 0,
+                                why: String::new(),
+                            },
+                            during: vec![format!("could not inject: {e}")],
+                        };
+                        o.record();
+                        outs.push(o);
+                        let _ = scene
+                            .converge(
+                                &server.truth(),
+                                tokio::time::Instant::now(),
+                                Duration::from_secs(60),
+                            )
+                            .await;
                     }
                 }
             }

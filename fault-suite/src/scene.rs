@@ -60,8 +60,14 @@ impl Node {
 
     /// Sends a signal (`STOP`, `CONT`, `TERM`) with kill(1).
     pub async fn signal(&self, sig: &str) -> Result<(), String> {
-        let st = Command::new("kill")
-            .args([format!("-{sig}"), self.pid.to_string()])
+        // The shell's own `kill`: a minimal Debian has no /bin/kill (procps).
+        let st = Command::new("sh")
+            .args([
+                "-c".to_owned(),
+                "kill -s \"$0\" \"$1\"".to_owned(),
+                sig.to_owned(),
+                self.pid.to_string(),
+            ])
             .status()
             .await
             .map_err(|e| format!("kill: {e}"))?;

@@ -59,7 +59,7 @@ const WITNESSES_KEPT: usize = 512;
 /// have carried the server past it, only the history itself can tell: the same revision must
 /// show the same thing. So a resume first reads, at its revision, what was seen there: the
 /// listing's prefix (how many keys, the newest modification) or the event's key (its create
-/// revision and version). A difference means the history was replaced: `Compacted`, re-list.
+/// revision, version and lease). A difference means the history was replaced: `Compacted`, re-list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Witness {
     Listing {
@@ -70,6 +70,9 @@ enum Witness {
         key: Vec<u8>,
         create: i64,
         version: i64,
+        /// Its lease: a key written again after a restore, at the same revision by the same
+        /// process, is written under the new lease that process had to take.
+        lease: i64,
     },
     /// A key deleted at the revision: absent there, present just before.
     Gone {
@@ -442,6 +445,7 @@ impl EtcdBackend {
                     key,
                     create,
                     version,
+                    lease,
                 } => {
                     let r = self
                         .read_at(key, GetOptions::new().with_revision(at), after)
@@ -450,6 +454,7 @@ impl EtcdBackend {
                         kv.mod_revision() == at
                             && kv.create_revision() == *create
                             && kv.version() == *version
+                            && kv.lease() == *lease
                     })
                 }
                 Witness::Gone { key } => {
@@ -808,6 +813,7 @@ impl WatchState {
                                     key: kv.key().to_vec(),
                                     create: kv.create_revision(),
                                     version: kv.version(),
+                                    lease: kv.lease(),
                                 },
                                 EventType::Delete => Witness::Gone {
                                     key: kv.key().to_vec(),

@@ -169,6 +169,15 @@ async fn discover(c: Common) -> registry::Result<()> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    // The library's own log lines (lease lost, repairs, conflicts, re-lists) on stderr, for
+    // reading a failed scene: `RUST_LOG=registry_core=info`; errors only by default.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Register { common, ids } => register(common, ids).await,
