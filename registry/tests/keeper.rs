@@ -450,3 +450,33 @@ async fn an_update_refused_while_the_lease_is_lost_still_comes_back_with_its_old
         assert!(r.state().is_registered(), "{id}: {}", r.state());
     }
 }
+
+/// A process with many registrations reads them back in turns (a bounded number per heartbeat,
+/// so its keep-alives never wait behind thousands of reads), and every one deleted by someone
+/// else is written again within the few heartbeats a full turn takes.
+#[tokio::test(start_paused = true)]
+async fn many_registrations_are_read_back_in_turns_and_each_is_repaired() {
+    let backend = MemoryBackend::new();
+    let a = registry(&backend);
+    let mut regs = Vec::new();
+    for i in 0..600 {
+        regs.push(a.register(web(&format!("w{i:03}"))).await.unwrap());
+    }
+    let gets = backend.operation_counts().get;
+    sleep(HEARTBEAT + Duration::from_millis(10)).await;
+    let per_heartbeat = backend.operation_counts().get - gets;
+    assert!(
+        (1..=256).contains(&per_heartbeat),
+        "{per_heartbeat} reads in one heartbeat"
+    );
+    for id in ["w000", "w301", "w599"] {
+        backend.delete(&format!("registry/web/{id}")).await.unwrap();
+    }
+    // 600 keys at 256 per heartbeat: three heartbeats make a full turn.
+    sleep(HEARTBEAT * 3 + Duration::from_millis(10)).await;
+    for id in ["w000", "w301", "w599"] {
+        assert!(present(&backend, id).await, "{id} was not written again");
+    }
+    assert_eq!(a.stats().repairs, 3, "{:?}", a.stats());
+    assert!(regs.iter().all(|r| r.state().is_registered()));
+}

@@ -90,6 +90,8 @@ enum Written {
 const PAST_LEASES: usize = 8;
 /// Reads in flight when the keeper checks its own keys at a heartbeat.
 const VERIFY_CONCURRENCY: usize = 16;
+/// Registrations read back per heartbeat (see [`Keeper::verify`]).
+const VERIFY_BATCH: usize = 256;
 
 /// How many heartbeats a deregistered key whose last write timed out is deleted again (while it
 /// is attached to our lease): a write in flight lands within a few request timeouts, far less than
@@ -104,6 +106,8 @@ pub(super) struct Keeper {
     lease: Option<Lease>,
     /// Our earlier leases, newest last (see [`PAST_LEASES`]).
     past_leases: Vec<LeaseId>,
+    /// The last key read back at the previous heartbeat (see [`Keeper::verify`]).
+    verify_cursor: Option<String>,
     /// The last moment the backend confirmed the lease (grant or keep-alive).
     last_ok: Instant,
     members: BTreeMap<String, Member>,
@@ -130,6 +134,7 @@ impl Keeper {
             op_timeout,
             lease: None,
             past_leases: Vec::new(),
+            verify_cursor: None,
             last_ok: Instant::now(),
             members: BTreeMap::new(),
             pending_deletes: BTreeMap::new(),
@@ -590,18 +595,41 @@ impl Keeper {
         m.conflict = Some(holder);
     }
 
-    /// Reads every written registration back (a few reads in flight at a time): one deleted or
+    /// Reads written registrations back (a few reads in flight at a time): one deleted or
     /// overwritten by someone else is marked unwritten (and written again right after), one that
     /// another live owner now holds goes to `Conflict`. A read that fails proves nothing and
     /// changes nothing.
+    ///
+    /// At most [`VERIFY_BATCH`] per heartbeat, taking turns (in key order, from where the last
+    /// heartbeat stopped): a process with many registrations checks each within a few heartbeats
+    /// instead of stalling its keep-alives behind thousands of reads.
     async fn verify(&mut self, lease: &LeaseId) {
         use futures::StreamExt;
-        let keys: Vec<(String, Option<Bytes>)> = self
-            .members
-            .iter()
-            .filter(|(_, m)| m.written)
-            .map(|(k, m)| (k.clone(), m.accepted.clone()))
-            .collect();
+        use std::ops::Bound::{Excluded, Unbounded};
+        let written =
+            |(k, m): (&String, &Member)| m.written.then(|| (k.clone(), m.accepted.clone()));
+        let after = self.verify_cursor.take();
+        let mut keys: Vec<(String, Option<Bytes>)> = match &after {
+            Some(c) => self
+                .members
+                .range::<String, _>((Excluded(c), Unbounded))
+                .filter_map(written)
+                .take(VERIFY_BATCH)
+                .collect(),
+            None => Vec::new(),
+        };
+        if keys.len() < VERIFY_BATCH {
+            // Wrap around to the start (stopping where this turn began).
+            let more: Vec<_> = self
+                .members
+                .iter()
+                .take_while(|(k, _)| after.as_ref().is_none_or(|c| *k <= c))
+                .filter_map(written)
+                .take(VERIFY_BATCH - keys.len())
+                .collect();
+            keys.extend(more);
+        }
+        self.verify_cursor = keys.last().map(|(k, _)| k.clone());
         let backend = &self.backend;
         let op_timeout = self.op_timeout;
         let reads: Vec<_> = futures::stream::iter(keys)
