@@ -499,3 +499,36 @@ async fn a_watch_resumed_at_a_listing_never_misses_a_delete() {
         "the delete of k never reached a reader that listed it: {seen:?}"
     );
 }
+
+/// Consul keeps no history: a watch resuming from a revision this process holds no snapshot of
+/// (another process listed it, or the snapshot was forgotten) cannot know what changed since, and
+/// says so with `Compacted` when anything did; and a revision nothing changed after still resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_without_the_state_at_its_revision_is_compacted() {
+    let Some(endpoint) = testbed::shared_consul() else {
+        return;
+    };
+    let ns = testbed::fresh_namespace("nohistory");
+    let connect = || {
+        ConsulBuilder::new()
+            .address(endpoint.clone())
+            .namespace(ns.clone())
+            .connect()
+    };
+    let lister = connect().await.unwrap();
+    lister
+        .put("svc/a", Bytes::from_static(b"1"), None)
+        .await
+        .unwrap();
+    let listed = lister.list("svc").await.unwrap().revision;
+    // Another process (no snapshots of its own) resumes from that listing: nothing changed yet.
+    let other = connect().await.unwrap();
+    drop(other.watch("svc", listed).await.expect("unchanged since"));
+    lister.delete("svc/a").await.unwrap();
+    let fresh = connect().await.unwrap();
+    let e = match fresh.watch("svc", listed).await {
+        Err(e) => e,
+        Ok(_) => panic!("resumed across a change it cannot see"),
+    };
+    assert_eq!(e.kind(), ErrorKind::Compacted, "{e}");
+}
