@@ -1,12 +1,13 @@
 //! `register`, `list`, `watch` and `find`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use registry::engine::{
-    Change, Discovery, Instance, InstanceState, RegisterOptions, RegistrationState, Registry,
+    Change, DirectoryEvent, Discovery, Instance, InstanceState, RegisterOptions, RegistrationState,
+    Registry,
 };
 use registry::{Backend, Error, ErrorKind, Result};
 use serde_json::json;
@@ -322,39 +323,105 @@ pub(crate) async fn watch(ctx: &Context, a: WatchArgs) -> Result<()> {
             ctx.shown
         );
     }
-    let dir = d.directory().clone();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Change)>();
-    let mut followed: HashSet<String> = HashSet::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    // The directory's feed covers every service, those discovered later included: no polling.
+    let mut feed = d.directory().all_changes();
+    let mut routable = Routable::new(a.service.clone());
     let mut term = signal(SignalKind::terminate());
     loop {
         tokio::select! {
-            _ = tick.tick() => {
-                let services = match &a.service {
-                    Some(s) => vec![s.clone()],
-                    None => dir.services(),
-                };
-                for s in services {
-                    if followed.insert(s.clone()) {
-                        let mut changes = dir.changes(&s);
-                        let tx = tx.clone();
-                        tokio::spawn(async move {
-                            while let Some(c) = changes.next().await {
-                                if tx.send((s.clone(), c)).is_err() {
-                                    return;
-                                }
-                            }
-                        });
-                    }
+            Some(event) = feed.next() => {
+                for (service, change) in routable.apply(&event) {
+                    print_change(&service, &change, a.json);
                 }
             }
-            Some((service, change)) = rx.recv() => print_change(&service, &change, a.json),
             _ = tokio::signal::ctrl_c() => break,
             _ = recv(&mut term) => break,
         }
     }
     drop(d);
     Ok(())
+}
+
+/// What `watch` shows: the routable (online, not probe-hidden) instances of each service, followed
+/// through the directory's feed and turned into the insert / remove lines it has always printed.
+struct Routable {
+    only: Option<String>,
+    held: HashMap<String, BTreeMap<String, Arc<Instance>>>,
+}
+
+impl Routable {
+    fn new(only: Option<String>) -> Self {
+        Routable {
+            only,
+            held: HashMap::new(),
+        }
+    }
+
+    fn wanted(&self, service: &str) -> bool {
+        self.only.as_deref().is_none_or(|s| s == service)
+    }
+
+    /// The changes to the routable instances that `event` makes, in order: for a resync (the
+    /// start, or after falling behind), the net difference, removals first.
+    fn apply(&mut self, event: &DirectoryEvent) -> Vec<(String, Change)> {
+        let mut out = Vec::new();
+        match event {
+            DirectoryEvent::Change(c) => {
+                if !self.wanted(&c.service) {
+                    return out;
+                }
+                let held = self.held.entry(c.service.to_string()).or_default();
+                let Some(inst) = c.instance() else {
+                    return out; // staleness: not shown
+                };
+                match c.kind.routable() {
+                    Some(now) if held.get(&inst.id) != Some(now) => {
+                        held.insert(inst.id.clone(), now.clone());
+                        out.push((
+                            c.service.to_string(),
+                            Change::Insert(inst.id.clone(), now.clone()),
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        if held.remove(&inst.id).is_some() {
+                            out.push((c.service.to_string(), Change::Remove(inst.id.clone())));
+                        }
+                    }
+                }
+            }
+            DirectoryEvent::Resync(r) => {
+                let mut next: HashMap<String, BTreeMap<String, Arc<Instance>>> = HashMap::new();
+                for snap in r.services.iter().filter(|s| self.wanted(s.service())) {
+                    next.insert(
+                        snap.service().to_owned(),
+                        snap.online()
+                            .iter()
+                            .map(|i| (i.id.clone(), i.clone()))
+                            .collect(),
+                    );
+                }
+                let mut services: Vec<&String> = self.held.keys().chain(next.keys()).collect();
+                services.sort();
+                services.dedup();
+                let empty = BTreeMap::new();
+                for service in services {
+                    let before = self.held.get(service).unwrap_or(&empty);
+                    let after = next.get(service).unwrap_or(&empty);
+                    for id in before.keys().filter(|id| !after.contains_key(*id)) {
+                        out.push((service.clone(), Change::Remove(id.clone())));
+                    }
+                    for (id, inst) in after {
+                        if before.get(id) != Some(inst) {
+                            out.push((service.clone(), Change::Insert(id.clone(), inst.clone())));
+                        }
+                    }
+                }
+                self.held = next;
+            }
+        }
+        out
+    }
 }
 
 fn print_change(service: &str, change: &Change, json: bool) {
@@ -437,4 +504,130 @@ pub(crate) async fn find(ctx: &Context, a: FindArgs) -> Result<()> {
     );
     table(&["RANK", "ID", "ADDRESS"], &rows);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use registry::engine::{AllChanges, Change, Directory, DirectoryEvent, Instance, Registry};
+    use registry::memory::MemoryBackend;
+
+    use super::Routable;
+
+    fn line(service: &str, change: Change) -> String {
+        match change {
+            Change::Insert(id, _) => format!("+ {service}/{id}"),
+            Change::Remove(id) => format!("- {service}/{id}"),
+        }
+    }
+
+    /// Reads the feed until `routable` turns it into `n` lines; what `only` (a `watch` of one
+    /// service) makes of the same events goes to `other`.
+    async fn lines(
+        feed: &mut AllChanges,
+        routable: &mut Routable,
+        n: usize,
+        only: &mut Routable,
+        other: &mut Vec<String>,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let event = tokio::time::timeout(Duration::from_secs(10), feed.next())
+                .await
+                .unwrap_or_else(|_| panic!("only {out:?}"))
+                .unwrap();
+            for (service, change) in routable.apply(&event) {
+                out.push(line(&service, change));
+            }
+            for (service, change) in only.apply(&event) {
+                other.push(line(&service, change));
+            }
+        }
+        out
+    }
+
+    /// `watch` sees a service that appears after it started, instances going offline and coming
+    /// back, changed details, departures, and after falling behind the journal, the net change.
+    #[tokio::test]
+    async fn watch_follows_every_service_through_the_feed() {
+        let backend = Arc::new(MemoryBackend::new());
+        let a = Registry::new(backend.clone()).unwrap();
+        let dir = Directory::builder().journal_capacity(4).build();
+        let b = Registry::builder(backend)
+            .directory(dir.clone())
+            .build()
+            .unwrap();
+        let _d = b.discover_all().await.unwrap();
+        let mut feed = dir.all_changes();
+        let mut all = Routable::new(None);
+        let mut only_db = Routable::new(Some("db".into()));
+        let mut db_lines = Vec::new();
+
+        let w1 = a
+            .register(Instance::new("web", "w1").addr("10.0.0.1:80"))
+            .await
+            .unwrap();
+        assert_eq!(
+            lines(&mut feed, &mut all, 1, &mut only_db, &mut db_lines).await,
+            ["+ web/w1"]
+        );
+        let d1 = a
+            .register(Instance::new("db", "d1").addr("10.0.0.2:5432"))
+            .await
+            .unwrap();
+        assert_eq!(
+            lines(&mut feed, &mut all, 1, &mut only_db, &mut db_lines).await,
+            ["+ db/d1"]
+        );
+        w1.set_online(false).await.unwrap();
+        assert_eq!(
+            lines(&mut feed, &mut all, 1, &mut only_db, &mut db_lines).await,
+            ["- web/w1"]
+        );
+        w1.set_online(true).await.unwrap();
+        assert_eq!(
+            lines(&mut feed, &mut all, 1, &mut only_db, &mut db_lines).await,
+            ["+ web/w1"]
+        );
+        w1.set_metadata([("zone".to_string(), "b".to_string())].into())
+            .await
+            .unwrap();
+        assert_eq!(
+            lines(&mut feed, &mut all, 1, &mut only_db, &mut db_lines).await,
+            ["+ web/w1"]
+        );
+        d1.deregister().await.unwrap();
+        assert_eq!(
+            lines(&mut feed, &mut all, 1, &mut only_db, &mut db_lines).await,
+            ["- db/d1"]
+        );
+        assert_eq!(db_lines, ["+ db/d1", "- db/d1"]);
+
+        // Not reading while more changes than the journal holds happen: resynced, net change.
+        let mut more = Vec::new();
+        for i in 2..8 {
+            more.push(
+                a.register(Instance::new("web", format!("w{i}")).addr("10.0.0.3:80"))
+                    .await
+                    .unwrap(),
+            );
+        }
+        while dir.get("web").len() < 7 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let Some(event @ DirectoryEvent::Resync(_)) = feed.next().await else {
+            panic!("fell behind a journal of 4 without a resync");
+        };
+        let got: Vec<String> = all
+            .apply(&event)
+            .into_iter()
+            .map(|(s, c)| line(&s, c))
+            .collect();
+        let want: Vec<String> = (2..8).map(|i| format!("+ web/w{i}")).collect();
+        assert_eq!(got, want, "the net change, not a replay of the start");
+        assert!(only_db.apply(&event).is_empty());
+    }
 }

@@ -18,12 +18,14 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use futures::Stream;
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
+use super::feed::{self, AllChanges, DEFAULT_JOURNAL_CAPACITY, Journal};
 use super::instance::Instance;
 use super::ring::{DEFAULT_VNODES, Ring};
 use crate::backend::Revision;
@@ -47,6 +49,8 @@ pub struct ServiceSnapshot {
     vnodes: u32,
     revision: Revision,
     stale: bool,
+    /// When the view went stale (`Some` exactly when `stale`).
+    stale_since: Option<SystemTime>,
     synced: bool,
 }
 
@@ -79,6 +83,7 @@ impl ServiceSnapshot {
             vnodes: DEFAULT_VNODES,
             revision: 0,
             stale: false,
+            stale_since: None,
             synced: false,
         }
     }
@@ -88,7 +93,7 @@ impl ServiceSnapshot {
         all: BTreeMap<String, Arc<Instance>>,
         hidden: BTreeSet<String>,
         revision: Revision,
-        stale: bool,
+        stale_since: Option<SystemTime>,
         vnodes: u32,
     ) -> Self {
         let online: Vec<Arc<Instance>> = all
@@ -105,7 +110,8 @@ impl ServiceSnapshot {
             base: None,
             vnodes,
             revision,
-            stale,
+            stale: stale_since.is_some(),
+            stale_since,
             synced: true,
         }
     }
@@ -155,6 +161,11 @@ impl ServiceSnapshot {
         self.stale
     }
 
+    /// When the view went stale, if it is (wall clock, as the directory noticed it).
+    pub fn stale_since(&self) -> Option<SystemTime> {
+        self.stale_since
+    }
+
     /// Whether the view has been loaded from the backend at least once.
     pub fn is_synced(&self) -> bool {
         self.synced
@@ -171,6 +182,8 @@ struct Base {
 const MAX_JOINED: usize = 64;
 
 struct Slot {
+    /// The service name, shared by the changes journalled for it.
+    name: Arc<str>,
     current: ArcSwap<ServiceSnapshot>,
     tx: watch::Sender<Arc<ServiceSnapshot>>,
     /// Serialises writers; readers never take it.
@@ -247,6 +260,7 @@ struct Inner {
     add_slot: Mutex<()>,
     empty: Instances,
     vnodes: u32,
+    journal: Journal,
 }
 
 /// The local view of live instances, per service. Cheap to clone; clones share the view.
@@ -278,14 +292,35 @@ impl Directory {
     /// An empty directory whose rings use `vnodes` points per instance at the default weight (1 to
     /// [`MAX_VNODES`](super::ring::MAX_VNODES); see [`Ring::with_vnodes`]).
     pub fn with_vnodes(vnodes: u32) -> Self {
-        Directory {
-            inner: Arc::new(Inner {
-                slots: ArcSwap::from_pointee(HashMap::new()),
-                add_slot: Mutex::new(()),
-                empty: Arc::from(Vec::new()),
-                vnodes: vnodes.clamp(1, super::ring::MAX_VNODES),
-            }),
+        Directory::builder().vnodes(vnodes).build()
+    }
+
+    /// A directory with other settings than [`Directory::new`]'s.
+    ///
+    /// ```
+    /// use registry_core::engine::Directory;
+    ///
+    /// let dir = Directory::builder().vnodes(64).journal_capacity(100_000).build();
+    /// assert_eq!(dir.journal_capacity(), 100_000);
+    /// ```
+    pub fn builder() -> DirectoryBuilder {
+        DirectoryBuilder {
+            vnodes: DEFAULT_VNODES,
+            journal_capacity: DEFAULT_JOURNAL_CAPACITY,
         }
+    }
+
+    pub(super) fn journal(&self) -> &Journal {
+        &self.inner.journal
+    }
+
+    /// Every service's current snapshot, sorted by service.
+    pub(super) fn snapshots(&self) -> Vec<Arc<ServiceSnapshot>> {
+        let slots = self.inner.slots.load();
+        let mut v: Vec<Arc<ServiceSnapshot>> =
+            slots.values().map(|s| s.current.load_full()).collect();
+        v.sort_by(|a, b| a.service.cmp(&b.service));
+        v
     }
 
     fn slot(&self, service: &str) -> Option<Arc<Slot>> {
@@ -303,6 +338,7 @@ impl Directory {
         let snap = Arc::new(ServiceSnapshot::empty(service));
         let (tx, _) = watch::channel(snap.clone());
         let slot = Arc::new(Slot {
+            name: Arc::from(service),
             current: ArcSwap::new(snap),
             tx,
             write: Mutex::new(()),
@@ -385,6 +421,76 @@ impl Directory {
         Changes::new(self.subscribe(service))
     }
 
+    /// Every change to every service of the directory, services that appear later included, in
+    /// the order the directory published them: first a [`Resync`](super::Resync) with the current
+    /// state ([`ResyncReason::Start`](super::ResyncReason::Start)), then each
+    /// [`DirectoryChange`](super::DirectoryChange) after it, numbered without gaps.
+    ///
+    /// A consumer that falls behind by more than the journal holds
+    /// ([`journal_capacity`](Self::journal_capacity)) gets a new `Resync`
+    /// ([`ResyncReason::Lagged`](super::ResyncReason::Lagged)) instead of the changes it missed;
+    /// it never holds up the directory, and its memory stays bounded.
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use registry_core::engine::{ChangeKind, Directory, DirectoryEvent};
+    ///
+    /// # async fn demo(dir: Directory) {
+    /// let mut feed = dir.all_changes();
+    /// while let Some(event) = feed.next().await {
+    ///     match event {
+    ///         DirectoryEvent::Resync(r) => {
+    ///             println!("start over at #{}: {} services", r.seq, r.services.len());
+    ///         }
+    ///         DirectoryEvent::Change(c) => match &c.kind {
+    ///             ChangeKind::Stale | ChangeKind::Fresh => {
+    ///                 println!("#{} {} is {}", c.seq, c.service, c.kind.name());
+    ///             }
+    ///             kind => {
+    ///                 let id = &kind.instance().unwrap().id;
+    ///                 println!("#{} {} {}/{id}", c.seq, kind.name(), c.service);
+    ///             }
+    ///         },
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn all_changes(&self) -> AllChanges {
+        AllChanges::start(self.clone())
+    }
+
+    /// Like [`all_changes`](Self::all_changes), but resuming after change number `after` (the last
+    /// one the consumer saw; 0 for "from the beginning"): the changes numbered above it, with no
+    /// gap and no repeat, if the journal still holds them all. Otherwise the stream starts with a
+    /// [`Resync`](super::Resync) that says why
+    /// ([`Lagged`](super::ResyncReason::Lagged): too old;
+    /// [`Unknown`](super::ResyncReason::Unknown): never issued, e.g. from before a restart).
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use registry_core::engine::{Directory, DirectoryEvent};
+    ///
+    /// # async fn demo(dir: Directory, last_event_id: u64) {
+    /// let mut feed = dir.all_changes_since(last_event_id);
+    /// if let Some(DirectoryEvent::Resync(r)) = feed.next().await {
+    ///     println!("cannot resume after #{last_event_id} ({:?}): start over", r.reason);
+    /// }
+    /// # }
+    /// ```
+    pub fn all_changes_since(&self, after: u64) -> AllChanges {
+        AllChanges::since(self.clone(), after)
+    }
+
+    /// The number of the newest change published (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.inner.journal.last()
+    }
+
+    /// How many recent changes the directory keeps for consumers to catch up or resume from.
+    pub fn journal_capacity(&self) -> usize {
+        self.inner.journal.capacity()
+    }
+
     /// Replaces `service`'s instances as of `revision`. An incremental update older than the current
     /// view is ignored; an `authoritative` one (a full listing) always applies, since a backend that
     /// lost its history may restart its revisions lower.
@@ -404,7 +510,7 @@ impl Directory {
                 all,
                 cur.hidden.clone(),
                 revision,
-                false,
+                None,
                 self.inner.vnodes,
             ))
         });
@@ -415,6 +521,7 @@ impl Directory {
         self.update(service, |cur| {
             (cur.stale != stale).then(|| ServiceSnapshot {
                 stale,
+                stale_since: stale.then(SystemTime::now),
                 ..ServiceSnapshot::clone(cur)
             })
         });
@@ -429,7 +536,7 @@ impl Directory {
                     cur.all.clone(),
                     hidden,
                     cur.revision,
-                    cur.stale,
+                    cur.stale_since,
                     self.inner.vnodes,
                 )
             })
@@ -456,9 +563,15 @@ impl Directory {
                 }))
             });
         }
+        let changes = feed::diff(&cur, &next);
         let next = Arc::new(next);
         let ring_ready = next.ring.get().is_some();
-        slot.current.store(next.clone());
+        // Journalled and made current together, so a feed's snapshot is exactly as of a number.
+        self.inner
+            .journal
+            .append(&slot.name, next.revision, changes, || {
+                slot.current.store(next.clone())
+            });
         slot.tx.send_replace(next);
         if ring_ready || !slot.routed.load(Ordering::Relaxed) {
             return;
@@ -472,6 +585,44 @@ impl Directory {
             }
             Ok(_) => {}
             Err(_) => slot.build_rings(),
+        }
+    }
+}
+
+/// Settings of a [`Directory`], from [`Directory::builder`].
+#[derive(Clone, Debug)]
+pub struct DirectoryBuilder {
+    vnodes: u32,
+    journal_capacity: usize,
+}
+
+impl DirectoryBuilder {
+    /// Ring points per instance at the default weight (1 to
+    /// [`MAX_VNODES`](super::ring::MAX_VNODES); default [`DEFAULT_VNODES`]).
+    pub fn vnodes(mut self, vnodes: u32) -> Self {
+        self.vnodes = vnodes;
+        self
+    }
+
+    /// How many recent changes the directory keeps (default
+    /// [`DEFAULT_JOURNAL_CAPACITY`](super::DEFAULT_JOURNAL_CAPACITY); at least 1). This bounds
+    /// how far [`Directory::all_changes_since`] can resume from and how far a consumer of
+    /// [`Directory::all_changes`] may fall behind before it is given a snapshot instead.
+    pub fn journal_capacity(mut self, capacity: usize) -> Self {
+        self.journal_capacity = capacity;
+        self
+    }
+
+    /// The empty directory.
+    pub fn build(self) -> Directory {
+        Directory {
+            inner: Arc::new(Inner {
+                slots: ArcSwap::from_pointee(HashMap::new()),
+                add_slot: Mutex::new(()),
+                empty: Arc::from(Vec::new()),
+                vnodes: self.vnodes.clamp(1, super::ring::MAX_VNODES),
+                journal: Journal::new(self.journal_capacity),
+            }),
         }
     }
 }

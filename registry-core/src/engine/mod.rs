@@ -16,6 +16,7 @@ mod backoff;
 mod directory;
 mod discover;
 mod dispatch;
+mod feed;
 mod instance;
 mod keeper;
 mod probe;
@@ -23,9 +24,13 @@ mod register;
 mod ring;
 
 pub use backoff::Backoff;
-pub use directory::{Change, Changes, Directory, Instances, ServiceSnapshot};
+pub use directory::{Change, Changes, Directory, DirectoryBuilder, Instances, ServiceSnapshot};
 pub use discover::{Discovery, DiscoveryCounts, DiscoveryOptions, Scope};
 pub use dispatch::{DispatchError, Dispatcher};
+pub use feed::{
+    AllChanges, ChangeKind, DEFAULT_JOURNAL_CAPACITY, DirectoryChange, DirectoryEvent, Resync,
+    ResyncReason,
+};
 pub use instance::{
     DEFAULT_WEIGHT, FORMAT_VERSION, Instance, InstanceState, MAX_ID_LEN, MAX_SERVICE_LEN,
     MAX_WEIGHT, validate_id, validate_namespace, validate_service,
