@@ -30,6 +30,17 @@ struct Harness {
 }
 
 async fn start(journal: usize) -> Harness {
+    start_with(
+        journal,
+        Options {
+            keep_alive: Duration::from_millis(200),
+            ..Options::default()
+        },
+    )
+    .await
+}
+
+async fn start_with(journal: usize, options: Options) -> Harness {
     let backend = Arc::new(MemoryBackend::new());
     let writer = Registry::new(backend.clone()).unwrap();
     let dir = Directory::builder().journal_capacity(journal).build();
@@ -39,13 +50,7 @@ async fn start(journal: usize) -> Harness {
         .unwrap();
     let discovery = reader.discover_all().await.unwrap();
     discovery.synced().await;
-    let server = Server::new(
-        discovery,
-        Options {
-            keep_alive: Duration::from_millis(200),
-            ..Options::default()
-        },
-    );
+    let server = Server::new(discovery, options);
     let epoch = server.epoch();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -787,4 +792,66 @@ async fn the_serve_command_serves() {
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["services"], json!([]));
     child.kill().await.unwrap();
+}
+
+/// Reads `registry_sse_clients` until it is `n` (or fails after 10 s).
+async fn sse_clients_become(h: &Harness, n: u32) {
+    let want = format!("registry_sse_clients {n}");
+    for _ in 0..1000 {
+        let (_, text) = h.text("/metrics").await;
+        if text.lines().any(|l| l == want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never {want}");
+}
+
+/// A client that opens the stream and never reads is dropped once its buffers are full and a
+/// write has stalled for the write timeout; the other clients go on.
+#[tokio::test]
+async fn a_client_that_never_reads_is_dropped() {
+    use tokio::io::AsyncWriteExt;
+    let h = start_with(
+        4096,
+        Options {
+            keep_alive: Duration::from_millis(200),
+            write_timeout: Duration::from_millis(300),
+            ..Options::default()
+        },
+    )
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(2048).unwrap();
+    let mut idle = socket.connect(h.addr).await.unwrap();
+    idle.write_all(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reader = h.events("/v1/events", &[]).await;
+    assert_eq!(reader.next().await.name, "resync");
+    sse_clients_become(&h, 2).await;
+
+    // About 4 MB of events: more than the socket buffers and the server's write buffer hold.
+    let big = "x".repeat(8192);
+    let mut regs = Vec::new();
+    for i in 0..500 {
+        regs.push(
+            h.writer
+                .register(
+                    Instance::new("bulk", format!("b{i}"))
+                        .addr("10.0.0.1:80")
+                        .meta("blob", &big),
+                )
+                .await
+                .unwrap(),
+        );
+        let e = reader.next().await;
+        assert_eq!(
+            e.data["id"],
+            json!(format!("b{i}")),
+            "the reading client keeps up"
+        );
+    }
+    sse_clients_become(&h, 1).await;
+    drop(idle);
 }

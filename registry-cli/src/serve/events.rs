@@ -81,10 +81,15 @@ pub(crate) async fn events(
             "too many event streams open; retry later",
         ));
     };
-    let stream = sse_stream(server.clone(), feed, q.service, foreign).map(move |e| {
-        let _held_while_streaming = &guard;
-        Ok::<_, Infallible>(e)
-    });
+    let mut stopping = server.inner.stopping.subscribe();
+    let stream = sse_stream(server.clone(), feed, q.service, foreign)
+        .map(move |e| {
+            let _held_while_streaming = &guard;
+            Ok::<_, Infallible>(e)
+        })
+        .take_until(async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(server.inner.options.keep_alive))
         .into_response())

@@ -27,6 +27,7 @@ use registry::engine::{Directory, Discovery};
 use tokio::net::TcpListener;
 
 mod api;
+mod conn;
 mod events;
 mod metrics;
 mod sd;
@@ -43,6 +44,9 @@ pub struct Options {
     pub keep_alive: Duration,
     /// How many change streams may be open at once; one more gets a 503.
     pub max_event_clients: usize,
+    /// How long a write to a client may make no progress before the connection is closed: what
+    /// drops an event-stream client that stopped reading.
+    pub write_timeout: Duration,
 }
 
 impl Default for Options {
@@ -50,6 +54,7 @@ impl Default for Options {
         Options {
             keep_alive: Duration::from_secs(15),
             max_event_clients: 4096,
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -67,6 +72,9 @@ struct Inner {
     epoch: u64,
     options: Options,
     metrics: Metrics,
+    /// Set when the server shuts down: ends the event streams, which would otherwise hold the
+    /// graceful shutdown forever.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Server {
@@ -84,6 +92,7 @@ impl Server {
                 epoch,
                 options,
                 metrics,
+                stopping: tokio::sync::watch::Sender::new(false),
             }),
         }
     }
@@ -123,8 +132,16 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let listener = conn::Guarded {
+            listener,
+            write_timeout: self.inner.options.write_timeout,
+        };
+        let stopping = self.inner.stopping.clone();
         axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                stopping.send_replace(true);
+            })
             .await
     }
 }
