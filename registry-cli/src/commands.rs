@@ -1,4 +1,4 @@
-//! `register`, `list`, `watch` and `find`.
+//! `register`, `list`, `watch`, `find` and `serve`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -504,6 +504,46 @@ pub(crate) async fn find(ctx: &Context, a: FindArgs) -> Result<()> {
     );
     table(&["RANK", "ID", "ADDRESS"], &rows);
     Ok(())
+}
+
+/// `registry serve`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ServeArgs {
+    /// Address to serve HTTP on (port 0 picks a free one; the address is printed)
+    #[arg(long, default_value = registry_cli::serve::DEFAULT_LISTEN, value_name = "ADDR")]
+    listen: std::net::SocketAddr,
+}
+
+pub(crate) async fn serve(ctx: &Context, a: ServeArgs) -> Result<()> {
+    use registry_cli::serve::{Options, Server};
+    // Not waiting for the first listing: until the backend answers, the API shows no service,
+    // and a backend that goes away later shows as stale views rather than stopping the server.
+    let d = ctx.reader().await?.discover_all().await?;
+    let listener = tokio::net::TcpListener::bind(a.listen).await.map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("cannot listen on {}", a.listen),
+        )
+        .with_source(e)
+    })?;
+    let addr = listener.local_addr().map_or(a.listen, |a| a);
+    outln!(
+        "{} namespace {} of {} on http://{addr}/ (Ctrl-C to stop)",
+        bold("serving"),
+        ctx.namespace,
+        ctx.shown
+    );
+    let shutdown = async {
+        let mut term = signal(SignalKind::terminate());
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = recv(&mut term) => {}
+        }
+    };
+    Server::new(d, Options::default())
+        .serve(listener, shutdown)
+        .await
+        .map_err(|e| Error::new(ErrorKind::Unavailable, "the HTTP server failed").with_source(e))
 }
 
 #[cfg(test)]

@@ -69,6 +69,8 @@ enum Command {
     Watch(commands::WatchArgs),
     /// Show which instance(s) own a key by consistent hashing
     Find(commands::FindArgs),
+    /// Serve the namespace over HTTP: JSON API, change stream (SSE), Prometheus SD, /metrics
+    Serve(commands::ServeArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         /// The shell
@@ -179,6 +181,7 @@ fn main() -> ExitCode {
             Command::List(a) => commands::list(&ctx, a).await,
             Command::Watch(a) => commands::watch(&ctx, a).await,
             Command::Find(a) => commands::find(&ctx, a).await,
+            Command::Serve(a) => commands::serve(&ctx, a).await,
             Command::Completions { .. } => Ok(()),
         }
     });

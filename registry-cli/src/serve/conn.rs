@@ -1,0 +1,115 @@
+//! Connections that cannot hold the server up: a write that makes no progress for the write
+//! timeout fails, which closes the connection. An event-stream client that stops reading fills its
+//! socket buffers, its next write stalls, and it is dropped with everything it held.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use axum::serve::Listener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
+
+/// A TCP listener whose connections time out stalled writes.
+pub(crate) struct Guarded {
+    pub(crate) listener: TcpListener,
+    pub(crate) write_timeout: Duration,
+}
+
+impl Listener for Guarded {
+    type Io = Stalling;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Stalling, SocketAddr) {
+        // TcpListener's own accept retries on errors (and backs off when out of descriptors).
+        let (stream, addr) = Listener::accept(&mut self.listener).await;
+        let _ = stream.set_nodelay(true);
+        (
+            Stalling {
+                stream,
+                timeout: self.write_timeout,
+                stalled: None,
+            },
+            addr,
+        )
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A TCP stream whose writes (and flushes) fail once they have made no progress for `timeout`.
+pub(crate) struct Stalling {
+    stream: TcpStream,
+    timeout: Duration,
+    /// Since when the current write has been pending.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl Stalling {
+    /// `poll` of the stream's write side, with the stall timer.
+    fn guard<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if let Poll::Ready(r) = poll(Pin::new(&mut self.stream), cx) {
+            self.stalled = None;
+            return Poll::Ready(r);
+        }
+        let timeout = self.timeout;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        ready!(timer.as_mut().poll(cx));
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client has not read for the write timeout",
+        )))
+    }
+}
+
+impl AsyncRead for Stalling {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Stalling {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().guard(cx, |s, cx| s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut()
+            .guard(cx, |s, cx| s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().guard(cx, |s, cx| s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,254 @@
+//! `GET /metrics`: the server's own metrics in Prometheus' text format, encoded by
+//! `prometheus-client`.
+//!
+//! Counted as they happen: HTTP requests by route and status, open event streams. Read from the
+//! directory and the discovery at each scrape: instances per service and state, stale services,
+//! the feed's sequence number, and the discovery's counters.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
+use registry::engine::{Directory, DiscoveryCounts};
+
+use super::Server;
+
+type Labels = Vec<(String, String)>;
+
+/// The server's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    sse_clients: Gauge,
+    sse_count: Arc<AtomicI64>,
+    counts: Arc<Mutex<DiscoveryCounts>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub(crate) fn new(dir: Directory) -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "registry_http_requests",
+            "HTTP requests served, by route pattern and status",
+            requests.clone(),
+        );
+        let sse_clients = Gauge::default();
+        registry.register(
+            "registry_sse_clients",
+            "Change streams (GET /v1/events) open now",
+            sse_clients.clone(),
+        );
+        let counts = Arc::new(Mutex::new(DiscoveryCounts::default()));
+        registry.register_collector(Box::new(DirectoryCollector {
+            dir,
+            counts: counts.clone(),
+        }));
+        Metrics {
+            registry,
+            requests,
+            sse_clients,
+            sse_count: Arc::new(AtomicI64::new(0)),
+            counts,
+        }
+    }
+
+    pub(crate) fn request(&self, route: &str, status: u16) {
+        self.requests
+            .get_or_create(&vec![
+                ("route".to_owned(), route.to_owned()),
+                ("status".to_owned(), status.to_string()),
+            ])
+            .inc();
+    }
+
+    /// One more open event stream, unless `max` are open; counted until the guard drops.
+    pub(crate) fn sse_client(&self, max: usize) -> Option<SseGuard> {
+        let n = self.sse_count.fetch_add(1, Ordering::AcqRel);
+        if n >= max as i64 {
+            self.sse_count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        self.sse_clients.inc();
+        Some(SseGuard {
+            gauge: self.sse_clients.clone(),
+            count: self.sse_count.clone(),
+        })
+    }
+
+    fn encode(&self, counts: DiscoveryCounts) -> Result<String, std::fmt::Error> {
+        *self.counts.lock().unwrap_or_else(|p| p.into_inner()) = counts;
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Held by an open event stream.
+pub(crate) struct SseGuard {
+    gauge: Gauge,
+    count: Arc<AtomicI64>,
+}
+
+impl Drop for SseGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The directory's state and the discovery's counters, read at each scrape.
+#[derive(Debug)]
+struct DirectoryCollector {
+    dir: Directory,
+    counts: Arc<Mutex<DiscoveryCounts>>,
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(Labels, i64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+    for (labels, v) in values {
+        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge1(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: i64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(v);
+    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(v);
+    let m = encoder.encode_descriptor(name, help, None, c.metric_type())?;
+    c.encode(m)
+}
+
+impl Collector for DirectoryCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut instances = Vec::new();
+        let mut stale = Vec::new();
+        for service in self.dir.services() {
+            let snap = self.dir.snapshot(&service);
+            let (mut online, mut offline, mut hidden) = (0, 0, 0);
+            for i in snap.all().values() {
+                match (i.is_online(), snap.is_hidden(&i.id)) {
+                    (_, true) => hidden += 1,
+                    (true, false) => online += 1,
+                    (false, false) => offline += 1,
+                }
+            }
+            for (state, n) in [("online", online), ("offline", offline), ("hidden", hidden)] {
+                let labels = vec![
+                    ("service".to_owned(), service.clone()),
+                    ("state".to_owned(), state.to_owned()),
+                ];
+                instances.push((labels, n));
+            }
+            stale.push((
+                vec![("service".to_owned(), service.clone())],
+                i64::from(snap.is_stale()),
+            ));
+        }
+        let stale_total = stale.iter().map(|(_, v)| v).sum::<i64>();
+        gauge(
+            &mut encoder,
+            "registry_instances",
+            "Listed instances by service and state (online, offline, hidden by a probe)",
+            &instances,
+        )?;
+        gauge(
+            &mut encoder,
+            "registry_service_stale",
+            "1 if the service's view is stale (backend unreachable), else 0",
+            &stale,
+        )?;
+        gauge1(
+            &mut encoder,
+            "registry_stale_services",
+            "How many services have a stale view",
+            stale_total,
+        )?;
+        gauge1(
+            &mut encoder,
+            "registry_feed_seq",
+            "The sequence number of the directory's newest change",
+            self.dir.last_seq() as i64,
+        )?;
+        let c = *self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, help, v) in [
+            (
+                "registry_discovery_lists",
+                "Full listings made (first one and re-lists)",
+                c.lists,
+            ),
+            (
+                "registry_discovery_watches",
+                "Watch streams opened (first one and resumptions)",
+                c.watches,
+            ),
+            (
+                "registry_discovery_events",
+                "Watch events applied",
+                c.events,
+            ),
+            (
+                "registry_discovery_malformed",
+                "Values that did not decode and were skipped",
+                c.malformed,
+            ),
+            (
+                "registry_discovery_errors",
+                "Backend errors met (each followed by a retry)",
+                c.errors,
+            ),
+        ] {
+            counter(&mut encoder, name, help, v)?;
+        }
+        Ok(())
+    }
+}
+
+/// `GET /metrics`.
+pub(crate) async fn metrics(State(server): State<Server>) -> Response {
+    match server.inner.metrics.encode(server.inner.discovery.counts()) {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}

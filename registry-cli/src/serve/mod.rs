@@ -1,0 +1,249 @@
+//! `registry serve`: the directory of a namespace over HTTP, for programs in any language,
+//! Prometheus and people.
+//!
+//! | route | what |
+//! | --- | --- |
+//! | `GET /v1/services` | every service: counts, staleness, revision |
+//! | `GET /v1/services/{service}` | a service's instances |
+//! | `GET /v1/services/{service}/instances/{id}` | one instance |
+//! | `GET /v1/services/{service}/owners?key=K&n=N` | the owner(s) of a key on the ring |
+//! | `GET /v1/events[?service=S]` | the change stream, as Server-Sent Events, resumable |
+//! | `GET /v1/prometheus/sd[?all=true]` | Prometheus HTTP service discovery |
+//! | `GET /metrics` | the server's own metrics, Prometheus text format |
+//!
+//! The server only reads the [`Directory`] a [`Discovery`] fills: it never writes to the backend
+//! and never shows the backend URL. See `docs/openapi.yaml` for the documents it returns.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use registry::engine::{Directory, Discovery};
+use tokio::net::TcpListener;
+
+mod api;
+mod conn;
+mod events;
+mod metrics;
+mod sd;
+
+pub use metrics::Metrics;
+
+/// The address `registry serve` listens on unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9797";
+
+/// What a server may be tuned with.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How often an idle change stream gets a keep-alive comment.
+    pub keep_alive: Duration,
+    /// How many change streams may be open at once; one more gets a 503.
+    pub max_event_clients: usize,
+    /// How long a write to a client may make no progress before the connection is closed: what
+    /// drops an event-stream client that stopped reading.
+    pub write_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            keep_alive: Duration::from_secs(15),
+            max_event_clients: 4096,
+            write_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The server's shared state: the discovery it reads, its epoch, its metrics.
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    discovery: Discovery,
+    /// Chosen at start: event ids are `<epoch>-<seq>`, so an id from another process (whose
+    /// sequence numbers mean nothing here) is recognised.
+    epoch: u64,
+    options: Options,
+    metrics: Metrics,
+    /// Set when the server shuts down: ends the event streams, which would otherwise hold the
+    /// graceful shutdown forever.
+    stopping: tokio::sync::watch::Sender<bool>,
+}
+
+impl Server {
+    /// A server over `discovery` (usually of every service: `Registry::discover_all`).
+    pub fn new(discovery: Discovery, options: Options) -> Server {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        // Time-based, mixed with the process id so two servers started in the same instant differ.
+        let epoch = (now ^ (u64::from(std::process::id()) << 40)) & ((1 << 53) - 1);
+        let metrics = Metrics::new(discovery.directory().clone());
+        Server {
+            inner: Arc::new(Inner {
+                discovery,
+                epoch,
+                options,
+                metrics,
+                stopping: tokio::sync::watch::Sender::new(false),
+            }),
+        }
+    }
+
+    /// This server's epoch: the first half of every event id it sends.
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch
+    }
+
+    fn dir(&self) -> &Directory {
+        self.inner.discovery.directory()
+    }
+
+    /// The routes, ready to serve.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v1/services", get(api::services))
+            .route("/v1/services/{service}", get(api::service))
+            .route("/v1/services/{service}/instances/{id}", get(api::instance))
+            .route("/v1/services/{service}/owners", get(api::owners))
+            .route("/v1/events", get(events::events))
+            .route("/v1/prometheus/sd", get(sd::prometheus_sd))
+            .route("/metrics", get(metrics::metrics))
+            .fallback(|| async { ApiError::not_found("no such route") })
+            .method_not_allowed_fallback(|| async {
+                ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "only GET is served")
+            })
+            .layer(middleware::from_fn(no_bodies))
+            .layer(DefaultBodyLimit::max(0))
+            .layer(middleware::from_fn_with_state(self.clone(), count_requests))
+            .with_state(self.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let listener = conn::Guarded {
+            listener,
+            write_timeout: self.inner.options.write_timeout,
+        };
+        let stopping = self.inner.stopping.clone();
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                stopping.send_replace(true);
+            })
+            .await
+    }
+}
+
+/// A 4xx or 5xx answer with a JSON body `{"error": "..."}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+/// Every route is a GET: a request that comes with a body is refused before any handler runs
+/// (the body is never read, so its size does not matter).
+async fn no_bodies(req: Request, next: Next) -> Response {
+    let h = req.headers();
+    let has_body = h.contains_key(header::TRANSFER_ENCODING)
+        || h.get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if has_body {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request bodies are not accepted",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Counts each request by route (the pattern, not the path: bounded) and status.
+async fn count_requests(State(server): State<Server>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let response = next.run(req).await;
+    server
+        .inner
+        .metrics
+        .request(&route, response.status().as_u16());
+    response
+}
+
+/// `secs` since the Unix epoch as RFC 3339 UTC (`2026-01-02T03:04:05Z`).
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_709_210_096); // a leap day
+        assert_eq!(rfc3339(t), "2024-02-29T12:34:56Z");
+        let t = UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(rfc3339(t), "2000-02-29T00:00:00Z");
+    }
+}
