@@ -26,6 +26,8 @@ struct Harness {
     dir: Directory,
     epoch: u64,
     client: Client<HttpConnector, Empty<Bytes>>,
+    /// The store, for outages.
+    backend: Arc<MemoryBackend>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -44,7 +46,7 @@ async fn start_with(journal: usize, options: Options) -> Harness {
     let backend = Arc::new(MemoryBackend::new());
     let writer = Registry::new(backend.clone()).unwrap();
     let dir = Directory::builder().journal_capacity(journal).build();
-    let reader = Registry::builder(backend)
+    let reader = Registry::builder(backend.clone())
         .directory(dir.clone())
         .build()
         .unwrap();
@@ -64,6 +66,7 @@ async fn start_with(journal: usize, options: Options) -> Harness {
         dir,
         epoch,
         client: Client::builder(TokioExecutor::new()).build_http(),
+        backend,
         _stop: stop,
     }
 }
@@ -854,4 +857,65 @@ async fn a_client_that_never_reads_is_dropped() {
     }
     sse_clients_become(&h, 1).await;
     drop(idle);
+}
+
+/// While the backend is unreachable, the API says the view is stale and since when (and still
+/// serves the last good instances), and the change stream says `stale`; when the backend is back,
+/// `fresh`, and the flag is gone.
+#[tokio::test]
+async fn an_outage_shows_as_stale_with_its_start_then_fresh() {
+    let h = start(4096).await;
+    let _w0 = h
+        .writer
+        .register(Instance::new("web", "w0").addr("10.0.0.1:80"))
+        .await
+        .unwrap();
+    h.listed("web", 1).await;
+    let mut sse = h.events("/v1/events", &[]).await;
+    assert_eq!(sse.next().await.name, "resync");
+    let before = std::time::SystemTime::now();
+    h.backend.set_unavailable(true);
+    let e = sse.next().await;
+    assert_eq!(
+        (e.name.as_str(), e.data["service"].as_str()),
+        ("stale", Some("web"))
+    );
+    let listed = h.ok("/v1/services").await;
+    let web = listed["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web")
+        .unwrap_or_else(|| panic!("web in {listed}"))
+        .clone();
+    assert_eq!(web["stale"], true, "{web}");
+    let since = web["stale_since"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{web}"));
+    let since = time::OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("{since}: {e}"));
+    let before = time::OffsetDateTime::from(before) - time::Duration::seconds(1);
+    assert!(
+        since >= before,
+        "stale since {since}, outage began at {before}"
+    );
+    let service = h.ok("/v1/services/web").await;
+    assert_eq!(service["stale"], true, "{service}");
+    assert_eq!(
+        ids(&service["instances"]),
+        ["w0"],
+        "the last good view is kept"
+    );
+
+    h.backend.set_unavailable(false);
+    let e = sse
+        .next_within(Duration::from_secs(20))
+        .await
+        .expect("fresh");
+    assert_eq!(
+        (e.name.as_str(), e.data["service"].as_str()),
+        ("fresh", Some("web"))
+    );
+    let service = h.ok("/v1/services/web").await;
+    assert_eq!(service["stale"], false, "{service}");
 }
