@@ -171,6 +171,11 @@ pub(crate) async fn register(ctx: &Context, a: RegisterArgs) -> Result<()> {
             a.heartbeat
         );
     }
+    // Catch Ctrl-C and SIGTERM from now on: one that arrives while the first write is on its way
+    // must still deregister (with the default handling it would end the process and leave the
+    // registration to expire with its TTL).
+    let mut int = signal(SignalKind::interrupt());
+    let mut term = signal(SignalKind::terminate());
     let reg = registry
         .register_with(inst, RegisterOptions::new().takeover(a.takeover))
         .await?;
@@ -210,7 +215,6 @@ pub(crate) async fn register(ctx: &Context, a: RegisterArgs) -> Result<()> {
         }
     };
     report(&states.borrow_and_update());
-    let mut term = signal(SignalKind::terminate());
     loop {
         tokio::select! {
             changed = states.changed() => {
@@ -219,7 +223,7 @@ pub(crate) async fn register(ctx: &Context, a: RegisterArgs) -> Result<()> {
                 }
                 report(&states.borrow_and_update());
             }
-            _ = tokio::signal::ctrl_c() => break,
+            _ = recv(&mut int) => break,
             _ = recv(&mut term) => break,
         }
     }
