@@ -280,9 +280,6 @@ pub struct EtcdOptions {
     pub extra_args: Vec<String>,
     /// Client URL scheme (`https` with TLS flags in `extra_args`); default `http`.
     pub scheme: Option<String>,
-    /// A host directory bind-mounted as `/data` (the data directory is `/data/<name>`), so a
-    /// test can copy it while the container is stopped and put an older copy back.
-    pub data_dir: Option<std::path::PathBuf>,
 }
 
 /// A running etcd container.
@@ -346,12 +343,6 @@ pub async fn start_etcd(opts: EtcdOptions) -> Result<Etcd, String> {
             }
             for (path, bytes) in &opts.files {
                 req = req.with_copy_to(path.clone(), bytes.clone());
-            }
-            if let Some(dir) = &opts.data_dir {
-                req = req.with_mount(testcontainers::core::Mount::bind_mount(
-                    dir.display().to_string(),
-                    "/data",
-                ));
             }
             req
         },

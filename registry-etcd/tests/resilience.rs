@@ -437,20 +437,26 @@ async fn tls_and_authentication() {
     assert!(!logged.contains(PASSWORD), "a log line shows the password");
 }
 
-/// Copies a directory tree (what `cp -a` does, for a stopped server's data directory).
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
+fn docker(args: &[&str]) {
+    let ok = std::process::Command::new("docker")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "docker {args:?}");
+}
+
+/// Every file under `dir`, as `(container path under into, bytes)` for a container to start with.
+fn collect_files(dir: &std::path::Path, into: &str, out: &mut Vec<(String, Vec<u8>)>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
         let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
+        let target = format!("{into}/{}", entry.file_name().to_string_lossy());
         if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
+            collect_files(&entry.path(), &target, out);
         } else {
-            std::fs::copy(entry.path(), &target).unwrap();
+            out.push((target, std::fs::read(entry.path()).unwrap()));
         }
     }
-    let mode = std::fs::metadata(from).unwrap().permissions();
-    std::fs::set_permissions(to, mode).unwrap();
 }
 
 /// etcd put back to an older copy of its data directory (a disk restored from a backup, a VM
@@ -460,11 +466,9 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
 /// registration be back, as etcd itself (read with etcd-client) shows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_of_an_older_data_directory_is_detected() {
-    let data = conformance_tests::pki::TempDir::new("etcd-data");
     let port = testbed::free_port();
     let etcd = match testbed::start_etcd(EtcdOptions {
         host_port: Some(port),
-        data_dir: Some(data.path().to_owned()),
         ..EtcdOptions::default()
     })
     .await
@@ -497,10 +501,15 @@ async fn a_restore_of_an_older_data_directory_is_detected() {
     let _w0 = a.register(web("w0")).await.unwrap();
     until_online(d.directory(), "web", &["w0"], Duration::from_secs(5)).await;
 
-    // The backup: taken while the server is stopped.
+    // The backup: the data directory, copied out while the server is stopped (`docker cp`: the
+    // engine may run outside this process's root, so no bind mount).
     let backup = conformance_tests::pki::TempDir::new("etcd-backup");
     etcd.container.stop().await.expect("stop etcd");
-    copy_tree(&data.path().join("etcd"), &backup.path().join("etcd"));
+    docker(&[
+        "cp",
+        &format!("{}:/data/etcd", etcd.container.id()),
+        &backup.path().join("etcd").display().to_string(),
+    ]);
     etcd.container.start().await.expect("start etcd");
     ready(&mut truth).await;
 
@@ -518,11 +527,17 @@ async fn a_restore_of_an_older_data_directory_is_detected() {
     let seen = d.directory().snapshot("web").revision();
     let listed = backend.list("registry/web").await.unwrap().revision;
 
-    // Restore the backup.
-    etcd.container.stop().await.expect("stop etcd");
-    std::fs::remove_dir_all(data.path().join("etcd")).unwrap();
-    copy_tree(&backup.path().join("etcd"), &data.path().join("etcd"));
-    etcd.container.start().await.expect("start etcd");
+    // Restore the backup: a server started from it on the same address.
+    let mut files = Vec::new();
+    collect_files(&backup.path().join("etcd"), "/data/etcd", &mut files);
+    etcd.container.rm().await.expect("remove etcd");
+    let _restored = testbed::start_etcd(EtcdOptions {
+        host_port: Some(port),
+        files,
+        ..EtcdOptions::default()
+    })
+    .await
+    .expect("start etcd from the backup");
     ready(&mut truth).await;
     let now = truth.get("probe", None).await.unwrap();
     let now = now.header().map_or(0, |h| h.revision()) as u64;
