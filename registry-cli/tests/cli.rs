@@ -155,16 +155,26 @@ fn wait_for(
     pred: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
     let deadline = Instant::now() + limit;
+    let mut seen = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no matching line within {limit:?}"));
+        let line = match rx.recv_timeout(left) {
+            Ok(line) => line,
+            Err(e) => panic!(
+                "no matching line within {limit:?} ({}); lines seen meanwhile: {seen:?}",
+                match e {
+                    std::sync::mpsc::RecvTimeoutError::Timeout => "timed out",
+                    std::sync::mpsc::RecvTimeoutError::Disconnected =>
+                        "the process closed its output",
+                }
+            ),
+        };
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
             if pred(&v) {
                 return v;
             }
         }
+        seen.push(line);
     }
 }
 
@@ -217,7 +227,7 @@ fn watch_json_sees_another_process_register_and_vanish() {
 
     // Killed with SIGKILL: nobody deregisters; the instance vanishes when its TTL runs out.
     let mut first = register();
-    let ins = wait_for(&events, Duration::from_secs(15), is("insert"));
+    let ins = wait_for(&events, Duration::from_secs(30), is("insert"));
     assert_eq!(ins["instance"]["addrs"][0], "10.0.0.1:8080");
     assert_eq!(ins["instance"]["meta"]["zone"], "a");
     std::thread::sleep(Duration::from_millis(1500));
@@ -240,7 +250,7 @@ fn watch_json_sees_another_process_register_and_vanish() {
     let pid = second.id().to_string();
     let mut second = Killer(second);
     let reg_lines = lines(&mut second.0);
-    wait_for(&events, Duration::from_secs(15), is("insert"));
+    wait_for(&events, Duration::from_secs(30), is("insert"));
     let stopped = Instant::now();
     assert!(
         // The shell's kill builtin: a minimal Debian has no /bin/kill (procps).
