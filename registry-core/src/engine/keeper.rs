@@ -52,7 +52,8 @@ struct Member {
     token: u64,
     value: Bytes,
     /// The value the backend last accepted for this key, if any: what an update the backend
-    /// refuses for good falls back to.
+    /// refuses for good falls back to. `None` until the first write succeeded: only that first
+    /// write may take over the id (see [`Cmd::Add::takeover`]).
     accepted: Option<Bytes>,
     state: watch::Sender<RegistrationState>,
     written: bool,
@@ -61,8 +62,6 @@ struct Member {
     refused: Option<Error>,
     /// The last write timed out: it may have been applied, or may still be applied later.
     uncertain: bool,
-    /// Never written yet: the first write may take over the id (see [`Cmd::Add::takeover`]).
-    first: bool,
     takeover: bool,
     /// Another live owner holds the key: we do not write over it (retried at heartbeats, with
     /// "only if absent").
@@ -255,7 +254,6 @@ impl Keeper {
                         written: false,
                         refused: None,
                         uncertain: false,
-                        first: true,
                         takeover,
                         conflict: None,
                     },
@@ -537,7 +535,7 @@ impl Keeper {
     /// A key another live owner holds is never overwritten otherwise: [`Written::Conflict`].
     async fn write_member(&self, key: &str, value: Bytes, lease: &LeaseId) -> Result<Written> {
         let (first, takeover) = match self.members.get(key) {
-            Some(m) => (m.first, m.takeover),
+            Some(m) => (m.accepted.is_none(), m.takeover),
             None => return Ok(Written::Raced),
         };
         let absent = self
@@ -779,7 +777,6 @@ impl Keeper {
                             tracing::info!(key = %key, holder = %holder, "the other owner's registration is gone; registered again");
                         }
                         m.written = true;
-                        m.first = false;
                         m.refused = None;
                         m.uncertain = false;
                         m.accepted = Some(value);
