@@ -14,11 +14,13 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
-use registry::engine::{Directory, DiscoveryCounts};
+use registry::engine::{APPLY_DELAY_BUCKETS, ApplyDelay, Directory, DiscoveryCounts};
 
 use super::Server;
 
@@ -153,6 +155,28 @@ fn counter(
     c.encode(m)
 }
 
+/// The discovery's apply-delay buckets, encoded as a Prometheus histogram.
+#[derive(Debug)]
+struct DelayHistogram(ApplyDelay);
+
+impl EncodeMetric for DelayHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        // Per-bucket counts (the encoder accumulates them); `f64::MAX` is its `+Inf`.
+        let buckets: Vec<(f64, u64)> = APPLY_DELAY_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::MAX])
+            .zip(self.0.buckets)
+            .collect();
+        let sum = self.0.sum_micros as f64 / 1e6;
+        encoder.encode_histogram::<NoLabelSet>(sum, self.0.count(), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 impl Collector for DirectoryCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut instances = Vec::new();
@@ -234,6 +258,15 @@ impl Collector for DirectoryCollector {
         ] {
             counter(&mut encoder, name, help, v)?;
         }
+        let delay = DelayHistogram(c.apply_delay);
+        delay.encode(encoder.encode_descriptor(
+            "registry_discovery_apply_delay_seconds",
+            "Propagation inside this process: from a batch of watch events reaching the discovery \
+             to its changes being published in the directory (the backend's own delay is not \
+             included: its events carry no time)",
+            None,
+            delay.metric_type(),
+        )?)?;
         Ok(())
     }
 }

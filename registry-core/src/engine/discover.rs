@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
@@ -118,6 +118,54 @@ struct Stats {
     events: AtomicU64,
     malformed: AtomicU64,
     errors: AtomicU64,
+    apply_delay: [AtomicU64; APPLY_DELAY_BUCKETS.len() + 1],
+    apply_delay_micros: AtomicU64,
+}
+
+impl Stats {
+    fn observe_apply_delay(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = APPLY_DELAY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(APPLY_DELAY_BUCKETS.len());
+        self.apply_delay[i].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.apply_delay_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+}
+
+/// The upper bounds, in seconds, of the buckets of [`ApplyDelay`] (the last bucket, above them
+/// all, is unbounded).
+pub const APPLY_DELAY_BUCKETS: [f64; 14] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    5.0,
+];
+
+/// How long watch events took from reaching the discovery to being published in its
+/// [`Directory`] (decoding, the new snapshot, the ring, the change feed): one observation per
+/// batch of events read together, counted in fixed buckets.
+///
+/// This is the part of the propagation delay that happens in this process, and the part that
+/// grows with a service's size and with the load on the process. The backend's own delay (a write
+/// committed, then sent to watchers) is not included: etcd, Consul and Redis give their events no
+/// time that a reader could compare with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ApplyDelay {
+    /// Observations per bucket, not cumulative: `buckets[i]` counts delays above
+    /// `APPLY_DELAY_BUCKETS[i - 1]` and at most `APPLY_DELAY_BUCKETS[i]`; the last element counts
+    /// those above every bound.
+    pub buckets: [u64; APPLY_DELAY_BUCKETS.len() + 1],
+    /// The sum of every observed delay, in microseconds.
+    pub sum_micros: u64,
+}
+
+impl ApplyDelay {
+    /// How many delays were observed.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
 }
 
 /// A copy of a discovery's counters.
@@ -134,6 +182,8 @@ pub struct DiscoveryCounts {
     pub malformed: u64,
     /// Backend errors met (each followed by a retry).
     pub errors: u64,
+    /// How long watch events took from arriving to being published in the directory.
+    pub apply_delay: ApplyDelay,
 }
 
 /// A running discovery. Dropping it stops the discovery (the directory keeps the last view).
@@ -237,6 +287,10 @@ impl Discovery {
             events: l(&self.stats.events),
             malformed: l(&self.stats.malformed),
             errors: l(&self.stats.errors),
+            apply_delay: ApplyDelay {
+                buckets: std::array::from_fn(|i| l(&self.stats.apply_delay[i])),
+                sum_micros: l(&self.stats.apply_delay_micros),
+            },
         }
     }
 
@@ -443,6 +497,7 @@ impl Worker {
             let Some(item) = stream.next().await else {
                 return WatchEnd::Broken(Error::unavailable("watch stream ended"));
             };
+            let received = Instant::now();
             let mut batch = Vec::new();
             match item {
                 Ok(ev) => batch.push(ev),
@@ -465,6 +520,7 @@ impl Worker {
                 }
             }
             self.apply(batch);
+            self.stats.observe_apply_delay(received.elapsed());
             if let Some(end) = end {
                 return end;
             }

@@ -25,7 +25,9 @@ mod ring;
 
 pub use backoff::Backoff;
 pub use directory::{Change, Changes, Directory, DirectoryBuilder, Instances, ServiceSnapshot};
-pub use discover::{Discovery, DiscoveryCounts, DiscoveryOptions, Scope};
+pub use discover::{
+    APPLY_DELAY_BUCKETS, ApplyDelay, Discovery, DiscoveryCounts, DiscoveryOptions, Scope,
+};
 pub use dispatch::{DispatchError, Dispatcher};
 pub use feed::{
     AllChanges, ChangeKind, DEFAULT_JOURNAL_CAPACITY, DirectoryChange, DirectoryEvent, Resync,
