@@ -516,13 +516,23 @@ pub(crate) struct ServeArgs {
     /// Address to serve HTTP on (port 0 picks a free one; the address is printed)
     #[arg(long, default_value = registry_cli::serve::DEFAULT_LISTEN, value_name = "ADDR")]
     listen: std::net::SocketAddr,
+    /// Probe every instance's first address with a TCP connect this often (e.g. `5s`); an
+    /// instance that does not answer is shown as hidden and left out of routing and of the
+    /// Prometheus targets until it answers again. Off unless given
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration)]
+    probe_interval: Option<Duration>,
 }
 
 pub(crate) async fn serve(ctx: &Context, a: ServeArgs) -> Result<()> {
+    use registry::engine::{DiscoveryOptions, ProbeOptions, Scope};
     use registry_cli::serve::{Options, Server};
+    let mut opts = DiscoveryOptions::new();
+    if let Some(every) = a.probe_interval {
+        opts = opts.probe(ProbeOptions::tcp(every));
+    }
     // Not waiting for the first listing: until the backend answers, the API shows no service,
     // and a backend that goes away later shows as stale views rather than stopping the server.
-    let d = ctx.reader().await?.discover_all().await?;
+    let d = ctx.reader().await?.discover_with(Scope::All, opts).await?;
     let listener = tokio::net::TcpListener::bind(a.listen).await.map_err(|e| {
         Error::new(
             ErrorKind::InvalidInput,

@@ -13,7 +13,9 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use registry::engine::{Directory, Instance, InstanceState, Registry};
+use registry::engine::{
+    Directory, DiscoveryOptions, Instance, InstanceState, Probe, ProbeOptions, Registry, Scope,
+};
 use registry::memory::MemoryBackend;
 use registry_cli::serve::{Options, Server};
 use serde_json::{Value, json};
@@ -43,6 +45,10 @@ async fn start(journal: usize) -> Harness {
 }
 
 async fn start_with(journal: usize, options: Options) -> Harness {
+    start_full(journal, options, DiscoveryOptions::new()).await
+}
+
+async fn start_full(journal: usize, options: Options, discovery: DiscoveryOptions) -> Harness {
     let backend = Arc::new(MemoryBackend::new());
     let writer = Registry::new(backend.clone()).unwrap();
     let dir = Directory::builder().journal_capacity(journal).build();
@@ -50,7 +56,7 @@ async fn start_with(journal: usize, options: Options) -> Harness {
         .directory(dir.clone())
         .build()
         .unwrap();
-    let discovery = reader.discover_all().await.unwrap();
+    let discovery = reader.discover_with(Scope::All, discovery).await.unwrap();
     discovery.synced().await;
     let server = Server::new(discovery, options);
     let epoch = server.epoch();
@@ -702,6 +708,135 @@ async fn metrics_are_prometheus_text_with_the_instance_gauge() {
     );
     assert!(m["registry_discovery_lists_total"] >= 1.0);
     assert_eq!(m["registry_feed_seq"], h.dir.last_seq() as f64);
+    // Both registrations came after the first listing, through the watch: each batch of events
+    // applied is one observation of the apply delay, a histogram whose buckets add up.
+    let count = m["registry_discovery_apply_delay_seconds_count"];
+    assert!(count >= 1.0, "{text}");
+    assert_eq!(
+        m[r#"registry_discovery_apply_delay_seconds_bucket{le="+Inf"}"#],
+        count
+    );
+    assert!(m["registry_discovery_apply_delay_seconds_sum"] > 0.0);
+    assert!(
+        m[r#"registry_discovery_apply_delay_seconds_bucket{le="5.0"}"#] <= count,
+        "{text}"
+    );
+}
+
+/// A probe whose verdict the test sets: ids in `down` do not answer.
+#[derive(Clone, Default)]
+struct SetProbe {
+    down: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+#[async_trait::async_trait]
+impl Probe for SetProbe {
+    async fn probe(&self, instance: &Instance) -> bool {
+        !self.down.lock().unwrap().contains(&instance.id)
+    }
+}
+
+/// An instance whose probe fails is listed as hidden, not routable, out of the owners of every key
+/// and out of the Prometheus targets (unless `all=true`), announced by an `update` on the stream
+/// and counted as hidden; when the probe answers again it is all undone.
+#[tokio::test]
+async fn a_probe_hidden_instance_is_shown_hidden_and_left_out_of_routing_and_targets() {
+    let probe = SetProbe::default();
+    probe.down.lock().unwrap().insert("p1".to_owned());
+    let h = start_full(
+        4096,
+        Options::default(),
+        DiscoveryOptions::new().probe(ProbeOptions::new(probe.clone(), Duration::from_millis(50))),
+    )
+    .await;
+    let mut regs = Vec::new();
+    for i in 0..3 {
+        regs.push(
+            h.writer
+                .register(Instance::new("pay", format!("p{i}")).addr(format!("10.0.2.{i}:80")))
+                .await
+                .unwrap(),
+        );
+    }
+    h.listed("pay", 3).await;
+    let mut sse = h.events("/v1/events?service=pay", &[]).await;
+    let hidden_of = |v: &Value, id: &str| {
+        let i = v["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == id)
+            .unwrap_or_else(|| panic!("{id} listed: {v}"))
+            .clone();
+        (i["hidden"].clone(), i["routable"].clone())
+    };
+    let mut v = h.ok("/v1/services/pay").await;
+    for _ in 0..200 {
+        if hidden_of(&v, "p1").0 == json!(true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        v = h.ok("/v1/services/pay").await;
+    }
+    assert_eq!(hidden_of(&v, "p1"), (json!(true), json!(false)), "{v}");
+    assert_eq!(hidden_of(&v, "p0"), (json!(false), json!(true)), "{v}");
+    let one = h.ok("/v1/services/pay/instances/p1").await;
+    assert_eq!(one["hidden"], true, "{one}");
+    for k in 0..50 {
+        let o = h.ok(&format!("/v1/services/pay/owners?key=k{k}&n=3")).await;
+        let owners = ids(&o["owners"]);
+        assert_eq!(owners.len(), 2, "{o}");
+        assert!(!owners.contains(&"p1"), "{o}");
+    }
+    let targets = |sd: &Value| -> Vec<String> {
+        let mut t: Vec<String> = sd
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                g["labels"]["__meta_registry_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        t.sort();
+        t
+    };
+    assert_eq!(targets(&h.ok("/v1/prometheus/sd").await), ["p0", "p2"]);
+    let all = h.ok("/v1/prometheus/sd?all=true").await;
+    assert_eq!(targets(&all), ["p0", "p1", "p2"]);
+    let p1 = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["labels"]["__meta_registry_id"] == "p1")
+        .unwrap();
+    assert_eq!(p1["labels"]["__meta_registry_hidden"], "true");
+    let (_, metrics) = h.text("/metrics").await;
+    assert_eq!(
+        samples(&metrics)[r#"registry_instances{service="pay",state="hidden"}"#],
+        1.0
+    );
+    // The stream starts with a resync (the current view, p1 hidden in it) ...
+    let first = sse.next().await;
+    assert_eq!(first.name, "resync", "{first:?}");
+    // ... and says when the probe answers again.
+    probe.down.lock().unwrap().clear();
+    let ev = sse.next().await;
+    assert_eq!(
+        (ev.name.as_str(), &ev.data["id"]),
+        ("update", &json!("p1")),
+        "{ev:?}"
+    );
+    assert_eq!(ev.data["instance"]["hidden"], false, "{ev:?}");
+    assert_eq!(ev.data["instance"]["routable"], true, "{ev:?}");
+    let v = h.ok("/v1/services/pay").await;
+    assert_eq!(hidden_of(&v, "p1"), (json!(false), json!(true)), "{v}");
+    assert_eq!(
+        targets(&h.ok("/v1/prometheus/sd").await),
+        ["p0", "p1", "p2"]
+    );
 }
 
 /// A client in another language follows the stream: the Python script beside this file (stdlib
@@ -768,6 +903,7 @@ async fn the_serve_command_serves() {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_registry"))
         .args(["serve", "--listen", "127.0.0.1:0", "--backend", "memory://"])
+        .args(["--probe-interval", "1s"])
         .env_remove("REGISTRY_BACKEND")
         .env_remove("REGISTRY_NAMESPACE")
         .stdout(std::process::Stdio::piped())
