@@ -759,7 +759,6 @@ async fn a_probe_hidden_instance_is_shown_hidden_and_left_out_of_routing_and_tar
         );
     }
     h.listed("pay", 3).await;
-    let mut sse = h.events("/v1/events?service=pay", &[]).await;
     let hidden_of = |v: &Value, id: &str| {
         let i = v["instances"]
             .as_array()
@@ -818,9 +817,16 @@ async fn a_probe_hidden_instance_is_shown_hidden_and_left_out_of_routing_and_tar
         samples(&metrics)[r#"registry_instances{service="pay",state="hidden"}"#],
         1.0
     );
-    // The stream starts with a resync (the current view, p1 hidden in it) ...
+    // The stream starts with a resync: the current view, p1 hidden in it ...
+    let mut sse = h.events("/v1/events?service=pay", &[]).await;
     let first = sse.next().await;
     assert_eq!(first.name, "resync", "{first:?}");
+    let resynced = &first.data["services"][0];
+    assert_eq!(
+        hidden_of(resynced, "p1"),
+        (json!(true), json!(false)),
+        "{first:?}"
+    );
     // ... and says when the probe answers again.
     probe.down.lock().unwrap().clear();
     let ev = sse.next().await;
