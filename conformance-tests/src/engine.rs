@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use registry_core::engine::{Directory, Instance, InstanceState, Registry};
+use registry_core::engine::{
+    BACKEND_SOURCE, Directory, Instance, InstanceState, Registry, StaticSource,
+};
 use registry_core::{Backend, Bytes};
 use tokio::time::{Instant, sleep, timeout};
 
@@ -380,6 +382,75 @@ pub async fn engine_restarted_instance_takes_over_its_id(f: Fixture) {
     assert!(r.state().is_registered(), "{}", r.state());
 }
 
+/// A directory fed by the backend and by a static list (a service being moved between
+/// registries): it shows and routes over the union, says where each instance comes from, lets the
+/// source with the higher precedence win an id collision, and keeps the static instances while the
+/// backend's instances come and go.
+pub async fn engine_static_source_beside_the_backend(f: Fixture) {
+    let a = registry(&f.backend);
+    let b = registry(&f.backend);
+    let d = b.discover("web").await.expect("discover");
+    let dir = d.directory();
+    let limit = watch_limit(&*f.backend);
+    let ours = a.register(web("w1")).await.expect("register w1");
+    let _dup = a.register(web("dup")).await.expect("register dup");
+    until_online(dir, "web", &["dup", "w1"], limit).await;
+    // Below the backend: the backend's `dup` wins; `legacy-1` is added.
+    let legacy = StaticSource::new([
+        Instance::new("web", "legacy-1").addr("10.9.0.1:80"),
+        Instance::new("web", "dup")
+            .addr("10.9.0.2:80")
+            .meta("from", "static"),
+    ])
+    .install(dir, "legacy", -1)
+    .expect("install the static source");
+    until_online(dir, "web", &["dup", "legacy-1", "w1"], limit).await;
+    let snap = dir.snapshot("web");
+    assert_eq!(snap.source_of("w1"), Some(BACKEND_SOURCE));
+    assert_eq!(snap.source_of("legacy-1"), Some("legacy"));
+    assert_eq!(snap.source_of("dup"), Some(BACKEND_SOURCE));
+    assert_eq!(snap.collisions(), 1);
+    assert!(
+        snap.all()["dup"].metadata.is_empty(),
+        "the backend's dup is shown"
+    );
+    // Routing covers the union: every member owns some keys.
+    let mut owners = std::collections::BTreeSet::new();
+    for k in 0..2000 {
+        owners.insert(
+            dir.find("web", format!("k{k}"))
+                .expect("an owner")
+                .id
+                .clone(),
+        );
+    }
+    assert_eq!(owners.len(), 3, "{owners:?}");
+    // Above the backend: the static `dup` wins.
+    let pinned = StaticSource::new([Instance::new("web", "dup")
+        .addr("10.9.0.3:80")
+        .meta("from", "pinned")])
+    .install(dir, "pinned", 1)
+    .expect("install a second source");
+    assert_eq!(dir.snapshot("web").all()["dup"].metadata["from"], "pinned");
+    assert_eq!(dir.snapshot("web").source_of("dup"), Some("pinned"));
+    assert_eq!(dir.snapshot("web").collisions(), 2);
+    // A name or precedence already taken is refused.
+    assert!(dir.source("legacy", 7).is_err());
+    assert!(dir.source("other", -1).is_err());
+    assert!(dir.source(BACKEND_SOURCE, 7).is_err());
+    // The backend's instances come and go; the static ones stay.
+    ours.deregister().await.expect("deregister w1");
+    until_online(dir, "web", &["dup", "legacy-1"], limit).await;
+    // Withdrawn: the backend's dup is back, the legacy instance gone.
+    pinned.withdraw_all();
+    legacy.withdraw("web");
+    until_online(dir, "web", &["dup"], limit).await;
+    let snap = dir.snapshot("web");
+    assert_eq!(snap.source_of("dup"), Some(BACKEND_SOURCE));
+    assert!(snap.all()["dup"].metadata.is_empty());
+    assert_eq!(snap.collisions(), 0);
+}
+
 /// Expands the engine scenarios into one test each over `$factory(scenario_name)`, like
 /// [`conformance_suite!`](crate::conformance_suite).
 #[macro_export]
@@ -397,6 +468,7 @@ macro_rules! engine_suite {
             engine_external_overwrite_is_repaired,
             engine_live_owner_conflict_and_takeover,
             engine_restarted_instance_takes_over_its_id,
+            engine_static_source_beside_the_backend,
         );
     };
 }

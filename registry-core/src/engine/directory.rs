@@ -28,7 +28,11 @@ use tokio_stream::wrappers::WatchStream;
 use super::feed::{self, AllChanges, DEFAULT_JOURNAL_CAPACITY, Journal};
 use super::instance::Instance;
 use super::ring::{DEFAULT_VNODES, Ring};
+use super::source::{
+    BACKEND_PRECEDENCE, BACKEND_SOURCE, Merged, Origin, SourceHandle, SourceKey, Sources,
+};
 use crate::backend::Revision;
+use crate::error::{Error, Result};
 
 /// The live online instances of a service, shared and immutable.
 pub type Instances = Arc<[Arc<Instance>]>;
@@ -37,7 +41,7 @@ pub type Instances = Arc<[Arc<Instance>]>;
 #[derive(Clone)]
 pub struct ServiceSnapshot {
     service: String,
-    all: BTreeMap<String, Arc<Instance>>,
+    all: Arc<BTreeMap<String, Arc<Instance>>>,
     hidden: BTreeSet<String>,
     online: Instances,
     /// Built from `online` after the snapshot is published, so that publishing never waits for it;
@@ -52,6 +56,10 @@ pub struct ServiceSnapshot {
     /// When the view went stale (`Some` exactly when `stale`).
     stale_since: Option<SystemTime>,
     synced: bool,
+    /// Which source each instance comes from.
+    origin: Origin,
+    /// Instances not shown because a source of higher precedence lists the same id.
+    collisions: usize,
 }
 
 impl fmt::Debug for ServiceSnapshot {
@@ -75,7 +83,7 @@ impl ServiceSnapshot {
     fn empty(service: &str) -> Self {
         ServiceSnapshot {
             service: service.to_owned(),
-            all: BTreeMap::new(),
+            all: Arc::default(),
             hidden: BTreeSet::new(),
             online: Arc::from(Vec::new()),
             ring: Arc::default(),
@@ -85,17 +93,32 @@ impl ServiceSnapshot {
             stale: false,
             stale_since: None,
             synced: false,
+            origin: Origin::Sole(Arc::from(BACKEND_SOURCE)),
+            collisions: 0,
         }
     }
 
-    fn rebuild(
-        service: &str,
-        all: BTreeMap<String, Arc<Instance>>,
-        hidden: BTreeSet<String>,
-        revision: Revision,
-        stale_since: Option<SystemTime>,
-        vnodes: u32,
-    ) -> Self {
+    /// What this snapshot merged from its sources, to rebuild it with another hidden set.
+    fn merged(&self) -> Merged {
+        Merged {
+            all: self.all.clone(),
+            origin: self.origin.clone(),
+            revision: self.revision,
+            stale_since: self.stale_since,
+            synced: self.synced,
+            collisions: self.collisions,
+        }
+    }
+
+    fn rebuild(service: &str, merged: Merged, hidden: BTreeSet<String>, vnodes: u32) -> Self {
+        let Merged {
+            all,
+            origin,
+            revision,
+            stale_since,
+            synced,
+            collisions,
+        } = merged;
         let online: Vec<Arc<Instance>> = all
             .values()
             .filter(|i| i.is_online() && !hidden.contains(&i.id))
@@ -112,7 +135,9 @@ impl ServiceSnapshot {
             revision,
             stale: stale_since.is_some(),
             stale_since,
-            synced: true,
+            synced,
+            origin,
+            collisions,
         }
     }
 
@@ -129,6 +154,17 @@ impl ServiceSnapshot {
     /// Every listed instance, online or offline, by id.
     pub fn all(&self) -> &BTreeMap<String, Arc<Instance>> {
         &self.all
+    }
+
+    /// The name of the source `id` comes from ([`BACKEND_SOURCE`] for the registry's own
+    /// backend), or `None` if it is not listed. See [`Directory::source`].
+    pub fn source_of(&self, id: &str) -> Option<&str> {
+        self.all.contains_key(id).then(|| self.origin.of(id))
+    }
+
+    /// How many instances are not shown because a source of higher precedence lists the same id.
+    pub fn collisions(&self) -> usize {
+        self.collisions
     }
 
     /// Whether a liveness probe currently hides `id`.
@@ -151,12 +187,14 @@ impl ServiceSnapshot {
             .cloned()
     }
 
-    /// The backend revision this view reflects.
+    /// The backend revision this view reflects (that of the [`BACKEND_SOURCE`]; 0 if only other
+    /// sources list the service).
     pub fn revision(&self) -> Revision {
         self.revision
     }
 
-    /// Whether the backend is currently unreachable: this is the last good view, kept as is.
+    /// Whether the backend (or another source of this view) is currently unreachable: this is the
+    /// last good view, kept as is.
     pub fn is_stale(&self) -> bool {
         self.stale
     }
@@ -186,8 +224,8 @@ struct Slot {
     name: Arc<str>,
     current: ArcSwap<ServiceSnapshot>,
     tx: watch::Sender<Arc<ServiceSnapshot>>,
-    /// Serialises writers; readers never take it.
-    write: Mutex<()>,
+    /// Serialises writers, and holds what each source shows; readers never take it.
+    write: Mutex<Sources>,
     /// Whether a background ring builder is running for this service (at most one is).
     building: AtomicBool,
     /// Whether anyone has routed on this service: until then no ring is built in the background.
@@ -261,6 +299,8 @@ struct Inner {
     empty: Instances,
     vnodes: u32,
     journal: Journal,
+    /// The sources added with [`Directory::source`], by name, with their precedence.
+    sources: Mutex<BTreeMap<String, i32>>,
 }
 
 /// The local view of live instances, per service. Cheap to clone; clones share the view.
@@ -341,7 +381,7 @@ impl Directory {
             name: Arc::from(service),
             current: ArcSwap::new(snap),
             tx,
-            write: Mutex::new(()),
+            write: Mutex::new(Sources::default()),
             building: AtomicBool::new(false),
             routed: AtomicBool::new(false),
             #[cfg(test)]
@@ -491,9 +531,41 @@ impl Directory {
         self.inner.journal.capacity()
     }
 
-    /// Replaces `service`'s instances as of `revision`. An incremental update older than the current
-    /// view is ignored; an `authoritative` one (a full listing) always applies, since a backend that
-    /// lost its history may restart its revisions lower.
+    /// A new source feeding this directory, named `name` (unique in the directory; [`BACKEND_SOURCE`]
+    /// is the registry's own), with `precedence` (unique too; higher wins an id collision; the
+    /// backend's is [`BACKEND_PRECEDENCE`]). See [`SourceHandle`] and the module on sources.
+    pub fn source(&self, name: &str, precedence: i32) -> Result<SourceHandle> {
+        if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+            return Err(Error::invalid(format!(
+                "source name {name:?}: 1 to 64 characters, no control characters"
+            )));
+        }
+        let mut names = lock(&self.inner.sources);
+        if name == BACKEND_SOURCE || names.contains_key(name) {
+            return Err(Error::invalid(format!(
+                "a source named {name:?} already feeds this directory"
+            )));
+        }
+        if precedence == BACKEND_PRECEDENCE {
+            return Err(Error::invalid(format!(
+                "precedence {precedence} is the backend's; give source {name:?} another"
+            )));
+        }
+        if let Some((other, _)) = names.iter().find(|(_, p)| **p == precedence) {
+            return Err(Error::invalid(format!(
+                "source {other:?} already has precedence {precedence}; give source {name:?} another"
+            )));
+        }
+        names.insert(name.to_owned(), precedence);
+        Ok(SourceHandle::new(
+            self.clone(),
+            SourceKey::new(name, precedence),
+        ))
+    }
+
+    /// Replaces `service`'s instances from the backend as of `revision`. An incremental update
+    /// older than the current view is ignored; an `authoritative` one (a full listing) always
+    /// applies, since a backend that lost its history may restart its revisions lower.
     pub(crate) fn publish(
         &self,
         service: &str,
@@ -501,53 +573,96 @@ impl Directory {
         revision: Revision,
         authoritative: bool,
     ) {
-        self.update(service, |cur| {
-            if !authoritative && cur.synced && revision < cur.revision {
+        self.publish_from(&SourceKey::backend(), service, all, revision, authoritative);
+    }
+
+    /// Replaces what `source` shows of `service` (see [`publish`](Self::publish)).
+    pub(crate) fn publish_from(
+        &self,
+        source: &SourceKey,
+        service: &str,
+        all: BTreeMap<String, Arc<Instance>>,
+        revision: Revision,
+        authoritative: bool,
+    ) {
+        self.update(service, |cur, sources| {
+            let view = sources.view(source);
+            if !authoritative && view.synced && revision < view.revision {
                 return None;
             }
+            view.all = Arc::new(all);
+            view.revision = revision;
+            view.stale_since = None;
+            view.synced = true;
             Some(ServiceSnapshot::rebuild(
                 service,
-                all,
+                sources.merge(service),
                 cur.hidden.clone(),
-                revision,
-                None,
                 self.inner.vnodes,
             ))
         });
     }
 
-    /// Marks `service`'s view stale (backend unreachable) or fresh again, keeping its instances.
+    /// Marks `service`'s view from the backend stale (backend unreachable) or fresh again,
+    /// keeping its instances.
     pub(crate) fn set_stale(&self, service: &str, stale: bool) {
-        self.update(service, |cur| {
-            (cur.stale != stale).then(|| ServiceSnapshot {
-                stale,
-                stale_since: stale.then(SystemTime::now),
+        self.set_stale_from(&SourceKey::backend(), service, stale);
+    }
+
+    /// Marks what `source` shows of `service` stale or fresh.
+    pub(crate) fn set_stale_from(&self, source: &SourceKey, service: &str, stale: bool) {
+        self.update(service, |cur, sources| {
+            let view = sources.view(source);
+            if view.stale_since.is_some() == stale {
+                return None;
+            }
+            view.stale_since = stale.then(SystemTime::now);
+            let merged = sources.merge(service);
+            (merged.stale_since != cur.stale_since).then(|| ServiceSnapshot {
+                stale: merged.stale_since.is_some(),
+                stale_since: merged.stale_since,
                 ..ServiceSnapshot::clone(cur)
             })
         });
     }
 
-    /// Hides the instances whose liveness probe fails (and shows the others again).
-    pub(crate) fn set_hidden(&self, service: &str, hidden: BTreeSet<String>) {
-        self.update(service, |cur| {
-            (cur.hidden != hidden).then(|| {
-                ServiceSnapshot::rebuild(
-                    service,
-                    cur.all.clone(),
-                    hidden,
-                    cur.revision,
-                    cur.stale_since,
-                    self.inner.vnodes,
-                )
-            })
+    /// Removes everything `source` shows of `service`.
+    pub(crate) fn withdraw(&self, source: &SourceKey, service: &str) {
+        if self.slot(service).is_none() {
+            return;
+        }
+        self.update(service, |cur, sources| {
+            if !sources.remove(source) {
+                return None;
+            }
+            Some(ServiceSnapshot::rebuild(
+                service,
+                sources.merge(service),
+                cur.hidden.clone(),
+                self.inner.vnodes,
+            ))
         });
     }
 
-    fn update(&self, service: &str, f: impl FnOnce(&ServiceSnapshot) -> Option<ServiceSnapshot>) {
+    /// Hides the instances whose liveness probe fails (and shows the others again).
+    pub(crate) fn set_hidden(&self, service: &str, hidden: BTreeSet<String>) {
+        self.update(service, |cur, _| {
+            (cur.hidden != hidden)
+                .then(|| ServiceSnapshot::rebuild(service, cur.merged(), hidden, self.inner.vnodes))
+        });
+    }
+
+    fn update(
+        &self,
+        service: &str,
+        f: impl FnOnce(&ServiceSnapshot, &mut Sources) -> Option<ServiceSnapshot>,
+    ) {
         let slot = self.slot_or_create(service);
-        let _g = lock(&slot.write);
+        let mut sources = lock(&slot.write);
         let cur = slot.current.load_full();
-        let Some(mut next) = f(&cur) else { return };
+        let Some(mut next) = f(&cur, &mut sources) else {
+            return;
+        };
         if !Arc::ptr_eq(&next.ring, &cur.ring) {
             // The newest built ring this view can be routed on until its own is built.
             let built = if cur.ring.get().is_some() {
@@ -622,6 +737,7 @@ impl DirectoryBuilder {
                 empty: Arc::from(Vec::new()),
                 vnodes: self.vnodes.clamp(1, super::ring::MAX_VNODES),
                 journal: Journal::new(self.journal_capacity),
+                sources: Mutex::new(BTreeMap::new()),
             }),
         }
     }

@@ -22,6 +22,7 @@ mod keeper;
 mod probe;
 mod register;
 mod ring;
+mod source;
 
 pub use backoff::Backoff;
 pub use directory::{Change, Changes, Directory, DirectoryBuilder, Instances, ServiceSnapshot};
@@ -43,3 +44,4 @@ pub use register::{
     RegistrationState, Registry, RegistryBuilder, RegistryCounts, RegistryStats,
 };
 pub use ring::{DEFAULT_VNODES, MAX_VNODES, Ring, hash_key};
+pub use source::{BACKEND_PRECEDENCE, BACKEND_SOURCE, SourceHandle, StaticSource};
