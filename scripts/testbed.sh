@@ -4,8 +4,9 @@
 #
 #   1. If no Docker engine answers, install Debian's docker.io (when missing) and start dockerd.
 #   2. Download the real server binaries from Debian's packages (etcd 3.5 from trixie, consul 1.8
-#      from bullseye, redis-server 7.0 from bookworm), through a private apt configuration whose
-#      mirror is read from the system's own apt configuration; nothing is installed on the host.
+#      from bullseye, redis-server 7.0 and prometheus 2.42 from bookworm), through a private apt
+#      configuration whose mirror is read from the system's own apt configuration; nothing is
+#      installed on the host.
 #   3. Build small local images (FROM scratch: the binary plus the shared libraries ldd names).
 #   4. Write the environment that points the tests at those images (optional: the tests find the
 #      images by asking the engine, so `cargo test -p registry-etcd` works right after this script).
@@ -83,12 +84,24 @@ tb_mirror() {
   echo "${m%/}/"
 }
 
-TB_PACKAGES="etcd-server/trixie consul/bullseye redis-server/bookworm redis-tools/bookworm libjemalloc2/bookworm liblzf1/bookworm"
+# prometheus (for the acceptance test of `registry serve`'s HTTP service discovery) is one Go
+# binary; only the package is downloaded, not its dependencies (web assets, adduser).
+TB_PACKAGES="etcd-server/trixie consul/bullseye redis-server/bookworm redis-tools/bookworm libjemalloc2/bookworm liblzf1/bookworm prometheus/bookworm"
+
+# The packages of TB_PACKAGES that are not in the cache yet (a cache from before a package was
+# added to the list gets just that one).
+tb_missing_debs() {
+  local pkg
+  for pkg in $TB_PACKAGES; do
+    compgen -G "$1/${pkg%%/*}_*.deb" >/dev/null || echo "$pkg"
+  done
+}
 
 tb_fetch_debs() {
-  local apt="$TESTBED_CACHE/apt" debs="$TESTBED_CACHE/debs"
+  local apt="$TESTBED_CACHE/apt" debs="$TESTBED_CACHE/debs" missing
   mkdir -p "$apt/lists/partial" "$apt/archives/partial" "$apt/cache" "$debs"
-  if [ "$(ls "$debs"/*.deb 2>/dev/null | wc -l)" -ge 6 ]; then return; fi
+  missing=$(tb_missing_debs "$debs" | tr '\n' ' ')
+  if [ -z "${missing// /}" ]; then return; fi
   local mirror keyring=/usr/share/keyrings/debian-archive-keyring.gpg
   mirror=$(tb_mirror)
   [ -f "$keyring" ] || tb_die "missing $keyring (Debian's debian-archive-keyring package)"
@@ -99,11 +112,11 @@ tb_fetch_debs() {
   local opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
               -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache"
               -o "Dir::Cache::Archives=$apt/archives" -o "APT::Sandbox::User=root" -qq)
-  tb_log "downloading server packages from Debian (trixie, bullseye, bookworm)"
+  tb_log "downloading server packages from Debian: $missing"
   apt-get "${opts[@]}" update >/dev/null || tb_die "apt-get update with the private configuration failed"
   # shellcheck disable=SC2086
-  (cd "$debs" && apt-get "${opts[@]}" download $TB_PACKAGES >/dev/null) ||
-    tb_die "apt-get download of $TB_PACKAGES failed"
+  (cd "$debs" && apt-get "${opts[@]}" download $missing >/dev/null) ||
+    tb_die "apt-get download of $missing failed"
 }
 
 # Copies $1 (an absolute path in the extracted tree or on the host) and every library ldd names for
@@ -149,7 +162,8 @@ tb_version() { # the upstream version in a .deb file name: etcd-server_3.5.16-4_
 
 tb_build_images() {
   local debs="$TESTBED_CACHE/debs" extracted="$TESTBED_CACHE/extracted"
-  if [ ! -x "$extracted/usr/bin/etcd" ] || [ ! -x "$extracted/usr/bin/consul" ] || [ ! -e "$extracted/usr/bin/redis-server" ]; then
+  if [ ! -x "$extracted/usr/bin/etcd" ] || [ ! -x "$extracted/usr/bin/consul" ] ||
+     [ ! -e "$extracted/usr/bin/redis-server" ] || [ ! -x "$extracted/usr/bin/prometheus" ]; then
     rm -rf "$extracted"
     mkdir -p "$extracted"
     for deb in "$debs"/*.deb; do dpkg -x "$deb" "$extracted"; done
@@ -157,6 +171,7 @@ tb_build_images() {
   ETCD_IMAGE=$(tb_build_image etcd "$(tb_version "$debs"/etcd-server_*.deb)" etcd "$extracted")
   CONSUL_IMAGE=$(tb_build_image consul "$(tb_version "$debs"/consul_*.deb)" consul "$extracted")
   REDIS_IMAGE=$(tb_build_image redis "$(tb_version "$debs"/redis-server_*.deb)" redis-server "$extracted")
+  PROMETHEUS_IMAGE=$(tb_build_image prometheus "$(tb_version "$debs"/prometheus_*.deb)" prometheus "$extracted")
 }
 
 # Removes containers left behind by earlier runs: those whose test process is gone (each test
@@ -188,10 +203,12 @@ export REGISTRY_TEST_CONSUL_IMAGE=${CONSUL_IMAGE%:*}
 export REGISTRY_TEST_CONSUL_TAG=${CONSUL_IMAGE##*:}
 export REGISTRY_TEST_REDIS_IMAGE=${REDIS_IMAGE%:*}
 export REGISTRY_TEST_REDIS_TAG=${REDIS_IMAGE##*:}
+export REGISTRY_TEST_PROMETHEUS_IMAGE=${PROMETHEUS_IMAGE%:*}
+export REGISTRY_TEST_PROMETHEUS_TAG=${PROMETHEUS_IMAGE##*:}
 EOF
   # shellcheck disable=SC1090
   source "$TESTBED_ENV"
-  tb_log "ready in $((SECONDS - t0)) s: $ETCD_IMAGE $CONSUL_IMAGE $REDIS_IMAGE"
+  tb_log "ready in $((SECONDS - t0)) s: $ETCD_IMAGE $CONSUL_IMAGE $REDIS_IMAGE $PROMETHEUS_IMAGE"
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
