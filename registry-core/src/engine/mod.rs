@@ -23,6 +23,7 @@ mod probe;
 mod register;
 mod ring;
 mod source;
+mod telemetry;
 
 pub use backoff::Backoff;
 pub use directory::{Change, Changes, Directory, DirectoryBuilder, Instances, ServiceSnapshot};

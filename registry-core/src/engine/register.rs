@@ -19,6 +19,7 @@ use super::directory::Directory;
 use super::discover::{Discovery, DiscoveryOptions, Scope};
 use super::instance::{Instance, InstanceState, Layout};
 use super::keeper::{Cmd, Keeper};
+use super::telemetry::{StateTx, Telemetry};
 use crate::backend::Backend;
 use crate::config::{check_duration, check_max_duration};
 use crate::error::{Error, ErrorKind, Result};
@@ -190,6 +191,8 @@ impl RegisterOptions {
 /// Counters of what a registry did, for tests, metrics and the bench.
 #[derive(Debug, Default)]
 pub struct RegistryStats {
+    /// Where the counters are also recorded (the `metrics` facade).
+    pub(super) tel: Telemetry,
     pub(super) grants: AtomicU64,
     pub(super) keep_alives: AtomicU64,
     pub(super) puts: AtomicU64,
@@ -233,6 +236,12 @@ pub struct RegistryCounts {
 impl RegistryStats {
     pub(super) fn bump(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one in `c` and in the metric `name`.
+    pub(super) fn record(&self, c: &AtomicU64, name: &'static str) {
+        Self::bump(c);
+        self.tel.count(name);
     }
 
     /// The current counts.
@@ -327,7 +336,10 @@ impl RegistryBuilder {
                 directory: self.directory.unwrap_or_default(),
                 shared: Mutex::new(None),
                 keepers: Mutex::new(Vec::new()),
-                stats: Arc::new(RegistryStats::default()),
+                stats: Arc::new(RegistryStats {
+                    tel: Telemetry::new(&self.namespace),
+                    ..RegistryStats::default()
+                }),
                 halt,
             }),
         })
@@ -439,8 +451,12 @@ impl Registry {
             None => self.shared_keeper(),
         };
         let key = self.inner.layout.key(&instance.service, &instance.id);
-        let (state_tx, state_rx) =
-            watch::channel(RegistrationState::Registering { last_error: None });
+        let (state_tx, state_rx) = StateTx::new(
+            RegistrationState::Registering { last_error: None },
+            self.inner.stats.tel.clone(),
+            &instance.service,
+            &instance.id,
+        );
         let value = instance.encode();
         let delay = opts.delay.unwrap_or(self.inner.delay);
         let token = next_token();
@@ -584,7 +600,11 @@ impl Registry {
             self.inner.op_timeout,
             self.inner.stats.clone(),
         );
-        tokio::spawn(keeper.run(rx, self.inner.halt.subscribe()));
+        let span = tracing::info_span!("keeper", namespace = self.inner.layout.namespace());
+        tokio::spawn(tracing::Instrument::instrument(
+            keeper.run(rx, self.inner.halt.subscribe()),
+            span,
+        ));
         let mut keepers = self.inner.keepers.lock().unwrap_or_else(|p| p.into_inner());
         keepers.retain(|k| !k.is_closed());
         keepers.push(tx.clone());
