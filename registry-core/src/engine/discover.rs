@@ -194,8 +194,19 @@ pub struct DiscoveryCounts {
     pub apply_delay: ApplyDelay,
 }
 
-/// A running discovery. Dropping it stops the discovery (the directory keeps the last view).
+/// A running discovery. Cheap to clone: clones share the running discovery, which stops when the
+/// last of them is dropped (the directory keeps the last view). [`Registry::discover`] and
+/// [`Registry::discover_all`] hand out clones of one discovery per scope while it runs.
+///
+/// [`Registry::discover`]: super::Registry::discover
+/// [`Registry::discover_all`]: super::Registry::discover_all
+#[derive(Clone)]
 pub struct Discovery {
+    run: Arc<Running>,
+}
+
+/// What the clones of a [`Discovery`] share.
+pub(crate) struct Running {
     directory: Directory,
     stats: Arc<Stats>,
     synced: watch::Receiver<bool>,
@@ -206,13 +217,13 @@ pub struct Discovery {
 impl fmt::Debug for Discovery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Discovery")
-            .field("scope", &self.scope)
+            .field("scope", &self.run.scope)
             .field("counts", &self.counts())
             .finish()
     }
 }
 
-impl Drop for Discovery {
+impl Drop for Running {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
@@ -272,43 +283,55 @@ impl Discovery {
             tasks.push(tokio::spawn(probe::run(directory.clone(), services, p)));
         }
         Ok(Discovery {
-            directory,
-            stats,
-            synced: synced_rx,
-            tasks,
-            scope,
+            run: Arc::new(Running {
+                directory,
+                stats,
+                synced: synced_rx,
+                tasks,
+                scope,
+            }),
         })
+    }
+
+    /// Another handle on the same running discovery, if one still runs.
+    pub(crate) fn from_weak(weak: &std::sync::Weak<Running>) -> Option<Discovery> {
+        weak.upgrade().map(|run| Discovery { run })
+    }
+
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Running> {
+        Arc::downgrade(&self.run)
     }
 
     /// The directory this discovery feeds.
     pub fn directory(&self) -> &Directory {
-        &self.directory
+        &self.run.directory
     }
 
     /// What this discovery covers.
     pub fn scope(&self) -> &Scope {
-        &self.scope
+        &self.run.scope
     }
 
     /// The counters so far.
     pub fn counts(&self) -> DiscoveryCounts {
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let stats = &self.run.stats;
         DiscoveryCounts {
-            lists: l(&self.stats.lists),
-            watches: l(&self.stats.watches),
-            events: l(&self.stats.events),
-            malformed: l(&self.stats.malformed),
-            errors: l(&self.stats.errors),
+            lists: l(&stats.lists),
+            watches: l(&stats.watches),
+            events: l(&stats.events),
+            malformed: l(&stats.malformed),
+            errors: l(&stats.errors),
             apply_delay: ApplyDelay {
-                buckets: std::array::from_fn(|i| l(&self.stats.apply_delay[i])),
-                sum_micros: l(&self.stats.apply_delay_micros),
+                buckets: std::array::from_fn(|i| l(&stats.apply_delay[i])),
+                sum_micros: l(&stats.apply_delay_micros),
             },
         }
     }
 
     /// Waits until the view has been loaded from the backend at least once.
     pub async fn synced(&self) {
-        let mut rx = self.synced.clone();
+        let mut rx = self.run.synced.clone();
         let _ = rx.wait_for(|s| *s).await;
     }
 }
