@@ -7,6 +7,7 @@
 //! | `GET /v1/services/{service}` | a service's instances |
 //! | `GET /v1/services/{service}/instances/{id}` | one instance |
 //! | `GET /v1/services/{service}/owners?key=K&n=N` | the owner(s) of a key on the ring |
+//! | `GET /v1/services/{service}/ring[?key=K]` | each routable instance's share of the key space, arcs to draw |
 //! | `GET /v1/events[?service=S]` | the change stream, as Server-Sent Events, resumable |
 //! | `GET /v1/prometheus/sd[?all=true]` | Prometheus HTTP service discovery |
 //! | `GET /metrics` | the server's own metrics, Prometheus text format |
@@ -113,6 +114,7 @@ impl Server {
             .route("/v1/services/{service}", get(api::service))
             .route("/v1/services/{service}/instances/{id}", get(api::instance))
             .route("/v1/services/{service}/owners", get(api::owners))
+            .route("/v1/services/{service}/ring", get(api::ring))
             .route("/v1/events", get(events::events))
             .route("/v1/prometheus/sd", get(sd::prometheus_sd))
             .route("/metrics", get(metrics::metrics))
