@@ -2,7 +2,10 @@
 //! playwright-core (`tests/dashboard_driver.js`, installed by `scripts/browser.sh`), against the
 //! real `registry` binary over a real etcd server of its own (it is paused to make the view stale).
 //!
-//! Each step saves a screenshot under `<target>/test-artifacts/dashboard/` (the path is printed).
+//! Two tests without a browser come first: the page's assets and headers, and the `ring` route
+//! the page draws from, in-process on a memory backend.
+//!
+//! Each step of the browser test saves a screenshot under `<target>/test-artifacts/dashboard/` (the path is printed).
 //! Under `REGISTRY_TEST_REQUIRED=1` the test fails when etcd, Node, Chromium or playwright-core
 //! cannot be had; otherwise it says why and skips.
 
@@ -519,4 +522,209 @@ async fn the_dashboard_follows_the_registry_live_in_a_real_browser() {
     let _ = driver.child.wait().await;
     let _ = serve.kill().await;
     println!("dashboard test done in {:?}", started.elapsed());
+}
+
+/// An in-process server on a memory backend, with a writer registering into the same store.
+async fn in_process() -> (
+    std::net::SocketAddr,
+    registry::engine::Registry,
+    registry::engine::Directory,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    use registry::engine::{Directory, Registry};
+    use registry_cli::serve::{Options, Server};
+    let backend = std::sync::Arc::new(registry::memory::MemoryBackend::new());
+    let writer = Registry::new(backend.clone()).unwrap();
+    let dir = Directory::new();
+    let reader = Registry::builder(backend)
+        .directory(dir.clone())
+        .build()
+        .unwrap();
+    let discovery = reader.discover_all().await.unwrap();
+    discovery.synced().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(
+        Server::new(discovery, Options::default()).serve(listener, async {
+            let _ = stopped.await;
+        }),
+    );
+    (addr, writer, dir, stop)
+}
+
+/// One HTTP/1.1 request (`extra` header lines included): status, headers (names lower-case),
+/// body.
+async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    extra: &str,
+) -> (u16, std::collections::HashMap<String, String>, String) {
+    use tokio::io::AsyncReadExt;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    let text = String::from_utf8(answer).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    // Bodies here are small and not chunked by the server (static assets, JSON).
+    (status, headers, body.to_owned())
+}
+
+/// The page, its script and style sheet are embedded and served with their types, a policy that
+/// allows only this server, and an entity tag; the server's rules (GET only, no body) hold.
+#[tokio::test]
+async fn the_page_and_its_assets_are_served_with_their_headers() {
+    let (addr, _writer, _dir, _stop) = in_process().await;
+    let mut tags = Vec::new();
+    for (path, kind, needle) in [
+        (
+            "/",
+            "text/html; charset=utf-8",
+            "<script src=\"/dashboard.js\"",
+        ),
+        (
+            "/dashboard.js",
+            "text/javascript; charset=utf-8",
+            "new EventSource(",
+        ),
+        ("/dashboard.css", "text/css; charset=utf-8", ".banner"),
+        ("/favicon.svg", "image/svg+xml", "<svg"),
+    ] {
+        let (status, h, body) = http(addr, "GET", path, "").await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(h["content-type"], kind, "{path}");
+        assert_eq!(h["cache-control"], "no-cache", "{path}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        let csp = &h["content-security-policy"];
+        assert!(
+            csp.contains("default-src 'self'")
+                && csp.contains("script-src 'self'")
+                && csp.contains("connect-src 'self'")
+                && !csp.contains("unsafe")
+                && !csp.contains("http"),
+            "{path}: {csp}"
+        );
+        assert!(body.contains(needle), "{path}");
+        // Nothing is loaded from elsewhere.
+        assert!(
+            !body.contains("https://") && !body.contains("//cdn"),
+            "{path}"
+        );
+        let etag = h["etag"].clone();
+        let (status, _, body) =
+            http(addr, "GET", path, &format!("If-None-Match: {etag}\r\n")).await;
+        assert_eq!((status, body.as_str()), (304, ""), "{path}");
+        tags.push(etag);
+    }
+    tags.dedup();
+    assert_eq!(tags.len(), 4, "one tag per asset");
+    let (status, _, body) = http(addr, "POST", "/", "").await;
+    assert_eq!(status, 405, "{body}");
+    let (status, _, _) = http(addr, "GET", "/", "Content-Length: 5\r\n").await;
+    assert_eq!(status, 413);
+    let (status, _, body) = http(addr, "GET", "/dashboard.jsx", "").await;
+    assert_eq!(status, 404);
+    assert!(body.contains("\"error\""), "{body}");
+}
+
+/// `/v1/services/{service}/ring`: the routable instances' shares (weights count; offline ones
+/// are not members), arcs that cover the circle and give each key to the instance `find` names,
+/// and where a given key falls.
+#[tokio::test]
+async fn the_ring_route_shows_what_find_routes_by() {
+    use registry::engine::{Instance, InstanceState, hash_key};
+    let (addr, writer, dir, _stop) = in_process().await;
+    let mut regs = Vec::new();
+    for (id, weight) in [("a1", 100), ("a2", 100), ("a3", 300)] {
+        let i = Instance::new("api", id).addr("10.0.0.1:80").weight(weight);
+        regs.push(writer.register(i).await.unwrap());
+    }
+    let off = Instance::new("api", "a4")
+        .addr("10.0.0.4:80")
+        .state(InstanceState::Offline);
+    regs.push(writer.register(off).await.unwrap());
+    for _ in 0..1000 {
+        if dir.all("api").len() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (status, _, body) = http(addr, "GET", "/v1/services/api/ring?key=user-42", "").await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let members = v["members"].as_array().unwrap();
+    let ids: Vec<&str> = members.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["a1", "a2", "a3"], "offline instances own nothing");
+    assert_eq!(v["points"], 128 + 128 + 384);
+    let shares: Vec<f64> = members
+        .iter()
+        .map(|m| m["share"].as_f64().unwrap())
+        .collect();
+    assert!(
+        (shares.iter().sum::<f64>() - 1.0).abs() < 1e-9,
+        "{shares:?}"
+    );
+    assert!(
+        (shares[2] - 0.6).abs() < 0.1,
+        "weight 300 of 500: {shares:?}"
+    );
+    assert_eq!(v["arcs_exact"], true);
+    let arcs: Vec<(f64, f64, usize)> = v["arcs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["from"].as_f64().unwrap(),
+                a["to"].as_f64().unwrap(),
+                a["member"].as_u64().unwrap() as usize,
+            )
+        })
+        .collect();
+    assert_eq!((arcs[0].0, arcs.last().unwrap().1), (0.0, 1.0));
+    assert!(arcs.windows(2).all(|w| w[0].1 == w[1].0), "contiguous");
+    let mut len = [0.0; 3];
+    for a in &arcs {
+        len[a.2] += a.1 - a.0;
+    }
+    for (l, s) in len.iter().zip(&shares) {
+        assert!((l - s).abs() < 1e-9, "arcs {l} vs share {s}");
+    }
+    for k in 0..3000 {
+        let key = format!("user-{k}");
+        let at = hash_key(key.as_bytes()) as f64 / 2f64.powi(64);
+        let arc = arcs.iter().find(|a| a.0 <= at && at <= a.1).unwrap();
+        let edge = (at - arc.0).abs() < 1e-12 || (arc.1 - at).abs() < 1e-12;
+        let found = dir.find("api", &key).unwrap();
+        assert!(edge || ids[arc.2] == found.id, "{key}");
+    }
+    let owner = dir.find("api", "user-42").unwrap();
+    assert_eq!(v["key"]["owner"], owner.id.as_str());
+    assert_eq!(v["key"]["key"], "user-42");
+    let at = v["key"]["position"].as_f64().unwrap();
+    assert!((at - hash_key(b"user-42") as f64 / 2f64.powi(64)).abs() < 1e-12);
+    assert_eq!(v["stale"], false);
+    let (status, _, _) = http(addr, "GET", "/v1/services/nosuch/ring", "").await;
+    assert_eq!(status, 404);
+    let (status, _, _) = http(addr, "GET", "/v1/services/bad%20name/ring", "").await;
+    assert_eq!(status, 400);
 }
