@@ -377,7 +377,7 @@ async fn the_dashboard_follows_the_registry_live_in_a_real_browser() {
             .unwrap()
             .trim_end_matches(" %")
             .parse()
-            .unwrap()
+            .unwrap_or_else(|_| panic!("a share in %: {r}"))
     };
     let (s1, s2) = (
         share(&listed["services"]["web"][0]),

@@ -68,13 +68,11 @@ const commands = {
     for (const [service, n] of Object.entries(c.min)) {
       await page.waitForFunction(([sel, n]) => document.querySelectorAll(sel).length >= n,
         [`${card(service)} tr.instance`, n], { timeout: c.timeout_ms });
+      // The ring is drawn (it comes with the shares in the table).
+      await page.waitForSelector(`${card(service)} svg path[data-member]`, { state: 'attached', timeout: c.timeout_ms });
       out[service] = await page.$$eval(`${card(service)} tr.instance`, (rows) => rows.map((r) => ({
         id: r.dataset.instance, state: r.dataset.state, share: r.querySelector('.share').textContent,
         text: r.textContent })));
-    }
-    // The ring of each service is drawn (one arc at least per routable instance).
-    for (const service of Object.keys(c.min)) {
-      await page.waitForSelector(`${card(service)} svg path[data-member]`, { state: 'attached', timeout: c.timeout_ms });
     }
     return { services: out, shot: c.shot ? await shot(c.shot) : null };
   },
