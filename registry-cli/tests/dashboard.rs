@@ -246,6 +246,8 @@ async fn the_dashboard_follows_the_registry_live_in_a_real_browser() {
         Err(why) => return unavailable::<()>("etcd", &why).unwrap_or(()),
     };
     let artefacts = target_dir().join("test-artifacts/dashboard");
+    // This run's screenshots only.
+    let _ = std::fs::remove_dir_all(&artefacts);
     std::fs::create_dir_all(&artefacts).expect("create the artefact directory");
     println!("screenshots in {}", artefacts.display());
     let ns = fresh_namespace("dash");
