@@ -52,8 +52,11 @@ browser_up() {
   fi
   node -e "require('$BROWSER_DIR/node_modules/playwright-core')" 2>/dev/null ||
     br_die "playwright-core does not load; see $BROWSER_DIR/npm-install.log"
-  /usr/bin/chromium --headless --no-sandbox --disable-gpu --version >/dev/null 2>&1 ||
-    br_die "/usr/bin/chromium does not start"
+  # A real start (headless, as the test runs it), not only --version.
+  timeout 120 /usr/bin/chromium --headless --no-sandbox --disable-gpu --no-first-run \
+    --disable-background-networking --disable-component-update --disable-sync \
+    --dump-dom 'data:text/html,<p>chromium-ok</p>' 2>/dev/null | grep -q chromium-ok ||
+    br_die "/usr/bin/chromium does not start headless (run it by hand to see why)"
   export REGISTRY_PLAYWRIGHT_DIR="$BROWSER_DIR/node_modules"
   echo "browser: ready ($(/usr/bin/chromium --version 2>/dev/null | head -1); $REGISTRY_PLAYWRIGHT_DIR)" >&2
 }
