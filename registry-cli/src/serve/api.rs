@@ -189,16 +189,7 @@ pub(crate) struct Stretch {
 /// a picture at that resolution. Shares are always exact ([`registry::engine::Ring::shares`]).
 pub(crate) fn arcs(ring: &registry::engine::Ring) -> (Vec<Stretch>, bool) {
     const FULL: f64 = 18_446_744_073_709_551_616.0; // 2^64
-    let index: std::collections::HashMap<&str, usize> = ring
-        .members()
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (m.id.as_str(), i))
-        .collect();
-    let points: Vec<(u64, usize)> = ring
-        .owned_points()
-        .map(|(p, m)| (p, index[m.id.as_str()]))
-        .collect();
+    let points: Vec<(u64, usize)> = owned_points(ring).collect();
     let Some(&(_, first)) = points.first() else {
         return (Vec::new(), true);
     };
@@ -237,6 +228,18 @@ pub(crate) fn arcs(ring: &registry::engine::Ring) -> (Vec<Stretch>, bool) {
     (coarse, false)
 }
 
+/// The ring's points with the index of their owner in [`Ring::members`](registry::engine::Ring::members)
+/// (sorted by id, so found by binary search).
+fn owned_points(ring: &registry::engine::Ring) -> impl Iterator<Item = (u64, usize)> + '_ {
+    let members = ring.members();
+    ring.owned_points().map(move |(p, m)| {
+        let owner = members
+            .binary_search_by(|x| x.id.cmp(&m.id))
+            .expect("a point's owner is a member");
+        (p, owner)
+    })
+}
+
 fn push_merged(arcs: &mut Vec<Stretch>, from: f64, to: f64, owner: usize) {
     if let Some(last) = arcs.last_mut().filter(|l| l.owner == owner) {
         last.to = to;
@@ -260,14 +263,8 @@ pub(crate) async fn ring(
     let ring = snap.ring();
     let shares = ring.shares();
     let mut counts = vec![0usize; ring.len()];
-    let index: std::collections::HashMap<&str, usize> = ring
-        .members()
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (m.id.as_str(), i))
-        .collect();
-    for (_, m) in ring.owned_points() {
-        counts[index[m.id.as_str()]] += 1;
+    for (_, owner) in owned_points(ring) {
+        counts[owner] += 1;
     }
     let members: Vec<Value> = ring
         .members()
