@@ -236,8 +236,8 @@ async fn the_dashboard_follows_the_registry_live_in_a_real_browser() {
     let modules = playwright_dir();
     if let Some(why) = browser_missing(&modules) {
         return unavailable::<()>(
-            "a browser (Debian's chromium, node and playwright-core: scripts/browser.sh)",
-            &why,
+            "a browser (Debian's chromium, node and playwright-core)",
+            &format!("{why}; scripts/browser.sh installs them"),
         )
         .unwrap_or(());
     }
