@@ -27,12 +27,32 @@ function el(tag, attrs = {}, ...children) {
   return e;
 }
 
-/** A stable colour per instance id (FNV-1a of the id picks the hue). */
-function colour(id) {
+/** A hue per instance id (FNV-1a of the id), the same as others come and go. */
+function hue(id) {
   let h = 0x811c9dc5;
   for (let i = 0; i < id.length; i++) h = Math.imul(h ^ id.charCodeAt(i), 0x01000193) >>> 0;
-  return `hsl(${h % 360} 62% ${42 + (h >>> 9) % 16}%)`;
+  return h % 360;
 }
+
+const hsl = (h) => `hsl(${Math.round(h)} 62% 47%)`;
+
+/** Colours for a service's instances: each id's own hue, moved on by the golden angle while it
+ *  is too close to one taken already (in id order), so that instances of a service differ. */
+function palette(s) {
+  const taken = [];
+  const out = new Map();
+  for (const id of [...s.instances.keys()].sort()) {
+    let h = hue(id);
+    const near = (t) => Math.min(Math.abs(t - h), 360 - Math.abs(t - h)) < 30;
+    for (let tries = 0; tries < 12 && taken.some(near); tries++) h = (h + 137.5) % 360;
+    taken.push(h);
+    out.set(id, hsl(h));
+  }
+  return out;
+}
+
+/** The colour of instance `id` of service `s`. */
+const colour = (s, id) => (s && s.palette && s.palette.get(id)) || hsl(hue(id));
 
 const pct = (x) => (x * 100).toFixed(x < 0.001 ? 3 : 1) + ' %';
 const clock = (iso) => (iso ? new Date(iso).toLocaleTimeString() : '?');
@@ -184,7 +204,7 @@ async function ask(q, fromForm) {
   const list = el('ol');
   for (const o of doc.owners) {
     list.append(el('li', { 'data-owner': o.id },
-      el('span', { class: 'swatch', style: null, 'data-colour': o.id }),
+      el('span', { class: 'swatch', 'data-colour': colour(services.get(q.service), o.id) }),
       ' ', el('b', { text: o.id }), ' ', el('span', { class: 'addr', text: o.addrs.join(', ') })));
   }
   const head = doc.owners.length
@@ -198,7 +218,7 @@ async function ask(q, fromForm) {
 
 function paintSwatches(root) {
   // Colours are set through the CSSOM: the page's policy forbids inline style attributes.
-  for (const sw of root.querySelectorAll('[data-colour]')) sw.style.background = colour(sw.dataset.colour);
+  for (const sw of root.querySelectorAll('[data-colour]')) sw.style.background = sw.dataset.colour;
 }
 
 // ---- Drawing -------------------------------------------------------------------------------------
@@ -274,6 +294,7 @@ function pin(s, id) {
 }
 
 function card(s) {
+  s.palette = palette(s);
   const list = [...s.instances.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   const routable = list.filter((i) => i.routable).length;
   const offline = list.filter((i) => i.state !== 'online').length;
@@ -291,7 +312,7 @@ function card(s) {
       onmouseleave: () => hover(s, null),
       onclick: () => pin(s, i.id),
     },
-    el('td', {}, el('span', { class: 'swatch', 'data-colour': i.routable ? i.id : null })),
+    el('td', {}, el('span', { class: 'swatch', 'data-colour': i.routable ? colour(s, i.id) : null })),
     el('td', { text: i.id }),
     el('td', { class: 'addr', text: i.addrs.join(' ') }),
     el('td', {}, el('span', { class: 'badge ' + i.state, text: i.state }),
@@ -333,7 +354,7 @@ function ringPicture(s, focus) {
       const [x2, y2] = at(to, 0.85);
       pic.append(el('svg:path', {
         d: `M ${x1} ${y1} A 0.85 0.85 0 0 1 ${x2} ${y2}`,
-        fill: 'none', stroke: colour(id), 'stroke-width': '0.22',
+        fill: 'none', stroke: colour(s, id), 'stroke-width': '0.22',
         class: focus && focus !== id ? 'dim' : null, 'data-member': id,
         onmouseenter: () => hover(s, id),
         onmouseleave: () => hover(s, null),
