@@ -4,10 +4,13 @@
 # browser and downloads none: the test launches the system Chromium (/usr/bin/chromium) through
 # `executablePath`. Reruns reuse the installation.
 #
+# playwright-core is pinned to 1.61.1, the last release that runs on Debian bookworm's Node.js 18
+# (1.62 and later need Node 20).
+#
 # Sourced by scripts/test (sets REGISTRY_PLAYWRIGHT_DIR); can be run alone.
 set -euo pipefail
 
-PLAYWRIGHT_CORE_VERSION=1.65.1
+PLAYWRIGHT_CORE_VERSION=1.61.1
 BROWSER_DIR="${REGISTRY_TESTBED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/service-registry/testbed}/browser"
 
 br_die() { echo "browser: $*" >&2; exit 2; }
