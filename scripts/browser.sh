@@ -15,18 +15,8 @@ BROWSER_DIR="${REGISTRY_TESTBED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/service-r
 
 br_die() { echo "browser: $*" >&2; exit 2; }
 
-# Installs Debian packages (as root, or through sudo) when a command they provide is missing.
-br_apt_install() {
-  local sudo=""
-  [ "$(id -u)" = 0 ] || sudo=sudo
-  command -v apt-get >/dev/null || br_die "missing: $*; install them with your package manager"
-  echo "browser: installing Debian's $*" >&2
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1 || {
-    $sudo apt-get update -qq >/dev/null 2>&1 || true
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null ||
-      br_die "could not install $* with apt-get"
-  }
-}
+# shellcheck source=scripts/apt-install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh"
 
 browser_up() {
   local missing=()
@@ -35,7 +25,7 @@ browser_up() {
   [ -x /usr/bin/chromium ] || missing+=(chromium)
   # Fonts for readable screenshots (Chromium's package only recommends them).
   [ -d /usr/share/fonts/truetype/dejavu ] || missing+=(fonts-dejavu-core)
-  [ ${#missing[@]} -eq 0 ] || br_apt_install "${missing[@]}"
+  [ ${#missing[@]} -eq 0 ] || apt_install browser "${missing[@]}"
   [ -x /usr/bin/chromium ] || br_die "missing /usr/bin/chromium (Debian: chromium)"
   mkdir -p "$BROWSER_DIR"
   local manifest
