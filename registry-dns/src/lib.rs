@@ -23,9 +23,11 @@
 //!
 //! **An empty answer is not an error.** NXDOMAIN, or a name without SRV records, means that the DNS
 //! says nothing is there: the service is published empty (and fresh). A failure to get an answer
-//! (timeout, SERVFAIL, REFUSED, an unreachable server, a target whose address cannot be looked up)
-//! marks the source's view of the service stale and keeps its last instances; the query is retried
-//! with a growing, jittered delay ([`Backoff`]) until an answer comes back.
+//! (timeout, SERVFAIL, REFUSED, an unreachable server) marks the source's view of the service stale
+//! and keeps its last instances; the query is retried with a growing, jittered delay ([`Backoff`])
+//! until an answer comes back. A target whose address cannot be looked up (while the SRV answer
+//! came) does not hold up the other records: its instance stays as it was shown (or is not shown if
+//! it is new), counted in [`DnsCounts::target_errors`], and the name is queried again at the floor.
 //!
 //! The resolver is [hickory-resolver](https://docs.rs/hickory-resolver) on tokio: the name servers
 //! given with [`DnsSourceBuilder::nameserver`] (UDP, TCP when an answer is truncated), or those of
@@ -386,6 +388,7 @@ impl DnsSource {
             errors: get(&c.errors),
             empty_answers: get(&c.empty_answers),
             skipped_records: get(&c.skipped_records),
+            target_errors: get(&c.target_errors),
             changes: get(&c.changes),
         }
     }
@@ -418,8 +421,13 @@ pub struct DnsCounts {
     /// Answers that listed nothing (NXDOMAIN, no SRV records, or none usable).
     pub empty_answers: u64,
     /// SRV records that could not become an instance (a target without an address, a duplicate
-    /// target and port, an invalid instance), counted in every answer that has them.
+    /// target and port, an invalid instance, a target whose lookup failed and that was not shown
+    /// before), counted in every answer that has them.
     pub skipped_records: u64,
+    /// Lookups of an SRV target's address that failed (timeout, SERVFAIL, ...) in an answer that
+    /// did come: the target's records keep the instance shown before (or are skipped if there was
+    /// none), the others are updated, and the name is queried again at the floor.
+    pub target_errors: u64,
     /// Answers that changed what the directory shows.
     pub changes: u64,
 }
@@ -532,6 +540,7 @@ struct Counters {
     errors: AtomicU64,
     empty_answers: AtomicU64,
     skipped_records: AtomicU64,
+    target_errors: AtomicU64,
     changes: AtomicU64,
 }
 
@@ -549,6 +558,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Answer {
     instances: BTreeMap<String, Instance>,
     skipped: u64,
+    target_errors: u64,
     ttl: Option<Duration>,
 }
 
@@ -573,7 +583,8 @@ impl Follower {
         loop {
             counts.queries.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
-            let result = match tokio::time::timeout(self.deadline, self.query()).await {
+            let result = match tokio::time::timeout(self.deadline, self.query(last.as_ref())).await
+            {
                 Ok(r) => r,
                 Err(_) => Err(format!("no answer within {:?}", self.deadline)),
             };
@@ -588,6 +599,9 @@ impl Follower {
                     counts
                         .skipped_records
                         .fetch_add(answer.skipped, Ordering::Relaxed);
+                    counts
+                        .target_errors
+                        .fetch_add(answer.target_errors, Ordering::Relaxed);
                     if answer.instances.is_empty() {
                         counts.empty_answers.fetch_add(1, Ordering::Relaxed);
                     }
@@ -634,7 +648,10 @@ impl Follower {
 
     /// One poll: the SRV records, then the targets' addresses. `Err` is a failure to get an
     /// answer; "nothing there" is an empty answer.
-    async fn query(&self) -> std::result::Result<Answer, String> {
+    async fn query(
+        &self,
+        last: Option<&BTreeMap<String, Instance>>,
+    ) -> std::result::Result<Answer, String> {
         let name = &self.followed.name;
         let lookup = match self.resolver.srv_lookup(name.clone()).await {
             Ok(l) => l,
@@ -655,7 +672,8 @@ impl Follower {
             (a.0, std::cmp::Reverse(a.1), &a.3, a.2).cmp(&(b.0, std::cmp::Reverse(b.1), &b.3, b.2))
         });
         let mut answer = Answer::default();
-        let mut addresses: HashMap<Name, Vec<IpAddr>> = HashMap::new();
+        // Per target: its addresses, or `None` when looking them up failed.
+        let mut addresses: HashMap<Name, Option<Vec<IpAddr>>> = HashMap::new();
         for (priority, weight, port, target) in records {
             if target.is_root() {
                 // RFC 2782: "." says the service is decidedly not available here.
@@ -663,25 +681,48 @@ impl Follower {
             }
             let key = target.to_lowercase();
             if !addresses.contains_key(&key) {
-                let (ips, t) = self.addresses(&target, lookup.additionals()).await?;
-                if let Some(t) = t {
-                    shortest(t);
-                }
+                let ips = match self.addresses(&target, lookup.additionals()).await {
+                    Ok((ips, t)) => {
+                        if let Some(t) = t {
+                            shortest(t);
+                        }
+                        Some(ips)
+                    }
+                    Err(why) => {
+                        // One target that cannot be looked up does not hold up the others:
+                        // its records keep what they showed, and the next poll comes soon.
+                        answer.target_errors += 1;
+                        shortest(0);
+                        tracing::warn!(name = %self.followed.srv, target = %target, error = %why, "dns source: cannot look up an SRV target's address");
+                        None
+                    }
+                };
                 addresses.insert(key.clone(), ips);
             }
-            let ips = &addresses[&key];
             let target_text = target.to_ascii();
             let target_text = target_text.strip_suffix('.').unwrap_or(&target_text);
             let id = instance_id(target_text, port);
-            if ips.is_empty() {
-                tracing::debug!(name = %self.followed.srv, target = target_text, "dns source: skipping a record whose target has no address");
-                answer.skipped += 1;
-                continue;
-            }
             if answer.instances.contains_key(&id) {
                 answer.skipped += 1;
                 continue;
             }
+            let ips = match &addresses[&key] {
+                Some(ips) if !ips.is_empty() => ips,
+                Some(_) => {
+                    tracing::debug!(name = %self.followed.srv, target = target_text, "dns source: skipping a record whose target has no address");
+                    answer.skipped += 1;
+                    continue;
+                }
+                None => {
+                    match last.and_then(|l| l.get(&id)) {
+                        Some(before) => {
+                            answer.instances.insert(id, before.clone());
+                        }
+                        None => answer.skipped += 1,
+                    }
+                    continue;
+                }
+            };
             let mut inst = Instance::new(&self.followed.service, id.clone())
                 .weight(
                     u32::from(weight)

@@ -450,3 +450,41 @@ async fn a_directory_fed_by_our_backend_and_by_dns_shows_the_union() {
     until_online(dir, "web", &[], FLOOR + SLACK).await;
     assert!(!dir.is_stale("web"));
 }
+
+/// Records whose target has no address, or whose address lookup fails, do not hold up the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_that_cannot_become_instances_are_skipped_and_counted() {
+    let Some((consul, ns)) = consul().await else {
+        return;
+    };
+    register(&consul, "web", "web-1", "10.1.0.1", 8080).await;
+    // Service addresses that are host names: Consul's SRV target is the name itself. `.invalid`
+    // never resolves (NXDOMAIN); `example.org` goes to Consul's recursors, of which a -dev agent
+    // has none, so the lookup fails.
+    register(&consul, "web", "odd-nx", "nowhere.invalid", 9000).await;
+    register(&consul, "web", "odd-fail", "db.example.org", 9001).await;
+    let dir = Directory::new();
+    let dns = source(ns)
+        .follow("web", "web.service.consul.")
+        .start(&dir, SOURCE, -5)
+        .expect("start the DNS source");
+    let w1 = consul_id([10, 1, 0, 1], 8080);
+    until_online(&dir, "web", &[&w1], Duration::from_secs(10)).await;
+    // Consul lists three records; two cannot become instances, in every answer.
+    if let Some(ports) = dig_ports(ns, "web.service.consul") {
+        assert_eq!(ports, BTreeSet::from([8080, 9000, 9001]), "dig's SRV ports");
+    }
+    sleep(FLOOR * 3).await;
+    let c = dns.counts();
+    eprintln!("{c:?}");
+    assert!(c.answers >= 3, "{c:?}");
+    assert!(c.skipped_records >= 2 * (c.answers - 1), "{c:?}");
+    assert!(c.target_errors >= c.answers - 1, "{c:?}");
+    assert_eq!(c.errors, 0, "the SRV answers came: {c:?}");
+    assert_eq!(dir.get("web").len(), 1);
+    assert!(!dir.is_stale("web"), "a target's failure is not the name's");
+    // Changes to the other records still come through.
+    register(&consul, "web", "web-2", "10.1.0.2", 8081).await;
+    let w2 = consul_id([10, 1, 0, 2], 8081);
+    until_online(&dir, "web", &[&w1, &w2], FLOOR + SLACK).await;
+}
