@@ -906,6 +906,32 @@ mod tests {
         assert_ne!(long1, long2);
     }
 
+    /// Without a name server, the system's configuration is used. `.invalid` names never
+    /// resolve (RFC 6761: the resolver answers NXDOMAIN itself, no query leaves the machine):
+    /// an answer, so the service is published empty and fresh.
+    #[tokio::test]
+    async fn the_systems_resolver_is_used_without_a_nameserver() {
+        if !std::path::Path::new("/etc/resolv.conf").exists() {
+            eprintln!("skipping: no /etc/resolv.conf");
+            return;
+        }
+        let dir = Directory::new();
+        let dns = DnsSource::builder()
+            .follow("ghost", "ghost.invalid.")
+            .start(&dir, "dns", 5)
+            .expect("the system's configuration is read");
+        let mut rx = dir.subscribe("ghost");
+        tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.is_synced()))
+            .await
+            .expect("an answer within 5 s")
+            .expect("the directory lives");
+        let snap = dir.snapshot("ghost");
+        assert!(snap.all().is_empty());
+        assert!(!snap.is_stale());
+        let c = dns.counts();
+        assert_eq!((c.answers, c.empty_answers, c.errors), (1, 1, 0), "{c:?}");
+    }
+
     #[test]
     fn bad_configurations_are_refused_with_a_reason() {
         let dir = Directory::new();
