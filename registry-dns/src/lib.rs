@@ -760,7 +760,8 @@ impl Follower {
         let mut ips = Vec::new();
         let mut ttl: Option<u32> = None;
         for r in additionals {
-            if !r.name.eq_case(target) && r.name.to_lowercase() != target.to_lowercase() {
+            // Names compare without regard to case.
+            if r.name != *target {
                 continue;
             }
             let ip = match &r.data {
