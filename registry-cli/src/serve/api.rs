@@ -57,7 +57,11 @@ pub(crate) fn service_json(s: &ServiceSnapshot) -> Value {
     let list: Vec<Value> = s
         .all()
         .values()
-        .map(|i| instance_json(i, s.is_hidden(&i.id)))
+        .map(|i| {
+            let mut v = instance_json(i, s.is_hidden(&i.id));
+            v["source"] = json!(s.source_of(&i.id));
+            v
+        })
         .collect();
     v["instances"] = json!(list);
     v
@@ -115,6 +119,7 @@ pub(crate) async fn instance(
         .get(&id)
         .ok_or_else(|| ApiError::not_found(format!("no instance {id} of service {service}")))?;
     let mut v = instance_json(inst, snap.is_hidden(&id));
+    v["source"] = json!(snap.source_of(&id));
     v["stale"] = json!(snap.is_stale());
     v["stale_since"] = json!(snap.stale_since().map(rfc3339));
     v["revision"] = json!(snap.revision());
