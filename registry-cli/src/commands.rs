@@ -289,6 +289,7 @@ pub(crate) async fn list(ctx: &Context, a: ListArgs) -> Result<()> {
                 (_, true) => yellow("unreachable"),
                 (InstanceState::Online, _) => green("online"),
                 (InstanceState::Offline, _) => yellow("offline"),
+                (other, _) => yellow(other.as_str()),
             };
             vec![
                 clean(&i.service),
@@ -423,6 +424,8 @@ impl Routable {
                 }
                 self.held = next;
             }
+            // A kind of feed event this tool does not know: nothing to show.
+            _ => {}
         }
         out
     }

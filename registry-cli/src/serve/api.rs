@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use registry::engine::{Instance, InstanceState, ServiceSnapshot, validate_id, validate_service};
+use registry::engine::{Instance, ServiceSnapshot, validate_id, validate_service};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -16,10 +16,7 @@ pub(crate) const MAX_OWNERS: usize = 64;
 
 /// The state name of an instance: `online` or `offline`.
 pub(crate) fn state_name(i: &Instance) -> &'static str {
-    match i.state {
-        InstanceState::Online => "online",
-        InstanceState::Offline => "offline",
-    }
+    i.state.as_str()
 }
 
 /// One instance as the API shows it.

@@ -150,6 +150,7 @@ fn to_sse(
                 ResyncReason::Start => "start",
                 ResyncReason::Lagged { .. } => "lagged",
                 ResyncReason::Unknown { .. } => "unknown_seq",
+                _ => "resync",
             };
             let services: Vec<Value> = r
                 .services
@@ -160,6 +161,8 @@ fn to_sse(
             let data = json!({ "seq": r.seq, "reason": reason, "services": services });
             ("resync", data)
         }
+        // A kind of event this server does not know yet: not streamed.
+        _ => return None,
     };
     Some(Event::default().event(name).id(id).data(data.to_string()))
 }

@@ -25,6 +25,7 @@ use crate::watch::{Event, EventKind, KeyValue};
 
 /// What a discovery covers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Scope {
     /// One service.
     Service(String),

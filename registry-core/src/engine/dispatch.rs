@@ -17,6 +17,7 @@ use super::instance::Instance;
 
 /// Why a dispatched call did not produce a response.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum DispatchError<E> {
     /// No online instance of the service (Dispatch's `service_unavailable`).
     ServiceUnavailable {

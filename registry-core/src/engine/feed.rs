@@ -32,6 +32,7 @@ const READ_BATCH: usize = 256;
 
 /// One change to one service of a [`Directory`], as journalled when the directory published it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DirectoryChange {
     /// Position in the directory's feed: starts at 1 and increases by one per change, across all
     /// services. The changes of one publication have consecutive numbers. Pass the last one seen
@@ -62,6 +63,7 @@ impl DirectoryChange {
 /// by a failing probe, is an [`Update`](ChangeKind::Update). An instance is routed on (it is in
 /// [`Directory::get`]) when [`ChangeKind::routable`] says so.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ChangeKind {
     /// An instance was listed for the first time (or again after it left).
     Insert {
@@ -128,6 +130,7 @@ impl ChangeKind {
 
 /// What an [`AllChanges`] stream yields.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum DirectoryEvent {
     /// The next change, in sequence.
     Change(DirectoryChange),
@@ -150,6 +153,7 @@ impl DirectoryEvent {
 /// A full view of the directory as of a sequence number: every change numbered up to `seq` is in
 /// it, none after. The stream continues with change `seq + 1`.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct Resync {
     /// The sequence number of the last change reflected in `services` (0 if none yet).
     pub seq: u64,
@@ -196,6 +200,7 @@ impl Resync {
 
 /// Why an [`AllChanges`] stream yields a [`Resync`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ResyncReason {
     /// The stream starts ([`Directory::all_changes`]): the current state.
     Start,

@@ -33,6 +33,7 @@ pub const MAX_WEIGHT: u32 = 10_000;
 /// Whether an instance takes routed work.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum InstanceState {
     /// Listed and routed to.
     #[default]
@@ -40,6 +41,16 @@ pub enum InstanceState {
     /// Still listed (visible in [`Directory::all`](crate::engine::Directory::all)), but out of
     /// [`Directory::get`](crate::engine::Directory::get) and of routing.
     Offline,
+}
+
+impl InstanceState {
+    /// The state as written in instance documents: `online` or `offline`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            InstanceState::Online => "online",
+            InstanceState::Offline => "offline",
+        }
+    }
 }
 
 /// One registered instance of a service.

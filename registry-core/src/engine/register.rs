@@ -34,6 +34,7 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// Where a registration stands. Watch it with [`Registration::watch_state`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum RegistrationState {
     /// Not yet written (waiting for the delay, or the first write is being retried).
     Registering {
