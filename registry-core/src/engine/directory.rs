@@ -491,6 +491,7 @@ impl Directory {
     ///                 println!("#{} {} {}/{id}", c.seq, kind.name(), c.service);
     ///             }
     ///         },
+    ///         _ => {} // kinds of events added later
     ///     }
     /// }
     /// # }
