@@ -34,7 +34,7 @@
 //! | `Node.Node`                              | `metadata["consul.node"]`                       |
 //! | the worst status of the entry's checks   | `metadata["consul.health"]` (`passing`, `warning`, `critical`) |
 //! | `Meta["version"]`                        | `version`                                       |
-//! | `Meta["weight"]`, else `Weights.Passing` × 100 | `weight` (capped at [`MAX_WEIGHT`])       |
+//! | `Meta["weight"]`, else `Weights.Passing` × 100 | `weight` (capped at [`MAX_WEIGHT`]; a `Meta` weight outside 1..=10000 makes the entry malformed) |
 //!
 //! [`CatalogHealth`] says which entries are shown: only those whose checks all pass (Consul's
 //! `?passing`, the default), or every one with its health as its state (passing → online, warning
@@ -156,10 +156,18 @@ impl CatalogSourceBuilder {
     /// [`Directory::source`]). Returns once every followed service has been read once or has
     /// failed to be (then it is marked stale and retried); an error the agent will keep giving
     /// (a refused token, a bad request) is returned instead.
-    pub async fn start(self, dir: &Directory, name: &str, precedence: i32) -> Result<CatalogSource> {
+    pub async fn start(
+        self,
+        dir: &Directory,
+        name: &str,
+        precedence: i32,
+    ) -> Result<CatalogSource> {
         check_duration("Consul request timeout", self.consul.request_timeout)?;
         check_duration("Consul blocking query wait", self.consul.watch_wait)?;
-        check_duration("Consul minimum poll interval", self.consul.min_poll_interval)?;
+        check_duration(
+            "Consul minimum poll interval",
+            self.consul.min_poll_interval,
+        )?;
         registry_core::config::check_max_duration("catalog back-off base", self.backoff_base)?;
         registry_core::config::check_max_duration("catalog back-off maximum", self.backoff_max)?;
         if let Follow::List(l) = &self.follow {
@@ -543,7 +551,12 @@ impl Poll {
                 let (next, reset) = next_index(prev, answered);
                 if reset {
                     Stats::bump(&stats.resets);
-                    tracing::info!(path, prev, answered, "consul catalog: the index went backwards (agent restarted or restored); taking the answer as a new listing");
+                    tracing::info!(
+                        path,
+                        prev,
+                        answered,
+                        "consul catalog: the index went backwards (agent restarted or restored); taking the answer as a new listing"
+                    );
                 }
                 self.index = next;
                 Step::Answer {
@@ -605,16 +618,17 @@ impl Supervisor {
                     if !fresh {
                         continue;
                     }
-                    let names: BTreeMap<String, serde_json::Value> =
-                        match serde_json::from_slice(&body) {
-                            Ok(n) => n,
-                            Err(e) => {
-                                // Not Consul's shape: nothing to act on; keep what is followed.
-                                Stats::bump(&self.shared.stats.errors);
-                                tracing::warn!(error = %e, "consul catalog: unreadable service list");
-                                continue;
-                            }
-                        };
+                    let names: BTreeMap<String, serde_json::Value> = match serde_json::from_slice(
+                        &body,
+                    ) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            // Not Consul's shape: nothing to act on; keep what is followed.
+                            Stats::bump(&self.shared.stats.errors);
+                            tracing::warn!(error = %e, "consul catalog: unreadable service list");
+                            continue;
+                        }
+                    };
                     let firsts = self.apply(names).await;
                     if let Some(tx) = self.first.take() {
                         let _ = tx.send(first_outcomes(firsts).await);
@@ -734,7 +748,11 @@ impl Worker {
                                     stale = true;
                                     self.shared.handle.set_stale(&self.service, true);
                                 }
+                                if let Some(tx) = self.first.take() {
+                                    let _ = tx.send(Ok(()));
+                                }
                                 tokio::time::sleep(poll.backoff.next_delay()).await;
+                                continue;
                             }
                         }
                     }
@@ -753,98 +771,121 @@ impl Worker {
     /// The instances an answer shows, or `None` when it is not a JSON array at all. Entries that
     /// cannot be used are skipped, logged once and counted.
     fn decode(&mut self, body: &[u8]) -> Option<BTreeMap<String, Instance>> {
-        let entries: Vec<serde_json::Value> = match serde_json::from_slice(body) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(service = %self.service, error = %e, "consul catalog: the health listing is not a JSON array");
-                return None;
-            }
-        };
-        let mut out = BTreeMap::new();
-        let mut seen = HashSet::new();
-        let mut entries: Vec<(usize, serde_json::Value)> = entries.into_iter().enumerate().collect();
-        // The same id on two nodes: the first node (by name) wins, whatever the answer's order.
-        entries.sort_by_cached_key(|(i, v)| {
-            (
-                v.pointer("/Node/Node")
-                    .and_then(|n| n.as_str())
-                    .map(str::to_owned),
-                *i,
-            )
-        });
-        for (i, raw) in entries {
-            let label = raw
-                .pointer("/Service/ID")
-                .and_then(|v| v.as_str())
-                .map_or_else(|| format!("entry #{i}"), str::to_owned);
-            let made = serde_json::from_value::<HealthEntry>(raw)
-                .map_err(|e| format!("does not decode: {e}"))
-                .and_then(|entry| self.instance(entry));
-            let why = match made {
-                Ok(Some(inst)) => {
-                    if out.contains_key(&inst.id) {
-                        Some("another node registers the same id".to_owned())
-                    } else {
-                        out.insert(inst.id.clone(), inst);
-                        None
-                    }
-                }
-                Ok(None) => None,
-                Err(why) => Some(why),
-            };
-            if let Some(why) = why {
-                Stats::bump(&self.shared.stats.skipped);
-                let key = (label, why);
-                if !self.logged.contains(&key) {
-                    tracing::warn!(service = %self.service, id = %key.0, why = %key.1, "consul catalog: skipping an entry");
-                }
-                seen.insert(key);
-            }
-        }
-        self.logged = seen;
+        let (out, skipped) = decode(&self.service, self.shared.health, body, &mut self.logged)?;
+        self.shared
+            .stats
+            .skipped
+            .fetch_add(skipped, Ordering::Relaxed);
         Some(out)
     }
+}
 
-    /// The instance an entry shows (`None` when its health hides it), or why it cannot be used.
-    fn instance(&self, e: HealthEntry) -> std::result::Result<Option<Instance>, String> {
-        let s = e.service;
-        if s.service != self.service {
-            return Err(format!("belongs to service {:?}", s.service));
+/// The instances an answer shows and how many entries were skipped, or `None` when the answer is
+/// not a JSON array at all. Entries that cannot be used are logged once (`logged` remembers
+/// them).
+fn decode(
+    service: &str,
+    health: CatalogHealth,
+    body: &[u8],
+    logged: &mut HashSet<(String, String)>,
+) -> Option<(BTreeMap<String, Instance>, u64)> {
+    let entries: Vec<serde_json::Value> = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(service, error = %e, "consul catalog: the health listing is not a JSON array");
+            return None;
         }
-        validate_id(&s.id).map_err(|e| e.message().to_owned())?;
-        let health = e
-            .checks
-            .iter()
-            .map(|c| Health::of(&c.status))
-            .max()
-            .unwrap_or(Health::Passing);
-        if health != Health::Passing && self.shared.health == CatalogHealth::Passing {
-            return Ok(None);
-        }
-        let host = if s.address.is_empty() {
-            e.node.address.as_str()
-        } else {
-            s.address.as_str()
+    };
+    let mut out = BTreeMap::new();
+    let mut skipped = 0;
+    let mut seen = HashSet::new();
+    let mut entries: Vec<(usize, serde_json::Value)> = entries.into_iter().enumerate().collect();
+    // The same id on two nodes: the first node (by name) wins, whatever the answer's order.
+    entries.sort_by_cached_key(|(i, v)| {
+        (
+            v.pointer("/Node/Node")
+                .and_then(|n| n.as_str())
+                .map(str::to_owned),
+            *i,
+        )
+    });
+    for (i, raw) in entries {
+        let label = raw
+            .pointer("/Service/ID")
+            .and_then(|v| v.as_str())
+            .map_or_else(|| format!("entry #{i}"), str::to_owned);
+        let made = serde_json::from_value::<HealthEntry>(raw)
+            .map_err(|e| format!("does not decode: {e}"))
+            .and_then(|entry| instance(service, health, entry));
+        let why = match made {
+            Ok(Some(inst)) => {
+                if out.contains_key(&inst.id) {
+                    Some("another node registers the same id".to_owned())
+                } else {
+                    out.insert(inst.id.clone(), inst);
+                    None
+                }
+            }
+            Ok(None) => None,
+            Err(why) => Some(why),
         };
-        if host.is_empty() {
-            return Err("no address (neither the service's nor its node's)".to_owned());
+        if let Some(why) = why {
+            skipped += 1;
+            let key = (label, why);
+            if !logged.contains(&key) {
+                tracing::warn!(service, id = %key.0, why = %key.1, "consul catalog: skipping an entry");
+            }
+            seen.insert(key);
         }
-        let port = match s.port {
-            Some(p) if p > 0 => p,
-            _ => return Err("no port".to_owned()),
-        };
-        let addr = if host.contains(':') && !host.starts_with('[') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
-        let mut inst = Instance::new(s.service, s.id).addr(addr);
-        let meta = s.meta.unwrap_or_default();
-        if let Some(v) = meta.get("version").filter(|v| !v.is_empty()) {
-            inst = inst.version(v.clone());
-        }
-        let from_weights = s
-            .weights
+    }
+    *logged = seen;
+    Some((out, skipped))
+}
+
+/// The instance an entry shows (`None` when its health hides it), or why it cannot be used.
+fn instance(
+    service: &str,
+    mode: CatalogHealth,
+    e: HealthEntry,
+) -> std::result::Result<Option<Instance>, String> {
+    let s = e.service;
+    if s.service != service {
+        return Err(format!("belongs to service {:?}", s.service));
+    }
+    validate_id(&s.id).map_err(|e| e.message().to_owned())?;
+    let health = e
+        .checks
+        .iter()
+        .map(|c| Health::of(&c.status))
+        .max()
+        .unwrap_or(Health::Passing);
+    if health != Health::Passing && mode == CatalogHealth::Passing {
+        return Ok(None);
+    }
+    let host = if s.address.is_empty() {
+        e.node.address.as_str()
+    } else {
+        s.address.as_str()
+    };
+    if host.is_empty() {
+        return Err("no address (neither the service's nor its node's)".to_owned());
+    }
+    let port = match s.port {
+        Some(p) if p > 0 => p,
+        _ => return Err("no port".to_owned()),
+    };
+    let addr = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let mut inst = Instance::new(s.service, s.id).addr(addr);
+    let meta = s.meta.unwrap_or_default();
+    if let Some(v) = meta.get("version").filter(|v| !v.is_empty()) {
+        inst = inst.version(v.clone());
+    }
+    let from_weights =
+        s.weights
             .map(|w| w.passing)
             .filter(|w| *w > 0)
             .map_or(DEFAULT_WEIGHT, |w| {
@@ -853,29 +894,28 @@ impl Worker {
                     .saturating_mul(DEFAULT_WEIGHT)
                     .min(MAX_WEIGHT)
             });
-        inst.weight = match meta.get("weight") {
-            Some(w) => match w.parse::<u32>() {
-                Ok(w) if (1..=MAX_WEIGHT).contains(&w) => w,
-                _ => return Err(format!("Meta weight {w:?} is not in 1..={MAX_WEIGHT}")),
-            },
-            None => from_weights,
-        };
-        for t in s.tags.unwrap_or_default() {
-            inst.metadata.insert(format!("tag.{t}"), String::new());
-        }
-        inst.metadata.extend(meta);
-        inst.metadata
-            .insert("consul.node".to_owned(), e.node.node.clone());
-        inst.metadata
-            .insert("consul.health".to_owned(), health.as_str().to_owned());
-        inst.state = if health == Health::Passing {
-            InstanceState::Online
-        } else {
-            InstanceState::Offline
-        };
-        inst.validate().map_err(|e| e.message().to_owned())?;
-        Ok(Some(inst))
+    inst.weight = match meta.get("weight") {
+        Some(w) => match w.parse::<u32>() {
+            Ok(w) if (1..=MAX_WEIGHT).contains(&w) => w,
+            _ => return Err(format!("Meta weight {w:?} is not in 1..={MAX_WEIGHT}")),
+        },
+        None => from_weights,
+    };
+    for t in s.tags.unwrap_or_default() {
+        inst.metadata.insert(format!("tag.{t}"), String::new());
     }
+    inst.metadata.extend(meta);
+    inst.metadata
+        .insert("consul.node".to_owned(), e.node.node.clone());
+    inst.metadata
+        .insert("consul.health".to_owned(), health.as_str().to_owned());
+    inst.state = if health == Health::Passing {
+        InstanceState::Online
+    } else {
+        InstanceState::Offline
+    };
+    inst.validate().map_err(|e| e.message().to_owned())?;
+    Ok(Some(inst))
 }
 
 /// A check's status, ordered from best to worst.
@@ -975,5 +1015,77 @@ mod tests {
             .max();
         assert_eq!(worst, Some(Health::Warning));
         assert_eq!(Health::of("maintenance"), Health::Critical);
+    }
+
+    /// One entry in the shape Consul 1.8 answers `/v1/health/service/NAME` with.
+    fn entry(node: &str, id: &str, port: u16, statuses: &[&str]) -> serde_json::Value {
+        serde_json::json!({
+            "Node": {"Node": node, "Address": "127.0.0.1", "Datacenter": "dc1"},
+            "Service": {
+                "ID": id, "Service": "web", "Tags": ["blue"], "Address": "", "Port": port,
+                "Meta": {"version": "1.2.3"}, "Weights": {"Passing": 2, "Warning": 1}
+            },
+            "Checks": statuses.iter().map(|s| serde_json::json!({"CheckID": "c", "Status": s}))
+                .collect::<Vec<_>>(),
+        })
+    }
+
+    #[test]
+    fn entries_decode_and_malformed_ones_are_skipped_and_logged_once() {
+        let body = serde_json::to_vec(&serde_json::json!([
+            entry("n1", "ok", 80, &["passing", "passing"]),
+            entry("n1", "failing", 81, &["passing", "critical"]),
+            entry("n1", "warn", 82, &["warning"]),
+            entry("n1", "bad id", 83, &[]),
+            entry("n1", "no-port", 0, &[]),
+            entry("n2", "ok", 84, &[]),
+            {"Node": {"Node": "n1"}, "Service": {"ID": 5}},
+            "not an object",
+        ]))
+        .unwrap();
+        let mut logged = HashSet::new();
+        let (shown, skipped) = decode("web", CatalogHealth::Passing, &body, &mut logged).unwrap();
+        assert_eq!(shown.keys().collect::<Vec<_>>(), ["ok"]);
+        assert_eq!(
+            skipped, 5,
+            "bad id, no port, the duplicate id, two undecodable"
+        );
+        assert_eq!(logged.len(), 5);
+        let ok = &shown["ok"];
+        assert_eq!(
+            ok.addrs,
+            ["127.0.0.1:80"],
+            "the node's address, from node n1 (first by name)"
+        );
+        assert_eq!(ok.version.as_deref(), Some("1.2.3"));
+        assert_eq!(ok.weight, 200, "Weights.Passing 2");
+        assert_eq!(ok.metadata["tag.blue"], "");
+        assert_eq!(ok.metadata["consul.node"], "n1");
+        assert_eq!(ok.metadata["consul.health"], "passing");
+
+        let (all, _) = decode("web", CatalogHealth::AllWithState, &body, &mut logged).unwrap();
+        assert_eq!(all.keys().collect::<Vec<_>>(), ["failing", "ok", "warn"]);
+        assert_eq!(all["failing"].state, InstanceState::Offline);
+        assert_eq!(all["warn"].metadata["consul.health"], "warning");
+        assert!(all["ok"].is_online());
+
+        assert!(decode("web", CatalogHealth::Passing, b"{not json", &mut logged).is_none());
+        let weighted = serde_json::json!([{
+            "Node": {"Node": "n", "Address": "::1"},
+            "Service": {"ID": "v6", "Service": "web", "Port": 9, "Meta": {"weight": "7"}}
+        }, {
+            "Node": {"Node": "n", "Address": "::1"},
+            "Service": {"ID": "heavy", "Service": "web", "Port": 9, "Meta": {"weight": "0"}}
+        }]);
+        let (v6, skipped) = decode(
+            "web",
+            CatalogHealth::Passing,
+            &serde_json::to_vec(&weighted).unwrap(),
+            &mut logged,
+        )
+        .unwrap();
+        assert_eq!(v6["v6"].addrs, ["[::1]:9"]);
+        assert_eq!(v6["v6"].weight, 7);
+        assert_eq!(skipped, 1, "a Meta weight of 0");
     }
 }
