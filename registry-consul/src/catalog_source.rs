@@ -1,49 +1,6 @@
 //! [`CatalogSource`]: services that anyone registered in Consul's catalog (go-micro, Kratos, Spring
 //! Cloud Consul, Nomad, `consul services register`), followed through blocking queries and
 //! published into a [`Directory`] beside our own instances.
-//!
-//! One long-poll per followed service on `/v1/health/service/NAME?index=I&wait=W`, and, when every
-//! service is followed, one more on `/v1/catalog/services` to learn which services exist. The same
-//! guarantees as a [`Discovery`](registry_core::engine::Discovery) of our own backend:
-//!
-//! - **Resume by index.** Each query carries the last `X-Consul-Index`; an answer with the same
-//!   index (the wait ran out, or something unrelated changed) changes nothing. Queries of one
-//!   service are at least the backend's minimum poll interval apart (Consul asks clients to rate
-//!   limit blocking queries).
-//! - **An index that goes backwards** (the agent restarted without its data, a snapshot restored)
-//!   is Consul's documented reset: the answer is taken as a fresh listing, published whatever its
-//!   index, and followed from there. An index of 0 is used as 1.
-//! - **Back-off.** After an error the source waits (jittered, exponential, 100 ms to 5 s by
-//!   default) and asks again without blocking, so the view is fresh as soon as the agent answers.
-//! - **Stale, not empty.** While a service cannot be read its instances stay as last published and
-//!   its view is marked stale; the next good answer makes it fresh.
-//! - **Malformed entries are skipped, logged once and counted**: an entry that does not decode, an
-//!   id or a service name our validation refuses, an entry without a port or an address, an id
-//!   that a second node also uses. The others are shown.
-//! - **A service that leaves the catalog is published empty.**
-//!
-//! How an entry becomes an [`Instance`]:
-//!
-//! | Consul                                   | Instance                                        |
-//! |------------------------------------------|-------------------------------------------------|
-//! | `Service.ID`                             | `id`                                            |
-//! | `Service.Service`                        | `service`                                       |
-//! | `Service.Address` (else `Node.Address`) and `Service.Port` | `addrs`, one `host:port` (`[v6]:port`) |
-//! | `Service.Meta`                           | `metadata`, as is                               |
-//! | each tag `T` in `Service.Tags`           | `metadata["tag.T"] = ""`                        |
-//! | `Node.Node`                              | `metadata["consul.node"]`                       |
-//! | the worst status of the entry's checks   | `metadata["consul.health"]` (`passing`, `warning`, `critical`) |
-//! | `Meta["version"]`                        | `version`                                       |
-//! | `Meta["weight"]`, else `Weights.Passing` × 100 | `weight` (capped at [`MAX_WEIGHT`]; a `Meta` weight outside 1..=10000 makes the entry malformed) |
-//!
-//! [`CatalogHealth`] says which entries are shown: only those whose checks all pass (Consul's
-//! `?passing`, the default), or every one with its health as its state (passing → online, warning
-//! or critical → offline, listed but not routed).
-//!
-//! The ACL token, TLS, datacenter and Consul namespace are the [`ConsulBuilder`]'s; the token
-//! travels in the `X-Consul-Token` header and is never printed. Consul 1.8 filters what a token
-//! may not read out of catalog answers instead of refusing them: a token without `service:read`
-//! sees those services as empty.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
@@ -231,9 +188,56 @@ impl CatalogSourceBuilder {
 }
 
 /// Follows services in Consul's catalog, registered by anyone, and publishes them into a
-/// [`Directory`] as a source of its own. See the [module](self) for the guarantees and for how an
-/// entry becomes an [`Instance`]. Dropping it stops following (what it published stays, like a
-/// dropped [`Discovery`](registry_core::engine::Discovery)'s view).
+/// [`Directory`] as a source of its own (see [`Directory::source`]: its name marks where each
+/// instance comes from, its precedence settles an id that two sources list). Dropping it stops
+/// following; what it published stays, like a dropped
+/// [`Discovery`](registry_core::engine::Discovery)'s view.
+///
+/// One long-poll per followed service on `/v1/health/service/NAME?index=I&wait=W`, and, when every
+/// service is followed, one more on `/v1/catalog/services` to learn which services exist. The same
+/// guarantees as a [`Discovery`](registry_core::engine::Discovery) of our own backend:
+///
+/// - **Resume by index.** Each query carries the last `X-Consul-Index`; an answer with the same
+///   index (the wait ran out, or something unrelated changed) changes nothing. Queries of one
+///   service are at least the backend's minimum poll interval apart (Consul asks clients to rate
+///   limit blocking queries).
+/// - **An index that goes backwards** (the agent restarted without its data, a snapshot restored)
+///   is Consul's documented reset: the answer is taken as a fresh listing, published whatever its
+///   index, and followed from there. An index of 0 is used as 1.
+/// - **Back-off.** After an error the source waits (jittered, exponential, 100 ms to 5 s by
+///   default) and asks again without blocking, so the view is fresh as soon as the agent answers.
+/// - **Stale, not empty.** While a service cannot be read its instances stay as last published and
+///   its view is marked stale; the next good answer makes it fresh. An agent that stops answering
+///   in the middle of a blocking query is noticed when that query's deadline passes: the wait
+///   (the builder's [`watch_wait`](ConsulBuilder::watch_wait)), plus 1/16 of it (Consul's jitter),
+///   plus the request timeout.
+/// - **Malformed entries are skipped, logged once and counted**: an entry that does not decode, an
+///   id or a service name our validation refuses, an entry without a port or an address, an id
+///   that a second node also uses. The others are shown.
+/// - **A service that leaves the catalog is published empty.**
+///
+/// How an entry becomes an [`Instance`]:
+///
+/// | Consul                                   | Instance                                        |
+/// |------------------------------------------|-------------------------------------------------|
+/// | `Service.ID`                             | `id`                                            |
+/// | `Service.Service`                        | `service`                                       |
+/// | `Service.Address` (else `Node.Address`) and `Service.Port` | `addrs`, one `host:port` (`[v6]:port`) |
+/// | `Service.Meta`                           | `metadata`, as is                               |
+/// | each tag `T` in `Service.Tags`           | `metadata["tag.T"] = ""`                        |
+/// | `Node.Node`                              | `metadata["consul.node"]`                       |
+/// | the worst status of the entry's checks   | `metadata["consul.health"]` (`passing`, `warning`, `critical`) |
+/// | `Meta["version"]`                        | `version`                                       |
+/// | `Meta["weight"]`, else `Weights.Passing` × 100 | `weight` (capped at [`MAX_WEIGHT`]; a `Meta` weight outside 1..=10000 makes the entry malformed) |
+///
+/// [`CatalogHealth`] says which entries are shown: only those whose checks all pass (Consul's
+/// `?passing`, the default), or every one with its health as its state (passing → online, warning
+/// or critical → offline, listed but not routed).
+///
+/// The ACL token, TLS, datacenter and Consul namespace are the [`ConsulBuilder`]'s; the token
+/// travels in the `X-Consul-Token` header and is never printed. Consul 1.8 filters what a token
+/// may not read out of catalog answers instead of refusing them: a token without `service:read`
+/// sees those services as empty.
 ///
 /// ```no_run
 /// # async fn demo() -> registry_core::Result<()> {
@@ -246,11 +250,10 @@ impl CatalogSourceBuilder {
 ///     .health(CatalogHealth::Passing)
 ///     .start(&dir, "consul-catalog", -10)
 ///     .await?;
-/// let owner = dir.find("billing", "customer-42");
-/// assert_eq!(
-///     owner.map(|i| dir.snapshot("billing").source_of(&i.id).map(str::to_owned)),
-///     owner.map(|_| Some("consul-catalog".to_owned())),
-/// );
+/// // Routed like any instance; marked with where it comes from.
+/// if let Some(owner) = dir.find("billing", "customer-42") {
+///     assert_eq!(dir.snapshot("billing").source_of(&owner.id), Some("consul-catalog"));
+/// }
 /// println!("{:?}", catalog.counts());
 /// # Ok(()) }
 /// ```

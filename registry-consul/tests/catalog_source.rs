@@ -734,12 +734,7 @@ async fn our_kv_registrations_and_catalog_services_share_one_directory() {
         owners.insert(dir.find(&service, format!("k{k}")).unwrap().id.clone());
     }
     assert_eq!(owners.len(), 2, "{owners:?}");
-    put(
-        &ep,
-        &format!("/v1/agent/service/deregister/cat-1"),
-        json!(null),
-    )
-    .await;
+    put(&ep, "/v1/agent/service/deregister/cat-1", json!(null)).await;
     until(dir, &service, Duration::from_secs(5), "ours only", |s| {
         online(s) == ["kv-1"]
     })
