@@ -670,8 +670,8 @@ impl Supervisor {
         for s in gone {
             self.workers.stop(&self.shared, &s).await;
             tracing::info!(service = %s, "consul catalog: the service left the catalog");
-            self.shared.handle.publish(&s, [], 0);
             Stats::bump(&self.shared.stats.publications);
+            self.shared.handle.publish(&s, [], 0);
         }
         let mut firsts = Vec::new();
         for s in wanted {
@@ -732,12 +732,13 @@ impl Worker {
                             Some(next) => {
                                 if last.as_ref() != Some(&next) || reset {
                                     let rev = if reset { 0 } else { index };
+                                    // Counted first: whoever sees the publication sees it counted.
+                                    Stats::bump(&self.shared.stats.publications);
                                     self.shared.handle.publish(
                                         &self.service,
                                         next.values().cloned(),
                                         rev,
                                     );
-                                    Stats::bump(&self.shared.stats.publications);
                                     stale = false;
                                     last = Some(next);
                                 }

@@ -400,6 +400,7 @@ async fn blocking_queries_resume_by_index_and_never_miss_the_final_state() {
     )
     .await;
     let busy = src.counts();
+    let reached = dir.snapshot("churn");
     assert_eq!(busy.lists, 1, "{busy:?}");
     assert_eq!(busy.errors, 0, "{busy:?}");
     assert!(busy.queries >= 5, "followed mid-churn: {busy:?}");
@@ -416,7 +417,13 @@ async fn blocking_queries_resume_by_index_and_never_miss_the_final_state() {
         asked <= 4,
         "{asked} queries in {idle:?} with a {wait:?} wait: not blocking on the index ({quiet:?})"
     );
-    assert_eq!(quiet.publications, busy.publications, "nothing changed");
+    assert_eq!(
+        quiet.publications,
+        busy.publications,
+        "nothing changed: {:?} -> {:?}",
+        reached.all(),
+        dir.snapshot("churn").all()
+    );
     eprintln!("figure: {CHANGES} changes followed with {busy:?}; idle {idle:?}: {asked} queries");
 }
 
@@ -561,7 +568,19 @@ async fn an_index_that_goes_backwards_re_lists() {
     assert!(n.resets >= 1, "{n:?}");
     assert_eq!(n.errors, 0, "a restore is no error: {n:?}");
 
-    // A restart without data: the index starts again near 0.
+    // A restart without data: the index starts again near 0. First move this service's index
+    // well past where a fresh agent's will be once it has e3.
+    for i in 0..30 {
+        let mut e = ext("e1", 81);
+        e["Service"]["Meta"] = json!({"gen": i.to_string()});
+        put(&ep, "/v1/catalog/register", e).await;
+    }
+    until(&dir, "ext", Duration::from_secs(5), "the last e1", |s| {
+        s.all()
+            .get("e1")
+            .is_some_and(|i| i.metadata.get("gen").map(String::as_str) == Some("29"))
+    })
+    .await;
     c.container.stop().await.expect("stop consul");
     until(
         &dir,
