@@ -133,6 +133,26 @@ impl CatalogSourceBuilder {
             }
         }
         let http = self.consul.http()?;
+        // A refused token or request is the caller's to see before the source takes its name in
+        // the directory (a name stays taken). An agent that does not answer is not: the source
+        // starts, and its views are stale until the agent answers.
+        if let Err(e) = http
+            .call(
+                Method::GET,
+                "/v1/catalog/services",
+                "",
+                None,
+                self.consul.request_timeout,
+            )
+            .await
+        {
+            if is_permanent(&e) {
+                return Err(e.context(format!(
+                    "cannot follow Consul's catalog at {}",
+                    http.address
+                )));
+            }
+        }
         let handle = dir.source(name, precedence)?;
         let shared = Arc::new(Shared {
             http,

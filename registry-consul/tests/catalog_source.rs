@@ -735,7 +735,7 @@ async fn our_kv_registrations_and_catalog_services_share_one_directory() {
         .unwrap();
     let discovery = registry.discover(&service).await.unwrap();
     let dir = discovery.directory();
-    let _catalog = CatalogSource::builder(consul(&ep, Duration::from_secs(5)))
+    let catalog = CatalogSource::builder(consul(&ep, Duration::from_secs(5)))
         .service(service.as_str())
         .start(dir, SOURCE, -10)
         .await
@@ -758,6 +758,16 @@ async fn our_kv_registrations_and_catalog_services_share_one_directory() {
         online(s) == ["kv-1"]
     })
     .await;
+    // Dropped: the source stops following (what it published stays: here, nothing).
+    drop(catalog);
+    agent_register(&ep, &service, "cat-2", 80, json!({})).await;
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        online(&dir.snapshot(&service)),
+        ["kv-1"],
+        "no longer followed"
+    );
+    put(&ep, "/v1/agent/service/deregister/cat-2", json!(null)).await;
 }
 
 /// The ACL token is sent (the source reads what the token may read) and never printed. Consul
@@ -799,6 +809,16 @@ async fn the_acl_token_is_used_and_never_printed() {
     .await
     .expect("the agent bootstraps its ACLs");
     let dir = Directory::new();
+    // A token the agent does not know is refused at start, and the name stays free.
+    let e = CatalogSource::builder(
+        consul(&ep, Duration::from_secs(2)).token("00000000-1111-2222-3333-444444444444"),
+    )
+    .service("secured")
+    .start(&dir, SOURCE, -10)
+    .await
+    .unwrap_err();
+    assert_eq!(e.kind(), registry_core::ErrorKind::PermissionDenied, "{e}");
+    assert!(!e.to_string().contains(ROOT), "{e}");
     let src = CatalogSource::builder(consul(&ep, Duration::from_secs(2)).token(ROOT))
         .service("secured")
         .start(&dir, SOURCE, -10)
