@@ -838,3 +838,50 @@ async fn the_acl_token_is_used_and_never_printed() {
         .unwrap();
     assert!(anon_dir.snapshot("secured").all().is_empty());
 }
+
+/// How fast a catalog change reaches the directory: instances registered one by one through the
+/// agent API, each timed from the API's answer to its appearance in the directory, then each
+/// deregistration to its departure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_change_reaches_the_directory_within_milliseconds() {
+    let Some(ep) = testbed::shared_consul() else {
+        return;
+    };
+    let service = format!("lat-{}", std::process::id());
+    let dir = Directory::new();
+    let _src = CatalogSource::builder(consul(&ep, Duration::from_secs(10)))
+        .service(service.as_str())
+        .start(&dir, SOURCE, -10)
+        .await
+        .unwrap();
+    let mut took = Vec::new();
+    for i in 0..20u16 {
+        let id = format!("i{i:02}");
+        agent_register(&ep, &service, &id, 1000 + i, json!({})).await;
+        let at = Instant::now();
+        until(&dir, &service, Duration::from_secs(5), "the new one", |s| {
+            s.all().contains_key(&id)
+        })
+        .await;
+        took.push(at.elapsed());
+    }
+    for i in 0..20u16 {
+        let id = format!("i{i:02}");
+        put(
+            &ep,
+            &format!("/v1/agent/service/deregister/{id}"),
+            json!(null),
+        )
+        .await;
+        let at = Instant::now();
+        until(&dir, &service, Duration::from_secs(5), "it gone", |s| {
+            !s.all().contains_key(&id)
+        })
+        .await;
+        took.push(at.elapsed());
+    }
+    took.sort();
+    let (median, max) = (took[took.len() / 2], took[took.len() - 1]);
+    eprintln!("figure: a catalog change -> the directory: median {median:?}, max {max:?} over 40");
+    assert!(max < Duration::from_secs(1), "{took:?}");
+}
