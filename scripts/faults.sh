@@ -2,7 +2,8 @@
 # The fault suite against the real servers (fault-suite crate; see fault-suite/README.md).
 #
 #   scripts/faults.sh --short                      every fault once per backend (the tests of
-#                                                  `cargo test -p fault-suite --test short`)
+#                                                  `cargo test -p fault-suite --test short`) and
+#                                                  the catalog path (`--test catalog`)
 #   scripts/faults.sh --seed N --minutes M [--backend etcd|redis|consul]
 #                                                  random faults chained on one long-lived scene per
 #                                                  backend, seeded; prints a summary table
@@ -23,7 +24,7 @@ while [ $# -gt 0 ]; do
     --seed) mode=seeded; seed=$2; shift ;;
     --minutes) mode=seeded; minutes=$2; shift ;;
     --backend) backends="${backends:+$backends,}$2"; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "faults.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -39,7 +40,7 @@ export FAULT_REPORT="$report"
 t0=$SECONDS
 status=0
 if [ "$mode" = short ]; then
-  cargo test -p fault-suite --test short -- --test-threads "${FAULT_THREADS:-12}" || status=$?
+  cargo test -p fault-suite --test short --test catalog -- --test-threads "${FAULT_THREADS:-12}" || status=$?
   echo
   printf '%-8s %-26s %-5s %10s %5s %9s\n' backend fault result converge lost phantoms
   sort "$report" | while IFS=$'\t' read -r b f r c l p; do
