@@ -1,6 +1,10 @@
 //! `registry-bench --backend URL [--quick] [--out DIR]`: how fast, how cheap and how far the registry
 //! scales on one backend, each figure next to its baseline measured in the same run. Writes a
 //! Markdown report and a JSON file; `--quick` runs everything small, in well under a minute.
+//!
+//! `serve-load` (on a backend shared between processes, not memory://) runs the `registry serve`
+//! binary (`--registry-bin`, by default next to this one) under many SSE clients and a fixed rate of
+//! JSON requests: see `serve_load.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +19,7 @@ use serde_json::{Value, json};
 
 mod counting;
 mod raw;
+mod serve_load;
 mod stats;
 
 use counting::Counting;
@@ -25,6 +30,8 @@ struct Args {
     quick: bool,
     out: std::path::PathBuf,
     only: Option<Vec<String>>,
+    registry_bin: Option<String>,
+    serve: serve_load::Config,
 }
 
 fn args() -> Result<Args, String> {
@@ -33,6 +40,12 @@ fn args() -> Result<Args, String> {
         quick: false,
         out: "bench-results".into(),
         only: None,
+        registry_bin: None,
+        serve: serve_load::Config::new(false),
+    };
+    let number = |v: Option<String>, what: &str| -> Result<u64, String> {
+        v.and_then(|v| v.parse().ok())
+            .ok_or(format!("{what} needs a number"))
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -49,11 +62,41 @@ fn args() -> Result<Args, String> {
                         .collect(),
                 )
             }
+            "--registry-bin" => {
+                a.registry_bin = Some(it.next().ok_or("--registry-bin needs a path")?)
+            }
+            "--serve-clients" => {
+                a.serve.sse = number(it.next(), "--serve-clients")? as usize;
+                a.serve.stalled = a.serve.sse;
+            }
+            "--serve-rps" => a.serve.rps = number(it.next(), "--serve-rps")? as u32,
+            "--serve-secs" => {
+                a.serve.phase = Duration::from_secs(number(it.next(), "--serve-secs")?)
+            }
             "--help" | "-h" => {
-                return Err("usage: registry-bench [--backend URL] [--quick] [--out DIR] [--only propagation,scale,heartbeat,ring,lookup]".into());
+                return Err("usage: registry-bench [--backend URL] [--quick] [--out DIR] [--only propagation,scale,heartbeat,ring,lookup,serve-load]\n       serve-load: [--registry-bin PATH] [--serve-clients N] [--serve-rps N] [--serve-secs N]".into());
             }
             other => return Err(format!("unknown argument {other}")),
         }
+    }
+    if a.quick {
+        // Quick sizes, unless given on the command line.
+        let (full, quick) = (
+            serve_load::Config::new(false),
+            serve_load::Config::new(true),
+        );
+        if a.serve.sse == full.sse {
+            a.serve.sse = quick.sse;
+            a.serve.stalled = quick.stalled;
+        }
+        if a.serve.rps == full.rps {
+            a.serve.rps = quick.rps;
+        }
+        if a.serve.phase == full.phase {
+            a.serve.phase = quick.phase;
+        }
+        a.serve.stall_watch = quick.stall_watch;
+        a.serve.baseline_after = quick.baseline_after;
     }
     Ok(a)
 }
@@ -694,6 +737,40 @@ async fn main() {
     if want("lookup") {
         eprintln!("lookup ...");
         sections.push(("lookup", lookup(a.quick).await));
+    }
+    // Needs a backend that another process can reach: by default on every backend but memory.
+    let shared = scheme != "memory";
+    let asked = a
+        .only
+        .as_ref()
+        .is_some_and(|o| o.iter().any(|x| x == "serve-load"));
+    if asked && !shared {
+        eprintln!("serve-load needs a backend shared with the server process, not memory://");
+        std::process::exit(2);
+    }
+    if want("serve-load") && shared {
+        eprintln!("serve-load ...");
+        let bin = a.registry_bin.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("registry")))
+                .map_or("registry".into(), |p| p.display().to_string())
+        });
+        match serve_load::run(
+            &a.url,
+            backend.clone(),
+            &format!("{ns}-serve"),
+            &bin,
+            &a.serve,
+        )
+        .await
+        {
+            Ok(s) => sections.push(("serve_load", s)),
+            Err(e) => {
+                eprintln!("error: serve-load: {e}");
+                std::process::exit(3);
+            }
+        }
     }
     let mut md = vec![
         format!(
