@@ -43,6 +43,7 @@ fn args() -> Result<Args, String> {
         registry_bin: None,
         serve: serve_load::Config::new(false),
     };
+    let (mut sse, mut rps, mut secs, mut stall) = (None, None, None, None);
     let number = |v: Option<String>, what: &str| -> Result<u64, String> {
         v.and_then(|v| v.parse().ok())
             .ok_or(format!("{what} needs a number"))
@@ -65,38 +66,29 @@ fn args() -> Result<Args, String> {
             "--registry-bin" => {
                 a.registry_bin = Some(it.next().ok_or("--registry-bin needs a path")?)
             }
-            "--serve-clients" => {
-                a.serve.sse = number(it.next(), "--serve-clients")? as usize;
-                a.serve.stalled = a.serve.sse;
-            }
-            "--serve-rps" => a.serve.rps = number(it.next(), "--serve-rps")? as u32,
-            "--serve-secs" => {
-                a.serve.phase = Duration::from_secs(number(it.next(), "--serve-secs")?)
-            }
+            "--serve-clients" => sse = Some(number(it.next(), "--serve-clients")? as usize),
+            "--serve-rps" => rps = Some(number(it.next(), "--serve-rps")? as u32),
+            "--serve-secs" => secs = Some(number(it.next(), "--serve-secs")?),
+            "--serve-stall-secs" => stall = Some(number(it.next(), "--serve-stall-secs")?),
             "--help" | "-h" => {
-                return Err("usage: registry-bench [--backend URL] [--quick] [--out DIR] [--only propagation,scale,heartbeat,ring,lookup,serve-load]\n       serve-load: [--registry-bin PATH] [--serve-clients N] [--serve-rps N] [--serve-secs N]".into());
+                return Err("usage: registry-bench [--backend URL] [--quick] [--out DIR] [--only propagation,scale,heartbeat,ring,lookup,serve-load]\n       serve-load: [--registry-bin PATH] [--serve-clients N] [--serve-rps N] [--serve-secs N] [--serve-stall-secs N]".into());
             }
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    if a.quick {
-        // Quick sizes, unless given on the command line.
-        let (full, quick) = (
-            serve_load::Config::new(false),
-            serve_load::Config::new(true),
-        );
-        if a.serve.sse == full.sse {
-            a.serve.sse = quick.sse;
-            a.serve.stalled = quick.stalled;
-        }
-        if a.serve.rps == full.rps {
-            a.serve.rps = quick.rps;
-        }
-        if a.serve.phase == full.phase {
-            a.serve.phase = quick.phase;
-        }
-        a.serve.stall_watch = quick.stall_watch;
-        a.serve.baseline_after = quick.baseline_after;
+    a.serve = serve_load::Config::new(a.quick);
+    if let Some(n) = sse {
+        a.serve.sse = n;
+        a.serve.stalled = n;
+    }
+    if let Some(n) = rps {
+        a.serve.rps = n;
+    }
+    if let Some(n) = secs {
+        a.serve.phase = Duration::from_secs(n);
+    }
+    if let Some(n) = stall {
+        a.serve.stall_watch = Duration::from_secs(n);
     }
     Ok(a)
 }

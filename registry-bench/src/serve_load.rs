@@ -170,6 +170,38 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
+/// Bytes the kernel holds in the send queues of established connections from local `port` (the
+/// server's side: written by the server, not yet acknowledged by the client), and how many such
+/// connections there are (/proc/net/tcp: IPv4 loopback).
+fn send_queues(port: u16) -> (u64, u64) {
+    let Ok(s) = std::fs::read_to_string("/proc/net/tcp") else {
+        return (0, 0);
+    };
+    let (mut bytes, mut conns) = (0, 0);
+    for line in s.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(state), Some(queues)) = (f.get(1), f.get(3), f.get(4)) else {
+            continue;
+        };
+        let lport = local
+            .rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok());
+        if lport != Some(port) || *state != "01" {
+            continue;
+        }
+        if let Some(tx) = queues
+            .split(':')
+            .next()
+            .and_then(|q| u64::from_str_radix(q, 16).ok())
+        {
+            bytes += tx;
+            conns += 1;
+        }
+    }
+    (bytes, conns)
+}
+
 fn open_files_limit() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = s.lines().find(|l| l.starts_with("Max open files"))?;
@@ -681,6 +713,7 @@ pub(crate) async fn run(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_after_connect = status_bytes(pid, "VmRSS").unwrap_or(0);
     let streams_open = open_streams(&c, addr).await;
+    let (queued_connected, _) = send_queues(addr.port());
     let first_expected = changes.count();
 
     eprintln!(
@@ -754,13 +787,15 @@ pub(crate) async fn run(
             Err(_) => stall_errors += 1,
         }
     }
+    let stall_connect = t_stall.elapsed();
     let mut timeline = Vec::new();
-    let mut next_sample = Duration::ZERO;
-    while t_stall.elapsed() < cfg.stall_watch {
+    let mut next_sample = stall_connect;
+    while t_stall.elapsed() < stall_connect + cfg.stall_watch {
         if t_stall.elapsed() >= next_sample {
             let rss = status_bytes(pid, "VmRSS").unwrap_or(0);
             let open = open_streams(&c, addr).await;
-            timeline.push((t_stall.elapsed(), rss, open));
+            let (queued, _) = send_queues(addr.port());
+            timeline.push((t_stall.elapsed(), rss, open, queued));
             next_sample += if cfg.stall_watch > Duration::from_secs(10) {
                 Duration::from_secs(3)
             } else {
@@ -882,7 +917,7 @@ pub(crate) async fn run(
     ));
     md.push(String::new());
     md.push(format!(
-        "**Memory** (server VmRSS): {} with the directory loaded; {} before the SSE clients; {} with {connected} connected (**{:.1} KiB per client**); {} at the end of the load phase; {} after they disconnected; peak (VmHWM) over the whole run {}. Server CPU over the whole run: {:.1} s.",
+        "**Memory** (server VmRSS): {} with the directory loaded; {} before the SSE clients; {} with {connected} connected (**{:.1} KiB per client**); {} at the end of the load phase; {} after they disconnected; peak (VmHWM) over the whole run {}. Kernel send queues to the {connected} reading clients once connected: {} in all. Server CPU over the whole run: {:.1} s.",
         mib(rss_start),
         mib(rss_before_sse),
         mib(rss_after_connect),
@@ -890,24 +925,29 @@ pub(crate) async fn run(
         mib(load.rss_end),
         mib(rss_after_close),
         mib(hwm),
+        mib(queued_connected),
         total_cpu,
     ));
     md.push(String::new());
     md.push(format!(
-        "**Stalled clients**: {} clients open the change stream with a 2 KiB receive buffer and never read ({} could not connect). Server RSS before: {}.",
+        "**Stalled clients**: {} clients open the change stream with a 2 KiB receive buffer and never read ({} could not connect; connecting them one after another took {:.1} s; times below are from the first). Server RSS before: {}.",
         cfg.stalled,
         stall_errors,
+        stall_connect.as_secs_f64(),
         mib(rss_before_stalled)
     ));
     md.push(String::new());
-    md.push("| time | server RSS | open streams |".into());
-    md.push("|---|---|---|".into());
-    for (t, rss, open) in &timeline {
+    md.push(
+        "| time | server RSS | open streams | kernel send queues to the clients (total) |".into(),
+    );
+    md.push("|---|---|---|---|".into());
+    for (t, rss, open, queued) in &timeline {
         md.push(format!(
-            "| {:.1} s | {} | {} |",
+            "| {:.1} s | {} | {} | {} |",
             t.as_secs_f64(),
             mib(*rss),
-            open.map_or("?".into(), |n| n.to_string())
+            open.map_or("?".into(), |n| n.to_string()),
+            mib(*queued)
         ));
     }
     md.push(String::new());
@@ -937,7 +977,7 @@ pub(crate) async fn run(
         },
         "stalled": {
             "clients": cfg.stalled, "connect_errors": stall_errors, "rss_before": rss_before_stalled,
-            "timeline": timeline.iter().map(|(t, r, o)| json!({"t_s": t.as_secs_f64(), "rss": r, "open": o})).collect::<Vec<_>>(),
+            "timeline": timeline.iter().map(|(t, r, o, q)| json!({"t_s": t.as_secs_f64(), "rss": r, "open": o, "send_queues": q})).collect::<Vec<_>>(),
             "open_at_end": open_at_end,
         },
         "server_cpu_s": total_cpu,
