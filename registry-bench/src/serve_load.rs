@@ -50,6 +50,8 @@ pub(crate) struct Config {
     pub(crate) stalled: usize,
     /// How long the stalled phase is watched.
     pub(crate) stall_watch: Duration,
+    /// Waves of stalled clients, one after the other (the second shows whether memory is reused).
+    pub(crate) stall_waves: usize,
     /// Whether the baseline is measured again after the load phase.
     pub(crate) baseline_after: bool,
 }
@@ -66,6 +68,7 @@ impl Config {
                 per_service: 50,
                 stalled: 200,
                 stall_watch: Duration::from_secs(4),
+                stall_waves: 1,
                 baseline_after: false,
             }
         } else {
@@ -79,6 +82,7 @@ impl Config {
                 stalled: 1000,
                 // The server's write timeout (30 s) and room to see memory come back.
                 stall_watch: Duration::from_secs(45),
+                stall_waves: 2,
                 baseline_after: true,
             }
         }
@@ -778,34 +782,39 @@ pub(crate) async fn run(
         cfg.stalled, cfg.stall_watch
     );
     let rss_before_stalled = status_bytes(pid, "VmRSS").unwrap_or(0);
-    let t_stall = Instant::now();
-    let mut stalled = Vec::with_capacity(cfg.stalled);
     let mut stall_errors = 0;
-    for _ in 0..cfg.stalled {
-        match stalled_client(addr).await {
-            Ok(s) => stalled.push(s),
-            Err(_) => stall_errors += 1,
-        }
-    }
-    let stall_connect = t_stall.elapsed();
+    let mut stall_connects = Vec::new();
     let mut timeline = Vec::new();
-    let mut next_sample = stall_connect;
-    while t_stall.elapsed() < stall_connect + cfg.stall_watch {
-        if t_stall.elapsed() >= next_sample {
-            let rss = status_bytes(pid, "VmRSS").unwrap_or(0);
-            let open = open_streams(&c, addr).await;
-            let (queued, _) = send_queues(addr.port());
-            timeline.push((t_stall.elapsed(), rss, open, queued));
-            next_sample += if cfg.stall_watch > Duration::from_secs(10) {
-                Duration::from_secs(3)
-            } else {
-                Duration::from_secs(1)
-            };
+    let mut open_at_end = None;
+    for wave in 1..=cfg.stall_waves {
+        let t_stall = Instant::now();
+        let mut stalled = Vec::with_capacity(cfg.stalled);
+        for _ in 0..cfg.stalled {
+            match stalled_client(addr).await {
+                Ok(s) => stalled.push(s),
+                Err(_) => stall_errors += 1,
+            }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stall_connect = t_stall.elapsed();
+        stall_connects.push(stall_connect);
+        let mut next_sample = stall_connect;
+        while t_stall.elapsed() < stall_connect + cfg.stall_watch {
+            if t_stall.elapsed() >= next_sample {
+                let rss = status_bytes(pid, "VmRSS").unwrap_or(0);
+                let open = open_streams(&c, addr).await;
+                let (queued, _) = send_queues(addr.port());
+                timeline.push((wave, t_stall.elapsed(), rss, open, queued));
+                next_sample += if cfg.stall_watch > Duration::from_secs(10) {
+                    Duration::from_secs(3)
+                } else {
+                    Duration::from_secs(1)
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        open_at_end = open_streams(&c, addr).await;
+        drop(stalled);
     }
-    let open_at_end = open_streams(&c, addr).await;
-    drop(stalled);
 
     let _ = stop_tx.send(true);
     let failed_changes = driver.await.unwrap_or(0);
@@ -930,20 +939,26 @@ pub(crate) async fn run(
     ));
     md.push(String::new());
     md.push(format!(
-        "**Stalled clients**: {} clients open the change stream with a 2 KiB receive buffer and never read ({} could not connect; connecting them one after another took {:.1} s; times below are from the first). Server RSS before: {}.",
+        "**Stalled clients**: {} waves of {} clients open the change stream with a 2 KiB receive buffer and never read ({} could not connect; connecting a wave one client after another took {} s; times below are from a wave's first connection). Server RSS before: {}.",
+        cfg.stall_waves,
         cfg.stalled,
         stall_errors,
-        stall_connect.as_secs_f64(),
+        stall_connects
+            .iter()
+            .map(|d| format!("{:.1}", d.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(" / "),
         mib(rss_before_stalled)
     ));
     md.push(String::new());
     md.push(
-        "| time | server RSS | open streams | kernel send queues to the clients (total) |".into(),
+        "| wave | time | server RSS | open streams | kernel send queues to the clients (total) |"
+            .into(),
     );
-    md.push("|---|---|---|---|".into());
-    for (t, rss, open, queued) in &timeline {
+    md.push("|---|---|---|---|---|".into());
+    for (wave, t, rss, open, queued) in &timeline {
         md.push(format!(
-            "| {:.1} s | {} | {} | {} |",
+            "| {wave} | {:.1} s | {} | {} | {} |",
             t.as_secs_f64(),
             mib(*rss),
             open.map_or("?".into(), |n| n.to_string()),
@@ -952,7 +967,7 @@ pub(crate) async fn run(
     }
     md.push(String::new());
     md.push(format!(
-        "Open streams at the end of the watch: {}. Server RSS at the end {}; graceful shutdown (SIGTERM) took {}; {failed_changes} driven changes failed.",
+        "Open streams at the end of the last watch: {}. Server RSS at the end {}; graceful shutdown (SIGTERM) took {}; {failed_changes} driven changes failed.",
         open_at_end.map_or("?".into(), |n| n.to_string()),
         mib(rss_end),
         shutdown.map_or("over 10 s (killed)".into(), ms),
@@ -977,7 +992,7 @@ pub(crate) async fn run(
         },
         "stalled": {
             "clients": cfg.stalled, "connect_errors": stall_errors, "rss_before": rss_before_stalled,
-            "timeline": timeline.iter().map(|(t, r, o, q)| json!({"t_s": t.as_secs_f64(), "rss": r, "open": o, "send_queues": q})).collect::<Vec<_>>(),
+            "timeline": timeline.iter().map(|(w, t, r, o, q)| json!({"wave": w, "t_s": t.as_secs_f64(), "rss": r, "open": o, "send_queues": q})).collect::<Vec<_>>(),
             "open_at_end": open_at_end,
         },
         "server_cpu_s": total_cpu,
