@@ -939,7 +939,7 @@ pub(crate) async fn run(
     ));
     md.push(String::new());
     md.push(format!(
-        "**Stalled clients**: {} waves of {} clients open the change stream with a 2 KiB receive buffer and never read ({} could not connect; connecting a wave one client after another took {} s; times below are from a wave's first connection). Server RSS before: {}.",
+        "**Stalled clients**: {} wave(s) of {} clients open the change stream with a 2 KiB receive buffer and never read ({} could not connect; connecting a wave one client after another took {} s; times below are from a wave's first connection). Server RSS before: {}.",
         cfg.stall_waves,
         cfg.stalled,
         stall_errors,
