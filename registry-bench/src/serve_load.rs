@@ -916,7 +916,7 @@ pub(crate) async fn run(
         connect_took.as_secs_f64(),
         streams_open.map_or("?".into(), |n| n.to_string()),
         expected as f64 / load.load.took.as_secs_f64(),
-        delivery.n.min(expected * connected),
+        (expected * connected) as u64 - missing.min((expected * connected) as u64),
         expected * connected,
         first_failure.as_ref().map_or(String::new(), |f| format!(" (first: {f})")),
         ms(delivery.p50),
