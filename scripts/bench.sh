@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs registry-bench against every backend: memory in process, etcd, Redis and Consul in containers
 # from the test bed's images (scripts/testbed.sh). Results: bench-results/bench-<backend>.{md,json}.
+# On Redis it also runs serve-load: the release `registry serve` binary, in its own process, under
+# SSE clients (1,000; 200 with --quick) and a fixed rate of JSON requests.
 #
 # Usage: scripts/bench.sh [--quick] [backend ...]     (backends: memory etcd redis consul)
 set -euo pipefail
@@ -21,8 +23,14 @@ done
 [ ${#backends[@]} -gt 0 ] || backends=(memory etcd redis consul)
 
 testbed_up
-cargo build -q --release -p registry-bench
+cargo build -q --release -p registry-bench -p registry-cli
 bench="$CARGO_TARGET_DIR/release/registry-bench"
+registry_bin="$CARGO_TARGET_DIR/release/registry"
+# serve-load holds 1,000 SSE clients and as many stalled ones (the server inherits the limit).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 4096 ]; then
+  echo "bench: only $(ulimit -n) open files allowed; serve-load needs about 2,500 (raise the hard limit)" >&2
+fi
 out="$root/bench-results"
 mkdir -p "$out"
 
@@ -59,7 +67,7 @@ for b in "${backends[@]}"; do
     redis)
       p=$(start bench-redis "$REDIS_IMAGE" 6379 redis-server --bind 0.0.0.0 --protected-mode no --save "" --appendonly no)
       wait_ready bench-redis "Ready to accept connections"
-      url="redis://127.0.0.1:$p"; only=(--only propagation,scale,heartbeat) ;;
+      url="redis://127.0.0.1:$p"; only=(--only propagation,scale,heartbeat,serve-load) ;;
     consul)
       p=$(start bench-consul "$CONSUL_IMAGE" 8500 consul agent -dev -client 0.0.0.0)
       wait_ready bench-consul "Synced node info"
@@ -67,5 +75,5 @@ for b in "${backends[@]}"; do
     *) echo "bench: unknown backend $b (memory, etcd, redis, consul)" >&2; exit 2 ;;
   esac
   echo "bench: $b ($url)" >&2
-  "$bench" --backend "$url" "${quick[@]}" "${only[@]}" --out "$out"
+  "$bench" --backend "$url" "${quick[@]}" "${only[@]}" --registry-bin "$registry_bin" --out "$out"
 done

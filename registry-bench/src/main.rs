@@ -1,6 +1,10 @@
 //! `registry-bench --backend URL [--quick] [--out DIR]`: how fast, how cheap and how far the registry
 //! scales on one backend, each figure next to its baseline measured in the same run. Writes a
 //! Markdown report and a JSON file; `--quick` runs everything small, in well under a minute.
+//!
+//! `serve-load` (on a backend shared between processes, not memory://) runs the `registry serve`
+//! binary (`--registry-bin`, by default next to this one) under many SSE clients and a fixed rate of
+//! JSON requests: see `serve_load.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +19,7 @@ use serde_json::{Value, json};
 
 mod counting;
 mod raw;
+mod serve_load;
 mod stats;
 
 use counting::Counting;
@@ -25,6 +30,8 @@ struct Args {
     quick: bool,
     out: std::path::PathBuf,
     only: Option<Vec<String>>,
+    registry_bin: Option<String>,
+    serve: serve_load::Config,
 }
 
 fn args() -> Result<Args, String> {
@@ -33,6 +40,13 @@ fn args() -> Result<Args, String> {
         quick: false,
         out: "bench-results".into(),
         only: None,
+        registry_bin: None,
+        serve: serve_load::Config::new(false),
+    };
+    let (mut sse, mut rps, mut secs, mut stall) = (None, None, None, None);
+    let number = |v: Option<String>, what: &str| -> Result<u64, String> {
+        v.and_then(|v| v.parse().ok())
+            .ok_or(format!("{what} needs a number"))
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -49,11 +63,32 @@ fn args() -> Result<Args, String> {
                         .collect(),
                 )
             }
+            "--registry-bin" => {
+                a.registry_bin = Some(it.next().ok_or("--registry-bin needs a path")?)
+            }
+            "--serve-clients" => sse = Some(number(it.next(), "--serve-clients")? as usize),
+            "--serve-rps" => rps = Some(number(it.next(), "--serve-rps")? as u32),
+            "--serve-secs" => secs = Some(number(it.next(), "--serve-secs")?),
+            "--serve-stall-secs" => stall = Some(number(it.next(), "--serve-stall-secs")?),
             "--help" | "-h" => {
-                return Err("usage: registry-bench [--backend URL] [--quick] [--out DIR] [--only propagation,scale,heartbeat,ring,lookup]".into());
+                return Err("usage: registry-bench [--backend URL] [--quick] [--out DIR] [--only propagation,scale,heartbeat,ring,lookup,serve-load]\n       serve-load: [--registry-bin PATH] [--serve-clients N] [--serve-rps N] [--serve-secs N] [--serve-stall-secs N]".into());
             }
             other => return Err(format!("unknown argument {other}")),
         }
+    }
+    a.serve = serve_load::Config::new(a.quick);
+    if let Some(n) = sse {
+        a.serve.sse = n;
+        a.serve.stalled = n;
+    }
+    if let Some(n) = rps {
+        a.serve.rps = n;
+    }
+    if let Some(n) = secs {
+        a.serve.phase = Duration::from_secs(n);
+    }
+    if let Some(n) = stall {
+        a.serve.stall_watch = Duration::from_secs(n);
     }
     Ok(a)
 }
@@ -694,6 +729,40 @@ async fn main() {
     if want("lookup") {
         eprintln!("lookup ...");
         sections.push(("lookup", lookup(a.quick).await));
+    }
+    // Needs a backend that another process can reach: by default on every backend but memory.
+    let shared = scheme != "memory";
+    let asked = a
+        .only
+        .as_ref()
+        .is_some_and(|o| o.iter().any(|x| x == "serve-load"));
+    if asked && !shared {
+        eprintln!("serve-load needs a backend shared with the server process, not memory://");
+        std::process::exit(2);
+    }
+    if want("serve-load") && shared {
+        eprintln!("serve-load ...");
+        let bin = a.registry_bin.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("registry")))
+                .map_or("registry".into(), |p| p.display().to_string())
+        });
+        match serve_load::run(
+            &a.url,
+            backend.clone(),
+            &format!("{ns}-serve"),
+            &bin,
+            &a.serve,
+        )
+        .await
+        {
+            Ok(s) => sections.push(("serve_load", s)),
+            Err(e) => {
+                eprintln!("error: serve-load: {e}");
+                std::process::exit(3);
+            }
+        }
     }
     let mut md = vec![
         format!(

@@ -6,6 +6,7 @@ use std::time::Duration;
 pub(crate) struct Summary {
     pub(crate) n: usize,
     pub(crate) p50: Duration,
+    pub(crate) p90: Duration,
     pub(crate) p99: Duration,
     pub(crate) max: Duration,
 }
@@ -16,6 +17,7 @@ pub(crate) fn summarize(mut v: Vec<Duration>) -> Summary {
     Summary {
         n: v.len(),
         p50: pick(0.5),
+        p90: pick(0.9),
         p99: pick(0.99),
         max: *v.last().unwrap_or(&Duration::ZERO),
     }
@@ -36,6 +38,7 @@ pub(crate) fn json(s: &Summary) -> serde_json::Value {
     serde_json::json!({
         "n": s.n,
         "p50_ms": s.p50.as_secs_f64() * 1000.0,
+        "p90_ms": s.p90.as_secs_f64() * 1000.0,
         "p99_ms": s.p99.as_secs_f64() * 1000.0,
         "max_ms": s.max.as_secs_f64() * 1000.0,
     })

@@ -1,6 +1,7 @@
 //! Connections that cannot hold the server up: a write that makes no progress for the write
 //! timeout fails, which closes the connection. An event-stream client that stops reading fills its
-//! socket buffers, its next write stalls, and it is dropped with everything it held.
+//! socket buffers (the server's side fixed at [`SEND_BUFFER`]), its next write stalls, and it is
+//! dropped with everything it held.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,6 +13,9 @@ use axum::serve::Listener;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
+
+/// The send buffer of each connection (SO_SNDBUF; Linux reserves twice this for bookkeeping).
+const SEND_BUFFER: usize = 64 * 1024;
 
 /// A TCP listener whose connections time out stalled writes.
 pub(crate) struct Guarded {
@@ -27,6 +31,12 @@ impl Listener for Guarded {
         // TcpListener's own accept retries on errors (and backs off when out of descriptors).
         let (stream, addr) = Listener::accept(&mut self.listener).await;
         let _ = stream.set_nodelay(true);
+        // Left alone, the kernel grows a connection's send buffer up to net.ipv4.tcp_wmem's
+        // maximum (4 MiB by default): a client that stops reading then holds that much kernel
+        // memory before any write of ours stalls, and is dropped only once it is full (at a
+        // trickle of changes, many minutes). A fixed buffer bounds what a client can hold and
+        // starts the write timeout soon.
+        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
         (
             Stalling {
                 stream,

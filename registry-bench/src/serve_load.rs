@@ -1,0 +1,1014 @@
+//! Serve load: the real `registry serve` binary, in its own process (so that its memory and CPU are
+//! its own), over a backend shared with this process, under many Server-Sent Events clients and an
+//! open-loop rate of JSON requests, while instances register and deregister at a steady pace.
+//!
+//! Phases, all in one run so that every figure has its baseline next to it:
+//!
+//! 1. **baseline**: the JSON request rate with no SSE client (changes driven all the same);
+//! 2. **load**: N SSE clients connect (each gets its `resync`), then the same JSON rate; every client
+//!    parses every event and checks it got each change once, with the delay from the change's
+//!    `register`/`deregister` call to its receipt;
+//! 3. **baseline again** (full mode): the JSON rate alone once more, to show the drift of the machine;
+//! 4. **stalled**: N clients open the change stream and never read; the server's resident memory and
+//!    open streams are sampled until the write timeout has dropped them.
+//!
+//! JSON latency is measured from each request's scheduled send time (a fixed rate, whatever the
+//! answers do), so a slow server shows as latency rather than as a lower rate.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use registry::Backend;
+use registry::engine::{Instance, Registration, RegistrationState, Registry};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::{Semaphore, watch};
+
+use crate::stats::{Summary, json as sjson, ms, summarize};
+use crate::{Section, registry as make_registry, ttl_for};
+
+/// The sizes of a run.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    /// SSE clients held open in the load phase.
+    pub(crate) sse: usize,
+    /// JSON requests per second (open loop).
+    pub(crate) rps: u32,
+    /// Length of each measured phase.
+    pub(crate) phase: Duration,
+    /// Registrations plus deregistrations per second, in every phase.
+    pub(crate) changes_per_s: u32,
+    pub(crate) services: usize,
+    pub(crate) per_service: usize,
+    /// Clients that never read, in the stalled phase.
+    pub(crate) stalled: usize,
+    /// How long the stalled phase is watched.
+    pub(crate) stall_watch: Duration,
+    /// Waves of stalled clients, one after the other (the second shows whether memory is reused).
+    pub(crate) stall_waves: usize,
+    /// Whether the baseline is measured again after the load phase.
+    pub(crate) baseline_after: bool,
+}
+
+impl Config {
+    pub(crate) fn new(quick: bool) -> Config {
+        if quick {
+            Config {
+                sse: 200,
+                rps: 200,
+                phase: Duration::from_secs(5),
+                changes_per_s: 20,
+                services: 20,
+                per_service: 50,
+                stalled: 200,
+                stall_watch: Duration::from_secs(4),
+                stall_waves: 1,
+                baseline_after: false,
+            }
+        } else {
+            Config {
+                sse: 1000,
+                rps: 1000,
+                phase: Duration::from_secs(60),
+                changes_per_s: 20,
+                services: 20,
+                per_service: 50,
+                stalled: 1000,
+                // The server's write timeout (30 s) and room to see memory come back.
+                stall_watch: Duration::from_secs(45),
+                stall_waves: 2,
+                baseline_after: true,
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server process and what /proc says about it.
+
+struct ServerProc {
+    child: tokio::process::Child,
+    pid: u32,
+    addr: SocketAddr,
+    /// Held open: the server exits quietly if its standard output is closed under it.
+    _stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+async fn start_server(bin: &str, url: &str, ns: &str) -> Result<ServerProc, String> {
+    let mut child = tokio::process::Command::new(bin)
+        .args([
+            "-b",
+            url,
+            "--namespace",
+            ns,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {bin}: {e}"))?;
+    let pid = child.id().ok_or("the server exited at once")?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .map_err(|_| "the server printed no address within 20 s".to_owned())?
+        .map_err(|e| e.to_string())?
+        .ok_or("the server exited before printing its address")?;
+    // "serving namespace NS of URL on http://127.0.0.1:PORT/ (Ctrl-C to stop)"
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no address in the server's first line: {line}"))?;
+    Ok(ServerProc {
+        child,
+        pid,
+        addr,
+        _stdout: lines,
+    })
+}
+
+impl ServerProc {
+    /// SIGTERM, then how long it took to exit (graceful shutdown), or None if it had to be killed.
+    async fn stop(mut self) -> Option<Duration> {
+        let t0 = Instant::now();
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .await;
+        match tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await {
+            Ok(_) => Some(t0.elapsed()),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                None
+            }
+        }
+    }
+}
+
+/// A field of /proc/PID/status in bytes (VmRSS, VmHWM).
+fn status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// User plus system CPU seconds of a process (/proc/PID/stat, in USER_HZ = 100 ticks per second).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// Bytes the kernel holds in the send queues of established connections from local `port` (the
+/// server's side: written by the server, not yet acknowledged by the client), and how many such
+/// connections there are (/proc/net/tcp: IPv4 loopback).
+fn send_queues(port: u16) -> (u64, u64) {
+    let Ok(s) = std::fs::read_to_string("/proc/net/tcp") else {
+        return (0, 0);
+    };
+    let (mut bytes, mut conns) = (0, 0);
+    for line in s.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(state), Some(queues)) = (f.get(1), f.get(3), f.get(4)) else {
+            continue;
+        };
+        let lport = local
+            .rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok());
+        if lport != Some(port) || *state != "01" {
+            continue;
+        }
+        if let Some(tx) = queues
+            .split(':')
+            .next()
+            .and_then(|q| u64::from_str_radix(q, 16).ok())
+        {
+            bytes += tx;
+            conns += 1;
+        }
+    }
+    (bytes, conns)
+}
+
+fn open_files_limit() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = s.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Changes: registrations and deregistrations at a steady rate, each noted with the time of the call.
+
+/// Every change the driver made: `"insert/<service>/<id>"` or `"remove/<service>/<id>"` -> its index
+/// and when the call that made it started.
+#[derive(Default)]
+struct Changes {
+    table: RwLock<HashMap<String, (u32, Instant)>>,
+    next: AtomicUsize,
+}
+
+impl Changes {
+    fn note(&self, key: String) {
+        let mut t = self.table.write().unwrap();
+        let idx = self.next.load(Ordering::SeqCst) as u32;
+        t.insert(key, (idx, Instant::now()));
+        self.next.store(idx as usize + 1, Ordering::SeqCst);
+    }
+
+    fn lookup(&self, key: &str) -> Option<(u32, Instant)> {
+        self.table.read().unwrap().get(key).copied()
+    }
+
+    fn count(&self) -> usize {
+        self.next.load(Ordering::SeqCst)
+    }
+}
+
+/// Alternates registrations of new instances (kept 10 at a time) and deregistrations of the oldest,
+/// `per_s` changes a second, until `stop`.
+async fn drive_changes(
+    reg: Registry,
+    services: usize,
+    per_s: u32,
+    changes: Arc<Changes>,
+    mut stop: watch::Receiver<bool>,
+) -> u64 {
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / per_s);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut alive: std::collections::VecDeque<(String, String, Registration)> = Default::default();
+    let (mut n, mut failed) = (0usize, 0u64);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        if alive.len() >= 10 {
+            let (svc, id, r) = alive.pop_front().unwrap();
+            changes.note(format!("remove/{svc}/{id}"));
+            if r.deregister().await.is_err() {
+                failed += 1;
+            }
+        } else {
+            let svc = format!("svc-{:02}", n % services);
+            let id = format!("churn-{n:06}");
+            n += 1;
+            changes.note(format!("insert/{svc}/{id}"));
+            let inst = Instance::new(&svc, &id)
+                .addr(format!("10.200.{}.{}:8080", n / 250 % 250, n % 250))
+                .meta("zone", "churn")
+                .version("2.0.0");
+            match reg.register(inst).await {
+                Ok(r) => alive.push_back((svc, id, r)),
+                Err(_) => failed += 1,
+            }
+        }
+    }
+    for (_, _, r) in alive {
+        let _ = r.deregister().await;
+    }
+    failed
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON requests: an open loop at a fixed rate.
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Empty<Bytes>,
+>;
+
+fn client() -> Client {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(1024)
+        .build(hyper_util::client::legacy::connect::HttpConnector::new())
+}
+
+async fn get(c: &Client, uri: &str) -> Result<(u16, Bytes), String> {
+    let resp = c
+        .get(uri.parse().map_err(|e| format!("{e}"))?)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, body))
+}
+
+const ROUTES: [&str; 3] = ["services", "service", "owners"];
+
+/// Request `k` of a run: a fifth list the services, two fifths read one service, two fifths ask a
+/// key's owners.
+fn request_path(k: u64, services: usize) -> (usize, String) {
+    let svc = format!("svc-{:02}", (k * 7) as usize % services);
+    match k % 5 {
+        0 => (0, "/v1/services".into()),
+        1 | 2 => (1, format!("/v1/services/{svc}")),
+        _ => (2, format!("/v1/services/{svc}/owners?key=user-{k}&n=2")),
+    }
+}
+
+struct LoadResult {
+    sent: u64,
+    took: Duration,
+    all: Summary,
+    by_route: Vec<Summary>,
+    errors: u64,
+    first_error: Option<String>,
+    bytes: u64,
+}
+
+async fn json_load(
+    c: &Client,
+    addr: SocketAddr,
+    rps: u32,
+    dur: Duration,
+    services: usize,
+) -> LoadResult {
+    let n = (f64::from(rps) * dur.as_secs_f64()) as u64;
+    let samples = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n as usize)));
+    let errors = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
+    // At most this many requests in flight (and as many connections): waiting for a slot counts in
+    // the latency, since it is measured from the scheduled time.
+    let slots = Arc::new(Semaphore::new(256));
+    let start = tokio::time::Instant::now() + Duration::from_millis(20);
+    let mut tasks = Vec::with_capacity(n as usize);
+    for k in 0..n {
+        let at = start + Duration::from_secs_f64(k as f64 / f64::from(rps));
+        tokio::time::sleep_until(at).await;
+        let permit = slots.clone().acquire_owned().await.expect("open semaphore");
+        let (route, path) = request_path(k, services);
+        let uri = format!("http://{addr}{path}");
+        let (c, samples, errors, bytes, first_error) = (
+            c.clone(),
+            samples.clone(),
+            errors.clone(),
+            bytes.clone(),
+            first_error.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let r = tokio::time::timeout(Duration::from_secs(10), get(&c, &uri)).await;
+            let took = at.elapsed();
+            drop(permit);
+            let failure = match r {
+                Ok(Ok((200, body))) if body.first() == Some(&b'{') => {
+                    bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+                    None
+                }
+                Ok(Ok((status, _))) => Some(format!("{path}: status {status}")),
+                Ok(Err(e)) => Some(format!("{path}: {e}")),
+                Err(_) => Some(format!("{path}: no answer within 10 s")),
+            };
+            if let Some(f) = failure {
+                errors.fetch_add(1, Ordering::Relaxed);
+                first_error.lock().unwrap().get_or_insert(f);
+            }
+            samples.lock().unwrap().push((route, took));
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let took = start.elapsed();
+    let samples = std::mem::take(&mut *samples.lock().unwrap());
+    let by_route = (0..ROUTES.len())
+        .map(|r| {
+            summarize_or_zero(
+                samples
+                    .iter()
+                    .filter(|(x, _)| *x == r)
+                    .map(|(_, d)| *d)
+                    .collect(),
+            )
+        })
+        .collect();
+    let all = summarize_or_zero(samples.into_iter().map(|(_, d)| d).collect());
+    let first_error = first_error.lock().unwrap().take();
+    LoadResult {
+        sent: n,
+        took,
+        all,
+        by_route,
+        errors: errors.load(Ordering::Relaxed),
+        first_error,
+        bytes: bytes.load(Ordering::Relaxed),
+    }
+}
+
+fn summarize_or_zero(v: Vec<Duration>) -> Summary {
+    if v.is_empty() {
+        summarize(vec![Duration::ZERO])
+    } else {
+        summarize(v)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SSE clients.
+
+#[derive(Default)]
+struct SseClientStats {
+    /// Bytes of the first (start) resync event.
+    resync_bytes: usize,
+    /// Resyncs after the first: the client lagged or was told to start over.
+    later_resyncs: u64,
+    /// (change index, microseconds from the change's call to receipt), in order of receipt.
+    got: Vec<(u32, u32)>,
+    /// Change events that match no change the driver made.
+    unknown: u64,
+    /// Event ids that did not increase.
+    out_of_order: u64,
+    /// Events other than resync, insert, remove (update, stale, fresh).
+    other: u64,
+    /// Why the stream ended before it was stopped, if it did.
+    failed: Option<String>,
+}
+
+/// Splits off the complete events (blank-line terminated) from `buf`, from `scanned` on.
+fn next_event(buf: &mut Vec<u8>, scanned: &mut usize) -> Option<Vec<u8>> {
+    let from = scanned.saturating_sub(1);
+    match buf[from..].windows(2).position(|w| w == b"\n\n") {
+        Some(p) => {
+            let end = from + p + 2;
+            let rest = buf.split_off(end);
+            let ev = std::mem::replace(buf, rest);
+            *scanned = 0;
+            Some(ev)
+        }
+        None => {
+            *scanned = buf.len();
+            None
+        }
+    }
+}
+
+async fn sse_client(
+    addr: SocketAddr,
+    changes: Arc<Changes>,
+    started: Arc<AtomicUsize>,
+    connect_slots: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) -> SseClientStats {
+    let mut st = SseClientStats::default();
+    let permit = connect_slots.acquire_owned().await.expect("open semaphore");
+    let mut body = match open_stream(addr).await {
+        Ok(b) => b,
+        Err(e) => {
+            st.failed = Some(e);
+            return st;
+        }
+    };
+    let mut permit = Some(permit);
+    let (mut buf, mut scanned, mut last_seq) = (Vec::new(), 0usize, None::<u64>);
+    loop {
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            _ = stop.changed() => break,
+        };
+        let data = match frame {
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => d,
+                Err(_) => continue,
+            },
+            Some(Err(e)) => {
+                st.failed = Some(e.to_string());
+                break;
+            }
+            None => {
+                st.failed = Some("the server ended the stream".into());
+                break;
+            }
+        };
+        let now = Instant::now();
+        buf.extend_from_slice(&data);
+        while let Some(ev) = next_event(&mut buf, &mut scanned) {
+            let (mut kind, mut id, mut payload) = ("", "", "");
+            let text = String::from_utf8_lossy(&ev);
+            for line in text.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    kind = v.trim();
+                } else if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    payload = v.trim_start();
+                }
+            }
+            if kind.is_empty() {
+                continue; // a keep-alive comment
+            }
+            if let Some(seq) = id.split_once('-').and_then(|(_, s)| s.parse::<u64>().ok()) {
+                if last_seq.is_some_and(|l| seq <= l) {
+                    st.out_of_order += 1;
+                }
+                last_seq = Some(seq);
+            }
+            match kind {
+                "resync" if permit.is_some() => {
+                    st.resync_bytes = ev.len();
+                    permit = None;
+                    started.fetch_add(1, Ordering::SeqCst);
+                }
+                "resync" => st.later_resyncs += 1,
+                "insert" | "remove" => {
+                    let v: Value = serde_json::from_str(payload).unwrap_or(Value::Null);
+                    let key = format!(
+                        "{kind}/{}/{}",
+                        v["service"].as_str().unwrap_or(""),
+                        v["id"].as_str().unwrap_or("")
+                    );
+                    match changes.lookup(&key) {
+                        Some((idx, at)) => st
+                            .got
+                            .push((idx, now.saturating_duration_since(at).as_micros() as u32)),
+                        None => st.unknown += 1,
+                    }
+                }
+                _ => st.other += 1,
+            }
+        }
+    }
+    st
+}
+
+async fn open_stream(addr: SocketAddr) -> Result<hyper::body::Incoming, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get("/v1/events")
+        .header("host", addr.to_string())
+        .header("accept", "text/event-stream")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    if resp.status() != 200 {
+        return Err(format!("status {}", resp.status()));
+    }
+    Ok(resp.into_body())
+}
+
+/// `registry_sse_clients` from the server's /metrics.
+async fn open_streams(c: &Client, addr: SocketAddr) -> Option<u64> {
+    let (_, body) = get(c, &format!("http://{addr}/metrics")).await.ok()?;
+    let text = String::from_utf8_lossy(&body);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("registry_sse_clients "))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run.
+
+struct Phase {
+    name: &'static str,
+    sse: usize,
+    load: LoadResult,
+    cpu: f64,
+    bench_cpu: f64,
+    rss_end: u64,
+}
+
+pub(crate) async fn run(
+    url: &str,
+    backend: Arc<dyn Backend>,
+    ns: &str,
+    bin: &str,
+    cfg: &Config,
+) -> Result<Section, String> {
+    let fd_limit = open_files_limit();
+    let needed = (cfg.sse.max(cfg.stalled) + 400) as u64;
+    let mut notes = Vec::new();
+    if fd_limit.is_some_and(|l| l < needed) {
+        notes.push(format!(
+            "The open-files limit ({}) is below the {needed} descriptors this run needs: raise it (`ulimit -n`); expect connection errors.",
+            fd_limit.unwrap_or(0)
+        ));
+    }
+
+    // The directory: services x instances, registered from this process through one shared lease.
+    let ttl = ttl_for(&*backend, Duration::from_secs(10));
+    let reg = make_registry(backend.clone(), ns, ttl);
+    let mut population = Vec::with_capacity(cfg.services * cfg.per_service);
+    for s in 0..cfg.services {
+        for i in 0..cfg.per_service {
+            let n = s * cfg.per_service + i;
+            let inst = Instance::new(format!("svc-{s:02}"), format!("i-{i:03}"))
+                .addr(format!("10.{}.{}.{}:8080", s, i / 250, i % 250))
+                .addr(format!("[fd00::{s:x}:{i:x}]:8080"))
+                .meta("zone", ["eu-west-1a", "eu-west-1b", "us-east-1a"][n % 3])
+                .meta("team", format!("team-{}", s % 5))
+                .version(format!("1.{}.{}", n % 4, n % 10))
+                .weight(100);
+            population.push(reg.register(inst).await.map_err(|e| e.to_string())?);
+        }
+    }
+    let total = cfg.services * cfg.per_service;
+
+    let server = start_server(bin, url, ns).await?;
+    let (pid, addr) = (server.pid, server.addr);
+    let c = client();
+    // Until the server's directory holds the whole population.
+    let t0 = Instant::now();
+    loop {
+        if let Ok((200, body)) = get(&c, &format!("http://{addr}/v1/services")).await {
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let n: u64 = v["services"]
+                .as_array()
+                .map(|a| a.iter().map(|s| s["instances"].as_u64().unwrap_or(0)).sum())
+                .unwrap_or(0);
+            if n >= total as u64 {
+                break;
+            }
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            return Err("the server did not show the population within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rss_start = status_bytes(pid, "VmRSS").unwrap_or(0);
+
+    let changes = Arc::new(Changes::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let driver = tokio::spawn(drive_changes(
+        reg.clone(),
+        cfg.services,
+        cfg.changes_per_s,
+        changes.clone(),
+        stop_rx.clone(),
+    ));
+
+    let mut phases = Vec::new();
+    let measure = |name: &'static str, sse: usize| {
+        let c = c.clone();
+        async move {
+            let (cpu0, b0) = (cpu_seconds(pid), cpu_seconds(std::process::id()));
+            let load = json_load(&c, addr, cfg.rps, cfg.phase, cfg.services).await;
+            let cpu = cpu_seconds(pid).zip(cpu0).map_or(0.0, |(a, b)| a - b);
+            let bench_cpu = cpu_seconds(std::process::id())
+                .zip(b0)
+                .map_or(0.0, |(a, b)| a - b);
+            Phase {
+                name,
+                sse,
+                load,
+                cpu,
+                bench_cpu,
+                rss_end: status_bytes(pid, "VmRSS").unwrap_or(0),
+            }
+        }
+    };
+
+    eprintln!("  baseline: {} JSON requests/s, no SSE client ...", cfg.rps);
+    phases.push(measure("baseline (no SSE client)", 0).await);
+
+    // SSE clients: connect them all (64 connecting at a time), each until its start resync.
+    eprintln!("  connecting {} SSE clients ...", cfg.sse);
+    let rss_before_sse = status_bytes(pid, "VmRSS").unwrap_or(0);
+    let started = Arc::new(AtomicUsize::new(0));
+    let slots = Arc::new(Semaphore::new(64));
+    let (sse_stop_tx, sse_stop_rx) = watch::channel(false);
+    let t_connect = Instant::now();
+    let clients: Vec<_> = (0..cfg.sse)
+        .map(|_| {
+            tokio::spawn(sse_client(
+                addr,
+                changes.clone(),
+                started.clone(),
+                slots.clone(),
+                sse_stop_rx.clone(),
+            ))
+        })
+        .collect();
+    while started.load(Ordering::SeqCst) < cfg.sse && t_connect.elapsed() < Duration::from_secs(120)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connect_took = t_connect.elapsed();
+    let connected = started.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after_connect = status_bytes(pid, "VmRSS").unwrap_or(0);
+    let streams_open = open_streams(&c, addr).await;
+    let (queued_connected, _) = send_queues(addr.port());
+    let first_expected = changes.count();
+
+    eprintln!(
+        "  {connected} SSE clients connected in {connect_took:.1?}; load: {} JSON requests/s ...",
+        cfg.rps
+    );
+    phases.push(measure("with SSE clients", connected).await);
+    let last_expected = changes.count();
+    // Let the last changes arrive.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = sse_stop_tx.send(true);
+    let mut stats = Vec::with_capacity(clients.len());
+    for t in clients {
+        if let Ok(s) = t.await {
+            stats.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after_close = status_bytes(pid, "VmRSS").unwrap_or(0);
+
+    if cfg.baseline_after {
+        eprintln!("  baseline again ...");
+        phases.push(measure("baseline again (no SSE client)", 0).await);
+    }
+
+    // Delivery: every client must have each change made while it was connected, once.
+    let expected = last_expected - first_expected;
+    let (mut missing, mut dups, mut delays) = (0u64, 0u64, Vec::new());
+    let (mut unknown, mut ooo, mut later, mut other, mut failed) = (0, 0, 0, 0, 0);
+    let mut first_failure = None;
+    let mut resync_bytes = 0;
+    for s in &stats {
+        let mut seen = vec![0u32; expected];
+        for &(idx, us) in &s.got {
+            let idx = idx as usize;
+            if (first_expected..last_expected).contains(&idx) {
+                seen[idx - first_expected] += 1;
+                delays.push(Duration::from_micros(u64::from(us)));
+            }
+        }
+        missing += seen.iter().filter(|&&n| n == 0).count() as u64;
+        dups += seen
+            .iter()
+            .map(|&n| u64::from(n.saturating_sub(1)))
+            .sum::<u64>();
+        unknown += s.unknown;
+        ooo += s.out_of_order;
+        later += s.later_resyncs;
+        other += s.other;
+        resync_bytes = resync_bytes.max(s.resync_bytes);
+        if let Some(f) = &s.failed {
+            failed += 1;
+            first_failure.get_or_insert_with(|| f.clone());
+        }
+    }
+    let delivery = summarize_or_zero(delays);
+
+    // Stalled clients: they send their request and never read; a 2 KiB receive buffer makes the
+    // server's first write (the resync) stall at once.
+    eprintln!(
+        "  {} stalled SSE clients, watched for {:?} ...",
+        cfg.stalled, cfg.stall_watch
+    );
+    let rss_before_stalled = status_bytes(pid, "VmRSS").unwrap_or(0);
+    let mut stall_errors = 0;
+    let mut stall_connects = Vec::new();
+    let mut timeline = Vec::new();
+    let mut open_at_end = None;
+    for wave in 1..=cfg.stall_waves {
+        let t_stall = Instant::now();
+        let mut stalled = Vec::with_capacity(cfg.stalled);
+        for _ in 0..cfg.stalled {
+            match stalled_client(addr).await {
+                Ok(s) => stalled.push(s),
+                Err(_) => stall_errors += 1,
+            }
+        }
+        let stall_connect = t_stall.elapsed();
+        stall_connects.push(stall_connect);
+        let mut next_sample = stall_connect;
+        while t_stall.elapsed() < stall_connect + cfg.stall_watch {
+            if t_stall.elapsed() >= next_sample {
+                let rss = status_bytes(pid, "VmRSS").unwrap_or(0);
+                let open = open_streams(&c, addr).await;
+                let (queued, _) = send_queues(addr.port());
+                timeline.push((wave, t_stall.elapsed(), rss, open, queued));
+                next_sample += if cfg.stall_watch > Duration::from_secs(10) {
+                    Duration::from_secs(3)
+                } else {
+                    Duration::from_secs(1)
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        open_at_end = open_streams(&c, addr).await;
+        drop(stalled);
+    }
+
+    let _ = stop_tx.send(true);
+    let failed_changes = driver.await.unwrap_or(0);
+    let hwm = status_bytes(pid, "VmHWM").unwrap_or(0);
+    let rss_end = status_bytes(pid, "VmRSS").unwrap_or(0);
+    let total_cpu = cpu_seconds(pid).unwrap_or(0.0);
+    let shutdown = server.stop().await;
+    // Clean up at once: revoke the shared lease (deletes the population), stop the keeper.
+    if let Some(RegistrationState::Registered { lease, .. }) = population.first().map(|r| r.state())
+    {
+        let _ = backend.revoke(&lease).await;
+    }
+    reg.crash();
+    for r in population {
+        std::mem::forget(r);
+    }
+
+    // The report.
+    let base = &phases[0];
+    let load = &phases[1];
+    let per_client =
+        rss_after_connect.saturating_sub(rss_before_sse) as f64 / connected.max(1) as f64;
+    let mut md = vec![
+        format!(
+            "### Serve load: `registry serve` under {} SSE clients and {} JSON requests/s ({} services × {} instances, {} changes/s, {:?} per phase)",
+            cfg.sse, cfg.rps, cfg.services, cfg.per_service, cfg.changes_per_s, cfg.phase
+        ),
+        String::new(),
+        format!(
+            "The release `registry serve` in its own process (pid {pid}) over this backend; this process drives it on loopback and shares the machine's cores with it. JSON latency is from each request's scheduled time (open loop, at most 256 in flight). Requests: 1/5 `/v1/services`, 2/5 `/v1/services/{{s}}` (50 instances), 2/5 `/v1/services/{{s}}/owners?key=..&n=2`."
+        ),
+        String::new(),
+        "| phase | SSE clients | requests (rate reached) | errors | p50 | p90 | p99 | max | server CPU | bench CPU | server RSS at end |".into(),
+        "|---|---|---|---|---|---|---|---|---|---|---|".into(),
+    ];
+    let mut jphases = Vec::new();
+    for p in &phases {
+        let l = &p.load;
+        let secs = l.took.as_secs_f64();
+        md.push(format!(
+            "| {} | {} | {} ({:.0}/s) | {} | {} | {} | {} | {} | {:.2} cores | {:.2} cores | {} |",
+            p.name,
+            p.sse,
+            l.sent,
+            l.sent as f64 / secs,
+            l.errors,
+            ms(l.all.p50),
+            ms(l.all.p90),
+            ms(l.all.p99),
+            ms(l.all.max),
+            p.cpu / secs,
+            p.bench_cpu / secs,
+            mib(p.rss_end)
+        ));
+        let routes: serde_json::Map<String, Value> = ROUTES
+            .iter()
+            .zip(&l.by_route)
+            .map(|(r, s)| ((*r).to_owned(), sjson(s)))
+            .collect();
+        jphases.push(json!({
+            "name": p.name, "sse_clients": p.sse, "requests": l.sent, "seconds": secs,
+            "errors": l.errors, "first_error": l.first_error, "latency": sjson(&l.all),
+            "by_route": routes, "server_cpu_s": p.cpu, "bench_cpu_s": p.bench_cpu,
+            "server_rss_end": p.rss_end, "response_bytes": l.bytes,
+        }));
+    }
+    for p in &phases {
+        if let Some(e) = &p.load.first_error {
+            md.push(String::new());
+            md.push(format!("First error ({}): {e}", p.name));
+        }
+    }
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+    md.push(String::new());
+    md.push(format!(
+        "With {connected} SSE clients against the baseline just before: JSON p50 **{:.2}×**, p90 {:.2}×, p99 **{:.2}×**; server CPU {:.2}×.",
+        ratio(load.load.all.p50, base.load.all.p50),
+        ratio(load.load.all.p90, base.load.all.p90),
+        ratio(load.load.all.p99, base.load.all.p99),
+        load.cpu / base.cpu.max(1e-9),
+    ));
+    md.push(String::new());
+    md.push("| route (phase with SSE clients) | p50 | p99 | baseline p50 | baseline p99 |".into());
+    md.push("|---|---|---|---|---|".into());
+    for (i, r) in ROUTES.iter().enumerate() {
+        md.push(format!(
+            "| {r} | {} | {} | {} | {} |",
+            ms(load.load.by_route[i].p50),
+            ms(load.load.by_route[i].p99),
+            ms(base.load.by_route[i].p50),
+            ms(base.load.by_route[i].p99)
+        ));
+    }
+    md.push(String::new());
+    md.push(format!(
+        "**SSE**: {connected} of {} clients connected and got their start `resync` ({:.0} KiB each) in {:.2} s (64 connecting at a time); the server counted {} open streams. While connected, {expected} changes were made ({:.1}/s); {} of the {} expected deliveries arrived: **{missing} missing, {dups} duplicated**, {unknown} unknown, {ooo} out of order, {later} later resyncs (lagged), {other} other events; {failed} streams failed{}. Delivery delay (the `register`/`deregister` call in this process -> the event parsed by a client): p50 {}, p90 {}, p99 {}, max {}.",
+        cfg.sse,
+        resync_bytes as f64 / 1024.0,
+        connect_took.as_secs_f64(),
+        streams_open.map_or("?".into(), |n| n.to_string()),
+        expected as f64 / load.load.took.as_secs_f64(),
+        (expected * connected) as u64 - missing.min((expected * connected) as u64),
+        expected * connected,
+        first_failure.as_ref().map_or(String::new(), |f| format!(" (first: {f})")),
+        ms(delivery.p50),
+        ms(delivery.p90),
+        ms(delivery.p99),
+        ms(delivery.max),
+    ));
+    md.push(String::new());
+    md.push(format!(
+        "**Memory** (server VmRSS): {} with the directory loaded; {} before the SSE clients; {} with {connected} connected (**{:.1} KiB per client**); {} at the end of the load phase; {} after they disconnected; peak (VmHWM) over the whole run {}. Kernel send queues to the {connected} reading clients once connected: {} in all. Server CPU over the whole run: {:.1} s.",
+        mib(rss_start),
+        mib(rss_before_sse),
+        mib(rss_after_connect),
+        per_client / 1024.0,
+        mib(load.rss_end),
+        mib(rss_after_close),
+        mib(hwm),
+        mib(queued_connected),
+        total_cpu,
+    ));
+    md.push(String::new());
+    md.push(format!(
+        "**Stalled clients**: {} wave(s) of {} clients open the change stream with a 2 KiB receive buffer and never read ({} could not connect; connecting a wave one client after another took {} s; times below are from a wave's first connection). Server RSS before: {}.",
+        cfg.stall_waves,
+        cfg.stalled,
+        stall_errors,
+        stall_connects
+            .iter()
+            .map(|d| format!("{:.1}", d.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(" / "),
+        mib(rss_before_stalled)
+    ));
+    md.push(String::new());
+    md.push(
+        "| wave | time | server RSS | open streams | kernel send queues to the clients (total) |"
+            .into(),
+    );
+    md.push("|---|---|---|---|---|".into());
+    for (wave, t, rss, open, queued) in &timeline {
+        md.push(format!(
+            "| {wave} | {:.1} s | {} | {} | {} |",
+            t.as_secs_f64(),
+            mib(*rss),
+            open.map_or("?".into(), |n| n.to_string()),
+            mib(*queued)
+        ));
+    }
+    md.push(String::new());
+    md.push(format!(
+        "Open streams at the end of the last watch: {}. Server RSS at the end {}; graceful shutdown (SIGTERM) took {}; {failed_changes} driven changes failed.",
+        open_at_end.map_or("?".into(), |n| n.to_string()),
+        mib(rss_end),
+        shutdown.map_or("over 10 s (killed)".into(), ms),
+    ));
+    for n in notes {
+        md.push(String::new());
+        md.push(n);
+    }
+    let j = json!({
+        "sse_clients": cfg.sse, "rps": cfg.rps, "phase_s": cfg.phase.as_secs_f64(),
+        "services": cfg.services, "per_service": cfg.per_service, "changes_per_s": cfg.changes_per_s,
+        "phases": jphases,
+        "sse": {
+            "connected": connected, "connect_s": connect_took.as_secs_f64(), "resync_bytes": resync_bytes,
+            "changes": expected, "missing": missing, "duplicated": dups, "unknown": unknown,
+            "out_of_order": ooo, "later_resyncs": later, "other": other, "failed": failed,
+            "first_failure": first_failure, "delivery": sjson(&delivery),
+        },
+        "memory": {
+            "rss_start": rss_start, "rss_before_sse": rss_before_sse, "rss_after_connect": rss_after_connect,
+            "per_sse_client": per_client, "rss_after_close": rss_after_close, "hwm": hwm, "rss_end": rss_end,
+        },
+        "stalled": {
+            "clients": cfg.stalled, "connect_errors": stall_errors, "rss_before": rss_before_stalled,
+            "timeline": timeline.iter().map(|(w, t, r, o, q)| json!({"wave": w, "t_s": t.as_secs_f64(), "rss": r, "open": o, "send_queues": q})).collect::<Vec<_>>(),
+            "open_at_end": open_at_end,
+        },
+        "server_cpu_s": total_cpu,
+        "shutdown_ms": shutdown.map(|d| d.as_secs_f64() * 1000.0),
+        "failed_changes": failed_changes,
+        "fd_limit": fd_limit,
+    });
+    Ok(Section { md, json: j })
+}
+
+/// A client that asks for the change stream and never reads.
+async fn stalled_client(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.set_recv_buffer_size(2048)?;
+    let mut s = sock.connect(addr).await?;
+    s.write_all(b"GET /v1/events HTTP/1.1\r\nhost: bench\r\naccept: text/event-stream\r\n\r\n")
+        .await?;
+    Ok(s)
+}
