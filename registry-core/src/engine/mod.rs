@@ -22,6 +22,7 @@ mod keeper;
 mod probe;
 mod register;
 mod ring;
+mod select;
 mod source;
 
 pub use backoff::Backoff;
@@ -44,4 +45,5 @@ pub use register::{
     RegistrationState, Registry, RegistryBuilder, RegistryCounts, RegistryStats,
 };
 pub use ring::{DEFAULT_VNODES, MAX_VNODES, Ring, hash_key};
+pub use select::{SelectedChanges, Selection, Selector, ZONE_KEY};
 pub use source::{BACKEND_PRECEDENCE, BACKEND_SOURCE, SourceHandle, StaticSource};
