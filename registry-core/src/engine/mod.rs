@@ -30,7 +30,7 @@ pub use directory::{Change, Changes, Directory, DirectoryBuilder, Instances, Ser
 pub use discover::{
     APPLY_DELAY_BUCKETS, ApplyDelay, Discovery, DiscoveryCounts, DiscoveryOptions, Scope,
 };
-pub use dispatch::{DispatchError, Dispatcher};
+pub use dispatch::{DispatchError, DispatchLayer, DispatchService, Dispatcher, Failover};
 pub use feed::{
     AllChanges, ChangeKind, DEFAULT_JOURNAL_CAPACITY, DirectoryChange, DirectoryEvent, Resync,
     ResyncReason,
