@@ -17,6 +17,10 @@ pub use registry_etcd as etcd;
 #[cfg(feature = "redis")]
 pub use registry_redis as redis;
 
+/// tonic clients that follow the directory (feature `tonic`).
+#[cfg(feature = "tonic")]
+pub mod tonic;
+
 /// The Consul backend (feature `consul`).
 #[cfg(feature = "consul")]
 pub use registry_consul as consul;
