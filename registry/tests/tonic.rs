@@ -1,0 +1,409 @@
+//! `registry::tonic` against real tonic servers on loopback, registered through the library on the
+//! memory backend: the balanced channel follows registrations, removals and address changes; the
+//! keyed transport sends a key's calls to its owner and fails over to the next ring member.
+#![cfg(all(feature = "tonic", feature = "memory"))]
+
+#[path = "../examples/tonic_routing.rs"]
+#[allow(unreachable_pub)]
+mod example;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use example::who::{self, Mode, Running};
+use registry::engine::{Discovery, Instance, Registration, Registry, Selector};
+use registry::memory::MemoryBackend;
+use registry::tonic::{Channels, KEY_HEADER};
+use tonic::Code;
+
+/// The example's walk-through is a test too.
+#[test]
+fn the_example_runs() {
+    example::main().expect("the example runs");
+}
+
+struct Bed {
+    servers: Registry,
+    discovery: Discovery,
+    running: BTreeMap<String, Running>,
+    regs: BTreeMap<String, Registration>,
+}
+
+impl Bed {
+    async fn new(ids: &[&str]) -> Bed {
+        let backend = Arc::new(MemoryBackend::new());
+        let servers = Registry::new(backend.clone()).unwrap();
+        let client = Registry::new(backend).unwrap();
+        let discovery = client.discover("who").await.unwrap();
+        let mut bed = Bed {
+            servers,
+            discovery,
+            running: BTreeMap::new(),
+            regs: BTreeMap::new(),
+        };
+        for id in ids {
+            bed.start(id).await;
+        }
+        bed.wait_for(|ids| ids.len() == bed.running.len()).await;
+        bed
+    }
+
+    /// Starts server `id` and registers it.
+    async fn start(&mut self, id: &str) {
+        let server = who::serve(id).await.unwrap();
+        let inst = Instance::new("who", id).addr(server.addr.to_string());
+        let reg = self.servers.register(inst).await.unwrap();
+        self.running.insert(id.to_owned(), server);
+        self.regs.insert(id.to_owned(), reg);
+    }
+
+    fn dir(&self) -> &registry::Directory {
+        self.discovery.directory()
+    }
+
+    /// Waits until the client's directory lists ids that satisfy `ok`.
+    async fn wait_for(&self, ok: impl Fn(&[String]) -> bool) {
+        let t0 = Instant::now();
+        loop {
+            let ids: Vec<String> = self.dir().get("who").iter().map(|i| i.id.clone()).collect();
+            if ok(&ids) {
+                return;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(5), "directory: {ids:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Calls `n` times through `transport`, counting answers by server.
+async fn spread<T>(transport: &T, n: usize) -> BTreeMap<String, usize>
+where
+    T: Clone
+        + tonic::client::GrpcService<
+            tonic::body::Body,
+            ResponseBody = tonic::body::Body,
+            Error: Into<tonic::codegen::StdError>,
+        >,
+{
+    let mut by = BTreeMap::new();
+    for i in 0..n {
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            who::call(transport.clone(), &format!("k{i}")),
+        )
+        .await
+        .expect("answered in time")
+        .expect("call");
+        *by.entry(reply.server).or_default() += 1;
+    }
+    by
+}
+
+/// Calls through `transport` until `server` answers (or 5 s pass).
+async fn until_reached<T>(transport: &T, server: &str) -> usize
+where
+    T: Clone
+        + tonic::client::GrpcService<
+            tonic::body::Body,
+            ResponseBody = tonic::body::Body,
+            Error: Into<tonic::codegen::StdError>,
+        >,
+{
+    let t0 = Instant::now();
+    let mut calls = 0;
+    loop {
+        calls += 1;
+        let reply = who::call(transport.clone(), &format!("k{calls}"))
+            .await
+            .expect("call");
+        if reply.server == server {
+            return calls;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{server} never answered"
+        );
+    }
+}
+
+/// Time for a change the directory shows to go through the channel's feeding task.
+const PROPAGATION: Duration = Duration::from_millis(100);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balanced_a_removed_instance_gets_no_more_calls_and_a_new_one_starts_getting_them() {
+    let mut bed = Bed::new(&["w1", "w2"]).await;
+    let channel = Channels::new(bed.dir(), "who").balanced();
+    let first = spread(&channel, 40).await;
+    assert_eq!(
+        first.keys().collect::<Vec<_>>(),
+        ["w1", "w2"],
+        "both serve: {first:?}"
+    );
+
+    bed.start("w3").await;
+    bed.wait_for(|ids| ids.contains(&"w3".to_owned())).await;
+    until_reached(&channel, "w3").await;
+
+    bed.regs.remove("w1").unwrap().deregister().await.unwrap();
+    bed.wait_for(|ids| !ids.contains(&"w1".to_owned())).await;
+    tokio::time::sleep(PROPAGATION).await;
+    let after = spread(&channel, 60).await;
+    assert!(!after.contains_key("w1"), "w1 left but answered: {after:?}");
+    assert_eq!(after.values().sum::<usize>(), 60);
+    // w1's server is still up: only the directory took it out.
+    assert!(bed.running.contains_key("w1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balanced_an_instance_taken_offline_gets_no_more_calls() {
+    let bed = Bed::new(&["w1", "w2"]).await;
+    let channel = Channels::new(bed.dir(), "who").balanced();
+    until_reached(&channel, "w2").await;
+    bed.regs["w2"].set_online(false).await.unwrap();
+    bed.wait_for(|ids| ids == ["w1"]).await;
+    tokio::time::sleep(PROPAGATION).await;
+    let after = spread(&channel, 40).await;
+    assert_eq!(after.keys().collect::<Vec<_>>(), ["w1"], "{after:?}");
+}
+
+/// A change of an instance's details (here its address) replaces its endpoint: calls for that
+/// instance go to the new address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balanced_a_changed_address_is_followed() {
+    let mut bed = Bed::new(&["w1", "w2"]).await;
+    // A spare server, not registered: only reachable if an instance points at it.
+    let spare = who::serve("spare").await.unwrap();
+    let channel = Channels::new(bed.dir(), "who").balanced();
+    until_reached(&channel, "w2").await;
+
+    let to = spare.addr.to_string();
+    bed.regs["w2"]
+        .update(|i| i.addrs = vec![to.clone()])
+        .await
+        .unwrap();
+    bed.wait_for(|_| bed.dir().get("who").iter().any(|i| i.addrs == [to.clone()]))
+        .await;
+    tokio::time::sleep(PROPAGATION).await;
+    let after = spread(&channel, 60).await;
+    assert!(
+        !after.contains_key("w2"),
+        "old address still called: {after:?}"
+    );
+    assert!(
+        after.contains_key("spare"),
+        "new address not called: {after:?}"
+    );
+    bed.running.remove("w2").unwrap().stop().await;
+}
+
+/// Only the selected instances get calls, and the selection follows metadata changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balanced_over_a_selection() {
+    let bed = Bed::new(&["w1", "w2", "w3"]).await;
+    for id in ["w1", "w3"] {
+        bed.regs[id]
+            .update(|i| {
+                i.metadata.insert("track".into(), "canary".into());
+            })
+            .await
+            .unwrap();
+    }
+    bed.wait_for(|_| {
+        bed.dir()
+            .get("who")
+            .iter()
+            .filter(|i| i.metadata.contains_key("track"))
+            .count()
+            == 2
+    })
+    .await;
+    let canaries = Selector::new().meta("track", "canary").on(bed.dir(), "who");
+    let channel = Channels::selected(canaries.clone()).balanced();
+    let by = spread(&channel, 40).await;
+    assert_eq!(by.keys().collect::<Vec<_>>(), ["w1", "w3"], "{by:?}");
+
+    let keyed = Channels::selected(canaries).keyed_by_header(KEY_HEADER);
+    for i in 0..20 {
+        let key = format!("key-{i}");
+        let reply = who::call(keyed.clone(), &key).await.unwrap();
+        assert!(reply.server == "w1" || reply.server == "w3", "{reply:?}");
+    }
+
+    // w3 leaves the canary track: it stops getting calls.
+    bed.regs["w3"]
+        .update(|i| {
+            i.metadata.remove("track");
+        })
+        .await
+        .unwrap();
+    bed.wait_for(|_| {
+        bed.dir()
+            .get("who")
+            .iter()
+            .filter(|i| i.metadata.contains_key("track"))
+            .count()
+            == 1
+    })
+    .await;
+    tokio::time::sleep(PROPAGATION).await;
+    let by = spread(&channel, 40).await;
+    assert_eq!(by.keys().collect::<Vec<_>>(), ["w1"], "{by:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_a_keys_calls_all_reach_its_owner() {
+    let mut bed = Bed::new(&["w1", "w2", "w3"]).await;
+    let keyed = Channels::new(bed.dir(), "who").keyed_by_header(KEY_HEADER);
+    let keys: Vec<String> = (0..30).map(|i| format!("user-{i}")).collect();
+    let mut owners = BTreeMap::new();
+    for key in &keys {
+        let owner = bed.dir().find("who", key).unwrap().id.clone();
+        for _ in 0..4 {
+            let reply = who::call(keyed.clone(), key).await.unwrap();
+            assert_eq!(reply.server, owner, "{key}");
+            assert_eq!(&reply.key, key);
+        }
+        owners.insert(key.clone(), owner);
+    }
+    let distinct: std::collections::BTreeSet<_> = owners.values().collect();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "30 keys spread over the three: {owners:?}"
+    );
+    assert_eq!(keyed.channel_count(), 3);
+
+    // A new instance takes the keys the ring now gives it, and only those.
+    bed.start("w4").await;
+    bed.wait_for(|ids| ids.len() == 4).await;
+    let mut moved = 0;
+    for key in &keys {
+        let owner = bed.dir().find("who", key).unwrap().id.clone();
+        if owner == "w4" {
+            moved += 1;
+        } else {
+            assert_eq!(
+                owner, owners[key],
+                "{key} moved to {owner}, not to the new one"
+            );
+        }
+        let reply = who::call(keyed.clone(), key).await.unwrap();
+        assert_eq!(reply.server, owner, "{key}");
+    }
+    assert!(moved > 0, "w4 owns none of 30 keys");
+
+    // A removed one gets no more calls; its channel is dropped.
+    bed.regs.remove("w2").unwrap().deregister().await.unwrap();
+    bed.wait_for(|ids| !ids.contains(&"w2".to_owned())).await;
+    for key in &keys {
+        let reply = who::call(keyed.clone(), key).await.unwrap();
+        assert_ne!(reply.server, "w2", "{key}");
+        assert_eq!(reply.server, bed.dir().find("who", key).unwrap().id);
+    }
+    let t0 = Instant::now();
+    while keyed.channel_count() != 3 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "w2's channel kept");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A key whose owner is `owner` among `ids`.
+fn key_owned_by(bed: &Bed, owner: &str) -> String {
+    (0..)
+        .map(|i| format!("key-{i}"))
+        .find(|k| bed.dir().find("who", k).unwrap().id == owner)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_fails_over_to_the_next_ring_member_when_the_owner_is_down() {
+    let mut bed = Bed::new(&["w1", "w2", "w3"]).await;
+    let keyed = Channels::new(bed.dir(), "who").keyed_by_header(KEY_HEADER);
+    let key = key_owned_by(&bed, "w1");
+    let next = bed.dir().find_n(2, "who", &key)[1].id.clone();
+    assert_eq!(who::call(keyed.clone(), &key).await.unwrap().server, "w1");
+
+    // Stopped, registration kept: connection refused, then the next ring member.
+    bed.running.remove("w1").unwrap().stop().await;
+    assert!(bed.dir().get("who").iter().any(|i| i.id == "w1"));
+    for _ in 0..3 {
+        let reply = who::call(keyed.clone(), &key).await.unwrap();
+        assert_eq!(reply.server, next);
+    }
+    // Without failover the caller sees the owner's failure.
+    let once = who::call(keyed.clone().attempts(1), &key).await;
+    assert_eq!(once.unwrap_err().code(), Code::Unavailable);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_fails_over_on_unavailable_but_not_on_other_statuses() {
+    let bed = Bed::new(&["w1", "w2", "w3"]).await;
+    let keyed = Channels::new(bed.dir(), "who").keyed_by_header(KEY_HEADER);
+    let key = key_owned_by(&bed, "w2");
+    let ring: Vec<String> = bed
+        .dir()
+        .find_n(3, "who", &key)
+        .iter()
+        .map(|i| i.id.clone())
+        .collect();
+    bed.running["w2"].set_mode(Mode::Unavailable);
+    assert_eq!(
+        who::call(keyed.clone(), &key).await.unwrap().server,
+        ring[1]
+    );
+
+    // Two attempts by default: with the next one unavailable too, the caller gets the status.
+    bed.running[&ring[1]].set_mode(Mode::Unavailable);
+    let err = who::call(keyed.clone(), &key).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains(&ring[1]), "{err:?}");
+    // Three attempts reach the third.
+    let reply = who::call(keyed.clone().attempts(3), &key).await.unwrap();
+    assert_eq!(reply.server, ring[2]);
+
+    // UNAVAILABLE not in the retry codes: no failover.
+    let strict = keyed.clone().retry_codes([Code::ResourceExhausted]);
+    let err = who::call(strict, &key).await.unwrap_err();
+    assert!(err.message().contains("w2"), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_per_attempt_timeout() {
+    let bed = Bed::new(&["w1", "w2", "w3"]).await;
+    let keyed = Channels::new(bed.dir(), "who")
+        .keyed_by_header(KEY_HEADER)
+        .timeout(Duration::from_millis(300));
+    let key = key_owned_by(&bed, "w3");
+    let next = bed.dir().find_n(2, "who", &key)[1].id.clone();
+    bed.running["w3"].set_mode(Mode::Slow(Duration::from_secs(30)));
+
+    let t0 = Instant::now();
+    let reply = who::call(keyed.clone(), &key).await.unwrap();
+    assert_eq!(reply.server, next);
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+
+    let t0 = Instant::now();
+    let err = who::call(keyed.clone().attempts(1), &key)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    assert!(t0.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_without_a_key_or_without_instances() {
+    let bed = Bed::new(&["w1"]).await;
+    let keyed = Channels::new(bed.dir(), "who").keyed_by_header("x-other-header");
+    let err = who::call(keyed, "k").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    let nobody = Channels::new(bed.dir(), "nobody").keyed_by_header(KEY_HEADER);
+    let err = who::call(nobody, "k").await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("nobody"), "{err:?}");
+}
