@@ -17,7 +17,6 @@ pub use registry_etcd as etcd;
 #[cfg(feature = "redis")]
 pub use registry_redis as redis;
 
-/// tonic clients that follow the directory (feature `tonic`).
 #[cfg(feature = "tonic")]
 pub mod tonic;
 

@@ -2,39 +2,6 @@
 //!
 //! A [`Dispatcher`] turns instances into clients with a factory, once per instance, and drops a
 //! client when its instance leaves the service's online set.
-//!
-//! It is also a `tower` service: [`Dispatcher::into_service`] (or a [`DispatchLayer`] over a
-//! client factory) gives a [`DispatchService`] that takes the key from each request, calls the
-//! key's owner, and, when the owner fails or does not answer within the per-attempt timeout,
-//! the next distinct instance on the ring ([`Directory::find_n`]), as set by a [`Failover`].
-//!
-//! ```
-//! use std::convert::Infallible;
-//! use std::time::Duration;
-//! use registry_core::engine::{Directory, Dispatcher, Failover, Instance};
-//! use tower::{ServiceExt, service_fn};
-//!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let dir = Directory::new();
-//! let src = dir.source("static", 10).unwrap();
-//! src.publish("kv", (1..=3).map(|i| Instance::new("kv", format!("kv-{i}")).addr("x:1")), 0);
-//!
-//! // One client per instance; here a client answers with its instance's id.
-//! let dispatcher = Dispatcher::new(dir.clone(), "kv", |inst: &Instance| {
-//!     let id = inst.id.clone();
-//!     service_fn(move |req: (String, u32)| {
-//!         let id = id.clone();
-//!         async move { Ok::<_, Infallible>(format!("{id} got {req:?}")) }
-//!     })
-//! });
-//! let svc = dispatcher
-//!     .into_service(|req: &(String, u32)| req.0.clone())
-//!     .failover(Failover::new().attempts(2).timeout(Duration::from_secs(1)));
-//! let reply = svc.oneshot(("user-42".to_owned(), 7)).await.unwrap();
-//! let owner = dir.find("kv", "user-42").unwrap();
-//! assert!(reply.starts_with(&owner.id));
-//! # }
-//! ```
 
 use std::collections::HashMap;
 use std::fmt;
@@ -287,7 +254,7 @@ where
 
     /// This dispatcher as a `tower` [`Service`] taking whole requests: `key` extracts each
     /// request's routing key, and calls fail over as [`DispatchService::failover`] sets
-    /// (by default [`Failover::new`]). See the [module](self) for an example.
+    /// (by default [`Failover::new`]). See [`DispatchService`] for an example.
     pub fn into_service<R, K, F>(self, key: F) -> DispatchService<S, R, F>
     where
         S: Service<R>,
@@ -512,6 +479,39 @@ impl<T, E> Failover<T, E> {
 /// A [`Dispatcher`] as a `tower` [`Service`]: routes each request by the key a closure extracts
 /// from it, with failover. From [`Dispatcher::into_service`] or a [`DispatchLayer`]. Cheap to
 /// clone; clones share the dispatcher and its clients.
+///
+/// A dispatcher is a `tower` service this way: [`Dispatcher::into_service`] (or a [`DispatchLayer`] over a
+/// client factory) gives a [`DispatchService`] that takes the key from each request, calls the
+/// key's owner, and, when the owner fails or does not answer within the per-attempt timeout,
+/// the next distinct instance on the ring ([`Directory::find_n`]), as set by a [`Failover`].
+///
+/// ```
+/// use std::convert::Infallible;
+/// use std::time::Duration;
+/// use registry_core::engine::{Directory, Dispatcher, Failover, Instance};
+/// use tower::{ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let dir = Directory::new();
+/// let src = dir.source("static", 10).unwrap();
+/// src.publish("kv", (1..=3).map(|i| Instance::new("kv", format!("kv-{i}")).addr("x:1")), 0);
+///
+/// // One client per instance; here a client answers with its instance's id.
+/// let dispatcher = Dispatcher::new(dir.clone(), "kv", |inst: &Instance| {
+///     let id = inst.id.clone();
+///     service_fn(move |req: (String, u32)| {
+///         let id = id.clone();
+///         async move { Ok::<_, Infallible>(format!("{id} got {req:?}")) }
+///     })
+/// });
+/// let svc = dispatcher
+///     .into_service(|req: &(String, u32)| req.0.clone())
+///     .failover(Failover::new().attempts(2).timeout(Duration::from_secs(1)));
+/// let reply = svc.oneshot(("user-42".to_owned(), 7)).await.unwrap();
+/// let owner = dir.find("kv", "user-42").unwrap();
+/// assert!(reply.starts_with(&owner.id));
+/// # }
+/// ```
 ///
 /// Requests must be `Clone` (a failed attempt's request is sent again). The service is always
 /// ready: the readiness of each instance's client is awaited inside the call.

@@ -1,42 +1,5 @@
 //! Selectors: which of a service's instances a caller wants, by metadata, version and zone.
-//!
-//! These are the selectors users of Spring Cloud (metadata match, zone preference) and Kratos
-//! (version, metadata, custom filters) reach for first. A [`Selector`] is a list of strict
-//! filters (an instance must pass all of them) and an optional zone *preference* (instances of
-//! that zone if the filters leave any there, otherwise all that pass the filters). Applied to a
-//! directory's service with [`Selector::on`], it gives a [`Selection`] with the directory's read
-//! calls: [`get`](Selection::get), [`find`](Selection::find), [`find_n`](Selection::find_n) and
-//! [`changes`](Selection::changes).
-//!
-//! Routing through a selection stays consistent: [`Selection::find`] answers on the ring of the
-//! selected instances, with the directory's virtual nodes, so a selector every instance passes
-//! gives exactly [`Directory::find`]'s owners, and a key moves only when its owner leaves the
-//! selection. The selected list and its ring are computed once per membership view, not per
-//! call.
-//!
-//! ```
-//! use std::collections::BTreeMap;
-//! use std::sync::Arc;
-//! use registry_core::engine::{Directory, Instance, Selector};
-//!
-//! let dir = Directory::new();
-//! let src = dir.source("static", 10).unwrap();
-//! src.publish("api", [
-//!     Instance::new("api", "a1").addr("10.0.0.1:80").version("1.4.2").meta("zone", "eu-1"),
-//!     Instance::new("api", "a2").addr("10.0.0.2:80").version("1.5.0").meta("zone", "eu-2"),
-//!     Instance::new("api", "a3").addr("10.0.0.3:80").version("2.0.0").meta("zone", "eu-1"),
-//! ], 0);
-//!
-//! // Version 1.x, preferring zone eu-2, falling back to any zone when eu-2 has none.
-//! let v1 = Selector::new().version_prefix("1").prefer_zone("eu-2").on(&dir, "api");
-//! let ids: Vec<_> = v1.get().iter().map(|i| i.id.clone()).collect();
-//! assert_eq!(ids, ["a2"]);
-//! assert_eq!(v1.find("user-42").unwrap().id, "a2");
-//!
-//! // Exactly zone eu-1.
-//! let eu1 = Selector::new().zone("eu-1").on(&dir, "api");
-//! assert_eq!(eu1.get().len(), 2);
-//! ```
+//! See [`Selector`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -63,9 +26,46 @@ struct Filter {
     test: Predicate,
 }
 
-/// Which instances of a service to use: strict filters plus an optional zone preference.
+/// Which instances of a service to use, by metadata, version and zone: strict filters plus an
+/// optional zone preference. Built with chained calls; cheap to clone.
 ///
-/// Built with chained calls; cheap to clone. See the [module](self) for an example.
+/// These are the selectors users of Spring Cloud (metadata match, zone preference) and Kratos
+/// (version, metadata, custom filters) reach for first. A [`Selector`] is a list of strict
+/// filters (an instance must pass all of them) and an optional zone *preference* (instances of
+/// that zone if the filters leave any there, otherwise all that pass the filters). Applied to a
+/// directory's service with [`Selector::on`], it gives a [`Selection`] with the directory's read
+/// calls: [`get`](Selection::get), [`find`](Selection::find), [`find_n`](Selection::find_n) and
+/// [`changes`](Selection::changes).
+///
+/// Routing through a selection stays consistent: [`Selection::find`] answers on the ring of the
+/// selected instances, with the directory's virtual nodes, so a selector every instance passes
+/// gives exactly [`Directory::find`]'s owners, and a key moves only when its owner leaves the
+/// selection. The selected list and its ring are computed once per membership view, not per
+/// call.
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use std::sync::Arc;
+/// use registry_core::engine::{Directory, Instance, Selector};
+///
+/// let dir = Directory::new();
+/// let src = dir.source("static", 10).unwrap();
+/// src.publish("api", [
+///     Instance::new("api", "a1").addr("10.0.0.1:80").version("1.4.2").meta("zone", "eu-1"),
+///     Instance::new("api", "a2").addr("10.0.0.2:80").version("1.5.0").meta("zone", "eu-2"),
+///     Instance::new("api", "a3").addr("10.0.0.3:80").version("2.0.0").meta("zone", "eu-1"),
+/// ], 0);
+///
+/// // Version 1.x, preferring zone eu-2, falling back to any zone when eu-2 has none.
+/// let v1 = Selector::new().version_prefix("1").prefer_zone("eu-2").on(&dir, "api");
+/// let ids: Vec<_> = v1.get().iter().map(|i| i.id.clone()).collect();
+/// assert_eq!(ids, ["a2"]);
+/// assert_eq!(v1.find("user-42").unwrap().id, "a2");
+///
+/// // Exactly zone eu-1.
+/// let eu1 = Selector::new().zone("eu-1").on(&dir, "api");
+/// assert_eq!(eu1.get().len(), 2);
+/// ```
 #[derive(Clone, Default)]
 pub struct Selector {
     filters: Vec<Filter>,
