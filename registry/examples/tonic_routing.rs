@@ -141,6 +141,18 @@ pub mod who {
 
     /// Starts server `id` on 127.0.0.1 (a free port).
     pub async fn serve(id: &str) -> std::io::Result<Running> {
+        serve_with(id, None).await
+    }
+
+    /// Starts server `id` on 127.0.0.1, over TLS if `tls` says so.
+    pub async fn serve_with(
+        id: &str,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+    ) -> std::io::Result<Running> {
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).map_err(std::io::Error::other)?;
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let mode = Arc::new(Mutex::new(Mode::Serve));
@@ -151,7 +163,7 @@ pub mod who {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let task = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
+            let _ = builder
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;

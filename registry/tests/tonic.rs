@@ -407,3 +407,119 @@ async fn keyed_without_a_key_or_without_instances() {
     assert_eq!(err.code(), Code::Unavailable);
     assert!(err.message().contains("nobody"), "{err:?}");
 }
+
+/// TLS per endpoint: each server has its own certificate name, which its registration carries in
+/// its metadata; the endpoint closure reads it. A client that names the wrong server is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balanced_and_keyed_over_tls_with_per_instance_names() {
+    use conformance_tests::pki::TestCa;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+
+    let ca = TestCa::new("tonic test CA");
+    let backend = Arc::new(MemoryBackend::new());
+    let servers = Registry::new(backend.clone()).unwrap();
+    let client = Registry::new(backend).unwrap();
+    let discovery = client.discover("who").await.unwrap();
+    let dir = discovery.directory();
+    let mut running = Vec::new();
+    let mut regs = Vec::new();
+    for id in ["t1", "t2"] {
+        let name = format!("{id}.who.test");
+        let issued = ca.server_cert(&[&name]);
+        let tls = ServerTlsConfig::new().identity(Identity::from_pem(&issued.cert, &issued.key));
+        let server = who::serve_with(id, Some(tls)).await.unwrap();
+        let inst = Instance::new("who", id)
+            .addr(format!("https://{}", server.addr))
+            .meta("tls-name", name);
+        regs.push(servers.register(inst).await.unwrap());
+        running.push(server);
+    }
+    let t0 = Instant::now();
+    while dir.get("who").len() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let ca_cert = Certificate::from_pem(&ca.pem);
+    let tls_for = move |name_of: fn(&Instance) -> String| {
+        let ca_cert = ca_cert.clone();
+        move |inst: &Instance| {
+            let tls = ClientTlsConfig::new()
+                .ca_certificate(ca_cert.clone())
+                .domain_name(name_of(inst));
+            Endpoint::from_shared(inst.addrs[0].clone())?.tls_config(tls)
+        }
+    };
+    let right = |i: &Instance| i.metadata["tls-name"].clone();
+    let channel = Channels::new(dir, "who")
+        .endpoint(tls_for(right))
+        .balanced();
+    let by = spread(&channel, 30).await;
+    assert_eq!(by.keys().collect::<Vec<_>>(), ["t1", "t2"], "{by:?}");
+
+    let keyed = Channels::new(dir, "who")
+        .endpoint(tls_for(right))
+        .keyed_by_header(KEY_HEADER);
+    for i in 0..10 {
+        let key = format!("user-{i}");
+        let reply = who::call(keyed.clone(), &key).await.unwrap();
+        assert_eq!(reply.server, dir.find("who", &key).unwrap().id);
+    }
+
+    // The wrong name: the handshake fails on every instance.
+    let wrong = |_: &Instance| "someone-else.test".to_owned();
+    let refused = Channels::new(dir, "who")
+        .endpoint(tls_for(wrong))
+        .keyed_by_header(KEY_HEADER);
+    let err = who::call(refused, "user-1").await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    for s in running {
+        s.stop().await;
+    }
+    drop(regs);
+}
+
+/// The same balanced and keyed calls with the registrations in a real etcd (the test bed's).
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balanced_and_keyed_over_etcd() {
+    use conformance_tests::testbed;
+    let Some(endpoint) = testbed::shared_etcd() else {
+        return;
+    };
+    let ns = testbed::fresh_namespace("tonic");
+    let url = format!("etcd://{endpoint}/{ns}");
+    let servers = Registry::new(registry::connect(&url).await.unwrap()).unwrap();
+    let client = Registry::new(registry::connect(&url).await.unwrap()).unwrap();
+    let discovery = client.discover("who").await.unwrap();
+    let mut bed = Bed {
+        servers,
+        discovery,
+        running: BTreeMap::new(),
+        regs: BTreeMap::new(),
+    };
+    for id in ["e1", "e2", "e3"] {
+        bed.start(id).await;
+    }
+    bed.wait_for(|ids| ids.len() == 3).await;
+
+    let channel = Channels::new(bed.dir(), "who").balanced();
+    let keyed = Channels::new(bed.dir(), "who").keyed_by_header(KEY_HEADER);
+    until_reached(&channel, "e3").await;
+    for i in 0..20 {
+        let key = format!("user-{i}");
+        let reply = who::call(keyed.clone(), &key).await.unwrap();
+        assert_eq!(reply.server, bed.dir().find("who", &key).unwrap().id);
+    }
+
+    bed.regs.remove("e3").unwrap().deregister().await.unwrap();
+    bed.wait_for(|ids| !ids.contains(&"e3".to_owned())).await;
+    tokio::time::sleep(PROPAGATION).await;
+    let after = spread(&channel, 40).await;
+    assert!(!after.contains_key("e3"), "{after:?}");
+    for i in 0..20 {
+        let key = format!("user-{i}");
+        let reply = who::call(keyed.clone(), &key).await.unwrap();
+        assert_ne!(reply.server, "e3");
+    }
+}
