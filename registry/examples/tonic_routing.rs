@@ -296,7 +296,20 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
     while dir.get("who").iter().any(|i| i.id == owner) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The change reaches the balancer asynchronously (its server is down, so until then a call
+    // may fail): wait for ten answers in a row from the others.
+    let t0 = std::time::Instant::now();
+    let mut in_a_row = 0;
+    while in_a_row < 10 {
+        in_a_row = match who::call(balanced.clone(), "probe").await {
+            Ok(reply) if reply.server != owner => in_a_row + 1,
+            _ => 0,
+        };
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{owner} still called"
+        );
+    }
     let after = spread(&balanced, 30).await;
     println!("balanced after {owner} left: {after:?}");
     assert!(!after.contains_key(&owner));

@@ -127,8 +127,33 @@ where
     }
 }
 
-/// Time for a change the directory shows to go through the channel's feeding task.
-const PROPAGATION: Duration = Duration::from_millis(100);
+/// Waits until a change the directory shows has gone through the channel's feeding task to the
+/// balancer (asynchronous, so not at once on a loaded machine): calls until 20 in a row are not
+/// answered by `server` (5 s at most). The assertions that follow make many more calls.
+async fn settle_away<T>(transport: &T, server: &str)
+where
+    T: Clone
+        + tonic::client::GrpcService<
+            tonic::body::Body,
+            ResponseBody = tonic::body::Body,
+            Error: Into<tonic::codegen::StdError>,
+        >,
+{
+    let t0 = Instant::now();
+    let mut in_a_row = 0;
+    while in_a_row < 20 {
+        let reply = who::call(transport.clone(), "settle").await.expect("call");
+        in_a_row = if reply.server == server {
+            0
+        } else {
+            in_a_row + 1
+        };
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{server} still answers"
+        );
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn balanced_a_removed_instance_gets_no_more_calls_and_a_new_one_starts_getting_them() {
@@ -147,7 +172,7 @@ async fn balanced_a_removed_instance_gets_no_more_calls_and_a_new_one_starts_get
 
     bed.regs.remove("w1").unwrap().deregister().await.unwrap();
     bed.wait_for(|ids| !ids.contains(&"w1".to_owned())).await;
-    tokio::time::sleep(PROPAGATION).await;
+    settle_away(&channel, "w1").await;
     let after = spread(&channel, 60).await;
     assert!(!after.contains_key("w1"), "w1 left but answered: {after:?}");
     assert_eq!(after.values().sum::<usize>(), 60);
@@ -162,7 +187,7 @@ async fn balanced_an_instance_taken_offline_gets_no_more_calls() {
     until_reached(&channel, "w2").await;
     bed.regs["w2"].set_online(false).await.unwrap();
     bed.wait_for(|ids| ids == ["w1"]).await;
-    tokio::time::sleep(PROPAGATION).await;
+    settle_away(&channel, "w2").await;
     let after = spread(&channel, 40).await;
     assert_eq!(after.keys().collect::<Vec<_>>(), ["w1"], "{after:?}");
 }
@@ -184,7 +209,7 @@ async fn balanced_a_changed_address_is_followed() {
         .unwrap();
     bed.wait_for(|_| bed.dir().get("who").iter().any(|i| i.addrs == [to.clone()]))
         .await;
-    tokio::time::sleep(PROPAGATION).await;
+    settle_away(&channel, "w2").await;
     let after = spread(&channel, 60).await;
     assert!(
         !after.contains_key("w2"),
@@ -246,7 +271,7 @@ async fn balanced_over_a_selection() {
             == 1
     })
     .await;
-    tokio::time::sleep(PROPAGATION).await;
+    settle_away(&channel, "w3").await;
     let by = spread(&channel, 40).await;
     assert_eq!(by.keys().collect::<Vec<_>>(), ["w1"], "{by:?}");
 }
@@ -514,7 +539,7 @@ async fn balanced_and_keyed_over_etcd() {
 
     bed.regs.remove("e3").unwrap().deregister().await.unwrap();
     bed.wait_for(|ids| !ids.contains(&"e3".to_owned())).await;
-    tokio::time::sleep(PROPAGATION).await;
+    settle_away(&channel, "e3").await;
     let after = spread(&channel, 40).await;
     assert!(!after.contains_key("e3"), "{after:?}");
     for i in 0..20 {
