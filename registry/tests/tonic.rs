@@ -548,3 +548,31 @@ async fn balanced_and_keyed_over_etcd() {
         assert_ne!(reply.server, "e3");
     }
 }
+
+/// The task feeding a balanced channel ends when the channel (and its clones) is dropped, without
+/// waiting for the next change of the service.
+#[tokio::test(flavor = "current_thread")]
+async fn the_feeding_task_ends_with_the_channel() {
+    let dir = registry::Directory::new();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    let channel = Channels::new(&dir, "nobody").balanced();
+    let clone = channel.clone();
+    tokio::task::yield_now().await;
+    assert!(
+        metrics.num_alive_tasks() > before,
+        "the feeder and the balancer run"
+    );
+    drop(channel);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(metrics.num_alive_tasks() > before, "a clone keeps them");
+    drop(clone);
+    let t0 = Instant::now();
+    while metrics.num_alive_tasks() != before {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the feeder outlives the channel"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
