@@ -12,18 +12,8 @@ ZSS_NODE_DIR="${REGISTRY_TESTBED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/service-
 
 zn_die() { echo "zss-node: $*" >&2; exit 2; }
 
-# Installs Debian packages (as root, or through sudo) when a command or file they provide is missing.
-zn_apt_install() {
-  local sudo=""
-  [ "$(id -u)" = 0 ] || sudo=sudo
-  command -v apt-get >/dev/null || zn_die "missing: $*; install them with your package manager"
-  echo "zss-node: installing Debian's $*" >&2
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1 || {
-    $sudo apt-get update -qq >/dev/null 2>&1 || true
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null ||
-      zn_die "could not install $* with apt-get"
-  }
-}
+# shellcheck source=scripts/apt-install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh"
 
 zss_node_up() {
   # Node.js and npm, Node's headers, and what node-gyp needs to build the zeromq module against
@@ -43,7 +33,7 @@ zss_node_up() {
   else
     missing+=(libnode-dev)
   fi
-  [ ${#missing[@]} -eq 0 ] || zn_apt_install "${missing[@]}"
+  [ ${#missing[@]} -eq 0 ] || apt_install zss-node "${missing[@]}"
   nodedir=$(dirname "$(dirname "$(command -v node)")")
   [ -f "$nodedir/include/node/node.h" ] || zn_die "missing Node's headers in $nodedir/include/node (Debian: libnode-dev)"
   pkg-config --exists libzmq || zn_die "libzmq is not found by pkg-config (Debian: libzmq3-dev)"

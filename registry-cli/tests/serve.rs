@@ -15,6 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use registry::engine::{
     Directory, DiscoveryOptions, Instance, InstanceState, Probe, ProbeOptions, Registry, Scope,
+    StaticSource,
 };
 use registry::memory::MemoryBackend;
 use registry_cli::serve::{Options, Server};
@@ -261,11 +262,29 @@ async fn services_and_instances_are_listed_with_every_field() {
         v["instances"][0],
         json!({"service": "web", "id": "w1", "addrs": ["10.0.0.1:80", "http://10.0.0.1:81/x"],
                "state": "online", "metadata": {"zone": "a"}, "version": "1.2.3", "weight": 50,
-               "hidden": false, "routable": true})
+               "hidden": false, "routable": true, "source": "backend"})
     );
     assert_eq!(v["instances"][1]["state"], "offline");
     assert_eq!(v["instances"][1]["routable"], json!(false));
     assert_eq!(v["instances"][1]["version"], Value::Null);
+
+    // An instance of another source says so.
+    let _legacy = StaticSource::new([Instance::new("web", "legacy-1").addr("10.9.0.1:80")])
+        .install(&h.dir, "legacy", -1)
+        .unwrap();
+    let v = h.ok("/v1/services/web").await;
+    assert_eq!(ids(&v["instances"]), ["legacy-1", "w1", "w2"]);
+    assert_eq!(v["instances"][0]["source"], "legacy");
+    let v = h.ok("/v1/services/web/instances/legacy-1").await;
+    assert_eq!(v["source"], "legacy");
+    let sd = h.ok("/v1/prometheus/sd").await;
+    let legacy = sd
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["labels"]["__meta_registry_id"] == "legacy-1")
+        .unwrap();
+    assert_eq!(legacy["labels"]["__meta_registry_source"], "legacy");
 
     let v = h.ok("/v1/services/web/instances/w2").await;
     assert_eq!(v["id"], "w2");
@@ -362,15 +381,15 @@ async fn prometheus_sd_is_one_target_group_per_instance() {
         "__meta_registry_version": "2.0", "__meta_registry_state": "online",
         "__meta_registry_hidden": "false",
         "__meta_registry_meta_app_kubernetes_io_name": "api",
-        "__meta_registry_meta_zone": "eu-1"}});
+        "__meta_registry_meta_zone": "eu-1", "__meta_registry_source": "backend"}});
     let a2 = json!({"targets": ["10.0.0.2:8080"], "labels": {
         "__meta_registry_service": "api", "__meta_registry_id": "a2",
         "__meta_registry_version": "", "__meta_registry_state": "offline",
-        "__meta_registry_hidden": "false"}});
+        "__meta_registry_hidden": "false", "__meta_registry_source": "backend"}});
     let c1 = json!({"targets": ["10.0.0.3:6379"], "labels": {
         "__meta_registry_service": "cache", "__meta_registry_id": "c1",
         "__meta_registry_version": "", "__meta_registry_state": "online",
-        "__meta_registry_hidden": "false"}});
+        "__meta_registry_hidden": "false", "__meta_registry_source": "backend"}});
     assert_eq!(h.ok("/v1/prometheus/sd").await, json!([a1, c1]));
     assert_eq!(h.ok("/v1/prometheus/sd?all=false").await, json!([a1, c1]));
     assert_eq!(

@@ -2,6 +2,11 @@
 
 mod connect;
 
+/// The workspace README's snippets (its guide), compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 pub use connect::{SCHEMES, connect};
 pub use registry_core::*;
 

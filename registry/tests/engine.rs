@@ -763,3 +763,85 @@ async fn registrations_faster_than_the_heartbeat_do_not_starve_keep_alives() {
         600
     );
 }
+
+/// `discover` of a service (and `discover_all`) while one runs shares it: one listing, one watch;
+/// the discovery stops only when its last handle goes, and the next call starts a new one.
+/// `discover_with` always starts its own.
+#[tokio::test(start_paused = true)]
+async fn repeated_discover_shares_one_watch() {
+    let backend = MemoryBackend::new();
+    let a = registry(&backend);
+    let b = registry(&backend);
+    let d1 = b.discover("web").await.unwrap();
+    let _w1 = a.register(web("w1")).await.unwrap();
+    until_online(&b, "web", &["w1"]).await;
+    assert_eq!(d1.counts().events, 1);
+    // A second discovery would list (and have seen no event yet): this one is the first.
+    let d2 = b.discover("web").await.unwrap();
+    assert_eq!((d2.counts().lists, d2.counts().events), (1, 1));
+    drop(d1);
+    // Still running for d2.
+    let _w2 = a.register(web("w2")).await.unwrap();
+    until_online(&b, "web", &["w1", "w2"]).await;
+    assert_eq!(d2.counts().lists, 1);
+    let own = b
+        .discover_with(Scope::Service("web".into()), DiscoveryOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(own.counts().lists, 1);
+    assert_eq!(
+        d2.counts().lists,
+        1,
+        "discover_with did not use the shared one"
+    );
+    let all1 = b.discover_all().await.unwrap();
+    let _api = a
+        .register(Instance::new("api", "a1").addr("10.0.0.9:80"))
+        .await
+        .unwrap();
+    until_online(&b, "api", &["a1"]).await;
+    let all2 = b.discover_all().await.unwrap();
+    assert_eq!(all2.counts().events, 1);
+    assert_eq!(all2.counts(), all1.counts());
+    drop(d2);
+    drop(own);
+    // Both handles of the service gone: the next discover starts afresh (its own counters).
+    let _w3 = a.register(web("w3")).await.unwrap();
+    sleep(Duration::from_millis(50)).await;
+    let d3 = b.discover("web").await.unwrap();
+    assert_eq!(d3.counts().lists, 1);
+    assert_eq!(d3.counts().events, 0, "a new discovery, not the old one");
+}
+
+/// `get_service` reads the service once, without a watch: every instance (offline included),
+/// sorted, malformed values skipped; an invalid name is refused.
+#[tokio::test(start_paused = true)]
+async fn get_service_is_a_one_shot_read() {
+    let backend = MemoryBackend::new();
+    let a = registry(&backend);
+    let _w2 = a.register(web("w2")).await.unwrap();
+    let _w1 = a
+        .register(web("w1").state(InstanceState::Offline))
+        .await
+        .unwrap();
+    let _api = a
+        .register(Instance::new("api", "a1").addr("10.0.0.9:80"))
+        .await
+        .unwrap();
+    backend
+        .put("registry/web/junk", Bytes::from_static(b"not json"), None)
+        .await
+        .unwrap();
+    let got = a.get_service("web").await.unwrap();
+    assert_eq!(
+        got.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        ["w1", "w2"]
+    );
+    assert!(!got[0].is_online());
+    assert!(a.directory().services().is_empty(), "no discovery started");
+    assert_eq!(
+        a.get_service("bad name").await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    assert!(a.get_service("nosuch").await.unwrap().is_empty());
+}

@@ -57,7 +57,11 @@ pub(crate) fn service_json(s: &ServiceSnapshot) -> Value {
     let list: Vec<Value> = s
         .all()
         .values()
-        .map(|i| instance_json(i, s.is_hidden(&i.id)))
+        .map(|i| {
+            let mut v = instance_json(i, s.is_hidden(&i.id));
+            v["source"] = json!(s.source_of(&i.id));
+            v
+        })
         .collect();
     v["instances"] = json!(list);
     v
@@ -115,6 +119,7 @@ pub(crate) async fn instance(
         .get(&id)
         .ok_or_else(|| ApiError::not_found(format!("no instance {id} of service {service}")))?;
     let mut v = instance_json(inst, snap.is_hidden(&id));
+    v["source"] = json!(snap.source_of(&id));
     v["stale"] = json!(snap.is_stale());
     v["stale_since"] = json!(snap.stale_since().map(rfc3339));
     v["revision"] = json!(snap.revision());
@@ -163,4 +168,197 @@ pub(crate) async fn owners(
         "stale_since": snap.stale_since().map(rfc3339),
         "revision": snap.revision(),
     })))
+}
+
+/// The most arcs a `ring` answer draws: a ring of many members (128 points each) has more, and
+/// is then drawn at this resolution (see [`arcs`]).
+pub(crate) const MAX_ARCS: usize = 720;
+
+#[derive(Deserialize)]
+pub(crate) struct RingQuery {
+    key: Option<String>,
+}
+
+/// One stretch of the circle, as fractions of the key space from 0 (hash 0) to 1 (hash 2^64),
+/// and the index of its owner in the members.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Stretch {
+    pub(crate) from: f64,
+    pub(crate) to: f64,
+    pub(crate) owner: usize,
+}
+
+/// The circle's stretches in order from hash 0, adjacent ones of the same owner merged; `exact`
+/// when they are the ring's own (at most [`MAX_ARCS`]). A ring with more is drawn as
+/// [`MAX_ARCS`] equal stretches, each given to the member that owns most of it (then merged):
+/// a picture at that resolution. Shares are always exact ([`registry::engine::Ring::shares`]).
+pub(crate) fn arcs(ring: &registry::engine::Ring) -> (Vec<Stretch>, bool) {
+    const FULL: f64 = 18_446_744_073_709_551_616.0; // 2^64
+    let points: Vec<(u64, usize)> = owned_points(ring).collect();
+    let Some(&(_, first)) = points.first() else {
+        return (Vec::new(), true);
+    };
+    // [0, p0] and (p[i-1], p[i]] belong to point i; (p[last], 2^64) to the first point.
+    let mut exact: Vec<Stretch> = Vec::new();
+    let mut from = 0.0;
+    for &(p, owner) in points.iter().chain(std::iter::once(&(u64::MAX, first))) {
+        let to = if p == u64::MAX { 1.0 } else { p as f64 / FULL };
+        push_merged(&mut exact, from, to, owner);
+        from = to;
+    }
+    if exact.len() <= MAX_ARCS {
+        return (exact, true);
+    }
+    // Equal buckets, each to the owner of most of it.
+    let mut coarse: Vec<Stretch> = Vec::new();
+    let mut at = 0usize;
+    let mut covered: std::collections::HashMap<usize, f64> = std::collections::HashMap::new();
+    for b in 0..MAX_ARCS {
+        let (lo, hi) = (b as f64 / MAX_ARCS as f64, (b + 1) as f64 / MAX_ARCS as f64);
+        covered.clear();
+        while at < exact.len() && exact[at].from < hi {
+            let a = &exact[at];
+            *covered.entry(a.owner).or_default() += a.to.min(hi) - a.from.max(lo);
+            if a.to > hi {
+                break;
+            }
+            at += 1;
+        }
+        let owner = covered
+            .iter()
+            .max_by(|x, y| x.1.total_cmp(y.1).then(y.0.cmp(x.0)))
+            .map_or(first, |(&o, _)| o);
+        push_merged(&mut coarse, lo, hi, owner);
+    }
+    (coarse, false)
+}
+
+/// The ring's points with the index of their owner in [`Ring::members`](registry::engine::Ring::members)
+/// (sorted by id, so found by binary search).
+fn owned_points(ring: &registry::engine::Ring) -> impl Iterator<Item = (u64, usize)> + '_ {
+    let members = ring.members();
+    ring.owned_points().map(move |(p, m)| {
+        let owner = members
+            .binary_search_by(|x| x.id.cmp(&m.id))
+            .expect("a point's owner is a member");
+        (p, owner)
+    })
+}
+
+fn push_merged(arcs: &mut Vec<Stretch>, from: f64, to: f64, owner: usize) {
+    if let Some(last) = arcs.last_mut().filter(|l| l.owner == owner) {
+        last.to = to;
+    } else if to > from || arcs.is_empty() {
+        arcs.push(Stretch { from, to, owner });
+    }
+    // Otherwise an empty stretch (two points at the same fraction): nothing to draw.
+}
+
+/// `GET /v1/services/{service}/ring[?key=K]`: each routable instance's share of the key space,
+/// from the ring [`Directory::find`](registry::engine::Directory::find) routes by, and the arcs
+/// to draw it; with `key`, where the key falls on the circle and its owner.
+pub(crate) async fn ring(
+    State(server): State<Server>,
+    p: Result<Path<String>, PathRejection>,
+    q: Result<Query<RingQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let service = path(p)?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let snap = known(&server, &service)?;
+    let ring = snap.ring();
+    let shares = ring.shares();
+    let mut counts = vec![0usize; ring.len()];
+    for (_, owner) in owned_points(ring) {
+        counts[owner] += 1;
+    }
+    let members: Vec<Value> = ring
+        .members()
+        .iter()
+        .zip(&shares)
+        .zip(&counts)
+        .map(|((m, share), points)| {
+            json!({ "id": m.id, "weight": m.weight, "points": points, "share": share })
+        })
+        .collect();
+    let (arcs, exact) = arcs(ring);
+    let arcs: Vec<Value> = arcs
+        .iter()
+        .map(|a| json!({ "from": a.from, "to": a.to, "member": a.owner }))
+        .collect();
+    let key = q.key.map(|key| {
+        let h = registry::engine::hash_key(key.as_bytes());
+        let owner = ring.find(key.as_bytes()).map(|m| m.id.clone());
+        json!({ "key": key, "position": h as f64 / 18_446_744_073_709_551_616.0, "owner": owner })
+    });
+    Ok(Json(json!({
+        "service": service,
+        "points": ring.points(),
+        "members": members,
+        "arcs": arcs,
+        "arcs_exact": exact,
+        "key": key,
+        "stale": snap.is_stale(),
+        "stale_since": snap.stale_since().map(rfc3339),
+        "revision": snap.revision(),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use registry::engine::{Instance, Ring};
+
+    use super::{MAX_ARCS, arcs};
+
+    fn ring(n: usize) -> Ring {
+        Ring::new((0..n).map(|i| Arc::new(Instance::new("s", format!("m{i}")).addr("x:1"))))
+    }
+
+    /// The exact arcs cover the circle once, in order, and each point of the circle is owned by
+    /// the member `find` routes its keys to; their lengths add up to the members' shares.
+    #[test]
+    fn exact_arcs_match_the_ring() {
+        let r = ring(3);
+        let (arcs, exact) = arcs(&r);
+        assert!(exact && arcs.len() <= MAX_ARCS && arcs.len() > 3);
+        assert_eq!(arcs[0].from, 0.0);
+        assert_eq!(arcs.last().unwrap().to, 1.0);
+        assert!(
+            arcs.windows(2)
+                .all(|w| w[0].to == w[1].from && w[0].owner != w[1].owner)
+        );
+        let mut lengths = [0.0; 3];
+        for a in &arcs {
+            lengths[a.owner] += a.to - a.from;
+        }
+        for (l, s) in lengths.iter().zip(r.shares()) {
+            assert!((l - s).abs() < 1e-9, "{l} vs {s}");
+        }
+        for k in 0..2000u32 {
+            let key = k.to_le_bytes();
+            let at = registry::engine::hash_key(&key) as f64 / 2f64.powi(64);
+            let arc = arcs.iter().find(|a| a.from <= at && at <= a.to).unwrap();
+            let owner = &r.members()[arc.owner].id;
+            // A key within float rounding of a boundary may sit on either side.
+            let near_edge = (at - arc.from).abs() < 1e-12 || (arc.to - at).abs() < 1e-12;
+            assert!(near_edge || *owner == r.find(&key).unwrap().id, "key {k}");
+        }
+    }
+
+    /// A big ring is drawn at a bounded resolution.
+    #[test]
+    fn many_members_are_drawn_in_at_most_max_arcs() {
+        let (arcs, exact) = arcs(&ring(40));
+        assert!(!exact);
+        assert!(arcs.len() <= MAX_ARCS && arcs.len() > 40, "{}", arcs.len());
+        assert_eq!((arcs[0].from, arcs.last().unwrap().to), (0.0, 1.0));
+        assert!(arcs.windows(2).all(|w| w[0].to == w[1].from));
+        let (none, exact) = arcs_of_empty();
+        assert!(none.is_empty() && exact);
+    }
+
+    fn arcs_of_empty() -> (Vec<super::Stretch>, bool) {
+        arcs(&Ring::new(Vec::new()))
+    }
 }

@@ -7,9 +7,11 @@
 //! | `GET /v1/services/{service}` | a service's instances |
 //! | `GET /v1/services/{service}/instances/{id}` | one instance |
 //! | `GET /v1/services/{service}/owners?key=K&n=N` | the owner(s) of a key on the ring |
+//! | `GET /v1/services/{service}/ring[?key=K]` | each routable instance's share of the key space, arcs to draw |
 //! | `GET /v1/events[?service=S]` | the change stream, as Server-Sent Events, resumable |
 //! | `GET /v1/prometheus/sd[?all=true]` | Prometheus HTTP service discovery |
 //! | `GET /metrics` | the server's own metrics, Prometheus text format |
+//! | `GET /` (and `/dashboard.js`, `/dashboard.css`, `/favicon.svg`) | the live dashboard, for people |
 //!
 //! The server only reads the [`Directory`] a [`Discovery`] fills: it never writes to the backend
 //! and never shows the backend URL. See `docs/openapi.yaml` for the documents it returns.
@@ -28,6 +30,7 @@ use tokio::net::TcpListener;
 
 mod api;
 mod conn;
+mod dashboard;
 mod events;
 mod metrics;
 mod sd;
@@ -109,10 +112,15 @@ impl Server {
     /// The routes, ready to serve.
     pub fn router(&self) -> Router {
         Router::new()
+            .route("/", get(dashboard::index))
+            .route("/dashboard.js", get(dashboard::script))
+            .route("/dashboard.css", get(dashboard::style))
+            .route("/favicon.svg", get(dashboard::icon))
             .route("/v1/services", get(api::services))
             .route("/v1/services/{service}", get(api::service))
             .route("/v1/services/{service}/instances/{id}", get(api::instance))
             .route("/v1/services/{service}/owners", get(api::owners))
+            .route("/v1/services/{service}/ring", get(api::ring))
             .route("/v1/events", get(events::events))
             .route("/v1/prometheus/sd", get(sd::prometheus_sd))
             .route("/metrics", get(metrics::metrics))

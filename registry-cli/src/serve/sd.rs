@@ -65,6 +65,9 @@ pub(crate) async fn prometheus_sd(
             );
             labels.insert("__meta_registry_state".into(), state_name(inst).into());
             labels.insert("__meta_registry_hidden".into(), hidden.to_string());
+            if let Some(source) = snap.source_of(&inst.id) {
+                labels.insert("__meta_registry_source".into(), source.to_owned());
+            }
             groups.push(json!({ "targets": targets, "labels": labels }));
         }
     }

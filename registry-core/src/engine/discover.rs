@@ -17,6 +17,7 @@ use super::backoff::Backoff;
 use super::directory::Directory;
 use super::instance::{Instance, Layout};
 use super::probe::{self, ProbeOptions};
+use super::telemetry::Telemetry;
 use crate::backend::{Backend, Revision};
 use crate::config::{check_duration, check_max_duration};
 use crate::error::{Error, ErrorKind, Result};
@@ -113,6 +114,7 @@ impl DiscoveryOptions {
 /// Counters of one discovery.
 #[derive(Debug, Default)]
 struct Stats {
+    tel: Telemetry,
     lists: AtomicU64,
     watches: AtomicU64,
     events: AtomicU64,
@@ -123,7 +125,13 @@ struct Stats {
 }
 
 impl Stats {
+    fn inc(&self, c: &AtomicU64, name: &'static str) {
+        c.fetch_add(1, Ordering::Relaxed);
+        self.tel.count(name);
+    }
+
     fn observe_apply_delay(&self, d: Duration) {
+        self.tel.seconds("registry_apply_delay_seconds", d);
         let secs = d.as_secs_f64();
         let i = APPLY_DELAY_BUCKETS
             .iter()
@@ -186,8 +194,19 @@ pub struct DiscoveryCounts {
     pub apply_delay: ApplyDelay,
 }
 
-/// A running discovery. Dropping it stops the discovery (the directory keeps the last view).
+/// A running discovery. Cheap to clone: clones share the running discovery, which stops when the
+/// last of them is dropped (the directory keeps the last view). [`Registry::discover`] and
+/// [`Registry::discover_all`] hand out clones of one discovery per scope while it runs.
+///
+/// [`Registry::discover`]: super::Registry::discover
+/// [`Registry::discover_all`]: super::Registry::discover_all
+#[derive(Clone)]
 pub struct Discovery {
+    run: Arc<Running>,
+}
+
+/// What the clones of a [`Discovery`] share.
+pub(crate) struct Running {
     directory: Directory,
     stats: Arc<Stats>,
     synced: watch::Receiver<bool>,
@@ -198,13 +217,13 @@ pub struct Discovery {
 impl fmt::Debug for Discovery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Discovery")
-            .field("scope", &self.scope)
+            .field("scope", &self.run.scope)
             .field("counts", &self.counts())
             .finish()
     }
 }
 
-impl Drop for Discovery {
+impl Drop for Running {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
@@ -224,7 +243,10 @@ impl Discovery {
             super::instance::validate_service(s)?;
         }
         opts.validate()?;
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats {
+            tel: Telemetry::new(layout.namespace()),
+            ..Stats::default()
+        });
         let (synced_tx, synced_rx) = watch::channel(false);
         let (first_tx, first_rx) = tokio::sync::oneshot::channel();
         let worker = Worker {
@@ -241,7 +263,8 @@ impl Discovery {
             first: Some(first_tx),
             events_since_list: 0,
         };
-        let worker = tokio::spawn(worker.run());
+        let span = tracing::info_span!("discovery", namespace = worker.layout.namespace(), scope = ?worker.scope);
+        let worker = tokio::spawn(tracing::Instrument::instrument(worker.run(), span));
         // Wait for the first attempt (success or failure) so `get` answers right away. A
         // permanent refusal (credentials, permissions, an unsupported operation) is the caller's
         // to see now, not a view that stays unsynced for ever.
@@ -260,43 +283,55 @@ impl Discovery {
             tasks.push(tokio::spawn(probe::run(directory.clone(), services, p)));
         }
         Ok(Discovery {
-            directory,
-            stats,
-            synced: synced_rx,
-            tasks,
-            scope,
+            run: Arc::new(Running {
+                directory,
+                stats,
+                synced: synced_rx,
+                tasks,
+                scope,
+            }),
         })
+    }
+
+    /// Another handle on the same running discovery, if one still runs.
+    pub(crate) fn from_weak(weak: &std::sync::Weak<Running>) -> Option<Discovery> {
+        weak.upgrade().map(|run| Discovery { run })
+    }
+
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Running> {
+        Arc::downgrade(&self.run)
     }
 
     /// The directory this discovery feeds.
     pub fn directory(&self) -> &Directory {
-        &self.directory
+        &self.run.directory
     }
 
     /// What this discovery covers.
     pub fn scope(&self) -> &Scope {
-        &self.scope
+        &self.run.scope
     }
 
     /// The counters so far.
     pub fn counts(&self) -> DiscoveryCounts {
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let stats = &self.run.stats;
         DiscoveryCounts {
-            lists: l(&self.stats.lists),
-            watches: l(&self.stats.watches),
-            events: l(&self.stats.events),
-            malformed: l(&self.stats.malformed),
-            errors: l(&self.stats.errors),
+            lists: l(&stats.lists),
+            watches: l(&stats.watches),
+            events: l(&stats.events),
+            malformed: l(&stats.malformed),
+            errors: l(&stats.errors),
             apply_delay: ApplyDelay {
-                buckets: std::array::from_fn(|i| l(&self.stats.apply_delay[i])),
-                sum_micros: l(&self.stats.apply_delay_micros),
+                buckets: std::array::from_fn(|i| l(&stats.apply_delay[i])),
+                sum_micros: l(&stats.apply_delay_micros),
             },
         }
     }
 
     /// Waits until the view has been loaded from the backend at least once.
     pub async fn synced(&self) {
-        let mut rx = self.synced.clone();
+        let mut rx = self.run.synced.clone();
         let _ = rx.wait_for(|s| *s).await;
     }
 }
@@ -351,6 +386,7 @@ impl Worker {
     fn mark_stale(&self, stale: bool) {
         for s in self.services() {
             self.directory.set_stale(&s, stale);
+            self.stats.tel.stale(&s, stale);
         }
     }
 
@@ -367,7 +403,8 @@ impl Worker {
             match self.list().await {
                 Ok(()) => backoff.reset(),
                 Err(e) => {
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .inc(&self.stats.errors, "registry_discovery_errors_total");
                     if self.first.is_some() && is_permanent(&e) {
                         tracing::warn!(scope = ?self.scope, error = %e, "discovery: the backend refuses the listing");
                         self.first_done(Err(e));
@@ -394,7 +431,8 @@ impl Worker {
                 match self.follow().await {
                     WatchEnd::Relist => break,
                     WatchEnd::Broken(e) => {
-                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .inc(&self.stats.errors, "registry_discovery_errors_total");
                         tracing::warn!(scope = ?self.scope, error = %e, revision = self.revision, "discovery: watch broken; resuming");
                         self.mark_stale(true);
                         tokio::time::sleep(backoff.next_delay()).await;
@@ -419,7 +457,8 @@ impl Worker {
             Ok(r) => r?,
             Err(_) => return Err(Error::new(ErrorKind::Timeout, "list timed out")),
         };
-        self.stats.lists.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .inc(&self.stats.lists, "registry_discovery_lists_total");
         let mut next: BTreeMap<String, BTreeMap<String, Arc<Instance>>> = BTreeMap::new();
         if let Scope::Service(s) = &self.scope {
             next.insert(s.clone(), BTreeMap::new());
@@ -449,6 +488,11 @@ impl Worker {
         // A listing is the truth, even if the backend's revisions restarted lower.
         self.revision = listing.revision;
         self.synced.send_replace(true);
+        tracing::debug!(
+            revision = listing.revision,
+            keys = listing.entries.len(),
+            "discovery: listed"
+        );
         Ok(())
     }
 
@@ -469,7 +513,8 @@ impl Worker {
                 Some(v)
             }
             Err(e) => {
-                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .inc(&self.stats.malformed, "registry_discovery_skipped_total");
                 if self.logged.insert(kv.key.clone()) {
                     tracing::warn!(key = %kv.key, error = %e, "discovery: skipping a value that is not a valid instance");
                 }
@@ -491,7 +536,9 @@ impl Worker {
             Ok(Err(e)) => return WatchEnd::Broken(e),
             Err(_) => return WatchEnd::Broken(Error::new(ErrorKind::Timeout, "watch timed out")),
         };
-        self.stats.watches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .inc(&self.stats.watches, "registry_discovery_watches_total");
+        tracing::debug!(revision = self.revision, "discovery: watching");
         self.mark_stale(false);
         loop {
             let Some(item) = stream.next().await else {
@@ -531,7 +578,8 @@ impl Worker {
         self.events_since_list += events.len() as u64;
         let mut dirty = std::collections::BTreeSet::new();
         for ev in events {
-            self.stats.events.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .inc(&self.stats.events, "registry_discovery_events_total");
             self.revision = self.revision.max(ev.revision);
             let parsed = self
                 .layout

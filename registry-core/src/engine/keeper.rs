@@ -16,6 +16,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use super::backoff::Backoff;
 use super::register::{LeaseOptions, RegistrationState, RegistryStats, closed};
+use super::telemetry::StateTx;
 use crate::backend::{Backend, CondOutcome, Condition};
 use crate::error::{Error, ErrorKind, Result};
 use crate::lease::{Lease, LeaseId};
@@ -29,7 +30,7 @@ pub(super) enum Cmd {
         value: Bytes,
         /// Whether the first write may replace the id held by another live owner.
         takeover: bool,
-        state: watch::Sender<RegistrationState>,
+        state: StateTx,
         done: Option<oneshot::Sender<Result<()>>>,
     },
     Update {
@@ -55,7 +56,7 @@ struct Member {
     /// refuses for good falls back to. `None` until the first write succeeded: only that first
     /// write may take over the id (see [`Cmd::Add::takeover`]).
     accepted: Option<Bytes>,
-    state: watch::Sender<RegistrationState>,
+    state: StateTx,
     written: bool,
     /// Why the backend refused `value` for good (too large, not allowed). Such a member is
     /// written again only at heartbeats, and blocks no other registration.
@@ -375,7 +376,8 @@ impl Keeper {
         tracing::info!(lease = %lease.id, "registry shutting down: revoking its lease");
         match self.call(self.backend.revoke(&lease.id)).await {
             Ok(()) => {
-                RegistryStats::bump(&self.stats.revokes);
+                self.stats
+                    .record(&self.stats.revokes, "registry_lease_revokes_total");
                 Ok(())
             }
             Err(e) if e.kind() == ErrorKind::LeaseNotFound => Ok(()),
@@ -399,7 +401,8 @@ impl Keeper {
             let r = self.call(self.backend.revoke(&lease.id)).await;
             match &r {
                 Ok(()) => {
-                    RegistryStats::bump(&self.stats.revokes);
+                    self.stats
+                        .record(&self.stats.revokes, "registry_lease_revokes_total");
                     self.lease = None;
                     self.pending_deletes.clear();
                 }
@@ -464,8 +467,15 @@ impl Keeper {
             let _ = self.write_pending().await;
             return;
         };
+        let sent = Instant::now();
         let ka = self.call(self.backend.keep_alive(&lease.id)).await;
-        RegistryStats::bump(&self.stats.keep_alives);
+        if ka.is_ok() {
+            self.stats
+                .tel
+                .seconds("registry_keep_alive_seconds", sent.elapsed());
+        }
+        self.stats
+            .record(&self.stats.keep_alives, "registry_keep_alives_total");
         match ka {
             Ok(_) => {
                 self.last_ok = Instant::now();
@@ -473,7 +483,8 @@ impl Keeper {
                 if self.members.is_empty() && self.pending_deletes.is_empty() {
                     // Only deletes were pending and they are done: the lease has no purpose left.
                     if self.call(self.backend.revoke(&lease.id)).await.is_ok() {
-                        RegistryStats::bump(&self.stats.revokes);
+                        self.stats
+                            .record(&self.stats.revokes, "registry_lease_revokes_total");
                     }
                     self.lease = None;
                     self.next_tick = None;
@@ -523,7 +534,8 @@ impl Keeper {
             .await?
             .is_applied()
         {
-            RegistryStats::bump(&self.stats.deletes);
+            self.stats
+                .record(&self.stats.deletes, "registry_deletes_total");
         }
         Ok(())
     }
@@ -580,7 +592,8 @@ impl Keeper {
         if m.conflict.as_ref() == Some(&holder) {
             return;
         }
-        RegistryStats::bump(&self.stats.conflicts);
+        self.stats
+            .record(&self.stats.conflicts, "registry_conflicts_total");
         tracing::warn!(key, holder = %holder, "another live owner holds this instance id; not writing over it");
         let since = match &*m.state.borrow() {
             RegistrationState::Conflict { since, .. } => *since,
@@ -659,7 +672,8 @@ impl Keeper {
                     _ => "overwritten by someone else",
                 },
             };
-            RegistryStats::bump(&self.stats.repairs);
+            self.stats
+                .record(&self.stats.repairs, "registry_repairs_total");
             tracing::warn!(key = %key, "registration {problem} while its lease lives; writing it again");
             if let Some(m) = self.members.get_mut(&key) {
                 m.written = false;
@@ -669,7 +683,8 @@ impl Keeper {
 
     /// The lease is gone (or must be presumed gone): every registration is lost until written again.
     fn lose(&mut self, error: Error) {
-        RegistryStats::bump(&self.stats.lost);
+        self.stats
+            .record(&self.stats.lost, "registry_lease_losses_total");
         tracing::warn!(error = %error, members = self.members.len(), "lease lost; registrations will be written again under a new lease");
         if let Some(old) = self.lease.take() {
             // It may still be alive on the server (we could not reach it): keys found on it
@@ -749,7 +764,8 @@ impl Keeper {
             Some(l) => l,
             None => {
                 let l = self.call(self.backend.grant(self.opts.ttl)).await?;
-                RegistryStats::bump(&self.stats.grants);
+                self.stats
+                    .record(&self.stats.grants, "registry_lease_grants_total");
                 tracing::debug!(lease = %l.id, ttl = ?l.ttl, "lease granted");
                 self.last_ok = Instant::now();
                 self.lease = Some(l.clone());
@@ -771,7 +787,7 @@ impl Keeper {
                 }
                 Ok(Written::Conflict(holder)) => self.conflicted(&key, holder),
                 Ok(Written::Done) => {
-                    RegistryStats::bump(&self.stats.puts);
+                    self.stats.record(&self.stats.puts, "registry_puts_total");
                     if let Some(m) = self.members.get_mut(&key) {
                         if let Some(holder) = m.conflict.take() {
                             tracing::info!(key = %key, holder = %holder, "the other owner's registration is gone; registered again");
@@ -805,7 +821,8 @@ impl Keeper {
                 // This value is refused for good (too large, not allowed for this key): mark
                 // this one registration and go on with the others.
                 Err(e) => {
-                    RegistryStats::bump(&self.stats.refused);
+                    self.stats
+                        .record(&self.stats.refused, "registry_refused_writes_total");
                     if let Some(m) = self.members.get_mut(&key) {
                         let first = m.refused.is_none();
                         m.refused = Some(e.clone());
@@ -839,7 +856,8 @@ impl Keeper {
             }
         }
         if recovering {
-            RegistryStats::bump(&self.stats.recoveries);
+            self.stats
+                .record(&self.stats.recoveries, "registry_recoveries_total");
             tracing::info!(
                 members = self.members.len(),
                 "registrations restored under a new lease"

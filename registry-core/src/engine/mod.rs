@@ -24,6 +24,7 @@ mod register;
 mod ring;
 mod select;
 mod source;
+mod telemetry;
 
 pub use backoff::Backoff;
 pub use directory::{Change, Changes, Directory, DirectoryBuilder, Instances, ServiceSnapshot};

@@ -5,7 +5,7 @@
 //! registrations alive costs one keep-alive per heartbeat however many services it registers. A
 //! registration may ask for a lease of its own instead.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,9 +16,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::directory::Directory;
-use super::discover::{Discovery, DiscoveryOptions, Scope};
+use super::discover::{Discovery, DiscoveryOptions, Running, Scope};
 use super::instance::{Instance, InstanceState, Layout};
 use super::keeper::{Cmd, Keeper};
+use super::telemetry::{StateTx, Telemetry};
 use crate::backend::Backend;
 use crate::config::{check_duration, check_max_duration};
 use crate::error::{Error, ErrorKind, Result};
@@ -190,6 +191,8 @@ impl RegisterOptions {
 /// Counters of what a registry did, for tests, metrics and the bench.
 #[derive(Debug, Default)]
 pub struct RegistryStats {
+    /// Where the counters are also recorded (the `metrics` facade).
+    pub(super) tel: Telemetry,
     pub(super) grants: AtomicU64,
     pub(super) keep_alives: AtomicU64,
     pub(super) puts: AtomicU64,
@@ -233,6 +236,12 @@ pub struct RegistryCounts {
 impl RegistryStats {
     pub(super) fn bump(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one in `c` and in the metric `name`.
+    pub(super) fn record(&self, c: &AtomicU64, name: &'static str) {
+        Self::bump(c);
+        self.tel.count(name);
     }
 
     /// The current counts.
@@ -327,7 +336,11 @@ impl RegistryBuilder {
                 directory: self.directory.unwrap_or_default(),
                 shared: Mutex::new(None),
                 keepers: Mutex::new(Vec::new()),
-                stats: Arc::new(RegistryStats::default()),
+                discoveries: tokio::sync::Mutex::new(HashMap::new()),
+                stats: Arc::new(RegistryStats {
+                    tel: Telemetry::new(&self.namespace),
+                    ..RegistryStats::default()
+                }),
                 halt,
             }),
         })
@@ -342,6 +355,8 @@ pub struct Registry {
 }
 
 struct RegistryInner {
+    /// The discoveries started by `discover`/`discover_all` that still run, by scope.
+    discoveries: tokio::sync::Mutex<HashMap<Scope, std::sync::Weak<Running>>>,
     backend: Arc<dyn Backend>,
     layout: Layout,
     lease: LeaseOptions,
@@ -439,8 +454,12 @@ impl Registry {
             None => self.shared_keeper(),
         };
         let key = self.inner.layout.key(&instance.service, &instance.id);
-        let (state_tx, state_rx) =
-            watch::channel(RegistrationState::Registering { last_error: None });
+        let (state_tx, state_rx) = StateTx::new(
+            RegistrationState::Registering { last_error: None },
+            self.inner.stats.tel.clone(),
+            &instance.service,
+            &instance.id,
+        );
         let value = instance.encode();
         let delay = opts.delay.unwrap_or(self.inner.delay);
         let token = next_token();
@@ -505,18 +524,61 @@ impl Registry {
     /// Starts discovering `service` into this registry's directory; returns once the first listing
     /// is loaded (or the first attempt failed: the view is then marked stale and retried). Stops when
     /// the returned handle is dropped.
+    ///
+    /// Calls for the same service while a discovery of it runs share that discovery (one watch):
+    /// each gets a clone of it, and it stops when the last clone is dropped.
     pub async fn discover(&self, service: &str) -> Result<Discovery> {
-        self.discover_with(
-            Scope::Service(service.to_owned()),
-            DiscoveryOptions::default(),
-        )
-        .await
+        self.discover_shared(Scope::Service(service.to_owned()))
+            .await
     }
 
-    /// Discovers every service in the namespace.
+    /// Discovers every service in the namespace (shared like [`discover`](Self::discover)).
     pub async fn discover_all(&self) -> Result<Discovery> {
-        self.discover_with(Scope::All, DiscoveryOptions::default())
+        self.discover_shared(Scope::All).await
+    }
+
+    /// The running discovery of `scope` with default options, or a new one.
+    async fn discover_shared(&self, scope: Scope) -> Result<Discovery> {
+        // Held across the start, so that two first calls at once make one discovery.
+        let mut running = self.inner.discoveries.lock().await;
+        running.retain(|_, w| w.strong_count() > 0);
+        if let Some(d) = running.get(&scope).and_then(Discovery::from_weak) {
+            return Ok(d);
+        }
+        let d = self
+            .discover_with(scope.clone(), DiscoveryOptions::default())
+            .await?;
+        running.insert(scope, d.downgrade());
+        Ok(d)
+    }
+
+    /// The instances of `service` (online or offline) as the backend holds them now, read once,
+    /// sorted by id, without starting a watch. Values that do not decode are skipped and logged.
+    pub async fn get_service(&self, service: &str) -> Result<Vec<Instance>> {
+        super::instance::validate_service(service)?;
+        let prefix = self.inner.layout.service_prefix(service);
+        let listing = tokio::time::timeout(self.inner.op_timeout, self.inner.backend.list(&prefix))
             .await
+            .map_err(|_| Error::new(ErrorKind::Timeout, "list timed out"))??;
+        let mut out = Vec::with_capacity(listing.entries.len());
+        for kv in &listing.entries {
+            let decoded = match self.inner.layout.parse(&kv.key) {
+                Some((s, id)) if s == service => Instance::decode(s, id, &kv.value),
+                _ => continue,
+            };
+            match decoded {
+                Ok(i) => out.push(i),
+                Err(e) => {
+                    self.inner
+                        .stats
+                        .tel
+                        .count("registry_discovery_skipped_total");
+                    tracing::warn!(key = %kv.key, error = %e, "get_service: skipping a value that is not a valid instance");
+                }
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
     }
 
     /// Discovers `scope` with explicit options (poll mode, probing, backoff).
@@ -584,7 +646,11 @@ impl Registry {
             self.inner.op_timeout,
             self.inner.stats.clone(),
         );
-        tokio::spawn(keeper.run(rx, self.inner.halt.subscribe()));
+        let span = tracing::info_span!("keeper", namespace = self.inner.layout.namespace());
+        tokio::spawn(tracing::Instrument::instrument(
+            keeper.run(rx, self.inner.halt.subscribe()),
+            span,
+        ));
         let mut keepers = self.inner.keepers.lock().unwrap_or_else(|p| p.into_inner());
         keepers.retain(|k| !k.is_closed());
         keepers.push(tx.clone());

@@ -148,6 +148,40 @@ impl Ring {
         self.points.len()
     }
 
+    /// Every point of the ring in clockwise order (ascending hash), with the member owning it.
+    ///
+    /// A point owns the keys whose [`hash_key`] lies after the previous point, up to and including
+    /// its own hash; the first point also owns the keys after the last point (wrapping around).
+    /// This is what [`find`](Self::find) routes by, so a member's share of the key space, or a
+    /// picture of the ring, can be computed from it.
+    pub fn owned_points(&self) -> impl ExactSizeIterator<Item = (u64, &Arc<Instance>)> + '_ {
+        self.points
+            .iter()
+            .zip(&self.owners)
+            .map(|(&p, &o)| (p, &self.members[o as usize]))
+    }
+
+    /// Each member's share of the key space, in [`members`](Self::members) order: the fraction
+    /// of all 2^64 key hashes that [`find`](Self::find) routes to it (the shares of a non-empty
+    /// ring add up to 1).
+    pub fn shares(&self) -> Vec<f64> {
+        let mut owned = vec![0u128; self.members.len()];
+        let n = self.points.len();
+        for i in 0..n {
+            let prev = self.points[if i == 0 { n - 1 } else { i - 1 }];
+            // One point alone owns the whole circle (the distance to itself is 0, read as 2^64).
+            let arc = match self.points[i].wrapping_sub(prev) {
+                0 if n == 1 => 1u128 << 64,
+                d => u128::from(d),
+            };
+            owned[self.owners[i] as usize] += arc;
+        }
+        owned
+            .into_iter()
+            .map(|o| o as f64 / 2f64.powi(64))
+            .collect()
+    }
+
     /// The first point at or after the key's hash, wrapping around.
     fn start(&self, key: &[u8]) -> usize {
         self.start_hash(hash_key(key))
@@ -402,6 +436,47 @@ mod tests {
             Ring::with_vnodes([capped], 128).points()
         );
         assert_eq!(Ring::with_vnodes([inst("a")], 0).points(), 1);
+    }
+
+    /// The points' owners are what `find` answers, and the shares are the fractions of keys each
+    /// member gets.
+    #[test]
+    fn owned_points_and_shares_agree_with_find() {
+        let heavy = Arc::new(Instance::new("svc", "h").addr("x:1").weight(300));
+        let r = Ring::new(vec![heavy, inst("a"), inst("b")]);
+        let points: Vec<(u64, &Arc<Instance>)> = r.owned_points().collect();
+        assert_eq!(points.len(), r.points());
+        assert!(
+            points.windows(2).all(|w| w[0].0 <= w[1].0),
+            "clockwise order"
+        );
+        let mut counts = [0usize; 3];
+        let keys = 60_000u32;
+        for k in 0..keys {
+            let key = k.to_le_bytes();
+            let h = hash_key(&key);
+            let at = points.partition_point(|&(p, _)| p < h);
+            let (_, owner) = points[if at == points.len() { 0 } else { at }];
+            let found = r.find(&key).unwrap();
+            assert_eq!(owner.id, found.id, "key {k}");
+            counts[r.members().iter().position(|m| m.id == found.id).unwrap()] += 1;
+        }
+        let shares = r.shares();
+        assert!(
+            (shares.iter().sum::<f64>() - 1.0).abs() < 1e-9,
+            "{shares:?}"
+        );
+        for (share, count) in shares.iter().zip(counts) {
+            let sampled = count as f64 / f64::from(keys);
+            assert!(
+                (share - sampled).abs() < 0.01,
+                "{share} vs sampled {sampled}"
+            );
+        }
+        // The member of weight 300 gets about three fifths.
+        assert!((shares[r.members().iter().position(|m| m.id == "h").unwrap()] - 0.6).abs() < 0.1);
+        assert_eq!(Ring::with_vnodes([inst("a")], 1).shares(), [1.0]);
+        assert!(Ring::new(Vec::new()).shares().is_empty());
     }
 
     #[test]
