@@ -22,6 +22,9 @@ pub use registry_etcd as etcd;
 #[cfg(feature = "redis")]
 pub use registry_redis as redis;
 
+#[cfg(feature = "tonic")]
+pub mod tonic;
+
 /// The Consul backend (feature `consul`).
 #[cfg(feature = "consul")]
 pub use registry_consul as consul;

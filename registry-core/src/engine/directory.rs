@@ -532,6 +532,12 @@ impl Directory {
         self.inner.journal.capacity()
     }
 
+    /// Ring points per instance at the default weight (see [`DirectoryBuilder::vnodes`]): what a
+    /// ring of some of this directory's instances needs to agree with its own rings.
+    pub fn vnodes(&self) -> u32 {
+        self.inner.vnodes
+    }
+
     /// A new source feeding this directory, named `name` (unique in the directory; [`BACKEND_SOURCE`]
     /// is the registry's own), with `precedence` (unique too; higher wins an id collision; the
     /// backend's is [`BACKEND_PRECEDENCE`]). See [`SourceHandle`] and the module on sources.

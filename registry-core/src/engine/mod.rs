@@ -22,6 +22,7 @@ mod keeper;
 mod probe;
 mod register;
 mod ring;
+mod select;
 mod source;
 mod telemetry;
 
@@ -30,7 +31,7 @@ pub use directory::{Change, Changes, Directory, DirectoryBuilder, Instances, Ser
 pub use discover::{
     APPLY_DELAY_BUCKETS, ApplyDelay, Discovery, DiscoveryCounts, DiscoveryOptions, Scope,
 };
-pub use dispatch::{DispatchError, Dispatcher};
+pub use dispatch::{DispatchError, DispatchLayer, DispatchService, Dispatcher, Failover};
 pub use feed::{
     AllChanges, ChangeKind, DEFAULT_JOURNAL_CAPACITY, DirectoryChange, DirectoryEvent, Resync,
     ResyncReason,
@@ -45,4 +46,5 @@ pub use register::{
     RegistrationState, Registry, RegistryBuilder, RegistryCounts, RegistryStats,
 };
 pub use ring::{DEFAULT_VNODES, MAX_VNODES, Ring, hash_key};
+pub use select::{SelectedChanges, Selection, Selector, ZONE_KEY};
 pub use source::{BACKEND_PRECEDENCE, BACKEND_SOURCE, SourceHandle, StaticSource};

@@ -1,0 +1,573 @@
+//! Selectors: which of a service's instances a caller wants, by metadata, version and zone.
+//! See [`Selector`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+
+use futures::Stream;
+use tokio_stream::wrappers::WatchStream;
+
+use super::directory::{Change, Directory, Instances, ServiceSnapshot};
+use super::instance::Instance;
+use super::ring::Ring;
+use crate::error::{Error, Result};
+
+/// The metadata key that names an instance's zone (Spring Cloud's and Kratos' convention).
+pub const ZONE_KEY: &str = "zone";
+
+type Predicate = Arc<dyn Fn(&Instance) -> bool + Send + Sync>;
+
+#[derive(Clone)]
+struct Filter {
+    what: String,
+    test: Predicate,
+}
+
+/// Which instances of a service to use, by metadata, version and zone: strict filters plus an
+/// optional zone preference. Built with chained calls; cheap to clone.
+///
+/// These are the selectors users of Spring Cloud (metadata match, zone preference) and Kratos
+/// (version, metadata, custom filters) reach for first. A [`Selector`] is a list of strict
+/// filters (an instance must pass all of them) and an optional zone *preference* (instances of
+/// that zone if the filters leave any there, otherwise all that pass the filters). Applied to a
+/// directory's service with [`Selector::on`], it gives a [`Selection`] with the directory's read
+/// calls: [`get`](Selection::get), [`find`](Selection::find), [`find_n`](Selection::find_n) and
+/// [`changes`](Selection::changes).
+///
+/// Routing through a selection stays consistent: [`Selection::find`] answers on the ring of the
+/// selected instances, with the directory's virtual nodes, so a selector every instance passes
+/// gives exactly [`Directory::find`]'s owners, and a key moves only when its owner leaves the
+/// selection. The selected list and its ring are computed once per membership view, not per
+/// call.
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use std::sync::Arc;
+/// use registry_core::engine::{Directory, Instance, Selector};
+///
+/// let dir = Directory::new();
+/// let src = dir.source("static", 10).unwrap();
+/// src.publish("api", [
+///     Instance::new("api", "a1").addr("10.0.0.1:80").version("1.4.2").meta("zone", "eu-1"),
+///     Instance::new("api", "a2").addr("10.0.0.2:80").version("1.5.0").meta("zone", "eu-2"),
+///     Instance::new("api", "a3").addr("10.0.0.3:80").version("2.0.0").meta("zone", "eu-1"),
+/// ], 0);
+///
+/// // Version 1.x, preferring zone eu-2, falling back to any zone when eu-2 has none.
+/// let v1 = Selector::new().version_prefix("1").prefer_zone("eu-2").on(&dir, "api");
+/// let ids: Vec<_> = v1.get().iter().map(|i| i.id.clone()).collect();
+/// assert_eq!(ids, ["a2"]);
+/// assert_eq!(v1.find("user-42").unwrap().id, "a2");
+///
+/// // Exactly zone eu-1.
+/// let eu1 = Selector::new().zone("eu-1").on(&dir, "api");
+/// assert_eq!(eu1.get().len(), 2);
+/// ```
+#[derive(Clone, Default)]
+pub struct Selector {
+    filters: Vec<Filter>,
+    prefer_zone: Option<String>,
+}
+
+impl fmt::Debug for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Selector")
+            .field(
+                "filters",
+                &self.filters.iter().map(|f| &f.what).collect::<Vec<_>>(),
+            )
+            .field("prefer_zone", &self.prefer_zone)
+            .finish()
+    }
+}
+
+impl Selector {
+    /// A selector that selects every instance.
+    pub fn new() -> Self {
+        Selector::default()
+    }
+
+    fn with(
+        mut self,
+        what: String,
+        test: impl Fn(&Instance) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.filters.push(Filter {
+            what,
+            test: Arc::new(test),
+        });
+        self
+    }
+
+    /// Only instances whose metadata has `key` set to `value`.
+    ///
+    /// ```
+    /// use registry_core::engine::{Instance, Selector};
+    ///
+    /// let canary = Selector::new().meta("track", "canary");
+    /// assert!(canary.matches(&Instance::new("api", "a1").meta("track", "canary")));
+    /// assert!(!canary.matches(&Instance::new("api", "a2")));
+    /// ```
+    pub fn meta(self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        let (key, value) = (key.into(), value.into());
+        self.with(format!("meta {key}={value}"), move |i| {
+            i.metadata.get(&key) == Some(&value)
+        })
+    }
+
+    /// Only instances whose metadata has `key`, whatever its value.
+    ///
+    /// ```
+    /// use registry_core::engine::{Instance, Selector};
+    ///
+    /// let s = Selector::new().has_meta("gpu");
+    /// assert!(s.matches(&Instance::new("ml", "m1").meta("gpu", "a100")));
+    /// assert!(!s.matches(&Instance::new("ml", "m2")));
+    /// ```
+    pub fn has_meta(self, key: impl Into<String>) -> Self {
+        let key = key.into();
+        self.with(format!("meta {key}"), move |i| {
+            i.metadata.contains_key(&key)
+        })
+    }
+
+    /// Only instances whose [`version`](Instance::version) is exactly `version` (Kratos'
+    /// version selector).
+    ///
+    /// ```
+    /// use registry_core::engine::{Instance, Selector};
+    ///
+    /// let s = Selector::new().version("1.4.2");
+    /// assert!(s.matches(&Instance::new("api", "a1").version("1.4.2")));
+    /// assert!(!s.matches(&Instance::new("api", "a2").version("1.4.20")));
+    /// assert!(!s.matches(&Instance::new("api", "a3")));
+    /// ```
+    pub fn version(self, version: impl Into<String>) -> Self {
+        let version = version.into();
+        self.with(format!("version {version}"), move |i| {
+            i.version.as_deref() == Some(version.as_str())
+        })
+    }
+
+    /// Only instances whose version is `prefix` or starts with `prefix` followed by `.`, `-` or
+    /// `+`: `"1.4"` selects `1.4`, `1.4.2` and `1.4.0-rc1`, not `1.40.0`.
+    ///
+    /// ```
+    /// use registry_core::engine::{Instance, Selector};
+    ///
+    /// let s = Selector::new().version_prefix("1.4");
+    /// assert!(s.matches(&Instance::new("api", "a1").version("1.4.2")));
+    /// assert!(s.matches(&Instance::new("api", "a2").version("1.4")));
+    /// assert!(!s.matches(&Instance::new("api", "a3").version("1.40.0")));
+    /// ```
+    pub fn version_prefix(self, prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into();
+        self.with(format!("version {prefix}.*"), move |i| {
+            i.version.as_deref().is_some_and(|v| {
+                v.strip_prefix(prefix.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '-', '+']))
+            })
+        })
+    }
+
+    /// Only instances whose version is a semantic version matching `req` (Cargo's syntax:
+    /// `">=1.2, <2"`, `"^1.4"`, `"~1.4.2"`); instances without a version or with one that is
+    /// not a semantic version are not selected. Fails if `req` does not parse.
+    ///
+    /// ```
+    /// use registry_core::engine::{Instance, Selector};
+    ///
+    /// let s = Selector::new().version_req(">=1.4, <2").unwrap();
+    /// assert!(s.matches(&Instance::new("api", "a1").version("1.5.0")));
+    /// assert!(!s.matches(&Instance::new("api", "a2").version("2.0.0")));
+    /// assert!(!s.matches(&Instance::new("api", "a3").version("latest")));
+    /// assert!(Selector::new().version_req("not a range").is_err());
+    /// ```
+    pub fn version_req(self, req: &str) -> Result<Self> {
+        let parsed = semver::VersionReq::parse(req)
+            .map_err(|e| Error::invalid(format!("version requirement {req:?}: {e}")))?;
+        Ok(self.with(format!("version {req}"), move |i| {
+            i.version
+                .as_deref()
+                .and_then(|v| semver::Version::parse(v).ok())
+                .is_some_and(|v| parsed.matches(&v))
+        }))
+    }
+
+    /// Only instances of zone `zone` (metadata [`ZONE_KEY`]). To fall back to other zones when
+    /// this one has none, use [`prefer_zone`](Self::prefer_zone) instead.
+    ///
+    /// ```
+    /// use registry_core::engine::{Instance, Selector};
+    ///
+    /// let s = Selector::new().zone("eu-1");
+    /// assert!(s.matches(&Instance::new("api", "a1").meta("zone", "eu-1")));
+    /// assert!(!s.matches(&Instance::new("api", "a2").meta("zone", "us-1")));
+    /// ```
+    pub fn zone(self, zone: impl Into<String>) -> Self {
+        self.meta(ZONE_KEY, zone)
+    }
+
+    /// Prefers instances of zone `zone` (metadata [`ZONE_KEY`]): when at least one instance that
+    /// passes the filters is in that zone, only those are selected; when none is, all that pass
+    /// are (Spring Cloud LoadBalancer's zone preference). A later call replaces the zone.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use registry_core::engine::{Instance, Selector};
+    ///
+    /// let s = Selector::new().prefer_zone("eu-1");
+    /// let a = Arc::new(Instance::new("api", "a").meta("zone", "eu-1"));
+    /// let b = Arc::new(Instance::new("api", "b").meta("zone", "us-1"));
+    /// assert_eq!(s.apply(&[a.clone(), b.clone()]), vec![a]);
+    /// // Nobody in eu-1: fall back to every zone.
+    /// assert_eq!(s.apply(&[b.clone()]), vec![b]);
+    /// ```
+    pub fn prefer_zone(mut self, zone: impl Into<String>) -> Self {
+        self.prefer_zone = Some(zone.into());
+        self
+    }
+
+    /// Only instances for which `test` is true (a custom selector; `what` names it in `Debug`).
+    ///
+    /// ```
+    /// use registry_core::engine::{Instance, Selector};
+    ///
+    /// let heavy = Selector::new().filter("weight >= 200", |i: &Instance| i.weight >= 200);
+    /// assert!(heavy.matches(&Instance::new("api", "a1").weight(300)));
+    /// assert!(!heavy.matches(&Instance::new("api", "a2")));
+    /// ```
+    pub fn filter(
+        self,
+        what: impl Into<String>,
+        test: impl Fn(&Instance) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.with(what.into(), test)
+    }
+
+    /// Whether `instance` passes every filter (the zone preference is not a filter: it depends
+    /// on the other instances; see [`apply`](Self::apply)).
+    pub fn matches(&self, instance: &Instance) -> bool {
+        self.filters.iter().all(|f| (f.test)(instance))
+    }
+
+    /// The instances of `instances` this selector selects, in their order: those that pass the
+    /// filters, narrowed to the preferred zone if any of them is in it.
+    pub fn apply(&self, instances: &[Arc<Instance>]) -> Vec<Arc<Instance>> {
+        let passed: Vec<Arc<Instance>> = instances
+            .iter()
+            .filter(|i| self.matches(i))
+            .cloned()
+            .collect();
+        let Some(zone) = &self.prefer_zone else {
+            return passed;
+        };
+        let in_zone = |i: &Arc<Instance>| i.metadata.get(ZONE_KEY) == Some(zone);
+        if passed.iter().any(in_zone) {
+            passed.into_iter().filter(in_zone).collect()
+        } else {
+            passed
+        }
+    }
+
+    /// This selector applied to `service`'s online instances in `directory`.
+    pub fn on(&self, directory: &Directory, service: impl Into<String>) -> Selection {
+        Selection {
+            inner: Arc::new(SelectionInner {
+                directory: directory.clone(),
+                service: service.into(),
+                selector: self.clone(),
+                cache: Mutex::new(None),
+            }),
+        }
+    }
+}
+
+/// What a selector selected from one membership view, with its ring built on first use.
+struct Selected {
+    /// The view's online instances (held so that the pointer it is keyed by stays unique).
+    from: Instances,
+    members: Instances,
+    ring: OnceLock<Ring>,
+}
+
+struct SelectionInner {
+    directory: Directory,
+    service: String,
+    selector: Selector,
+    cache: Mutex<Option<Arc<Selected>>>,
+}
+
+/// A [`Selector`] applied to one service of a [`Directory`]: the directory's read calls over the
+/// selected instances. Cheap to clone; clones share the cache. From [`Selector::on`].
+#[derive(Clone)]
+pub struct Selection {
+    inner: Arc<SelectionInner>,
+}
+
+impl fmt::Debug for Selection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Selection")
+            .field("service", &self.inner.service)
+            .field("selector", &self.inner.selector)
+            .finish()
+    }
+}
+
+impl Selection {
+    /// The service selected from.
+    pub fn service(&self) -> &str {
+        &self.inner.service
+    }
+
+    /// The directory selected from.
+    pub fn directory(&self) -> &Directory {
+        &self.inner.directory
+    }
+
+    /// The selector.
+    pub fn selector(&self) -> &Selector {
+        &self.inner.selector
+    }
+
+    fn selected_from(&self, snap: &ServiceSnapshot) -> Arc<Selected> {
+        let online = snap.online();
+        let mut cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(sel) = cache.as_ref().filter(|s| Arc::ptr_eq(&s.from, online)) {
+            return sel.clone();
+        }
+        let sel = Arc::new(Selected {
+            from: online.clone(),
+            members: Arc::from(self.inner.selector.apply(online)),
+            ring: OnceLock::new(),
+        });
+        *cache = Some(sel.clone());
+        sel
+    }
+
+    fn current(&self) -> Arc<Selected> {
+        self.selected_from(&self.inner.directory.snapshot(&self.inner.service))
+    }
+
+    /// The selected online instances, sorted by id (the selector's [`apply`](Selector::apply)
+    /// over [`Directory::get`]).
+    pub fn get(&self) -> Instances {
+        self.current().members.clone()
+    }
+
+    /// The ring of the selected instances, with the directory's virtual nodes.
+    pub fn ring(&self) -> impl std::ops::Deref<Target = Ring> + use<> {
+        struct RingRef(Arc<Selected>);
+        impl std::ops::Deref for RingRef {
+            type Target = Ring;
+            fn deref(&self) -> &Ring {
+                self.0
+                    .ring
+                    .get()
+                    .expect("built before the reference is made")
+            }
+        }
+        let sel = self.current();
+        let vnodes = self.inner.directory.vnodes();
+        sel.ring
+            .get_or_init(|| Ring::with_vnodes(sel.members.iter().cloned(), vnodes));
+        RingRef(sel)
+    }
+
+    /// The owner of `key` among the selected instances.
+    pub fn find(&self, key: impl AsRef<[u8]>) -> Option<Arc<Instance>> {
+        self.ring().find(key.as_ref()).cloned()
+    }
+
+    /// Up to `count` distinct selected instances, walking their ring from `key`.
+    pub fn find_n(&self, count: usize, key: impl AsRef<[u8]>) -> Vec<Arc<Instance>> {
+        self.ring()
+            .find_n(count, key.as_ref())
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    /// A stream of [`Change`]s to the selected instances, like [`Directory::changes`]: first an
+    /// `Insert` for every selected instance, then one event per difference. An instance that
+    /// stops passing the selector (its metadata or version changed) is removed; with a zone
+    /// preference, the instances of other zones are inserted when the last one of the preferred
+    /// zone leaves.
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use registry_core::engine::{Change, Directory, Instance, Selector};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let dir = Directory::new();
+    /// let src = dir.source("static", 10).unwrap();
+    /// let canary = Instance::new("api", "a1").addr("10.0.0.1:80").meta("track", "canary");
+    /// src.publish("api", [canary], 0);
+    /// let mut canaries = Selector::new().meta("track", "canary").on(&dir, "api").changes();
+    /// assert!(matches!(canaries.next().await, Some(Change::Insert(id, _)) if id == "a1"));
+    /// // a1 leaves the canary track: it leaves the selection.
+    /// src.publish("api", [Instance::new("api", "a1").addr("10.0.0.1:80")], 0);
+    /// assert!(matches!(canaries.next().await, Some(Change::Remove(id)) if id == "a1"));
+    /// # }
+    /// ```
+    pub fn changes(&self) -> SelectedChanges {
+        SelectedChanges {
+            selection: self.clone(),
+            views: WatchStream::new(self.inner.directory.subscribe(&self.inner.service)),
+            held: BTreeMap::new(),
+            pending: VecDeque::new(),
+        }
+    }
+}
+
+/// The stream returned by [`Selection::changes`].
+pub struct SelectedChanges {
+    selection: Selection,
+    views: WatchStream<Arc<ServiceSnapshot>>,
+    held: BTreeMap<String, Arc<Instance>>,
+    pending: VecDeque<Change>,
+}
+
+impl fmt::Debug for SelectedChanges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SelectedChanges")
+            .field("selection", &self.selection)
+            .field("held", &self.held.len())
+            .field("pending", &self.pending.len())
+            .finish()
+    }
+}
+
+impl SelectedChanges {
+    fn diff(&mut self, snap: &ServiceSnapshot) {
+        let sel = self.selection.selected_from(snap);
+        let next: BTreeMap<String, Arc<Instance>> = sel
+            .members
+            .iter()
+            .map(|i| (i.id.clone(), i.clone()))
+            .collect();
+        for id in self.held.keys() {
+            if !next.contains_key(id) {
+                self.pending.push_back(Change::Remove(id.clone()));
+            }
+        }
+        for (id, inst) in &next {
+            if self.held.get(id) != Some(inst) {
+                self.pending
+                    .push_back(Change::Insert(id.clone(), inst.clone()));
+            }
+        }
+        self.held = next;
+    }
+}
+
+impl Stream for SelectedChanges {
+    type Item = Change;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Change>> {
+        loop {
+            if let Some(c) = self.pending.pop_front() {
+                return Poll::Ready(Some(c));
+            }
+            match Pin::new(&mut self.views).poll_next(cx) {
+                Poll::Ready(Some(snap)) => self.diff(&snap),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(id: &str, zone: &str, version: &str) -> Instance {
+        Instance::new("svc", id)
+            .addr("x:1")
+            .meta(ZONE_KEY, zone)
+            .version(version)
+    }
+
+    /// A selector every instance passes routes exactly like the directory; a narrower one routes
+    /// on the ring of its members, so keys owned by selected members do not move.
+    #[test]
+    fn find_on_a_selection_is_the_ring_of_the_selected_members() {
+        let dir = Directory::with_vnodes(64);
+        let src = dir.source("s", 1).unwrap();
+        let all: Vec<Instance> = (0..20)
+            .map(|i| {
+                inst(
+                    &format!("m{i:02}"),
+                    if i % 2 == 0 { "a" } else { "b" },
+                    "1.0.0",
+                )
+            })
+            .collect();
+        src.publish("svc", all.clone(), 0);
+        let everyone = Selector::new().on(&dir, "svc");
+        let zone_a = Selector::new().zone("a").on(&dir, "svc");
+        let expected_a = Ring::with_vnodes(
+            all.iter()
+                .filter(|i| i.metadata[ZONE_KEY] == "a")
+                .cloned()
+                .map(Arc::new),
+            64,
+        );
+        for k in 0..2000u32 {
+            let key = k.to_le_bytes();
+            assert_eq!(everyone.find(key), dir.find("svc", key));
+            assert_eq!(everyone.find_n(3, key), dir.find_n(3, "svc", key));
+            let want: Vec<_> = expected_a.find_n(2, &key).into_iter().cloned().collect();
+            assert_eq!(zone_a.find_n(2, key), want);
+            assert_eq!(zone_a.find(key).as_ref(), want.first());
+        }
+    }
+
+    #[test]
+    fn the_cache_follows_membership_changes() {
+        let dir = Directory::new();
+        let src = dir.source("s", 1).unwrap();
+        src.publish(
+            "svc",
+            [inst("a1", "a", "1.0.0"), inst("b1", "b", "1.0.0")],
+            0,
+        );
+        let pref = Selector::new().prefer_zone("a").on(&dir, "svc");
+        assert_eq!(pref.find("k").unwrap().id, "a1");
+        src.publish(
+            "svc",
+            [inst("b1", "b", "1.0.0"), inst("b2", "b", "1.0.0")],
+            0,
+        );
+        let ids: Vec<_> = pref.get().iter().map(|i| i.id.clone()).collect();
+        assert_eq!(ids, ["b1", "b2"], "no a left: fall back to every zone");
+        assert!(pref.find("k").unwrap().id.starts_with('b'));
+        src.publish(
+            "svc",
+            [inst("a2", "a", "1.0.0"), inst("b1", "b", "1.0.0")],
+            0,
+        );
+        assert_eq!(pref.find("k").unwrap().id, "a2");
+    }
+
+    #[tokio::test]
+    async fn changes_follow_the_zone_fallback() {
+        use futures::StreamExt;
+        let dir = Directory::new();
+        let src = dir.source("s", 1).unwrap();
+        src.publish(
+            "svc",
+            [inst("a1", "a", "1.0.0"), inst("b1", "b", "1.0.0")],
+            0,
+        );
+        let mut ch = Selector::new().prefer_zone("a").on(&dir, "svc").changes();
+        assert!(matches!(ch.next().await, Some(Change::Insert(id, _)) if id == "a1"));
+        src.publish("svc", [inst("b1", "b", "1.0.0")], 0);
+        assert!(matches!(ch.next().await, Some(Change::Remove(id)) if id == "a1"));
+        assert!(matches!(ch.next().await, Some(Change::Insert(id, _)) if id == "b1"));
+    }
+}

@@ -1,0 +1,497 @@
+//! tonic clients that follow the directory (feature `tonic`).
+//!
+//! Two ways to call a service's instances over gRPC, both built from [`Channels`]:
+//!
+//! - [`Channels::balanced`]: a [`tonic::transport::Channel`] balancing over the service's online
+//!   instances (tonic's power-of-two-choices balancer), fed by [`Directory::changes`]: an
+//!   instance that registers starts getting calls, one that leaves, goes offline or is hidden by
+//!   a failing probe stops getting them, one whose details change is reconnected with its new
+//!   endpoint.
+//! - [`Channels::keyed`]: a [`KeyedChannel`] that sends each call to the ring owner of a key
+//!   taken from the request (Dispatch-style routing), failing over to the next distinct ring
+//!   member ([`Directory::find_n`]) when the owner answers with a retryable status (by default
+//!   `UNAVAILABLE`) or a connection error, or does not answer within the per-attempt timeout.
+//!
+//! Both are usable wherever tonic takes a transport: a generated client's `new(channel)`, or
+//! [`tonic::client::Grpc::new`].
+//!
+//! Endpoints are made per instance by a closure (default [`endpoint`]: `http://` + the first
+//! address), which is where TLS and connection settings go; see [`Channels::endpoint`].
+//!
+//! ```no_run
+//! # async fn demo(discovery: registry::engine::Discovery) {
+//! use registry::tonic::{Channels, KEY_HEADER};
+//!
+//! let dir = discovery.directory();
+//! // Any instance of "greeter", balanced.
+//! let channel = Channels::new(dir, "greeter").balanced();
+//! // The owner of each call's `x-registry-key` metadata.
+//! let keyed = Channels::new(dir, "greeter").keyed_by_header(KEY_HEADER);
+//! // Give either to a generated client: GreeterClient::new(channel), GreeterClient::new(keyed).
+//! # let _ = (channel, keyed); }
+//! ```
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use ::tonic::body::Body;
+use ::tonic::metadata::MetadataValue;
+use ::tonic::transport::{Channel, Endpoint};
+use ::tonic::{Code, Status};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use http_body_util::BodyExt;
+use registry_core::engine::{
+    Change, Directory, DispatchError, Dispatcher, Failover, Instance, Selection,
+};
+use tower::Service;
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+type EndpointFn = Arc<dyn Fn(&Instance) -> Result<Endpoint, BoxError> + Send + Sync>;
+type KeyFn = Arc<dyn Fn(&http::request::Parts) -> Option<Vec<u8>> + Send + Sync>;
+
+/// The metadata header [`Channels::keyed_by_header`] is usually given, and [`set_key`] sets.
+pub const KEY_HEADER: &str = "x-registry-key";
+
+/// How many directory changes may wait for the balancer (see [`Channels::buffer`]).
+pub const DEFAULT_CHANGE_BUFFER: usize = 64;
+
+/// The default endpoint of an instance: its first address, with `http://` in front unless it
+/// already has a scheme (`https://host:port` is kept as is).
+///
+/// ```
+/// use registry::engine::Instance;
+///
+/// let ep = registry::tonic::endpoint(&Instance::new("api", "a1").addr("10.0.0.1:50051")).unwrap();
+/// assert_eq!(ep.uri().to_string(), "http://10.0.0.1:50051/");
+/// ```
+pub fn endpoint(instance: &Instance) -> Result<Endpoint, ::tonic::transport::Error> {
+    let addr = instance.addrs.first().map(String::as_str).unwrap_or("");
+    let uri = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    Endpoint::from_shared(uri)
+}
+
+/// Sets the routing key of a request for a [`KeyedChannel`] reading [`KEY_HEADER`]: the typed
+/// way to route by a field of the message (the channel only sees the encoded body).
+///
+/// Fails if `key` is not a valid ASCII metadata value (visible ASCII and spaces).
+///
+/// ```
+/// let mut request = tonic::Request::new(());
+/// registry::tonic::set_key(&mut request, "user-42").unwrap();
+/// assert_eq!(request.metadata().get(registry::tonic::KEY_HEADER).unwrap(), "user-42");
+/// ```
+pub fn set_key<M>(request: &mut ::tonic::Request<M>, key: &str) -> Result<(), Status> {
+    let value = MetadataValue::try_from(key)
+        .map_err(|_| Status::invalid_argument(format!("routing key {key:?} is not ASCII")))?;
+    request.metadata_mut().insert(KEY_HEADER, value);
+    Ok(())
+}
+
+/// Builds tonic transports for one service of a directory. Cheap to clone.
+#[derive(Clone)]
+pub struct Channels {
+    directory: Directory,
+    service: String,
+    selection: Option<Selection>,
+    endpoint: EndpointFn,
+    buffer: usize,
+}
+
+impl fmt::Debug for Channels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channels")
+            .field("service", &self.service)
+            .field("selection", &self.selection)
+            .field("buffer", &self.buffer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Channels {
+    /// Transports for `service`'s online instances in `directory` (follow the service with
+    /// [`Registry::discover`](registry_core::engine::Registry::discover) first, or they stay
+    /// empty).
+    pub fn new(directory: &Directory, service: impl Into<String>) -> Self {
+        Channels {
+            directory: directory.clone(),
+            service: service.into(),
+            selection: None,
+            endpoint: Arc::new(|i| endpoint(i).map_err(Into::into)),
+            buffer: DEFAULT_CHANGE_BUFFER,
+        }
+    }
+
+    /// Transports for the instances `selection` selects (by metadata, version, zone: see
+    /// [`Selector`](registry_core::engine::Selector)).
+    ///
+    /// ```no_run
+    /// # async fn demo(dir: registry::Directory) {
+    /// use registry::engine::Selector;
+    /// use registry::tonic::Channels;
+    ///
+    /// let v2_near_me = Selector::new().version_prefix("2").prefer_zone("eu-1").on(&dir, "api");
+    /// let channel = Channels::selected(v2_near_me).balanced();
+    /// # let _ = channel; }
+    /// ```
+    pub fn selected(selection: Selection) -> Self {
+        let mut c = Channels::new(selection.directory(), selection.service());
+        c.selection = Some(selection);
+        c
+    }
+
+    /// How each instance's [`Endpoint`] is made: TLS ([`Endpoint::tls_config`], with tonic's
+    /// `tls-ring` or `tls-aws-lc` feature), timeouts, keep-alive, per instance (its metadata
+    /// can say which server name or CA to use). An instance whose endpoint fails is left out
+    /// (logged) by a balanced channel; a keyed call routed to it fails with `UNAVAILABLE` and
+    /// fails over.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::time::Duration;
+    /// use registry::engine::Instance;
+    /// use registry::tonic::Channels;
+    /// use tonic::transport::{Certificate, ClientTlsConfig};
+    ///
+    /// let dir = registry::Directory::new();
+    /// let ca = Certificate::from_pem(std::fs::read("ca.pem").unwrap());
+    /// let channel = Channels::new(&dir, "api")
+    ///     .endpoint(move |inst: &Instance| {
+    ///         // https://host:port, the server name from the instance's metadata.
+    ///         let name = inst.metadata.get("tls-name").cloned().unwrap_or_else(|| inst.id.clone());
+    ///         let ep = tonic::transport::Endpoint::from_shared(format!("https://{}", inst.addrs[0]))?
+    ///             .connect_timeout(Duration::from_secs(2))
+    ///             .tls_config(ClientTlsConfig::new().domain_name(name).ca_certificate(ca.clone()))?;
+    ///         Ok::<_, tonic::transport::Error>(ep)
+    ///     })
+    ///     .balanced();
+    /// # let _ = channel; }
+    /// ```
+    pub fn endpoint<E>(
+        mut self,
+        endpoint: impl Fn(&Instance) -> Result<Endpoint, E> + Send + Sync + 'static,
+    ) -> Self
+    where
+        E: Into<BoxError>,
+    {
+        self.endpoint = Arc::new(move |i| endpoint(i).map_err(Into::into));
+        self
+    }
+
+    /// How many directory changes may wait for the balancer to take them (default
+    /// [`DEFAULT_CHANGE_BUFFER`]); the feeding task waits when it is full.
+    pub fn buffer(mut self, capacity: usize) -> Self {
+        self.buffer = capacity.max(1);
+        self
+    }
+
+    fn changes(&self) -> Pin<Box<dyn Stream<Item = Change> + Send>> {
+        match &self.selection {
+            Some(sel) => Box::pin(sel.changes()),
+            None => Box::pin(self.directory.changes(&self.service)),
+        }
+    }
+
+    /// A channel balancing over the instances, following the directory. Must be called inside a
+    /// tokio runtime: it spawns the task that feeds the directory's changes to the balancer,
+    /// which ends by itself when the channel and all its clones are dropped.
+    ///
+    /// While the service has no instance, calls wait (put a timeout on them).
+    pub fn balanced(&self) -> Channel {
+        let (channel, tx) = Channel::balance_channel::<String>(self.buffer);
+        tokio::spawn(feed(
+            self.changes(),
+            tx,
+            self.endpoint.clone(),
+            self.service.clone(),
+        ));
+        channel
+    }
+
+    /// A transport that sends each call to the ring owner of the key `key` extracts from the
+    /// request's head (`None`: the call fails with `INVALID_ARGUMENT`), with failover; see
+    /// [`KeyedChannel`]. Must be called inside a tokio runtime.
+    ///
+    /// ```no_run
+    /// # async fn demo(dir: registry::Directory) {
+    /// use registry::tonic::Channels;
+    ///
+    /// // Route by the method's path and a tenant header: one owner per (method, tenant).
+    /// let keyed = Channels::new(&dir, "api").keyed(|head: &http::request::Parts| {
+    ///     let tenant = head.headers.get("x-tenant")?.as_bytes();
+    ///     Some([head.uri.path().as_bytes(), tenant].concat())
+    /// });
+    /// # let _ = keyed; }
+    /// ```
+    pub fn keyed<F>(&self, key: F) -> KeyedChannel
+    where
+        F: Fn(&http::request::Parts) -> Option<Vec<u8>> + Send + Sync + 'static,
+    {
+        let make = self.endpoint.clone();
+        let factory = move |inst: &Instance| InstanceChannel {
+            channel: make(inst).map(|ep| ep.connect_lazy()).map_err(Arc::from),
+        };
+        let dispatcher = match &self.selection {
+            Some(sel) => Dispatcher::with_selection(sel.clone(), factory),
+            None => Dispatcher::new(self.directory.clone(), self.service.clone(), factory),
+        };
+        let mut keyed = KeyedChannel {
+            dispatcher: Arc::new(dispatcher),
+            key: Arc::new(key),
+            failover: Failover::new(),
+            retry_codes: Arc::from([Code::Unavailable]),
+        };
+        keyed.set_failover();
+        keyed
+    }
+
+    /// [`keyed`](Self::keyed) by the value of metadata header `header` (e.g. [`KEY_HEADER`], set
+    /// with [`set_key`]).
+    pub fn keyed_by_header(&self, header: &'static str) -> KeyedChannel {
+        self.keyed(move |head| head.headers.get(header).map(|v| v.as_bytes().to_vec()))
+    }
+}
+
+/// Feeds the directory's changes to a balanced channel until the channel is dropped.
+async fn feed(
+    mut changes: Pin<Box<dyn Stream<Item = Change> + Send>>,
+    tx: tokio::sync::mpsc::Sender<::tonic::transport::channel::Change<String, Endpoint>>,
+    endpoint: EndpointFn,
+    service: String,
+) {
+    use ::tonic::transport::channel::Change as Tc;
+    loop {
+        let change = tokio::select! {
+            _ = tx.closed() => return,
+            change = changes.next() => match change {
+                Some(change) => change,
+                None => return,
+            },
+        };
+        let msg = match change {
+            Change::Insert(id, inst) => match endpoint(&inst) {
+                // Same key: the balancer replaces the endpoint it had for this id.
+                Ok(ep) => Tc::Insert(id, ep),
+                Err(e) => {
+                    tracing::warn!(%service, %id, error = %e, "tonic: no endpoint for this instance; it gets no calls");
+                    Tc::Remove(id)
+                }
+            },
+            Change::Remove(id) => Tc::Remove(id),
+        };
+        if tx.send(msg).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One gRPC call, buffered so that it can be sent again to another instance.
+#[derive(Clone)]
+struct GrpcCall {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+    extensions: http::Extensions,
+    body: Bytes,
+}
+
+/// The client of one instance: its lazily connected channel, or why it has none.
+#[derive(Clone)]
+struct InstanceChannel {
+    channel: Result<Channel, Arc<dyn StdError + Send + Sync>>,
+}
+
+/// Why an instance's client failed: its endpoint could not be made, or the transport failed.
+#[derive(Debug)]
+struct EndpointUnusable(Arc<dyn StdError + Send + Sync>);
+
+impl fmt::Display for EndpointUnusable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "no endpoint for the instance: {}", self.0)
+    }
+}
+
+impl StdError for EndpointUnusable {}
+
+impl Service<GrpcCall> for InstanceChannel {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match &mut self.channel {
+            Ok(ch) => ch.poll_ready(cx).map_err(Into::into),
+            Err(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, call: GrpcCall) -> Self::Future {
+        let ch = match &mut self.channel {
+            Ok(ch) => ch,
+            Err(e) => {
+                let e = EndpointUnusable(e.clone());
+                return Box::pin(async move { Err(e.into()) });
+            }
+        };
+        let mut req = http::Request::new(Body::new(http_body_util::Full::new(call.body)));
+        *req.method_mut() = call.method;
+        *req.uri_mut() = call.uri;
+        *req.version_mut() = call.version;
+        *req.headers_mut() = call.headers;
+        *req.extensions_mut() = call.extensions;
+        let fut = ch.call(req);
+        Box::pin(async move { fut.await.map_err(Into::into) })
+    }
+}
+
+/// A tonic transport (a `tower` [`Service`] over HTTP requests) that sends each gRPC call to the
+/// ring owner of a key taken from the call's head, with failover and a per-attempt timeout.
+/// From [`Channels::keyed`]; cheap to clone (clones share one channel per instance).
+///
+/// - **Routing**: the key's owner among the online instances ([`Directory::find`]), through a
+///   channel kept per instance and dropped when the instance leaves (or reconnected when its
+///   details change).
+/// - **Failover**: when an attempt ends with a connection error, a timeout, or a response whose
+///   `grpc-status` is one of [`retry_codes`](Self::retry_codes) (`UNAVAILABLE` by default), the
+///   call goes to the next distinct instance on the ring, up to [`attempts`](Self::attempts)
+///   instances (default 2). The status is read from the response head, where a server puts it
+///   when it fails a call without sending a message (what tonic servers do for an `Err` from a
+///   handler).
+/// - **Buffering**: to send a call again, its request body is read whole before the first
+///   attempt. Fine for unary and server-streaming calls (one request message); a client
+///   stream is collected until it ends, so do not use a keyed channel for long-lived
+///   client-streaming or bidirectional calls.
+/// - **Errors** are [`Status`]es, which tonic clients return as they are: no instance is
+///   `UNAVAILABLE`, a timed-out last attempt `DEADLINE_EXCEEDED`, a missing key
+///   `INVALID_ARGUMENT`; transport errors are converted as tonic does.
+#[derive(Clone)]
+pub struct KeyedChannel {
+    dispatcher: Arc<Dispatcher<InstanceChannel>>,
+    key: KeyFn,
+    failover: Failover<http::Response<Body>, BoxError>,
+    retry_codes: Arc<[Code]>,
+}
+
+impl fmt::Debug for KeyedChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedChannel")
+            .field("service", &self.dispatcher.service())
+            .field("failover", &self.failover)
+            .field("retry_codes", &self.retry_codes)
+            .finish()
+    }
+}
+
+impl KeyedChannel {
+    fn set_failover(&mut self) {
+        let codes = self.retry_codes.clone();
+        self.failover = self
+            .failover
+            .clone()
+            .retry_if(move |outcome| match outcome {
+                Ok(resp) => Status::from_header_map(resp.headers())
+                    .is_some_and(|s| codes.contains(&s.code())),
+                Err(_) => true,
+            });
+    }
+
+    /// How many distinct instances a call may try, the owner included (default 2; 1 turns
+    /// failover off).
+    pub fn attempts(mut self, attempts: usize) -> Self {
+        self.failover = self.failover.attempts(attempts);
+        self
+    }
+
+    /// Each attempt's timeout, up to the response head (default none: use tonic's
+    /// `Endpoint::timeout` or a deadline for the whole call).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.failover = self.failover.timeout(timeout);
+        self
+    }
+
+    /// The gRPC status codes that move a call on to the next instance (default `UNAVAILABLE`).
+    /// Only add codes for which a call is safe to repeat.
+    pub fn retry_codes(mut self, codes: impl IntoIterator<Item = Code>) -> Self {
+        self.retry_codes = codes.into_iter().collect();
+        self.set_failover();
+        self
+    }
+
+    /// The instance that owns `key` now.
+    pub fn owner(&self, key: impl AsRef<[u8]>) -> Option<Arc<Instance>> {
+        self.dispatcher.owner(key)
+    }
+
+    /// How many instance channels are held (one per instance called and still online).
+    pub fn channel_count(&self) -> usize {
+        self.dispatcher.client_count()
+    }
+}
+
+fn to_status(e: DispatchError<BoxError>) -> Status {
+    match e {
+        DispatchError::ServiceUnavailable { service } => {
+            Status::unavailable(format!("no online instance of service {service}"))
+        }
+        DispatchError::Timeout => Status::deadline_exceeded("the instance did not answer in time"),
+        DispatchError::Service(e) => match e.downcast::<EndpointUnusable>() {
+            Ok(e) => Status::unavailable(e.to_string()),
+            Err(e) => Status::from_error(e),
+        },
+    }
+}
+
+impl<B> Service<http::Request<B>> for KeyedChannel
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = http::Response<Body>;
+    type Error = Status;
+    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Status>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let (head, body) = request.into_parts();
+        let key = (self.key)(&head);
+        let dispatcher = self.dispatcher.clone();
+        let failover = self.failover.clone();
+        Box::pin(async move {
+            let Some(key) = key else {
+                return Err(Status::invalid_argument(
+                    "no routing key in the request for a keyed channel",
+                ));
+            };
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| Status::from_error(e.into()))?
+                .to_bytes();
+            let call = GrpcCall {
+                method: head.method,
+                uri: head.uri,
+                version: head.version,
+                headers: head.headers,
+                extensions: head.extensions,
+                body,
+            };
+            dispatcher
+                .call_with(key, call, &failover)
+                .await
+                .map_err(to_status)
+        })
+    }
+}
