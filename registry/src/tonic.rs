@@ -448,6 +448,8 @@ fn to_status(e: DispatchError<BoxError>) -> Status {
             Ok(e) => Status::unavailable(e.to_string()),
             Err(e) => Status::from_error(e),
         },
+        // A kind of dispatch error added later.
+        other => Status::unknown(other.to_string()),
     }
 }
 
