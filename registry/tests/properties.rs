@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use registry::Backend;
 use registry::engine::{Instance, Registration, Registry};
 use registry::memory::MemoryBackend;
+use registry::{Backend, ErrorKind};
 
 const TTL: Duration = Duration::from_secs(15);
 
@@ -62,6 +62,8 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let _discovery = observer.discover("web").await.unwrap();
     // id -> (handle, online)
     let mut live: BTreeMap<u8, (Registration, bool)> = BTreeMap::new();
+    // Ids let go without a confirmed delete (see `Op::Register`).
+    let mut unconfirmed: BTreeSet<u8> = BTreeSet::new();
     for op in ops {
         match op {
             Op::Register { p, id } => {
@@ -69,17 +71,30 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     continue;
                 }
                 let inst = Instance::new("web", format!("i{id}")).addr(format!("10.0.0.{id}:80"));
-                let reg = processes[p].register(inst).await.unwrap();
-                live.insert(id, (reg, true));
+                match processes[p].register(inst).await {
+                    Ok(reg) => {
+                        unconfirmed.remove(&id);
+                        live.insert(id, (reg, true));
+                    }
+                    // Its previous owner let it go without a confirmed delete (dropped, or a
+                    // deregistration that met an outage): until that delete lands, the key is
+                    // held by the owner's live lease, and another process may not take it.
+                    Err(e) if e.kind() == ErrorKind::Conflict && unconfirmed.contains(&id) => {}
+                    Err(e) => return Err(TestCaseError::fail(format!("register i{id}: {e}"))),
+                }
             }
             Op::Deregister { id } => {
                 if let Some((reg, _)) = live.remove(&id) {
                     // May fail during an outage; it is then retried in the background.
-                    let _ = reg.deregister().await;
+                    if reg.deregister().await.is_err() {
+                        unconfirmed.insert(id);
+                    }
                 }
             }
             Op::Drop { id } => {
-                live.remove(&id);
+                if live.remove(&id).is_some() {
+                    unconfirmed.insert(id);
+                }
             }
             Op::SetOnline { id, online } => {
                 if let Some((reg, state)) = live.get_mut(&id) {
