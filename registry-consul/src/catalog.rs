@@ -137,6 +137,7 @@ impl Catalog {
             instances: BTreeMap::new(),
             pending_deregisters: BTreeSet::new(),
             failing: false,
+            in_maintenance: None,
         };
         tokio::spawn(mirror.run(rx));
         Catalog { tx, counters }
@@ -319,6 +320,8 @@ struct Mirror {
     pending_deregisters: BTreeSet<String>,
     /// The last request failed (for logging: one warning per run of failures).
     failing: bool,
+    /// The services the agent has in maintenance mode (see [`Mirror::in_maintenance`]).
+    in_maintenance: Option<BTreeSet<String>>,
 }
 
 impl Mirror {
@@ -492,9 +495,19 @@ impl Mirror {
             return true;
         };
         let offline = e.offline;
-        // Maintenance mode survives a re-registration: set it whenever it may differ (and once
-        // for an ID new to this process: an earlier run may have left it on).
-        if e.maintenance != Some(offline) {
+        // Maintenance mode survives a re-registration: for an ID new to this process (an earlier
+        // run may have left it on) ask the agent's list, read once; then set it when it differs.
+        if e.maintenance.is_none() {
+            let on = self
+                .in_maintenance()
+                .await
+                .map(|ids| ids.contains(service_id));
+            if let Some(e) = self.instances.get_mut(service_id) {
+                e.maintenance = on;
+            }
+        }
+        let known = self.instances.get(service_id).and_then(|e| e.maintenance);
+        if known != Some(offline) {
             let query = if offline {
                 format!(
                     "enable=true&reason={}",
@@ -510,11 +523,60 @@ impl Mirror {
             if let Some(e) = self.instances.get_mut(service_id) {
                 e.maintenance = Some(offline);
             }
+            if let Some(ids) = &mut self.in_maintenance {
+                if offline {
+                    ids.insert(service_id.to_owned());
+                } else {
+                    ids.remove(service_id);
+                }
+            }
         }
         if let Some(e) = self.instances.get_mut(service_id) {
             e.synced = true;
         }
         true
+    }
+
+    /// The services the agent has in maintenance mode: listed once (`GET /v1/agent/checks`), then
+    /// kept up to date with our own changes. `None` when the agent does not answer.
+    async fn in_maintenance(&mut self) -> Option<&BTreeSet<String>> {
+        if self.in_maintenance.is_none() {
+            bump(&self.counters.requests);
+            let a = match self
+                .http
+                .call(Method::GET, "/v1/agent/checks", "", None, self.timeout)
+                .await
+            {
+                Ok(a) if a.status == StatusCode::OK => a,
+                Ok(a) => {
+                    self.failed(
+                        "GET /v1/agent/checks",
+                        &format!("{} {}", a.status, a.text()),
+                    );
+                    return None;
+                }
+                Err(e) => {
+                    self.failed("GET /v1/agent/checks", &e.to_string());
+                    return None;
+                }
+            };
+            #[derive(Deserialize)]
+            struct Check {
+                #[serde(rename = "CheckID")]
+                check_id: String,
+                #[serde(rename = "ServiceID", default)]
+                service_id: String,
+            }
+            let checks: HashMap<String, Check> = serde_json::from_slice(&a.body).ok()?;
+            self.in_maintenance = Some(
+                checks
+                    .into_values()
+                    .filter(|c| c.check_id.starts_with("_service_maintenance:"))
+                    .map(|c| c.service_id)
+                    .collect(),
+            );
+        }
+        self.in_maintenance.as_ref()
     }
 
     /// Registers the lease's own entry with its TTL check (passing) unless the agent has it.
@@ -667,6 +729,7 @@ impl Mirror {
                 e.maintenance = None;
             }
         }
+        self.in_maintenance = None;
         for id in &members {
             if !self.sync_instance(id).await {
                 break;
