@@ -51,12 +51,24 @@ fn registry(backend: Arc<dyn Backend>) -> Registry {
 
 /// `GET path` on the agent with a plain HTTP/1.0 request: status and JSON body.
 async fn get(endpoint: &str, path: &str) -> (u16, Value) {
+    get_with_token(endpoint, path, "").await
+}
+
+/// `GET path` with an ACL token (plain HTTP/1.0): status and JSON body.
+async fn get_with_token(endpoint: &str, path: &str, token: &str) -> (u16, Value) {
     let mut s = TcpStream::connect(endpoint)
         .await
         .expect("connect to consul");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: consul\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(
+        if token.is_empty() {
+            format!("GET {path} HTTP/1.0\r\nHost: consul\r\n\r\n")
+        } else {
+            format!("GET {path} HTTP/1.0\r\nHost: consul\r\nX-Consul-Token: {token}\r\n\r\n")
+        }
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await.unwrap();
     let text = String::from_utf8_lossy(&raw);
@@ -623,6 +635,183 @@ async fn metadata_consul_refuses_is_left_out_and_counted_not_fatal() {
     assert!(!meta.contains_key("bad key") && !meta.contains_key("long"));
     // 3 refused + 70 - (64 - 2 of ours: registry_lease, weight) = 3 + 8.
     assert_eq!(b.catalog_stats().unwrap().meta_skipped, 11);
+}
+
+/// Collects everything logged, to prove no token is.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs the `consul` command inside the agent's container with `token` (as an operator would).
+fn consul_cli(consul: &testbed::Consul, token: &str, args: &[&str]) {
+    let out = Command::new("docker")
+        .args([
+            "exec",
+            "-e",
+            &format!("CONSUL_HTTP_TOKEN={token}"),
+            consul.container.id(),
+            "consul",
+        ])
+        .args(args)
+        .output()
+        .expect("docker exec");
+    assert!(
+        out.status.success(),
+        "consul {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A token that may write KV and sessions but not services: the KV registration works, the
+/// catalog is refused (logged and counted, never a failed registration, no token in any log
+/// line); once the operator grants `service:write`, the next keep-alive brings the catalog in.
+// Single-threaded so that the thread-local log capture sees every task's logs.
+#[tokio::test(flavor = "current_thread")]
+async fn a_token_without_service_write_keeps_kv_registrations_and_the_catalog_follows_the_grant() {
+    const ROOT: &str = "5c1d7a0e-0000-4000-8000-00000000cafe";
+    const TOKEN: &str = "5c1d7a0e-0000-4000-8000-000000000042";
+    let logs = Captured::default();
+    let sink = logs.clone();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish(),
+    );
+    let consul = match testbed::start_consul(ConsulOptions {
+        extra_args: vec![
+            "-hcl".into(),
+            format!(
+                r#"acl {{ enabled = true default_policy = "deny" tokens {{ master = "{ROOT}" agent = "{ROOT}" }} }}"#
+            ),
+        ],
+        ..ConsulOptions::default()
+    })
+    .await
+    {
+        Ok(c) => c,
+        Err(reason) => return testbed::unavailable::<()>("consul with ACLs", &reason).unwrap_or(()),
+    };
+    let ep = consul.endpoint.clone();
+    // The agent bootstraps its ACLs a moment after it starts.
+    timeout(Duration::from_secs(30), async {
+        while ConsulBuilder::new()
+            .address(ep.clone())
+            .token(ROOT)
+            .connect()
+            .await
+            .is_err()
+        {
+            sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await
+    .expect("the root token is accepted");
+    let kv_only = r#"key_prefix "" { policy = "write" } session_prefix "" { policy = "write" }"#;
+    consul_cli(
+        &consul,
+        ROOT,
+        &[
+            "acl", "policy", "create", "-name", "registry", "-rules", kv_only,
+        ],
+    );
+    consul_cli(
+        &consul,
+        ROOT,
+        &[
+            "acl",
+            "token",
+            "create",
+            "-secret",
+            TOKEN,
+            "-policy-name",
+            "registry",
+        ],
+    );
+    let b = Arc::new(
+        ConsulBuilder::new()
+            .address(ep.clone())
+            .token(TOKEN)
+            .connect()
+            .await
+            .expect("connect with the KV-only token"),
+    );
+    let r = registry(b.clone());
+    let reg = r
+        .register(Instance::new("catalog-acl", "a1").addr("10.8.0.1:80"))
+        .await
+        .expect("the KV registration does not depend on the catalog");
+    reg.registered().await.unwrap();
+    // Two heartbeats: each retries the catalog and is refused.
+    sleep(Duration::from_secs(5)).await;
+    assert!(reg.state().is_registered(), "{:?}", reg.state());
+    let stats = b.catalog_stats().unwrap();
+    assert!(stats.failures >= 2, "{stats:?}");
+    assert_eq!(stats.registered, 0, "{stats:?}");
+    let root_view = ConsulBuilder::new()
+        .address(ep.clone())
+        .token(ROOT)
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(
+        root_view
+            .list("registry/catalog-acl")
+            .await
+            .unwrap()
+            .entries
+            .len(),
+        1,
+        "in KV"
+    );
+
+    // The operator grants service:write: the next keep-alive registers it, passing.
+    let with_services = format!(r#"{kv_only} service_prefix "" {{ policy = "write" }}"#);
+    consul_cli(
+        &consul,
+        ROOT,
+        &[
+            "acl",
+            "policy",
+            "update",
+            "-name",
+            "registry",
+            "-rules",
+            &with_services,
+        ],
+    );
+    let took = until(
+        "in the catalog after the grant",
+        Duration::from_secs(15),
+        || async {
+            let (_, v) = get_with_token(&ep, "/v1/health/service/catalog-acl?passing", ROOT).await;
+            v.as_array().is_some_and(|a| a.len() == 1)
+        },
+    )
+    .await;
+    println!("service:write granted -> passing in the catalog: {took:?}");
+    assert!(b.catalog_stats().unwrap().registered >= 1);
+
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(
+        text.contains("consul catalog mirror: request failed"),
+        "the refusal is logged"
+    );
+    for secret in [ROOT, TOKEN] {
+        assert!(!text.contains(secret), "a token in the logs:\n{text}");
+    }
+    drop(reg);
 }
 
 /// A TCP proxy in front of the agent that records the method and path of every HTTP request
