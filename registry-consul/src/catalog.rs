@@ -743,12 +743,12 @@ impl Mirror {
             // Nothing of this lease was mirrored (a lease for plain keys).
             return;
         }
-        let mut ids: BTreeSet<String> = lease.members;
-        // Also what an earlier run of this process registered on this lease and this mirror never
-        // saw: the agent lists its services by our meta key.
+        // The agent says which services are on this lease (by our meta key): an instance that
+        // another process took over on this agent is on its lease now and stays. Only when the
+        // agent cannot tell, our own record.
         let filter = format!("Meta.{META_LEASE} == \"{session}\"");
         bump(&self.counters.requests);
-        if let Ok(a) = self
+        let listed = match self
             .http
             .call(
                 Method::GET,
@@ -759,12 +759,15 @@ impl Mirror {
             )
             .await
         {
-            if a.status == StatusCode::OK {
-                let listed: HashMap<String, Value> =
-                    serde_json::from_slice(&a.body).unwrap_or_default();
-                ids.extend(listed.into_keys());
+            Ok(a) if a.status == StatusCode::OK => {
+                serde_json::from_slice::<HashMap<String, Value>>(&a.body).ok()
             }
-        }
+            _ => None,
+        };
+        let mut ids: BTreeSet<String> = match listed {
+            Some(listed) => listed.into_keys().collect(),
+            None => lease.members,
+        };
         let lease_id = lease_service_id(session);
         ids.remove(&lease_id);
         for id in ids {

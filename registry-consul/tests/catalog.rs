@@ -523,6 +523,66 @@ async fn a_successor_registering_online_clears_the_maintenance_a_crashed_run_lef
     drop(reg);
 }
 
+/// Another process on the same agent takes an instance id over: the service ID is now on its
+/// lease, and the first process shutting down (revoking its own lease) must leave it alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_down_leaves_alone_an_instance_another_process_took_over() {
+    let Some(consul) = agent().await else { return };
+    let ep = consul.endpoint.clone();
+    let first = registry(backend(&ep).await);
+    let _old = first
+        .register(Instance::new("catalog-take", "t1").addr("10.10.0.1:80"))
+        .await
+        .unwrap();
+    let _mine = first
+        .register(Instance::new("catalog-take", "t2").addr("10.10.0.2:80"))
+        .await
+        .unwrap();
+    until("both passing", Duration::from_secs(10), || async {
+        health(&ep, "catalog-take", true).await.len() == 2
+    })
+    .await;
+    let second = registry(backend(&ep).await);
+    let _new = second
+        .register_with(
+            Instance::new("catalog-take", "t1").addr("10.10.0.9:80"),
+            RegisterOptions::new().takeover(true),
+        )
+        .await
+        .unwrap();
+    until("t1 at its new address", Duration::from_secs(10), || async {
+        health(&ep, "catalog-take", true)
+            .await
+            .get("registry/registry/catalog-take/t1")
+            .is_some_and(|e| e["Service"]["Address"] == "10.10.0.9")
+    })
+    .await;
+
+    first.shutdown().await.unwrap();
+    until(
+        "t2 gone with the first process",
+        Duration::from_secs(2),
+        || async {
+            !health(&ep, "catalog-take", false)
+                .await
+                .contains_key("registry/registry/catalog-take/t2")
+        },
+    )
+    .await;
+    // A few heartbeats later t1 is still there, passing, on the second process's lease.
+    sleep(Duration::from_secs(3)).await;
+    let passing = health(&ep, "catalog-take", true).await;
+    assert_eq!(
+        passing.keys().collect::<Vec<_>>(),
+        vec!["registry/registry/catalog-take/t1"],
+        "{passing:?}"
+    );
+    assert_eq!(
+        passing["registry/registry/catalog-take/t1"]["Service"]["Address"],
+        "10.10.0.9"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deregister_drain_and_shutdown_remove_entries_at_once() {
     let Some(consul) = agent().await else { return };
