@@ -246,12 +246,24 @@ impl ConsulBackend {
         }
     }
 
-    /// Tells the mirror about a delete that happened (of a key shaped like an instance's).
-    fn mirror_delete(&self, k: &str) {
+    /// Tells the mirror about a delete that happened (of a key shaped like an instance's), and
+    /// waits briefly for the catalog to follow.
+    async fn mirror_delete(&self, k: &str) {
         if self.inner.catalog.is_some() && catalog::instance_key(k).is_some() {
-            self.mirror(Op::Delete {
+            self.mirror_removal(Op::Delete {
                 service_id: self.enc(k),
-            });
+            })
+            .await;
+        }
+    }
+
+    /// Sends a removal to the mirror and waits (at most [`catalog::REMOVAL_WAIT`]) until it is
+    /// done, so that a process exiting right after a deregistration or shutdown leaves nothing in
+    /// the catalog.
+    async fn mirror_removal(&self, op: Op) {
+        if let Some(c) = &self.inner.catalog {
+            c.send(op);
+            c.flush(catalog::REMOVAL_WAIT).await;
         }
     }
 
@@ -505,9 +517,10 @@ impl Backend for ConsulBackend {
                 format!("consul session destroy: {} {}", a.status, a.text()),
             ));
         }
-        self.mirror(Op::LeaseEnded {
+        self.mirror_removal(Op::LeaseEnded {
             session: id.to_owned(),
-        });
+        })
+        .await;
         Ok(())
     }
 
@@ -588,7 +601,7 @@ impl Backend for ConsulBackend {
             }
             Err(errs) => Err(txn_failure("delete", &errs)),
             Ok(_) => {
-                self.mirror_delete(k);
+                self.mirror_delete(k).await;
                 // Consul does not say at which index the delete happened; the key's own prefix
                 // index covers its tombstone and no later change outside it.
                 let a = self
@@ -618,7 +631,7 @@ impl Backend for ConsulBackend {
         let deletes = !matches!(cond, Condition::Absent);
         let outcome = self.delete_if_txn(k, cond).await?;
         if deletes && outcome.is_applied() {
-            self.mirror_delete(k);
+            self.mirror_delete(k).await;
         }
         Ok(outcome)
     }

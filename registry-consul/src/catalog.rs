@@ -29,9 +29,12 @@
 //! out when asked - the way Consul's own clients (the CLI, go-micro, Spring) register.
 //!
 //! Every call runs on one task, in the order the backend's writes happened, so that a register
-//! never overtakes the deregister that followed it; nothing here delays or fails a KV write. A
-//! failed call is logged (a warning on the first failure, then debug until a call works again),
-//! counted, and retried at the lease's next keep-alive.
+//! never overtakes the deregister that followed it; nothing here fails a KV write. Writes and
+//! keep-alives do not wait for the catalog; a delete and a revoke wait for it (at most
+//! [`REMOVAL_WAIT`], milliseconds normally) after the KV change is made, so that a process that
+//! exits right after deregistering or shutting down leaves nothing in the catalog. A failed call is
+//! logged (a warning on the first failure, then debug until a call works again), counted, and
+//! retried at the lease's next keep-alive.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -43,7 +46,7 @@ use hyper::{Method, StatusCode};
 use registry_core::engine::{Instance, validate_id, validate_service};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::http::Http;
 
@@ -54,6 +57,9 @@ pub(crate) const LEASE_SERVICE: &str = "registry-lease";
 pub(crate) const DEREGISTER_AFTER: Duration = Duration::from_secs(60);
 /// How often a Consul 1.8 agent looks for services to reap (`check_reap_interval`, fixed).
 pub(crate) const REAP_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a deregistration, a delete or a revoke waits for the catalog to follow before it
+/// returns (milliseconds normally; the removal goes on in the background past this).
+pub(crate) const REMOVAL_WAIT: Duration = Duration::from_secs(1);
 /// Consul's limits on service `Meta` (1.8: `structs.validateMetaPair`).
 const META_MAX_PAIRS: usize = 64;
 const META_KEY_MAX: usize = 128;
@@ -115,6 +121,8 @@ pub(crate) enum Op {
     Heartbeat { session: String },
     /// The lease was revoked, or the server reports it gone.
     LeaseEnded { session: String },
+    /// Answered once every operation sent before it is done.
+    Flush { done: oneshot::Sender<()> },
 }
 
 /// The handle the backend holds: sends operations to the mirror's task.
@@ -148,6 +156,20 @@ impl Catalog {
             // The task is gone (its runtime was shut down): nothing can be mirrored any more.
             bump(&self.counters.failures);
             tracing::debug!("consul catalog mirror: its task has ended; operation dropped");
+        }
+    }
+
+    /// Waits (at most `limit`) until the operations sent so far are done: a deregistration is in
+    /// the catalog when the call that made it returns, so a process that exits right after its
+    /// `shutdown` leaves nothing behind.
+    pub(crate) async fn flush(&self, limit: Duration) {
+        let (done, wait) = oneshot::channel();
+        self.send(Op::Flush { done });
+        if tokio::time::timeout(limit, wait).await.is_err() {
+            tracing::debug!(
+                ?limit,
+                "consul catalog mirror: still busy; its deregistration goes on in the background"
+            );
         }
     }
 
@@ -340,6 +362,9 @@ impl Mirror {
                 Op::Delete { service_id } => self.delete(&service_id).await,
                 Op::Heartbeat { session } => self.heartbeat(&session).await,
                 Op::LeaseEnded { session } => self.lease_ended(&session).await,
+                Op::Flush { done } => {
+                    let _ = done.send(());
+                }
             }
         }
     }

@@ -301,6 +301,8 @@ async fn registered_instances_appear_in_the_catalog_health_api_consul_cli_and_dn
 }
 
 const CHILD_ENV: &str = "REGISTRY_CATALOG_TEST_CHILD";
+/// `shutdown-and-exit`: the child registers, shuts its registry down and exits at once.
+const CHILD_MODE_ENV: &str = "REGISTRY_CATALOG_TEST_CHILD_MODE";
 
 /// The registering process of [`sigkill_of_the_registering_process_turns_its_checks_critical_then_removes_them`]:
 /// that test runs this test binary again with only this test and `REGISTRY_CATALOG_TEST_CHILD`
@@ -314,6 +316,21 @@ async fn sigkill_child_registers_and_heartbeats_until_killed() {
         return;
     };
     let r = registry(backend(&endpoint).await);
+    if std::env::var(CHILD_MODE_ENV).as_deref() == Ok("shutdown-and-exit") {
+        for i in 0..2 {
+            r.register(
+                Instance::new("catalog-exit", format!("e{i}")).addr(format!("10.11.0.{i}:80")),
+            )
+            .await
+            .unwrap()
+            .registered()
+            .await
+            .unwrap();
+        }
+        r.shutdown().await.unwrap();
+        println!("DONE");
+        std::process::exit(0);
+    }
     let mut regs = Vec::new();
     for i in 0..3 {
         let reg = r
@@ -521,6 +538,50 @@ async fn a_successor_registering_online_clears_the_maintenance_a_crashed_run_lef
         "{all:?}"
     );
     drop(reg);
+}
+
+/// A process that shuts its registry down and exits at once (as `registry register` does on
+/// Ctrl-C) leaves nothing in the catalog: the removal is done when `shutdown` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_exiting_right_after_shutdown_leaves_nothing_in_the_catalog() {
+    let Some(consul) = agent().await else { return };
+    let ep = consul.endpoint.clone();
+    let out = tokio::task::spawn_blocking({
+        let ep = ep.clone();
+        move || {
+            Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "sigkill_child_registers_and_heartbeats_until_killed",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads",
+                    "1",
+                ])
+                .env(CHILD_ENV, &ep)
+                .env(CHILD_MODE_ENV, "shutdown-and-exit")
+                .output()
+                .expect("run the child")
+        }
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("DONE"),
+        "child: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The child is gone: whatever it left stays in the catalog until Consul's reaper, a minute
+    // and a half later. (The agent syncs a removal to the catalog within moments.)
+    let took = until("nothing left", Duration::from_secs(2), || async {
+        let services = catalog_services(&ep).await;
+        !services.contains_key("catalog-exit") && !services.contains_key("registry-lease")
+    })
+    .await;
+    println!("child exited -> nothing of it in the catalog after {took:?}");
+    let cli = consul_cli_services(&consul);
+    assert_eq!(cli, vec!["consul"], "{cli:?}");
 }
 
 /// Another process on the same agent takes an instance id over: the service ID is now on its
