@@ -417,7 +417,8 @@ impl Mirror {
                 request = what,
                 error = why,
                 "consul catalog mirror: request failed; the KV registration is unaffected, the \
-                 catalog is retried at the next keep-alive"
+                 catalog is retried at the next keep-alive (catalog=false in the URL turns the \
+                 mirror off)"
             );
         }
     }
@@ -709,9 +710,14 @@ impl Mirror {
     }
 
     async fn heartbeat(&mut self, session: &str) {
+        // Earlier failures first, stopping at the first that fails again: an agent that refuses
+        // (a token without service:write) costs a request or two per heartbeat, not one per
+        // instance.
         let retries: Vec<String> = self.pending_deregisters.iter().cloned().collect();
         for id in retries {
-            self.deregister(&id).await;
+            if !self.deregister(&id).await {
+                break;
+            }
         }
         let Some(lease) = self.leases.get(session) else {
             return;
@@ -728,7 +734,9 @@ impl Mirror {
             .cloned()
             .collect();
         for id in &unsynced {
-            self.sync_instance(id).await;
+            if !self.sync_instance(id).await {
+                break;
+            }
         }
         if !self.leases.get(session).is_some_and(|l| l.registered) {
             return;
