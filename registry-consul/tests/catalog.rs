@@ -796,20 +796,23 @@ fn consul_cli(consul: &testbed::Consul, token: &str, args: &[&str]) {
 /// A token that may write KV and sessions but not services: the KV registration works, the
 /// catalog is refused (logged and counted, never a failed registration, no token in any log
 /// line); once the operator grants `service:write`, the next keep-alive brings the catalog in.
-// Single-threaded so that the thread-local log capture sees every task's logs.
-#[tokio::test(flavor = "current_thread")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_without_service_write_keeps_kv_registrations_and_the_catalog_follows_the_grant() {
     const ROOT: &str = "5c1d7a0e-0000-4000-8000-00000000cafe";
     const TOKEN: &str = "5c1d7a0e-0000-4000-8000-000000000042";
     let logs = Captured::default();
     let sink = logs.clone();
-    let _guard = tracing::subscriber::set_default(
+    // The process-wide subscriber (no other test of this binary sets one): a thread-local one
+    // missed events when other tests ran in parallel (tracing caches per-callsite interest).
+    // It also sees the other tests' log lines: no token may be in those either.
+    tracing::subscriber::set_global_default(
         tracing_subscriber::fmt()
             .with_max_level(tracing::Level::TRACE)
             .with_ansi(false)
             .with_writer(move || sink.clone())
             .finish(),
-    );
+    )
+    .expect("the only test that sets the global subscriber");
     let consul = match testbed::start_consul(ConsulOptions {
         extra_args: vec![
             "-hcl".into(),
