@@ -881,8 +881,15 @@ async fn a_token_without_service_write_keeps_kv_registrations_and_the_catalog_fo
         reg.registered().await.unwrap();
         regs.push(reg);
     }
-    let after_registering = b.catalog_stats().unwrap();
+    // The mirror works behind the KV writes: let it try (and fail) each of the 20 first.
+    until(
+        "the mirror tried all 20",
+        Duration::from_secs(10),
+        || async { b.catalog_stats().unwrap().requests >= 20 },
+    )
+    .await;
     let keep_alives = r.stats().keep_alives;
+    let after_registering = b.catalog_stats().unwrap();
     // A few heartbeats: each retries the catalog and is refused, once (not once per instance).
     sleep(Duration::from_secs(5)).await;
     assert!(regs.iter().all(|r| r.state().is_registered()));
