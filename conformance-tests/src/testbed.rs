@@ -205,9 +205,27 @@ async fn start_container(
     host_port: Option<u16>,
     customize: impl FnOnce(ContainerRequest<GenericImage>) -> ContainerRequest<GenericImage>,
 ) -> Result<(ContainerAsync<GenericImage>, String), String> {
+    start_container_with_ports(kind, cmd, port, &[], ready, host_port, customize).await
+}
+
+/// [`start_container`], also exposing `extra_ports` on host ports Docker picks (only without
+/// `host_port`: a fixed mapping publishes the mapped port alone).
+async fn start_container_with_ports(
+    kind: ServerKind,
+    cmd: Vec<String>,
+    port: u16,
+    extra_ports: &[ContainerPort],
+    ready: WaitFor,
+    host_port: Option<u16>,
+    customize: impl FnOnce(ContainerRequest<GenericImage>) -> ContainerRequest<GenericImage>,
+) -> Result<(ContainerAsync<GenericImage>, String), String> {
     let spec = kind.spec();
     let port: ContainerPort = port.tcp();
-    let mut req = GenericImage::new(spec.image.clone(), spec.tag.clone())
+    let mut image = GenericImage::new(spec.image.clone(), spec.tag.clone());
+    for p in extra_ports {
+        image = image.with_exposed_port(*p);
+    }
+    let mut req = image
         .with_exposed_port(port)
         .with_wait_for(ready)
         .with_cmd(cmd)
@@ -569,12 +587,19 @@ pub struct Consul {
     pub container: ContainerAsync<GenericImage>,
     /// `127.0.0.1:port` of the HTTP API (HTTPS with [`ConsulOptions::tls`]).
     pub endpoint: String,
+    /// `127.0.0.1:port` of the agent's DNS interface over UDP (container port 8600); `None` with
+    /// [`ConsulOptions::host_port`] (a fixed mapping publishes the HTTP port alone).
+    pub dns_udp: Option<String>,
+    /// The same over TCP (Docker maps UDP and TCP to host ports of their own).
+    pub dns_tcp: Option<String>,
 }
 
 impl std::fmt::Debug for Consul {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consul")
             .field("endpoint", &self.endpoint)
+            .field("dns_udp", &self.dns_udp)
+            .field("dns_tcp", &self.dns_tcp)
             .finish()
     }
 }
@@ -606,10 +631,18 @@ pub async fn start_consul(opts: ConsulOptions) -> Result<Consul, String> {
     cmd.extend(opts.extra_args.iter().cloned());
     let ready = WaitFor::message_on_stdout("Synced node info");
     let port = if opts.tls.is_some() { 8501 } else { 8500 };
-    let (container, endpoint) = start_container(
+    // A -dev agent serves DNS on 8600 (UDP and TCP) at the client address: published too, for
+    // tests that ask Consul's DNS interface (`dig -p`).
+    let dns_ports = [8600.udp(), 8600.tcp()];
+    let (container, endpoint) = start_container_with_ports(
         ServerKind::Consul,
         cmd,
         port,
+        if opts.host_port.is_none() {
+            &dns_ports
+        } else {
+            &[]
+        },
         ready,
         opts.host_port,
         |r| match &opts.tls {
@@ -618,9 +651,21 @@ pub async fn start_consul(opts: ConsulOptions) -> Result<Consul, String> {
         },
     )
     .await?;
+    let (mut dns_udp, mut dns_tcp) = (None, None);
+    if opts.host_port.is_none() {
+        for (p, slot) in dns_ports.into_iter().zip([&mut dns_udp, &mut dns_tcp]) {
+            let mapped = container
+                .get_host_port_ipv4(p)
+                .await
+                .map_err(|e| format!("Consul container has no mapped DNS port {p} ({e})"))?;
+            *slot = Some(format!("127.0.0.1:{mapped}"));
+        }
+    }
     Ok(Consul {
         container,
         endpoint,
+        dns_udp,
+        dns_tcp,
     })
 }
 

@@ -10,8 +10,8 @@ use registry_core::{Error, Result};
 use crate::backend::ConsulBackend;
 use crate::http::Http;
 
-const URL_HELP: &str =
-    "expected consul://host:port[/namespace][?token=T&dc=DC&ns=NS&ca=PATH] (consuls:// for HTTPS)";
+const URL_HELP: &str = "expected consul://host:port[/namespace][?token=T&dc=DC&ns=NS&ca=PATH&catalog=false] \
+     (consuls:// for HTTPS)";
 
 /// Configures and connects a [`ConsulBackend`].
 ///
@@ -37,6 +37,7 @@ pub struct ConsulBuilder {
     pub(crate) request_timeout: Duration,
     pub(crate) watch_wait: Duration,
     pub(crate) min_poll_interval: Duration,
+    pub(crate) catalog: bool,
 }
 
 impl fmt::Debug for ConsulBuilder {
@@ -49,6 +50,7 @@ impl fmt::Debug for ConsulBuilder {
             .field("datacenter", &self.datacenter)
             .field("consul_namespace", &self.consul_namespace)
             .field("namespace", &self.namespace)
+            .field("catalog", &self.catalog)
             .finish()
     }
 }
@@ -76,10 +78,14 @@ impl ConsulBuilder {
             request_timeout: Duration::from_secs(5),
             watch_wait: Duration::from_secs(10),
             min_poll_interval: Duration::from_millis(100),
+            catalog: true,
         }
     }
 
-    /// Reads `consul://host:port[/namespace][?token=T&dc=DC&ns=NS&ca=PATH]` (`consuls://` for HTTPS).
+    /// Reads `consul://host:port[/namespace][?token=T&dc=DC&ns=NS&ca=PATH&min_poll=D&catalog=B]`
+    /// (`consuls://` for HTTPS). `catalog=false` turns the catalog mirror off (see
+    /// [`catalog`](Self::catalog)); `min_poll` is the [minimum poll
+    /// interval](Self::min_poll_interval).
     pub fn from_url(url: &str) -> Result<Self> {
         // Messages show the URL with its password and token masked.
         let shown = registry_core::redact::redact_url(url);
@@ -114,6 +120,15 @@ impl ConsulBuilder {
                 "dc" => b.datacenter(v),
                 "ns" => b.consul_namespace(v),
                 "ca" => b.ca_file(v),
+                "catalog" => match v {
+                    "true" | "1" | "on" => b.catalog(true),
+                    "false" | "0" | "off" => b.catalog(false),
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "Consul URL option catalog: `{v}` is not true or false"
+                        )));
+                    }
+                },
                 "min_poll" => {
                     let d = try_parse_duration(v).map_err(|why| {
                         Error::invalid(format!("Consul URL option min_poll: `{v}` {why}"))
@@ -131,7 +146,8 @@ impl ConsulBuilder {
     }
 
     /// Reads `CONSUL_HTTP_ADDR` (as the Consul CLI does; default `127.0.0.1:8500`, `https://` for
-    /// TLS), `CONSUL_HTTP_TOKEN`, `CONSUL_CACERT`, and `REGISTRY_CONSUL_NAMESPACE`.
+    /// TLS), `CONSUL_HTTP_TOKEN`, `CONSUL_CACERT`, `REGISTRY_CONSUL_NAMESPACE`, and
+    /// `REGISTRY_CONSUL_CATALOG` (`false` turns the [catalog mirror](Self::catalog) off).
     pub fn from_env() -> Result<Self> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let mut b = ConsulBuilder::new();
@@ -151,6 +167,9 @@ impl ConsulBuilder {
         }
         if let Some(ns) = var("REGISTRY_CONSUL_NAMESPACE") {
             b = b.namespace(ns);
+        }
+        if let Some(c) = var("REGISTRY_CONSUL_CATALOG") {
+            b = b.catalog(!matches!(c.as_str(), "false" | "0" | "off"));
         }
         Ok(b)
     }
@@ -216,6 +235,22 @@ impl ConsulBuilder {
         self
     }
 
+    /// Whether instances registered through this backend also appear in Consul's service catalog
+    /// (default `true`; URL option `catalog=false`).
+    ///
+    /// Each leased instance document is registered as a service with the agent this backend
+    /// talks to (service name, instance address and port, tags from the `tags` metadata entry,
+    /// metadata, version and weight in `Meta`), healthy while its lease is kept alive (one
+    /// request per keep-alive and lease, for any number of instances), in maintenance mode while
+    /// offline, and deregistered when the instance is deregistered or its lease revoked. The
+    /// token needs `service:write` for the services (and `registry-lease`) for that; without it
+    /// the KV registration works as before and the failures are logged and counted
+    /// ([`ConsulBackend::catalog_stats`]). See the crate documentation for the details.
+    pub fn catalog(mut self, on: bool) -> Self {
+        self.catalog = on;
+        self
+    }
+
     pub(crate) fn base_url(&self) -> String {
         format!(
             "{}://{}",
@@ -268,6 +303,18 @@ mod tests {
         assert_eq!(b.datacenter.as_deref(), Some("eu"));
         assert!(!format!("{b:?}").contains("s3cret"), "{b:?}");
         assert!(ConsulBuilder::from_url("consuls://h:8501").unwrap().tls);
+        assert!(b.catalog, "on by default");
+        assert!(
+            !ConsulBuilder::from_url("consul://h:8500?catalog=false")
+                .unwrap()
+                .catalog
+        );
+        assert!(
+            ConsulBuilder::from_url("consul://h:8500?catalog=true")
+                .unwrap()
+                .catalog
+        );
+        assert!(ConsulBuilder::from_url("consul://h:8500?catalog=maybe").is_err());
         for bad in ["consul://h", "http://h:1", "consul://h:1?x=y"] {
             assert!(
                 ConsulBuilder::from_url(bad)

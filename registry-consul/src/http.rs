@@ -34,6 +34,7 @@ enum Retry {
     Never,
 }
 
+#[derive(Clone)]
 pub(crate) struct Http {
     client: rs_consul::HttpsClient,
     base: String,
