@@ -789,36 +789,40 @@ pub enum Change {
 
 /// The stream returned by [`Directory::changes`].
 pub struct Changes {
-    views: WatchStream<Arc<ServiceSnapshot>>,
-    held: BTreeMap<String, Arc<Instance>>,
-    pending: VecDeque<Change>,
+    queue: ChangeQueue,
 }
 
 impl fmt::Debug for Changes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Changes")
-            .field("held", &self.held.len())
-            .field("pending", &self.pending.len())
+            .field("held", &self.queue.held.len())
+            .field("pending", &self.queue.pending.len())
             .finish()
     }
 }
 
-impl Changes {
-    fn new(rx: watch::Receiver<Arc<ServiceSnapshot>>) -> Self {
-        Changes {
+/// A service's views, turned into the [`Change`]s of a set of members (the online instances for
+/// [`Changes`], a selection's for [`SelectedChanges`](super::SelectedChanges)): what the consumer
+/// holds, and the changes queued for it.
+pub(crate) struct ChangeQueue {
+    views: WatchStream<Arc<ServiceSnapshot>>,
+    pub(crate) held: BTreeMap<String, Arc<Instance>>,
+    pub(crate) pending: VecDeque<Change>,
+}
+
+impl ChangeQueue {
+    pub(crate) fn new(rx: watch::Receiver<Arc<ServiceSnapshot>>) -> Self {
+        ChangeQueue {
             views: WatchStream::new(rx),
             held: BTreeMap::new(),
             pending: VecDeque::new(),
         }
     }
 
-    /// Queues the differences between what the consumer holds and `snap`.
-    fn diff(&mut self, snap: &ServiceSnapshot) {
-        let next: BTreeMap<String, Arc<Instance>> = snap
-            .online
-            .iter()
-            .map(|i| (i.id.clone(), i.clone()))
-            .collect();
+    /// Queues the differences between what the consumer holds and `members`.
+    fn diff(&mut self, members: &[Arc<Instance>]) {
+        let next: BTreeMap<String, Arc<Instance>> =
+            members.iter().map(|i| (i.id.clone(), i.clone())).collect();
         for id in self.held.keys() {
             if !next.contains_key(id) {
                 self.pending.push_back(Change::Remove(id.clone()));
@@ -831,6 +835,32 @@ impl Changes {
             }
         }
         self.held = next;
+    }
+
+    /// The next change, `members` giving the members of each new view.
+    pub(crate) fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut members: impl FnMut(&ServiceSnapshot) -> Instances,
+    ) -> Poll<Option<Change>> {
+        loop {
+            if let Some(c) = self.pending.pop_front() {
+                return Poll::Ready(Some(c));
+            }
+            match Pin::new(&mut self.views).poll_next(cx) {
+                Poll::Ready(Some(snap)) => self.diff(&members(&snap)),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Changes {
+    fn new(rx: watch::Receiver<Arc<ServiceSnapshot>>) -> Self {
+        Changes {
+            queue: ChangeQueue::new(rx),
+        }
     }
 
     /// Adapts the stream to [`tower::discover::Discover`](https://docs.rs/tower/latest/tower/discover/trait.Discover.html):
@@ -860,16 +890,7 @@ impl Stream for Changes {
     type Item = Change;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Change>> {
-        loop {
-            if let Some(c) = self.pending.pop_front() {
-                return Poll::Ready(Some(c));
-            }
-            match Pin::new(&mut self.views).poll_next(cx) {
-                Poll::Ready(Some(snap)) => self.diff(&snap),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        self.queue.poll_next(cx, |snap| snap.online.clone())
     }
 }
 

@@ -1,16 +1,14 @@
 //! Selectors: which of a service's instances a caller wants, by metadata, version and zone.
 //! See [`Selector`].
 
-use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
 use futures::Stream;
-use tokio_stream::wrappers::WatchStream;
 
-use super::directory::{Change, Directory, Instances, ServiceSnapshot};
+use super::directory::{Change, ChangeQueue, Directory, Instances, ServiceSnapshot};
 use super::instance::Instance;
 use super::ring::Ring;
 use crate::error::{Error, Result};
@@ -416,9 +414,7 @@ impl Selection {
     pub fn changes(&self) -> SelectedChanges {
         SelectedChanges {
             selection: self.clone(),
-            views: WatchStream::new(self.inner.directory.subscribe(&self.inner.service)),
-            held: BTreeMap::new(),
-            pending: VecDeque::new(),
+            queue: ChangeQueue::new(self.inner.directory.subscribe(&self.inner.service)),
         }
     }
 }
@@ -426,58 +422,27 @@ impl Selection {
 /// The stream returned by [`Selection::changes`].
 pub struct SelectedChanges {
     selection: Selection,
-    views: WatchStream<Arc<ServiceSnapshot>>,
-    held: BTreeMap<String, Arc<Instance>>,
-    pending: VecDeque<Change>,
+    queue: ChangeQueue,
 }
 
 impl fmt::Debug for SelectedChanges {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SelectedChanges")
             .field("selection", &self.selection)
-            .field("held", &self.held.len())
-            .field("pending", &self.pending.len())
+            .field("held", &self.queue.held.len())
+            .field("pending", &self.queue.pending.len())
             .finish()
-    }
-}
-
-impl SelectedChanges {
-    fn diff(&mut self, snap: &ServiceSnapshot) {
-        let sel = self.selection.selected_from(snap);
-        let next: BTreeMap<String, Arc<Instance>> = sel
-            .members
-            .iter()
-            .map(|i| (i.id.clone(), i.clone()))
-            .collect();
-        for id in self.held.keys() {
-            if !next.contains_key(id) {
-                self.pending.push_back(Change::Remove(id.clone()));
-            }
-        }
-        for (id, inst) in &next {
-            if self.held.get(id) != Some(inst) {
-                self.pending
-                    .push_back(Change::Insert(id.clone(), inst.clone()));
-            }
-        }
-        self.held = next;
     }
 }
 
 impl Stream for SelectedChanges {
     type Item = Change;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Change>> {
-        loop {
-            if let Some(c) = self.pending.pop_front() {
-                return Poll::Ready(Some(c));
-            }
-            match Pin::new(&mut self.views).poll_next(cx) {
-                Poll::Ready(Some(snap)) => self.diff(&snap),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Change>> {
+        let this = self.get_mut();
+        let selection = &this.selection;
+        this.queue
+            .poll_next(cx, |snap| selection.selected_from(snap).members.clone())
     }
 }
 
