@@ -30,8 +30,8 @@ fn web(id: &str) -> Instance {
     Instance::new("web", id).addr(format!("10.0.0.{}:8080", id.len()))
 }
 
-fn ids(instances: &[Arc<Instance>]) -> Vec<String> {
-    instances.iter().map(|i| i.id.clone()).collect()
+fn ids<'a>(instances: impl IntoIterator<Item = &'a Arc<Instance>>) -> Vec<String> {
+    instances.into_iter().map(|i| i.id.clone()).collect()
 }
 
 /// Waits (in paused time, so instantly) until `service` at `registry`'s directory has `want`.

@@ -25,7 +25,8 @@ use futures::Stream;
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
-use super::feed::{self, AllChanges, DEFAULT_JOURNAL_CAPACITY, Journal};
+use super::collections::{InstanceMap, Instances};
+use super::feed::{AllChanges, ChangeKind, DEFAULT_JOURNAL_CAPACITY, Journal};
 use super::instance::Instance;
 use super::ring::{DEFAULT_VNODES, Ring};
 use super::source::{
@@ -34,15 +35,15 @@ use super::source::{
 use crate::backend::Revision;
 use crate::error::{Error, Result};
 
-/// The live online instances of a service, shared and immutable.
-pub type Instances = Arc<[Arc<Instance>]>;
+/// The ids a liveness probe hides (persistent: a view's copy shares it).
+type Hidden = imbl::OrdSet<String>;
 
 /// An immutable view of one service at one revision.
 #[derive(Clone)]
 pub struct ServiceSnapshot {
     service: String,
-    all: Arc<BTreeMap<String, Arc<Instance>>>,
-    hidden: BTreeSet<String>,
+    all: InstanceMap,
+    hidden: Hidden,
     online: Instances,
     /// Built from `online` after the snapshot is published, so that publishing never waits for it;
     /// shared by snapshots of the same membership (a stale flag changes nothing to route by).
@@ -80,15 +81,15 @@ impl fmt::Debug for ServiceSnapshot {
 }
 
 impl ServiceSnapshot {
-    fn empty(service: &str) -> Self {
+    fn empty(service: &str, vnodes: u32) -> Self {
         ServiceSnapshot {
             service: service.to_owned(),
-            all: Arc::default(),
-            hidden: BTreeSet::new(),
-            online: Arc::from(Vec::new()),
+            all: InstanceMap::new(),
+            hidden: Hidden::new(),
+            online: Instances::new(),
             ring: Arc::default(),
             base: None,
-            vnodes: DEFAULT_VNODES,
+            vnodes,
             revision: 0,
             stale: false,
             stale_since: None,
@@ -110,7 +111,11 @@ impl ServiceSnapshot {
         }
     }
 
-    fn rebuild(service: &str, merged: Merged, hidden: BTreeSet<String>, vnodes: u32) -> Self {
+    /// The view after `cur` with what the sources now show (`merged`) and `hidden`, and the
+    /// changes from `cur` to it. Costs O(log n) per changed instance, not O(n): the maps share
+    /// their untouched nodes, so comparing them visits only what differs, and the online list is
+    /// patched, not rebuilt.
+    fn next(cur: &ServiceSnapshot, merged: Merged, hidden: Hidden) -> (Self, Vec<ChangeKind>) {
         let Merged {
             all,
             origin,
@@ -119,26 +124,65 @@ impl ServiceSnapshot {
             synced,
             collisions,
         } = merged;
-        let online: Vec<Arc<Instance>> = all
-            .values()
-            .filter(|i| i.is_online() && !hidden.contains(&i.id))
-            .cloned()
-            .collect();
-        ServiceSnapshot {
-            service: service.to_owned(),
+        let ids = touched((&cur.all, &cur.hidden), (&all, &hidden));
+        let mut changes = Vec::new();
+        let mut online_changes: Vec<(&str, Option<&Arc<Instance>>)> = Vec::new();
+        for &id in &ids {
+            let (old, new) = (cur.all.get(id), all.get(id));
+            let (was_hidden, is_hidden) = (cur.hidden.contains(id), hidden.contains(id));
+            match (old, new) {
+                (Some(old), None) => changes.push(ChangeKind::Remove {
+                    instance: old.clone(),
+                }),
+                (None, Some(new)) => changes.push(ChangeKind::Insert {
+                    instance: new.clone(),
+                    hidden: is_hidden,
+                }),
+                (Some(old), Some(new)) => {
+                    if !(Arc::ptr_eq(old, new) || old == new) || was_hidden != is_hidden {
+                        changes.push(ChangeKind::Update {
+                            instance: new.clone(),
+                            hidden: is_hidden,
+                        });
+                    }
+                }
+                (None, None) => {}
+            }
+            let was_routed = old.is_some_and(|o| o.is_online() && !was_hidden);
+            let routed = new.filter(|n| n.is_online() && !is_hidden);
+            if was_routed || routed.is_some() {
+                online_changes.push((id, routed));
+            }
+        }
+        match (cur.stale, stale_since.is_some()) {
+            (false, true) => changes.push(ChangeKind::Stale),
+            (true, false) => changes.push(ChangeKind::Fresh),
+            _ => {}
+        }
+        let online = cur.online.with_changes(online_changes.iter().copied());
+        // The same routable members (same versions): the ring and its base stay valid.
+        let same_members = Instances::ptr_eq(&online, &cur.online);
+        let (ring, base) = if same_members {
+            (cur.ring.clone(), cur.base.clone())
+        } else {
+            (Arc::default(), Base::after(cur, &online_changes))
+        };
+        let next = ServiceSnapshot {
+            service: cur.service.clone(),
             all,
             hidden,
-            online: Arc::from(online),
-            ring: Arc::default(),
-            base: None,
-            vnodes,
+            online,
+            ring,
+            base,
+            vnodes: cur.vnodes,
             revision,
             stale: stale_since.is_some(),
             stale_since,
             synced,
             origin,
             collisions,
-        }
+        };
+        (next, changes)
     }
 
     /// The service name.
@@ -152,7 +196,7 @@ impl ServiceSnapshot {
     }
 
     /// Every listed instance, online or offline, by id.
-    pub fn all(&self) -> &BTreeMap<String, Arc<Instance>> {
+    pub fn all(&self) -> &InstanceMap {
         &self.all
     }
 
@@ -210,10 +254,77 @@ impl ServiceSnapshot {
     }
 }
 
+/// The ids whose entry or hidden flag differs between two versions of a service, in order.
+/// Visits only the tree nodes the versions do not share (and the hidden sets, if they differ).
+fn touched<'a>(
+    (old_all, old_hidden): (&'a InstanceMap, &'a Hidden),
+    (new_all, new_hidden): (&'a InstanceMap, &'a Hidden),
+) -> BTreeSet<&'a str> {
+    let mut ids: BTreeSet<&str> = BTreeSet::new();
+    if !old_all.ptr_eq(new_all) {
+        ids.extend(old_all.diff(new_all).map(|(id, _, _)| id.as_str()));
+    }
+    if old_hidden != new_hidden {
+        ids.extend(
+            old_hidden
+                .iter()
+                .filter(|id| !new_hidden.contains(*id))
+                .map(String::as_str),
+        );
+        ids.extend(
+            new_hidden
+                .iter()
+                .filter(|id| !old_hidden.contains(*id))
+                .map(String::as_str),
+        );
+    }
+    ids
+}
+
 /// An earlier view's built ring plus a ring of the members not on it (see [`Slot::route`]).
 struct Base {
     ring: Arc<OnceLock<Ring>>,
     joined: Ring,
+}
+
+impl Base {
+    /// The base of the view that follows `cur` after `online_changes` (id -> its routable
+    /// instance now, or `None`): `cur`'s ring if it is built, otherwise `cur`'s base, with the
+    /// joined members carried over and patched. `None` if neither is built or more than
+    /// [`MAX_JOINED`] members are not on that ring. O(changes × log n), never O(n).
+    fn after(
+        cur: &ServiceSnapshot,
+        online_changes: &[(&str, Option<&Arc<Instance>>)],
+    ) -> Option<Arc<Base>> {
+        let (cell, mut joined): (_, BTreeMap<&str, Arc<Instance>>) = if cur.ring.get().is_some() {
+            (cur.ring.clone(), BTreeMap::new())
+        } else {
+            let b = cur.base.as_ref()?;
+            let joined = b
+                .joined
+                .members()
+                .iter()
+                .map(|m| (m.id.as_str(), m.clone()));
+            (b.ring.clone(), joined.collect())
+        };
+        let ring = cell.get()?;
+        let members = ring.members();
+        for &(id, now) in online_changes {
+            joined.remove(id);
+            let Some(now) = now else { continue };
+            let on_ring = members
+                .binary_search_by(|m| m.id.as_str().cmp(id))
+                .is_ok_and(|i| members[i].weight == now.weight);
+            if !on_ring {
+                joined.insert(id, now.clone());
+            }
+        }
+        if joined.len() > MAX_JOINED {
+            return None;
+        }
+        let joined = Ring::with_vnodes(joined.into_values(), cur.vnodes);
+        Some(Arc::new(Base { ring: cell, joined }))
+    }
 }
 
 /// How many joined members a [`Base`] may carry; beyond it, lookups build the new ring.
@@ -375,7 +486,7 @@ impl Directory {
         if let Some(s) = self.slot(service) {
             return s;
         }
-        let snap = Arc::new(ServiceSnapshot::empty(service));
+        let snap = Arc::new(ServiceSnapshot::empty(service, self.inner.vnodes));
         let (tx, _) = watch::channel(snap.clone());
         let slot = Arc::new(Slot {
             name: Arc::from(service),
@@ -404,7 +515,7 @@ impl Directory {
     pub fn snapshot(&self, service: &str) -> Arc<ServiceSnapshot> {
         match self.slot(service) {
             Some(s) => s.current.load_full(),
-            None => Arc::new(ServiceSnapshot::empty(service)),
+            None => Arc::new(ServiceSnapshot::empty(service, self.inner.vnodes)),
         }
     }
 
@@ -576,7 +687,7 @@ impl Directory {
     pub(crate) fn publish(
         &self,
         service: &str,
-        all: BTreeMap<String, Arc<Instance>>,
+        all: impl Into<InstanceMap>,
         revision: Revision,
         authoritative: bool,
     ) {
@@ -588,7 +699,7 @@ impl Directory {
         &self,
         source: &SourceKey,
         service: &str,
-        all: BTreeMap<String, Arc<Instance>>,
+        all: impl Into<InstanceMap>,
         revision: Revision,
         authoritative: bool,
     ) {
@@ -597,15 +708,14 @@ impl Directory {
             if !authoritative && view.synced && revision < view.revision {
                 return None;
             }
-            view.all = Arc::new(all);
+            view.all = all.into();
             view.revision = revision;
             view.stale_since = None;
             view.synced = true;
-            Some(ServiceSnapshot::rebuild(
-                service,
+            Some(ServiceSnapshot::next(
+                cur,
                 sources.merge(service),
                 cur.hidden.clone(),
-                self.inner.vnodes,
             ))
         });
     }
@@ -625,11 +735,21 @@ impl Directory {
             }
             view.stale_since = stale.then(SystemTime::now);
             let merged = sources.merge(service);
-            (merged.stale_since != cur.stale_since).then(|| ServiceSnapshot {
-                stale: merged.stale_since.is_some(),
+            if merged.stale_since == cur.stale_since {
+                return None;
+            }
+            let stale = merged.stale_since.is_some();
+            let change = match (cur.stale, stale) {
+                (false, true) => vec![ChangeKind::Stale],
+                (true, false) => vec![ChangeKind::Fresh],
+                _ => Vec::new(),
+            };
+            let next = ServiceSnapshot {
+                stale,
                 stale_since: merged.stale_since,
                 ..ServiceSnapshot::clone(cur)
-            })
+            };
+            Some((next, change))
         });
     }
 
@@ -642,50 +762,36 @@ impl Directory {
             if !sources.remove(source) {
                 return None;
             }
-            Some(ServiceSnapshot::rebuild(
-                service,
+            Some(ServiceSnapshot::next(
+                cur,
                 sources.merge(service),
                 cur.hidden.clone(),
-                self.inner.vnodes,
             ))
         });
     }
 
     /// Hides the instances whose liveness probe fails (and shows the others again).
     pub(crate) fn set_hidden(&self, service: &str, hidden: BTreeSet<String>) {
+        let hidden: Hidden = hidden.into_iter().collect();
         self.update(service, |cur, _| {
-            (cur.hidden != hidden)
-                .then(|| ServiceSnapshot::rebuild(service, cur.merged(), hidden, self.inner.vnodes))
+            (cur.hidden != hidden).then(|| ServiceSnapshot::next(cur, cur.merged(), hidden))
         });
     }
 
     fn update(
         &self,
         service: &str,
-        f: impl FnOnce(&ServiceSnapshot, &mut Sources) -> Option<ServiceSnapshot>,
+        f: impl FnOnce(&ServiceSnapshot, &mut Sources) -> Option<(ServiceSnapshot, Vec<ChangeKind>)>,
     ) {
         let slot = self.slot_or_create(service);
         let mut sources = lock(&slot.write);
         let cur = slot.current.load_full();
-        let Some(mut next) = f(&cur, &mut sources) else {
+        let Some((next, changes)) = f(&cur, &mut sources) else {
             return;
         };
-        if !Arc::ptr_eq(&next.ring, &cur.ring) {
-            // The newest built ring this view can be routed on until its own is built.
-            let built = if cur.ring.get().is_some() {
-                Some(cur.ring.clone())
-            } else {
-                cur.base.as_ref().map(|b| b.ring.clone())
-            };
-            next.base = built.and_then(|cell| {
-                let joined = joined_since(cell.get()?.members(), &next.online, MAX_JOINED)?;
-                Some(Arc::new(Base {
-                    ring: cell,
-                    joined: Ring::with_vnodes(joined, next.vnodes),
-                }))
-            });
-        }
-        let changes = feed::diff(&cur, &next);
+        // Every update of every unit test checks the incremental changes against a full diff.
+        #[cfg(test)]
+        assert_eq!(changes, super::feed::diff(&cur, &next), "{service}");
         let next = Arc::new(next);
         let ring_ready = next.ring.get().is_some();
         // Journalled and made current together, so a feed's snapshot is exactly as of a number.
@@ -741,36 +847,13 @@ impl DirectoryBuilder {
             inner: Arc::new(Inner {
                 slots: ArcSwap::from_pointee(HashMap::new()),
                 add_slot: Mutex::new(()),
-                empty: Arc::from(Vec::new()),
+                empty: Instances::new(),
                 vnodes: self.vnodes.clamp(1, super::ring::MAX_VNODES),
                 journal: Journal::new(self.journal_capacity),
                 sources: Mutex::new(BTreeMap::new()),
             }),
         }
     }
-}
-
-/// The members of `now` that are not in `before` with the same weight (and so not on its ring), or
-/// `None` if there are more than `max`. Both are sorted by id.
-fn joined_since(
-    before: &[Arc<Instance>],
-    now: &[Arc<Instance>],
-    max: usize,
-) -> Option<Vec<Arc<Instance>>> {
-    let mut b = before.iter().peekable();
-    let mut joined = Vec::new();
-    for m in now {
-        while b.next_if(|x| x.id < m.id).is_some() {}
-        if b.next_if(|x| x.id == m.id && x.weight == m.weight)
-            .is_none()
-        {
-            if joined.len() == max {
-                return None;
-            }
-            joined.push(m.clone());
-        }
-    }
-    Some(joined)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -794,8 +877,9 @@ pub struct Changes {
 
 impl fmt::Debug for Changes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let held = self.queue.last.as_ref().map_or(0, |s| s.online.len());
         f.debug_struct("Changes")
-            .field("held", &self.queue.held.len())
+            .field("held", &held)
             .field("pending", &self.queue.pending.len())
             .finish()
     }
@@ -806,7 +890,11 @@ impl fmt::Debug for Changes {
 /// holds, and the changes queued for it.
 pub(crate) struct ChangeQueue {
     views: WatchStream<Arc<ServiceSnapshot>>,
+    /// What the consumer holds, for [`poll_next`](Self::poll_next) (a selection's members).
     pub(crate) held: BTreeMap<String, Arc<Instance>>,
+    /// The view the consumer holds the online instances of, for
+    /// [`poll_next_online`](Self::poll_next_online).
+    last: Option<Arc<ServiceSnapshot>>,
     pub(crate) pending: VecDeque<Change>,
 }
 
@@ -815,12 +903,56 @@ impl ChangeQueue {
         ChangeQueue {
             views: WatchStream::new(rx),
             held: BTreeMap::new(),
+            last: None,
             pending: VecDeque::new(),
         }
     }
 
+    /// Queues the differences in online instances between the view the consumer holds and
+    /// `next`: O(log n) per changed instance (see [`touched`]), not a comparison of the lists.
+    fn diff_online(&mut self, next: Arc<ServiceSnapshot>) {
+        let Some(prev) = self.last.take() else {
+            self.pending.extend(
+                next.online
+                    .iter()
+                    .map(|i| Change::Insert(i.id.clone(), i.clone())),
+            );
+            self.last = Some(next);
+            return;
+        };
+        if !Instances::ptr_eq(&prev.online, &next.online) {
+            let mut inserts = Vec::new();
+            for id in touched((&prev.all, &prev.hidden), (&next.all, &next.hidden)) {
+                match (prev.online.find(id), next.online.find(id)) {
+                    (Some(_), None) => self.pending.push_back(Change::Remove(id.to_owned())),
+                    (None, Some(new)) => inserts.push(Change::Insert(id.to_owned(), new.clone())),
+                    (Some(old), Some(new)) if !(Arc::ptr_eq(old, new) || old == new) => {
+                        inserts.push(Change::Insert(id.to_owned(), new.clone()));
+                    }
+                    _ => {}
+                }
+            }
+            self.pending.extend(inserts);
+        }
+        self.last = Some(next);
+    }
+
+    /// The next change to the online instances.
+    fn poll_next_online(&mut self, cx: &mut Context<'_>) -> Poll<Option<Change>> {
+        loop {
+            if let Some(c) = self.pending.pop_front() {
+                return Poll::Ready(Some(c));
+            }
+            match Pin::new(&mut self.views).poll_next(cx) {
+                Poll::Ready(Some(snap)) => self.diff_online(snap),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
     /// Queues the differences between what the consumer holds and `members`.
-    fn diff(&mut self, members: &[Arc<Instance>]) {
+    fn diff(&mut self, members: &Instances) {
         let next: BTreeMap<String, Arc<Instance>> =
             members.iter().map(|i| (i.id.clone(), i.clone())).collect();
         for id in self.held.keys() {
@@ -890,7 +1022,7 @@ impl Stream for Changes {
     type Item = Change;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Change>> {
-        self.queue.poll_next(cx, |snap| snap.online.clone())
+        self.queue.poll_next_online(cx)
     }
 }
 
@@ -905,6 +1037,130 @@ mod tests {
                 (id.clone(), Arc::new(Instance::new("svc", id).addr("x:1")))
             })
             .collect()
+    }
+
+    /// Random steps (joins, leaves, updates, going offline, probe hiding, staleness) over a
+    /// service of a few hundred instances: each step's incremental changes must be exactly what
+    /// comparing the whole views gives, the patched online list exactly the routable instances,
+    /// a lookup's base exactly "the earlier ring plus the members not on it", and a `Changes`
+    /// consumer must end up holding exactly the online instances.
+    #[test]
+    fn incremental_views_equal_views_rebuilt_from_scratch() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+
+        #[derive(Clone, Debug)]
+        enum Step {
+            Put(u16, u32, bool),
+            Remove(u16),
+            Hide(u16),
+            Show(u16),
+            Stale(bool),
+            BuildRing,
+        }
+        let step = prop_oneof![
+            4 => (0u16..300, prop_oneof![Just(100u32), Just(50), Just(200)], any::<bool>())
+                .prop_map(|(i, w, on)| Step::Put(i, w, on)),
+            3 => (0u16..300).prop_map(Step::Remove),
+            1 => (0u16..300).prop_map(Step::Hide),
+            1 => (0u16..300).prop_map(Step::Show),
+            1 => any::<bool>().prop_map(Step::Stale),
+            1 => Just(Step::BuildRing),
+        ];
+        let batches = proptest::collection::vec(proptest::collection::vec(step, 1..6), 1..60);
+        let mut runner = TestRunner::new(Config {
+            cases: 64,
+            ..Config::default()
+        });
+        runner
+            .run(&batches, |batches| {
+                let dir = Directory::new();
+                let mut all = InstanceMap::new();
+                let mut hidden = BTreeSet::new();
+                for i in 0..200u16 {
+                    all.insert(Arc::new(
+                        Instance::new("svc", format!("m{i:03}")).addr("10.0.0.1:1"),
+                    ));
+                }
+                dir.publish("svc", all.clone(), 1, true);
+                let mut changes = dir.changes("svc");
+                let mut held: BTreeMap<String, Arc<Instance>> = BTreeMap::new();
+                for (n, batch) in batches.into_iter().enumerate() {
+                    let mut stale = None;
+                    for step in batch {
+                        match step {
+                            Step::Put(i, w, on) => {
+                                let inst = Instance::new("svc", format!("m{i:03}"))
+                                    .addr("10.0.0.1:1")
+                                    .weight(w);
+                                let inst = if on {
+                                    inst
+                                } else {
+                                    inst.state(super::super::InstanceState::Offline)
+                                };
+                                all.insert(Arc::new(inst));
+                            }
+                            Step::Remove(i) => {
+                                all.remove(&format!("m{i:03}"));
+                            }
+                            Step::Hide(i) => {
+                                hidden.insert(format!("m{i:03}"));
+                            }
+                            Step::Show(i) => {
+                                hidden.remove(&format!("m{i:03}"));
+                            }
+                            Step::Stale(s) => stale = Some(s),
+                            Step::BuildRing => {
+                                dir.snapshot("svc").ring();
+                            }
+                        }
+                    }
+                    dir.publish("svc", all.clone(), 2 + n as u64, false);
+                    dir.set_hidden("svc", hidden.clone());
+                    if let Some(s) = stale {
+                        dir.set_stale("svc", s);
+                    }
+                    // (Each update's changes were checked against a full diff in `update`.)
+                    let after = dir.snapshot("svc");
+                    let want: Vec<Arc<Instance>> = after
+                        .all()
+                        .values()
+                        .filter(|i| i.is_online() && !after.is_hidden(&i.id))
+                        .cloned()
+                        .collect();
+                    prop_assert_eq!(after.online().to_vec(), want.clone());
+                    if let Some(base) = &after.base {
+                        let ring = base.ring.get().expect("a base ring is built");
+                        let on_ring = |m: &Arc<Instance>| {
+                            ring.members()
+                                .iter()
+                                .any(|r| r.id == m.id && r.weight == m.weight)
+                        };
+                        let joined: Vec<&String> =
+                            want.iter().filter(|m| !on_ring(m)).map(|m| &m.id).collect();
+                        let got: Vec<&String> =
+                            base.joined.members().iter().map(|m| &m.id).collect();
+                        prop_assert_eq!(got, joined);
+                    }
+                    while let Some(c) =
+                        futures::FutureExt::now_or_never(futures::StreamExt::next(&mut changes))
+                            .flatten()
+                    {
+                        match c {
+                            Change::Insert(id, inst) => {
+                                held.insert(id, inst);
+                            }
+                            Change::Remove(id) => {
+                                prop_assert!(held.remove(&id).is_some(), "removed {} unheld", id);
+                            }
+                        }
+                    }
+                    let held_now: Vec<Arc<Instance>> = held.values().cloned().collect();
+                    prop_assert_eq!(held_now, want);
+                }
+                Ok(())
+            })
+            .unwrap();
     }
 
     /// A burst of membership changes must not start one ring build per change (at 100,000

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 use super::backoff::Backoff;
+use super::collections::InstanceMap;
 use super::directory::Directory;
 use super::instance::{Instance, Layout};
 use super::probe::{self, ProbeOptions};
@@ -345,7 +346,7 @@ struct Worker {
     scope: Scope,
     opts: DiscoveryOptions,
     stats: Arc<Stats>,
-    view: BTreeMap<String, BTreeMap<String, Arc<Instance>>>,
+    view: BTreeMap<String, InstanceMap>,
     revision: Revision,
     /// Keys whose bad value was already logged (logged once per key until it changes to good).
     logged: HashSet<String>,
@@ -460,17 +461,15 @@ impl Worker {
         };
         self.stats
             .inc(&self.stats.lists, "registry_discovery_lists_total");
-        let mut next: BTreeMap<String, BTreeMap<String, Arc<Instance>>> = BTreeMap::new();
+        let mut next: BTreeMap<String, InstanceMap> = BTreeMap::new();
         if let Scope::Service(s) = &self.scope {
-            next.insert(s.clone(), BTreeMap::new());
+            next.insert(s.clone(), InstanceMap::new());
         }
         let mut seen = HashSet::new();
         for kv in &listing.entries {
             seen.insert(kv.key.clone());
             if let Some((service, inst)) = self.decode(kv) {
-                next.entry(service)
-                    .or_default()
-                    .insert(inst.id.clone(), inst);
+                next.entry(service).or_default().insert(inst);
             }
         }
         self.logged.retain(|k| seen.contains(k));
@@ -478,7 +477,7 @@ impl Worker {
         for service in self.view.keys() {
             if !next.contains_key(service) {
                 self.directory
-                    .publish(service, BTreeMap::new(), listing.revision, true);
+                    .publish(service, InstanceMap::new(), listing.revision, true);
             }
         }
         for (service, instances) in &next {
@@ -597,10 +596,7 @@ impl Worker {
                     match self.decode(&kv) {
                         Some((service, inst)) => {
                             if self.in_scope(&service) {
-                                self.view
-                                    .entry(service.clone())
-                                    .or_default()
-                                    .insert(inst.id.clone(), inst);
+                                self.view.entry(service.clone()).or_default().insert(inst);
                                 dirty.insert(service);
                             }
                         }

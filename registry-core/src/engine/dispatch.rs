@@ -728,9 +728,8 @@ async fn prune<S>(directory: Directory, service: String, clients: Weak<Clients<S
                 return;
             };
             let snap = rx.borrow_and_update().clone();
-            let online: std::collections::HashSet<&str> =
-                snap.online().iter().map(|i| i.id.as_str()).collect();
-            lock(&clients).retain(|id, _| online.contains(id.as_str()));
+            // O(clients × log n): the service may have 100,000 instances, a dispatcher few clients.
+            lock(&clients).retain(|id, _| snap.online().contains_id(id));
         }
         if rx.changed().await.is_err() {
             return;

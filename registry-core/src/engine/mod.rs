@@ -13,6 +13,7 @@
 //! ```
 
 mod backoff;
+mod collections;
 mod directory;
 mod discover;
 mod dispatch;
@@ -27,7 +28,8 @@ mod source;
 mod telemetry;
 
 pub use backoff::Backoff;
-pub use directory::{Change, Changes, Directory, DirectoryBuilder, Instances, ServiceSnapshot};
+pub use collections::{InstanceMap, Instances};
+pub use directory::{Change, Changes, Directory, DirectoryBuilder, ServiceSnapshot};
 pub use discover::{
     APPLY_DELAY_BUCKETS, ApplyDelay, Discovery, DiscoveryCounts, DiscoveryOptions, Scope,
 };

@@ -8,7 +8,8 @@ use std::task::{Context, Poll};
 
 use futures::Stream;
 
-use super::directory::{Change, ChangeQueue, Directory, Instances, ServiceSnapshot};
+use super::collections::Instances;
+use super::directory::{Change, ChangeQueue, Directory, ServiceSnapshot};
 use super::instance::Instance;
 use super::ring::Ring;
 use crate::error::{Error, Result};
@@ -254,9 +255,12 @@ impl Selector {
 
     /// The instances of `instances` this selector selects, in their order: those that pass the
     /// filters, narrowed to the preferred zone if any of them is in it.
-    pub fn apply(&self, instances: &[Arc<Instance>]) -> Vec<Arc<Instance>> {
+    pub fn apply<'a>(
+        &self,
+        instances: impl IntoIterator<Item = &'a Arc<Instance>>,
+    ) -> Vec<Arc<Instance>> {
         let passed: Vec<Arc<Instance>> = instances
-            .iter()
+            .into_iter()
             .filter(|i| self.matches(i))
             .cloned()
             .collect();
@@ -334,12 +338,15 @@ impl Selection {
     fn selected_from(&self, snap: &ServiceSnapshot) -> Arc<Selected> {
         let online = snap.online();
         let mut cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(sel) = cache.as_ref().filter(|s| Arc::ptr_eq(&s.from, online)) {
+        if let Some(sel) = cache
+            .as_ref()
+            .filter(|s| Instances::ptr_eq(&s.from, online))
+        {
             return sel.clone();
         }
         let sel = Arc::new(Selected {
             from: online.clone(),
-            members: Arc::from(self.inner.selector.apply(online)),
+            members: Instances::from(self.inner.selector.apply(online)),
             ring: OnceLock::new(),
         });
         *cache = Some(sel.clone());

@@ -26,6 +26,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use super::collections::InstanceMap;
 use super::directory::Directory;
 use super::instance::Instance;
 use crate::backend::Revision;
@@ -67,7 +68,7 @@ impl SourceKey {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct SourceView {
     /// Shared with the snapshot when this source is the only one: publishing does not copy it.
-    pub(crate) all: Arc<BTreeMap<String, Arc<Instance>>>,
+    pub(crate) all: InstanceMap,
     pub(crate) revision: Revision,
     pub(crate) stale_since: Option<SystemTime>,
     pub(crate) synced: bool,
@@ -83,7 +84,7 @@ pub(crate) struct Sources {
 
 /// The union of the sources' views of a service.
 pub(crate) struct Merged {
-    pub(crate) all: Arc<BTreeMap<String, Arc<Instance>>>,
+    pub(crate) all: InstanceMap,
     /// The source of each instance, when more than one source contributes (else `sole`).
     pub(crate) origin: Origin,
     pub(crate) revision: Revision,
@@ -137,7 +138,7 @@ impl Sources {
         if contributing.len() <= 1 {
             let (name, all) = match contributing.first() {
                 Some((k, v)) => (k.name.clone(), v.all.clone()),
-                None => (Arc::from(BACKEND_SOURCE), Arc::default()),
+                None => (Arc::from(BACKEND_SOURCE), InstanceMap::new()),
             };
             return Merged {
                 all,
@@ -148,7 +149,7 @@ impl Sources {
                 collisions: 0,
             };
         }
-        let mut all = BTreeMap::new();
+        let mut all = InstanceMap::new();
         let mut origin = BTreeMap::new();
         let mut collided = std::collections::BTreeSet::new();
         for (key, view) in &contributing {
@@ -160,7 +161,7 @@ impl Sources {
                     }
                     continue;
                 }
-                all.insert(id.clone(), inst.clone());
+                all.insert(inst.clone());
                 origin.insert(id.clone(), key.name.clone());
             }
         }
@@ -168,7 +169,7 @@ impl Sources {
         let collisions = contributing.iter().map(|(_, v)| v.all.len()).sum::<usize>() - all.len();
         self.logged = collided;
         Merged {
-            all: Arc::new(all),
+            all,
             origin: Origin::Many(Arc::new(origin)),
             revision,
             stale_since,
@@ -232,7 +233,7 @@ impl SourceHandle {
         instances: impl IntoIterator<Item = Instance>,
         revision: Revision,
     ) -> usize {
-        let mut all = BTreeMap::new();
+        let mut all = InstanceMap::new();
         let mut skipped = 0;
         for inst in instances {
             let why = if inst.service != service {
@@ -246,7 +247,7 @@ impl SourceHandle {
                     tracing::warn!(source = %self.key.name, service, id = %inst.id, why, "source: skipping an invalid instance");
                 }
                 None => {
-                    all.insert(inst.id.clone(), Arc::new(inst));
+                    all.insert(Arc::new(inst));
                 }
             }
         }

@@ -1,0 +1,317 @@
+//! The directory's collections of instances: persistent (structurally shared) so that a change to
+//! a service of 100,000 instances copies a few tree nodes, not the service.
+//!
+//! Both wrap [`imbl`]'s trees (B-tree map, RRB vector), which share every untouched node between
+//! the old and the new version: a publication costs O(log n) per changed instance, and comparing
+//! two versions visits only the nodes that differ. The wrappers keep `imbl` out of the public API
+//! (a later change of the crate or of its version breaks no user) and keep the invariant that
+//! both are sorted by instance id.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Index;
+use std::sync::Arc;
+
+use super::instance::Instance;
+
+/// Online instances of a service, sorted by id, shared and immutable: what [`Directory::get`]
+/// returns (one atomic load and a reference count, whatever the size).
+///
+/// Reads like a slice: [`len`](Self::len), [`iter`](Self::iter), indexing (`instances[i]`,
+/// O(log n)), [`get`](Self::get), [`find`](Self::find) by id (O(log n)).
+///
+/// [`Directory::get`]: super::Directory::get
+#[derive(Clone, Default)]
+pub struct Instances(Arc<imbl::Vector<Arc<Instance>>>);
+
+impl Instances {
+    /// No instance.
+    pub fn new() -> Self {
+        Instances::default()
+    }
+
+    /// The number of instances.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there is no instance.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The instances in id order.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Arc<Instance>> + ExactSizeIterator + '_ {
+        self.0.iter()
+    }
+
+    /// The `i`-th instance in id order (O(log n)).
+    pub fn get(&self, i: usize) -> Option<&Arc<Instance>> {
+        self.0.get(i)
+    }
+
+    /// The first instance in id order.
+    pub fn first(&self) -> Option<&Arc<Instance>> {
+        self.0.front()
+    }
+
+    /// The last instance in id order.
+    pub fn last(&self) -> Option<&Arc<Instance>> {
+        self.0.back()
+    }
+
+    /// The instance with this id, if present (binary search, O(log n)).
+    pub fn find(&self, id: &str) -> Option<&Arc<Instance>> {
+        self.position(id).ok().and_then(|i| self.0.get(i))
+    }
+
+    /// Whether an instance with this id is present.
+    pub fn contains_id(&self, id: &str) -> bool {
+        self.position(id).is_ok()
+    }
+
+    /// The instances, copied into a `Vec` (O(n)).
+    pub fn to_vec(&self) -> Vec<Arc<Instance>> {
+        self.0.iter().cloned().collect()
+    }
+
+    /// Whether both are the same version (a cheap test of "nothing changed").
+    pub fn ptr_eq(a: &Instances, b: &Instances) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
+    }
+
+    fn position(&self, id: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|m| m.id.as_str().cmp(id))
+    }
+
+    /// A new version with `id` set to `inst` (`None`: removed); shares what is unchanged.
+    pub(crate) fn with_changes<'a>(
+        &self,
+        changes: impl IntoIterator<Item = (&'a str, Option<&'a Arc<Instance>>)>,
+    ) -> Instances {
+        let mut v = imbl::Vector::clone(&self.0);
+        let mut changed = false;
+        for (id, inst) in changes {
+            let at = v.binary_search_by(|m| m.id.as_str().cmp(id));
+            match (at, inst) {
+                (Ok(i), Some(inst)) => {
+                    v.set(i, inst.clone());
+                }
+                (Ok(i), None) => {
+                    v.remove(i);
+                }
+                (Err(i), Some(inst)) => v.insert(i, inst.clone()),
+                (Err(_), None) => continue,
+            }
+            changed = true;
+        }
+        if changed {
+            Instances(Arc::new(v))
+        } else {
+            self.clone()
+        }
+    }
+}
+
+impl Index<usize> for Instances {
+    type Output = Arc<Instance>;
+
+    fn index(&self, i: usize) -> &Arc<Instance> {
+        &self.0[i]
+    }
+}
+
+impl<'a> IntoIterator for &'a Instances {
+    type Item = &'a Arc<Instance>;
+    type IntoIter = imbl::vector::Iter<'a, Arc<Instance>, imbl::shared_ptr::DefaultSharedPtr>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+/// Sorted by id; of two with the same id, the last is kept.
+impl FromIterator<Arc<Instance>> for Instances {
+    fn from_iter<I: IntoIterator<Item = Arc<Instance>>>(iter: I) -> Self {
+        let by_id: BTreeMap<String, Arc<Instance>> =
+            iter.into_iter().map(|i| (i.id.clone(), i)).collect();
+        Instances(Arc::new(by_id.into_values().collect()))
+    }
+}
+
+impl From<Vec<Arc<Instance>>> for Instances {
+    fn from(v: Vec<Arc<Instance>>) -> Self {
+        v.into_iter().collect()
+    }
+}
+
+impl PartialEq for Instances {
+    fn eq(&self, other: &Self) -> bool {
+        Instances::ptr_eq(self, other) || self.0 == other.0
+    }
+}
+
+impl Eq for Instances {}
+
+impl fmt::Debug for Instances {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.iter()).finish()
+    }
+}
+
+/// Every listed instance of a service (online or not) by id: a persistent sorted map. Cloning is
+/// O(1) and a changed clone shares every untouched node with the original.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct InstanceMap(imbl::OrdMap<String, Arc<Instance>>);
+
+impl InstanceMap {
+    /// An empty map.
+    pub fn new() -> Self {
+        InstanceMap::default()
+    }
+
+    /// The instance with this id.
+    pub fn get(&self, id: &str) -> Option<&Arc<Instance>> {
+        self.0.get(id)
+    }
+
+    /// Whether an instance with this id is listed.
+    pub fn contains_key(&self, id: &str) -> bool {
+        self.0.contains_key(id)
+    }
+
+    /// The number of instances.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no instance is listed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// (id, instance) in id order.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&String, &Arc<Instance>)> + '_ {
+        self.0.iter()
+    }
+
+    /// The ids in order.
+    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &String> + '_ {
+        self.0.keys()
+    }
+
+    /// The instances in id order.
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = &Arc<Instance>> + '_ {
+        self.0.values()
+    }
+
+    /// Lists `inst` under its id, replacing what was there (O(log n)); the replaced one.
+    pub fn insert(&mut self, inst: Arc<Instance>) -> Option<Arc<Instance>> {
+        self.0.insert(inst.id.clone(), inst)
+    }
+
+    /// Removes `id` (O(log n)); the removed instance.
+    pub fn remove(&mut self, id: &str) -> Option<Arc<Instance>> {
+        self.0.remove(id)
+    }
+
+    /// Whether both are the same version (shared root).
+    pub(crate) fn ptr_eq(&self, other: &InstanceMap) -> bool {
+        self.0.ptr_eq(&other.0)
+    }
+
+    /// The ids whose entry differs between `self` (older) and `newer`, in order, with the old and
+    /// new entry. Visits only the tree nodes the two versions do not share.
+    pub(crate) fn diff<'a>(
+        &'a self,
+        newer: &'a InstanceMap,
+    ) -> impl Iterator<
+        Item = (
+            &'a String,
+            Option<&'a Arc<Instance>>,
+            Option<&'a Arc<Instance>>,
+        ),
+    > {
+        self.0.diff(&newer.0).map(|d| match d {
+            imbl::ordmap::DiffItem::Add(k, v) => (k, None, Some(v)),
+            imbl::ordmap::DiffItem::Update { old, new } => (old.0, Some(old.1), Some(new.1)),
+            imbl::ordmap::DiffItem::Remove(k, v) => (k, Some(v), None),
+        })
+    }
+}
+
+/// Like a `BTreeMap`'s: panics if `id` is not listed.
+impl Index<&str> for InstanceMap {
+    type Output = Arc<Instance>;
+
+    fn index(&self, id: &str) -> &Arc<Instance> {
+        &self.0[id]
+    }
+}
+
+impl FromIterator<Arc<Instance>> for InstanceMap {
+    fn from_iter<I: IntoIterator<Item = Arc<Instance>>>(iter: I) -> Self {
+        InstanceMap(iter.into_iter().map(|i| (i.id.clone(), i)).collect())
+    }
+}
+
+/// Entries whose key is not the instance's id are listed under the instance's id.
+impl From<BTreeMap<String, Arc<Instance>>> for InstanceMap {
+    fn from(m: BTreeMap<String, Arc<Instance>>) -> Self {
+        m.into_values().collect()
+    }
+}
+
+impl fmt::Debug for InstanceMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.0.iter()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(id: &str) -> Arc<Instance> {
+        Arc::new(Instance::new("svc", id).addr("10.0.0.1:80"))
+    }
+
+    #[test]
+    fn instances_stay_sorted_through_changes() {
+        let base: Instances = ["b", "d", "a"].into_iter().map(inst).collect();
+        assert_eq!(
+            base.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "d"]
+        );
+        let c = inst("c");
+        let next = base.with_changes([("c", Some(&c)), ("a", None), ("zz", None)]);
+        let ids: Vec<&str> = next.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["b", "c", "d"]);
+        assert_eq!(base.len(), 3, "the old version is untouched");
+        assert!(next.find("c").is_some() && next.find("a").is_none());
+        assert_eq!(next[1].id, "c");
+        let same = next.with_changes([("nope", None)]);
+        assert!(Instances::ptr_eq(&same, &next));
+    }
+
+    #[test]
+    fn map_diff_lists_only_what_changed() {
+        let mut a: InstanceMap = (0..1000).map(|i| inst(&format!("m{i:04}"))).collect();
+        let before = a.clone();
+        a.remove("m0007");
+        a.insert(inst("m0500").as_ref().clone().weight(50).into());
+        a.insert(inst("n"));
+        let d: Vec<(String, bool, bool)> = before
+            .diff(&a)
+            .map(|(id, o, n)| (id.clone(), o.is_some(), n.is_some()))
+            .collect();
+        assert_eq!(
+            d,
+            [
+                ("m0007".into(), true, false),
+                ("m0500".into(), true, true),
+                ("n".into(), false, true)
+            ]
+        );
+    }
+}
