@@ -708,15 +708,12 @@ impl Directory {
             if !authoritative && view.synced && revision < view.revision {
                 return None;
             }
-            view.all = all.into();
+            let old = std::mem::replace(&mut view.all, all.into());
             view.revision = revision;
             view.stale_since = None;
             view.synced = true;
-            Some(ServiceSnapshot::next(
-                cur,
-                sources.merge(service),
-                cur.hidden.clone(),
-            ))
+            let merged = sources.merge_after(service, source, &old, cur.merged());
+            Some(ServiceSnapshot::next(cur, merged, cur.hidden.clone()))
         });
     }
 
@@ -734,11 +731,11 @@ impl Directory {
                 return None;
             }
             view.stale_since = stale.then(SystemTime::now);
-            let merged = sources.merge(service);
-            if merged.stale_since == cur.stale_since {
+            let stale_since = sources.stale_since();
+            if stale_since == cur.stale_since {
                 return None;
             }
-            let stale = merged.stale_since.is_some();
+            let stale = stale_since.is_some();
             let change = match (cur.stale, stale) {
                 (false, true) => vec![ChangeKind::Stale],
                 (true, false) => vec![ChangeKind::Fresh],
@@ -746,7 +743,7 @@ impl Directory {
             };
             let next = ServiceSnapshot {
                 stale,
-                stale_since: merged.stale_since,
+                stale_since,
                 ..ServiceSnapshot::clone(cur)
             };
             Some((next, change))
@@ -759,14 +756,9 @@ impl Directory {
             return;
         }
         self.update(service, |cur, sources| {
-            if !sources.remove(source) {
-                return None;
-            }
-            Some(ServiceSnapshot::next(
-                cur,
-                sources.merge(service),
-                cur.hidden.clone(),
-            ))
+            let old = sources.remove(source)?;
+            let merged = sources.merge_after(service, source, &old.all, cur.merged());
+            Some(ServiceSnapshot::next(cur, merged, cur.hidden.clone()))
         });
     }
 

@@ -75,7 +75,7 @@ pub(crate) struct SourceView {
 }
 
 /// Every source's view of one service (kept under the service's write lock).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Sources {
     views: BTreeMap<SourceKey, SourceView>,
     /// Ids already logged as collisions (logged once each).
@@ -98,8 +98,8 @@ pub(crate) struct Merged {
 pub(crate) enum Origin {
     /// All from one source (or none).
     Sole(Arc<str>),
-    /// From several: the source of each id.
-    Many(Arc<BTreeMap<String, Arc<str>>>),
+    /// From several: the source of each id (persistent: a view's copy shares it).
+    Many(imbl::OrdMap<String, Arc<str>>),
 }
 
 impl Origin {
@@ -117,8 +117,87 @@ impl Sources {
         self.views.entry(key.clone()).or_default()
     }
 
-    pub(crate) fn remove(&mut self, key: &SourceKey) -> bool {
-        self.views.remove(key).is_some()
+    pub(crate) fn remove(&mut self, key: &SourceKey) -> Option<SourceView> {
+        self.views.remove(key)
+    }
+
+    /// The earliest moment a source of this view went stale, if one is.
+    pub(crate) fn stale_since(&self) -> Option<SystemTime> {
+        self.views.values().filter_map(|v| v.stale_since).min()
+    }
+
+    /// What the sources show now, given `prev` (what they showed before `source`'s view changed
+    /// from `old` to its current one). When several sources contributed before and still do, only
+    /// the ids `source` changed are merged again: O(changes × sources × log n), not O(n).
+    pub(crate) fn merge_after(
+        &mut self,
+        service: &str,
+        source: &SourceKey,
+        old: &InstanceMap,
+        prev: Merged,
+    ) -> Merged {
+        let contributing = self.views.values().filter(|v| !v.all.is_empty()).count();
+        let Origin::Many(mut origin) = prev.origin else {
+            return self.merge(service);
+        };
+        if contributing <= 1 {
+            return self.merge(service);
+        }
+        let mut all = prev.all;
+        let new = self
+            .views
+            .get(source)
+            .map(|v| v.all.clone())
+            .unwrap_or_default();
+        for (id, _, _) in old.diff(&new) {
+            let mut holders = self
+                .views
+                .iter()
+                .filter_map(|(k, v)| v.all.get(id).map(|i| (k, i)));
+            match holders.next() {
+                None => {
+                    all.remove(id);
+                    origin.remove(id);
+                }
+                Some((winner, inst)) => {
+                    all.insert(inst.clone());
+                    origin.insert(id.clone(), winner.name.clone());
+                    if let Some((other, _)) = holders.next() {
+                        if self.logged.insert(id.clone()) {
+                            tracing::warn!(service, id = %id, shown = %winner.name, hidden = %other.name, "two sources list the same instance id; the one with the higher precedence is shown");
+                        }
+                        continue;
+                    }
+                }
+            }
+            self.logged.remove(id);
+        }
+        let listed: usize = self.views.values().map(|v| v.all.len()).sum();
+        // Every incremental merge of registry-core's unit tests is checked against a full one.
+        #[cfg(test)]
+        {
+            let full = self.clone().merge(service);
+            assert!(full.all == all, "{service}: merged instances");
+            for id in all.keys() {
+                assert_eq!(
+                    full.origin.of(id),
+                    Origin::Many(origin.clone()).of(id),
+                    "{id}"
+                );
+            }
+            assert_eq!(full.collisions, listed - all.len());
+        }
+        Merged {
+            collisions: listed - all.len(),
+            all,
+            origin: Origin::Many(origin),
+            revision: self
+                .views
+                .get(&SourceKey::backend())
+                .map_or(0, |v| v.revision),
+            stale_since: self.stale_since(),
+            synced: self.views.values().any(|v| v.synced),
+        }
     }
 
     /// The union, the highest precedence winning each id. One source (the usual case) is its own
@@ -150,7 +229,7 @@ impl Sources {
             };
         }
         let mut all = InstanceMap::new();
-        let mut origin = BTreeMap::new();
+        let mut origin = imbl::OrdMap::new();
         let mut collided = std::collections::BTreeSet::new();
         for (key, view) in &contributing {
             for (id, inst) in view.all.iter() {
@@ -170,7 +249,7 @@ impl Sources {
         self.logged = collided;
         Merged {
             all,
-            origin: Origin::Many(Arc::new(origin)),
+            origin: Origin::Many(origin),
             revision,
             stale_since,
             synced,
@@ -451,5 +530,67 @@ mod tests {
         assert!(e.to_string().contains("static-source-"), "{e}");
         std::fs::remove_file(&path).unwrap();
         assert!(StaticSource::from_file(&path).is_err());
+    }
+
+    /// Random publications and withdrawals by three sources listing overlapping ids: each
+    /// incremental merge is checked against a full one (in `merge_after`) and each view's
+    /// changes against a full diff (in the directory's `update`); here, the shown instance of
+    /// each id must be the one of the highest precedence that lists it.
+    #[test]
+    fn incremental_merges_of_several_sources_equal_full_merges() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+
+        // (source 0..3, ids to list as bits of a u64 over 40 ids, tag, withdraw)
+        let steps =
+            proptest::collection::vec((0usize..3, any::<u64>(), 0u8..3, any::<bool>()), 1..40);
+        let mut runner = TestRunner::new(Config {
+            cases: 64,
+            ..Config::default()
+        });
+        runner
+            .run(&steps, |steps| {
+                let dir = Directory::new();
+                let handles = [dir.source("a", 10).unwrap(), dir.source("b", -10).unwrap()];
+                let mut listed: [BTreeMap<String, Instance>; 3] = Default::default();
+                for (src, bits, tag, withdraw) in steps {
+                    let view: BTreeMap<String, Instance> = if withdraw && src < 2 {
+                        BTreeMap::new()
+                    } else {
+                        (0..40)
+                            .filter(|b| bits >> b & 1 == 1)
+                            .map(|b| {
+                                let id = format!("i{b:02}");
+                                let i = inst("web", &id).meta("tag", format!("{src}-{tag}"));
+                                (id, i)
+                            })
+                            .collect()
+                    };
+                    match src {
+                        2 => dir.publish(
+                            "web",
+                            view.values()
+                                .cloned()
+                                .map(Arc::new)
+                                .collect::<InstanceMap>(),
+                            1,
+                            true,
+                        ),
+                        s if withdraw => handles[s].withdraw("web"),
+                        s => {
+                            handles[s].publish("web", view.values().cloned(), 0);
+                        }
+                    }
+                    listed[src] = view;
+                    let snap = dir.snapshot("web");
+                    // Precedence: a (10) > backend (0) > b (-10).
+                    for id in (0..40).map(|b| format!("i{b:02}")) {
+                        let want = [0, 2, 1].into_iter().find_map(|s| listed[s].get(&id));
+                        prop_assert_eq!(snap.all().get(&id).map(|i| &**i), want, "{}", id);
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
     }
 }
