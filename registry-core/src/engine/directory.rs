@@ -3,7 +3,11 @@
 //!
 //! Readers never lock: [`Directory::get`], [`Directory::find`] and friends load an immutable
 //! [`ServiceSnapshot`] through an atomic pointer. Writers (discovery and probing) build a new snapshot
-//! and swap it in. Once a service has been routed on ([`Directory::find`], [`Directory::find_n`]),
+//! and swap it in. A new snapshot shares everything unchanged with the previous one (the instance
+//! map and the online list are persistent trees, see [`InstanceMap`] and [`Instances`]), so a
+//! change costs O(log n) per changed instance whatever the size of the service, and so do the
+//! journal's changes and [`Changes`] streams, which compare only the parts that differ. A batch of
+//! watch events that arrives together is published as one snapshot. Once a service has been routed on ([`Directory::find`], [`Directory::find_n`]),
 //! its [`Ring`] is built after each change by one background builder per service that always builds
 //! the newest membership (a burst of changes costs one build, not one per change); services only
 //! ever read with [`Directory::get`] never pay for rings.
