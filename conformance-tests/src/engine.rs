@@ -451,6 +451,95 @@ pub async fn engine_static_source_beside_the_backend(f: Fixture) {
     assert_eq!(snap.collisions(), 0);
 }
 
+/// Many registrations at once (issue 17): `register_many` and concurrent `register` calls all
+/// land, each with its own outcome (an id another live owner holds fails alone with `Conflict`, a
+/// duplicate id in the same batch is refused, the others register), all on the one shared lease;
+/// a registration deregistered right after it was made, while hundreds of others are still being
+/// written, ends deregistered. Read back with a listing of the backend, not through the registry.
+pub async fn engine_register_many_each_with_its_own_outcome(f: Fixture) {
+    use registry_core::ErrorKind;
+    const N: usize = 300;
+    let a = registry(&f.backend);
+    let other = registry(&f.backend);
+    // A different value: the same value would be taken over (a restarted instance).
+    let held = other
+        .register(web("m0150").meta("owner", "other"))
+        .await
+        .expect("register");
+    let mut batch: Vec<Instance> = (0..N).map(|i| web(&format!("m{i:04}"))).collect();
+    // The same id twice in one batch: the first registers, the second is refused.
+    batch.push(web("m0007").meta("dup", "yes"));
+    let outcomes = a.register_many(batch).await;
+    assert_eq!(outcomes.len(), N + 1);
+    let mut handles = Vec::new();
+    for (i, o) in outcomes.into_iter().enumerate() {
+        match (i, o) {
+            (150, Err(e)) => assert_eq!(e.kind(), ErrorKind::Conflict, "{e}"),
+            (150, Ok(r)) => panic!("{} registered over another live owner", r.key()),
+            (N, Err(e)) => assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}"),
+            (N, Ok(r)) => panic!("{} registered twice", r.key()),
+            (_, Ok(r)) => {
+                assert!(r.state().is_registered(), "{}: {}", r.key(), r.state());
+                handles.push(r);
+            }
+            (i, Err(e)) => panic!("m{i:04} failed: {e}"),
+        }
+    }
+    // Concurrent `register` calls are written together too, and a registration deregistered at
+    // once (its removal queued right behind its first write) stays deregistered.
+    let more = futures::future::join_all((0..100).map(|i| {
+        let a = a.clone();
+        async move {
+            let r = a
+                .register(web(&format!("c{i:04}")))
+                .await
+                .expect("register");
+            if i % 10 == 0 {
+                r.deregister().await.expect("deregister");
+                None
+            } else {
+                Some(r)
+            }
+        }
+    }))
+    .await;
+    handles.extend(more.into_iter().flatten());
+    assert_eq!(handles.len(), N - 1 + 90);
+
+    let listing = f.backend.list("").await.expect("list");
+    let mut ours: Vec<_> = listing
+        .entries
+        .iter()
+        .filter(|kv| !kv.key.ends_with("/m0150"))
+        .collect();
+    ours.sort_by(|x, y| x.key.cmp(&y.key));
+    let mut want: Vec<&str> = handles.iter().map(|r| r.key()).collect();
+    want.sort();
+    let have: Vec<&str> = ours.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(
+        have, want,
+        "the backend holds exactly the live registrations"
+    );
+    let leases: std::collections::BTreeSet<_> = ours.iter().map(|kv| kv.lease.clone()).collect();
+    assert_eq!(leases.len(), 1, "one shared lease: {leases:?}");
+    assert!(leases.iter().all(Option::is_some), "{leases:?}");
+    for (kv, r) in ours.iter().zip({
+        let mut h: Vec<_> = handles.iter().collect();
+        h.sort_by(|x, y| x.key().cmp(y.key()));
+        h
+    }) {
+        assert_eq!(kv.value, r.instance().encode(), "{}", kv.key);
+    }
+    let held_kv = f.backend.get(held.key()).await.expect("get").expect("held");
+    assert_eq!(
+        held_kv.value,
+        held.instance().encode(),
+        "the other owner's value was overwritten"
+    );
+    assert_eq!(a.stats().grants, 1, "{:?}", a.stats());
+    assert_eq!(a.stats().conflicts, 1, "{:?}", a.stats());
+}
+
 /// Expands the engine scenarios into one test each over `$factory(scenario_name)`, like
 /// [`conformance_suite!`](crate::conformance_suite).
 #[macro_export]
@@ -469,6 +558,7 @@ macro_rules! engine_suite {
             engine_live_owner_conflict_and_takeover,
             engine_restarted_instance_takes_over_its_id,
             engine_static_source_beside_the_backend,
+            engine_register_many_each_with_its_own_outcome,
         );
     };
 }

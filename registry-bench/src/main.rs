@@ -349,6 +349,76 @@ async fn scale(url: &str, backend: Arc<dyn Backend>, ns: &str, quick: bool) -> S
     }
     let took = t0.elapsed();
     let ops = counts.total();
+
+    // The same number registered at once from another registry (its own shared lease), under
+    // another service so the cold start below still finds exactly `n`.
+    let (counted, batch_counts) = Counting::wrap(backend.clone());
+    let b = registry(counted, ns, ttl);
+    let batch: Vec<Instance> = (0..n)
+        .map(|i| {
+            Instance::new("scale-batch", format!("b{i:05}")).addr(format!(
+                "10.3.{}.{}:80",
+                i / 250,
+                i % 250
+            ))
+        })
+        .collect();
+    let t0 = Instant::now();
+    let batch_regs = b.register_many(batch).await;
+    let batch_took = t0.elapsed();
+    let batch_ops = batch_counts.total();
+    let batch_failed = batch_regs.iter().filter(|r| r.is_err()).count();
+    if let Some(RegistrationState::Registered { lease, .. }) = batch_regs
+        .iter()
+        .find_map(|r| r.as_ref().ok())
+        .map(|r| r.state())
+    {
+        let _ = backend.revoke(&lease).await;
+    }
+    b.crash();
+    for r in batch_regs.into_iter().flatten() {
+        std::mem::forget(r);
+    }
+    let batch_rate = n as f64 / batch_took.as_secs_f64();
+
+    // What each registration costs the backend, without the registry: our conditional put
+    // ("only if absent", on a lease), 64 in flight.
+    let cond_rate =
+        match backend.grant(ttl).await {
+            Ok(lease) => {
+                use futures::StreamExt;
+                let t0 = Instant::now();
+                let results: Vec<_> =
+                    futures::stream::iter(0..n)
+                        .map(|i| {
+                            let (backend, lease) = (backend.clone(), lease.id.clone());
+                            let inst = Instance::new("scale-cond", format!("c{i:05}"))
+                                .addr(format!("10.4.{}.{}:80", i / 250, i % 250));
+                            let key = format!("{ns}/scale-cond/c{i:05}");
+                            async move {
+                                backend
+                                    .put_if(
+                                        &key,
+                                        inst.encode(),
+                                        Some(&lease),
+                                        registry::Condition::Absent,
+                                    )
+                                    .await
+                            }
+                        })
+                        .buffer_unordered(64)
+                        .collect()
+                        .await;
+                let took = t0.elapsed();
+                let _ = backend.revoke(&lease.id).await;
+                match results.into_iter().find_map(|r| r.err()) {
+                    Some(e) => Err(e.to_string()),
+                    None => Ok(n as f64 / took.as_secs_f64()),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+
     let raw = raw::throughput(url, n).await;
 
     // Cold start: a new process discovers them all.
@@ -383,16 +453,42 @@ async fn scale(url: &str, backend: Arc<dyn Backend>, ns: &str, quick: bool) -> S
             ops as f64 / n as f64
         ),
     ];
-    let mut j = json!({"n": n, "register_s": took.as_secs_f64(), "register_per_s": rate, "backend_ops": ops, "cold_start_s": cold.as_secs_f64(), "cold_start_complete": ok});
+    md.push(format!(
+        "| register {n} at once | {:.2} s ({batch_rate:.0}/s){}, {batch_ops} backend operations ({:.2} per instance) |",
+        batch_took.as_secs_f64(),
+        if batch_failed > 0 {
+            format!(" ({batch_failed} failed!)")
+        } else {
+            String::new()
+        },
+        batch_ops as f64 / n as f64
+    ));
+    let mut j = json!({"n": n, "register_s": took.as_secs_f64(), "register_per_s": rate, "backend_ops": ops,
+        "register_at_once_s": batch_took.as_secs_f64(), "register_at_once_per_s": batch_rate,
+        "register_at_once_failed": batch_failed, "register_at_once_backend_ops": batch_ops,
+        "cold_start_s": cold.as_secs_f64(), "cold_start_complete": ok});
     match raw {
         Ok((seq, piped)) => {
             md.push(format!(
-                "| **raw client: sequential puts** | {seq:.0}/s (registry reaches {:.0}%) |",
+                "| **raw client: sequential puts** | {seq:.0}/s (registry one after another reaches {:.0}%) |",
                 rate / seq * 100.0
             ));
             md.push(format!(
-                "| **raw client: 64 puts in flight** | {piped:.0}/s |"
+                "| **raw client: 64 puts in flight** | {piped:.0}/s (registry at once reaches {:.0}%) |",
+                batch_rate / piped * 100.0
             ));
+            j["register_at_once_vs_raw_pipelined"] = json!(batch_rate / piped);
+            match &cond_rate {
+                Ok(c) => {
+                    md.push(format!(
+                        "| backend contract: 64 conditional puts on a lease in flight (no registry) | {c:.0}/s ({:.0}% of raw pipelined; registry at once reaches {:.0}% of it) |",
+                        c / piped * 100.0,
+                        batch_rate / c * 100.0
+                    ));
+                    j["conditional_pipelined_per_s"] = json!(c);
+                }
+                Err(e) => md.push(format!("| backend contract: conditional puts | {e} |")),
+            }
             j["raw_sequential_per_s"] = json!(seq);
             j["raw_pipelined_per_s"] = json!(piped);
         }

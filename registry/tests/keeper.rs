@@ -148,6 +148,34 @@ async fn a_backlog_of_commands_does_not_starve_the_keep_alive() {
     );
 }
 
+/// The same backlog written as one run (issue 17: registrations queued together are written
+/// together), one write at a time: the run stops starting writes when the keep-alive falls due,
+/// sends it, and goes on. Without that the 10 s run held the keep-alive back past the TTL.
+#[tokio::test(start_paused = true)]
+async fn a_long_run_of_registrations_pauses_for_the_keep_alive() {
+    let backend = MemoryBackend::new();
+    let a = Registry::builder(Arc::new(backend.clone()))
+        .ttl(TTL)
+        .heartbeat(HEARTBEAT)
+        .write_concurrency(1)
+        .build()
+        .unwrap();
+    let first = a.register(web("first")).await.unwrap();
+    backend.set_latency(Duration::from_millis(50));
+    let regs = a
+        .register_many((0..200).map(|i| web(&format!("w{i:03}"))))
+        .await;
+    assert!(regs.iter().all(|r| r.is_ok()));
+    assert_eq!(a.stats().lost, 0, "{:?}", a.stats());
+    assert!(a.stats().keep_alives >= 5, "{:?}", a.stats());
+    assert!(first.state().is_registered(), "{}", first.state());
+    assert_eq!(a.stats().grants, 1);
+    assert_eq!(
+        backend.list("registry/web").await.unwrap().entries.len(),
+        201
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn shutdown_deregisters_everything_and_returns_when_done() {
     let backend = MemoryBackend::new();
@@ -479,4 +507,180 @@ async fn many_registrations_are_read_back_in_turns_and_each_is_repaired() {
     }
     assert_eq!(a.stats().repairs, 3, "{:?}", a.stats());
     assert!(regs.iter().all(|r| r.state().is_registered()));
+}
+
+/// The memory backend with a fixed delay on every conditional put, counting how many are in
+/// flight at once.
+#[derive(Debug)]
+struct SlowPuts {
+    inner: MemoryBackend,
+    delay: Duration,
+    now: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl Backend for SlowPuts {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn grant(&self, ttl: Duration) -> Result<Lease> {
+        self.inner.grant(ttl).await
+    }
+    async fn keep_alive(&self, lease: &LeaseId) -> Result<Duration> {
+        self.inner.keep_alive(lease).await
+    }
+    async fn revoke(&self, lease: &LeaseId) -> Result<()> {
+        self.inner.revoke(lease).await
+    }
+    async fn put(&self, key: &str, value: Bytes, lease: Option<&LeaseId>) -> Result<Revision> {
+        self.inner.put(key, value, lease).await
+    }
+    async fn delete(&self, key: &str) -> Result<Option<Revision>> {
+        self.inner.delete(key).await
+    }
+    async fn put_if(
+        &self,
+        key: &str,
+        value: Bytes,
+        lease: Option<&LeaseId>,
+        cond: Condition,
+    ) -> Result<CondOutcome> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.now.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        sleep(self.delay).await;
+        let r = self.inner.put_if(key, value, lease, cond).await;
+        self.now.fetch_sub(1, SeqCst);
+        r
+    }
+    async fn delete_if(&self, key: &str, cond: Condition) -> Result<CondOutcome> {
+        self.inner.delete_if(key, cond).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Listing> {
+        self.inner.list(prefix).await
+    }
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
+        self.inner.watch(prefix, after).await
+    }
+}
+
+/// Issue 17: registrations made at once (`register_many`, or concurrent `register` calls) are
+/// written with up to `write_concurrency` conditional puts in flight, not one after another (the
+/// old keeper awaited each: 500 registrations against a 10 ms put took 5 s, here 0.1 s), still
+/// one lease, each with its own outcome; an invalid value among them fails alone.
+#[tokio::test(start_paused = true)]
+async fn registrations_made_at_once_are_written_concurrently_on_one_lease() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let store = MemoryBackend::builder().max_value_len(4096).build();
+    let slow = Arc::new(SlowPuts {
+        inner: store.clone(),
+        delay: Duration::from_millis(10),
+        now: Default::default(),
+        most: Default::default(),
+    });
+    let r = Registry::builder(slow.clone())
+        .ttl(TTL)
+        .heartbeat(HEARTBEAT)
+        .write_concurrency(50)
+        .build()
+        .unwrap();
+    let huge = "x".repeat(10_000);
+    let mut batch: Vec<Instance> = (0..500).map(|i| web(&format!("b{i:03}"))).collect();
+    batch[42] = web("b042").meta("huge", huge);
+    let t0 = tokio::time::Instant::now();
+    let outcomes = r.register_many(batch).await;
+    let took = t0.elapsed();
+    let most = slow.most.load(SeqCst);
+    assert!(
+        most > 1 && most <= 50,
+        "{most} conditional puts in flight at most"
+    );
+    assert!(
+        took < Duration::from_millis(500),
+        "500 registrations took {took:?}"
+    );
+    let mut handles = Vec::new();
+    for (i, o) in outcomes.into_iter().enumerate() {
+        if i == 42 {
+            let e = o.expect_err("a value too large is refused");
+            assert!(!e.is_temporary(), "{e}");
+        } else {
+            handles.push(o.unwrap_or_else(|e| panic!("b{i:03}: {e}")));
+        }
+    }
+    assert!(!present(&store, "b042").await);
+    let leases: std::collections::BTreeSet<_> = handles.iter().map(lease_of).collect();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert_eq!(r.stats().grants, 1);
+
+    // Concurrent `register` calls pipeline the same way.
+    slow.most.store(0, SeqCst);
+    let t0 = tokio::time::Instant::now();
+    let more =
+        futures::future::join_all((0..200).map(|i| r.register(web(&format!("c{i:03}"))))).await;
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(slow.most.load(SeqCst) > 1);
+    for m in more {
+        assert_eq!(lease_of(&m.unwrap()), *leases.first().unwrap());
+    }
+    assert_eq!(r.stats().grants, 1);
+}
+
+/// Regression guard (passes on the old, one-at-a-time keeper too): commands for one id are never
+/// reordered by the concurrent writes. Registrations deregistered or updated right after they were
+/// made, while hundreds of others are queued, end deregistered or with their update.
+#[tokio::test(start_paused = true)]
+async fn register_then_deregister_or_update_in_quick_succession_keeps_the_order() {
+    let store = MemoryBackend::new();
+    let slow = Arc::new(SlowPuts {
+        inner: store.clone(),
+        delay: Duration::from_millis(10),
+        now: Default::default(),
+        most: Default::default(),
+    });
+    let r = Registry::builder(slow)
+        .ttl(TTL)
+        .heartbeat(HEARTBEAT)
+        .build()
+        .unwrap();
+    let results = futures::future::join_all((0..300).map(|i| {
+        let r = r.clone();
+        async move {
+            let h = r.register(web(&format!("q{i:03}"))).await.unwrap();
+            match i % 3 {
+                0 => {
+                    h.deregister().await.unwrap();
+                    None
+                }
+                1 => {
+                    drop(h);
+                    None
+                }
+                _ => {
+                    h.set_online(false).await.unwrap();
+                    Some(h)
+                }
+            }
+        }
+    }))
+    .await;
+    // Let the dropped handles' removals run.
+    sleep(Duration::from_millis(100)).await;
+    for i in 0..300 {
+        let id = format!("q{i:03}");
+        assert_eq!(present(&store, &id).await, i % 3 == 2, "{id}");
+    }
+    for h in results.into_iter().flatten() {
+        let kv = store.get(h.key()).await.unwrap().unwrap();
+        assert_eq!(kv.value, h.instance().encode(), "{}", h.key());
+        assert!(!h.instance().is_online());
+    }
 }

@@ -93,6 +93,12 @@ const VERIFY_CONCURRENCY: usize = 16;
 /// Registrations read back per heartbeat (see [`Keeper::verify`]).
 const VERIFY_BATCH: usize = 256;
 
+/// The most new registrations taken off the command queue and written as one run (see
+/// [`Keeper::add_many`]): the writes in flight drain at the end of each run, and every caller of
+/// a run waits for the last write of it. A due keep-alive never waits for a run: writes stop
+/// starting when it is due (see [`Keeper::try_write_pending`]).
+const ADD_BATCH: usize = 4096;
+
 /// How many heartbeats a deregistered key whose last write timed out is deleted again (while it
 /// is attached to our lease): a write in flight lands within a few request timeouts, far less than
 /// this many heartbeats.
@@ -103,6 +109,11 @@ pub(super) struct Keeper {
     backend: Arc<dyn Backend>,
     opts: LeaseOptions,
     op_timeout: Duration,
+    /// Registration writes in flight at once.
+    write_concurrency: usize,
+    /// The last [`try_write_pending`](Self::try_write_pending) stopped starting writes because
+    /// the keep-alive was due: some registrations are left for right after it.
+    unfinished: bool,
     lease: Option<Lease>,
     /// Our earlier leases, newest last (see [`PAST_LEASES`]).
     past_leases: Vec<LeaseId>,
@@ -126,12 +137,15 @@ impl Keeper {
         backend: Arc<dyn Backend>,
         lease: LeaseOptions,
         op_timeout: Duration,
+        write_concurrency: usize,
         stats: Arc<RegistryStats>,
     ) -> Keeper {
         Keeper {
             backend,
             opts: lease,
             op_timeout,
+            write_concurrency: write_concurrency.max(1),
+            unfinished: false,
             lease: None,
             past_leases: Vec::new(),
             verify_cursor: None,
@@ -168,6 +182,33 @@ impl Keeper {
                     Some(Cmd::Shutdown { done }) => {
                         let _ = done.send(self.shutdown().await);
                         return;
+                    }
+                    Some(add @ Cmd::Add { .. }) => {
+                        // Registrations queued behind this one are written together, many in
+                        // flight at once. Only a run of consecutive adds is taken: the first
+                        // other command ends it and runs right after, so an update or removal
+                        // never overtakes the registration it follows.
+                        let mut adds = vec![add];
+                        let mut next = None;
+                        while adds.len() < ADD_BATCH {
+                            match rx.try_recv() {
+                                Ok(add @ Cmd::Add { .. }) => adds.push(add),
+                                Ok(other) => {
+                                    next = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        self.add_many(adds).await;
+                        match next {
+                            Some(Cmd::Shutdown { done }) => {
+                                let _ = done.send(self.shutdown().await);
+                                return;
+                            }
+                            Some(cmd) => self.handle(cmd).await,
+                            None => {}
+                        }
                     }
                     Some(cmd) => self.handle(cmd).await,
                     None => {
@@ -216,9 +257,13 @@ impl Keeper {
         self.next_tick = Some(at);
     }
 
-    async fn handle(&mut self, cmd: Cmd) {
-        match cmd {
-            Cmd::Add {
+    /// Registers a run of new members: each is checked and inserted, then all are written
+    /// together (see [`try_write_pending`](Self::try_write_pending)), and each caller gets the
+    /// outcome of its own registration.
+    async fn add_many(&mut self, adds: Vec<Cmd>) {
+        let mut waiting = Vec::with_capacity(adds.len());
+        for cmd in adds {
+            let Cmd::Add {
                 key,
                 token,
                 cancelled,
@@ -226,74 +271,109 @@ impl Keeper {
                 takeover,
                 state,
                 done,
-            } => {
-                if cancelled.load(Ordering::SeqCst) {
-                    // The handle went before its (delayed) first write was applied.
-                    state.send_replace(RegistrationState::Deregistered);
-                    if let Some(done) = done {
-                        let _ = done.send(Err(closed()));
-                    }
-                    return;
-                }
-                if self.members.contains_key(&key) {
-                    let e = Error::invalid(format!("{key} is already registered by this registry"));
-                    tracing::warn!(key = %key, "registration refused: the key is already registered by this registry");
-                    state.send_replace(RegistrationState::Deregistered);
-                    if let Some(done) = done {
-                        let _ = done.send(Err(e));
-                    }
-                    return;
-                }
-                self.pending_deletes.remove(&key);
-                self.members.insert(
-                    key.clone(),
-                    Member {
-                        token,
-                        value,
-                        accepted: None,
-                        state,
-                        written: false,
-                        refused: None,
-                        uncertain: false,
-                        takeover,
-                        conflict: None,
-                    },
-                );
-                let result = self.write_pending().await;
-                let mine = match self.members.get(&key) {
-                    Some(m) if m.written => Ok(()),
-                    Some(Member {
-                        refused: Some(e), ..
-                    }) => Err(e.clone()),
-                    // Only a caller waiting for the result is refused; a delayed registration
-                    // stays in `Conflict` and is written once the other owner's key is gone.
-                    Some(Member {
-                        conflict: Some(holder),
-                        ..
-                    }) if done.is_some() => Err(Error::new(
-                        ErrorKind::Conflict,
-                        format!(
-                            "{key} is registered by another live owner (lease {holder}); \
-                             deregister it there, wait for its lease to end, or register with takeover"
-                        ),
-                    )),
-                    _ => Err(result
-                        .err()
-                        .unwrap_or_else(|| Error::unavailable("registration not written yet"))),
-                };
-                if let Err(e) = &mine {
-                    if !(e.is_temporary() || e.kind() == ErrorKind::LeaseNotFound) {
-                        // Refused for good: the caller gets the error and no handle.
-                        if let Some(m) = self.members.remove(&key) {
-                            m.state.send_replace(RegistrationState::Deregistered);
-                        }
-                        self.schedule_heartbeat_if_idle();
-                    }
-                }
+            } = cmd
+            else {
+                continue;
+            };
+            if cancelled.load(Ordering::SeqCst) {
+                // The handle went before its (delayed) first write was applied.
+                state.send_replace(RegistrationState::Deregistered);
                 if let Some(done) = done {
-                    let _ = done.send(mine);
+                    let _ = done.send(Err(closed()));
+                }
+                continue;
+            }
+            if self.members.contains_key(&key) {
+                let e = Error::invalid(format!("{key} is already registered by this registry"));
+                tracing::warn!(key = %key, "registration refused: the key is already registered by this registry");
+                state.send_replace(RegistrationState::Deregistered);
+                if let Some(done) = done {
+                    let _ = done.send(Err(e));
+                }
+                continue;
+            }
+            self.pending_deletes.remove(&key);
+            self.members.insert(
+                key.clone(),
+                Member {
+                    token,
+                    value,
+                    accepted: None,
+                    state,
+                    written: false,
+                    refused: None,
+                    uncertain: false,
+                    takeover,
+                    conflict: None,
+                },
+            );
+            waiting.push((key, token, done));
+        }
+        if waiting.is_empty() {
+            return;
+        }
+        let mut result = self.write_pending().await;
+        while result.is_ok() && self.unfinished {
+            // The keep-alive fell due amid a long run of writes: send it (the tick also writes
+            // what is left, up to the next keep-alive), then go on.
+            self.tick().await;
+            result = if self.members.values().any(|m| !m.written && !m.parked()) {
+                self.write_pending().await
+            } else {
+                Ok(())
+            };
+        }
+        let mut removed = false;
+        for (key, token, done) in waiting {
+            let mine = match self.members.get(&key) {
+                // Gone, or another handle's by now (cannot happen while this runs; be safe).
+                Some(m) if m.token != token => Err(closed()),
+                None => Err(closed()),
+                Some(m) if m.written => Ok(()),
+                Some(Member {
+                    refused: Some(e), ..
+                }) => Err(e.clone()),
+                // Only a caller waiting for the result is refused; a delayed registration
+                // stays in `Conflict` and is written once the other owner's key is gone.
+                Some(Member {
+                    conflict: Some(holder),
+                    ..
+                }) if done.is_some() => Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "{key} is registered by another live owner (lease {holder}); \
+                         deregister it there, wait for its lease to end, or register with takeover"
+                    ),
+                )),
+                _ => Err(result
+                    .as_ref()
+                    .err()
+                    .cloned()
+                    .unwrap_or_else(|| Error::unavailable("registration not written yet"))),
+            };
+            if let Err(e) = &mine {
+                if !(e.is_temporary() || e.kind() == ErrorKind::LeaseNotFound)
+                    && self.members.get(&key).is_some_and(|m| m.token == token)
+                {
+                    // Refused for good: the caller gets the error and no handle.
+                    if let Some(m) = self.members.remove(&key) {
+                        m.state.send_replace(RegistrationState::Deregistered);
+                    }
+                    removed = true;
                 }
             }
+            if let Some(done) = done {
+                let _ = done.send(mine);
+            }
+        }
+        if removed {
+            self.schedule_heartbeat_if_idle();
+        }
+    }
+
+    async fn handle(&mut self, cmd: Cmd) {
+        match cmd {
+            add @ Cmd::Add { .. } => self.add_many(vec![add]).await,
             Cmd::Update {
                 key,
                 token,
@@ -749,6 +829,7 @@ impl Keeper {
     /// Writes the unwritten registrations; those the backend refused for good only when
     /// `include_refused` (at heartbeats), so that they are retried without a hot loop.
     async fn try_write_pending(&mut self, include_refused: bool) -> Result<()> {
+        self.unfinished = false;
         if self
             .members
             .values()
@@ -772,15 +853,61 @@ impl Keeper {
                 l
             }
         };
+        // Writes start only until the keep-alive is due: a long run of registrations against a
+        // slow backend must not hold it back (see `run`); the rest is written right after it.
+        // (At least one round of writes starts in any case, so that every call makes progress.)
+        let keep_alive_due = self.last_ok + self.opts.heartbeat;
         let keys: Vec<String> = self
             .members
             .iter()
             .filter(|(_, m)| !m.written && (include_refused || !m.parked()))
             .map(|(k, _)| k.clone())
             .collect();
-        for key in keys {
-            let value = self.members[&key].value.clone();
-            let r = self.write_member(&key, value.clone(), &lease.id).await;
+        // Many writes in flight at once (each its own conditional put on the shared lease); the
+        // outcomes are applied once they are all back. A temporary failure (the backend is
+        // unreachable or slow: the same for every key) stops new writes from starting; those
+        // already in flight are awaited, not abandoned.
+        let outcomes = {
+            use futures::StreamExt;
+            use futures::stream::FuturesUnordered;
+            let this = &*self;
+            let lease_id = &lease.id;
+            let mut queue = keys.into_iter();
+            let mut in_flight = FuturesUnordered::new();
+            let mut outcomes = Vec::new();
+            let mut stop = false;
+            let mut unfinished = false;
+            let mut started = 0;
+            loop {
+                while !stop && in_flight.len() < this.write_concurrency {
+                    if started >= this.write_concurrency && Instant::now() >= keep_alive_due {
+                        unfinished = !queue.as_slice().is_empty();
+                        break;
+                    }
+                    started += 1;
+                    let Some(key) = queue.next() else { break };
+                    let value = this.members[&key].value.clone();
+                    in_flight.push(async move {
+                        let r = this.write_member(&key, value.clone(), lease_id).await;
+                        (key, value, r)
+                    });
+                }
+                let Some((key, value, r)) = in_flight.next().await else {
+                    break;
+                };
+                if matches!(&r, Err(e) if e.is_temporary() || e.kind() == ErrorKind::LeaseNotFound)
+                {
+                    stop = true;
+                }
+                outcomes.push((key, value, r));
+            }
+            (outcomes, unfinished && !stop)
+        };
+        let (outcomes, unfinished) = outcomes;
+        self.unfinished = unfinished;
+        let mut lease_lost = None;
+        let mut temporary = None;
+        for (key, value, r) in outcomes {
             match r {
                 Ok(Written::Raced) => {
                     tracing::debug!(key = %key, "registration changed while being written; retrying at the next heartbeat");
@@ -806,17 +933,16 @@ impl Keeper {
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::LeaseNotFound => {
-                    self.lose(e.clone());
-                    return Err(e);
+                    lease_lost.get_or_insert(e);
                 }
-                // The backend is unreachable or slow: the same for every key, stop here.
+                // The backend is unreachable or slow: the same for every key.
                 Err(e) if e.is_temporary() => {
                     if e.kind() == ErrorKind::Timeout {
                         if let Some(m) = self.members.get_mut(&key) {
                             m.uncertain = true;
                         }
                     }
-                    return Err(e);
+                    temporary.get_or_insert(e);
                 }
                 // This value is refused for good (too large, not allowed for this key): mark
                 // this one registration and go on with the others.
@@ -854,6 +980,13 @@ impl Keeper {
                     }
                 }
             }
+        }
+        if let Some(e) = lease_lost {
+            self.lose(e.clone());
+            return Err(e);
+        }
+        if let Some(e) = temporary {
+            return Err(e);
         }
         if recovering {
             self.stats

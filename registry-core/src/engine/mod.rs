@@ -44,8 +44,9 @@ pub use instance::{
 };
 pub use probe::{Probe, ProbeOptions, TcpProbe};
 pub use register::{
-    DEFAULT_HEARTBEAT, DEFAULT_NAMESPACE, DEFAULT_TTL, LeaseOptions, RegisterOptions, Registration,
-    RegistrationState, Registry, RegistryBuilder, RegistryCounts, RegistryStats,
+    DEFAULT_HEARTBEAT, DEFAULT_NAMESPACE, DEFAULT_TTL, DEFAULT_WRITE_CONCURRENCY, LeaseOptions,
+    RegisterOptions, Registration, RegistrationState, Registry, RegistryBuilder, RegistryCounts,
+    RegistryStats,
 };
 pub use ring::{DEFAULT_VNODES, MAX_VNODES, Ring, hash_key};
 pub use select::{SelectedChanges, Selection, Selector, ZONE_KEY};

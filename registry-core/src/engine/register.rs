@@ -31,6 +31,9 @@ pub const DEFAULT_NAMESPACE: &str = "registry";
 pub const DEFAULT_TTL: Duration = Duration::from_secs(15);
 /// Pulse's baseline heartbeat.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How many registration writes a lease's keeper has in flight at once by default (see
+/// [`RegistryBuilder::write_concurrency`]).
+pub const DEFAULT_WRITE_CONCURRENCY: usize = 64;
 
 /// Where a registration stands. Watch it with [`Registration::watch_state`].
 #[derive(Clone, Debug)]
@@ -271,6 +274,7 @@ pub struct RegistryBuilder {
     lease: LeaseOptions,
     delay: Duration,
     op_timeout: Option<Duration>,
+    write_concurrency: usize,
     directory: Option<Directory>,
 }
 
@@ -306,6 +310,16 @@ impl RegistryBuilder {
         self
     }
 
+    /// How many registration writes each lease's keeper keeps in flight at once (default
+    /// [`DEFAULT_WRITE_CONCURRENCY`]): registrations made concurrently, or with
+    /// [`Registry::register_many`], are written this many at a time, each still with its own
+    /// conditional write and its own outcome. `1` writes them one after another. Must be at least 1
+    /// and at most 4,096.
+    pub fn write_concurrency(mut self, n: usize) -> Self {
+        self.write_concurrency = n;
+        self
+    }
+
     /// Feeds discoveries into an existing directory instead of a new one.
     pub fn directory(mut self, directory: Directory) -> Self {
         self.directory = Some(directory);
@@ -323,6 +337,12 @@ impl RegistryBuilder {
         if let Some(t) = self.op_timeout {
             check_duration("operation timeout", t)?;
         }
+        if !(1..=4096).contains(&self.write_concurrency) {
+            return Err(Error::invalid(format!(
+                "write concurrency {} must be between 1 and 4096",
+                self.write_concurrency
+            )));
+        }
         let op_timeout = self
             .op_timeout
             .unwrap_or_else(|| self.lease.heartbeat.min(Duration::from_secs(10)));
@@ -334,6 +354,7 @@ impl RegistryBuilder {
                 lease: self.lease,
                 delay: self.delay,
                 op_timeout,
+                write_concurrency: self.write_concurrency,
                 directory: self.directory.unwrap_or_default(),
                 shared: Mutex::new(None),
                 keepers: Mutex::new(Vec::new()),
@@ -363,6 +384,7 @@ struct RegistryInner {
     lease: LeaseOptions,
     delay: Duration,
     op_timeout: Duration,
+    write_concurrency: usize,
     directory: Directory,
     shared: Mutex<Option<mpsc::UnboundedSender<Cmd>>>,
     /// Every keeper this registry started (the shared one and those of dedicated leases), for
@@ -391,6 +413,7 @@ impl Registry {
             lease: LeaseOptions::default(),
             delay: Duration::ZERO,
             op_timeout: None,
+            write_concurrency: DEFAULT_WRITE_CONCURRENCY,
             directory: None,
         }
     }
@@ -443,6 +466,69 @@ impl Registry {
         instance: Instance,
         opts: RegisterOptions,
     ) -> Result<Registration> {
+        self.start_registration(instance, &opts)?.finish().await
+    }
+
+    /// Registers many instances at once with the registry's defaults, and returns each one's
+    /// outcome in the order given. See [`register_many_with`](Self::register_many_with).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use registry_core::engine::{Instance, Registry};
+    /// # async fn demo(backend: Arc<dyn registry_core::Backend>) -> registry_core::Result<()> {
+    /// let registry = Registry::new(backend)?;
+    /// let instances = (0..1000).map(|i| Instance::new("web", format!("w{i}")).addr("10.0.0.1:80"));
+    /// let mut handles = Vec::new();
+    /// for (i, outcome) in registry.register_many(instances).await.into_iter().enumerate() {
+    ///     match outcome {
+    ///         Ok(handle) => handles.push(handle),
+    ///         // Only this one failed (say, its id is held by another process: `Conflict`).
+    ///         Err(e) => eprintln!("w{i}: {e}"),
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn register_many(
+        &self,
+        instances: impl IntoIterator<Item = Instance>,
+    ) -> Vec<Result<Registration>> {
+        self.register_many_with(instances, RegisterOptions::default())
+            .await
+    }
+
+    /// Registers many instances at once, each with `opts`, and returns each one's outcome in the
+    /// order given: the same outcome [`register_with`](Self::register_with) would give it alone.
+    ///
+    /// All the registrations are handed to the keeper in one go, which writes them concurrently
+    /// ([`RegistryBuilder::write_concurrency`] in flight), each with its own conditional write on
+    /// the one shared lease: a registration that fails (an invalid instance, an id another live
+    /// owner holds, a value the backend refuses) fails alone, and the others are registered.
+    /// Registering the same instance id twice in one call registers the first and refuses the
+    /// second. Calling [`register`](Self::register) concurrently (say with `join_all`) is written
+    /// the same way; this saves the caller the futures.
+    pub async fn register_many_with(
+        &self,
+        instances: impl IntoIterator<Item = Instance>,
+        opts: RegisterOptions,
+    ) -> Vec<Result<Registration>> {
+        let started: Vec<Result<Started>> = instances
+            .into_iter()
+            .map(|i| self.start_registration(i, &opts))
+            .collect();
+        let mut out = Vec::with_capacity(started.len());
+        for s in started {
+            out.push(match s {
+                Ok(s) => s.finish().await,
+                Err(e) => Err(e),
+            });
+        }
+        out
+    }
+
+    /// Validates `instance`, makes its handle and hands its first write to the keeper (or, with a
+    /// delay, schedules it): everything [`register_with`](Self::register_with) does but wait.
+    fn start_registration(&self, instance: Instance, opts: &RegisterOptions) -> Result<Started> {
         instance.validate()?;
         if let Some(delay) = opts.delay {
             check_max_duration("registration delay", delay)?;
@@ -463,6 +549,7 @@ impl Registry {
         );
         let value = instance.encode();
         let delay = opts.delay.unwrap_or(self.inner.delay);
+        let takeover = opts.takeover;
         let token = next_token();
         let cancelled = Arc::new(AtomicBool::new(false));
         let handle = Registration {
@@ -476,28 +563,26 @@ impl Registry {
         };
         if delay.is_zero() {
             let (done_tx, done_rx) = oneshot::channel();
-            send(
+            if let Err(e) = send(
                 &keeper,
                 Cmd::Add {
                     key,
                     token,
                     cancelled,
                     value,
-                    takeover: opts.takeover,
+                    takeover,
                     state: state_tx,
                     done: Some(done_tx),
                 },
-            )?;
-            match done_rx.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) if e.is_temporary() || e.kind() == ErrorKind::LeaseNotFound => {}
-                Ok(Err(e)) => {
-                    let mut handle = handle;
-                    handle.live = false;
-                    return Err(e);
-                }
-                Err(_) => return Err(closed()),
+            ) {
+                let mut handle = handle;
+                handle.live = false;
+                return Err(e);
             }
+            Ok(Started {
+                handle,
+                done: Some(done_rx),
+            })
         } else {
             let keeper = keeper.clone();
             tokio::spawn(async move {
@@ -513,13 +598,13 @@ impl Registry {
                     token,
                     cancelled,
                     value,
-                    takeover: opts.takeover,
+                    takeover,
                     state: state_tx,
                     done: None,
                 });
             });
+            Ok(Started { handle, done: None })
         }
-        Ok(handle)
     }
 
     /// Starts discovering `service` into this registry's directory; returns once the first listing
@@ -645,6 +730,7 @@ impl Registry {
             self.inner.backend.clone(),
             lease,
             self.inner.op_timeout,
+            self.inner.write_concurrency,
             self.inner.stats.clone(),
         );
         let span = tracing::info_span!("keeper", namespace = self.inner.layout.namespace());
@@ -656,6 +742,36 @@ impl Registry {
         keepers.retain(|k| !k.is_closed());
         keepers.push(tx.clone());
         tx
+    }
+}
+
+/// A registration handed to its keeper, its first write not yet confirmed.
+struct Started {
+    handle: Registration,
+    /// The first write's outcome (none with a delay: that registration returns at once).
+    done: Option<oneshot::Receiver<Result<()>>>,
+}
+
+impl Started {
+    /// Waits for the first write: the handle, or the error that refused it for good (a temporary
+    /// failure still returns the handle, which keeps trying in the background).
+    async fn finish(self) -> Result<Registration> {
+        let Started { mut handle, done } = self;
+        let Some(done) = done else {
+            return Ok(handle);
+        };
+        match done.await {
+            Ok(Ok(())) => Ok(handle),
+            Ok(Err(e)) if e.is_temporary() || e.kind() == ErrorKind::LeaseNotFound => Ok(handle),
+            Ok(Err(e)) => {
+                handle.live = false;
+                Err(e)
+            }
+            Err(_) => {
+                handle.live = false;
+                Err(closed())
+            }
+        }
     }
 }
 
