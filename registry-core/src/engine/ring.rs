@@ -778,6 +778,11 @@ mod tests {
         println!(
             "1000 members: overlay find {overlay:.0} ns, overlay find_n(3) {overlay3:.0} ns, built find {built:.0} ns, built find_n(3) {built3:.0} ns"
         );
+        let big = Ring::new((0..100_000).map(|i| inst(&format!("b{i:06}"))));
+        let big_find = median(&|i| {
+            std::hint::black_box(big.find(&i.to_le_bytes()));
+        });
+        println!("100,000 members: built find {big_find:.0} ns");
     }
 
     #[test]
