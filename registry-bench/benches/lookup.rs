@@ -1,4 +1,5 @@
-//! Criterion microbenchmarks of directory lookups at 10, 1,000 and 100,000 instances.
+//! Criterion microbenchmarks of directory lookups at 10, 1,000 and 100,000 instances, and at 1,000
+//! while membership churns.
 //! `cargo bench -p registry-bench` (add `-- --quick` for a short run).
 
 use std::sync::Arc;
@@ -7,7 +8,10 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use registry::Backend;
 use registry::engine::{Directory, Instance, Registry};
 
-fn directory(rt: &tokio::runtime::Runtime, n: usize) -> (Directory, registry::engine::Discovery) {
+fn directory(
+    rt: &tokio::runtime::Runtime,
+    n: usize,
+) -> (Directory, (registry::engine::Discovery, Arc<dyn Backend>)) {
     rt.block_on(async {
         let backend: Arc<dyn Backend> = Arc::new(registry::memory::MemoryBackend::new());
         for i in 0..n {
@@ -19,13 +23,13 @@ fn directory(rt: &tokio::runtime::Runtime, n: usize) -> (Directory, registry::en
                 .await
                 .expect("put");
         }
-        let r = Registry::new(backend).expect("registry");
+        let r = Registry::new(backend.clone()).expect("registry");
         let d = r.discover("bench").await.expect("discover");
         let mut rx = d.directory().subscribe("bench");
         rx.wait_for(|s| s.online().len() == n)
             .await
             .expect("filled");
-        (d.directory().clone(), d)
+        (d.directory().clone(), (d, backend))
     })
 }
 
@@ -50,6 +54,40 @@ fn lookups(c: &mut Criterion) {
                 dir.find_n(3, "bench", i.to_le_bytes())
             })
         });
+    }
+    // Under churn: a writer adds and removes one instance every 5 ms, so some lookups walk the
+    // previous ring with the change overlaid while the new ring is built.
+    {
+        let n = 1_000usize;
+        let (dir, keep) = directory(&rt, n);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (backend, stop) = (keep.1.clone(), stop.clone());
+            rt.spawn(async move {
+                let doc = Instance::new("bench", "churn").addr("10.9.9.9:1").encode();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = backend.put("registry/bench/churn", doc.clone(), None).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    let _ = backend.delete("registry/bench/churn").await;
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            })
+        };
+        let mut i = 0u64;
+        g.bench_with_input(BenchmarkId::new("find_churn", n), &n, |b, _| {
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                dir.find("bench", i.to_le_bytes())
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("find_n3_churn", n), &n, |b, _| {
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                dir.find_n(3, "bench", i.to_le_bytes())
+            })
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = rt.block_on(writer);
     }
     g.finish();
 }

@@ -48,6 +48,6 @@ pub use register::{
     RegisterOptions, Registration, RegistrationState, Registry, RegistryBuilder, RegistryCounts,
     RegistryStats,
 };
-pub use ring::{DEFAULT_VNODES, MAX_VNODES, Ring, hash_key};
+pub use ring::{DEFAULT_VNODES, MAX_VNODES, PROBES, Ring, hash_key, probes};
 pub use select::{SelectedChanges, Selection, Selector, ZONE_KEY};
 pub use source::{BACKEND_PRECEDENCE, BACKEND_SOURCE, SourceHandle, StaticSource};
