@@ -63,15 +63,15 @@ for b in "${backends[@]}"; do
       p=$(start bench-etcd "$ETCD_IMAGE" 2379 etcd --name e --data-dir /data/e \
           --listen-client-urls http://0.0.0.0:2379 --advertise-client-urls http://127.0.0.1:2379)
       wait_ready bench-etcd "ready to serve client requests"
-      url="etcd://127.0.0.1:$p"; only=(--only propagation,scale,heartbeat) ;;
+      url="etcd://127.0.0.1:$p"; only=(--only propagation,scale,heartbeat,estate) ;;
     redis)
       p=$(start bench-redis "$REDIS_IMAGE" 6379 redis-server --bind 0.0.0.0 --protected-mode no --save "" --appendonly no)
       wait_ready bench-redis "Ready to accept connections"
-      url="redis://127.0.0.1:$p"; only=(--only propagation,scale,heartbeat,serve-load) ;;
+      url="redis://127.0.0.1:$p"; only=(--only propagation,scale,heartbeat,estate,serve-load) ;;
     consul)
       p=$(start bench-consul "$CONSUL_IMAGE" 8500 consul agent -dev -client 0.0.0.0)
       wait_ready bench-consul "Synced node info"
-      url="consul://127.0.0.1:$p"; only=(--only propagation,scale,heartbeat) ;;
+      url="consul://127.0.0.1:$p"; only=(--only propagation,scale,heartbeat,estate) ;;
     *) echo "bench: unknown backend $b (memory, etcd, redis, consul)" >&2; exit 2 ;;
   esac
   echo "bench: $b ($url)" >&2

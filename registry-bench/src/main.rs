@@ -18,6 +18,7 @@ use registry::{Backend, Bytes};
 use serde_json::{Value, json};
 
 mod counting;
+mod estate;
 mod raw;
 mod serve_load;
 mod stats;
@@ -71,7 +72,7 @@ fn args() -> Result<Args, String> {
             "--serve-secs" => secs = Some(number(it.next(), "--serve-secs")?),
             "--serve-stall-secs" => stall = Some(number(it.next(), "--serve-stall-secs")?),
             "--help" | "-h" => {
-                return Err("usage: registry-bench [--backend URL] [--quick] [--out DIR] [--only propagation,scale,heartbeat,ring,lookup,serve-load]\n       serve-load: [--registry-bin PATH] [--serve-clients N] [--serve-rps N] [--serve-secs N] [--serve-stall-secs N]".into());
+                return Err("usage: registry-bench [--backend URL] [--quick] [--out DIR] [--only propagation,scale,heartbeat,ring,lookup,estate,serve-load]\n       serve-load: [--registry-bin PATH] [--serve-clients N] [--serve-rps N] [--serve-secs N] [--serve-stall-secs N]".into());
             }
             other => return Err(format!("unknown argument {other}")),
         }
@@ -837,6 +838,14 @@ async fn main() {
     if want("lookup") {
         eprintln!("lookup ...");
         sections.push(("lookup", lookup(a.quick).await));
+    }
+    if want("estate") {
+        eprintln!("estate ...");
+        let cfg = estate::Config::new(a.quick, &scheme);
+        sections.push((
+            "estate",
+            estate::run(&a.url, backend.clone(), &format!("{ns}-estate"), &cfg).await,
+        ));
     }
     // Needs a backend that another process can reach: by default on every backend but memory.
     let shared = scheme != "memory";
