@@ -5,7 +5,7 @@
 //! never by key alone. [`Registry`](super::Registry) and [`Registration`](super::Registration) talk
 //! to it through [`Cmd`]s.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -122,6 +122,11 @@ pub(super) struct Keeper {
     /// The last moment the backend confirmed the lease (grant or keep-alive).
     last_ok: Instant,
     members: BTreeMap<String, Member>,
+    /// Every key of `members` that may be unwritten (a superset: pruned by
+    /// [`try_write_pending`](Self::try_write_pending)), so that writing one new registration
+    /// does not scan all the others: with 100,000 registrations, a scan per write made
+    /// registering them one by one quadratic.
+    dirty: BTreeSet<String>,
     /// Keys deregistered while the backend was unreachable, still attached to the live lease.
     /// Keys to delete (while attached to our lease) at the next heartbeats, with how many more
     /// heartbeats to do it: one for a delete that failed, more for a key whose last write timed
@@ -133,6 +138,15 @@ pub(super) struct Keeper {
 }
 
 impl Keeper {
+    /// Whether a registration waits to be written (not parked by a refusal or a conflict).
+    fn has_unwritten(&self) -> bool {
+        self.dirty.iter().any(|k| {
+            self.members
+                .get(k)
+                .is_some_and(|m| !m.written && !m.parked())
+        })
+    }
+
     pub(super) fn new(
         backend: Arc<dyn Backend>,
         lease: LeaseOptions,
@@ -151,6 +165,7 @@ impl Keeper {
             verify_cursor: None,
             last_ok: Instant::now(),
             members: BTreeMap::new(),
+            dirty: BTreeSet::new(),
             pending_deletes: BTreeMap::new(),
             backoff: Backoff::new(
                 Duration::from_millis(100).min(lease.heartbeat / 2),
@@ -293,6 +308,7 @@ impl Keeper {
                 continue;
             }
             self.pending_deletes.remove(&key);
+            self.dirty.insert(key.clone());
             self.members.insert(
                 key.clone(),
                 Member {
@@ -317,7 +333,7 @@ impl Keeper {
             // The keep-alive fell due amid a long run of writes: send it (the tick also writes
             // what is left, up to the next keep-alive), then go on.
             self.tick().await;
-            result = if self.members.values().any(|m| !m.written && !m.parked()) {
+            result = if self.has_unwritten() {
                 self.write_pending().await
             } else {
                 Ok(())
@@ -387,6 +403,7 @@ impl Keeper {
                         let was_written = m.written;
                         m.value = value;
                         m.written = false;
+                        self.dirty.insert(key.clone());
                         m.refused = None;
                         let _ = self.write_pending().await;
                         let same_lease = lease_before.is_some()
@@ -669,6 +686,7 @@ impl Keeper {
             return;
         };
         m.written = false;
+        self.dirty.insert(key.to_owned());
         if m.conflict.as_ref() == Some(&holder) {
             return;
         }
@@ -757,6 +775,7 @@ impl Keeper {
             tracing::warn!(key = %key, "registration {problem} while its lease lives; writing it again");
             if let Some(m) = self.members.get_mut(&key) {
                 m.written = false;
+                self.dirty.insert(key.clone());
             }
         }
     }
@@ -776,6 +795,7 @@ impl Keeper {
         }
         self.pending_deletes.clear();
         let since = Instant::now();
+        self.dirty.extend(self.members.keys().cloned());
         for (key, m) in &mut self.members {
             m.written = false;
             let was_registered = m.state.borrow().is_registered()
@@ -830,17 +850,21 @@ impl Keeper {
     /// `include_refused` (at heartbeats), so that they are retried without a hot loop.
     async fn try_write_pending(&mut self, include_refused: bool) -> Result<()> {
         self.unfinished = false;
+        let members = &self.members;
+        self.dirty
+            .retain(|k| members.get(k).is_some_and(|m| !m.written));
         if self
-            .members
-            .values()
-            .all(|m| m.written || (m.parked() && !include_refused))
+            .dirty
+            .iter()
+            .all(|k| members[k].parked() && !include_refused)
         {
             return Ok(());
         }
+        // (A lost registration is unwritten, so it is among the dirty ones.)
         let recovering = self
-            .members
-            .values()
-            .any(|m| matches!(&*m.state.borrow(), RegistrationState::Lost { .. }));
+            .dirty
+            .iter()
+            .any(|k| matches!(&*members[k].state.borrow(), RegistrationState::Lost { .. }));
         let lease = match self.lease.clone() {
             Some(l) => l,
             None => {
@@ -858,10 +882,10 @@ impl Keeper {
         // (At least one round of writes starts in any case, so that every call makes progress.)
         let keep_alive_due = self.last_ok + self.opts.heartbeat;
         let keys: Vec<String> = self
-            .members
+            .dirty
             .iter()
-            .filter(|(_, m)| !m.written && (include_refused || !m.parked()))
-            .map(|(k, _)| k.clone())
+            .filter(|k| include_refused || !self.members[*k].parked())
+            .cloned()
             .collect();
         // Many writes in flight at once (each its own conditional put on the shared lease); the
         // outcomes are applied once they are all back. A temporary failure (the backend is
