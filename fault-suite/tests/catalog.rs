@@ -208,9 +208,9 @@ impl Scene {
             why.push("passing-only is stale".into());
         }
         let a = self.all.snapshot(SERVICE);
-        let listed: BTreeMap<&String, bool> =
+        let listed: BTreeMap<&str, bool> =
             a.all().iter().map(|(id, i)| (id, i.is_online())).collect();
-        let truth_all: BTreeMap<&String, bool> = t.iter().map(|(id, p)| (id, *p)).collect();
+        let truth_all: BTreeMap<&str, bool> = t.iter().map(|(id, p)| (id.as_str(), *p)).collect();
         if listed != truth_all {
             why.push(format!(
                 "all-with-state lists {listed:?}, the truth {truth_all:?}"

@@ -181,7 +181,7 @@ fn online(s: &ServiceSnapshot) -> Vec<&str> {
 }
 
 fn listed(s: &ServiceSnapshot) -> Vec<&str> {
-    ids(s.all().keys())
+    s.all().keys().collect()
 }
 
 /// An instance registered through the agent's HTTP API (no check of its own: passing).

@@ -266,7 +266,7 @@ fn touched<'a>(
 ) -> BTreeSet<&'a str> {
     let mut ids: BTreeSet<&str> = BTreeSet::new();
     if !old_all.ptr_eq(new_all) {
-        ids.extend(old_all.diff(new_all).map(|(id, _, _)| id.as_str()));
+        ids.extend(old_all.diff(new_all).map(|(id, _, _)| id));
     }
     if old_hidden != new_hidden {
         ids.extend(
@@ -785,9 +785,12 @@ impl Directory {
         let Some((next, changes)) = f(&cur, &mut sources) else {
             return;
         };
-        // Every update of every unit test checks the incremental changes against a full diff.
+        // Every update of every unit test checks the incremental changes against a full diff
+        // (up to 5,000 instances, so that a test may time a large service's changes).
         #[cfg(test)]
-        assert_eq!(changes, super::feed::diff(&cur, &next), "{service}");
+        if next.all.len() <= 5000 {
+            assert_eq!(changes, super::feed::diff(&cur, &next), "{service}");
+        }
         let next = Arc::new(next);
         let ring_ready = next.ring.get().is_some();
         // Journalled and made current together, so a feed's snapshot is exactly as of a number.

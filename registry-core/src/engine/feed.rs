@@ -796,7 +796,7 @@ mod tests {
                         .services
                         .iter()
                         .map(|s| {
-                            let all = s.all().iter().map(|(k, v)| (k.clone(), v.clone()));
+                            let all = s.all().iter().map(|(k, v)| (k.to_owned(), v.clone()));
                             (s.service().to_string(), (all.collect(), s.is_stale()))
                         })
                         .collect();
@@ -827,7 +827,7 @@ mod tests {
             let all: BTreeMap<String, Arc<Instance>> = snap
                 .all()
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.to_owned(), v.clone()))
                 .collect();
             assert_eq!(held, &all, "{}", snap.service());
             assert_eq!(*stale, snap.is_stale(), "{}", snap.service());

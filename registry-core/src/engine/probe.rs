@@ -151,7 +151,7 @@ fn snap_hidden(snap: &super::directory::ServiceSnapshot) -> BTreeSet<String> {
     snap.all()
         .keys()
         .filter(|id| snap.is_hidden(id))
-        .cloned()
+        .map(str::to_owned)
         .collect()
 }
 

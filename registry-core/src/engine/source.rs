@@ -161,9 +161,9 @@ impl Sources {
                 }
                 Some((winner, inst)) => {
                     all.insert(inst.clone());
-                    origin.insert(id.clone(), winner.name.clone());
+                    origin.insert(id.to_owned(), winner.name.clone());
                     if let Some((other, _)) = holders.next() {
-                        if self.logged.insert(id.clone()) {
+                        if self.logged.insert(id.to_owned()) {
                             tracing::warn!(service, id = %id, shown = %winner.name, hidden = %other.name, "two sources list the same instance id; the one with the higher precedence is shown");
                         }
                         continue;
@@ -234,14 +234,14 @@ impl Sources {
         for (key, view) in &contributing {
             for (id, inst) in view.all.iter() {
                 if let Some(winner) = origin.get(id) {
-                    collided.insert(id.clone());
+                    collided.insert(id.to_owned());
                     if !self.logged.contains(id) {
                         tracing::warn!(service, id = %id, shown = %winner, hidden = %key.name, "two sources list the same instance id; the one with the higher precedence is shown");
                     }
                     continue;
                 }
                 all.insert(inst.clone());
-                origin.insert(id.clone(), key.name.clone());
+                origin.insert(id.to_owned(), key.name.clone());
             }
         }
         // Counted once per hidden duplicate; an id that no longer collides may be logged again.
@@ -460,7 +460,7 @@ mod tests {
         );
         assert_eq!(skipped, 3);
         let snap = dir.snapshot("web");
-        let ids: Vec<&String> = snap.all().keys().collect();
+        let ids: Vec<&str> = snap.all().keys().collect();
         assert_eq!(ids, ["ok"]);
     }
 
