@@ -653,7 +653,7 @@ async fn the_page_and_its_assets_are_served_with_their_headers() {
 /// and where a given key falls.
 #[tokio::test]
 async fn the_ring_route_shows_what_find_routes_by() {
-    use registry::engine::{Instance, InstanceState, hash_key};
+    use registry::engine::{Instance, InstanceState, PROBES, hash_key, probes};
     let (addr, writer, dir, _stop) = in_process().await;
     let mut regs = Vec::new();
     for (id, weight) in [("a1", 100), ("a2", 100), ("a3", 300)] {
@@ -676,7 +676,7 @@ async fn the_ring_route_shows_what_find_routes_by() {
     let members = v["members"].as_array().unwrap();
     let ids: Vec<&str> = members.iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["a1", "a2", "a3"], "offline instances own nothing");
-    assert_eq!(v["points"], 128 + 128 + 384);
+    assert_eq!(v["points"], 2 + 2 + 6, "2 points per member at weight 100");
     let shares: Vec<f64> = members
         .iter()
         .map(|m| m["share"].as_f64().unwrap())
@@ -704,26 +704,37 @@ async fn the_ring_route_shows_what_find_routes_by() {
         .collect();
     assert_eq!((arcs[0].0, arcs.last().unwrap().1), (0.0, 1.0));
     assert!(arcs.windows(2).all(|w| w[0].1 == w[1].0), "contiguous");
-    let mut len = [0.0; 3];
-    for a in &arcs {
-        len[a.2] += a.1 - a.0;
-    }
-    for (l, s) in len.iter().zip(&shares) {
-        assert!((l - s).abs() < 1e-9, "arcs {l} vs share {s}");
-    }
+    let total: f64 = arcs.iter().map(|a| a.1 - a.0).sum();
+    assert!(
+        (total - 1.0).abs() < 1e-9,
+        "arcs cover the circle once: {total}"
+    );
+    // A stretch belongs to the point at or after it: where a probe landing there goes. A key's
+    // owner is the owner of one of its probes' stretches.
     for k in 0..3000 {
         let key = format!("user-{k}");
-        let at = hash_key(key.as_bytes()) as f64 / 2f64.powi(64);
-        let arc = arcs.iter().find(|a| a.0 <= at && at <= a.1).unwrap();
-        let edge = (at - arc.0).abs() < 1e-12 || (arc.1 - at).abs() < 1e-12;
         let found = dir.find("api", &key).unwrap();
-        assert!(edge || ids[arc.2] == found.id, "{key}");
+        let reached = probes(key.as_bytes()).iter().any(|&p| {
+            let at = p as f64 / 2f64.powi(64);
+            arcs.iter()
+                .filter(|a| a.0 <= at && at <= a.1)
+                .any(|a| ids[a.2] == found.id)
+        });
+        assert!(reached, "{key}: no probe lands on {}'s stretches", found.id);
     }
     let owner = dir.find("api", "user-42").unwrap();
     assert_eq!(v["key"]["owner"], owner.id.as_str());
     assert_eq!(v["key"]["key"], "user-42");
     let at = v["key"]["position"].as_f64().unwrap();
     assert!((at - hash_key(b"user-42") as f64 / 2f64.powi(64)).abs() < 1e-12);
+    let at: Vec<f64> = v["key"]["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().unwrap())
+        .collect();
+    assert_eq!(at.len(), PROBES);
+    assert_eq!(at[0], v["key"]["position"].as_f64().unwrap());
     assert_eq!(v["stale"], false);
     let (status, _, _) = http(addr, "GET", "/v1/services/nosuch/ring", "").await;
     assert_eq!(status, 404);

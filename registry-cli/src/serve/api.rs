@@ -167,8 +167,8 @@ pub(crate) async fn owners(
     })))
 }
 
-/// The most arcs a `ring` answer draws: a ring of many members (128 points each) has more, and
-/// is then drawn at this resolution (see [`arcs`]).
+/// The most arcs a `ring` answer draws: a ring of many members (2 points each at the default
+/// weight) has more, and is then drawn at this resolution (see [`arcs`]).
 pub(crate) const MAX_ARCS: usize = 720;
 
 #[derive(Deserialize)]
@@ -186,7 +186,11 @@ pub(crate) struct Stretch {
 }
 
 /// The circle's stretches in order from hash 0, adjacent ones of the same owner merged; `exact`
-/// when they are the ring's own (at most [`MAX_ARCS`]). A ring with more is drawn as
+/// when they are the ring's own (at most [`MAX_ARCS`]). A stretch belongs to the member whose point
+/// is the first at or after it: where a *probe* landing there is taken. A key is looked up at
+/// [`PROBES`](registry::engine::PROBES) positions and goes to the point nearest to any of them, so
+/// a stretch's length is a member's reach per probe, not its share of keys (that is
+/// [`Ring::shares`](registry::engine::Ring::shares)). A ring with more is drawn as
 /// [`MAX_ARCS`] equal stretches, each given to the member that owns most of it (then merged):
 /// a picture at that resolution. Shares are always exact ([`registry::engine::Ring::shares`]).
 pub(crate) fn arcs(ring: &registry::engine::Ring) -> (Vec<Stretch>, bool) {
@@ -283,9 +287,14 @@ pub(crate) async fn ring(
         .map(|a| json!({ "from": a.from, "to": a.to, "member": a.owner }))
         .collect();
     let key = q.key.map(|key| {
+        const FULL: f64 = 18_446_744_073_709_551_616.0; // 2^64
         let h = registry::engine::hash_key(key.as_bytes());
+        let probes: Vec<f64> = registry::engine::probes(key.as_bytes())
+            .iter()
+            .map(|&p| p as f64 / FULL)
+            .collect();
         let owner = ring.find(key.as_bytes()).map(|m| m.id.clone());
-        json!({ "key": key, "position": h as f64 / 18_446_744_073_709_551_616.0, "owner": owner })
+        json!({ "key": key, "position": h as f64 / FULL, "probes": probes, "owner": owner })
     });
     Ok(Json(json!({
         "service": service,
@@ -312,8 +321,9 @@ mod tests {
         Ring::new((0..n).map(|i| Arc::new(Instance::new("s", format!("m{i}")).addr("x:1"))))
     }
 
-    /// The exact arcs cover the circle once, in order, and each point of the circle is owned by
-    /// the member `find` routes its keys to; their lengths add up to the members' shares.
+    /// The exact arcs cover the circle once, in order; each stretch is owned by the member whose
+    /// point comes first at or after it, so a key's owner is the owner of the stretch of one of its
+    /// probes (the one nearest to a point).
     #[test]
     fn exact_arcs_match_the_ring() {
         let r = ring(3);
@@ -325,28 +335,25 @@ mod tests {
             arcs.windows(2)
                 .all(|w| w[0].to == w[1].from && w[0].owner != w[1].owner)
         );
-        let mut lengths = [0.0; 3];
-        for a in &arcs {
-            lengths[a.owner] += a.to - a.from;
-        }
-        for (l, s) in lengths.iter().zip(r.shares()) {
-            assert!((l - s).abs() < 1e-9, "{l} vs {s}");
-        }
+        let total: f64 = arcs.iter().map(|a| a.to - a.from).sum();
+        assert!((total - 1.0).abs() < 1e-9, "{total}");
         for k in 0..2000u32 {
             let key = k.to_le_bytes();
-            let at = registry::engine::hash_key(&key) as f64 / 2f64.powi(64);
-            let arc = arcs.iter().find(|a| a.from <= at && at <= a.to).unwrap();
-            let owner = &r.members()[arc.owner].id;
-            // A key within float rounding of a boundary may sit on either side.
-            let near_edge = (at - arc.from).abs() < 1e-12 || (arc.to - at).abs() < 1e-12;
-            assert!(near_edge || *owner == r.find(&key).unwrap().id, "key {k}");
+            let found = &r.find(&key).unwrap().id;
+            let reached = registry::engine::probes(&key).iter().any(|&p| {
+                let at = p as f64 / 2f64.powi(64);
+                arcs.iter()
+                    .filter(|a| a.from <= at && at <= a.to)
+                    .any(|a| r.members()[a.owner].id == *found)
+            });
+            assert!(reached, "key {k}: no probe lands on {found}'s stretches");
         }
     }
 
     /// A big ring is drawn at a bounded resolution.
     #[test]
     fn many_members_are_drawn_in_at_most_max_arcs() {
-        let (arcs, exact) = arcs(&ring(40));
+        let (arcs, exact) = arcs(&ring(400));
         assert!(!exact);
         assert!(arcs.len() <= MAX_ARCS && arcs.len() > 40, "{}", arcs.len());
         assert_eq!((arcs[0].from, arcs.last().unwrap().to), (0.0, 1.0));
