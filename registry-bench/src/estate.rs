@@ -10,8 +10,9 @@
 //! each with its own lease, since one registry writes its registrations one after another):
 //!
 //! 1. **baseline**: the registrar makes M changes (M/2 register + deregister pairs of one more
-//!    instance) with no client attached, and the process CPU time (`CLOCK_PROCESS_CPUTIME_ID`) over
-//!    that window is taken; once before the cells of this size and once after, averaged.
+//!    instance, whose id sorts in the middle of the service's, as real ids do) with no client
+//!    attached, and the process CPU time (`CLOCK_PROCESS_CPUTIME_ID`) over that window is taken;
+//!    once before the cells of this size and once after, averaged.
 //! 2. for each client count N (skipped when N × S is over the run's budget): N clients are started
 //!    and loaded; resident memory growth over that, divided by N, is the memory per client. The
 //!    process CPU over an idle second with them attached gives their idle cost.
@@ -315,7 +316,9 @@ async fn window(
 ) -> (Vec<Duration>, Vec<Duration>) {
     let (mut reg, mut dereg) = (Vec::new(), Vec::new());
     for k in 0..pairs {
-        let id = format!("w-{tag}-{k}");
+        // In the middle of the service's ids (they are `e000000`, `e000001`, ...), as a real
+        // instance's id lands: not appended after all of them.
+        let id = format!("e{:06}-w-{tag}-{k}", size / 2);
         if clients > 0 {
             probe.expect(size + 1);
         }

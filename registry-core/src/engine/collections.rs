@@ -1,9 +1,10 @@
 //! The directory's collections of instances: persistent (structurally shared) so that a change to
 //! a service of 100,000 instances copies a few tree nodes, not the service.
 //!
-//! Both wrap [`imbl`]'s trees (B-tree map, RRB vector), which share every untouched node between
-//! the old and the new version: a publication costs O(log n) per changed instance, and comparing
-//! two versions visits only the nodes that differ. The wrappers keep `imbl` out of the public API
+//! Both are trees that share every untouched node between the old and the new version: a
+//! publication costs O(log n) per changed instance, and comparing two versions visits only the
+//! nodes that differ. The map wraps [`imbl`]'s B-tree map; the online list is our own B+tree with
+//! positions (see `chunked.rs` for why). The wrappers keep `imbl` out of the public API
 //! (a later change of the crate or of its version breaks no user) and keep the invariant that
 //! both are sorted by instance id.
 
@@ -12,6 +13,8 @@ use std::fmt;
 use std::ops::Index;
 use std::sync::Arc;
 
+pub use super::chunked::InstancesIter;
+use super::chunked::Seq;
 use super::instance::Instance;
 
 /// Online instances of a service, sorted by id, shared and immutable: what [`Directory::get`]
@@ -22,7 +25,7 @@ use super::instance::Instance;
 ///
 /// [`Directory::get`]: super::Directory::get
 #[derive(Clone, Default)]
-pub struct Instances(Arc<imbl::Vector<Arc<Instance>>>);
+pub struct Instances(Seq);
 
 impl Instances {
     /// No instance.
@@ -37,11 +40,11 @@ impl Instances {
 
     /// Whether there is no instance.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.len() == 0
     }
 
     /// The instances in id order.
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Arc<Instance>> + ExactSizeIterator + '_ {
+    pub fn iter(&self) -> InstancesIter<'_> {
         self.0.iter()
     }
 
@@ -52,22 +55,22 @@ impl Instances {
 
     /// The first instance in id order.
     pub fn first(&self) -> Option<&Arc<Instance>> {
-        self.0.front()
+        self.0.first()
     }
 
     /// The last instance in id order.
     pub fn last(&self) -> Option<&Arc<Instance>> {
-        self.0.back()
+        self.0.last()
     }
 
-    /// The instance with this id, if present (binary search, O(log n)).
+    /// The instance with this id, if present (O(log n)).
     pub fn find(&self, id: &str) -> Option<&Arc<Instance>> {
-        self.position(id).ok().and_then(|i| self.0.get(i))
+        self.0.find(id)
     }
 
     /// Whether an instance with this id is present.
     pub fn contains_id(&self, id: &str) -> bool {
-        self.position(id).is_ok()
+        self.0.find(id).is_some()
     }
 
     /// The instances, copied into a `Vec` (O(n)).
@@ -77,11 +80,7 @@ impl Instances {
 
     /// Whether both are the same version (a cheap test of "nothing changed").
     pub fn ptr_eq(a: &Instances, b: &Instances) -> bool {
-        Arc::ptr_eq(&a.0, &b.0)
-    }
-
-    fn position(&self, id: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|m| m.id.as_str().cmp(id))
+        a.0.ptr_eq(&b.0)
     }
 
     /// A new version with `id` set to `inst` (`None`: removed); shares what is unchanged.
@@ -89,24 +88,13 @@ impl Instances {
         &self,
         changes: impl IntoIterator<Item = (&'a str, Option<&'a Arc<Instance>>)>,
     ) -> Instances {
-        let mut v = imbl::Vector::clone(&self.0);
+        let mut next = self.0.clone();
         let mut changed = false;
         for (id, inst) in changes {
-            let at = v.binary_search_by(|m| m.id.as_str().cmp(id));
-            match (at, inst) {
-                (Ok(i), Some(inst)) => {
-                    v.set(i, inst.clone());
-                }
-                (Ok(i), None) => {
-                    v.remove(i);
-                }
-                (Err(i), Some(inst)) => v.insert(i, inst.clone()),
-                (Err(_), None) => continue,
-            }
-            changed = true;
+            changed |= next.set(id, inst);
         }
         if changed {
-            Instances(Arc::new(v))
+            Instances(next)
         } else {
             self.clone()
         }
@@ -117,13 +105,19 @@ impl Index<usize> for Instances {
     type Output = Arc<Instance>;
 
     fn index(&self, i: usize) -> &Arc<Instance> {
-        &self.0[i]
+        match self.0.get(i) {
+            Some(inst) => inst,
+            None => panic!(
+                "index {i} out of range for Instances of length {}",
+                self.len()
+            ),
+        }
     }
 }
 
 impl<'a> IntoIterator for &'a Instances {
     type Item = &'a Arc<Instance>;
-    type IntoIter = imbl::vector::Iter<'a, Arc<Instance>, imbl::shared_ptr::DefaultSharedPtr>;
+    type IntoIter = InstancesIter<'a>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter()
@@ -135,7 +129,7 @@ impl FromIterator<Arc<Instance>> for Instances {
     fn from_iter<I: IntoIterator<Item = Arc<Instance>>>(iter: I) -> Self {
         let by_id: BTreeMap<String, Arc<Instance>> =
             iter.into_iter().map(|i| (i.id.clone(), i)).collect();
-        Instances(Arc::new(by_id.into_values().collect()))
+        Instances(Seq::from_sorted(by_id.into_values().collect()))
     }
 }
 
@@ -147,7 +141,8 @@ impl From<Vec<Arc<Instance>>> for Instances {
 
 impl PartialEq for Instances {
     fn eq(&self, other: &Self) -> bool {
-        Instances::ptr_eq(self, other) || self.0 == other.0
+        Instances::ptr_eq(self, other)
+            || (self.len() == other.len() && self.iter().zip(other.iter()).all(|(a, b)| a == b))
     }
 }
 

@@ -13,6 +13,7 @@
 //! ```
 
 mod backoff;
+mod chunked;
 mod collections;
 mod directory;
 mod discover;
@@ -28,7 +29,7 @@ mod source;
 mod telemetry;
 
 pub use backoff::Backoff;
-pub use collections::{InstanceMap, Instances};
+pub use collections::{InstanceMap, Instances, InstancesIter};
 pub use directory::{Change, Changes, Directory, DirectoryBuilder, ServiceSnapshot};
 pub use discover::{
     APPLY_DELAY_BUCKETS, ApplyDelay, Discovery, DiscoveryCounts, DiscoveryOptions, Scope,
