@@ -106,6 +106,11 @@ impl Config {
         if let Some(v) = list("REGISTRY_BENCH_ESTATE_SIZES") {
             c.sizes = v;
         }
+        // REGISTRY_BENCH_ESTATE_PAIRS: register + deregister pairs per window (at every size), for
+        // steadier figures or a profile of the changes rather than of the initial load.
+        if let Some(&[p]) = list("REGISTRY_BENCH_ESTATE_PAIRS").as_deref() {
+            (c.pairs, c.pairs_large) = (p.max(1), p.max(1));
+        }
         match scheme {
             "memory" | "etcd" => {}
             "consul" => {
