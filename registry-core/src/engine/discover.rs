@@ -2,7 +2,7 @@
 //! after a broken stream, re-list after `Compacted`, keep the last good view (marked stale) while
 //! the backend is unreachable, and skip values that do not decode.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -576,7 +576,9 @@ impl Worker {
 
     fn apply(&mut self, events: Vec<Event>) {
         self.events_since_list += events.len() as u64;
-        let mut dirty = std::collections::BTreeSet::new();
+        // Per service changed: its map before these events and the ids they changed, so that the
+        // directory need not compare the maps to find them.
+        let mut dirty: BTreeMap<String, (InstanceMap, BTreeSet<String>)> = BTreeMap::new();
         for ev in events {
             self.stats
                 .inc(&self.stats.events, "registry_discovery_events_total");
@@ -596,16 +598,25 @@ impl Worker {
                     match self.decode(&kv) {
                         Some((service, inst)) => {
                             if self.in_scope(&service) {
-                                self.view.entry(service.clone()).or_default().insert(inst);
-                                dirty.insert(service);
+                                let id = inst.id.clone();
+                                let m = self.view.entry(service.clone()).or_default();
+                                let (_, ids) = dirty
+                                    .entry(service)
+                                    .or_insert_with(|| (m.clone(), BTreeSet::new()));
+                                ids.insert(id);
+                                m.insert(inst);
                             }
                         }
                         None => {
                             // A bad value replaced whatever was there: that instance is gone.
                             if let Some((service, id)) = parsed {
                                 if let Some(m) = self.view.get_mut(&service) {
+                                    let before = m.clone();
                                     if m.remove(&id).is_some() {
-                                        dirty.insert(service);
+                                        let (_, ids) = dirty
+                                            .entry(service)
+                                            .or_insert((before, BTreeSet::new()));
+                                        ids.insert(id);
                                     }
                                 }
                             }
@@ -616,18 +627,21 @@ impl Worker {
                     self.logged.remove(&ev.key);
                     if let Some((service, id)) = parsed {
                         if let Some(m) = self.view.get_mut(&service) {
+                            let before = m.clone();
                             if m.remove(&id).is_some() {
-                                dirty.insert(service);
+                                let (_, ids) =
+                                    dirty.entry(service).or_insert((before, BTreeSet::new()));
+                                ids.insert(id);
                             }
                         }
                     }
                 }
             }
         }
-        for service in dirty {
+        for (service, (before, ids)) in dirty {
             let instances = self.view.get(&service).cloned().unwrap_or_default();
             self.directory
-                .publish(&service, instances, self.revision, false);
+                .publish_changed(&service, instances, self.revision, &before, &ids);
         }
     }
 
