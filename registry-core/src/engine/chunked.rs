@@ -156,12 +156,7 @@ fn fix_child(b: &mut Branch, j: usize) {
         return;
     }
     if width > MAX {
-        let right = Arc::make_mut(&mut b.children[j]).split_half();
-        b.lens[j] -= right.len();
-        b.lens.insert(j + 1, right.len());
-        b.firsts
-            .insert(j + 1, right.first().expect("not empty").clone());
-        b.children.insert(j + 1, Arc::new(right));
+        split_child(b, j);
     } else if width < MIN && b.children.len() > 1 {
         // Merge with the right neighbour (the left one for the last child), then split again if
         // the two together are too wide.
@@ -174,12 +169,7 @@ fn fix_child(b: &mut Branch, j: usize) {
         merged.absorb(right);
         b.lens[left] = merged.len();
         if merged.width() > MAX {
-            let upper = merged.split_half();
-            b.lens[left] = merged.len();
-            b.lens.insert(left + 1, upper.len());
-            b.firsts
-                .insert(left + 1, upper.first().expect("not empty").clone());
-            b.children.insert(left + 1, Arc::new(upper));
+            split_child(b, left);
         }
         b.firsts[left] = b.children[left].first().expect("not empty").clone();
         return;
@@ -188,6 +178,17 @@ fn fix_child(b: &mut Branch, j: usize) {
     if !Arc::ptr_eq(first, &b.firsts[j]) {
         b.firsts[j] = first.clone();
     }
+}
+
+/// Splits child `j` in halves, the upper one becoming child `j + 1` (its count and first
+/// recorded; child `j`'s first is unchanged).
+fn split_child(b: &mut Branch, j: usize) {
+    let upper = Arc::make_mut(&mut b.children[j]).split_half();
+    b.lens[j] -= upper.len();
+    b.lens.insert(j + 1, upper.len());
+    b.firsts
+        .insert(j + 1, upper.first().expect("not empty").clone());
+    b.children.insert(j + 1, Arc::new(upper));
 }
 
 /// The sequence: a root node (a leaf while it fits in one).

@@ -141,8 +141,7 @@ impl From<Vec<Arc<Instance>>> for Instances {
 
 impl PartialEq for Instances {
     fn eq(&self, other: &Self) -> bool {
-        Instances::ptr_eq(self, other)
-            || (self.len() == other.len() && self.iter().zip(other.iter()).all(|(a, b)| a == b))
+        Instances::ptr_eq(self, other) || self.iter().eq(other.iter())
     }
 }
 

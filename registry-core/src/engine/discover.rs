@@ -578,7 +578,7 @@ impl Worker {
         self.events_since_list += events.len() as u64;
         // Per service changed: its map before these events and the ids they changed, so that the
         // directory need not compare the maps to find them.
-        let mut dirty: BTreeMap<String, (InstanceMap, BTreeSet<String>)> = BTreeMap::new();
+        let mut dirty = Dirty::new();
         for ev in events {
             self.stats
                 .inc(&self.stats.events, "registry_discovery_events_total");
@@ -610,15 +610,7 @@ impl Worker {
                         None => {
                             // A bad value replaced whatever was there: that instance is gone.
                             if let Some((service, id)) = parsed {
-                                if let Some(m) = self.view.get_mut(&service) {
-                                    let before = m.clone();
-                                    if m.remove(&id).is_some() {
-                                        let (_, ids) = dirty
-                                            .entry(service)
-                                            .or_insert((before, BTreeSet::new()));
-                                        ids.insert(id);
-                                    }
-                                }
+                                self.remove_from_view(service, id, &mut dirty);
                             }
                         }
                     }
@@ -626,14 +618,7 @@ impl Worker {
                 EventKind::Delete => {
                     self.logged.remove(&ev.key);
                     if let Some((service, id)) = parsed {
-                        if let Some(m) = self.view.get_mut(&service) {
-                            let before = m.clone();
-                            if m.remove(&id).is_some() {
-                                let (_, ids) =
-                                    dirty.entry(service).or_insert((before, BTreeSet::new()));
-                                ids.insert(id);
-                            }
-                        }
+                        self.remove_from_view(service, id, &mut dirty);
                     }
                 }
             }
@@ -642,6 +627,18 @@ impl Worker {
             let instances = self.view.get(&service).cloned().unwrap_or_default();
             self.directory
                 .publish_changed(&service, instances, self.revision, &before, &ids);
+        }
+    }
+
+    /// Removes `id` from `service`'s view; if it was there, records the change in `dirty` (with
+    /// the view as it was, if this is the service's first change of the batch).
+    fn remove_from_view(&mut self, service: String, id: String, dirty: &mut Dirty) {
+        if let Some(m) = self.view.get_mut(&service) {
+            let before = m.clone();
+            if m.remove(&id).is_some() {
+                let (_, ids) = dirty.entry(service).or_insert((before, BTreeSet::new()));
+                ids.insert(id);
+            }
         }
     }
 
@@ -655,6 +652,9 @@ impl Worker {
 
 /// Errors that retrying cannot cure: refused credentials or permissions, an operation the backend
 /// does not support, a request it considers invalid.
+/// Per service changed by a batch of events: its map before them and the ids they changed.
+type Dirty = BTreeMap<String, (InstanceMap, BTreeSet<String>)>;
+
 fn is_permanent(e: &Error) -> bool {
     matches!(
         e.kind(),
