@@ -109,24 +109,23 @@ impl Node {
     }
 }
 
-/// Sets `id` to `new` (`None`: removes it) under `node`; whether anything changed and by how many
-/// instances the count moved. The caller fixes the node's size (split or merge).
-fn apply(node: &mut Arc<Node>, id: &str, new: Option<&Arc<Instance>>) -> (bool, isize) {
+/// Sets `id` to `new` (`None`: removes it) under `node`; what was there (`Some(None)`: nothing,
+/// and now `new` is; `None`: nothing changed) and by how many instances the count moved. The caller
+/// fixes the node's size (split or merge).
+fn apply(
+    node: &mut Arc<Node>,
+    id: &str,
+    new: Option<&Arc<Instance>>,
+) -> (Option<Option<Arc<Instance>>>, isize) {
     match Arc::make_mut(node) {
         Node::Leaf(v) => match (v.binary_search_by(|m| m.id.as_str().cmp(id)), new) {
-            (Ok(i), Some(new)) => {
-                v[i] = new.clone();
-                (true, 0)
-            }
-            (Ok(i), None) => {
-                v.remove(i);
-                (true, -1)
-            }
+            (Ok(i), Some(new)) => (Some(Some(std::mem::replace(&mut v[i], new.clone()))), 0),
+            (Ok(i), None) => (Some(Some(v.remove(i))), -1),
             (Err(i), Some(new)) => {
                 v.insert(i, new.clone());
-                (true, 1)
+                (Some(None), 1)
             }
-            (Err(_), None) => (false, 0),
+            (Err(_), None) => (None, 0),
         },
         Node::Branch(b) => {
             // The last child whose first id is at most `id` (or the first child).
@@ -134,13 +133,13 @@ fn apply(node: &mut Arc<Node>, id: &str, new: Option<&Arc<Instance>>) -> (bool, 
                 .firsts
                 .partition_point(|f| f.id.as_str() <= id)
                 .saturating_sub(1);
-            let (changed, delta) = apply(&mut b.children[j], id, new);
-            if changed {
+            let (old, delta) = apply(&mut b.children[j], id, new);
+            if old.is_some() {
                 b.len = b.len.wrapping_add_signed(delta);
                 b.lens[j] = b.lens[j].wrapping_add_signed(delta);
                 fix_child(b, j);
             }
-            (changed, delta)
+            (old, delta)
         }
     }
 }
@@ -294,10 +293,20 @@ impl Seq {
     /// Sets `id` to `new` (`None`: removes it); whether anything changed. Copies only the nodes
     /// on the path that another version still holds.
     pub(crate) fn set(&mut self, id: &str, new: Option<&Arc<Instance>>) -> bool {
+        self.replace(id, new).is_some()
+    }
+
+    /// Sets `id` to `new` (`None`: removes it); what was there (`Some(None)`: nothing), or `None`
+    /// if nothing changed (removing an absent id).
+    pub(crate) fn replace(
+        &mut self,
+        id: &str,
+        new: Option<&Arc<Instance>>,
+    ) -> Option<Option<Arc<Instance>>> {
         if new.is_none() && self.find(id).is_none() {
-            return false;
+            return None;
         }
-        let (changed, _) = apply(&mut self.root, id, new);
+        let (old, _) = apply(&mut self.root, id, new);
         if self.root.width() > MAX {
             let right = Arc::make_mut(&mut self.root).split_half();
             let left = std::mem::replace(&mut self.root, Arc::new(Node::Leaf(Vec::new())));
@@ -311,7 +320,73 @@ impl Seq {
             let only = b.children[0].clone();
             self.root = only;
         }
-        changed
+        old
+    }
+
+    /// The ids whose entry differs between `self` (older) and `newer`, in id order, with the old
+    /// and new entry (an entry differs if it is another `Arc` holding another value). Skips every
+    /// subtree the two versions share, so after a few changes it visits the nodes on the changed
+    /// paths and their neighbours, not the whole tree.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn diff<'a>(
+        &'a self,
+        newer: &'a Seq,
+    ) -> Vec<(
+        &'a str,
+        Option<&'a Arc<Instance>>,
+        Option<&'a Arc<Instance>>,
+    )> {
+        let mut out = Vec::new();
+        if self.ptr_eq(newer) {
+            return out;
+        }
+        let (mut a, mut b) = (Side::new(&self.root), Side::new(&newer.root));
+        loop {
+            // Between leaves on both sides: skip a subtree both hold next, or open the taller
+            // of the two next subtrees (both, at equal height).
+            if a.leaf.is_empty() && b.leaf.is_empty() {
+                if let (Some(&(x, hx)), Some(&(y, hy))) = (a.stack.last(), b.stack.last()) {
+                    if std::ptr::eq(x, y) {
+                        a.stack.pop();
+                        b.stack.pop();
+                        continue;
+                    }
+                    if hx >= hy {
+                        a.open();
+                    }
+                    if hy >= hx {
+                        b.open();
+                    }
+                    continue;
+                }
+            }
+            a.fill();
+            b.fill();
+            let (x, y) = (a.leaf.first(), b.leaf.first());
+            let order = match (x, y) {
+                (None, None) => break,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(x), Some(y)) => x.id.cmp(&y.id),
+            };
+            match order {
+                std::cmp::Ordering::Less => {
+                    let x = a.next();
+                    out.push((x.id.as_str(), Some(x), None));
+                }
+                std::cmp::Ordering::Greater => {
+                    let y = b.next();
+                    out.push((y.id.as_str(), None, Some(y)));
+                }
+                std::cmp::Ordering::Equal => {
+                    let (x, y) = (a.next(), b.next());
+                    if !Arc::ptr_eq(x, y) && x != y {
+                        out.push((x.id.as_str(), Some(x), Some(y)));
+                    }
+                }
+            }
+        }
+        out
     }
 
     pub(crate) fn iter(&self) -> InstancesIter<'_> {
@@ -357,6 +432,62 @@ impl Seq {
         walk(&self.root, true, 0, &mut None);
         let ids: Vec<&str> = self.iter().map(|i| i.id.as_str()).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "not sorted");
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Nodes opened by diffs on this thread (tests).
+    static OPENED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// One version's remaining entries during [`Seq::diff`]: the rest of a leaf, then subtrees in
+/// order (the next one on top, with its height above the leaves).
+struct Side<'a> {
+    leaf: &'a [Arc<Instance>],
+    stack: Vec<(&'a Node, usize)>,
+}
+
+impl<'a> Side<'a> {
+    fn new(root: &'a Node) -> Side<'a> {
+        let mut height = 0;
+        let mut node = root;
+        while let Node::Branch(b) = node {
+            node = &b.children[0];
+            height += 1;
+        }
+        Side {
+            leaf: &[],
+            stack: vec![(root, height)],
+        }
+    }
+
+    /// Replaces the next subtree by its children (a leaf by its entries).
+    fn open(&mut self) {
+        if let Some((node, h)) = self.stack.pop() {
+            #[cfg(test)]
+            OPENED.with(|o| o.set(o.get() + 1));
+            match node {
+                Node::Leaf(v) => self.leaf = v,
+                Node::Branch(b) => self
+                    .stack
+                    .extend(b.children.iter().rev().map(|c| (&**c, h - 1))),
+            }
+        }
+    }
+
+    /// Opens subtrees until an entry is next (or none is left).
+    fn fill(&mut self) {
+        while self.leaf.is_empty() && !self.stack.is_empty() {
+            self.open();
+        }
+    }
+
+    /// Takes the next entry (the caller has seen it with `fill`).
+    fn next(&mut self) -> &'a Arc<Instance> {
+        let (first, rest) = self.leaf.split_first().expect("an entry is next");
+        self.leaf = rest;
+        first
     }
 }
 
@@ -434,12 +565,25 @@ mod tests {
                 let id = format!("i{k:05}");
                 let at = model.binary_search_by(|m| m.id.as_str().cmp(&id));
                 let expect = match (at, &new) {
-                    (Ok(i), Some(new)) => { model[i] = new.clone(); true }
-                    (Ok(i), None) => { model.remove(i); true }
-                    (Err(i), Some(new)) => { model.insert(i, new.clone()); true }
-                    (Err(_), None) => false,
+                    (Ok(i), Some(new)) => Some(Some(std::mem::replace(&mut model[i], new.clone()))),
+                    (Ok(i), None) => Some(Some(model.remove(i))),
+                    (Err(i), Some(new)) => { model.insert(i, new.clone()); Some(None) }
+                    (Err(_), None) => None,
                 };
-                prop_assert_eq!(seq.set(&id, new.as_ref()), expect);
+                let got = if n % 2 == 0 {
+                    seq.replace(&id, new.as_ref())
+                } else {
+                    // `set` is `replace` reduced to whether anything changed.
+                    let changed = seq.set(&id, new.as_ref());
+                    prop_assert_eq!(changed, expect.is_some());
+                    expect.clone()
+                };
+                let same = |a: &Option<Option<Arc<Instance>>>, b: &Option<Option<Arc<Instance>>>| match (a, b) {
+                    (Some(Some(a)), Some(Some(b))) => Arc::ptr_eq(a, b),
+                    (Some(None), Some(None)) | (None, None) => true,
+                    _ => false,
+                };
+                prop_assert!(same(&got, &expect), "replace returned what was there");
                 if n % 50 == 0 {
                     versions.push((seq.clone(), model.clone()));
                 }
@@ -460,7 +604,69 @@ mod tests {
                 prop_assert_eq!(seq.first().map(|i| &i.id), model.first().map(|i| &i.id));
                 prop_assert_eq!(seq.last().map(|i| &i.id), model.last().map(|i| &i.id));
             }
+            // The diff of any two versions is the naive merge of their sorted lists.
+            for (older, newer) in versions.iter().zip(versions.iter().skip(1)).chain([(&versions[0], versions.last().unwrap())]) {
+                let got: Vec<(String, Option<String>, Option<String>)> = older.0.diff(&newer.0)
+                    .into_iter()
+                    .map(|(id, o, n)| (id.to_owned(), o.map(|i| i.addrs[0].clone()), n.map(|i| i.addrs[0].clone())))
+                    .collect();
+                prop_assert_eq!(got, naive_diff(&older.1, &newer.1));
+            }
         }
+    }
+
+    fn naive_diff(
+        a: &[Arc<Instance>],
+        b: &[Arc<Instance>],
+    ) -> Vec<(String, Option<String>, Option<String>)> {
+        let mut out = Vec::new();
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            let order = match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) => x.id.cmp(&y.id),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                _ => std::cmp::Ordering::Greater,
+            };
+            match order {
+                std::cmp::Ordering::Less => {
+                    out.push((a[i].id.clone(), Some(a[i].addrs[0].clone()), None));
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    out.push((b[j].id.clone(), None, Some(b[j].addrs[0].clone())));
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    if a[i] != b[j] {
+                        out.push((
+                            a[i].id.clone(),
+                            Some(a[i].addrs[0].clone()),
+                            Some(b[j].addrs[0].clone()),
+                        ));
+                    }
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_diff_after_a_few_changes_skips_what_both_versions_share() {
+        let old = Seq::from_sorted((0..100_000).map(|k| inst(k, 0)).collect());
+        let mut new = old.clone();
+        for k in [10, 50_000, 99_999] {
+            new.set(&format!("i{k:05}"), Some(&inst(k, 1)));
+        }
+        new.set("i50000x", Some(&inst(0, 0)));
+        OPENED.with(|o| o.set(0));
+        let d = old.diff(&new);
+        assert_eq!(d.len(), 4);
+        // 100,000 instances packed 12 to a node are 5 levels: each of the 4 changed paths opens
+        // at most its 5 nodes on each side (26 here), not the other 8,000 leaves.
+        let opened = OPENED.with(|o| o.get());
+        assert!(opened <= 4 * 5 * 2, "opened {opened} nodes");
     }
 
     #[test]

@@ -1,12 +1,10 @@
 //! The directory's collections of instances: persistent (structurally shared) so that a change to
 //! a service of 100,000 instances copies a few tree nodes, not the service.
 //!
-//! Both are trees that share every untouched node between the old and the new version: a
-//! publication costs O(log n) per changed instance, and comparing two versions visits only the
-//! nodes that differ. The map wraps [`imbl`]'s B-tree map; the online list is our own B+tree with
-//! positions (see `chunked.rs` for why). The wrappers keep `imbl` out of the public API
-//! (a later change of the crate or of its version breaks no user) and keep the invariant that
-//! both are sorted by instance id.
+//! Both are our own persistent B+tree with positions (see `chunked.rs` for why), which shares
+//! every untouched node between the old and the new version: a publication costs O(log n) per
+//! changed instance, and comparing two versions visits only the nodes that differ. The wrappers
+//! keep the tree out of the public API and keep the invariant that both are sorted by instance id.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -83,6 +81,17 @@ impl Instances {
         a.0.ptr_eq(&b.0)
     }
 
+    /// The online list of a service whose every listed instance is online and visible: the map
+    /// itself, shared (O(1)).
+    pub(crate) fn sharing(all: &InstanceMap) -> Instances {
+        Instances(all.0.clone())
+    }
+
+    /// From instances sorted by id with distinct ids (the caller's guarantee), in O(n).
+    pub(crate) fn from_sorted(items: Vec<Arc<Instance>>) -> Instances {
+        Instances(Seq::from_sorted(items))
+    }
+
     /// A new version with `id` set to `inst` (`None`: removed); shares what is unchanged.
     pub(crate) fn with_changes<'a>(
         &self,
@@ -154,11 +163,12 @@ impl fmt::Debug for Instances {
 }
 
 /// Every listed instance of a service (online or not) by id: a persistent sorted map. Cloning is
-/// O(1) and a changed clone shares every untouched node with the original. (Ids are kept as
-/// `Arc<str>`: a change copies the tree nodes on its path, and copying a node then costs reference
-/// counts, not one allocation per id.)
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct InstanceMap(imbl::OrdMap<Arc<str>, Arc<Instance>>);
+/// O(1) and a changed clone shares every untouched node with the original. It is the same tree as
+/// [`Instances`] (keyed by each instance's own id, no separate key), so that while every listed
+/// instance is online the directory's online list *is* this map, and a change copies one path,
+/// not two.
+#[derive(Clone, Default)]
+pub struct InstanceMap(Seq);
 
 impl InstanceMap {
     /// An empty map.
@@ -168,12 +178,12 @@ impl InstanceMap {
 
     /// The instance with this id.
     pub fn get(&self, id: &str) -> Option<&Arc<Instance>> {
-        self.0.get(id)
+        self.0.find(id)
     }
 
     /// Whether an instance with this id is listed.
     pub fn contains_key(&self, id: &str) -> bool {
-        self.0.contains_key(id)
+        self.0.find(id).is_some()
     }
 
     /// The number of instances.
@@ -183,37 +193,43 @@ impl InstanceMap {
 
     /// Whether no instance is listed.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.len() == 0
     }
 
     /// (id, instance) in id order.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&str, &Arc<Instance>)> + '_ {
-        self.0.iter().map(|(k, v)| (&**k, v))
+        self.0.iter().map(|i| (i.id.as_str(), i))
     }
 
     /// The ids in order.
     pub fn keys(&self) -> impl DoubleEndedIterator<Item = &str> + '_ {
-        self.0.keys().map(|k| &**k)
+        self.0.iter().map(|i| i.id.as_str())
     }
 
     /// The instances in id order.
     pub fn values(&self) -> impl DoubleEndedIterator<Item = &Arc<Instance>> + '_ {
-        self.0.values()
+        self.0.iter()
     }
 
     /// Lists `inst` under its id, replacing what was there (O(log n)); the replaced one.
     pub fn insert(&mut self, inst: Arc<Instance>) -> Option<Arc<Instance>> {
-        self.0.insert(Arc::from(inst.id.as_str()), inst)
+        self.0.replace(&inst.id, Some(&inst)).flatten()
     }
 
     /// Removes `id` (O(log n)); the removed instance.
     pub fn remove(&mut self, id: &str) -> Option<Arc<Instance>> {
-        self.0.remove(id)
+        self.0.replace(id, None).flatten()
     }
 
     /// Whether both are the same version (shared root).
     pub(crate) fn ptr_eq(&self, other: &InstanceMap) -> bool {
         self.0.ptr_eq(&other.0)
+    }
+
+    /// Whether `online` is this very tree (see [`Instances::sharing`]; tests).
+    #[cfg(test)]
+    pub(crate) fn is_shared_by(&self, online: &Instances) -> bool {
+        self.0.ptr_eq(&online.0)
     }
 
     /// The ids whose entry differs between `self` (older) and `newer`, in order, with the old and
@@ -228,11 +244,7 @@ impl InstanceMap {
             Option<&'a Arc<Instance>>,
         ),
     > {
-        self.0.diff(&newer.0).map(|d| match d {
-            imbl::ordmap::DiffItem::Add(k, v) => (&**k, None, Some(v)),
-            imbl::ordmap::DiffItem::Update { old, new } => (&**old.0, Some(old.1), Some(new.1)),
-            imbl::ordmap::DiffItem::Remove(k, v) => (&**k, Some(v), None),
-        })
+        self.0.diff(&newer.0).into_iter()
     }
 }
 
@@ -241,17 +253,17 @@ impl Index<&str> for InstanceMap {
     type Output = Arc<Instance>;
 
     fn index(&self, id: &str) -> &Arc<Instance> {
-        &self.0[id]
+        match self.0.find(id) {
+            Some(inst) => inst,
+            None => panic!("no instance {id:?} in the map"),
+        }
     }
 }
 
+/// Of two with the same id, the last is kept.
 impl FromIterator<Arc<Instance>> for InstanceMap {
     fn from_iter<I: IntoIterator<Item = Arc<Instance>>>(iter: I) -> Self {
-        InstanceMap(
-            iter.into_iter()
-                .map(|i| (Arc::from(i.id.as_str()), i))
-                .collect(),
-        )
+        InstanceMap(iter.into_iter().collect::<Instances>().0)
     }
 }
 
@@ -262,9 +274,17 @@ impl From<BTreeMap<String, Arc<Instance>>> for InstanceMap {
     }
 }
 
+impl PartialEq for InstanceMap {
+    fn eq(&self, other: &Self) -> bool {
+        self.ptr_eq(other) || self.0.iter().eq(other.0.iter())
+    }
+}
+
+impl Eq for InstanceMap {}
+
 impl fmt::Debug for InstanceMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.0.iter()).finish()
+        f.debug_map().entries(self.iter()).finish()
     }
 }
 

@@ -154,6 +154,8 @@ impl ServiceSnapshot {
         };
         let mut changes = Vec::new();
         let mut online_changes: Vec<(&str, Option<&Arc<Instance>>)> = Vec::new();
+        // How many more instances are routed after than before.
+        let mut online_delta = 0isize;
         for &id in &ids {
             let (old, new) = (cur.all.get(id), all.get(id));
             let (was_hidden, is_hidden) = (cur.hidden.contains(id), hidden.contains(id));
@@ -189,6 +191,7 @@ impl ServiceSnapshot {
             let routed = new.filter(|n| n.is_online() && !is_hidden);
             if was_routed || routed.is_some() {
                 online_changes.push((id, routed));
+                online_delta += isize::from(routed.is_some()) - isize::from(was_routed);
             }
         }
         match (cur.stale, stale_since.is_some()) {
@@ -196,9 +199,40 @@ impl ServiceSnapshot {
             (true, false) => changes.push(ChangeKind::Fresh),
             _ => {}
         }
-        let online = cur.online.with_changes(online_changes.iter().copied());
+        let online = if hidden.is_empty()
+            && cur.online.len().checked_add_signed(online_delta) == Some(all.len())
+        {
+            // Every listed instance is online and visible (the online list holds a subset of the
+            // map's entries, as many as it has): the online list is the map itself, so a change
+            // copies one tree path instead of two.
+            Instances::sharing(&all)
+        } else if online_changes.is_empty() {
+            cur.online.clone()
+        } else if cur.online.is_empty() {
+            // Only additions, in id order (`ids` is sorted): built at once, not one by one.
+            Instances::from_sorted(
+                online_changes
+                    .iter()
+                    .filter_map(|(_, r)| r.cloned())
+                    .collect(),
+            )
+        } else {
+            cur.online.with_changes(online_changes.iter().copied())
+        };
+        // Every update of registry-core's unit tests checks the online list against the map.
+        #[cfg(test)]
+        if all.len() <= 5000 {
+            let routable: Vec<&Arc<Instance>> = all
+                .values()
+                .filter(|i| i.is_online() && !hidden.contains(&i.id))
+                .collect();
+            assert!(
+                online.iter().eq(routable.iter().copied()),
+                "the online list is the map's online, visible instances"
+            );
+        }
         // The same routable members (same versions): the ring and its base stay valid.
-        let same_members = Instances::ptr_eq(&online, &cur.online);
+        let same_members = online_changes.is_empty() || Instances::ptr_eq(&online, &cur.online);
         let (ring, base) = if same_members {
             (cur.ring.clone(), cur.base.clone())
         } else {
@@ -1112,6 +1146,45 @@ mod tests {
                 (id.clone(), Arc::new(Instance::new("svc", id).addr("x:1")))
             })
             .collect()
+    }
+
+    /// While every listed instance is online and visible, the online list is the map's own tree
+    /// (a change copies one path); it parts from it when one goes offline or is hidden, and
+    /// shares it again when all are back.
+    #[test]
+    fn the_online_list_is_the_map_while_every_instance_is_online() {
+        let dir = Directory::new();
+        let shared = |dir: &Directory| {
+            let s = dir.snapshot("svc");
+            s.all().is_shared_by(s.online())
+        };
+        let mut all: InstanceMap = members(1000, 0).into();
+        dir.publish("svc", all.clone(), 1, true);
+        assert!(shared(&dir), "loaded, all online");
+        assert_eq!(dir.get("svc").len(), 1000);
+        let before = all.clone();
+        all.insert(Arc::new(Instance::new("svc", "m00500x").addr("x:1")));
+        dir.publish_changed("svc", all.clone(), 2, &before, &["m00500x".into()].into());
+        assert!(shared(&dir), "a join keeps it shared");
+        let off = Instance::new("svc", "m00500")
+            .addr("x:1")
+            .state(crate::InstanceState::Offline);
+        let before = all.clone();
+        all.insert(Arc::new(off));
+        dir.publish_changed("svc", all.clone(), 3, &before, &["m00500".into()].into());
+        assert!(!shared(&dir), "one offline: the online list has fewer");
+        assert_eq!(dir.get("svc").len(), 1000);
+        assert!(!dir.get("svc").contains_id("m00500"));
+        let before = all.clone();
+        all.remove("m00500");
+        dir.publish_changed("svc", all.clone(), 4, &before, &["m00500".into()].into());
+        assert!(shared(&dir), "the offline one left: all online again");
+        dir.set_hidden("svc", ["m00007".to_owned()].into());
+        assert!(!shared(&dir), "hidden by a probe");
+        assert!(!dir.get("svc").contains_id("m00007"));
+        dir.set_hidden("svc", BTreeSet::new());
+        assert!(shared(&dir));
+        assert_eq!(dir.get("svc").len(), 1000);
     }
 
     /// Random steps (joins, leaves, updates, going offline, probe hiding, staleness) over a
