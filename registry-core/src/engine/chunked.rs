@@ -1,5 +1,5 @@
 //! A persistent sequence of instances sorted by id, with positions: the tree behind
-//! [`Instances`](super::Instances).
+//! [`Instances`](super::Instances) and [`InstanceMap`](super::InstanceMap).
 //!
 //! Written here because no maintained crate has all of what the directory's online list needs at
 //! once: structural sharing (a changed version shares every untouched node with the old one),
