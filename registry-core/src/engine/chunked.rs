@@ -190,6 +190,14 @@ fn split_child(b: &mut Branch, j: usize) {
     b.children.insert(j + 1, Arc::new(upper));
 }
 
+/// An id whose entry differs between two versions, with its old and new entry (see
+/// [`Seq::diff`]).
+pub(crate) type Difference<'a> = (
+    &'a str,
+    Option<&'a Arc<Instance>>,
+    Option<&'a Arc<Instance>>,
+);
+
 /// The sequence: a root node (a leaf while it fits in one).
 #[derive(Clone)]
 pub(crate) struct Seq {
@@ -327,15 +335,7 @@ impl Seq {
     /// and new entry (an entry differs if it is another `Arc` holding another value). Skips every
     /// subtree the two versions share, so after a few changes it visits the nodes on the changed
     /// paths and their neighbours, not the whole tree.
-    #[allow(clippy::type_complexity)]
-    pub(crate) fn diff<'a>(
-        &'a self,
-        newer: &'a Seq,
-    ) -> Vec<(
-        &'a str,
-        Option<&'a Arc<Instance>>,
-        Option<&'a Arc<Instance>>,
-    )> {
+    pub(crate) fn diff<'a>(&'a self, newer: &'a Seq) -> Vec<Difference<'a>> {
         let mut out = Vec::new();
         if self.ptr_eq(newer) {
             return out;

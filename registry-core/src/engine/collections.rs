@@ -12,7 +12,7 @@ use std::ops::Index;
 use std::sync::Arc;
 
 pub use super::chunked::InstancesIter;
-use super::chunked::Seq;
+use super::chunked::{Difference, Seq};
 use super::instance::Instance;
 
 /// Online instances of a service, sorted by id, shared and immutable: what [`Directory::get`]
@@ -237,13 +237,7 @@ impl InstanceMap {
     pub(crate) fn diff<'a>(
         &'a self,
         newer: &'a InstanceMap,
-    ) -> impl Iterator<
-        Item = (
-            &'a str,
-            Option<&'a Arc<Instance>>,
-            Option<&'a Arc<Instance>>,
-        ),
-    > {
+    ) -> impl Iterator<Item = Difference<'a>> {
         self.0.diff(&newer.0).into_iter()
     }
 }
