@@ -10,7 +10,8 @@
 //! each with its own lease, since one registry writes its registrations one after another):
 //!
 //! 1. **baseline**: the registrar makes M changes (M/2 register + deregister pairs of one more
-//!    instance, whose id sorts in the middle of the service's, as real ids do) with no client
+//!    instance, whose id sorts among the service's, as real ids do, at a different place for each
+//!    pair, so that a change does not find the tree path of the one before in cache) with no client
 //!    attached, and the process CPU time (`CLOCK_PROCESS_CPUTIME_ID`) over that window is taken;
 //!    once before the cells of this size and once after; the lower of the two counts (CPU noise only
 //!    adds, and the process may still be freeing the last cell's clients).
@@ -310,6 +311,24 @@ async fn settle() {
     }
 }
 
+/// Where the `k`-th pair of a window lands among `size` ids: a stride of about 0.618 × `size`
+/// (coprime with it), so that consecutive pairs are far apart and a window of `size` pairs visits
+/// every place once.
+fn spot(k: usize, size: usize) -> usize {
+    let mut stride = (size as f64 * 0.618_034) as usize | 1;
+    while gcd(stride, size) != 1 {
+        stride += 2;
+    }
+    (size / 2 + k * stride) % size.max(1)
+}
+
+fn gcd(mut a: usize, mut b: usize) -> usize {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
 /// M changes (register + deregister pairs of one instance) by `w`, each waited for at every client
 /// when `probe` has clients. The latencies of registrations and of deregistrations.
 async fn window(
@@ -322,9 +341,11 @@ async fn window(
 ) -> (Vec<Duration>, Vec<Duration>) {
     let (mut reg, mut dereg) = (Vec::new(), Vec::new());
     for k in 0..pairs {
-        // In the middle of the service's ids (they are `e000000`, `e000001`, ...), as a real
-        // instance's id lands: not appended after all of them.
-        let id = format!("e{:06}-w-{tag}-{k}", size / 2);
+        // Among the service's ids (they are `e000000`, `e000001`, ...), as a real instance's id
+        // lands: not appended after all of them, and at a different place each time (a fleet
+        // restarting touches ids all over the service), so that no change finds the path of the
+        // one before in the processor's caches.
+        let id = format!("e{:06}-w-{tag}-{k}", spot(k, size));
         if clients > 0 {
             probe.expect(size + 1);
         }
@@ -627,5 +648,29 @@ fn report(
             "budget": cfg.budget, "burst_budget": cfg.burst_budget,
             "sizes_measured": j_sizes, "flatness": flat, "skipped": skipped,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spot;
+
+    #[test]
+    fn a_window_of_size_pairs_lands_once_at_every_place_and_never_next_to_the_last() {
+        for size in [1usize, 2, 10, 1000, 10_000, 100_000] {
+            let mut seen = vec![false; size];
+            for k in 0..size {
+                let at = spot(k, size);
+                assert!(!seen[at], "size {size}: place {at} twice");
+                seen[at] = true;
+                if size >= 10 && k > 0 {
+                    let step = at.abs_diff(spot(k - 1, size));
+                    assert!(
+                        step.min(size - step) > size / 10,
+                        "size {size}: pairs close"
+                    );
+                }
+            }
+        }
     }
 }
