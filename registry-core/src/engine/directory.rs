@@ -128,7 +128,7 @@ impl ServiceSnapshot {
         cur: &ServiceSnapshot,
         merged: Merged,
         hidden: Hidden,
-        changed: Option<&BTreeSet<String>>,
+        changed: Option<&Touched>,
     ) -> (Self, Vec<ChangeKind>) {
         let Merged {
             all,
@@ -141,12 +141,24 @@ impl ServiceSnapshot {
         let ids = match changed {
             Some(changed) => {
                 let mut ids = touched((&cur.all, &cur.hidden), (&cur.all, &hidden));
-                ids.extend(changed.iter().map(String::as_str));
-                // Every update of registry-core's unit tests checks the hint against the diff.
+                ids.extend(changed.keys().map(String::as_str));
+                // Every update of registry-core's unit tests checks the hint against the diff,
+                // and every update of a debug build (the workspace's tests, the discovery's
+                // hints included) its entries against the maps.
                 #[cfg(test)]
                 {
                     let full = touched((&cur.all, &cur.hidden), (&all, &hidden));
                     assert!(full.is_subset(&ids), "a change hint misses ids");
+                }
+                if cfg!(debug_assertions) {
+                    let same = |a: Option<&Arc<Instance>>, b: Option<&Arc<Instance>>| match (a, b) {
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        (a, b) => a.is_none() && b.is_none(),
+                    };
+                    for (id, (old, new)) in changed {
+                        debug_assert!(same(old.as_ref(), cur.all.get(id)), "hint's old {id}");
+                        debug_assert!(same(new.as_ref(), all.get(id)), "hint's new {id}");
+                    }
                 }
                 ids
             }
@@ -157,7 +169,12 @@ impl ServiceSnapshot {
         // How many more instances are routed after than before.
         let mut online_delta = 0isize;
         for &id in &ids {
-            let (old, new) = (cur.all.get(id), all.get(id));
+            // The hint carries both entries: at 100,000 instances each look-up in a map is a
+            // descent through memory that no other change has touched lately.
+            let (old, new) = match changed.and_then(|c| c.get(id)) {
+                Some((old, new)) => (old.as_ref(), new.as_ref()),
+                None => (cur.all.get(id), all.get(id)),
+            };
             let (was_hidden, is_hidden) = (cur.hidden.contains(id), hidden.contains(id));
             // A hint may name ids that did not change: they change nothing (not even the online
             // list's version, which would cost its ring).
@@ -351,6 +368,10 @@ fn touched<'a>(
     }
     ids
 }
+
+/// The ids a batch of events changed in a service's map, each with its entry before the batch
+/// and after it (`None`: absent).
+pub(crate) type Touched = BTreeMap<String, (Option<Arc<Instance>>, Option<Arc<Instance>>)>;
 
 /// An earlier view's built ring plus a ring of the members not on it (see [`Slot::route`]).
 struct Base {
@@ -778,15 +799,16 @@ impl Directory {
     }
 
     /// Like [`publish`](Self::publish) (not authoritative), with `changed`: every id whose entry
-    /// differs between `all` and `before` (a watch event's ids). If `before` is what the backend
-    /// showed until now, the directory need not compare the maps to find them.
+    /// differs between `all` and `before` (a watch event's ids), with its entry in `before` and in
+    /// `all`. If `before` is what the backend showed until now, the directory need not compare the
+    /// maps to find them, nor look the ids up in them.
     pub(crate) fn publish_changed(
         &self,
         service: &str,
         all: InstanceMap,
         revision: Revision,
         before: &InstanceMap,
-        changed: &BTreeSet<String>,
+        changed: &Touched,
     ) {
         let source = SourceKey::backend();
         let hint = Some((before, changed));
@@ -800,7 +822,7 @@ impl Directory {
         all: InstanceMap,
         revision: Revision,
         authoritative: bool,
-        hint: Option<(&InstanceMap, &BTreeSet<String>)>,
+        hint: Option<(&InstanceMap, &Touched)>,
     ) {
         self.update(service, |cur, sources| {
             let view = sources.view(source);
@@ -1148,6 +1170,22 @@ mod tests {
             .collect()
     }
 
+    /// The hint the discovery gives with a change: `ids` with their entries before and after.
+    fn hint<'a>(
+        before: &InstanceMap,
+        after: &InstanceMap,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Touched {
+        ids.into_iter()
+            .map(|id| {
+                (
+                    id.to_owned(),
+                    (before.get(id).cloned(), after.get(id).cloned()),
+                )
+            })
+            .collect()
+    }
+
     /// While every listed instance is online and visible, the online list is the map's own tree
     /// (a change copies one path); it parts from it when one goes offline or is hidden, and
     /// shares it again when all are back.
@@ -1164,20 +1202,38 @@ mod tests {
         assert_eq!(dir.get("svc").len(), 1000);
         let before = all.clone();
         all.insert(Arc::new(Instance::new("svc", "m00500x").addr("x:1")));
-        dir.publish_changed("svc", all.clone(), 2, &before, &["m00500x".into()].into());
+        dir.publish_changed(
+            "svc",
+            all.clone(),
+            2,
+            &before,
+            &hint(&before, &all, ["m00500x"]),
+        );
         assert!(shared(&dir), "a join keeps it shared");
         let off = Instance::new("svc", "m00500")
             .addr("x:1")
             .state(crate::InstanceState::Offline);
         let before = all.clone();
         all.insert(Arc::new(off));
-        dir.publish_changed("svc", all.clone(), 3, &before, &["m00500".into()].into());
+        dir.publish_changed(
+            "svc",
+            all.clone(),
+            3,
+            &before,
+            &hint(&before, &all, ["m00500"]),
+        );
         assert!(!shared(&dir), "one offline: the online list has fewer");
         assert_eq!(dir.get("svc").len(), 1000);
         assert!(!dir.get("svc").contains_id("m00500"));
         let before = all.clone();
         all.remove("m00500");
-        dir.publish_changed("svc", all.clone(), 4, &before, &["m00500".into()].into());
+        dir.publish_changed(
+            "svc",
+            all.clone(),
+            4,
+            &before,
+            &hint(&before, &all, ["m00500"]),
+        );
         assert!(shared(&dir), "the offline one left: all online again");
         dir.set_hidden("svc", ["m00007".to_owned()].into());
         assert!(!shared(&dir), "hidden by a probe");
@@ -1274,11 +1330,20 @@ mod tests {
                     let rev = 2 + n as u64;
                     match n % 3 {
                         0 => dir.publish("svc", all.clone(), rev, false),
-                        1 => dir.publish_changed("svc", all.clone(), rev, &before, &ids),
+                        1 => {
+                            let ids = ids.iter().map(String::as_str);
+                            dir.publish_changed(
+                                "svc",
+                                all.clone(),
+                                rev,
+                                &before,
+                                &hint(&before, &all, ids),
+                            )
+                        }
                         _ => {
                             let mut other = before.clone();
                             other.insert(Arc::new(Instance::new("svc", "zz").addr("x:1")));
-                            dir.publish_changed("svc", all.clone(), rev, &other, &BTreeSet::new());
+                            dir.publish_changed("svc", all.clone(), rev, &other, &Touched::new());
                         }
                     }
                     dir.set_hidden("svc", hidden.clone());

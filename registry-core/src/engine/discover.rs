@@ -2,7 +2,7 @@
 //! after a broken stream, re-list after `Compacted`, keep the last good view (marked stale) while
 //! the backend is unreachable, and skip values that do not decode.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +15,7 @@ use tokio::time::timeout;
 
 use super::backoff::Backoff;
 use super::collections::InstanceMap;
-use super::directory::Directory;
+use super::directory::{Directory, Touched};
 use super::instance::{Instance, Layout};
 use super::probe::{self, ProbeOptions};
 use super::telemetry::Telemetry;
@@ -600,11 +600,12 @@ impl Worker {
                             if self.in_scope(&service) {
                                 let id = inst.id.clone();
                                 let m = self.view.entry(service.clone()).or_default();
-                                let (_, ids) = dirty
+                                let (_, touched) = dirty
                                     .entry(service)
-                                    .or_insert_with(|| (m.clone(), BTreeSet::new()));
-                                ids.insert(id);
-                                m.insert(inst);
+                                    .or_insert_with(|| (m.clone(), Touched::new()));
+                                let old = m.insert(inst.clone());
+                                // The entry before the batch is the one its first event found.
+                                touched.entry(id).or_insert((old, None)).1 = Some(inst);
                             }
                         }
                         None => {
@@ -623,10 +624,10 @@ impl Worker {
                 }
             }
         }
-        for (service, (before, ids)) in dirty {
+        for (service, (before, touched)) in dirty {
             let instances = self.view.get(&service).cloned().unwrap_or_default();
             self.directory
-                .publish_changed(&service, instances, self.revision, &before, &ids);
+                .publish_changed(&service, instances, self.revision, &before, &touched);
         }
     }
 
@@ -635,9 +636,9 @@ impl Worker {
     fn remove_from_view(&mut self, service: String, id: String, dirty: &mut Dirty) {
         if let Some(m) = self.view.get_mut(&service) {
             let before = m.clone();
-            if m.remove(&id).is_some() {
-                let (_, ids) = dirty.entry(service).or_insert((before, BTreeSet::new()));
-                ids.insert(id);
+            if let Some(old) = m.remove(&id) {
+                let (_, touched) = dirty.entry(service).or_insert((before, Touched::new()));
+                touched.entry(id).or_insert((Some(old), None)).1 = None;
             }
         }
     }
@@ -653,7 +654,7 @@ impl Worker {
 /// Errors that retrying cannot cure: refused credentials or permissions, an operation the backend
 /// does not support, a request it considers invalid.
 /// Per service changed by a batch of events: its map before them and the ids they changed.
-type Dirty = BTreeMap<String, (InstanceMap, BTreeSet<String>)>;
+type Dirty = BTreeMap<String, (InstanceMap, Touched)>;
 
 fn is_permanent(e: &Error) -> bool {
     matches!(
