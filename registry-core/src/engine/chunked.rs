@@ -146,12 +146,11 @@ impl Keys {
 
     /// Inserts `id` as the `i`-th id.
     fn insert(&mut self, i: usize, id: &str) {
-        self.fit(id.as_bytes());
         let len = usize::from(self.len);
         assert!(len < CAP, "a node holds at most CAP entries");
         self.heads.copy_within(i..len, i + 1);
-        self.heads[i] = head(id.as_bytes(), usize::from(self.skip));
         self.len += 1;
+        self.set(i, id);
     }
 
     /// Replaces the `i`-th id by `id` (the order stays sorted).

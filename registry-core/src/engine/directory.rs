@@ -151,13 +151,9 @@ impl ServiceSnapshot {
                     assert!(full.is_subset(&ids), "a change hint misses ids");
                 }
                 if cfg!(debug_assertions) {
-                    let same = |a: Option<&Arc<Instance>>, b: Option<&Arc<Instance>>| match (a, b) {
-                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                        (a, b) => a.is_none() && b.is_none(),
-                    };
                     for (id, (old, new)) in changed {
-                        debug_assert!(same(old.as_ref(), cur.all.get(id)), "hint's old {id}");
-                        debug_assert!(same(new.as_ref(), all.get(id)), "hint's new {id}");
+                        assert!(same_entry(old.as_ref(), cur.all.get(id)), "hint's old {id}");
+                        assert!(same_entry(new.as_ref(), all.get(id)), "hint's new {id}");
                     }
                 }
                 ids
@@ -178,12 +174,7 @@ impl ServiceSnapshot {
             let (was_hidden, is_hidden) = (cur.hidden.contains(id), hidden.contains(id));
             // A hint may name ids that did not change: they change nothing (not even the online
             // list's version, which would cost its ring).
-            let same = match (old, new) {
-                (Some(o), Some(n)) => Arc::ptr_eq(o, n),
-                (None, None) => true,
-                _ => false,
-            };
-            if same && was_hidden == is_hidden {
+            if same_entry(old, new) && was_hidden == is_hidden {
                 continue;
             }
             match (old, new) {
@@ -367,6 +358,14 @@ fn touched<'a>(
         );
     }
     ids
+}
+
+/// Whether two entries of a map are the same one (the same `Arc`, or both absent).
+fn same_entry(a: Option<&Arc<Instance>>, b: Option<&Arc<Instance>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (a, b) => a.is_none() && b.is_none(),
+    }
 }
 
 /// The ids a batch of events changed in a service's map, each with its entry before the batch

@@ -63,8 +63,6 @@ pub struct Ring {
     /// index into `members`: at 100,000 members a lookup's last step is then one read instead of
     /// three dependent cache misses (the owner's index, the member's slot, the member).
     slots: Vec<Slot>,
-    /// The number of points (`slots` without the end marker).
-    count: usize,
     /// `index[b]` is the first point whose top `bits` bits are at least `b`: a probe reads a bucket
     /// of about one point instead of binary-searching them all.
     index: Vec<u32>,
@@ -77,7 +75,7 @@ impl fmt::Debug for Ring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ring")
             .field("members", &self.members.len())
-            .field("points", &self.count)
+            .field("points", &self.points())
             .finish()
     }
 }
@@ -194,7 +192,6 @@ impl Ring {
         }
         Ring {
             slots,
-            count,
             index,
             bits,
             members,
@@ -218,7 +215,8 @@ impl Ring {
 
     /// The number of points on the ring.
     pub fn points(&self) -> usize {
-        self.count
+        // Without the end marker.
+        self.slots.len().saturating_sub(1)
     }
 
     /// Every point of the ring in clockwise order (ascending hash), with the member owning it.
@@ -228,7 +226,9 @@ impl Ring {
     /// of a key, can be computed from it. A point is no longer the sole owner of the arc before it:
     /// a key hashing into that arc may be taken by a point nearer to another of its probes.
     pub fn owned_points(&self) -> impl ExactSizeIterator<Item = (u64, &Arc<Instance>)> + '_ {
-        self.slots[..self.count].iter().map(|s| (s.hash, &s.owner))
+        self.slots[..self.points()]
+            .iter()
+            .map(|s| (s.hash, &s.owner))
     }
 
     /// Each member's share of the keys, in [`members`](Self::members) order: the probability that
@@ -243,12 +243,12 @@ impl Ring {
     /// `sqrt(share / k)`.
     pub fn shares(&self) -> Vec<f64> {
         let mut owned = vec![0f64; self.members.len()];
-        let n = self.count;
+        let n = self.points();
         // Members are sorted by id, each a distinct id.
         let member_index = |m: &Arc<Instance>| {
             self.members
                 .binary_search_by(|x| x.id.as_str().cmp(&m.id))
-                .unwrap_or_default()
+                .expect("every owner is a member")
         };
         let circle = 2f64.powi(64);
         let mut arcs: Vec<(f64, usize)> = (0..n)
@@ -298,7 +298,7 @@ impl Ring {
         while slots[i].hash < h {
             i += 1;
         }
-        if i == self.count { 0 } else { i }
+        if i == self.points() { 0 } else { i }
     }
 
     /// The owner of `key`, or `None` on an empty ring.
@@ -311,7 +311,7 @@ impl Ring {
     /// empty ring.
     #[inline]
     fn nearest(&self, probes: &[u64; PROBES]) -> Option<(u64, usize)> {
-        if self.count == 0 {
+        if self.slots.is_empty() {
             return None;
         }
         // The probes are independent: the processor overlaps their reads.
@@ -465,7 +465,7 @@ impl Point<'_> {
 
 impl Walk {
     fn new(ring: &Ring, probes: &[u64; PROBES]) -> Walk {
-        let len = ring.count;
+        let len = ring.points();
         let none = Cursor {
             at: usize::MAX,
             left: 0,
@@ -504,7 +504,7 @@ impl Walk {
         let cur = &mut self.cursors[c];
         cur.left -= 1;
         cur.at += 1;
-        if cur.at == ring.count {
+        if cur.at == ring.points() {
             cur.at = 0;
         }
         cur.update(ring);
