@@ -10,8 +10,9 @@
 //! maps have no positions.
 //!
 //! A B+tree of chunks: leaves hold up to [`MAX`] instances, branches up to [`MAX`] children with
-//! each child's count and first instance (to descend by id and by position). Every leaf is at the
-//! same depth. A change copies the nodes on its path (`Arc::make_mut`: a node held by no other
+//! each child's count and the [`Keys`] of its first id (to descend by position and by id). Every
+//! leaf is at the same depth. A node's entries are arrays in the node itself, so copying a node is
+//! one allocation. A change copies the nodes on its path (`Arc::make_mut`: a node held by no other
 //! version is changed in place), splits a node that grew past [`MAX`] in two, and merges one that
 //! fell under [`MIN`] with a neighbour (splitting the result again if it is too big).
 //!
@@ -20,9 +21,12 @@
 //! twenty or so comparisons of a descent were as many cache misses in a row (3 µs a lookup with one
 //! directory, 9 µs with fifty). A node keeps a prefix that all its ids share and, for each id, the
 //! eight bytes after it: a descent compares those in the node's own memory and reads an id only
-//! where the eight bytes are equal (the match itself, in a leaf).
+//! where the eight bytes are equal (the match itself, in a leaf; in a branch, a tie is read down the
+//! child's leftmost path).
 
 use std::sync::Arc;
+
+use arrayvec::ArrayVec;
 
 use super::instance::Instance;
 
@@ -42,21 +46,26 @@ enum Node {
     Branch(Branch),
 }
 
+/// A node's entries, in the node itself: copying a node is one allocation, and a descent reads
+/// its entries without following another pointer.
+type Entries<T> = ArrayVec<T, CAP>;
+
 #[derive(Clone)]
 struct Leaf {
-    items: Vec<Arc<Instance>>,
+    items: Entries<Arc<Instance>>,
     /// The items' ids.
     keys: Keys,
 }
 
 #[derive(Clone)]
 struct Branch {
-    children: Vec<Arc<Node>>,
+    children: Entries<Arc<Node>>,
     /// Instances under each child.
-    lens: Vec<usize>,
-    /// Each child's first instance (children are never empty).
-    firsts: Vec<Arc<Instance>>,
-    /// The firsts' ids.
+    lens: Entries<usize>,
+    /// The ids of the children's first instances (children are never empty). Only the keys: a
+    /// branch holding each child's first instance too (another `Arc`) cost a copied branch as
+    /// many more reference counts, each a cache miss at 100,000 instances; the rare descent that
+    /// needs a first's whole id reads it down the child's leftmost path.
     keys: Keys,
     /// Instances under this branch.
     len: usize,
@@ -133,7 +142,9 @@ impl Keys {
         }
         let hq = head(q, skip);
         let heads = self.heads();
-        let mut at = heads.partition_point(|&h| h < hq);
+        // A count rather than a binary search: no branch to mispredict, and the loads of the
+        // heads do not wait for each other.
+        let mut at = heads.iter().filter(|&&h| h < hq).count();
         while at < heads.len() && heads[at] == hq {
             match id_at(at).as_bytes().cmp(q) {
                 Less => at += 1,
@@ -210,7 +221,7 @@ impl Keys {
 }
 
 impl Leaf {
-    fn new(items: Vec<Arc<Instance>>) -> Leaf {
+    fn new(items: Entries<Arc<Instance>>) -> Leaf {
         let keys = Keys::of(items.iter().map(|m| m.id.as_str()));
         Leaf { items, keys }
     }
@@ -227,13 +238,14 @@ impl Leaf {
 impl Branch {
     /// The last child whose first id is at most `id` (or the first child), and whether any is.
     fn child_for(&self, id: &str) -> (usize, bool) {
-        let (at, _) = self.keys.rank(id, |i| &self.firsts[i].id);
+        let (at, _) = self.keys.rank(id, |i| self.children[i].first_id());
         (at.saturating_sub(1), at > 0)
     }
 
-    fn set_first(&mut self, j: usize, first: Arc<Instance>) {
-        self.keys.set(j, &first.id);
-        self.firsts[j] = first;
+    /// Records child `j`'s first id again.
+    fn refresh(&mut self, j: usize) {
+        let Branch { children, keys, .. } = self;
+        keys.set(j, children[j].first_id());
     }
 }
 
@@ -253,25 +265,29 @@ impl Node {
         }
     }
 
+    /// The first instance (down the leftmost path).
     fn first(&self) -> Option<&Arc<Instance>> {
-        match self {
-            Node::Leaf(l) => l.items.first(),
-            Node::Branch(b) => b.firsts.first(),
+        let mut node = self;
+        loop {
+            match node {
+                Node::Leaf(l) => return l.items.first(),
+                Node::Branch(b) => node = b.children.first()?,
+            }
         }
     }
 
-    fn branch(children: Vec<Arc<Node>>) -> Node {
-        let lens: Vec<usize> = children.iter().map(|c| c.len()).collect();
-        let firsts: Vec<Arc<Instance>> = children
-            .iter()
-            .map(|c| c.first().expect("children are never empty").clone())
-            .collect();
-        let keys = Keys::of(firsts.iter().map(|f| f.id.as_str()));
+    /// The first instance's id (`""` for an empty leaf, which only an empty root is).
+    fn first_id(&self) -> &str {
+        self.first().map_or("", |f| f.id.as_str())
+    }
+
+    fn branch(children: Entries<Arc<Node>>) -> Node {
+        let lens: Entries<usize> = children.iter().map(|c| c.len()).collect();
+        let keys = Keys::of(children.iter().map(|c| c.first_id()));
         let len = lens.iter().sum();
         Node::Branch(Branch {
             children,
             lens,
-            firsts,
             keys,
             len,
         })
@@ -283,16 +299,15 @@ impl Node {
     fn split_half(&mut self) -> Node {
         match self {
             Node::Leaf(l) => {
-                let upper = l.items.split_off(l.items.len() / 2);
+                let upper = l.items.drain(l.items.len() / 2..).collect();
                 *l = Leaf::new(std::mem::take(&mut l.items));
                 Node::Leaf(Leaf::new(upper))
             }
             Node::Branch(b) => {
                 let at = b.children.len() / 2;
-                let right = Node::branch(b.children.split_off(at));
+                let right = Node::branch(b.children.drain(at..).collect());
                 b.lens.truncate(at);
-                b.firsts.truncate(at);
-                b.keys = Keys::of(b.firsts.iter().map(|f| f.id.as_str()));
+                b.keys = Keys::of(b.children.iter().map(|c| c.first_id()));
                 b.len -= right.len();
                 right
             }
@@ -309,7 +324,6 @@ impl Node {
             (Node::Branch(a), Node::Branch(b)) => {
                 a.children.extend(b.children);
                 a.lens.extend(b.lens);
-                a.firsts.extend(b.firsts);
                 a.keys.append(b.keys);
                 a.len += b.len;
             }
@@ -318,54 +332,68 @@ impl Node {
     }
 }
 
-/// Sets `id` to `new` (`None`: removes it) under `node`; what was there (`Some(None)`: nothing,
-/// and now `new` is; `None`: nothing changed) and by how many instances the count moved. The caller
-/// fixes the node's size (split or merge).
-fn apply(
-    node: &mut Arc<Node>,
-    id: &str,
-    new: Option<&Arc<Instance>>,
-) -> (Option<Option<Arc<Instance>>>, isize) {
+/// What [`apply`] did under a node.
+struct Applied {
+    /// What was there (`Some(None)`: nothing, and now the new entry is); `None`: nothing changed.
+    old: Option<Option<Arc<Instance>>>,
+    /// By how many instances the count moved.
+    delta: isize,
+    /// Whether the node's first id may have changed (its parent records it again).
+    first_moved: bool,
+}
+
+/// Sets `id` to `new` (`None`: removes it) under `node`. The caller fixes the node's size (split
+/// or merge).
+fn apply(node: &mut Arc<Node>, id: &str, new: Option<&Arc<Instance>>) -> Applied {
+    let done = |old, delta, first_moved| Applied {
+        old,
+        delta,
+        first_moved,
+    };
     match Arc::make_mut(node) {
         Node::Leaf(l) => match (l.search(id), new) {
-            (Ok(i), Some(new)) => (
+            (Ok(i), Some(new)) => done(
                 Some(Some(std::mem::replace(&mut l.items[i], new.clone()))),
                 0,
+                false,
             ),
             (Ok(i), None) => {
                 l.keys.remove(i);
-                (Some(Some(l.items.remove(i))), -1)
+                done(Some(Some(l.items.remove(i))), -1, i == 0)
             }
             (Err(i), Some(new)) => {
                 l.items.insert(i, new.clone());
                 l.keys.insert(i, &new.id);
-                (Some(None), 1)
+                done(Some(None), 1, i == 0)
             }
-            (Err(_), None) => (None, 0),
+            (Err(_), None) => done(None, 0, false),
         },
         Node::Branch(b) => {
             let (j, _) = b.child_for(id);
-            let (old, delta) = apply(&mut b.children[j], id, new);
-            if old.is_some() {
-                b.len = b.len.wrapping_add_signed(delta);
-                b.lens[j] = b.lens[j].wrapping_add_signed(delta);
-                fix_child(b, j);
+            let mut applied = apply(&mut b.children[j], id, new);
+            if applied.old.is_some() {
+                b.len = b.len.wrapping_add_signed(applied.delta);
+                b.lens[j] = b.lens[j].wrapping_add_signed(applied.delta);
+                applied.first_moved = fix_child(b, j, applied.first_moved);
+            } else {
+                applied.first_moved = false;
             }
-            (old, delta)
+            applied
         }
     }
 }
 
 /// Restores child `j`'s invariants after a change under it: not empty, not wider than [`MAX`],
-/// not narrower than [`MIN`] (when it has a neighbour), and its first instance recorded.
-fn fix_child(b: &mut Branch, j: usize) {
+/// not narrower than [`MIN`] (when it has a neighbour), and its first id recorded (`moved`:
+/// whether it may have changed; the child's leftmost path is then the one just changed, so reading
+/// it again is cheap). Whether the branch's own first id may have changed.
+fn fix_child(b: &mut Branch, j: usize, moved: bool) -> bool {
     let width = b.children[j].width();
     if width == 0 {
         b.children.remove(j);
         b.lens.remove(j);
-        b.firsts.remove(j);
         b.keys.remove(j);
-        return;
+        return j == 0;
     }
     if width > MAX {
         split_child(b, j);
@@ -375,7 +403,6 @@ fn fix_child(b: &mut Branch, j: usize) {
         let left = if j + 1 < b.children.len() { j } else { j - 1 };
         let right = b.children.remove(left + 1);
         b.lens.remove(left + 1);
-        b.firsts.remove(left + 1);
         b.keys.remove(left + 1);
         let right = Arc::try_unwrap(right).unwrap_or_else(|shared| Node::clone(&shared));
         let merged = Arc::make_mut(&mut b.children[left]);
@@ -384,26 +411,22 @@ fn fix_child(b: &mut Branch, j: usize) {
         if merged.width() > MAX {
             split_child(b, left);
         }
-        let first = b.children[left].first().expect("not empty").clone();
-        b.set_first(left, first);
-        return;
+        b.refresh(left);
+        return left == 0;
     }
-    let first = b.children[j].first().expect("not empty");
-    if !Arc::ptr_eq(first, &b.firsts[j]) {
-        let first = first.clone();
-        b.set_first(j, first);
+    if moved {
+        b.refresh(j);
     }
+    moved && j == 0
 }
 
-/// Splits child `j` in halves, the upper one becoming child `j + 1` (its count and first
+/// Splits child `j` in halves, the upper one becoming child `j + 1` (its count and first id
 /// recorded; child `j`'s first is unchanged).
 fn split_child(b: &mut Branch, j: usize) {
     let upper = Arc::make_mut(&mut b.children[j]).split_half();
     b.lens[j] -= upper.len();
     b.lens.insert(j + 1, upper.len());
-    let first = upper.first().expect("not empty").clone();
-    b.keys.insert(j + 1, &first.id);
-    b.firsts.insert(j + 1, first);
+    b.keys.insert(j + 1, upper.first_id());
     b.children.insert(j + 1, Arc::new(upper));
 }
 
@@ -424,7 +447,7 @@ pub(crate) struct Seq {
 impl Default for Seq {
     fn default() -> Self {
         Seq {
-            root: Arc::new(Node::Leaf(Leaf::new(Vec::new()))),
+            root: Arc::new(Node::Leaf(Leaf::new(Entries::new()))),
         }
     }
 }
@@ -436,17 +459,17 @@ impl Seq {
         const FILL: usize = MAX * 3 / 4;
         if items.len() <= MAX {
             return Seq {
-                root: Arc::new(Node::Leaf(Leaf::new(items))),
+                root: Arc::new(Node::Leaf(Leaf::new(items.into_iter().collect()))),
             };
         }
         let mut level: Vec<Arc<Node>> = items
             .chunks(FILL)
-            .map(|c| Arc::new(Node::Leaf(Leaf::new(c.to_vec()))))
+            .map(|c| Arc::new(Node::Leaf(Leaf::new(c.iter().cloned().collect()))))
             .collect();
         while level.len() > 1 {
             level = level
                 .chunks(FILL)
-                .map(|c| Arc::new(Node::branch(c.to_vec())))
+                .map(|c| Arc::new(Node::branch(c.iter().cloned().collect())))
                 .collect();
         }
         // A last chunk narrower than MIN is legal: only changes merge, and they keep the rest.
@@ -526,12 +549,14 @@ impl Seq {
         if new.is_none() && self.find(id).is_none() {
             return None;
         }
-        let (old, _) = apply(&mut self.root, id, new);
+        let old = apply(&mut self.root, id, new).old;
         if self.root.width() > MAX {
             let right = Arc::make_mut(&mut self.root).split_half();
-            let left =
-                std::mem::replace(&mut self.root, Arc::new(Node::Leaf(Leaf::new(Vec::new()))));
-            self.root = Arc::new(Node::branch(vec![left, Arc::new(right)]));
+            let left = std::mem::replace(
+                &mut self.root,
+                Arc::new(Node::Leaf(Leaf::new(Entries::new()))),
+            );
+            self.root = Arc::new(Node::branch([left, Arc::new(right)].into_iter().collect()));
         }
         // A branch root with one child gives way to it (the tree gets lower).
         while let Node::Branch(b) = &*self.root {
@@ -636,11 +661,15 @@ impl Seq {
                     for (k, c) in b.children.iter().enumerate() {
                         let n = walk(c, false, depth + 1, leaf_depth);
                         assert_eq!(n, b.lens[k], "child count");
-                        assert!(Arc::ptr_eq(c.first().unwrap(), &b.firsts[k]), "child first");
                         sum += n;
                     }
                     assert_eq!(sum, b.len, "branch count");
-                    check_keys(&b.keys, &b.firsts);
+                    let firsts: Vec<Arc<Instance>> = b
+                        .children
+                        .iter()
+                        .map(|c| c.first().expect("children are never empty").clone())
+                        .collect();
+                    check_keys(&b.keys, &firsts);
                     sum
                 }
             }
