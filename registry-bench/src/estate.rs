@@ -21,8 +21,9 @@
 //! 3. the same M changes, each one waited for until every client's directory shows it (a task per
 //!    client wakes on `Directory::subscribe` and compares the snapshot's online count with the one
 //!    expected: O(1) per wake, so detection does not weigh on the figure). CPU per client per
-//!    change = (CPU of this window − CPU of the baseline window) / (N × M). The idle cost of the
-//!    clients over the window's length is shown next to it, not subtracted.
+//!    change = (CPU of this window − CPU of the baseline window) / (N × M); with several windows
+//!    (each at other places in the service), their median. The idle cost of the clients over the
+//!    window's length is shown next to it, not subtracted.
 //! 4. a burst: B registrations at once (spread over the populating registries), timed until every
 //!    client shows all of them; then they are deregistered and the clients are stopped.
 
@@ -50,6 +51,9 @@ pub(crate) struct Config {
     pairs: usize,
     /// Pairs for the largest sizes (at or above 100,000 instances).
     pairs_large: usize,
+    /// Measured windows per cell; the cell's CPU is their median (the shared machine's noise
+    /// comes in bursts that one window of a few hundred milliseconds catches whole or not at all).
+    windows: usize,
     /// Registrations of the burst.
     burst: usize,
     /// Cells with more than this many instances held in all (clients × size) are skipped.
@@ -72,6 +76,7 @@ impl Config {
                 sizes: vec![10, 1000, 10_000],
                 pairs: 5,
                 pairs_large: 5,
+                windows: 1,
                 burst: 200,
                 budget: 100_000,
                 burst_budget: 10_000,
@@ -88,6 +93,7 @@ impl Config {
                 // not make the average: with 5 pairs at 100,000, one 50 ms stall read as 5 ms a change.
                 pairs: 50,
                 pairs_large: 50,
+                windows: 5,
                 burst: 1000,
                 budget: 5_000_000,
                 burst_budget: 1_000_000,
@@ -112,6 +118,9 @@ impl Config {
         // steadier figures or a profile of the changes rather than of the initial load.
         if let Some(&[p]) = list("REGISTRY_BENCH_ESTATE_PAIRS").as_deref() {
             (c.pairs, c.pairs_large) = (p.max(1), p.max(1));
+        }
+        if let Some(&[w]) = list("REGISTRY_BENCH_ESTATE_WINDOWS").as_deref() {
+            c.windows = w.max(1);
         }
         match scheme {
             "memory" | "etcd" => {}
@@ -322,6 +331,17 @@ fn spot(k: usize, size: usize) -> usize {
     (size / 2 + k * stride) % size.max(1)
 }
 
+/// The median (the mean of the middle two for an even count); 0 for none.
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 fn gcd(mut a: usize, mut b: usize) -> usize {
     while b != 0 {
         (a, b) = (b, a % b);
@@ -334,13 +354,13 @@ fn gcd(mut a: usize, mut b: usize) -> usize {
 async fn window(
     w: &Registry,
     size: usize,
-    pairs: usize,
+    pairs: std::ops::Range<usize>,
     probe: &Probe,
     clients: usize,
     tag: &str,
 ) -> (Vec<Duration>, Vec<Duration>) {
     let (mut reg, mut dereg) = (Vec::new(), Vec::new());
-    for k in 0..pairs {
+    for k in pairs {
         // Among the service's ids (they are `e000000`, `e000001`, ...), as a real instance's id
         // lands: not appended after all of them, and at a different place each time (a fleet
         // restarting touches ids all over the service), so that no change finds the path of the
@@ -383,8 +403,8 @@ struct Cell {
     changes: usize,
     reg: stats::Summary,
     dereg: stats::Summary,
-    /// Process CPU over the change window, and the window's length.
-    cpu: Duration,
+    /// Process CPU over each change window, and the windows' length (summed).
+    cpus: Vec<Duration>,
     wall: Duration,
     /// Process CPU seconds per second with the clients attached and nothing changing.
     idle: f64,
@@ -424,9 +444,17 @@ async fn cell(
     let c0 = cpu_now();
     tokio::time::sleep(cfg.idle).await;
     let idle = (cpu_now() - c0).as_secs_f64() / cfg.idle.as_secs_f64();
-    let (c0, t0) = (cpu_now(), Instant::now());
-    let (reg, dereg) = window(w, size, pairs, &probe, n, &format!("{size}-{n}")).await;
-    let (cpu, wall) = (cpu_now() - c0, t0.elapsed());
+    let (mut reg, mut dereg, mut cpus) = (Vec::new(), Vec::new(), Vec::new());
+    let t0 = Instant::now();
+    for r in 0..cfg.windows {
+        let c0 = cpu_now();
+        let ks = r * pairs..(r + 1) * pairs;
+        let (rg, dr) = window(w, size, ks, &probe, n, &format!("{size}-{n}")).await;
+        cpus.push(cpu_now() - c0);
+        reg.extend(rg);
+        dereg.extend(dr);
+    }
+    let wall = t0.elapsed() / cfg.windows as u32;
     let burst = if n * size <= cfg.burst_budget && n <= cfg.burst_clients {
         probe.expect(size + cfg.burst);
         let t0 = Instant::now();
@@ -451,7 +479,7 @@ async fn cell(
         changes: 2 * pairs,
         reg: summarize(reg),
         dereg: summarize(dereg),
-        cpu,
+        cpus,
         wall,
         idle,
         load,
@@ -491,7 +519,7 @@ pub(crate) async fn run(url: &str, backend: Arc<dyn Backend>, ns: &str, cfg: &Co
         let changes = 2 * pairs;
         settle().await;
         let c0 = cpu_now();
-        window(&w, size, pairs, &no_clients, 0, &format!("{size}-b0")).await;
+        window(&w, size, 0..pairs, &no_clients, 0, &format!("{size}-b0")).await;
         let base_before = cpu_now() - c0;
         let mut measured = Vec::new();
         for &n in &cfg.clients {
@@ -504,7 +532,7 @@ pub(crate) async fn run(url: &str, backend: Arc<dyn Backend>, ns: &str, cfg: &Co
         }
         settle().await;
         let c0 = cpu_now();
-        window(&w, size, pairs, &no_clients, 0, &format!("{size}-b1")).await;
+        window(&w, size, 0..pairs, &no_clients, 0, &format!("{size}-b1")).await;
         let base_after = cpu_now() - c0;
         // The lower window: noise only adds CPU, and freeing 50 clients' copies of 100,000
         // instances can outlast `settle` and land in the window after.
@@ -520,7 +548,19 @@ pub(crate) async fn run(url: &str, backend: Arc<dyn Backend>, ns: &str, cfg: &Co
         let mut j_cells = Vec::new();
         for c in &measured {
             let nm = (c.clients * c.changes) as f64;
-            let per = (c.cpu.as_secs_f64() - base.as_secs_f64()) * 1e6 / nm;
+            let per_window: Vec<f64> = c
+                .cpus
+                .iter()
+                .map(|cpu| (cpu.as_secs_f64() - base.as_secs_f64()) * 1e6 / nm)
+                .collect();
+            let per = median(&per_window);
+            let spread = match per_window.iter().copied().reduce(f64::min) {
+                Some(lo) if per_window.len() > 1 => {
+                    let hi = per_window.iter().copied().fold(lo, f64::max);
+                    format!(", median of {}: {}–{}", per_window.len(), us(lo), us(hi))
+                }
+                _ => String::new(),
+            };
             let idle_per = c.idle * c.wall.as_secs_f64() * 1e6 / nm;
             let mem = match c.rss {
                 (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / c.clients as f64),
@@ -528,11 +568,12 @@ pub(crate) async fn run(url: &str, backend: Arc<dyn Backend>, ns: &str, cfg: &Co
             };
             per_change.push((c.size, c.clients, per));
             rows.push(format!(
-                "| {} | {} | **{}** (idle {}) | {} | {} | {} / {} | {} | {} | {:.2} s |",
+                "| {} | {} | **{}** (idle {}{}) | {} | {} | {} / {} | {} | {} | {:.2} s |",
                 c.size,
                 c.clients,
                 us(per),
                 us(idle_per),
+                spread,
                 ms(c.reg.p50),
                 ms(c.reg.p99),
                 ms(c.dereg.p50),
@@ -545,7 +586,8 @@ pub(crate) async fn run(url: &str, backend: Arc<dyn Backend>, ns: &str, cfg: &Co
             let mut jc = json!({
                 "clients": c.clients,
                 "changes": c.changes,
-                "cpu_window_ms": c.cpu.as_secs_f64() * 1e3,
+                "cpu_windows_ms": c.cpus.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),
+                "cpu_per_client_per_change_us_windows": per_window,
                 "window_s": c.wall.as_secs_f64(),
                 "cpu_per_client_per_change_us": per,
                 "idle_cpu_s_per_s": c.idle,
@@ -602,7 +644,7 @@ fn report(
         "N discovery clients, each with its own `Registry` and backend connection (on memory:// the shared in-process store), and one registrar, all in this process. \
          Per service size, the registrar makes M changes (register + deregister pairs) with no client attached, before and after the cells (baseline); then, per client count, \
          the same M changes, each waited for until every client's directory shows it. **CPU per client per change** = (process CPU of that window − the lower baseline window) / (clients × M), \
-         from `CLOCK_PROCESS_CPUTIME_ID`; it includes the backend client's work (decoding, the memory store's delivery to each watcher) and one O(1) wake per client per change for the detection. \
+         from `CLOCK_PROCESS_CPUTIME_ID` (with several windows per cell: their median, and their range); it includes the backend client's work (decoding, the memory store's delivery to each watcher) and one O(1) wake per client per change for the detection. \
          *idle* is what the clients cost with nothing changing, over the same window, per client per change (not subtracted). Latencies are from the register/deregister call until the last client shows it. \
          Burst: registrations at once over several registries; until the last returned / until every client has all. Memory per client: resident memory growth while the clients start and load, / N.".into(),
         String::new(),
