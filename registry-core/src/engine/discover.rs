@@ -651,11 +651,11 @@ impl Worker {
     }
 }
 
-/// Errors that retrying cannot cure: refused credentials or permissions, an operation the backend
-/// does not support, a request it considers invalid.
 /// Per service changed by a batch of events: its map before them and the ids they changed.
 type Dirty = BTreeMap<String, (InstanceMap, Touched)>;
 
+/// Errors that retrying cannot cure: refused credentials or permissions, an operation the backend
+/// does not support, a request it considers invalid.
 fn is_permanent(e: &Error) -> bool {
     matches!(
         e.kind(),
