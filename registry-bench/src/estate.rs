@@ -37,7 +37,7 @@ use registry::engine::{Discovery, Instance, Registration, Registry, ServiceSnaps
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 
-use crate::stats::{self, json as sjson, ms, summarize};
+use crate::stats::{self, json as sjson, median, ms, summarize};
 use crate::{Section, registry as make_registry, rss_bytes, ttl_for};
 
 const SERVICE: &str = "estate";
@@ -331,17 +331,6 @@ fn spot(k: usize, size: usize) -> usize {
     (size / 2 + k * stride) % size.max(1)
 }
 
-/// The median (the mean of the middle two for an even count); 0 for none.
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 fn gcd(mut a: usize, mut b: usize) -> usize {
     while b != 0 {
         (a, b) = (b, a % b);
@@ -403,7 +392,7 @@ struct Cell {
     changes: usize,
     reg: stats::Summary,
     dereg: stats::Summary,
-    /// Process CPU over each change window, and the windows' length (summed).
+    /// Process CPU over each change window, and a window's mean length.
     cpus: Vec<Duration>,
     wall: Duration,
     /// Process CPU seconds per second with the clients attached and nothing changing.
@@ -554,12 +543,12 @@ pub(crate) async fn run(url: &str, backend: Arc<dyn Backend>, ns: &str, cfg: &Co
                 .map(|cpu| (cpu.as_secs_f64() - base.as_secs_f64()) * 1e6 / nm)
                 .collect();
             let per = median(&per_window);
-            let spread = match per_window.iter().copied().reduce(f64::min) {
-                Some(lo) if per_window.len() > 1 => {
-                    let hi = per_window.iter().copied().fold(lo, f64::max);
-                    format!(", median of {}: {}–{}", per_window.len(), us(lo), us(hi))
-                }
-                _ => String::new(),
+            let spread = if per_window.len() > 1 {
+                let lo = per_window.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = per_window.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                format!(", median of {}: {}–{}", per_window.len(), us(lo), us(hi))
+            } else {
+                String::new()
             };
             let idle_per = c.idle * c.wall.as_secs_f64() * 1e6 / nm;
             let mem = match c.rss {

@@ -766,7 +766,7 @@ async fn filled_directory(n: usize) -> (Directory, Arc<dyn Backend>, registry::e
 fn measure(dir: &Directory, iters: u64) -> [f64; 3] {
     let mut out = [0.0; 3];
     for (slot, op) in out.iter_mut().zip(0..3) {
-        let mut runs: Vec<f64> = (0..5)
+        let runs: Vec<f64> = (0..5)
             .map(|_| {
                 let t0 = Instant::now();
                 for i in 0..iters {
@@ -786,8 +786,7 @@ fn measure(dir: &Directory, iters: u64) -> [f64; 3] {
                 t0.elapsed().as_nanos() as f64 / iters as f64
             })
             .collect();
-        runs.sort_by(|a, b| a.total_cmp(b));
-        *slot = runs[2];
+        *slot = stats::median(&runs);
     }
     out
 }

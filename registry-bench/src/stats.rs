@@ -23,6 +23,17 @@ pub(crate) fn summarize(mut v: Vec<Duration>) -> Summary {
     }
 }
 
+/// The median (the mean of the middle two for an even count); 0 for none.
+pub(crate) fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 pub(crate) fn ms(d: Duration) -> String {
     let m = d.as_secs_f64() * 1000.0;
     if m >= 100.0 {
