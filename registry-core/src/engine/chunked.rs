@@ -375,8 +375,6 @@ fn apply(node: &mut Arc<Node>, id: &str, new: Option<&Arc<Instance>>) -> Applied
                 b.len = b.len.wrapping_add_signed(applied.delta);
                 b.lens[j] = b.lens[j].wrapping_add_signed(applied.delta);
                 applied.first_moved = fix_child(b, j, applied.first_moved);
-            } else {
-                applied.first_moved = false;
             }
             applied
         }
