@@ -7,10 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use registry_core::engine::{
-    BACKEND_SOURCE, Directory, Instance, InstanceState, Registry, StaticSource,
-};
 use registry_core::{Backend, Bytes};
+use registry_engine::{BACKEND_SOURCE, Directory, Instance, InstanceState, Registry, StaticSource};
 use tokio::time::{Instant, sleep, timeout};
 
 use crate::Fixture;
@@ -221,7 +219,7 @@ fn heal_limit(backend: &dyn Backend) -> Duration {
     engine_ttl(backend) / 3 * 2 + Duration::from_secs(2)
 }
 
-async fn until_state(reg: &registry_core::engine::Registration, name: &str, limit: Duration) {
+async fn until_state(reg: &registry_engine::Registration, name: &str, limit: Duration) {
     let mut rx = reg.watch_state();
     let ok = timeout(limit, rx.wait_for(|s| s.name() == name)).await;
     assert!(
@@ -262,7 +260,7 @@ pub async fn engine_external_delete_is_repaired(f: Fixture) {
     assert_eq!(
         kv.lease.as_ref(),
         match &r.state() {
-            registry_core::engine::RegistrationState::Registered { lease, .. } => Some(lease),
+            registry_engine::RegistrationState::Registered { lease, .. } => Some(lease),
             _ => None,
         }
     );
@@ -301,7 +299,7 @@ pub async fn engine_external_overwrite_is_repaired(f: Fixture) {
 /// `conflict` and does not write back (no fight), and gets the id back once the other owner
 /// deregisters.
 pub async fn engine_live_owner_conflict_and_takeover(f: Fixture) {
-    use registry_core::engine::RegisterOptions;
+    use registry_engine::RegisterOptions;
     let a = registry(&f.backend);
     let c = registry(&f.backend);
     let first = a
@@ -585,11 +583,11 @@ macro_rules! __engine_tests {
 /// a watch channel, which keeps only the latest value, so a quick lost -> registered flip may never
 /// be seen as `lost`: the proof of recovery is a `since` after the outage, not the flip itself.
 pub async fn until_lost_and_back(
-    states: &mut tokio::sync::watch::Receiver<registry_core::engine::RegistrationState>,
+    states: &mut tokio::sync::watch::Receiver<registry_engine::RegistrationState>,
     outage: Instant,
     limit: Duration,
 ) {
-    use registry_core::engine::RegistrationState;
+    use registry_engine::RegistrationState;
     let ok = timeout(limit, async {
         loop {
             if let RegistrationState::Registered { since, .. } = &*states.borrow_and_update() {

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use registry_core::engine::Instance;
+use registry_engine::Instance;
 
 fn check(service: &str, id: &str, data: &[u8]) {
     if let Ok(inst) = Instance::decode(service, id, data) {

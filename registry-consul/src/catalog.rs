@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
-use registry_core::engine::{Instance, validate_id, validate_service};
+use registry_engine::{Instance, validate_id, validate_service};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use hyper::{Method, StatusCode};
 use registry_core::config::check_duration;
-use registry_core::engine::{
+use registry_core::{Error, ErrorKind, Result};
+use registry_engine::{
     Backoff, DEFAULT_WEIGHT, Directory, Instance, InstanceState, MAX_WEIGHT, SourceHandle,
     validate_id, validate_service,
 };
-use registry_core::{Error, ErrorKind, Result};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -211,11 +211,11 @@ impl CatalogSourceBuilder {
 /// [`Directory`] as a source of its own (see [`Directory::source`]: its name marks where each
 /// instance comes from, its precedence settles an id that two sources list). Dropping it stops
 /// following; what it published stays, like a dropped
-/// [`Discovery`](registry_core::engine::Discovery)'s view.
+/// [`Discovery`](registry_engine::Discovery)'s view.
 ///
 /// One long-poll per followed service on `/v1/health/service/NAME?index=I&wait=W`, and, when every
 /// service is followed, one more on `/v1/catalog/services` to learn which services exist. The same
-/// guarantees as a [`Discovery`](registry_core::engine::Discovery) of our own backend:
+/// guarantees as a [`Discovery`](registry_engine::Discovery) of our own backend:
 ///
 /// - **Resume by index.** Each query carries the last `X-Consul-Index`; an answer with the same
 ///   index (the wait ran out, or something unrelated changed) changes nothing. Queries of one
@@ -262,7 +262,7 @@ impl CatalogSourceBuilder {
 /// ```no_run
 /// # async fn demo() -> registry_core::Result<()> {
 /// use registry_consul::{CatalogHealth, CatalogSource, ConsulBuilder};
-/// use registry_core::engine::Directory;
+/// use registry_engine::Directory;
 ///
 /// let dir = Directory::new();
 /// let catalog = CatalogSource::builder(ConsulBuilder::new().address("127.0.0.1:8500"))

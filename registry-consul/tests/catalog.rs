@@ -16,7 +16,7 @@ use std::time::Duration;
 use conformance_tests::testbed::{self, ConsulOptions};
 use registry_consul::{ConsulBackend, ConsulBuilder};
 use registry_core::Backend;
-use registry_core::engine::{Instance, RegisterOptions, Registry};
+use registry_engine::{Instance, RegisterOptions, Registry};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use conformance_tests::testbed::{self, ConsulOptions};
 use registry_consul::{CatalogHealth, CatalogSource, ConsulBuilder};
-use registry_core::engine::{
+use registry_engine::{
     BACKEND_SOURCE, Directory, Instance, InstanceState, Registry, Ring, ServiceSnapshot,
 };
 use serde_json::{Value, json};

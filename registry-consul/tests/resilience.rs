@@ -6,8 +6,8 @@ use std::time::Duration;
 use conformance_tests::engine::{until_lost_and_back, until_online};
 use conformance_tests::testbed::{self, ConsulOptions};
 use registry_consul::ConsulBuilder;
-use registry_core::engine::{Instance, Registry};
 use registry_core::{Backend, Bytes, ErrorKind};
+use registry_engine::{Instance, Registry};
 use tokio::time::{sleep, timeout};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

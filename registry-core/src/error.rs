@@ -47,7 +47,7 @@ pub enum ErrorKind {
     /// The operation was abandoned because the component doing it was shut down.
     Closed,
     /// Another live owner holds what was asked for (an instance id registered under another
-    /// process's live lease). See [`RegisterOptions::takeover`](crate::engine::RegisterOptions::takeover).
+    /// process's live lease). See `RegisterOptions::takeover` in registry-engine.
     Conflict,
     /// Anything else: a bug, or a backend answer we do not understand.
     Internal,

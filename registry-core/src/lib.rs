@@ -2,7 +2,6 @@
 
 pub mod backend;
 pub mod config;
-pub mod engine;
 pub mod error;
 pub mod key;
 pub mod lease;
@@ -12,7 +11,6 @@ pub mod tls;
 pub mod watch;
 
 pub use backend::{Backend, Capabilities, CondOutcome, Condition, Revision};
-pub use engine::{Directory, Instance, InstanceState, Registration, RegistrationState, Registry};
 pub use error::{Error, ErrorKind, Result};
 pub use lease::{Lease, LeaseId};
 pub use watch::{Event, EventKind, KeyValue, Listing, WatchStream};

@@ -36,7 +36,7 @@
 //! ```no_run
 //! # async fn demo() -> registry_core::Result<()> {
 //! use std::time::Duration;
-//! use registry_core::engine::Directory;
+//! use registry_engine::Directory;
 //! use registry_dns::DnsSource;
 //!
 //! let dir = Directory::new();
@@ -70,11 +70,11 @@ use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{Name, RData, Record};
-use registry_core::engine::{
+use registry_core::{Error, ErrorKind, Result};
+use registry_engine::{
     Backoff, DEFAULT_WEIGHT, Directory, Instance, MAX_ID_LEN, MAX_WEIGHT, SourceHandle,
     validate_id, validate_service,
 };
-use registry_core::{Error, ErrorKind, Result};
 use tokio::task::JoinHandle;
 
 /// Metadata key: the SRV name an instance was found under.
@@ -342,7 +342,7 @@ impl DnsSourceBuilder {
 /// [`DnsSource::builder`].
 ///
 /// Dropping it stops the polling; what it published stays in the directory (as when a
-/// [`Discovery`](registry_core::engine::Discovery) is dropped) until
+/// [`Discovery`](registry_engine::Discovery) is dropped) until
 /// [`withdraw_all`](Self::withdraw_all).
 pub struct DnsSource {
     tasks: Vec<JoinHandle<()>>,

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use conformance_tests::engine::until_online;
 use conformance_tests::testbed::{self, Consul, ConsulOptions};
-use registry_core::engine::{BACKEND_SOURCE, DEFAULT_WEIGHT, Directory, Instance, Registry};
 use registry_dns::{DnsSource, DnsSourceBuilder, META_NAME, META_PRIORITY, instance_id};
+use registry_engine::{BACKEND_SOURCE, DEFAULT_WEIGHT, Directory, Instance, Registry};
 use registry_memory::MemoryBackend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::sleep;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use conformance_tests::engine::until_online;
 use conformance_tests::testbed::{self, EtcdOptions};
-use registry_core::engine::{Instance, Registry};
 use registry_core::{Backend, Bytes, ErrorKind};
+use registry_engine::{Instance, Registry};
 use registry_etcd::{EtcdBackend, EtcdBuilder};
 use tokio::time::{Instant, sleep, timeout};
 

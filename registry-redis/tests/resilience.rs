@@ -6,8 +6,8 @@ use std::time::Duration;
 use conformance_tests::engine::{until_lost_and_back, until_online};
 use conformance_tests::testbed::{self, RedisOptions};
 use futures::StreamExt;
-use registry_core::engine::{Instance, Registry};
 use registry_core::{Backend, Bytes, ErrorKind};
+use registry_engine::{Instance, Registry};
 use registry_redis::{RedisBackend, RedisBuilder};
 use tokio::time::{sleep, timeout};
 
@@ -383,7 +383,7 @@ async fn a_watch_broken_inside_a_large_revision_resumes_without_losing_its_event
 /// registration must be back, as the server's own data (read with plain Redis commands) shows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_from_an_older_snapshot_is_a_new_epoch() {
-    use registry_core::engine::RegistrationState;
+    use registry_engine::RegistrationState;
     let port = testbed::free_port();
     let server = match testbed::start_redis(RedisOptions {
         host_port: Some(port),

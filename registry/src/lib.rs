@@ -10,6 +10,13 @@ pub struct ReadmeDoctests;
 pub use connect::{SCHEMES, connect};
 pub use registry_core::*;
 
+/// The engine that runs unchanged over any [`Backend`]: register, discover, directory, routing and
+/// dispatch (the `registry-engine` crate).
+pub use registry_engine as engine;
+pub use registry_engine::{
+    Directory, Instance, InstanceState, Registration, RegistrationState, Registry,
+};
+
 /// The in-process backend (feature `memory`).
 #[cfg(feature = "memory")]
 pub use registry_memory as memory;

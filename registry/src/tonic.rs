@@ -46,7 +46,7 @@ use ::tonic::{Code, Status};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use http_body_util::BodyExt;
-use registry_core::engine::{
+use registry_engine::{
     Change, Directory, DispatchError, Dispatcher, Failover, Instance, Selection,
 };
 use tower::Service;
@@ -119,7 +119,7 @@ impl fmt::Debug for Channels {
 
 impl Channels {
     /// Transports for `service`'s online instances in `directory` (follow the service with
-    /// [`Registry::discover`](registry_core::engine::Registry::discover) first, or they stay
+    /// [`Registry::discover`](registry_engine::Registry::discover) first, or they stay
     /// empty).
     pub fn new(directory: &Directory, service: impl Into<String>) -> Self {
         Channels {
@@ -132,7 +132,7 @@ impl Channels {
     }
 
     /// Transports for the instances `selection` selects (by metadata, version, zone: see
-    /// [`Selector`](registry_core::engine::Selector)).
+    /// [`Selector`](registry_engine::Selector)).
     ///
     /// ```no_run
     /// # async fn demo(dir: registry::Directory) {

@@ -16,9 +16,9 @@ use futures::future::join_all;
 use tokio::task::JoinHandle;
 use tower::{Layer, Service, ServiceExt};
 
-use super::directory::Directory;
-use super::instance::Instance;
-use super::select::Selection;
+use crate::instance::Instance;
+use crate::read::directory::Directory;
+use crate::route::select::Selection;
 
 /// Why a dispatched call did not produce a response.
 #[derive(Debug)]
@@ -116,12 +116,12 @@ where
         }
     }
 
-    /// A dispatcher over the instances `selection` selects (see [`Selector`](super::Selector)):
+    /// A dispatcher over the instances `selection` selects (see [`Selector`](crate::Selector)):
     /// keys are routed on the ring of the selected instances only.
     ///
     /// ```
     /// use std::convert::Infallible;
-    /// use registry_core::engine::{Directory, Dispatcher, Instance, Selector};
+    /// use registry_engine::{Directory, Dispatcher, Instance, Selector};
     /// use tower::service_fn;
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -205,7 +205,7 @@ where
     ///
     /// ```
     /// use std::time::Duration;
-    /// use registry_core::engine::{Directory, DispatchError, Dispatcher, Failover, Instance};
+    /// use registry_engine::{Directory, DispatchError, Dispatcher, Failover, Instance};
     /// use tower::service_fn;
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -380,7 +380,7 @@ type RetryIf<T, E> = Arc<dyn Fn(&Result<T, DispatchError<E>>) -> bool + Send + S
 ///
 /// ```
 /// use std::time::Duration;
-/// use registry_core::engine::{DispatchError, Failover};
+/// use registry_engine::{DispatchError, Failover};
 ///
 /// // Three instances at most, 200 ms each, retrying timeouts only.
 /// let policy: Failover<String, std::io::Error> = Failover::new()
@@ -489,7 +489,7 @@ impl<T, E> Failover<T, E> {
 /// ```
 /// use std::convert::Infallible;
 /// use std::time::Duration;
-/// use registry_core::engine::{Directory, Dispatcher, Failover, Instance};
+/// use registry_engine::{Directory, Dispatcher, Failover, Instance};
 /// use tower::{ServiceExt, service_fn};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -594,7 +594,7 @@ where
 /// ```
 /// use std::convert::Infallible;
 /// use std::time::Duration;
-/// use registry_core::engine::{Directory, DispatchLayer, Instance};
+/// use registry_engine::{Directory, DispatchLayer, Instance};
 /// use tower::{ServiceBuilder, ServiceExt, service_fn};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {

@@ -11,9 +11,9 @@ use std::fmt;
 use std::ops::Index;
 use std::sync::Arc;
 
-pub use super::chunked::InstancesIter;
-use super::chunked::{Difference, Seq};
-use super::instance::Instance;
+pub use crate::collections::tree::InstancesIter;
+use crate::collections::tree::{Difference, Seq};
+use crate::instance::Instance;
 
 /// Online instances of a service, sorted by id, shared and immutable: what [`Directory::get`]
 /// returns (one atomic load and a reference count, whatever the size).
@@ -21,7 +21,7 @@ use super::instance::Instance;
 /// Reads like a slice: [`len`](Self::len), [`iter`](Self::iter), indexing (`instances[i]`,
 /// O(log n)), [`get`](Self::get), [`find`](Self::find) by id (O(log n)).
 ///
-/// [`Directory::get`]: super::Directory::get
+/// [`Directory::get`]: crate::Directory::get
 #[derive(Clone, Default)]
 pub struct Instances(Seq);
 

@@ -13,16 +13,16 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-use super::backoff::Backoff;
-use super::collections::InstanceMap;
-use super::directory::{Directory, Touched};
-use super::instance::{Instance, Layout};
-use super::probe::{self, ProbeOptions};
-use super::telemetry::Telemetry;
-use crate::backend::{Backend, Revision};
-use crate::config::{check_duration, check_max_duration};
-use crate::error::{Error, ErrorKind, Result};
-use crate::watch::{Event, EventKind, KeyValue};
+use crate::backoff::Backoff;
+use crate::collections::instances::InstanceMap;
+use crate::instance::{Instance, Layout};
+use crate::read::directory::{Directory, Touched};
+use crate::read::probe::{self, ProbeOptions};
+use crate::telemetry::Telemetry;
+use registry_core::backend::{Backend, Revision};
+use registry_core::config::{check_duration, check_max_duration};
+use registry_core::error::{Error, ErrorKind, Result};
+use registry_core::watch::{Event, EventKind, KeyValue};
 
 /// What a discovery covers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -64,7 +64,7 @@ impl DiscoveryOptions {
 
     /// Poll mode (Pulse's): list every `interval` instead of watching. For parity, and for backends
     /// whose watch is disabled. The interval must be positive and at most
-    /// [`MAX_DURATION`](crate::config::MAX_DURATION): the discovery refuses to start otherwise.
+    /// [`MAX_DURATION`](registry_core::config::MAX_DURATION): the discovery refuses to start otherwise.
     pub fn poll(mut self, interval: Duration) -> Self {
         self.poll = Some(interval);
         self
@@ -91,7 +91,7 @@ impl DiscoveryOptions {
 
     /// Checks every duration: the poll and probe intervals and the timeout must be positive (a
     /// zero interval would spin, or panic in `tokio::time::interval`), and every one at most
-    /// [`MAX_DURATION`](crate::config::MAX_DURATION).
+    /// [`MAX_DURATION`](registry_core::config::MAX_DURATION).
     fn validate(&self) -> Result<()> {
         if let Some(poll) = self.poll {
             check_duration("discovery poll interval", poll)?;
@@ -200,8 +200,8 @@ pub struct DiscoveryCounts {
 /// last of them is dropped (the directory keeps the last view). [`Registry::discover`] and
 /// [`Registry::discover_all`] hand out clones of one discovery per scope while it runs.
 ///
-/// [`Registry::discover`]: super::Registry::discover
-/// [`Registry::discover_all`]: super::Registry::discover_all
+/// [`Registry::discover`]: crate::Registry::discover
+/// [`Registry::discover_all`]: crate::Registry::discover_all
 #[derive(Clone)]
 pub struct Discovery {
     run: Arc<Running>,
@@ -242,7 +242,7 @@ impl Discovery {
         opts: DiscoveryOptions,
     ) -> Result<Discovery> {
         if let Scope::Service(s) = &scope {
-            super::instance::validate_service(s)?;
+            crate::instance::validate_service(s)?;
         }
         opts.validate()?;
         let stats = Arc::new(Stats {

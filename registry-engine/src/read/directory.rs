@@ -29,15 +29,15 @@ use futures::Stream;
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
-use super::collections::{InstanceMap, Instances};
-use super::feed::{AllChanges, ChangeKind, DEFAULT_JOURNAL_CAPACITY, Journal};
-use super::instance::Instance;
-use super::ring::{DEFAULT_VNODES, Ring};
-use super::source::{
+use crate::collections::instances::{InstanceMap, Instances};
+use crate::collections::ring::{DEFAULT_VNODES, Ring};
+use crate::instance::Instance;
+use crate::read::feed::{AllChanges, ChangeKind, DEFAULT_JOURNAL_CAPACITY, Journal};
+use crate::read::source::{
     BACKEND_PRECEDENCE, BACKEND_SOURCE, Merged, Origin, SourceHandle, SourceKey, Sources,
 };
-use crate::backend::Revision;
-use crate::error::{Error, Result};
+use registry_core::backend::Revision;
+use registry_core::error::{Error, Result};
 
 /// The ids a liveness probe hides (persistent: a view's copy shares it).
 type Hidden = imbl::OrdSet<String>;
@@ -532,7 +532,7 @@ impl Directory {
     }
 
     /// An empty directory whose rings use `vnodes` points per instance at the default weight (1 to
-    /// [`MAX_VNODES`](super::ring::MAX_VNODES); see [`Ring::with_vnodes`]).
+    /// [`MAX_VNODES`](crate::collections::ring::MAX_VNODES); see [`Ring::with_vnodes`]).
     pub fn with_vnodes(vnodes: u32) -> Self {
         Directory::builder().vnodes(vnodes).build()
     }
@@ -540,7 +540,7 @@ impl Directory {
     /// A directory with other settings than [`Directory::new`]'s.
     ///
     /// ```
-    /// use registry_core::engine::Directory;
+    /// use registry_engine::Directory;
     ///
     /// let dir = Directory::builder().vnodes(64).journal_capacity(100_000).build();
     /// assert_eq!(dir.journal_capacity(), 100_000);
@@ -552,12 +552,12 @@ impl Directory {
         }
     }
 
-    pub(super) fn journal(&self) -> &Journal {
+    pub(crate) fn journal(&self) -> &Journal {
         &self.inner.journal
     }
 
     /// Every service's current snapshot, sorted by service.
-    pub(super) fn snapshots(&self) -> Vec<Arc<ServiceSnapshot>> {
+    pub(crate) fn snapshots(&self) -> Vec<Arc<ServiceSnapshot>> {
         let slots = self.inner.slots.load();
         let mut v: Vec<Arc<ServiceSnapshot>> =
             slots.values().map(|s| s.current.load_full()).collect();
@@ -664,18 +664,18 @@ impl Directory {
     }
 
     /// Every change to every service of the directory, services that appear later included, in
-    /// the order the directory published them: first a [`Resync`](super::Resync) with the current
-    /// state ([`ResyncReason::Start`](super::ResyncReason::Start)), then each
-    /// [`DirectoryChange`](super::DirectoryChange) after it, numbered without gaps.
+    /// the order the directory published them: first a [`Resync`](crate::Resync) with the current
+    /// state ([`ResyncReason::Start`](crate::ResyncReason::Start)), then each
+    /// [`DirectoryChange`](crate::DirectoryChange) after it, numbered without gaps.
     ///
     /// A consumer that falls behind by more than the journal holds
     /// ([`journal_capacity`](Self::journal_capacity)) gets a new `Resync`
-    /// ([`ResyncReason::Lagged`](super::ResyncReason::Lagged)) instead of the changes it missed;
+    /// ([`ResyncReason::Lagged`](crate::ResyncReason::Lagged)) instead of the changes it missed;
     /// it never holds up the directory, and its memory stays bounded.
     ///
     /// ```
     /// use futures::StreamExt;
-    /// use registry_core::engine::{ChangeKind, Directory, DirectoryEvent};
+    /// use registry_engine::{ChangeKind, Directory, DirectoryEvent};
     ///
     /// # async fn demo(dir: Directory) {
     /// let mut feed = dir.all_changes();
@@ -705,13 +705,13 @@ impl Directory {
     /// Like [`all_changes`](Self::all_changes), but resuming after change number `after` (the last
     /// one the consumer saw; 0 for "from the beginning"): the changes numbered above it, with no
     /// gap and no repeat, if the journal still holds them all. Otherwise the stream starts with a
-    /// [`Resync`](super::Resync) that says why
-    /// ([`Lagged`](super::ResyncReason::Lagged): too old;
-    /// [`Unknown`](super::ResyncReason::Unknown): never issued, e.g. from before a restart).
+    /// [`Resync`](crate::Resync) that says why
+    /// ([`Lagged`](crate::ResyncReason::Lagged): too old;
+    /// [`Unknown`](crate::ResyncReason::Unknown): never issued, e.g. from before a restart).
     ///
     /// ```
     /// use futures::StreamExt;
-    /// use registry_core::engine::{Directory, DirectoryEvent};
+    /// use registry_engine::{Directory, DirectoryEvent};
     ///
     /// # async fn demo(dir: Directory, last_event_id: u64) {
     /// let mut feed = dir.all_changes_since(last_event_id);
@@ -920,7 +920,7 @@ impl Directory {
         // (up to 5,000 instances, so that a test may time a large service's changes).
         #[cfg(test)]
         if next.all.len() <= 5000 {
-            assert_eq!(changes, super::feed::diff(&cur, &next), "{service}");
+            assert_eq!(changes, crate::read::feed::diff(&cur, &next), "{service}");
         }
         let next = Arc::new(next);
         let ring_ready = next.ring.get().is_some();
@@ -956,14 +956,14 @@ pub struct DirectoryBuilder {
 
 impl DirectoryBuilder {
     /// Ring points per instance at the default weight (1 to
-    /// [`MAX_VNODES`](super::ring::MAX_VNODES); default [`DEFAULT_VNODES`]).
+    /// [`MAX_VNODES`](crate::collections::ring::MAX_VNODES); default [`DEFAULT_VNODES`]).
     pub fn vnodes(mut self, vnodes: u32) -> Self {
         self.vnodes = vnodes;
         self
     }
 
     /// How many recent changes the directory keeps (default
-    /// [`DEFAULT_JOURNAL_CAPACITY`](super::DEFAULT_JOURNAL_CAPACITY); at least 1). This bounds
+    /// [`DEFAULT_JOURNAL_CAPACITY`](crate::DEFAULT_JOURNAL_CAPACITY); at least 1). This bounds
     /// how far [`Directory::all_changes_since`] can resume from and how far a consumer of
     /// [`Directory::all_changes`] may fall behind before it is given a snapshot instead.
     pub fn journal_capacity(mut self, capacity: usize) -> Self {
@@ -978,7 +978,7 @@ impl DirectoryBuilder {
                 slots: ArcSwap::from_pointee(HashMap::new()),
                 add_slot: Mutex::new(()),
                 empty: Instances::new(),
-                vnodes: self.vnodes.clamp(1, super::ring::MAX_VNODES),
+                vnodes: self.vnodes.clamp(1, crate::collections::ring::MAX_VNODES),
                 journal: Journal::new(self.journal_capacity),
                 sources: Mutex::new(BTreeMap::new()),
             }),
@@ -1016,7 +1016,7 @@ impl fmt::Debug for Changes {
 }
 
 /// A service's views, turned into the [`Change`]s of a set of members (the online instances for
-/// [`Changes`], a selection's for [`SelectedChanges`](super::SelectedChanges)): what the consumer
+/// [`Changes`], a selection's for [`SelectedChanges`](crate::SelectedChanges)): what the consumer
 /// holds, and the changes queued for it.
 pub(crate) struct ChangeQueue {
     views: WatchStream<Arc<ServiceSnapshot>>,
@@ -1304,7 +1304,7 @@ mod tests {
                                 let inst = if on {
                                     inst
                                 } else {
-                                    inst.state(super::super::InstanceState::Offline)
+                                    inst.state(crate::InstanceState::Offline)
                                 };
                                 all.insert(Arc::new(inst));
                             }

@@ -8,11 +8,11 @@ use std::task::{Context, Poll};
 
 use futures::Stream;
 
-use super::collections::Instances;
-use super::directory::{Change, ChangeQueue, Directory, ServiceSnapshot};
-use super::instance::Instance;
-use super::ring::Ring;
-use crate::error::{Error, Result};
+use crate::collections::instances::Instances;
+use crate::collections::ring::Ring;
+use crate::instance::Instance;
+use crate::read::directory::{Change, ChangeQueue, Directory, ServiceSnapshot};
+use registry_core::error::{Error, Result};
 
 /// The metadata key that names an instance's zone (Spring Cloud's and Kratos' convention).
 pub const ZONE_KEY: &str = "zone";
@@ -45,7 +45,7 @@ struct Filter {
 /// ```
 /// use std::collections::BTreeMap;
 /// use std::sync::Arc;
-/// use registry_core::engine::{Directory, Instance, Selector};
+/// use registry_engine::{Directory, Instance, Selector};
 ///
 /// let dir = Directory::new();
 /// let src = dir.source("static", 10).unwrap();
@@ -104,7 +104,7 @@ impl Selector {
     /// Only instances whose metadata has `key` set to `value`.
     ///
     /// ```
-    /// use registry_core::engine::{Instance, Selector};
+    /// use registry_engine::{Instance, Selector};
     ///
     /// let canary = Selector::new().meta("track", "canary");
     /// assert!(canary.matches(&Instance::new("api", "a1").meta("track", "canary")));
@@ -120,7 +120,7 @@ impl Selector {
     /// Only instances whose metadata has `key`, whatever its value.
     ///
     /// ```
-    /// use registry_core::engine::{Instance, Selector};
+    /// use registry_engine::{Instance, Selector};
     ///
     /// let s = Selector::new().has_meta("gpu");
     /// assert!(s.matches(&Instance::new("ml", "m1").meta("gpu", "a100")));
@@ -137,7 +137,7 @@ impl Selector {
     /// version selector).
     ///
     /// ```
-    /// use registry_core::engine::{Instance, Selector};
+    /// use registry_engine::{Instance, Selector};
     ///
     /// let s = Selector::new().version("1.4.2");
     /// assert!(s.matches(&Instance::new("api", "a1").version("1.4.2")));
@@ -155,7 +155,7 @@ impl Selector {
     /// `+`: `"1.4"` selects `1.4`, `1.4.2` and `1.4.0-rc1`, not `1.40.0`.
     ///
     /// ```
-    /// use registry_core::engine::{Instance, Selector};
+    /// use registry_engine::{Instance, Selector};
     ///
     /// let s = Selector::new().version_prefix("1.4");
     /// assert!(s.matches(&Instance::new("api", "a1").version("1.4.2")));
@@ -177,7 +177,7 @@ impl Selector {
     /// not a semantic version are not selected. Fails if `req` does not parse.
     ///
     /// ```
-    /// use registry_core::engine::{Instance, Selector};
+    /// use registry_engine::{Instance, Selector};
     ///
     /// let s = Selector::new().version_req(">=1.4, <2").unwrap();
     /// assert!(s.matches(&Instance::new("api", "a1").version("1.5.0")));
@@ -200,7 +200,7 @@ impl Selector {
     /// this one has none, use [`prefer_zone`](Self::prefer_zone) instead.
     ///
     /// ```
-    /// use registry_core::engine::{Instance, Selector};
+    /// use registry_engine::{Instance, Selector};
     ///
     /// let s = Selector::new().zone("eu-1");
     /// assert!(s.matches(&Instance::new("api", "a1").meta("zone", "eu-1")));
@@ -216,7 +216,7 @@ impl Selector {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use registry_core::engine::{Instance, Selector};
+    /// use registry_engine::{Instance, Selector};
     ///
     /// let s = Selector::new().prefer_zone("eu-1");
     /// let a = Arc::new(Instance::new("api", "a").meta("zone", "eu-1"));
@@ -233,7 +233,7 @@ impl Selector {
     /// Only instances for which `test` is true (a custom selector; `what` names it in `Debug`).
     ///
     /// ```
-    /// use registry_core::engine::{Instance, Selector};
+    /// use registry_engine::{Instance, Selector};
     ///
     /// let heavy = Selector::new().filter("weight >= 200", |i: &Instance| i.weight >= 200);
     /// assert!(heavy.matches(&Instance::new("api", "a1").weight(300)));
@@ -404,7 +404,7 @@ impl Selection {
     ///
     /// ```
     /// use futures::StreamExt;
-    /// use registry_core::engine::{Change, Directory, Instance, Selector};
+    /// use registry_engine::{Change, Directory, Instance, Selector};
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let dir = Directory::new();

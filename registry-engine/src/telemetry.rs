@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::register::RegistrationState;
+use crate::registry::RegistrationState;
 
 /// What a registry or discovery labels its metrics with.
 #[derive(Clone)]
@@ -53,7 +53,7 @@ impl fmt::Debug for Telemetry {
 
 impl Default for Telemetry {
     fn default() -> Self {
-        Telemetry::new(super::register::DEFAULT_NAMESPACE)
+        Telemetry::new(crate::registry::DEFAULT_NAMESPACE)
     }
 }
 

@@ -15,15 +15,15 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::directory::Directory;
-use super::discover::{Discovery, DiscoveryOptions, Running, Scope};
-use super::instance::{Instance, InstanceState, Layout};
-use super::keeper::{Cmd, Keeper};
-use super::telemetry::{StateTx, Telemetry};
-use crate::backend::Backend;
-use crate::config::{check_duration, check_max_duration};
-use crate::error::{Error, ErrorKind, Result};
-use crate::lease::LeaseId;
+use crate::instance::{Instance, InstanceState, Layout};
+use crate::read::directory::Directory;
+use crate::read::discovery::{Discovery, DiscoveryOptions, Running, Scope};
+use crate::telemetry::{StateTx, Telemetry};
+use crate::write::keeper::{Cmd, Keeper};
+use registry_core::backend::Backend;
+use registry_core::config::{check_duration, check_max_duration};
+use registry_core::error::{Error, ErrorKind, Result};
+use registry_core::lease::LeaseId;
 
 /// The default namespace under which instances are stored.
 pub const DEFAULT_NAMESPACE: &str = "registry";
@@ -123,7 +123,7 @@ impl Default for LeaseOptions {
 
 impl LeaseOptions {
     /// Checks the options against the backend's declared limits (and
-    /// [`MAX_DURATION`](crate::config::MAX_DURATION), whatever the backend declares, so that no
+    /// [`MAX_DURATION`](registry_core::config::MAX_DURATION), whatever the backend declares, so that no
     /// deadline computed from them can overflow).
     fn validate(&self, backend: &dyn Backend) -> Result<()> {
         check_duration("TTL", self.ttl)?;
@@ -196,17 +196,17 @@ impl RegisterOptions {
 #[derive(Debug, Default)]
 pub struct RegistryStats {
     /// Where the counters are also recorded (the `metrics` facade).
-    pub(super) tel: Telemetry,
-    pub(super) grants: AtomicU64,
-    pub(super) keep_alives: AtomicU64,
-    pub(super) puts: AtomicU64,
-    pub(super) deletes: AtomicU64,
-    pub(super) revokes: AtomicU64,
-    pub(super) lost: AtomicU64,
-    pub(super) recoveries: AtomicU64,
-    pub(super) refused: AtomicU64,
-    pub(super) repairs: AtomicU64,
-    pub(super) conflicts: AtomicU64,
+    pub(crate) tel: Telemetry,
+    pub(crate) grants: AtomicU64,
+    pub(crate) keep_alives: AtomicU64,
+    pub(crate) puts: AtomicU64,
+    pub(crate) deletes: AtomicU64,
+    pub(crate) revokes: AtomicU64,
+    pub(crate) lost: AtomicU64,
+    pub(crate) recoveries: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) repairs: AtomicU64,
+    pub(crate) conflicts: AtomicU64,
 }
 
 /// A copy of [`RegistryStats`] at one moment.
@@ -238,12 +238,12 @@ pub struct RegistryCounts {
 }
 
 impl RegistryStats {
-    pub(super) fn bump(c: &AtomicU64) {
+    pub(crate) fn bump(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one in `c` and in the metric `name`.
-    pub(super) fn record(&self, c: &AtomicU64, name: &'static str) {
+    pub(crate) fn record(&self, c: &AtomicU64, name: &'static str) {
         Self::bump(c);
         self.tel.count(name);
     }
@@ -328,7 +328,7 @@ impl RegistryBuilder {
 
     /// Validates the options against the backend's capabilities and builds the registry. A TTL
     /// below the backend's minimum is an error naming both; so is a heartbeat not shorter than the
-    /// TTL. Every duration must be at most [`MAX_DURATION`](crate::config::MAX_DURATION), and the
+    /// TTL. Every duration must be at most [`MAX_DURATION`](registry_core::config::MAX_DURATION), and the
     /// operation timeout positive ([`InvalidInput`](ErrorKind::InvalidInput) otherwise).
     pub fn build(self) -> Result<Registry> {
         let layout = Layout::new(&self.namespace)?;
@@ -474,7 +474,7 @@ impl Registry {
     ///
     /// ```
     /// # use std::sync::Arc;
-    /// # use registry_core::engine::{Instance, Registry};
+    /// # use registry_engine::{Instance, Registry};
     /// # async fn demo(backend: Arc<dyn registry_core::Backend>) -> registry_core::Result<()> {
     /// let registry = Registry::new(backend)?;
     /// let instances = (0..1000).map(|i| Instance::new("web", format!("w{i}")).addr("10.0.0.1:80"));
@@ -641,7 +641,7 @@ impl Registry {
     /// The instances of `service` (online or offline) as the backend holds them now, read once,
     /// sorted by id, without starting a watch. Values that do not decode are skipped and logged.
     pub async fn get_service(&self, service: &str) -> Result<Vec<Instance>> {
-        super::instance::validate_service(service)?;
+        crate::instance::validate_service(service)?;
         let prefix = self.inner.layout.service_prefix(service);
         let listing = tokio::time::timeout(self.inner.op_timeout, self.inner.backend.list(&prefix))
             .await
@@ -775,7 +775,7 @@ impl Started {
     }
 }
 
-pub(super) fn closed() -> Error {
+pub(crate) fn closed() -> Error {
     Error::new(ErrorKind::Closed, "the registry's lease keeper has stopped")
 }
 
@@ -969,11 +969,11 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::backend::{Capabilities, CondOutcome, Condition};
-    use crate::config::MAX_DURATION;
-    use crate::engine::{DiscoveryOptions, ProbeOptions, Scope};
-    use crate::lease::Lease;
-    use crate::watch::{KeyValue, Listing, WatchStream};
+    use crate::{DiscoveryOptions, ProbeOptions, Scope};
+    use registry_core::backend::{Capabilities, CondOutcome, Condition};
+    use registry_core::config::MAX_DURATION;
+    use registry_core::lease::Lease;
+    use registry_core::watch::{KeyValue, Listing, WatchStream};
 
     /// A backend that declares `caps` and answers nothing: enough for option validation, which
     /// must happen before any call.

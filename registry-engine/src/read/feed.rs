@@ -19,12 +19,12 @@ use futures::Stream;
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
-use super::directory::{Directory, ServiceSnapshot};
-use super::instance::Instance;
-use crate::backend::Revision;
+use crate::instance::Instance;
+use crate::read::directory::{Directory, ServiceSnapshot};
+use registry_core::backend::Revision;
 
 /// How many recent changes a [`Directory`] keeps for [`Directory::all_changes_since`] unless told
-/// otherwise ([`DirectoryBuilder::journal_capacity`](super::DirectoryBuilder::journal_capacity)).
+/// otherwise ([`DirectoryBuilder::journal_capacity`](crate::DirectoryBuilder::journal_capacity)).
 pub const DEFAULT_JOURNAL_CAPACITY: usize = 4096;
 
 /// How many events a consumer copies out of the journal per lock.
@@ -494,7 +494,7 @@ mod tests {
     use futures::{FutureExt, StreamExt};
 
     use super::*;
-    use crate::engine::InstanceState;
+    use crate::InstanceState;
 
     fn inst(service: &str, id: &str) -> Arc<Instance> {
         Arc::new(Instance::new(service, id).addr("10.0.0.1:80"))

@@ -2,7 +2,7 @@
 //! alive on a schedule no command backlog can delay, writes registrations (each with its own
 //! outcome: a value the backend refuses marks that registration only), rewrites everything under a
 //! new lease when the old one is lost, and removes registrations by the identity of their handle,
-//! never by key alone. [`Registry`](super::Registry) and [`Registration`](super::Registration) talk
+//! never by key alone. [`Registry`](crate::Registry) and [`Registration`](crate::Registration) talk
 //! to it through [`Cmd`]s.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,15 +14,15 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until, timeout};
 
-use super::backoff::Backoff;
-use super::register::{LeaseOptions, RegistrationState, RegistryStats, closed};
-use super::telemetry::StateTx;
-use crate::backend::{Backend, CondOutcome, Condition};
-use crate::error::{Error, ErrorKind, Result};
-use crate::lease::{Lease, LeaseId};
+use crate::backoff::Backoff;
+use crate::registry::{LeaseOptions, RegistrationState, RegistryStats, closed};
+use crate::telemetry::StateTx;
+use registry_core::backend::{Backend, CondOutcome, Condition};
+use registry_core::error::{Error, ErrorKind, Result};
+use registry_core::lease::{Lease, LeaseId};
 
 /// What handles and the registry ask of a keeper.
-pub(super) enum Cmd {
+pub(crate) enum Cmd {
     Add {
         key: String,
         token: u64,
@@ -105,7 +105,7 @@ const ADD_BATCH: usize = 4096;
 const UNCERTAIN_DELETE_HEARTBEATS: u32 = 3;
 
 /// Owns one lease and the registrations attached to it.
-pub(super) struct Keeper {
+pub(crate) struct Keeper {
     backend: Arc<dyn Backend>,
     opts: LeaseOptions,
     op_timeout: Duration,
@@ -147,7 +147,7 @@ impl Keeper {
         })
     }
 
-    pub(super) fn new(
+    pub(crate) fn new(
         backend: Arc<dyn Backend>,
         lease: LeaseOptions,
         op_timeout: Duration,
@@ -176,7 +176,7 @@ impl Keeper {
         }
     }
 
-    pub(super) async fn run(
+    pub(crate) async fn run(
         mut self,
         mut rx: mpsc::UnboundedReceiver<Cmd>,
         mut halt: watch::Receiver<bool>,
@@ -656,7 +656,8 @@ impl Keeper {
         let current = match absent {
             CondOutcome::Applied(_) => return Ok(Written::Done),
             CondOutcome::Failed(Some(kv)) => kv,
-            CondOutcome::Failed(None) => return Ok(Written::Raced),
+            // Not applied, and nothing to compare with: try again later.
+            _ => return Ok(Written::Raced),
         };
         let ours = match &current.lease {
             None => true,
@@ -676,7 +677,7 @@ impl Keeper {
             .await?
         {
             CondOutcome::Applied(_) => Ok(Written::Done),
-            CondOutcome::Failed(_) => Ok(Written::Raced),
+            _ => Ok(Written::Raced),
         }
     }
 

@@ -1,5 +1,5 @@
 //! A persistent sequence of instances sorted by id, with positions: the tree behind
-//! [`Instances`](super::Instances) and [`InstanceMap`](super::InstanceMap).
+//! [`Instances`](crate::Instances) and [`InstanceMap`](crate::InstanceMap).
 //!
 //! Written here because no maintained crate has all of what the directory's online list needs at
 //! once: structural sharing (a changed version shares every untouched node with the old one),
@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use arrayvec::ArrayVec;
 
-use super::instance::Instance;
+use crate::instance::Instance;
 
 /// The most entries (instances in a leaf, children in a branch) in a node.
 const MAX: usize = 16;
@@ -753,7 +753,7 @@ fn collect_leaves<'a>(node: &'a Node, out: &mut Vec<&'a [Arc<Instance>]>) {
     }
 }
 
-/// The instances of an [`Instances`](super::Instances) in id order (double-ended, exact size).
+/// The instances of an [`Instances`](crate::Instances) in id order (double-ended, exact size).
 pub struct InstancesIter<'a> {
     inner: std::iter::Flatten<std::vec::IntoIter<&'a [Arc<Instance>]>>,
     remaining: usize,

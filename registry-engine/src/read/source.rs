@@ -1,14 +1,14 @@
 //! Sources: what feeds a [`Directory`].
 //!
 //! A directory is fed by one or more sources. Each publishes, per service, the full set of
-//! instances it knows of; the directory shows their union. The [`Discovery`](super::Discovery)
-//! of a [`Registry`](super::Registry) is the source named [`BACKEND_SOURCE`]; others are added
+//! instances it knows of; the directory shows their union. The [`Discovery`](crate::Discovery)
+//! of a [`Registry`](crate::Registry) is the source named [`BACKEND_SOURCE`]; others are added
 //! with [`Directory::source`]: a static list ([`StaticSource`], from code or a file), or any
 //! program that follows another registry (Consul's catalog, DNS) and publishes what it sees.
 //!
 //! **Collisions are explicit.** Every source has a precedence. When two sources list the same
 //! instance id of a service, the one with the higher precedence is shown and the other is not
-//! (counted in [`ServiceSnapshot::collisions`](super::ServiceSnapshot::collisions), logged once
+//! (counted in [`ServiceSnapshot::collisions`](crate::ServiceSnapshot::collisions), logged once
 //! per id); the backend's precedence is [`BACKEND_PRECEDENCE`]. Two sources may not share a name
 //! or a precedence, so the winner never depends on timing.
 //!
@@ -26,13 +26,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::collections::InstanceMap;
-use super::directory::Directory;
-use super::instance::Instance;
-use crate::backend::Revision;
-use crate::error::{Error, ErrorKind, Result};
+use crate::collections::instances::InstanceMap;
+use crate::instance::Instance;
+use crate::read::directory::Directory;
+use registry_core::backend::Revision;
+use registry_core::error::{Error, ErrorKind, Result};
 
-/// The name of the source a [`Discovery`](super::Discovery) publishes under: the registry's own
+/// The name of the source a [`Discovery`](crate::Discovery) publishes under: the registry's own
 /// backend.
 pub const BACKEND_SOURCE: &str = "backend";
 
@@ -261,10 +261,10 @@ impl Sources {
 /// A source's handle on a [`Directory`]: what it publishes there. From [`Directory::source`].
 ///
 /// Dropping the handle leaves what it published in place (like dropping a
-/// [`Discovery`](super::Discovery)); [`withdraw_all`](Self::withdraw_all) removes it.
+/// [`Discovery`](crate::Discovery)); [`withdraw_all`](Self::withdraw_all) removes it.
 ///
 /// ```
-/// use registry_core::engine::{Directory, Instance};
+/// use registry_engine::{Directory, Instance};
 ///
 /// let dir = Directory::new();
 /// let legacy = dir.source("legacy", 10).unwrap();
@@ -358,7 +358,7 @@ impl SourceHandle {
 /// not registered anywhere (a database, a partner's API), and for migrations.
 ///
 /// ```
-/// use registry_core::engine::{Directory, Instance, StaticSource};
+/// use registry_engine::{Directory, Instance, StaticSource};
 ///
 /// let dir = Directory::new();
 /// let _static = StaticSource::new([
@@ -422,7 +422,7 @@ impl StaticSource {
                 .push(inst.clone());
         }
         for (service, instances) in by_service {
-            if super::instance::validate_service(service).is_err() {
+            if crate::instance::validate_service(service).is_err() {
                 tracing::warn!(
                     source = name,
                     service,

@@ -1,5 +1,5 @@
 //! Optional liveness probing (Pulse's connect-and-monitor): an instance whose probe fails is hidden
-//! from [`get`](crate::engine::Directory::get) and routing at once, and shown again when the probe
+//! from [`get`](crate::Directory::get) and routing at once, and shown again when the probe
 //! recovers, without waiting for its TTL.
 
 use std::collections::BTreeSet;
@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 
-use super::directory::Directory;
-use super::instance::Instance;
+use crate::instance::Instance;
+use crate::read::directory::Directory;
 
 /// Decides whether an instance is reachable.
 #[async_trait]
@@ -82,7 +82,7 @@ impl fmt::Debug for ProbeOptions {
 
 impl ProbeOptions {
     /// Probes with `probe` every `interval`, 16 instances at a time. The interval must be positive
-    /// and at most [`MAX_DURATION`](crate::config::MAX_DURATION): a discovery refuses to start
+    /// and at most [`MAX_DURATION`](registry_core::config::MAX_DURATION): a discovery refuses to start
     /// with anything else.
     pub fn new(probe: impl Probe, interval: Duration) -> Self {
         ProbeOptions {
@@ -147,7 +147,7 @@ pub(crate) async fn run(
     }
 }
 
-fn snap_hidden(snap: &super::directory::ServiceSnapshot) -> BTreeSet<String> {
+fn snap_hidden(snap: &crate::read::directory::ServiceSnapshot) -> BTreeSet<String> {
     snap.all()
         .keys()
         .filter(|id| snap.is_hidden(id))

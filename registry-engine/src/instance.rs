@@ -17,7 +17,7 @@ use std::fmt;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, ErrorKind, Result};
+use registry_core::error::{Error, ErrorKind, Result};
 
 /// The format version written in every instance document.
 pub const FORMAT_VERSION: u32 = 1;
@@ -38,8 +38,8 @@ pub enum InstanceState {
     /// Listed and routed to.
     #[default]
     Online,
-    /// Still listed (visible in [`Directory::all`](crate::engine::Directory::all)), but out of
-    /// [`Directory::get`](crate::engine::Directory::get) and of routing.
+    /// Still listed (visible in [`Directory::all`](crate::Directory::all)), but out of
+    /// [`Directory::get`](crate::Directory::get) and of routing.
     Offline,
 }
 

@@ -1,0 +1,46 @@
+#![doc = include_str!("../README.md")]
+//!
+//! ```no_run
+//! # async fn demo(backend: std::sync::Arc<dyn registry_core::Backend>) -> registry_core::Result<()> {
+//! use registry_engine::{Instance, Registry};
+//!
+//! let registry = Registry::new(backend)?;
+//! let _web1 = registry.register(Instance::new("web", "web-1").addr("10.0.0.1:8080")).await?;
+//! let discovery = registry.discover("web").await?;
+//! let owner = discovery.directory().find("web", "user-42");
+//! # let _ = owner; Ok(()) }
+//! ```
+
+mod backoff;
+mod collections;
+mod instance;
+mod read;
+mod registry;
+mod route;
+mod telemetry;
+mod write;
+
+pub use backoff::Backoff;
+pub use collections::instances::{InstanceMap, Instances, InstancesIter};
+pub use collections::ring::{DEFAULT_VNODES, MAX_VNODES, PROBES, Ring, hash_key, probes};
+pub use instance::{
+    DEFAULT_WEIGHT, FORMAT_VERSION, Instance, InstanceState, MAX_ID_LEN, MAX_SERVICE_LEN,
+    MAX_WEIGHT, validate_id, validate_namespace, validate_service,
+};
+pub use read::directory::{Change, Changes, Directory, DirectoryBuilder, ServiceSnapshot};
+pub use read::discovery::{
+    APPLY_DELAY_BUCKETS, ApplyDelay, Discovery, DiscoveryCounts, DiscoveryOptions, Scope,
+};
+pub use read::feed::{
+    AllChanges, ChangeKind, DEFAULT_JOURNAL_CAPACITY, DirectoryChange, DirectoryEvent, Resync,
+    ResyncReason,
+};
+pub use read::probe::{Probe, ProbeOptions, TcpProbe};
+pub use read::source::{BACKEND_PRECEDENCE, BACKEND_SOURCE, SourceHandle, StaticSource};
+pub use registry::{
+    DEFAULT_HEARTBEAT, DEFAULT_NAMESPACE, DEFAULT_TTL, DEFAULT_WRITE_CONCURRENCY, LeaseOptions,
+    RegisterOptions, Registration, RegistrationState, Registry, RegistryBuilder, RegistryCounts,
+    RegistryStats,
+};
+pub use route::dispatch::{DispatchError, DispatchLayer, DispatchService, Dispatcher, Failover};
+pub use route::select::{SelectedChanges, Selection, Selector, ZONE_KEY};

@@ -1,0 +1,8 @@
+//! The read side: discoveries follow the backend into the [`Directory`](crate::Directory), which
+//! other sources feed too; snapshots, change streams, the journal feed and liveness probes.
+
+pub(crate) mod directory;
+pub(crate) mod discovery;
+pub(crate) mod feed;
+pub(crate) mod probe;
+pub(crate) mod source;
