@@ -13,7 +13,7 @@
 
 mod backoff;
 mod collections;
-mod instance;
+mod model;
 mod read;
 mod registry;
 mod route;
@@ -23,9 +23,10 @@ mod write;
 pub use backoff::Backoff;
 pub use collections::instances::{InstanceMap, Instances, InstancesIter};
 pub use collections::ring::{DEFAULT_VNODES, MAX_VNODES, PROBES, Ring, hash_key, probes};
-pub use instance::{
-    DEFAULT_WEIGHT, FORMAT_VERSION, Instance, InstanceState, MAX_ID_LEN, MAX_SERVICE_LEN,
-    MAX_WEIGHT, validate_id, validate_namespace, validate_service,
+pub use model::instance::{DEFAULT_WEIGHT, FORMAT_VERSION, Instance, InstanceState, MAX_WEIGHT};
+pub use model::layout::DEFAULT_NAMESPACE;
+pub use model::names::{
+    MAX_ID_LEN, MAX_SERVICE_LEN, validate_id, validate_namespace, validate_service,
 };
 pub use read::directory::{Change, Changes, Directory, DirectoryBuilder, ServiceSnapshot};
 pub use read::discovery::{
@@ -37,10 +38,12 @@ pub use read::feed::{
 };
 pub use read::probe::{Probe, ProbeOptions, TcpProbe};
 pub use read::source::{BACKEND_PRECEDENCE, BACKEND_SOURCE, SourceHandle, StaticSource};
-pub use registry::{
-    DEFAULT_HEARTBEAT, DEFAULT_NAMESPACE, DEFAULT_TTL, DEFAULT_WRITE_CONCURRENCY, LeaseOptions,
-    RegisterOptions, Registration, RegistrationState, Registry, RegistryBuilder, RegistryCounts,
-    RegistryStats,
+pub use registry::{Registry, RegistryBuilder};
+pub use write::options::{
+    DEFAULT_HEARTBEAT, DEFAULT_TTL, DEFAULT_WRITE_CONCURRENCY, LeaseOptions, RegisterOptions,
 };
+pub use write::registration::Registration;
+pub use write::state::RegistrationState;
+pub use write::stats::{RegistryCounts, RegistryStats};
 pub use route::dispatch::{DispatchError, DispatchLayer, DispatchService, Dispatcher, Failover};
 pub use route::select::{SelectedChanges, Selection, Selector, ZONE_KEY};

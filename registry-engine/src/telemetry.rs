@@ -33,9 +33,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
-
-use crate::registry::RegistrationState;
+use crate::model::layout::DEFAULT_NAMESPACE;
 
 /// What a registry or discovery labels its metrics with.
 #[derive(Clone)]
@@ -53,7 +51,7 @@ impl fmt::Debug for Telemetry {
 
 impl Default for Telemetry {
     fn default() -> Self {
-        Telemetry::new(crate::registry::DEFAULT_NAMESPACE)
+        Telemetry::new(DEFAULT_NAMESPACE)
     }
 }
 
@@ -78,104 +76,8 @@ impl Telemetry {
             .set(f64::from(u8::from(stale)));
     }
 
-    fn registrations(&self, state: &'static str, delta: f64) {
+    pub(crate) fn registrations(&self, state: &'static str, delta: f64) {
         metrics::gauge!("registry_registrations", "namespace" => self.namespace.to_string(), "state" => state)
             .increment(delta);
-    }
-}
-
-/// The sending side of a registration's state: every change is counted in the
-/// `registry_registrations` gauge and logged with the registration's service and id.
-pub(crate) struct StateTx {
-    tx: watch::Sender<RegistrationState>,
-    tel: Telemetry,
-    service: Arc<str>,
-    id: Arc<str>,
-}
-
-/// States a registration is counted in; `deregistered` is not one (it is gone).
-fn counted(state: &RegistrationState) -> Option<&'static str> {
-    match state {
-        RegistrationState::Deregistered => None,
-        s => Some(s.name()),
-    }
-}
-
-impl StateTx {
-    pub(crate) fn new(
-        initial: RegistrationState,
-        tel: Telemetry,
-        service: &str,
-        id: &str,
-    ) -> (StateTx, watch::Receiver<RegistrationState>) {
-        if let Some(name) = counted(&initial) {
-            tel.registrations(name, 1.0);
-        }
-        let (tx, rx) = watch::channel(initial);
-        (
-            StateTx {
-                tx,
-                tel,
-                service: Arc::from(service),
-                id: Arc::from(id),
-            },
-            rx,
-        )
-    }
-
-    /// Replaces the state (like [`watch::Sender::send_replace`]), counting and logging a change.
-    pub(crate) fn send_replace(&self, next: RegistrationState) -> RegistrationState {
-        let (from, to) = (counted(&self.tx.borrow()), counted(&next));
-        let prev_name = self.tx.borrow().name();
-        let changed = prev_name != next.name();
-        if changed {
-            if let Some(f) = from {
-                self.tel.registrations(f, -1.0);
-            }
-            if let Some(t) = to {
-                self.tel.registrations(t, 1.0);
-            }
-            let (service, id, state) = (&*self.service, &*self.id, next.name());
-            match &next {
-                RegistrationState::Registered { lease, .. } => {
-                    tracing::info!(service, id, state, from = prev_name, lease = %lease, "registration state");
-                }
-                RegistrationState::Lost { error, .. } => {
-                    tracing::warn!(service, id, state, from = prev_name, error = %error, "registration state");
-                }
-                RegistrationState::Conflict { holder, .. } => {
-                    tracing::warn!(service, id, state, from = prev_name, holder = %holder, "registration state");
-                }
-                RegistrationState::Registering { last_error } => {
-                    tracing::info!(
-                        service,
-                        id,
-                        state,
-                        from = prev_name,
-                        last_error = last_error.as_ref().map(tracing::field::display),
-                        "registration state"
-                    );
-                }
-                RegistrationState::Deregistered => {
-                    tracing::info!(service, id, state, from = prev_name, "registration state");
-                }
-            }
-        }
-        self.tx.send_replace(next)
-    }
-
-    /// The current state.
-    pub(crate) fn borrow(&self) -> watch::Ref<'_, RegistrationState> {
-        self.tx.borrow()
-    }
-}
-
-impl Drop for StateTx {
-    fn drop(&mut self) {
-        // A registration dropped without reaching `Deregistered` (its keeper went away) is no
-        // longer counted either.
-        if let Some(name) = counted(&self.tx.borrow()) {
-            self.tel.registrations(name, -1.0);
-        }
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 pub use crate::collections::tree::InstancesIter;
 use crate::collections::tree::{Difference, Seq};
-use crate::instance::Instance;
+use crate::model::instance::Instance;
 
 /// Online instances of a service, sorted by id, shared and immutable: what [`Directory::get`]
 /// returns (one atomic load and a reference count, whatever the size).

@@ -30,7 +30,7 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::instance::{DEFAULT_WEIGHT, Instance, MAX_WEIGHT};
+use crate::model::instance::{DEFAULT_WEIGHT, Instance, MAX_WEIGHT};
 
 /// Points per instance at the default weight.
 pub const DEFAULT_VNODES: u32 = 2;

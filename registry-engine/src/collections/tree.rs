@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use arrayvec::ArrayVec;
 
-use crate::instance::Instance;
+use crate::model::instance::Instance;
 
 /// The most entries (instances in a leaf, children in a branch) in a node.
 const MAX: usize = 16;

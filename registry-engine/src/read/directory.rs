@@ -31,7 +31,7 @@ use tokio_stream::wrappers::WatchStream;
 
 use crate::collections::instances::{InstanceMap, Instances};
 use crate::collections::ring::{DEFAULT_VNODES, Ring};
-use crate::instance::Instance;
+use crate::model::instance::Instance;
 use crate::read::feed::{AllChanges, ChangeKind, DEFAULT_JOURNAL_CAPACITY, Journal};
 use crate::read::source::{
     BACKEND_PRECEDENCE, BACKEND_SOURCE, Merged, Origin, SourceHandle, SourceKey, Sources,

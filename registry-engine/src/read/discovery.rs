@@ -15,7 +15,8 @@ use tokio::time::timeout;
 
 use crate::backoff::Backoff;
 use crate::collections::instances::InstanceMap;
-use crate::instance::{Instance, Layout};
+use crate::model::instance::Instance;
+use crate::model::layout::Layout;
 use crate::read::directory::{Directory, Touched};
 use crate::read::probe::{self, ProbeOptions};
 use crate::telemetry::Telemetry;
@@ -242,7 +243,7 @@ impl Discovery {
         opts: DiscoveryOptions,
     ) -> Result<Discovery> {
         if let Scope::Service(s) = &scope {
-            crate::instance::validate_service(s)?;
+            crate::model::names::validate_service(s)?;
         }
         opts.validate()?;
         let stats = Arc::new(Stats {

@@ -19,7 +19,7 @@ use futures::Stream;
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
-use crate::instance::Instance;
+use crate::model::instance::Instance;
 use crate::read::directory::{Directory, ServiceSnapshot};
 use registry_core::backend::Revision;
 

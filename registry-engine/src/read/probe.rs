@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 
-use crate::instance::Instance;
+use crate::model::instance::Instance;
 use crate::read::directory::Directory;
 
 /// Decides whether an instance is reachable.

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::collections::instances::InstanceMap;
-use crate::instance::Instance;
+use crate::model::instance::Instance;
 use crate::read::directory::Directory;
 use registry_core::backend::Revision;
 use registry_core::error::{Error, ErrorKind, Result};
@@ -422,7 +422,7 @@ impl StaticSource {
                 .push(inst.clone());
         }
         for (service, instances) in by_service {
-            if crate::instance::validate_service(service).is_err() {
+            if crate::model::names::validate_service(service).is_err() {
                 tracing::warn!(
                     source = name,
                     service,

@@ -16,7 +16,7 @@ use futures::future::join_all;
 use tokio::task::JoinHandle;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::instance::Instance;
+use crate::model::instance::Instance;
 use crate::read::directory::Directory;
 use crate::route::select::Selection;
 

@@ -10,7 +10,7 @@ use futures::Stream;
 
 use crate::collections::instances::Instances;
 use crate::collections::ring::Ring;
-use crate::instance::Instance;
+use crate::model::instance::Instance;
 use crate::read::directory::{Change, ChangeQueue, Directory, ServiceSnapshot};
 use registry_core::error::{Error, Result};
 

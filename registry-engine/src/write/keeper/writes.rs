@@ -1,281 +1,33 @@
-//! The keeper: the task that owns one lease and the registrations on it. It keeps the lease
-//! alive on a schedule no command backlog can delay, writes registrations (each with its own
-//! outcome: a value the backend refuses marks that registration only), rewrites everything under a
-//! new lease when the old one is lost, and removes registrations by the identity of their handle,
-//! never by key alone. [`Registry`](crate::Registry) and [`Registration`](crate::Registration) talk
-//! to it through [`Cmd`]s.
+//! Write scheduling: new registrations written in runs (many in flight, stopping when the
+//! keep-alive is due), updates, removals by handle, deletes retried while the key is still on our
+//! lease, and the read-back that repairs what someone else deleted or overwrote.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::{Instant, sleep_until, timeout};
-
-use crate::backoff::Backoff;
-use crate::registry::{LeaseOptions, RegistrationState, RegistryStats, closed};
-use crate::telemetry::StateTx;
-use registry_core::backend::{Backend, CondOutcome, Condition};
+use registry_core::backend::{CondOutcome, Condition};
 use registry_core::error::{Error, ErrorKind, Result};
-use registry_core::lease::{Lease, LeaseId};
+use registry_core::lease::LeaseId;
+use tokio::time::{Instant, timeout};
 
-/// What handles and the registry ask of a keeper.
-pub(crate) enum Cmd {
-    Add {
-        key: String,
-        token: u64,
-        cancelled: Arc<AtomicBool>,
-        value: Bytes,
-        /// Whether the first write may replace the id held by another live owner.
-        takeover: bool,
-        state: StateTx,
-        done: Option<oneshot::Sender<Result<()>>>,
-    },
-    Update {
-        key: String,
-        token: u64,
-        value: Bytes,
-        done: oneshot::Sender<Result<()>>,
-    },
-    Remove {
-        key: String,
-        token: u64,
-        done: Option<oneshot::Sender<Result<()>>>,
-    },
-    /// Deregister everything and stop.
-    Shutdown { done: oneshot::Sender<Result<()>> },
-}
+use super::{Cmd, Keeper, Member, Written};
+use crate::write::state::{RegistrationState, closed};
 
-struct Member {
-    /// The handle this member belongs to.
-    token: u64,
-    value: Bytes,
-    /// The value the backend last accepted for this key, if any: what an update the backend
-    /// refuses for good falls back to. `None` until the first write succeeded: only that first
-    /// write may take over the id (see [`Cmd::Add::takeover`]).
-    accepted: Option<Bytes>,
-    state: StateTx,
-    written: bool,
-    /// Why the backend refused `value` for good (too large, not allowed). Such a member is
-    /// written again only at heartbeats, and blocks no other registration.
-    refused: Option<Error>,
-    /// The last write timed out: it may have been applied, or may still be applied later.
-    uncertain: bool,
-    takeover: bool,
-    /// Another live owner holds the key: we do not write over it (retried at heartbeats, with
-    /// "only if absent").
-    conflict: Option<LeaseId>,
-}
-
-impl Member {
-    /// Left out of ordinary writes (retried once per heartbeat only).
-    fn parked(&self) -> bool {
-        self.refused.is_some() || self.conflict.is_some()
-    }
-}
-
-/// How one conditional write of a registration ended.
-enum Written {
-    Done,
-    /// Another live owner holds the key.
-    Conflict(LeaseId),
-    /// The key changed between our read and our write: try again later.
-    Raced,
-}
-
-/// How many of our earlier leases we remember: a key still attached to one of them (a lease we
-/// presumed lost while it was in fact alive) is ours to overwrite, not a conflict.
-const PAST_LEASES: usize = 8;
 /// Reads in flight when the keeper checks its own keys at a heartbeat.
 const VERIFY_CONCURRENCY: usize = 16;
 /// Registrations read back per heartbeat (see [`Keeper::verify`]).
 const VERIFY_BATCH: usize = 256;
-
-/// The most new registrations taken off the command queue and written as one run (see
-/// [`Keeper::add_many`]): the writes in flight drain at the end of each run, and every caller of
-/// a run waits for the last write of it. A due keep-alive never waits for a run: writes stop
-/// starting when it is due (see [`Keeper::try_write_pending`]).
-const ADD_BATCH: usize = 4096;
 
 /// How many heartbeats a deregistered key whose last write timed out is deleted again (while it
 /// is attached to our lease): a write in flight lands within a few request timeouts, far less than
 /// this many heartbeats.
 const UNCERTAIN_DELETE_HEARTBEATS: u32 = 3;
 
-/// Owns one lease and the registrations attached to it.
-pub(crate) struct Keeper {
-    backend: Arc<dyn Backend>,
-    opts: LeaseOptions,
-    op_timeout: Duration,
-    /// Registration writes in flight at once.
-    write_concurrency: usize,
-    /// The last [`try_write_pending`](Self::try_write_pending) stopped starting writes because
-    /// the keep-alive was due: some registrations are left for right after it.
-    unfinished: bool,
-    lease: Option<Lease>,
-    /// Our earlier leases, newest last (see [`PAST_LEASES`]).
-    past_leases: Vec<LeaseId>,
-    /// The last key read back at the previous heartbeat (see [`Keeper::verify`]).
-    verify_cursor: Option<String>,
-    /// The last moment the backend confirmed the lease (grant or keep-alive).
-    last_ok: Instant,
-    members: BTreeMap<String, Member>,
-    /// Every key of `members` that may be unwritten (a superset: pruned by
-    /// [`try_write_pending`](Self::try_write_pending)), so that writing one new registration
-    /// does not scan all the others: with 100,000 registrations, a scan per write made
-    /// registering them one by one quadratic.
-    dirty: BTreeSet<String>,
-    /// Keys deregistered while the backend was unreachable, still attached to the live lease.
-    /// Keys to delete (while attached to our lease) at the next heartbeats, with how many more
-    /// heartbeats to do it: one for a delete that failed, more for a key whose last write timed
-    /// out (that write may still land after the delete and bring the key back).
-    pending_deletes: BTreeMap<String, u32>,
-    backoff: Backoff,
-    next_tick: Option<Instant>,
-    stats: Arc<RegistryStats>,
-}
-
 impl Keeper {
-    /// Whether a registration waits to be written (not parked by a refusal or a conflict).
-    fn has_unwritten(&self) -> bool {
-        self.dirty.iter().any(|k| {
-            self.members
-                .get(k)
-                .is_some_and(|m| !m.written && !m.parked())
-        })
-    }
-
-    pub(crate) fn new(
-        backend: Arc<dyn Backend>,
-        lease: LeaseOptions,
-        op_timeout: Duration,
-        write_concurrency: usize,
-        stats: Arc<RegistryStats>,
-    ) -> Keeper {
-        Keeper {
-            backend,
-            opts: lease,
-            op_timeout,
-            write_concurrency: write_concurrency.max(1),
-            unfinished: false,
-            lease: None,
-            past_leases: Vec::new(),
-            verify_cursor: None,
-            last_ok: Instant::now(),
-            members: BTreeMap::new(),
-            dirty: BTreeSet::new(),
-            pending_deletes: BTreeMap::new(),
-            backoff: Backoff::new(
-                Duration::from_millis(100).min(lease.heartbeat / 2),
-                lease.heartbeat.max(Duration::from_millis(200)),
-            ),
-            next_tick: None,
-            stats,
-        }
-    }
-
-    pub(crate) async fn run(
-        mut self,
-        mut rx: mpsc::UnboundedReceiver<Cmd>,
-        mut halt: watch::Receiver<bool>,
-    ) {
-        loop {
-            let tick = self.next_tick;
-            tokio::select! {
-                biased;
-                // The registry may be dropped while handles live on; only a real halt stops us.
-                true = async { halt.wait_for(|h| *h).await.is_ok() } => {
-                    tracing::info!("registry halted: keep-alives stopped without deregistering");
-                    return;
-                }
-                // A due keep-alive goes before any queued command: a backlog of registrations
-                // against a slow backend must not let the lease run out.
-                _ = sleep_until(tick.unwrap_or_else(far_future)), if tick.is_some() => self.tick().await,
-                cmd = rx.recv() => match cmd {
-                    Some(Cmd::Shutdown { done }) => {
-                        let _ = done.send(self.shutdown().await);
-                        return;
-                    }
-                    Some(add @ Cmd::Add { .. }) => {
-                        // Registrations queued behind this one are written together, many in
-                        // flight at once. Only a run of consecutive adds is taken: the first
-                        // other command ends it and runs right after, so an update or removal
-                        // never overtakes the registration it follows.
-                        let mut adds = vec![add];
-                        let mut next = None;
-                        while adds.len() < ADD_BATCH {
-                            match rx.try_recv() {
-                                Ok(add @ Cmd::Add { .. }) => adds.push(add),
-                                Ok(other) => {
-                                    next = Some(other);
-                                    break;
-                                }
-                                Err(_) => break,
-                            }
-                        }
-                        self.add_many(adds).await;
-                        match next {
-                            Some(Cmd::Shutdown { done }) => {
-                                let _ = done.send(self.shutdown().await);
-                                return;
-                            }
-                            Some(cmd) => self.handle(cmd).await,
-                            None => {}
-                        }
-                    }
-                    Some(cmd) => self.handle(cmd).await,
-                    None => {
-                        // Every handle and the registry are gone: nothing is left to keep.
-                        if let Some(lease) = self.lease.take() {
-                            let _ = self.call(self.backend.revoke(&lease.id)).await;
-                        }
-                        return;
-                    }
-                },
-            }
-        }
-    }
-
-    async fn call<T>(&self, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-        match timeout(self.op_timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::new(
-                ErrorKind::Timeout,
-                format!("backend did not answer within {:?}", self.op_timeout),
-            )),
-        }
-    }
-
-    /// The next keep-alive is due one heartbeat after the backend last confirmed the lease: writes
-    /// do not renew a lease, so they must never push the keep-alive back (a steady stream of
-    /// registrations would otherwise starve it until the lease expired).
-    fn schedule_heartbeat(&mut self) {
-        self.backoff.reset();
-        self.next_tick = if self.members.is_empty() && self.pending_deletes.is_empty() {
-            None
-        } else {
-            Some(self.last_ok + self.opts.heartbeat)
-        };
-    }
-
-    fn schedule_retry(&mut self) {
-        let mut at = Instant::now() + self.backoff.next_delay();
-        // While the lease may still be alive, retry before it would run out.
-        if self.lease.is_some() {
-            let expiry = self.last_ok + self.opts.ttl;
-            if at > expiry {
-                at = expiry.max(Instant::now());
-            }
-        }
-        self.next_tick = Some(at);
-    }
-
     /// Registers a run of new members: each is checked and inserted, then all are written
     /// together (see [`try_write_pending`](Self::try_write_pending)), and each caller gets the
     /// outcome of its own registration.
-    async fn add_many(&mut self, adds: Vec<Cmd>) {
+    pub(super) async fn add_many(&mut self, adds: Vec<Cmd>) {
         let mut waiting = Vec::with_capacity(adds.len());
         for cmd in adds {
             let Cmd::Add {
@@ -387,102 +139,55 @@ impl Keeper {
         }
     }
 
-    async fn handle(&mut self, cmd: Cmd) {
-        match cmd {
-            add @ Cmd::Add { .. } => self.add_many(vec![add]).await,
-            Cmd::Update {
-                key,
-                token,
-                value,
-                done,
-            } => {
-                let lease_before = self.lease.as_ref().map(|l| l.id.clone());
-                let result = match self.members.get_mut(&key) {
-                    Some(m) if m.token == token => {
-                        // Whether the backend holds this member's accepted value right now.
-                        let was_written = m.written;
-                        m.value = value;
-                        m.written = false;
-                        self.dirty.insert(key.clone());
-                        m.refused = None;
-                        let _ = self.write_pending().await;
-                        let same_lease = lease_before.is_some()
-                            && self.lease.as_ref().map(|l| &l.id) == lease_before.as_ref();
-                        match self.members.get_mut(&key) {
-                            Some(m) if m.written => Ok(()),
-                            Some(m) if m.refused.is_some() => {
-                                // Refused for good: keep the last value the backend accepted.
-                                let e = m.refused.take().unwrap_or_else(closed);
-                                match m.accepted.clone() {
-                                    // Still what the backend holds, under the same lease.
-                                    Some(v) if was_written && same_lease => {
-                                        m.value = v;
-                                        m.written = true;
-                                    }
-                                    // Not there (the lease was lost, or it was never written
-                                    // under this one): write the accepted value again now.
-                                    Some(v) => {
-                                        m.value = v;
-                                        let _ = self.write_pending().await;
-                                    }
-                                    None => m.refused = Some(e.clone()),
-                                }
-                                Err(e)
+    /// Applies a handle's update: writes the new value now; a value the backend refuses for good
+    /// falls back to the last accepted one (written again if it is no longer there).
+    pub(super) async fn update(&mut self, key: String, token: u64, value: Bytes) -> Result<()> {
+        let lease_before = self.lease.as_ref().map(|l| l.id.clone());
+        match self.members.get_mut(&key) {
+            Some(m) if m.token == token => {
+                // Whether the backend holds this member's accepted value right now.
+                let was_written = m.written;
+                m.value = value;
+                m.written = false;
+                self.dirty.insert(key.clone());
+                m.refused = None;
+                let _ = self.write_pending().await;
+                let same_lease = lease_before.is_some()
+                    && self.lease.as_ref().map(|l| &l.id) == lease_before.as_ref();
+                match self.members.get_mut(&key) {
+                    Some(m) if m.written => Ok(()),
+                    Some(m) if m.refused.is_some() => {
+                        // Refused for good: keep the last value the backend accepted.
+                        let e = m.refused.take().unwrap_or_else(closed);
+                        match m.accepted.clone() {
+                            // Still what the backend holds, under the same lease.
+                            Some(v) if was_written && same_lease => {
+                                m.value = v;
+                                m.written = true;
                             }
-                            _ => Err(Error::unavailable(format!(
-                                "{key}: update not written yet; it will be at the next attempt"
-                            ))),
+                            // Not there (the lease was lost, or it was never written
+                            // under this one): write the accepted value again now.
+                            Some(v) => {
+                                m.value = v;
+                                let _ = self.write_pending().await;
+                            }
+                            None => m.refused = Some(e.clone()),
                         }
+                        Err(e)
                     }
-                    _ => Err(Error::new(
-                        ErrorKind::NotFound,
-                        format!("{key} is not registered by this handle"),
-                    )),
-                };
-                let _ = done.send(result);
-            }
-            // The run loop stops after this; here only for completeness.
-            Cmd::Shutdown { done } => {
-                let _ = done.send(self.shutdown().await);
-            }
-            Cmd::Remove { key, token, done } => {
-                let result = if self.members.get(&key).is_some_and(|m| m.token == token) {
-                    self.remove(&key).await
-                } else {
-                    // Not this handle's (a rejected duplicate, or already removed).
-                    Ok(())
-                };
-                if let Some(done) = done {
-                    let _ = done.send(result);
+                    _ => Err(Error::unavailable(format!(
+                        "{key}: update not written yet; it will be at the next attempt"
+                    ))),
                 }
             }
+            _ => Err(Error::new(
+                ErrorKind::NotFound,
+                format!("{key} is not registered by this handle"),
+            )),
         }
     }
 
-    /// Every member deregistered: the lease revoked (its keys go with it), or, without a lease,
-    /// nothing of ours is in the backend.
-    async fn shutdown(&mut self) -> Result<()> {
-        for (_, m) in std::mem::take(&mut self.members) {
-            m.state.send_replace(RegistrationState::Deregistered);
-        }
-        self.pending_deletes.clear();
-        self.next_tick = None;
-        let Some(lease) = self.lease.take() else {
-            return Ok(());
-        };
-        tracing::info!(lease = %lease.id, "registry shutting down: revoking its lease");
-        match self.call(self.backend.revoke(&lease.id)).await {
-            Ok(()) => {
-                self.stats
-                    .record(&self.stats.revokes, "registry_lease_revokes_total");
-                Ok(())
-            }
-            Err(e) if e.kind() == ErrorKind::LeaseNotFound => Ok(()),
-            Err(e) => Err(e.context("shutdown: revoking the lease")),
-        }
-    }
-
-    async fn remove(&mut self, key: &str) -> Result<()> {
+    pub(super) async fn remove(&mut self, key: &str) -> Result<()> {
         let Some(member) = self.members.remove(key) else {
             return Ok(());
         };
@@ -552,61 +257,7 @@ impl Keeper {
         result
     }
 
-    fn schedule_heartbeat_if_idle(&mut self) {
-        if self.members.is_empty() && self.pending_deletes.is_empty() {
-            self.next_tick = None;
-        }
-    }
-
-    async fn tick(&mut self) {
-        self.next_tick = None;
-        let Some(lease) = self.lease.clone() else {
-            let _ = self.write_pending().await;
-            return;
-        };
-        let sent = Instant::now();
-        let ka = self.call(self.backend.keep_alive(&lease.id)).await;
-        if ka.is_ok() {
-            self.stats
-                .tel
-                .seconds("registry_keep_alive_seconds", sent.elapsed());
-        }
-        self.stats
-            .record(&self.stats.keep_alives, "registry_keep_alives_total");
-        match ka {
-            Ok(_) => {
-                self.last_ok = Instant::now();
-                self.retry_deletes(&lease.id).await;
-                if self.members.is_empty() && self.pending_deletes.is_empty() {
-                    // Only deletes were pending and they are done: the lease has no purpose left.
-                    if self.call(self.backend.revoke(&lease.id)).await.is_ok() {
-                        self.stats
-                            .record(&self.stats.revokes, "registry_lease_revokes_total");
-                    }
-                    self.lease = None;
-                    self.next_tick = None;
-                    return;
-                }
-                self.verify(&lease.id).await;
-                let _ = self.write_pending_with(true).await;
-            }
-            Err(e) if e.kind() == ErrorKind::LeaseNotFound => {
-                self.lose(e);
-                let _ = self.write_pending().await;
-            }
-            Err(e) => {
-                if self.last_ok.elapsed() >= self.opts.ttl {
-                    self.lose(e);
-                    let _ = self.write_pending().await;
-                } else {
-                    tracing::warn!(error = %e, "keep-alive failed; retrying while the lease may still be alive");
-                    self.schedule_retry();
-                }
-            }
-        }
-    }
-
-    async fn retry_deletes(&mut self, lease: &LeaseId) {
+    pub(super) async fn retry_deletes(&mut self, lease: &LeaseId) {
         let keys: Vec<String> = self.pending_deletes.keys().cloned().collect();
         for key in keys {
             if self.delete_if_ours(&key, lease).await.is_ok() {
@@ -624,7 +275,7 @@ impl Keeper {
     /// runs, another process may have registered the same instance, and that registration is not
     /// ours to remove. One conditional delete, checked on the server: a read followed by a delete
     /// would remove a registration written between the two.
-    async fn delete_if_ours(&self, key: &str, lease: &LeaseId) -> Result<()> {
+    pub(super) async fn delete_if_ours(&self, key: &str, lease: &LeaseId) -> Result<()> {
         let cond = Condition::Lease(lease.clone());
         if self
             .call(self.backend.delete_if(key, cond))
@@ -642,7 +293,7 @@ impl Keeper {
     /// registration), or, on the first write, held by another owner when `takeover` was asked or
     /// the stored value is exactly ours (the same instance, restarted before its old lease ended).
     /// A key another live owner holds is never overwritten otherwise: [`Written::Conflict`].
-    async fn write_member(&self, key: &str, value: Bytes, lease: &LeaseId) -> Result<Written> {
+    pub(super) async fn write_member(&self, key: &str, value: Bytes, lease: &LeaseId) -> Result<Written> {
         let (first, takeover) = match self.members.get(key) {
             Some(m) => (m.accepted.is_none(), m.takeover),
             None => return Ok(Written::Raced),
@@ -682,7 +333,7 @@ impl Keeper {
     }
 
     /// Another live owner holds `key`: say so (once) and leave it alone.
-    fn conflicted(&mut self, key: &str, holder: LeaseId) {
+    pub(super) fn conflicted(&mut self, key: &str, holder: LeaseId) {
         let Some(m) = self.members.get_mut(key) else {
             return;
         };
@@ -713,7 +364,7 @@ impl Keeper {
     /// At most [`VERIFY_BATCH`] per heartbeat, taking turns (in key order, from where the last
     /// heartbeat stopped): a process with many registrations checks each within a few heartbeats
     /// instead of stalling its keep-alives behind thousands of reads.
-    async fn verify(&mut self, lease: &LeaseId) {
+    pub(super) async fn verify(&mut self, lease: &LeaseId) {
         use futures::StreamExt;
         use std::ops::Bound::{Excluded, Unbounded};
         let written =
@@ -781,45 +432,15 @@ impl Keeper {
         }
     }
 
-    /// The lease is gone (or must be presumed gone): every registration is lost until written again.
-    fn lose(&mut self, error: Error) {
-        self.stats
-            .record(&self.stats.lost, "registry_lease_losses_total");
-        tracing::warn!(error = %error, members = self.members.len(), "lease lost; registrations will be written again under a new lease");
-        if let Some(old) = self.lease.take() {
-            // It may still be alive on the server (we could not reach it): keys found on it
-            // later are ours to overwrite.
-            self.past_leases.push(old.id);
-            if self.past_leases.len() > PAST_LEASES {
-                self.past_leases.remove(0);
-            }
-        }
-        self.pending_deletes.clear();
-        let since = Instant::now();
-        self.dirty.extend(self.members.keys().cloned());
-        for (key, m) in &mut self.members {
-            m.written = false;
-            let was_registered = m.state.borrow().is_registered()
-                || matches!(&*m.state.borrow(), RegistrationState::Lost { .. });
-            if was_registered {
-                tracing::warn!(key = %key, "registration lost");
-                m.state.send_replace(RegistrationState::Lost {
-                    since,
-                    error: error.clone(),
-                });
-            }
-        }
-    }
-
     /// Writes every unwritten registration, granting a lease first if there is none. Schedules the
     /// next tick: a heartbeat on success, a jittered retry on failure.
-    async fn write_pending(&mut self) -> Result<()> {
+    pub(super) async fn write_pending(&mut self) -> Result<()> {
         self.write_pending_with(false).await
     }
 
     /// [`write_pending`](Self::write_pending), also retrying the values the backend refused for
     /// good when `include_refused` (once per heartbeat).
-    async fn write_pending_with(&mut self, include_refused: bool) -> Result<()> {
+    pub(super) async fn write_pending_with(&mut self, include_refused: bool) -> Result<()> {
         let result = self.try_write_pending(include_refused).await;
         match &result {
             Ok(()) => self.schedule_heartbeat(),
@@ -849,7 +470,7 @@ impl Keeper {
 
     /// Writes the unwritten registrations; those the backend refused for good only when
     /// `include_refused` (at heartbeats), so that they are retried without a hot loop.
-    async fn try_write_pending(&mut self, include_refused: bool) -> Result<()> {
+    pub(super) async fn try_write_pending(&mut self, include_refused: bool) -> Result<()> {
         self.unfinished = false;
         let members = &self.members;
         self.dirty
@@ -1023,8 +644,4 @@ impl Keeper {
         }
         Ok(())
     }
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365)
 }

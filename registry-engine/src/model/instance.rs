@@ -1,4 +1,4 @@
-//! Instances: the model, name rules, key layout and the versioned JSON document stored per instance.
+//! The instance: the model and the versioned JSON document stored per instance.
 //!
 //! Each instance is one key, `{namespace}/{service}/{id}`, whose value is a JSON document other
 //! languages can read:
@@ -19,12 +19,10 @@ use serde::{Deserialize, Serialize};
 
 use registry_core::error::{Error, ErrorKind, Result};
 
+use crate::model::names::{validate_id, validate_service};
+
 /// The format version written in every instance document.
 pub const FORMAT_VERSION: u32 = 1;
-/// The longest service name, in bytes.
-pub const MAX_SERVICE_LEN: usize = 64;
-/// The longest instance id, in bytes.
-pub const MAX_ID_LEN: usize = 128;
 /// The default weight: 128 virtual nodes on the ring.
 pub const DEFAULT_WEIGHT: u32 = 100;
 /// The largest weight accepted (100 times the default share).
@@ -225,89 +223,6 @@ struct Document {
     instance: Instance,
 }
 
-fn name_ok(name: &str, max: usize, extra: &[char]) -> bool {
-    !name.is_empty()
-        && name.len() <= max
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| {
-            c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || extra.contains(&c)
-        })
-}
-
-/// Checks a service name: 1 to 64 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit (so it
-/// can never contain `/` or `..` at its start and escape its prefix).
-pub fn validate_service(name: &str) -> Result<()> {
-    if name_ok(name, MAX_SERVICE_LEN, &[]) {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "invalid service name {name:?}: use 1 to {MAX_SERVICE_LEN} of A-Z a-z 0-9 . _ -, \
-             starting with a letter or digit"
-        )))
-    }
-}
-
-/// Checks an instance id: 1 to 128 of `A-Z a-z 0-9 . _ - : @`, starting with a letter or digit.
-pub fn validate_id(id: &str) -> Result<()> {
-    if name_ok(id, MAX_ID_LEN, &[':', '@']) {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "invalid instance id {id:?}: use 1 to {MAX_ID_LEN} of A-Z a-z 0-9 . _ - : @, \
-             starting with a letter or digit"
-        )))
-    }
-}
-
-/// Checks a namespace: one or more `/`-separated segments, each a valid service name.
-pub fn validate_namespace(ns: &str) -> Result<()> {
-    if !ns.is_empty() && ns.split('/').all(|seg| name_ok(seg, MAX_SERVICE_LEN, &[])) {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "invalid namespace {ns:?}: use /-separated segments of A-Z a-z 0-9 . _ -"
-        )))
-    }
-}
-
-/// Where instances live in the backend.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Layout {
-    namespace: String,
-}
-
-impl Layout {
-    pub(crate) fn new(namespace: &str) -> Result<Self> {
-        validate_namespace(namespace)?;
-        Ok(Layout {
-            namespace: namespace.to_owned(),
-        })
-    }
-
-    pub(crate) fn namespace(&self) -> &str {
-        &self.namespace
-    }
-
-    pub(crate) fn key(&self, service: &str, id: &str) -> String {
-        format!("{}/{service}/{id}", self.namespace)
-    }
-
-    pub(crate) fn service_prefix(&self, service: &str) -> String {
-        format!("{}/{service}/", self.namespace)
-    }
-
-    pub(crate) fn all_prefix(&self) -> String {
-        format!("{}/", self.namespace)
-    }
-
-    /// Splits a key under the namespace into (service, id); `None` for keys of another shape.
-    pub(crate) fn parse<'k>(&self, key: &'k str) -> Option<(&'k str, &'k str)> {
-        let rest = key.strip_prefix(&self.namespace)?.strip_prefix('/')?;
-        let (service, id) = rest.split_once('/')?;
-        (validate_service(service).is_ok() && validate_id(id).is_ok()).then_some((service, id))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,39 +268,5 @@ mod tests {
         // Unknown fields from a newer minor version are ignored.
         let newer = br#"{"v":1,"service":"web","id":"a","addrs":["x:1"],"colour":"red"}"#;
         assert!(Instance::decode("web", "a", newer).is_ok());
-    }
-
-    #[test]
-    fn names_cannot_escape_their_prefix() {
-        for bad in [
-            "",
-            "a/b",
-            "..",
-            "../x",
-            ".hidden",
-            "a b",
-            "ünï",
-            &"x".repeat(65),
-        ] {
-            assert!(validate_service(bad).is_err(), "{bad:?}");
-        }
-        for good in ["web", "a.b_c-d", "9lives"] {
-            assert!(validate_service(good).is_ok(), "{good:?}");
-        }
-        assert!(validate_id("node@host:8080").is_ok());
-        assert!(validate_id("a/b").is_err());
-        assert!(validate_namespace("registry/prod").is_ok());
-        assert!(validate_namespace("registry//prod").is_err());
-        assert!(validate_namespace("/registry").is_err());
-    }
-
-    #[test]
-    fn layout_parses_its_own_keys_only() {
-        let l = Layout::new("registry").unwrap();
-        assert_eq!(l.parse(&l.key("web", "a")), Some(("web", "a")));
-        assert_eq!(l.parse("registry/web"), None);
-        assert_eq!(l.parse("registry/web/a/b"), None);
-        assert_eq!(l.parse("registryx/web/a"), None);
-        assert_eq!(l.parse("other/web/a"), None);
     }
 }

@@ -1,0 +1,279 @@
+//! The keeper: the task that owns one lease and the registrations on it. It keeps the lease
+//! alive on a schedule no command backlog can delay, writes registrations (each with its own
+//! outcome: a value the backend refuses marks that registration only), rewrites everything under a
+//! new lease when the old one is lost, and removes registrations by the identity of their handle,
+//! never by key alone. [`Registry`](crate::Registry) and [`Registration`](crate::Registration) talk
+//! to it through [`Cmd`]s.
+//!
+//! This file holds the task's state and its loop (commands and the heartbeat tick); [`lease`]
+//! the lease's lifecycle (keep-alive, loss, revoke, the schedule of the next tick); [`writes`]
+//! the scheduling of registration writes, deletes and read-backs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, sleep_until, timeout};
+
+use crate::backoff::Backoff;
+use crate::write::options::LeaseOptions;
+use crate::write::stats::RegistryStats;
+use crate::write::state::StateTx;
+use registry_core::backend::Backend;
+use registry_core::error::{Error, ErrorKind, Result};
+use registry_core::lease::{Lease, LeaseId};
+
+/// What handles and the registry ask of a keeper.
+pub(crate) enum Cmd {
+    Add {
+        key: String,
+        token: u64,
+        cancelled: Arc<AtomicBool>,
+        value: Bytes,
+        /// Whether the first write may replace the id held by another live owner.
+        takeover: bool,
+        state: StateTx,
+        done: Option<oneshot::Sender<Result<()>>>,
+    },
+    Update {
+        key: String,
+        token: u64,
+        value: Bytes,
+        done: oneshot::Sender<Result<()>>,
+    },
+    Remove {
+        key: String,
+        token: u64,
+        done: Option<oneshot::Sender<Result<()>>>,
+    },
+    /// Deregister everything and stop.
+    Shutdown { done: oneshot::Sender<Result<()>> },
+}
+
+struct Member {
+    /// The handle this member belongs to.
+    token: u64,
+    value: Bytes,
+    /// The value the backend last accepted for this key, if any: what an update the backend
+    /// refuses for good falls back to. `None` until the first write succeeded: only that first
+    /// write may take over the id (see [`Cmd::Add::takeover`]).
+    accepted: Option<Bytes>,
+    state: StateTx,
+    written: bool,
+    /// Why the backend refused `value` for good (too large, not allowed). Such a member is
+    /// written again only at heartbeats, and blocks no other registration.
+    refused: Option<Error>,
+    /// The last write timed out: it may have been applied, or may still be applied later.
+    uncertain: bool,
+    takeover: bool,
+    /// Another live owner holds the key: we do not write over it (retried at heartbeats, with
+    /// "only if absent").
+    conflict: Option<LeaseId>,
+}
+
+impl Member {
+    /// Left out of ordinary writes (retried once per heartbeat only).
+    fn parked(&self) -> bool {
+        self.refused.is_some() || self.conflict.is_some()
+    }
+}
+
+/// How one conditional write of a registration ended.
+enum Written {
+    Done,
+    /// Another live owner holds the key.
+    Conflict(LeaseId),
+    /// The key changed between our read and our write: try again later.
+    Raced,
+}
+
+/// The most new registrations taken off the command queue and written as one run (see
+/// [`Keeper::add_many`]): the writes in flight drain at the end of each run, and every caller of
+/// a run waits for the last write of it. A due keep-alive never waits for a run: writes stop
+/// starting when it is due (see [`Keeper::try_write_pending`]).
+const ADD_BATCH: usize = 4096;
+
+/// Owns one lease and the registrations attached to it.
+pub(crate) struct Keeper {
+    backend: Arc<dyn Backend>,
+    opts: LeaseOptions,
+    op_timeout: Duration,
+    /// Registration writes in flight at once.
+    write_concurrency: usize,
+    /// The last [`try_write_pending`](Self::try_write_pending) stopped starting writes because
+    /// the keep-alive was due: some registrations are left for right after it.
+    unfinished: bool,
+    lease: Option<Lease>,
+    /// Our earlier leases, newest last (see [`PAST_LEASES`](lease::PAST_LEASES)).
+    past_leases: Vec<LeaseId>,
+    /// The last key read back at the previous heartbeat (see [`Keeper::verify`]).
+    verify_cursor: Option<String>,
+    /// The last moment the backend confirmed the lease (grant or keep-alive).
+    last_ok: Instant,
+    members: BTreeMap<String, Member>,
+    /// Every key of `members` that may be unwritten (a superset: pruned by
+    /// [`try_write_pending`](Self::try_write_pending)), so that writing one new registration
+    /// does not scan all the others: with 100,000 registrations, a scan per write made
+    /// registering them one by one quadratic.
+    dirty: BTreeSet<String>,
+    /// Keys deregistered while the backend was unreachable, still attached to the live lease.
+    /// Keys to delete (while attached to our lease) at the next heartbeats, with how many more
+    /// heartbeats to do it: one for a delete that failed, more for a key whose last write timed
+    /// out (that write may still land after the delete and bring the key back).
+    pending_deletes: BTreeMap<String, u32>,
+    backoff: Backoff,
+    next_tick: Option<Instant>,
+    stats: Arc<RegistryStats>,
+}
+
+mod lease;
+mod writes;
+
+impl Keeper {
+    /// Whether a registration waits to be written (not parked by a refusal or a conflict).
+    fn has_unwritten(&self) -> bool {
+        self.dirty.iter().any(|k| {
+            self.members
+                .get(k)
+                .is_some_and(|m| !m.written && !m.parked())
+        })
+    }
+
+    pub(crate) fn new(
+        backend: Arc<dyn Backend>,
+        lease: LeaseOptions,
+        op_timeout: Duration,
+        write_concurrency: usize,
+        stats: Arc<RegistryStats>,
+    ) -> Keeper {
+        Keeper {
+            backend,
+            opts: lease,
+            op_timeout,
+            write_concurrency: write_concurrency.max(1),
+            unfinished: false,
+            lease: None,
+            past_leases: Vec::new(),
+            verify_cursor: None,
+            last_ok: Instant::now(),
+            members: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            pending_deletes: BTreeMap::new(),
+            backoff: Backoff::new(
+                Duration::from_millis(100).min(lease.heartbeat / 2),
+                lease.heartbeat.max(Duration::from_millis(200)),
+            ),
+            next_tick: None,
+            stats,
+        }
+    }
+
+    pub(crate) async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Cmd>,
+        mut halt: watch::Receiver<bool>,
+    ) {
+        loop {
+            let tick = self.next_tick;
+            tokio::select! {
+                biased;
+                // The registry may be dropped while handles live on; only a real halt stops us.
+                true = async { halt.wait_for(|h| *h).await.is_ok() } => {
+                    tracing::info!("registry halted: keep-alives stopped without deregistering");
+                    return;
+                }
+                // A due keep-alive goes before any queued command: a backlog of registrations
+                // against a slow backend must not let the lease run out.
+                _ = sleep_until(tick.unwrap_or_else(far_future)), if tick.is_some() => self.tick().await,
+                cmd = rx.recv() => match cmd {
+                    Some(Cmd::Shutdown { done }) => {
+                        let _ = done.send(self.shutdown().await);
+                        return;
+                    }
+                    Some(add @ Cmd::Add { .. }) => {
+                        // Registrations queued behind this one are written together, many in
+                        // flight at once. Only a run of consecutive adds is taken: the first
+                        // other command ends it and runs right after, so an update or removal
+                        // never overtakes the registration it follows.
+                        let mut adds = vec![add];
+                        let mut next = None;
+                        while adds.len() < ADD_BATCH {
+                            match rx.try_recv() {
+                                Ok(add @ Cmd::Add { .. }) => adds.push(add),
+                                Ok(other) => {
+                                    next = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        self.add_many(adds).await;
+                        match next {
+                            Some(Cmd::Shutdown { done }) => {
+                                let _ = done.send(self.shutdown().await);
+                                return;
+                            }
+                            Some(cmd) => self.handle(cmd).await,
+                            None => {}
+                        }
+                    }
+                    Some(cmd) => self.handle(cmd).await,
+                    None => {
+                        // Every handle and the registry are gone: nothing is left to keep.
+                        if let Some(lease) = self.lease.take() {
+                            let _ = self.call(self.backend.revoke(&lease.id)).await;
+                        }
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    async fn call<T>(&self, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        match timeout(self.op_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("backend did not answer within {:?}", self.op_timeout),
+            )),
+        }
+    }
+
+    async fn handle(&mut self, cmd: Cmd) {
+        match cmd {
+            add @ Cmd::Add { .. } => self.add_many(vec![add]).await,
+            Cmd::Update {
+                key,
+                token,
+                value,
+                done,
+            } => {
+                let result = self.update(key, token, value).await;
+                let _ = done.send(result);
+            }
+            // The run loop stops after this; here only for completeness.
+            Cmd::Shutdown { done } => {
+                let _ = done.send(self.shutdown().await);
+            }
+            Cmd::Remove { key, token, done } => {
+                let result = if self.members.get(&key).is_some_and(|m| m.token == token) {
+                    self.remove(&key).await
+                } else {
+                    // Not this handle's (a rejected duplicate, or already removed).
+                    Ok(())
+                };
+                if let Some(done) = done {
+                    let _ = done.send(result);
+                }
+            }
+        }
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
