@@ -28,22 +28,26 @@ pub use model::layout::DEFAULT_NAMESPACE;
 pub use model::names::{
     MAX_ID_LEN, MAX_SERVICE_LEN, validate_id, validate_namespace, validate_service,
 };
-pub use read::directory::{Change, Changes, Directory, DirectoryBuilder, ServiceSnapshot};
+pub use read::change::{Change, ChangeKind};
+pub use read::changes::Changes;
+pub use read::directory::{Directory, DirectoryBuilder};
 pub use read::discovery::{
     APPLY_DELAY_BUCKETS, ApplyDelay, Discovery, DiscoveryCounts, DiscoveryOptions, Scope,
 };
-pub use read::feed::{
-    AllChanges, ChangeKind, DEFAULT_JOURNAL_CAPACITY, DirectoryChange, DirectoryEvent, Resync,
-    ResyncReason,
+pub use read::feed::AllChanges;
+pub use read::journal::{
+    DEFAULT_JOURNAL_CAPACITY, DirectoryChange, DirectoryEvent, Resync, ResyncReason,
 };
+pub use read::merge::{BACKEND_PRECEDENCE, BACKEND_SOURCE};
 pub use read::probe::{Probe, ProbeOptions, TcpProbe};
-pub use read::source::{BACKEND_PRECEDENCE, BACKEND_SOURCE, SourceHandle, StaticSource};
+pub use read::snapshot::ServiceSnapshot;
+pub use read::source::{SourceHandle, StaticSource};
 pub use registry::{Registry, RegistryBuilder};
+pub use route::dispatch::{DispatchError, DispatchLayer, DispatchService, Dispatcher, Failover};
+pub use route::select::{SelectedChanges, Selection, Selector, ZONE_KEY};
 pub use write::options::{
     DEFAULT_HEARTBEAT, DEFAULT_TTL, DEFAULT_WRITE_CONCURRENCY, LeaseOptions, RegisterOptions,
 };
 pub use write::registration::Registration;
 pub use write::state::RegistrationState;
 pub use write::stats::{RegistryCounts, RegistryStats};
-pub use route::dispatch::{DispatchError, DispatchLayer, DispatchService, Dispatcher, Failover};
-pub use route::select::{SelectedChanges, Selection, Selector, ZONE_KEY};

@@ -147,7 +147,7 @@ pub(crate) async fn run(
     }
 }
 
-fn snap_hidden(snap: &crate::read::directory::ServiceSnapshot) -> BTreeSet<String> {
+fn snap_hidden(snap: &crate::read::snapshot::ServiceSnapshot) -> BTreeSet<String> {
     snap.all()
         .keys()
         .filter(|id| snap.is_hidden(id))

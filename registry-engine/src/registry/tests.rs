@@ -3,10 +3,10 @@ use async_trait::async_trait;
 use super::*;
 use crate::{DiscoveryOptions, ProbeOptions, Scope};
 use bytes::Bytes;
-use registry_core::lease::LeaseId;
 use registry_core::backend::{Capabilities, CondOutcome, Condition};
 use registry_core::config::MAX_DURATION;
 use registry_core::lease::Lease;
+use registry_core::lease::LeaseId;
 use registry_core::watch::{KeyValue, Listing, WatchStream};
 
 /// A backend that declares `caps` and answers nothing: enough for option validation, which

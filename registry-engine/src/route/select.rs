@@ -11,7 +11,10 @@ use futures::Stream;
 use crate::collections::instances::Instances;
 use crate::collections::ring::Ring;
 use crate::model::instance::Instance;
-use crate::read::directory::{Change, ChangeQueue, Directory, ServiceSnapshot};
+use crate::read::change::Change;
+use crate::read::changes::ChangeQueue;
+use crate::read::directory::Directory;
+use crate::read::snapshot::ServiceSnapshot;
 use registry_core::error::{Error, Result};
 
 /// The metadata key that names an instance's zone (Spring Cloud's and Kratos' convention).

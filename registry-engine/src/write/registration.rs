@@ -195,7 +195,6 @@ impl Drop for Registration {
     }
 }
 
-
 /// Sends a command to a keeper.
 pub(crate) fn send(tx: &mpsc::UnboundedSender<Cmd>, cmd: Cmd) -> Result<()> {
     tx.send(cmd).map_err(|_| closed())

@@ -20,8 +20,8 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::backoff::Backoff;
 use crate::write::options::LeaseOptions;
-use crate::write::stats::RegistryStats;
 use crate::write::state::StateTx;
+use crate::write::stats::RegistryStats;
 use registry_core::backend::Backend;
 use registry_core::error::{Error, ErrorKind, Result};
 use registry_core::lease::{Lease, LeaseId};

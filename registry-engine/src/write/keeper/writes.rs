@@ -293,7 +293,12 @@ impl Keeper {
     /// registration), or, on the first write, held by another owner when `takeover` was asked or
     /// the stored value is exactly ours (the same instance, restarted before its old lease ended).
     /// A key another live owner holds is never overwritten otherwise: [`Written::Conflict`].
-    pub(super) async fn write_member(&self, key: &str, value: Bytes, lease: &LeaseId) -> Result<Written> {
+    pub(super) async fn write_member(
+        &self,
+        key: &str,
+        value: Bytes,
+        lease: &LeaseId,
+    ) -> Result<Written> {
         let (first, takeover) = match self.members.get(key) {
             Some(m) => (m.accepted.is_none(), m.takeover),
             None => return Ok(Written::Raced),
