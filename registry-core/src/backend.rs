@@ -15,11 +15,7 @@ use crate::error::Result;
 use crate::lease::{Lease, LeaseId};
 use crate::watch::{KeyValue, Listing, WatchStream};
 
-/// A backend revision: a logical clock over every change in the backend's namespace.
-///
-/// Revisions strictly increase with every change (put, delete, revoke, expiry). They are comparable
-/// only within one backend namespace. Revision 0 is before any change.
-pub type Revision = u64;
+pub use crate::revision::Revision;
 
 /// What a backend promises about itself, so that callers and the conformance suite read limits
 /// instead of hard-coding them.

@@ -5,7 +5,9 @@ pub mod config;
 pub mod error;
 pub mod key;
 pub mod lease;
+mod percent;
 pub mod redact;
+mod revision;
 #[cfg(feature = "rustls")]
 pub mod tls;
 pub mod watch;

@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use crate::config::percent_decode;
+use crate::percent::percent_decode;
 
 /// What a secret is replaced with.
 pub const MASK: &str = "***";

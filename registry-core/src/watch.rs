@@ -5,9 +5,9 @@ use std::pin::Pin;
 use bytes::Bytes;
 use futures::Stream;
 
-use crate::backend::Revision;
 use crate::error::Result;
 use crate::lease::LeaseId;
+use crate::revision::Revision;
 
 /// A key and its current value as stored by a backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
