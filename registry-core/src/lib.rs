@@ -10,6 +10,7 @@ pub mod redact;
 mod revision;
 #[cfg(feature = "rustls")]
 pub mod tls;
+pub mod url;
 pub mod watch;
 
 pub use backend::{Backend, Capabilities, CondOutcome, Condition, Revision};
