@@ -21,7 +21,6 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::catalog::{self, Catalog, CatalogStats, Op};
 use crate::config::ConsulBuilder;
 use crate::http::{Answer, Http};
 use crate::keys;
@@ -94,8 +93,6 @@ struct Inner {
     min_poll_interval: Duration,
     caps: Capabilities,
     snapshots: Mutex<Snapshots>,
-    /// The catalog mirror (`None` when turned off).
-    catalog: Option<Catalog>,
 }
 
 impl fmt::Debug for ConsulBackend {
@@ -103,7 +100,6 @@ impl fmt::Debug for ConsulBackend {
         f.debug_struct("ConsulBackend")
             .field("address", &self.inner.http.address)
             .field("namespace", &self.inner.namespace)
-            .field("catalog", &self.inner.catalog.is_some())
             .finish()
     }
 }
@@ -157,6 +153,13 @@ fn parse_ttl(s: &str) -> Option<Duration> {
     registry_core::config::parse_duration(s)
 }
 
+impl ConsulBuilder {
+    /// Connects, checking that the agent answers and accepts the token.
+    pub async fn connect(self) -> Result<ConsulBackend> {
+        ConsulBackend::connect(self).await
+    }
+}
+
 impl ConsulBackend {
     /// A builder with defaults (`127.0.0.1:8500`).
     pub fn builder() -> ConsulBuilder {
@@ -170,9 +173,6 @@ impl ConsulBackend {
         check_duration("Consul blocking query wait", b.watch_wait)?;
         check_duration("Consul minimum poll interval", b.min_poll_interval)?;
         let http = b.http()?;
-        let catalog = b
-            .catalog
-            .then(|| Catalog::start(http.clone(), b.request_timeout));
         let caps = Capabilities::default()
             .with_min_ttl(Duration::from_secs(10))
             .with_max_ttl(Duration::from_secs(86_400))
@@ -195,7 +195,6 @@ impl ConsulBackend {
                 min_poll_interval: b.min_poll_interval,
                 caps,
                 snapshots: Mutex::new(Snapshots::default()),
-                catalog,
             }),
         };
         // Fail now when nothing answers or the token is refused.
@@ -206,65 +205,6 @@ impl ConsulBackend {
             ))
         })?;
         Ok(backend)
-    }
-
-    /// What the catalog mirror has done (`None` when it is turned off: see
-    /// [`ConsulBuilder::catalog`]).
-    pub fn catalog_stats(&self) -> Option<CatalogStats> {
-        self.inner.catalog.as_ref().map(Catalog::stats)
-    }
-
-    /// How long after the last keep-alive of a lease with time-to-live `ttl` its instances may
-    /// stay in Consul's catalog when the process dies without deregistering: their checks go
-    /// critical `ttl` after the last heartbeat (Consul runs TTL checks on a timer; the declared
-    /// [`expiry_slack`](Capabilities::expiry_slack) covers the alias checks and the sync), and the
-    /// agent's reaper, which runs every 30 s, removes services whose check has been critical for
-    /// 1 minute (`DeregisterCriticalServiceAfter`, Consul's minimum); then the agent syncs the
-    /// removal to the catalog within moments (5 s allowed here).
-    pub fn catalog_removal_bound(&self, ttl: Duration) -> Duration {
-        ttl + self.inner.caps.expiry_slack
-            + catalog::DEREGISTER_AFTER
-            + catalog::REAP_INTERVAL
-            + Duration::from_secs(5)
-    }
-
-    fn mirror(&self, op: Op) {
-        if let Some(c) = &self.inner.catalog {
-            c.send(op);
-        }
-    }
-
-    /// Tells the mirror about a write that happened.
-    fn mirror_put(&self, k: &str, value: &Bytes, session: Option<&str>) {
-        if self.inner.catalog.is_some() {
-            self.mirror(Op::Put {
-                service_id: self.enc(k),
-                key: k.to_owned(),
-                value: value.clone(),
-                session: session.map(str::to_owned),
-            });
-        }
-    }
-
-    /// Tells the mirror about a delete that happened (of a key shaped like an instance's), and
-    /// waits briefly for the catalog to follow.
-    async fn mirror_delete(&self, k: &str) {
-        if self.inner.catalog.is_some() && catalog::instance_key(k).is_some() {
-            self.mirror_removal(Op::Delete {
-                service_id: self.enc(k),
-            })
-            .await;
-        }
-    }
-
-    /// Sends a removal to the mirror and waits (at most [`catalog::REMOVAL_WAIT`]) until it is
-    /// done, so that a process exiting right after a deregistration or shutdown leaves nothing in
-    /// the catalog.
-    async fn mirror_removal(&self, op: Op) {
-        if let Some(c) = &self.inner.catalog {
-            c.send(op);
-            c.flush(catalog::REMOVAL_WAIT).await;
-        }
     }
 
     fn enc(&self, k: &str) -> String {
@@ -451,10 +391,6 @@ impl Backend for ConsulBackend {
             )
             .with_source(e)
         })?;
-        self.mirror(Op::Granted {
-            session: c.id.clone(),
-            ttl: granted,
-        });
         Ok(Lease {
             id: LeaseId::new(c.id),
             ttl: granted,
@@ -477,20 +413,11 @@ impl Backend for ConsulBackend {
                 let ttl = s.first().and_then(|s| parse_ttl(&s.ttl)).ok_or_else(|| {
                     Error::new(ErrorKind::Internal, "consul session renew: no TTL")
                 })?;
-                // The lease lives: so do its instances in the catalog (one check pass).
-                self.mirror(Op::Heartbeat {
-                    session: id.to_owned(),
-                });
                 Ok(ttl)
             }
-            StatusCode::NOT_FOUND => {
-                self.mirror(Op::LeaseEnded {
-                    session: id.to_owned(),
-                });
-                Err(Error::lease_not_found(format!(
-                    "consul session {id} has expired or was destroyed"
-                )))
-            }
+            StatusCode::NOT_FOUND => Err(Error::lease_not_found(format!(
+                "consul session {id} has expired or was destroyed"
+            ))),
             s => Err(Error::new(
                 ErrorKind::Internal,
                 format!("consul session renew: {s} {}", a.text()),
@@ -501,9 +428,6 @@ impl Backend for ConsulBackend {
     async fn revoke(&self, lease: &LeaseId) -> Result<()> {
         let id = session_id(lease)?;
         if !self.session_exists(id).await? {
-            self.mirror(Op::LeaseEnded {
-                session: id.to_owned(),
-            });
             return Err(Error::lease_not_found(format!(
                 "consul session {id} has expired or was destroyed"
             )));
@@ -517,10 +441,6 @@ impl Backend for ConsulBackend {
                 format!("consul session destroy: {} {}", a.status, a.text()),
             ));
         }
-        self.mirror_removal(Op::LeaseEnded {
-            session: id.to_owned(),
-        })
-        .await;
         Ok(())
     }
 
@@ -548,7 +468,6 @@ impl Backend for ConsulBackend {
             });
             match self.txn(serde_json::Value::Array(ops)).await? {
                 Ok(results) => {
-                    self.mirror_put(k, &value, session);
                     return results
                         .iter()
                         .rev()
@@ -601,7 +520,6 @@ impl Backend for ConsulBackend {
             }
             Err(errs) => Err(txn_failure("delete", &errs)),
             Ok(_) => {
-                self.mirror_delete(k).await;
                 // Consul does not say at which index the delete happened; the key's own prefix
                 // index covers its tombstone and no later change outside it.
                 let a = self
@@ -619,21 +537,11 @@ impl Backend for ConsulBackend {
         lease: Option<&LeaseId>,
         cond: Condition,
     ) -> Result<CondOutcome> {
-        let outcome = self.put_if_txn(k, value.clone(), lease, cond).await?;
-        if outcome.is_applied() {
-            self.mirror_put(k, &value, lease.map(LeaseId::as_str));
-        }
-        Ok(outcome)
+        self.put_if_txn(k, value, lease, cond).await
     }
 
     async fn delete_if(&self, k: &str, cond: Condition) -> Result<CondOutcome> {
-        // With `Absent` an applied outcome deleted nothing.
-        let deletes = !matches!(cond, Condition::Absent);
-        let outcome = self.delete_if_txn(k, cond).await?;
-        if deletes && outcome.is_applied() {
-            self.mirror_delete(k).await;
-        }
-        Ok(outcome)
+        self.delete_if_txn(k, cond).await
     }
 
     async fn get(&self, k: &str) -> Result<Option<KeyValue>> {

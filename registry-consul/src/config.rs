@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use registry_core::{Error, Result};
 
-use crate::backend::ConsulBackend;
+use crate::agent::ConsulAgent;
 use crate::http::Http;
+use crate::keys;
 
-const URL_HELP: &str = "expected consul://host:port[/namespace][?token=T&dc=DC&ns=NS&ca=PATH&catalog=false] \
+const URL_HELP: &str = "expected consul://host:port[/namespace][?token=T&dc=DC&ns=NS&ca=PATH&min_poll=D] \
      (consuls:// for HTTPS)";
 
-/// Configures and connects a [`ConsulBackend`].
+/// Configures and connects a [`ConsulBackend`](crate::ConsulBackend).
 ///
 /// ```no_run
 /// # async fn demo() -> registry_core::Result<()> {
@@ -37,7 +38,6 @@ pub struct ConsulBuilder {
     pub(crate) request_timeout: Duration,
     pub(crate) watch_wait: Duration,
     pub(crate) min_poll_interval: Duration,
-    pub(crate) catalog: bool,
 }
 
 impl fmt::Debug for ConsulBuilder {
@@ -50,7 +50,6 @@ impl fmt::Debug for ConsulBuilder {
             .field("datacenter", &self.datacenter)
             .field("consul_namespace", &self.consul_namespace)
             .field("namespace", &self.namespace)
-            .field("catalog", &self.catalog)
             .finish()
     }
 }
@@ -78,14 +77,13 @@ impl ConsulBuilder {
             request_timeout: Duration::from_secs(5),
             watch_wait: Duration::from_secs(10),
             min_poll_interval: Duration::from_millis(100),
-            catalog: true,
         }
     }
 
-    /// Reads `consul://host:port[/namespace][?token=T&dc=DC&ns=NS&ca=PATH&min_poll=D&catalog=B]`
-    /// (`consuls://` for HTTPS). `catalog=false` turns the catalog mirror off (see
-    /// [`catalog`](Self::catalog)); `min_poll` is the [minimum poll
-    /// interval](Self::min_poll_interval).
+    /// Reads `consul://host:port[/namespace][?token=T&dc=DC&ns=NS&ca=PATH&min_poll=D]`
+    /// (`consuls://` for HTTPS); `min_poll` is the [minimum poll
+    /// interval](Self::min_poll_interval). (The `catalog=` option of the `registry` tool is the
+    /// tool's: it says whether to attach the catalog mirror, an add-on of the engine.)
     pub fn from_url(url: &str) -> Result<Self> {
         // Messages show the URL with its password and token masked.
         let shown = registry_core::redact::redact_url(url);
@@ -120,15 +118,6 @@ impl ConsulBuilder {
                 "dc" => b.datacenter(v),
                 "ns" => b.consul_namespace(v),
                 "ca" => b.ca_file(v),
-                "catalog" => match v {
-                    "true" | "1" | "on" => b.catalog(true),
-                    "false" | "0" | "off" => b.catalog(false),
-                    _ => {
-                        return Err(Error::invalid(format!(
-                            "Consul URL option catalog: `{v}` is not true or false"
-                        )));
-                    }
-                },
                 "min_poll" => {
                     let d = try_parse_duration(v).map_err(|why| {
                         Error::invalid(format!("Consul URL option min_poll: `{v}` {why}"))
@@ -146,8 +135,7 @@ impl ConsulBuilder {
     }
 
     /// Reads `CONSUL_HTTP_ADDR` (as the Consul CLI does; default `127.0.0.1:8500`, `https://` for
-    /// TLS), `CONSUL_HTTP_TOKEN`, `CONSUL_CACERT`, `REGISTRY_CONSUL_NAMESPACE`, and
-    /// `REGISTRY_CONSUL_CATALOG` (`false` turns the [catalog mirror](Self::catalog) off).
+    /// TLS), `CONSUL_HTTP_TOKEN`, `CONSUL_CACERT` and `REGISTRY_CONSUL_NAMESPACE`.
     pub fn from_env() -> Result<Self> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let mut b = ConsulBuilder::new();
@@ -167,9 +155,6 @@ impl ConsulBuilder {
         }
         if let Some(ns) = var("REGISTRY_CONSUL_NAMESPACE") {
             b = b.namespace(ns);
-        }
-        if let Some(c) = var("REGISTRY_CONSUL_CATALOG") {
-            b = b.catalog(!matches!(c.as_str(), "false" | "0" | "off"));
         }
         Ok(b)
     }
@@ -235,20 +220,20 @@ impl ConsulBuilder {
         self
     }
 
-    /// Whether instances registered through this backend also appear in Consul's service catalog
-    /// (default `true`; URL option `catalog=false`).
-    ///
-    /// Each leased instance document is registered as a service with the agent this backend
-    /// talks to (service name, instance address and port, tags from the `tags` metadata entry,
-    /// metadata, version and weight in `Meta`), healthy while its lease is kept alive (one
-    /// request per keep-alive and lease, for any number of instances), in maintenance mode while
-    /// offline, and deregistered when the instance is deregistered or its lease revoked. The
-    /// token needs `service:write` for the services (and `registry-lease`) for that; without it
-    /// the KV registration works as before and the failures are logged and counted
-    /// ([`ConsulBackend::catalog_stats`]). See the crate documentation for the details.
-    pub fn catalog(mut self, on: bool) -> Self {
-        self.catalog = on;
-        self
+    /// A client of the agent this builder names (same address, token, TLS, datacenter and
+    /// namespace), for add-ons that talk to it beside the backend.
+    pub fn agent(&self) -> Result<ConsulAgent> {
+        ConsulAgent::new(self)
+    }
+
+    /// The Consul KV key under which the backend stores `key`: the namespace's prefix, then the
+    /// key escaped segment by segment (see the crate documentation).
+    pub fn kv_key(&self, key: &str) -> String {
+        format!(
+            "{}{}",
+            keys::encode_prefix(&format!("{}/", self.namespace)),
+            keys::encode(key)
+        )
     }
 
     pub(crate) fn base_url(&self) -> String {
@@ -284,11 +269,6 @@ impl ConsulBuilder {
             ca,
         )
     }
-
-    /// Connects, checking that the agent answers and accepts the token.
-    pub async fn connect(self) -> Result<ConsulBackend> {
-        ConsulBackend::connect(self).await
-    }
 }
 
 #[cfg(test)]
@@ -303,18 +283,7 @@ mod tests {
         assert_eq!(b.datacenter.as_deref(), Some("eu"));
         assert!(!format!("{b:?}").contains("s3cret"), "{b:?}");
         assert!(ConsulBuilder::from_url("consuls://h:8501").unwrap().tls);
-        assert!(b.catalog, "on by default");
-        assert!(
-            !ConsulBuilder::from_url("consul://h:8500?catalog=false")
-                .unwrap()
-                .catalog
-        );
-        assert!(
-            ConsulBuilder::from_url("consul://h:8500?catalog=true")
-                .unwrap()
-                .catalog
-        );
-        assert!(ConsulBuilder::from_url("consul://h:8500?catalog=maybe").is_err());
+        assert_eq!(b.kv_key("registry/web/w1"), "prod/registry/web/w1");
         for bad in ["consul://h", "http://h:1", "consul://h:1?x=y"] {
             assert!(
                 ConsulBuilder::from_url(bad)

@@ -45,6 +45,7 @@ pub use read::source::{SourceHandle, StaticSource};
 pub use registry::{Registry, RegistryBuilder};
 pub use route::dispatch::{DispatchError, DispatchLayer, DispatchService, Dispatcher, Failover};
 pub use route::select::{SelectedChanges, Selection, Selector, ZONE_KEY};
+pub use write::observer::{RegistrationEvent, RegistrationObserver};
 pub use write::options::{
     DEFAULT_HEARTBEAT, DEFAULT_TTL, DEFAULT_WRITE_CONCURRENCY, LeaseOptions, RegisterOptions,
 };

@@ -21,6 +21,7 @@ use crate::read::directory::Directory;
 use crate::read::discovery::{Discovery, DiscoveryOptions, Running, Scope};
 use crate::telemetry::Telemetry;
 use crate::write::keeper::{Cmd, Keeper};
+use crate::write::observer::{Observers, RegistrationObserver};
 use crate::write::options::{DEFAULT_WRITE_CONCURRENCY, LeaseOptions, RegisterOptions};
 use crate::write::registration::{Registration, next_token, send};
 use crate::write::state::{RegistrationState, StateTx, closed};
@@ -36,6 +37,7 @@ pub struct RegistryBuilder {
     op_timeout: Option<Duration>,
     write_concurrency: usize,
     directory: Option<Directory>,
+    observer: Option<Arc<dyn RegistrationObserver>>,
 }
 
 impl RegistryBuilder {
@@ -86,6 +88,14 @@ impl RegistryBuilder {
         self
     }
 
+    /// Tells `observer` what the registry's keepers do (leases granted, kept alive and ended,
+    /// instances written and removed), in order: for add-ons that follow the registry's own
+    /// registrations, such as the Consul catalog mirror. See [`RegistrationObserver`].
+    pub fn observer(mut self, observer: Arc<dyn RegistrationObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// Validates the options against the backend's capabilities and builds the registry. A TTL
     /// below the backend's minimum is an error naming both; so is a heartbeat not shorter than the
     /// TTL. Every duration must be at most [`MAX_DURATION`](registry_core::config::MAX_DURATION), and the
@@ -123,6 +133,7 @@ impl RegistryBuilder {
                     tel: Telemetry::new(&self.namespace),
                     ..RegistryStats::default()
                 }),
+                observers: Observers::new(self.observer),
                 halt,
             }),
         })
@@ -151,6 +162,7 @@ struct RegistryInner {
     /// [`Registry::shutdown`].
     keepers: Mutex<Vec<mpsc::UnboundedSender<Cmd>>>,
     stats: Arc<RegistryStats>,
+    observers: Observers,
     halt: watch::Sender<bool>,
 }
 
@@ -175,6 +187,7 @@ impl Registry {
             op_timeout: None,
             write_concurrency: DEFAULT_WRITE_CONCURRENCY,
             directory: None,
+            observer: None,
         }
     }
 
@@ -319,6 +332,7 @@ impl Registry {
             instance: Mutex::new(instance),
             keeper: keeper.clone(),
             state: state_rx,
+            observers: self.inner.observers.clone(),
             live: true,
         };
         if delay.is_zero() {
@@ -462,6 +476,7 @@ impl Registry {
                 first_error.get_or_insert(e);
             }
         }
+        self.inner.observers.settle().await;
         match first_error {
             Some(e) => Err(e),
             None => Ok(()),
@@ -492,6 +507,8 @@ impl Registry {
             self.inner.op_timeout,
             self.inner.write_concurrency,
             self.inner.stats.clone(),
+            self.inner.observers.clone(),
+            self.inner.layout.clone(),
         );
         let span = tracing::info_span!("keeper", namespace = self.inner.layout.namespace());
         tokio::spawn(tracing::Instrument::instrument(

@@ -32,6 +32,14 @@ pub use registry_redis as redis;
 #[cfg(feature = "tonic")]
 pub mod tonic;
 
-/// The Consul backend (feature `consul`).
+/// The Consul backend, and Consul's catalog both ways (feature `consul`): the `registry-consul`
+/// and `registry-consul-catalog` crates.
 #[cfg(feature = "consul")]
-pub use registry_consul as consul;
+pub mod consul {
+    pub use registry_consul::*;
+    pub use registry_consul_catalog::*;
+
+    /// The former name of [`MirrorCounts`], from when the mirror was part of the backend.
+    #[deprecated(note = "renamed MirrorCounts; the mirror is now CatalogMirror, an engine add-on")]
+    pub type CatalogStats = MirrorCounts;
+}

@@ -2,6 +2,7 @@
 //! lease.
 
 pub(crate) mod keeper;
+pub(crate) mod observer;
 pub(crate) mod options;
 pub(crate) mod registration;
 pub(crate) mod state;

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::model::instance::{Instance, InstanceState};
 use crate::write::keeper::Cmd;
+use crate::write::observer::Observers;
 use crate::write::state::{RegistrationState, closed};
 
 /// A live registration. Dropping it deregisters in the background; use
@@ -27,6 +28,8 @@ pub struct Registration {
     pub(crate) instance: Mutex<Instance>,
     pub(crate) keeper: mpsc::UnboundedSender<Cmd>,
     pub(crate) state: watch::Receiver<RegistrationState>,
+    /// Who follows the registry's registrations: waited for after a deregistration.
+    pub(crate) observers: Observers,
     pub(crate) live: bool,
 }
 
@@ -168,7 +171,9 @@ impl Registration {
                 done: Some(done_tx),
             },
         )?;
-        done_rx.await.map_err(|_| closed())?
+        let result = done_rx.await.map_err(|_| closed())?;
+        self.observers.settle().await;
+        result
     }
 
     /// Graceful shutdown: goes offline (out of routing, still listed), keeps serving for `grace`,

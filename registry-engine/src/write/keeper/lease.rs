@@ -6,6 +6,7 @@ use tokio::time::Instant;
 use registry_core::error::{Error, ErrorKind, Result};
 
 use super::Keeper;
+use crate::write::observer::RegistrationEvent;
 use crate::write::state::RegistrationState;
 
 /// How many of our earlier leases we remember: a key still attached to one of them (a lease we
@@ -60,12 +61,16 @@ impl Keeper {
         match ka {
             Ok(_) => {
                 self.last_ok = Instant::now();
+                self.observers.tell(|| RegistrationEvent::KeptAlive {
+                    lease: lease.id.clone(),
+                });
                 self.retry_deletes(&lease.id).await;
                 if self.members.is_empty() && self.pending_deletes.is_empty() {
                     // Only deletes were pending and they are done: the lease has no purpose left.
                     if self.call(self.backend.revoke(&lease.id)).await.is_ok() {
                         self.stats
                             .record(&self.stats.revokes, "registry_lease_revokes_total");
+                        self.lease_ended(&lease.id);
                     }
                     self.lease = None;
                     self.next_tick = None;
@@ -75,6 +80,7 @@ impl Keeper {
                 let _ = self.write_pending_with(true).await;
             }
             Err(e) if e.kind() == ErrorKind::LeaseNotFound => {
+                self.lease_ended(&lease.id);
                 self.lose(e);
                 let _ = self.write_pending().await;
             }
@@ -136,9 +142,13 @@ impl Keeper {
             Ok(()) => {
                 self.stats
                     .record(&self.stats.revokes, "registry_lease_revokes_total");
+                self.lease_ended(&lease.id);
                 Ok(())
             }
-            Err(e) if e.kind() == ErrorKind::LeaseNotFound => Ok(()),
+            Err(e) if e.kind() == ErrorKind::LeaseNotFound => {
+                self.lease_ended(&lease.id);
+                Ok(())
+            }
             Err(e) => Err(e.context("shutdown: revoking the lease")),
         }
     }

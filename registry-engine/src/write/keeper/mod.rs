@@ -19,6 +19,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::backoff::Backoff;
+use crate::model::instance::Instance;
+use crate::model::layout::Layout;
+use crate::write::observer::{Observers, RegistrationEvent};
 use crate::write::options::LeaseOptions;
 use crate::write::state::StateTx;
 use crate::write::stats::RegistryStats;
@@ -127,6 +130,10 @@ pub(crate) struct Keeper {
     backoff: Backoff,
     next_tick: Option<Instant>,
     stats: Arc<RegistryStats>,
+    /// Who follows what this keeper does (see [`RegistrationObserver`](crate::RegistrationObserver)).
+    observers: Observers,
+    /// Where instances live: to tell observers which instance a key holds.
+    layout: Layout,
 }
 
 mod lease;
@@ -148,6 +155,8 @@ impl Keeper {
         op_timeout: Duration,
         write_concurrency: usize,
         stats: Arc<RegistryStats>,
+        observers: Observers,
+        layout: Layout,
     ) -> Keeper {
         Keeper {
             backend,
@@ -168,6 +177,8 @@ impl Keeper {
             ),
             next_tick: None,
             stats,
+            observers,
+            layout,
         }
     }
 
@@ -224,11 +235,42 @@ impl Keeper {
                     None => {
                         // Every handle and the registry are gone: nothing is left to keep.
                         if let Some(lease) = self.lease.take() {
-                            let _ = self.call(self.backend.revoke(&lease.id)).await;
+                            if self.call(self.backend.revoke(&lease.id)).await.is_ok() {
+                                self.lease_ended(&lease.id);
+                            }
                         }
                         return;
                     }
                 },
+            }
+        }
+    }
+
+    /// Tells the observers that `lease` ended (revoked, or reported gone).
+    fn lease_ended(&self, lease: &LeaseId) {
+        self.observers.tell(|| RegistrationEvent::LeaseEnded {
+            lease: lease.clone(),
+        });
+    }
+
+    /// Tells the observers that the backend accepted `value` for `key` under `lease`.
+    fn written(&self, key: &str, value: &Bytes, lease: &LeaseId) {
+        if !self.observers.any() {
+            return;
+        }
+        let decoded = self
+            .layout
+            .parse(key)
+            .ok_or_else(|| Error::invalid("not an instance key"))
+            .and_then(|(service, id)| Instance::decode(service, id, value));
+        match decoded {
+            Ok(instance) => self.observers.tell(|| RegistrationEvent::Written {
+                lease: lease.clone(),
+                key: key.to_owned(),
+                instance: Arc::new(instance),
+            }),
+            Err(e) => {
+                tracing::debug!(key, error = %e, "not telling observers of a write that is not an instance")
             }
         }
     }

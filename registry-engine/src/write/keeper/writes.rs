@@ -11,6 +11,7 @@ use registry_core::lease::LeaseId;
 use tokio::time::{Instant, timeout};
 
 use super::{Cmd, Keeper, Member, Written};
+use crate::write::observer::RegistrationEvent;
 use crate::write::state::{RegistrationState, closed};
 
 /// Reads in flight when the keeper checks its own keys at a heartbeat.
@@ -205,10 +206,12 @@ impl Keeper {
                 Ok(()) => {
                     self.stats
                         .record(&self.stats.revokes, "registry_lease_revokes_total");
+                    self.lease_ended(&lease.id);
                     self.lease = None;
                     self.pending_deletes.clear();
                 }
                 Err(e) if e.kind() == ErrorKind::LeaseNotFound => {
+                    self.lease_ended(&lease.id);
                     self.lease = None;
                     self.pending_deletes.clear();
                 }
@@ -284,6 +287,9 @@ impl Keeper {
         {
             self.stats
                 .record(&self.stats.deletes, "registry_deletes_total");
+            self.observers.tell(|| RegistrationEvent::Removed {
+                key: key.to_owned(),
+            });
         }
         Ok(())
     }
@@ -501,6 +507,10 @@ impl Keeper {
                 tracing::debug!(lease = %l.id, ttl = ?l.ttl, "lease granted");
                 self.last_ok = Instant::now();
                 self.lease = Some(l.clone());
+                self.observers.tell(|| RegistrationEvent::LeaseGranted {
+                    lease: l.id.clone(),
+                    ttl: l.ttl,
+                });
                 l
             }
         };
@@ -566,6 +576,7 @@ impl Keeper {
                 Ok(Written::Conflict(holder)) => self.conflicted(&key, holder),
                 Ok(Written::Done) => {
                     self.stats.record(&self.stats.puts, "registry_puts_total");
+                    self.written(&key, &value, &lease.id);
                     if let Some(m) = self.members.get_mut(&key) {
                         if let Some(holder) = m.conflict.take() {
                             tracing::info!(key = %key, holder = %holder, "the other owner's registration is gone; registered again");

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use hyper::{Method, StatusCode};
 use registry_core::config::check_duration;
 use registry_core::{Error, ErrorKind, Result};
 use registry_engine::{
@@ -20,8 +19,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::ConsulBuilder;
-use crate::http::Http;
+use registry_consul::{ConsulAgent, ConsulBuilder};
 
 /// Which catalog entries a [`CatalogSource`] shows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -119,12 +117,10 @@ impl CatalogSourceBuilder {
         name: &str,
         precedence: i32,
     ) -> Result<CatalogSource> {
-        check_duration("Consul request timeout", self.consul.request_timeout)?;
-        check_duration("Consul blocking query wait", self.consul.watch_wait)?;
-        check_duration(
-            "Consul minimum poll interval",
-            self.consul.min_poll_interval,
-        )?;
+        let agent = self.consul.agent()?;
+        check_duration("Consul request timeout", agent.request_timeout())?;
+        check_duration("Consul blocking query wait", agent.watch_wait())?;
+        check_duration("Consul minimum poll interval", agent.min_poll_interval())?;
         registry_core::config::check_max_duration("catalog back-off base", self.backoff_base)?;
         registry_core::config::check_max_duration("catalog back-off maximum", self.backoff_max)?;
         if let Follow::List(l) = &self.follow {
@@ -132,35 +128,34 @@ impl CatalogSourceBuilder {
                 validate_service(s)?;
             }
         }
-        let http = self.consul.http()?;
         // A refused token or request is the caller's to see before the source takes its name in
         // the directory (a name stays taken). An agent that does not answer is not: the source
         // starts, and its views are stale until the agent answers.
-        if let Err(e) = http
-            .call(
-                Method::GET,
+        if let Err(e) = agent
+            .request(
+                "GET",
                 "/v1/catalog/services",
                 "",
                 None,
-                self.consul.request_timeout,
+                agent.request_timeout(),
             )
             .await
         {
             if is_permanent(&e) {
                 return Err(e.context(format!(
                     "cannot follow Consul's catalog at {}",
-                    http.address
+                    agent.address()
                 )));
             }
         }
         let handle = dir.source(name, precedence)?;
         let shared = Arc::new(Shared {
-            http,
             handle,
             health: self.health,
-            request_timeout: self.consul.request_timeout,
-            wait: self.consul.watch_wait,
-            min_interval: self.consul.min_poll_interval,
+            request_timeout: agent.request_timeout(),
+            wait: agent.watch_wait(),
+            min_interval: agent.min_poll_interval(),
+            agent,
             backoff: (self.backoff_base, self.backoff_max),
             stats: Stats::default(),
         });
@@ -261,7 +256,8 @@ impl CatalogSourceBuilder {
 ///
 /// ```no_run
 /// # async fn demo() -> registry_core::Result<()> {
-/// use registry_consul::{CatalogHealth, CatalogSource, ConsulBuilder};
+/// use registry_consul::ConsulBuilder;
+/// use registry_consul_catalog::{CatalogHealth, CatalogSource};
 /// use registry_engine::Directory;
 ///
 /// let dir = Directory::new();
@@ -287,7 +283,7 @@ impl fmt::Debug for CatalogSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CatalogSource")
             .field("name", &self.shared.handle.name())
-            .field("agent", &self.shared.http.address)
+            .field("agent", &self.shared.agent.address())
             .field("follow", &self.follow)
             .field("health", &self.shared.health)
             .field("counts", &self.counts())
@@ -406,7 +402,7 @@ impl Stats {
 
 /// What every task of one source shares.
 struct Shared {
-    http: Http,
+    agent: ConsulAgent,
     handle: SourceHandle,
     health: CatalogHealth,
     request_timeout: Duration,
@@ -428,11 +424,11 @@ impl Shared {
             None => (String::new(), self.request_timeout),
         };
         let a = self
-            .http
-            .call(Method::GET, path, &query, None, timeout)
+            .agent
+            .request("GET", path, &query, None, timeout)
             .await?;
-        if a.status != StatusCode::OK {
-            let kind = if a.status.is_client_error() {
+        if a.status != 200 {
+            let kind = if (400..500).contains(&a.status) {
                 ErrorKind::InvalidInput
             } else {
                 ErrorKind::Unavailable

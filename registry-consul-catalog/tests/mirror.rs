@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use conformance_tests::testbed::{self, ConsulOptions};
 use registry_consul::{ConsulBackend, ConsulBuilder};
+use registry_consul_catalog::CatalogMirror;
 use registry_core::Backend;
 use registry_engine::{Instance, RegisterOptions, Registry};
 use serde_json::Value;
@@ -47,6 +48,38 @@ fn registry(backend: Arc<dyn Backend>) -> Registry {
         .heartbeat(Duration::from_secs(2))
         .build()
         .unwrap()
+}
+
+/// A registry on the agent `consul` names whose instances the catalog mirror follows (beating
+/// every `heartbeat`), with the mirror and the backend.
+async fn mirrored_with(
+    consul: ConsulBuilder,
+    heartbeat: Duration,
+) -> (Registry, Arc<CatalogMirror>, Arc<ConsulBackend>) {
+    let mirror = Arc::new(CatalogMirror::start(&consul).expect("start the catalog mirror"));
+    let backend = Arc::new(
+        consul
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connect to consul: {e}")),
+    );
+    let registry = Registry::builder(backend.clone())
+        .ttl(TTL)
+        .heartbeat(heartbeat)
+        .observer(mirror.clone())
+        .build()
+        .unwrap();
+    (registry, mirror, backend)
+}
+
+/// A registry on the agent at `endpoint`, mirrored into its catalog.
+async fn mirrored(endpoint: &str) -> Registry {
+    mirrored_with(
+        ConsulBuilder::new().address(endpoint),
+        Duration::from_secs(2),
+    )
+    .await
+    .0
 }
 
 /// `GET path` on the agent with a plain HTTP/1.0 request: status and JSON body.
@@ -228,7 +261,7 @@ fn dig_srv(server: &str, name: &str, tcp: bool) -> BTreeSet<Srv> {
 async fn registered_instances_appear_in_the_catalog_health_api_consul_cli_and_dns() {
     let Some(consul) = agent().await else { return };
     let ep = consul.endpoint.clone();
-    let r = registry(backend(&ep).await);
+    let r = mirrored(&ep).await;
     let _w1 = r
         .register(
             Instance::new("catalog-web", "w1")
@@ -315,7 +348,7 @@ async fn sigkill_child_registers_and_heartbeats_until_killed() {
         eprintln!("{CHILD_ENV} is not set: nothing to do (the SIGKILL test runs this)");
         return;
     };
-    let r = registry(backend(&endpoint).await);
+    let r = mirrored(&endpoint).await;
     if std::env::var(CHILD_MODE_ENV).as_deref() == Ok("shutdown-and-exit") {
         for i in 0..2 {
             r.register(
@@ -417,7 +450,7 @@ async fn sigkill_of_the_registering_process_turns_its_checks_critical_then_remov
     }
 
     // Then the agent's reaper removes them (and the lease's own entry) from the catalog.
-    let bound = backend(&ep).await.catalog_removal_bound(TTL);
+    let bound = CatalogMirror::removal_bound(TTL);
     until(
         "entries gone from the catalog",
         bound.saturating_sub(killed.elapsed()) + Duration::from_secs(1),
@@ -438,7 +471,7 @@ async fn sigkill_of_the_registering_process_turns_its_checks_critical_then_remov
 async fn offline_is_maintenance_mode_and_online_passes_again() {
     let Some(consul) = agent().await else { return };
     let ep = consul.endpoint.clone();
-    let r = registry(backend(&ep).await);
+    let r = mirrored(&ep).await;
     let reg = r
         .register(Instance::new("catalog-maint", "m1").addr("10.2.0.1:80"))
         .await
@@ -499,7 +532,7 @@ async fn offline_is_maintenance_mode_and_online_passes_again() {
 async fn a_successor_registering_online_clears_the_maintenance_a_crashed_run_left() {
     let Some(consul) = agent().await else { return };
     let ep = consul.endpoint.clone();
-    let first = registry(backend(&ep).await);
+    let first = mirrored(&ep).await;
     let reg = first
         .register(Instance::new("catalog-succ", "s1").addr("10.7.0.1:80"))
         .await
@@ -515,7 +548,7 @@ async fn a_successor_registering_online_clears_the_maintenance_a_crashed_run_lef
     .await;
     first.crash();
 
-    let second = registry(backend(&ep).await);
+    let second = mirrored(&ep).await;
     let _reg2 = second
         .register_with(
             Instance::new("catalog-succ", "s1").addr("10.7.0.1:80"),
@@ -590,7 +623,7 @@ async fn a_process_exiting_right_after_shutdown_leaves_nothing_in_the_catalog() 
 async fn shutting_down_leaves_alone_an_instance_another_process_took_over() {
     let Some(consul) = agent().await else { return };
     let ep = consul.endpoint.clone();
-    let first = registry(backend(&ep).await);
+    let first = mirrored(&ep).await;
     let _old = first
         .register(Instance::new("catalog-take", "t1").addr("10.10.0.1:80"))
         .await
@@ -603,7 +636,7 @@ async fn shutting_down_leaves_alone_an_instance_another_process_took_over() {
         health(&ep, "catalog-take", true).await.len() == 2
     })
     .await;
-    let second = registry(backend(&ep).await);
+    let second = mirrored(&ep).await;
     let _new = second
         .register_with(
             Instance::new("catalog-take", "t1").addr("10.10.0.9:80"),
@@ -648,7 +681,7 @@ async fn shutting_down_leaves_alone_an_instance_another_process_took_over() {
 async fn deregister_drain_and_shutdown_remove_entries_at_once() {
     let Some(consul) = agent().await else { return };
     let ep = consul.endpoint.clone();
-    let r = registry(backend(&ep).await);
+    let r = mirrored(&ep).await;
     let mut regs = Vec::new();
     for i in 0..3 {
         regs.push(
@@ -701,15 +734,14 @@ async fn deregister_drain_and_shutdown_remove_entries_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn catalog_false_registers_nothing_in_the_catalog() {
+async fn without_the_mirror_a_registry_registers_nothing_in_the_catalog() {
     let Some(consul) = agent().await else { return };
     let ep = consul.endpoint.clone();
-    let b = ConsulBuilder::from_url(&format!("consul://{ep}?catalog=false"))
+    let b = ConsulBuilder::from_url(&format!("consul://{ep}"))
         .unwrap()
         .connect()
         .await
         .unwrap();
-    assert!(b.catalog_stats().is_none());
     let b: Arc<dyn Backend> = Arc::new(b);
     let r = registry(b.clone());
     let reg = r
@@ -735,8 +767,8 @@ async fn catalog_false_registers_nothing_in_the_catalog() {
 async fn metadata_consul_refuses_is_left_out_and_counted_not_fatal() {
     let Some(consul) = agent().await else { return };
     let ep = consul.endpoint.clone();
-    let b = backend(&ep).await;
-    let r = registry(b.clone());
+    let (r, mirror, _b) =
+        mirrored_with(ConsulBuilder::new().address(&ep), Duration::from_secs(2)).await;
     let mut inst = Instance::new("catalog-meta", "x1")
         .addr("10.5.0.1:80")
         .meta("bad key", "spaces are not allowed")
@@ -755,7 +787,7 @@ async fn metadata_consul_refuses_is_left_out_and_counted_not_fatal() {
     assert_eq!(meta.len(), 64, "Consul's maximum");
     assert!(!meta.contains_key("bad key") && !meta.contains_key("long"));
     // 3 refused + 70 - (64 - 2 of ours: registry_lease, weight) = 3 + 8.
-    assert_eq!(b.catalog_stats().unwrap().meta_skipped, 11);
+    assert_eq!(mirror.counts().meta_skipped, 11);
 }
 
 /// Collects everything logged, to prove no token is.
@@ -863,15 +895,11 @@ async fn a_token_without_service_write_keeps_kv_registrations_and_the_catalog_fo
             "registry",
         ],
     );
-    let b = Arc::new(
-        ConsulBuilder::new()
-            .address(ep.clone())
-            .token(TOKEN)
-            .connect()
-            .await
-            .expect("connect with the KV-only token"),
-    );
-    let r = registry(b.clone());
+    let (r, mirror, _b) = mirrored_with(
+        ConsulBuilder::new().address(ep.clone()).token(TOKEN),
+        Duration::from_secs(2),
+    )
+    .await;
     let mut regs = Vec::new();
     for i in 0..20 {
         let reg = r
@@ -885,15 +913,15 @@ async fn a_token_without_service_write_keeps_kv_registrations_and_the_catalog_fo
     until(
         "the mirror tried all 20",
         Duration::from_secs(10),
-        || async { b.catalog_stats().unwrap().requests >= 20 },
+        || async { mirror.counts().requests >= 20 },
     )
     .await;
     let keep_alives = r.stats().keep_alives;
-    let after_registering = b.catalog_stats().unwrap();
+    let after_registering = mirror.counts();
     // A few heartbeats: each retries the catalog and is refused, once (not once per instance).
     sleep(Duration::from_secs(5)).await;
     assert!(regs.iter().all(|r| r.state().is_registered()));
-    let stats = b.catalog_stats().unwrap();
+    let stats = mirror.counts();
     let heartbeats = r.stats().keep_alives - keep_alives;
     println!(
         "refused catalog: {after_registering:?} after registering 20, then {stats:?} after \
@@ -947,7 +975,7 @@ async fn a_token_without_service_write_keeps_kv_registrations_and_the_catalog_fo
     )
     .await;
     println!("service:write granted -> passing in the catalog: {took:?}");
-    assert!(b.catalog_stats().unwrap().registered >= 20);
+    assert!(mirror.counts().registered >= 20);
 
     let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
     assert!(
@@ -1061,12 +1089,8 @@ async fn one_catalog_heartbeat_request_per_process_for_100_instances() {
     let Some(consul) = agent().await else { return };
     let ep = consul.endpoint.clone();
     let (proxy, log) = counting_proxy(ep.clone()).await;
-    let b = backend(&proxy).await;
-    let r = Registry::builder(b.clone())
-        .ttl(TTL)
-        .heartbeat(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let (r, _mirror, _b) =
+        mirrored_with(ConsulBuilder::new().address(&proxy), Duration::from_secs(1)).await;
     let mut regs = Vec::new();
     for i in 0..100 {
         regs.push(

@@ -1,9 +1,12 @@
-//! The mirror of our instances into Consul's service catalog, through the local agent.
+//! [`CatalogMirror`]: the mirror of a registry's own instances into Consul's service catalog,
+//! through the local agent. An add-on of the engine: it follows the registry's registrations
+//! ([`RegistrationObserver`]), as [`CatalogSource`](crate::CatalogSource) follows Consul's
+//! catalog, so the Consul backend itself knows nothing of instances.
 //!
-//! The KV store stays the source of truth; the mirror follows what the backend writes there:
+//! The KV store stays the source of truth; the mirror follows what the registry writes there:
 //!
-//! - A leased write whose value is an instance document (`{ns}/{service}/{id}`) registers a
-//!   service with the agent (`PUT /v1/agent/service/register`): ID = the instance's Consul KV key,
+//! - An instance written under a lease registers a service with the agent
+//!   (`PUT /v1/agent/service/register`): ID = the instance's Consul KV key,
 //!   Name = the service, Address and Port from the first address, Tags from the `tags` metadata
 //!   entry (comma-separated), Meta from the metadata plus `version`, `weight` and `registry_lease`,
 //!   `Weights.Passing` = the weight (DNS SRV weights).
@@ -28,38 +31,39 @@
 //! the TTL and alias checks, syncs them to the catalog (anti-entropy), reaps them, and takes them
 //! out when asked - the way Consul's own clients (the CLI, go-micro, Spring) register.
 //!
-//! Every call runs on one task, in the order the backend's writes happened, so that a register
-//! never overtakes the deregister that followed it; nothing here fails a KV write. Writes and
-//! keep-alives do not wait for the catalog; a delete and a revoke wait for it (at most
-//! [`REMOVAL_WAIT`], milliseconds normally) after the KV change is made, so that a process that
-//! exits right after deregistering or shutting down leaves nothing in the catalog. A failed call is
+//! Every call runs on one task, in the order the registry's keeper made its writes, so that a
+//! register never overtakes the deregister that followed it; nothing here fails a KV write. The
+//! keeper never waits for the catalog; a deregistration, a drain and a shutdown wait for it (at
+//! most [`REMOVAL_WAIT`], milliseconds normally) once the backend confirmed them
+//! ([`RegistrationObserver::settle`]), so that a process that exits right after deregistering or
+//! shutting down leaves nothing in the catalog. A failed call is
 //! logged (a warning on the first failure, then debug until a call works again), counted, and
 //! retried at the lease's next keep-alive.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use hyper::{Method, StatusCode};
-use registry_engine::{Instance, validate_id, validate_service};
+use async_trait::async_trait;
+use registry_consul::{ConsulAgent, ConsulBuilder};
+use registry_core::Result;
+use registry_engine::{Instance, RegistrationEvent, RegistrationObserver};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::http::Http;
-
 /// The service name of the per-lease entries that carry the heartbeat's TTL check.
-pub(crate) const LEASE_SERVICE: &str = "registry-lease";
+pub const LEASE_SERVICE: &str = "registry-lease";
 /// `DeregisterCriticalServiceAfter` of every check we register: Consul 1.8's minimum
 /// (`check_deregister_interval_min`; shorter values are raised to it).
-pub(crate) const DEREGISTER_AFTER: Duration = Duration::from_secs(60);
+pub const DEREGISTER_AFTER: Duration = Duration::from_secs(60);
 /// How often a Consul 1.8 agent looks for services to reap (`check_reap_interval`, fixed).
-pub(crate) const REAP_INTERVAL: Duration = Duration::from_secs(30);
+pub const REAP_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a deregistration, a delete or a revoke waits for the catalog to follow before it
 /// returns (milliseconds normally; the removal goes on in the background past this).
-pub(crate) const REMOVAL_WAIT: Duration = Duration::from_secs(1);
+pub const REMOVAL_WAIT: Duration = Duration::from_secs(1);
 /// Consul's limits on service `Meta` (1.8: `structs.validateMetaPair`).
 const META_MAX_PAIRS: usize = 64;
 const META_KEY_MAX: usize = 128;
@@ -71,11 +75,14 @@ const META_LEASE: &str = "registry_lease";
 const META_VERSION: &str = "version";
 const META_WEIGHT: &str = "weight";
 
-/// What the catalog mirror has done, since the backend was connected. Fields may be added in minor
-/// releases.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Consul's expiry slack: a session (and so a TTL check) may outlive its TTL by about this much
+/// before the agent marks it critical (see the Consul backend's capabilities).
+const EXPIRY_SLACK: Duration = Duration::from_secs(2);
+
+/// What the catalog mirror has done since it started. Fields may be added in minor releases.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct CatalogStats {
+pub struct MirrorCounts {
     /// HTTP requests the mirror sent to the agent.
     pub requests: u64,
     /// Instance registrations the agent accepted.
@@ -104,18 +111,17 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-/// What the backend tells the mirror, in the order it happened.
-pub(crate) enum Op {
+/// What the registry tells the mirror, in the order it happened.
+enum Op {
     /// A lease was granted with this TTL.
     Granted { session: String, ttl: Duration },
-    /// A key was written (with its lease, if any).
+    /// An instance was written under a lease.
     Put {
         service_id: String,
-        key: String,
-        value: Bytes,
-        session: Option<String>,
+        instance: Arc<Instance>,
+        session: String,
     },
-    /// An instance-shaped key was deleted.
+    /// An instance's key was deleted.
     Delete { service_id: String },
     /// A keep-alive of the lease succeeded.
     Heartbeat { session: String },
@@ -125,21 +131,51 @@ pub(crate) enum Op {
     Flush { done: oneshot::Sender<()> },
 }
 
-/// The handle the backend holds: sends operations to the mirror's task.
-pub(crate) struct Catalog {
+/// The mirror of a registry's instances into Consul's catalog: give it to
+/// [`RegistryBuilder::observer`](registry_engine::RegistryBuilder::observer).
+///
+/// ```no_run
+/// # async fn demo() -> registry_core::Result<()> {
+/// use std::sync::Arc;
+/// use registry_consul::ConsulBuilder;
+/// use registry_consul_catalog::CatalogMirror;
+/// use registry_engine::{Instance, Registry};
+///
+/// let consul = ConsulBuilder::from_url("consul://127.0.0.1:8500")?;
+/// let mirror = Arc::new(CatalogMirror::start(&consul)?);
+/// let registry = Registry::builder(Arc::new(consul.connect().await?))
+///     .observer(mirror.clone())
+///     .build()?;
+/// let _web1 = registry.register(Instance::new("web", "web-1").addr("10.0.0.1:8080")).await?;
+/// // `consul catalog services` now lists `web`; `mirror.counts()` says what the mirror did.
+/// # Ok(()) }
+/// ```
+pub struct CatalogMirror {
     tx: mpsc::UnboundedSender<Op>,
     counters: Arc<Counters>,
+    /// Names each instance's service as its Consul KV key.
+    consul: ConsulBuilder,
 }
 
-impl Catalog {
-    /// Starts the mirror's task on the current Tokio runtime. It ends when the handle is dropped
-    /// (after the operations already sent).
-    pub(crate) fn start(http: Http, timeout: Duration) -> Catalog {
+impl fmt::Debug for CatalogMirror {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CatalogMirror")
+            .field("counts", &self.counts())
+            .finish()
+    }
+}
+
+impl CatalogMirror {
+    /// Starts the mirror's task on the current Tokio runtime, talking to the agent `consul` names
+    /// (the one the registry's Consul backend talks to). The task ends when the mirror is
+    /// dropped (after the operations already sent).
+    pub fn start(consul: &ConsulBuilder) -> Result<CatalogMirror> {
+        let agent = consul.agent()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let counters = Arc::new(Counters::default());
         let mirror = Mirror {
-            http,
-            timeout,
+            timeout: agent.request_timeout(),
+            agent,
             counters: counters.clone(),
             leases: HashMap::new(),
             instances: BTreeMap::new(),
@@ -148,10 +184,14 @@ impl Catalog {
             in_maintenance: None,
         };
         tokio::spawn(mirror.run(rx));
-        Catalog { tx, counters }
+        Ok(CatalogMirror {
+            tx,
+            counters,
+            consul: consul.clone(),
+        })
     }
 
-    pub(crate) fn send(&self, op: Op) {
+    fn send(&self, op: Op) {
         if self.tx.send(op).is_err() {
             // The task is gone (its runtime was shut down): nothing can be mirrored any more.
             bump(&self.counters.failures);
@@ -162,7 +202,7 @@ impl Catalog {
     /// Waits (at most `limit`) until the operations sent so far are done: a deregistration is in
     /// the catalog when the call that made it returns, so a process that exits right after its
     /// `shutdown` leaves nothing behind.
-    pub(crate) async fn flush(&self, limit: Duration) {
+    async fn flush(&self, limit: Duration) {
         let (done, wait) = oneshot::channel();
         self.send(Op::Flush { done });
         if tokio::time::timeout(limit, wait).await.is_err() {
@@ -173,10 +213,11 @@ impl Catalog {
         }
     }
 
-    pub(crate) fn stats(&self) -> CatalogStats {
+    /// What the mirror has done so far.
+    pub fn counts(&self) -> MirrorCounts {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        CatalogStats {
+        MirrorCounts {
             requests: get(&c.requests),
             registered: get(&c.registered),
             deregistered: get(&c.deregistered),
@@ -187,12 +228,54 @@ impl Catalog {
     }
 }
 
-/// `(service, id)` of a key shaped like an instance's (`.../{service}/{id}`).
-pub(crate) fn instance_key(key: &str) -> Option<(&str, &str)> {
-    let mut parts = key.rsplit('/');
-    let id = parts.next()?;
-    let service = parts.next()?;
-    (validate_service(service).is_ok() && validate_id(id).is_ok()).then_some((service, id))
+impl CatalogMirror {
+    /// How long after the last keep-alive of a lease with time-to-live `ttl` its instances may
+    /// stay in Consul's catalog when the process dies without deregistering: their checks go
+    /// critical `ttl` after the last heartbeat (Consul runs TTL checks on a timer; its expiry slack
+    /// covers the alias checks and the sync), and the agent's reaper, which runs every 30 s,
+    /// removes services whose check has been critical for 1 minute
+    /// (`DeregisterCriticalServiceAfter`, Consul's minimum); then the agent syncs the removal to
+    /// the catalog within moments (5 s allowed here).
+    pub fn removal_bound(ttl: Duration) -> Duration {
+        ttl + EXPIRY_SLACK + DEREGISTER_AFTER + REAP_INTERVAL + Duration::from_secs(5)
+    }
+}
+
+#[async_trait]
+impl RegistrationObserver for CatalogMirror {
+    fn observe(&self, event: &RegistrationEvent) {
+        let op = match event {
+            RegistrationEvent::LeaseGranted { lease, ttl } => Op::Granted {
+                session: lease.as_str().to_owned(),
+                ttl: *ttl,
+            },
+            RegistrationEvent::Written {
+                lease,
+                key,
+                instance,
+            } => Op::Put {
+                service_id: self.consul.kv_key(key),
+                instance: instance.clone(),
+                session: lease.as_str().to_owned(),
+            },
+            RegistrationEvent::Removed { key } => Op::Delete {
+                service_id: self.consul.kv_key(key),
+            },
+            RegistrationEvent::KeptAlive { lease } => Op::Heartbeat {
+                session: lease.as_str().to_owned(),
+            },
+            RegistrationEvent::LeaseEnded { lease } => Op::LeaseEnded {
+                session: lease.as_str().to_owned(),
+            },
+            // Events of later versions: nothing to mirror.
+            _ => return,
+        };
+        self.send(op);
+    }
+
+    async fn settle(&self) {
+        self.flush(REMOVAL_WAIT).await;
+    }
 }
 
 /// The ID of a lease's own entry (and of its TTL check).
@@ -332,7 +415,7 @@ struct InstanceEntry {
 }
 
 struct Mirror {
-    http: Http,
+    agent: ConsulAgent,
     timeout: Duration,
     counters: Arc<Counters>,
     leases: HashMap<String, LeaseEntry>,
@@ -355,10 +438,9 @@ impl Mirror {
                 }
                 Op::Put {
                     service_id,
-                    key,
-                    value,
+                    instance,
                     session,
-                } => self.put(service_id, &key, &value, session).await,
+                } => self.put(service_id, &instance, session).await,
                 Op::Delete { service_id } => self.delete(&service_id).await,
                 Op::Heartbeat { session } => self.heartbeat(&session).await,
                 Op::LeaseEnded { session } => self.lease_ended(&session).await,
@@ -372,7 +454,7 @@ impl Mirror {
     /// One request to the agent; `true` when it answered with success.
     async fn request(
         &mut self,
-        method: Method,
+        method: &str,
         path: &str,
         query: &str,
         body: Option<Value>,
@@ -381,11 +463,11 @@ impl Mirror {
         let body = body.map(|b| b.to_string().into_bytes());
         let what = format!("{method} {path}");
         match self
-            .http
-            .call(method, path, query, body, self.timeout)
+            .agent
+            .request(method, path, query, body, self.timeout)
             .await
         {
-            Ok(a) if a.status.is_success() => {
+            Ok(a) if a.is_success() => {
                 if self.failing {
                     self.failing = false;
                     tracing::info!("consul catalog mirror: the agent accepts requests again");
@@ -423,19 +505,8 @@ impl Mirror {
         }
     }
 
-    async fn put(&mut self, service_id: String, key: &str, value: &[u8], session: Option<String>) {
-        let inst = session.as_ref().and_then(|_| {
-            let (service, id) = instance_key(key)?;
-            Instance::decode(service, id, value).ok()
-        });
-        let (Some(session), Some(inst)) = (session, inst) else {
-            // Not (or no longer) an instance on a lease: not in the catalog either.
-            if self.instances.contains_key(&service_id) {
-                self.delete(&service_id).await;
-            }
-            return;
-        };
-        let registration = self.registration(&service_id, &session, &inst);
+    async fn put(&mut self, service_id: String, inst: &Instance, session: String) {
+        let registration = self.registration(&service_id, &session, inst);
         let mut maintenance = None;
         if let Some(old) = self.instances.remove(&service_id) {
             maintenance = old.maintenance;
@@ -506,12 +577,7 @@ impl Mirror {
             return false;
         }
         if !self
-            .request(
-                Method::PUT,
-                "/v1/agent/service/register",
-                "",
-                Some(registration),
-            )
+            .request("PUT", "/v1/agent/service/register", "", Some(registration))
             .await
         {
             return false;
@@ -543,7 +609,7 @@ impl Mirror {
                 "enable=false".to_owned()
             };
             let path = format!("/v1/agent/service/maintenance/{service_id}");
-            if !self.request(Method::PUT, &path, &query, None).await {
+            if !self.request("PUT", &path, &query, None).await {
                 return false;
             }
             if let Some(e) = self.instances.get_mut(service_id) {
@@ -569,11 +635,11 @@ impl Mirror {
         if self.in_maintenance.is_none() {
             bump(&self.counters.requests);
             let a = match self
-                .http
-                .call(Method::GET, "/v1/agent/checks", "", None, self.timeout)
+                .agent
+                .request("GET", "/v1/agent/checks", "", None, self.timeout)
                 .await
             {
-                Ok(a) if a.status == StatusCode::OK => a,
+                Ok(a) if a.status == 200 => a,
                 Ok(a) => {
                     self.failed(
                         "GET /v1/agent/checks",
@@ -636,7 +702,7 @@ impl Mirror {
             },
         });
         if !self
-            .request(Method::PUT, "/v1/agent/service/register", "", Some(body))
+            .request("PUT", "/v1/agent/service/register", "", Some(body))
             .await
         {
             return false;
@@ -653,11 +719,11 @@ impl Mirror {
         bump(&self.counters.requests);
         let path = format!("/v1/session/info/{session}");
         let a = match self
-            .http
-            .call(Method::GET, &path, "", None, self.timeout)
+            .agent
+            .request("GET", &path, "", None, self.timeout)
             .await
         {
-            Ok(a) if a.status == StatusCode::OK => a,
+            Ok(a) if a.status == 200 => a,
             Ok(a) => {
                 self.failed(&path, &format!("{} {}", a.status, a.text()));
                 return None;
@@ -679,7 +745,7 @@ impl Mirror {
 
     async fn deregister(&mut self, service_id: &str) -> bool {
         let path = format!("/v1/agent/service/deregister/{service_id}");
-        if self.request(Method::PUT, &path, "", None).await {
+        if self.request("PUT", &path, "", None).await {
             bump(&self.counters.deregistered);
             self.pending_deregisters.remove(service_id);
             true
@@ -742,7 +808,7 @@ impl Mirror {
             return;
         }
         let path = format!("/v1/agent/check/pass/{}", lease_service_id(session));
-        if self.request(Method::PUT, &path, "", None).await {
+        if self.request("PUT", &path, "", None).await {
             bump(&self.counters.heartbeats);
             return;
         }
@@ -782,9 +848,9 @@ impl Mirror {
         let filter = format!("Meta.{META_LEASE} == \"{session}\"");
         bump(&self.counters.requests);
         let listed = match self
-            .http
-            .call(
-                Method::GET,
+            .agent
+            .request(
+                "GET",
                 "/v1/agent/services",
                 &format!("filter={}", query_value(&filter)),
                 None,
@@ -792,7 +858,7 @@ impl Mirror {
             )
             .await
         {
-            Ok(a) if a.status == StatusCode::OK => {
+            Ok(a) if a.status == 200 => {
                 serde_json::from_slice::<HashMap<String, Value>>(&a.body).ok()
             }
             _ => None,
@@ -878,14 +944,5 @@ mod tests {
             .meta("tags", "blue, canary,,");
         assert_eq!(service_tags(&inst), vec!["blue", "canary"]);
         assert!(service_tags(&Instance::new("web", "w1").addr("x:1")).is_empty());
-    }
-
-    #[test]
-    fn instance_keys() {
-        assert_eq!(instance_key("registry/web/w-1"), Some(("web", "w-1")));
-        assert_eq!(instance_key("a/b/c/web/n@h:1"), Some(("web", "n@h:1")));
-        assert_eq!(instance_key("web"), None);
-        assert_eq!(instance_key("registry/web/"), None);
-        assert_eq!(instance_key("x/.web/a"), None);
     }
 }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conformance_tests::testbed::{self, ConsulOptions};
-use registry_consul::{CatalogHealth, CatalogSource, ConsulBuilder};
+use registry_consul::ConsulBuilder;
+use registry_consul_catalog::{CatalogHealth, CatalogSource};
 use registry_engine::{
     BACKEND_SOURCE, Directory, Instance, InstanceState, Registry, Ring, ServiceSnapshot,
 };
