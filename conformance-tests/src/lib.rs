@@ -23,6 +23,7 @@ use futures::future::BoxFuture;
 use registry_core::{Backend, Result, Revision};
 
 pub mod engine;
+pub mod forward;
 #[cfg(feature = "testbed")]
 pub mod pki;
 pub mod scenarios;

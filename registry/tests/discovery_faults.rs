@@ -7,12 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use conformance_tests::forward::{Call, Forward, Hook};
 use registry::engine::Registry;
 use registry::memory::MemoryBackend;
-use registry::{
-    Backend, Bytes, Capabilities, CondOutcome, Condition, Error, ErrorKind, KeyValue, Lease,
-    LeaseId, Listing, Result, Revision, WatchStream,
-};
+use registry::{Error, ErrorKind, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Fault {
@@ -22,73 +20,40 @@ enum Fault {
     Forbidden,
 }
 
-/// The memory backend with one fault, counting lists.
-#[derive(Debug)]
+/// One fault for the memory backend, counting lists.
 struct Faulty {
-    inner: MemoryBackend,
     fault: Fault,
     lists: AtomicU64,
 }
 
 #[async_trait]
-impl Backend for Faulty {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn grant(&self, ttl: Duration) -> Result<Lease> {
-        self.inner.grant(ttl).await
-    }
-    async fn keep_alive(&self, lease: &LeaseId) -> Result<Duration> {
-        self.inner.keep_alive(lease).await
-    }
-    async fn revoke(&self, lease: &LeaseId) -> Result<()> {
-        self.inner.revoke(lease).await
-    }
-    async fn put(&self, key: &str, value: Bytes, lease: Option<&LeaseId>) -> Result<Revision> {
-        self.inner.put(key, value, lease).await
-    }
-    async fn delete(&self, key: &str) -> Result<Option<Revision>> {
-        self.inner.delete(key).await
-    }
-    async fn put_if(
-        &self,
-        key: &str,
-        value: Bytes,
-        lease: Option<&LeaseId>,
-        cond: Condition,
-    ) -> Result<CondOutcome> {
-        self.inner.put_if(key, value, lease, cond).await
-    }
-    async fn delete_if(&self, key: &str, cond: Condition) -> Result<CondOutcome> {
-        self.inner.delete_if(key, cond).await
-    }
-    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        self.inner.get(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Listing> {
-        self.lists.fetch_add(1, Ordering::Relaxed);
-        if self.fault == Fault::Forbidden {
-            return Err(Error::new(
-                ErrorKind::PermissionDenied,
-                "this token may not read the prefix",
-            ));
+impl Hook for Faulty {
+    async fn before(&self, call: &Call<'_>) -> Result<()> {
+        match (call, self.fault) {
+            (Call::List { .. }, fault) => {
+                self.lists.fetch_add(1, Ordering::Relaxed);
+                if fault == Fault::Forbidden {
+                    return Err(Error::new(
+                        ErrorKind::PermissionDenied,
+                        "this token may not read the prefix",
+                    ));
+                }
+            }
+            (Call::Watch { after, .. }, Fault::AlwaysCompacted) => {
+                return Err(Error::compacted(after + 1));
+            }
+            _ => {}
         }
-        self.inner.list(prefix).await
-    }
-    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
-        if self.fault == Fault::AlwaysCompacted {
-            return Err(Error::compacted(after + 1));
-        }
-        self.inner.watch(prefix, after).await
+        Ok(())
     }
 }
 
-fn faulty(fault: Fault) -> Arc<Faulty> {
-    Arc::new(Faulty {
-        inner: MemoryBackend::new(),
+fn faulty(fault: Fault) -> Arc<Forward<Faulty>> {
+    let hook = Faulty {
         fault,
         lists: AtomicU64::new(0),
-    })
+    };
+    Arc::new(Forward::new(Arc::new(MemoryBackend::new()), hook))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,7 +64,7 @@ async fn relisting_after_compacted_backs_off() {
     // One second of a backend that answers every watch with Compacted: with a back-off from
     // 100 ms (doubling, jittered) that is a handful of listings, not a hot loop of thousands.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let lists = backend.lists.load(Ordering::Relaxed);
+    let lists = backend.hook().lists.load(Ordering::Relaxed);
     drop(d);
     assert!(
         (2..=12).contains(&lists),

@@ -8,13 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use conformance_tests::forward::{Call, Forward, Hook};
 use futures::future::BoxFuture;
 use registry::engine::{Instance, RegisterOptions, Registration, RegistrationState, Registry};
 use registry::memory::MemoryBackend;
-use registry::{
-    Backend, Bytes, Capabilities, CondOutcome, Condition, ErrorKind, KeyValue, Lease, LeaseId,
-    Listing, Result, Revision, WatchStream,
-};
+use registry::{Backend, Error, ErrorKind, LeaseId, Result};
 use tokio::time::sleep;
 
 const TTL: Duration = Duration::from_secs(3);
@@ -206,22 +204,13 @@ async fn shutdown_deregisters_everything_and_returns_when_done() {
     assert!(present(&backend, "s1").await);
 }
 
-/// The memory backend, with a hook that runs the moment its user next reaches for one key to
+/// A hook for the memory backend that runs the moment its user next reaches for one key to
 /// delete it: right after reading the key (where a get-then-delete decides the key is still its
 /// own) or right before a conditional delete of it. The hook lets another process register the
 /// same key in between, the race a deferred delete must survive.
 struct Interleaving {
-    inner: MemoryBackend,
     key: String,
-    hook: Mutex<Option<BoxFuture<'static, ()>>>,
-}
-
-impl std::fmt::Debug for Interleaving {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Interleaving")
-            .field("inner", &self.inner)
-            .finish()
-    }
+    pending: Mutex<Option<BoxFuture<'static, ()>>>,
 }
 
 impl Interleaving {
@@ -229,7 +218,7 @@ impl Interleaving {
         if key != self.key {
             return;
         }
-        let hook = self.hook.lock().unwrap().take();
+        let hook = self.pending.lock().unwrap().take();
         if let Some(hook) = hook {
             hook.await;
         }
@@ -237,48 +226,17 @@ impl Interleaving {
 }
 
 #[async_trait]
-impl Backend for Interleaving {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+impl Hook for Interleaving {
+    async fn before(&self, call: &Call<'_>) -> Result<()> {
+        if let Call::DeleteIf { key, .. } = call {
+            self.interleave(key).await;
+        }
+        Ok(())
     }
-    async fn grant(&self, ttl: Duration) -> Result<Lease> {
-        self.inner.grant(ttl).await
-    }
-    async fn keep_alive(&self, lease: &LeaseId) -> Result<Duration> {
-        self.inner.keep_alive(lease).await
-    }
-    async fn revoke(&self, lease: &LeaseId) -> Result<()> {
-        self.inner.revoke(lease).await
-    }
-    async fn put(&self, key: &str, value: Bytes, lease: Option<&LeaseId>) -> Result<Revision> {
-        self.inner.put(key, value, lease).await
-    }
-    async fn delete(&self, key: &str) -> Result<Option<Revision>> {
-        self.inner.delete(key).await
-    }
-    async fn put_if(
-        &self,
-        key: &str,
-        value: Bytes,
-        lease: Option<&LeaseId>,
-        cond: Condition,
-    ) -> Result<CondOutcome> {
-        self.inner.put_if(key, value, lease, cond).await
-    }
-    async fn delete_if(&self, key: &str, cond: Condition) -> Result<CondOutcome> {
-        self.interleave(key).await;
-        self.inner.delete_if(key, cond).await
-    }
-    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let kv = self.inner.get(key).await;
-        self.interleave(key).await;
-        kv
-    }
-    async fn list(&self, prefix: &str) -> Result<Listing> {
-        self.inner.list(prefix).await
-    }
-    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
-        self.inner.watch(prefix, after).await
+    async fn after(&self, call: &Call<'_>) {
+        if let Call::Get { key } = call {
+            self.interleave(key).await;
+        }
     }
 }
 
@@ -297,11 +255,13 @@ fn lease_of(r: &Registration) -> LeaseId {
 async fn a_deferred_delete_never_removes_another_process_registration() {
     let store = MemoryBackend::new();
     let key = "registry/web/w1";
-    let backend = Arc::new(Interleaving {
-        inner: store.clone(),
-        key: key.to_owned(),
-        hook: Mutex::new(None),
-    });
+    let backend = Arc::new(Forward::new(
+        Arc::new(store.clone()),
+        Interleaving {
+            key: key.to_owned(),
+            pending: Mutex::new(None),
+        },
+    ));
     let a = Registry::builder(backend.clone())
         .ttl(TTL)
         .heartbeat(HEARTBEAT)
@@ -325,7 +285,7 @@ async fn a_deferred_delete_never_removes_another_process_registration() {
     // Another process registers the same instance just as the deferred delete is about to go.
     let b = registry(&store);
     let theirs: Arc<Mutex<Option<Registration>>> = Arc::default();
-    *backend.hook.lock().unwrap() = Some({
+    *backend.hook().pending.lock().unwrap() = Some({
         let theirs = theirs.clone();
         Box::pin(async move {
             let r = b.register(web("w1")).await.unwrap();
@@ -355,84 +315,65 @@ async fn a_deferred_delete_never_removes_another_process_registration() {
     assert_eq!(a.stats().deletes, 0, "nothing of ours was deleted");
 }
 
-/// The memory backend where the first (conditional) write of one key is slow: it reaches the store only after
-/// `delay`, whatever happened to the caller meanwhile (a request that timed out on the client but
-/// was already on its way).
-#[derive(Debug)]
+/// A hook for the memory backend where the first conditional write of one key is slow: it reaches
+/// the store only after `delay`, whatever happened to the caller meanwhile (a request that timed
+/// out on the client but was already on its way). A caller that waits that long gets a timeout.
 struct LatePut {
-    inner: MemoryBackend,
+    store: MemoryBackend,
     key: String,
     delay: Duration,
     fired: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
-impl Backend for LatePut {
-    fn capabilities(&self) -> registry::Capabilities {
-        self.inner.capabilities()
-    }
-    async fn grant(&self, ttl: Duration) -> Result<Lease> {
-        self.inner.grant(ttl).await
-    }
-    async fn keep_alive(&self, lease: &LeaseId) -> Result<Duration> {
-        self.inner.keep_alive(lease).await
-    }
-    async fn revoke(&self, lease: &LeaseId) -> Result<()> {
-        self.inner.revoke(lease).await
-    }
-    async fn put(&self, key: &str, value: Bytes, lease: Option<&LeaseId>) -> Result<Revision> {
-        self.inner.put(key, value, lease).await
-    }
-    async fn delete(&self, key: &str) -> Result<Option<Revision>> {
-        self.inner.delete(key).await
-    }
-    async fn put_if(
-        &self,
-        key: &str,
-        value: Bytes,
-        lease: Option<&LeaseId>,
-        cond: Condition,
-    ) -> Result<CondOutcome> {
+impl Hook for LatePut {
+    async fn before(&self, call: &Call<'_>) -> Result<()> {
         use std::sync::atomic::Ordering;
-        if key == self.key && !self.fired.swap(true, Ordering::SeqCst) {
-            let (inner, key, lease, delay) = (
-                self.inner.clone(),
-                key.to_owned(),
-                lease.cloned(),
-                self.delay,
-            );
-            // Spawned: it completes even when the caller stops waiting.
-            let late = tokio::spawn(async move {
-                sleep(delay).await;
-                inner.put_if(&key, value, lease.as_ref(), cond).await
-            });
-            return late.await.expect("late put task");
+        let Call::PutIf {
+            key,
+            value,
+            lease,
+            cond,
+        } = *call
+        else {
+            return Ok(());
+        };
+        if key != self.key || self.fired.swap(true, Ordering::SeqCst) {
+            return Ok(());
         }
-        self.inner.put_if(key, value, lease, cond).await
-    }
-    async fn delete_if(&self, key: &str, cond: Condition) -> Result<CondOutcome> {
-        self.inner.delete_if(key, cond).await
-    }
-    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        self.inner.get(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Listing> {
-        self.inner.list(prefix).await
-    }
-    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
-        self.inner.watch(prefix, after).await
+        let (store, key, value, lease, cond, delay) = (
+            self.store.clone(),
+            key.to_owned(),
+            value.clone(),
+            lease.cloned(),
+            cond.clone(),
+            self.delay,
+        );
+        // Spawned: it completes even when the caller stops waiting.
+        let late = tokio::spawn(async move {
+            sleep(delay).await;
+            store.put_if(&key, value, lease.as_ref(), cond).await
+        });
+        let landed = late.await.expect("late put task");
+        Err(Error::new(
+            ErrorKind::Timeout,
+            format!("the write reached the store after {delay:?}: {landed:?}"),
+        ))
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_write_that_times_out_and_lands_after_the_deregistration_does_not_resurrect_it() {
     let store = MemoryBackend::new();
-    let backend = Arc::new(LatePut {
-        inner: store.clone(),
-        key: "registry/web/late".to_owned(),
-        delay: Duration::from_secs(2),
-        fired: Default::default(),
-    });
+    let backend = Arc::new(Forward::new(
+        Arc::new(store.clone()),
+        LatePut {
+            store: store.clone(),
+            key: "registry/web/late".to_owned(),
+            delay: Duration::from_secs(2),
+            fired: Default::default(),
+        },
+    ));
     let a = Registry::builder(backend)
         .ttl(TTL)
         .heartbeat(HEARTBEAT)
@@ -509,62 +450,40 @@ async fn many_registrations_are_read_back_in_turns_and_each_is_repaired() {
     assert!(regs.iter().all(|r| r.state().is_registered()));
 }
 
-/// The memory backend with a fixed delay on every conditional put, counting how many are in
-/// flight at once.
-#[derive(Debug)]
+/// A hook for the memory backend: a fixed delay on every conditional put, counting how many are
+/// in flight at once.
 struct SlowPuts {
-    inner: MemoryBackend,
     delay: Duration,
     now: std::sync::atomic::AtomicUsize,
     most: std::sync::atomic::AtomicUsize,
 }
 
+impl SlowPuts {
+    fn over(store: &MemoryBackend, delay: Duration) -> Arc<Forward<SlowPuts>> {
+        let slow = SlowPuts {
+            delay,
+            now: Default::default(),
+            most: Default::default(),
+        };
+        Arc::new(Forward::new(Arc::new(store.clone()), slow))
+    }
+}
+
 #[async_trait]
-impl Backend for SlowPuts {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn grant(&self, ttl: Duration) -> Result<Lease> {
-        self.inner.grant(ttl).await
-    }
-    async fn keep_alive(&self, lease: &LeaseId) -> Result<Duration> {
-        self.inner.keep_alive(lease).await
-    }
-    async fn revoke(&self, lease: &LeaseId) -> Result<()> {
-        self.inner.revoke(lease).await
-    }
-    async fn put(&self, key: &str, value: Bytes, lease: Option<&LeaseId>) -> Result<Revision> {
-        self.inner.put(key, value, lease).await
-    }
-    async fn delete(&self, key: &str) -> Result<Option<Revision>> {
-        self.inner.delete(key).await
-    }
-    async fn put_if(
-        &self,
-        key: &str,
-        value: Bytes,
-        lease: Option<&LeaseId>,
-        cond: Condition,
-    ) -> Result<CondOutcome> {
+impl Hook for SlowPuts {
+    async fn before(&self, call: &Call<'_>) -> Result<()> {
         use std::sync::atomic::Ordering::SeqCst;
-        let now = self.now.fetch_add(1, SeqCst) + 1;
-        self.most.fetch_max(now, SeqCst);
-        sleep(self.delay).await;
-        let r = self.inner.put_if(key, value, lease, cond).await;
-        self.now.fetch_sub(1, SeqCst);
-        r
+        if let Call::PutIf { .. } = call {
+            let now = self.now.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(now, SeqCst);
+            sleep(self.delay).await;
+        }
+        Ok(())
     }
-    async fn delete_if(&self, key: &str, cond: Condition) -> Result<CondOutcome> {
-        self.inner.delete_if(key, cond).await
-    }
-    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        self.inner.get(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Listing> {
-        self.inner.list(prefix).await
-    }
-    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
-        self.inner.watch(prefix, after).await
+    async fn after(&self, call: &Call<'_>) {
+        if let Call::PutIf { .. } = call {
+            self.now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 }
 
@@ -576,12 +495,7 @@ impl Backend for SlowPuts {
 async fn registrations_made_at_once_are_written_concurrently_on_one_lease() {
     use std::sync::atomic::Ordering::SeqCst;
     let store = MemoryBackend::builder().max_value_len(4096).build();
-    let slow = Arc::new(SlowPuts {
-        inner: store.clone(),
-        delay: Duration::from_millis(10),
-        now: Default::default(),
-        most: Default::default(),
-    });
+    let slow = SlowPuts::over(&store, Duration::from_millis(10));
     let r = Registry::builder(slow.clone())
         .ttl(TTL)
         .heartbeat(HEARTBEAT)
@@ -594,7 +508,7 @@ async fn registrations_made_at_once_are_written_concurrently_on_one_lease() {
     let t0 = tokio::time::Instant::now();
     let outcomes = r.register_many(batch).await;
     let took = t0.elapsed();
-    let most = slow.most.load(SeqCst);
+    let most = slow.hook().most.load(SeqCst);
     assert!(
         most > 1 && most <= 50,
         "{most} conditional puts in flight at most"
@@ -618,7 +532,7 @@ async fn registrations_made_at_once_are_written_concurrently_on_one_lease() {
     assert_eq!(r.stats().grants, 1);
 
     // Concurrent `register` calls pipeline the same way.
-    slow.most.store(0, SeqCst);
+    slow.hook().most.store(0, SeqCst);
     let t0 = tokio::time::Instant::now();
     let more =
         futures::future::join_all((0..200).map(|i| r.register(web(&format!("c{i:03}"))))).await;
@@ -627,7 +541,7 @@ async fn registrations_made_at_once_are_written_concurrently_on_one_lease() {
         "{:?}",
         t0.elapsed()
     );
-    assert!(slow.most.load(SeqCst) > 1);
+    assert!(slow.hook().most.load(SeqCst) > 1);
     for m in more {
         assert_eq!(lease_of(&m.unwrap()), *leases.first().unwrap());
     }
@@ -640,12 +554,7 @@ async fn registrations_made_at_once_are_written_concurrently_on_one_lease() {
 #[tokio::test(start_paused = true)]
 async fn register_then_deregister_or_update_in_quick_succession_keeps_the_order() {
     let store = MemoryBackend::new();
-    let slow = Arc::new(SlowPuts {
-        inner: store.clone(),
-        delay: Duration::from_millis(10),
-        now: Default::default(),
-        most: Default::default(),
-    });
+    let slow = SlowPuts::over(&store, Duration::from_millis(10));
     let r = Registry::builder(slow)
         .ttl(TTL)
         .heartbeat(HEARTBEAT)
