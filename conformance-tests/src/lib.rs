@@ -30,6 +30,8 @@ pub mod scenarios;
 pub mod support;
 #[cfg(feature = "testbed")]
 pub mod testbed;
+#[cfg(feature = "testbed")]
+pub mod tls;
 
 /// The backend under test and what the suite may do to it besides the contract.
 #[derive(Clone)]

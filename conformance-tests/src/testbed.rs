@@ -18,6 +18,9 @@ use testcontainers::{ContainerAsync, ContainerRequest, GenericImage, ImageExt};
 
 use crate::server_required;
 
+/// A running test container (dropping it removes it).
+pub type Container = ContainerAsync<GenericImage>;
+
 /// The label every test container carries, so leftovers can be removed (`scripts/testbed.sh`).
 pub const LABEL: (&str, &str) = ("service-registry-test", "1");
 
@@ -159,6 +162,18 @@ pub fn unavailable<T>(what: &str, reason: &str) -> Option<T> {
     }
     eprintln!("skipping: {msg}");
     None
+}
+
+/// Awaits `start` (a server's start): the server, or `None` once [`unavailable`] has said why it
+/// cannot be had (a failure under `REGISTRY_TEST_REQUIRED=1`).
+pub async fn start_or_skip<T>(
+    what: &str,
+    start: impl std::future::Future<Output = Result<T, String>>,
+) -> Option<T> {
+    match start.await {
+        Ok(server) => Some(server),
+        Err(reason) => unavailable(what, &reason),
+    }
 }
 
 /// A free TCP port on the loopback interface (for containers that must keep their port across a
@@ -308,8 +323,12 @@ pub struct EtcdOptions {
     pub files: Vec<(String, Vec<u8>)>,
     /// Extra command-line flags.
     pub extra_args: Vec<String>,
-    /// Client URL scheme (`https` with TLS flags in `extra_args`); default `http`.
+    /// Client URL scheme (`https` with TLS flags in `extra_args`); default `http`, `https` with
+    /// [`tls`](Self::tls).
     pub scheme: Option<String>,
+    /// Serve clients over TLS only with this certificate (clients are asked for none unless
+    /// `extra_args` names a `--trusted-ca-file`).
+    pub tls: Option<ServerTls>,
 }
 
 /// A running etcd container.
@@ -334,7 +353,11 @@ impl std::fmt::Debug for Etcd {
 /// Starts an etcd container from [`ServerKind::Etcd`]'s image and waits until it serves clients.
 pub async fn start_etcd(opts: EtcdOptions) -> Result<Etcd, String> {
     let name = opts.name.clone().unwrap_or_else(|| "etcd".to_owned());
-    let scheme = opts.scheme.clone().unwrap_or_else(|| "http".to_owned());
+    let default_scheme = if opts.tls.is_some() { "https" } else { "http" };
+    let scheme = opts
+        .scheme
+        .clone()
+        .unwrap_or_else(|| default_scheme.to_owned());
     let peer = format!("http://{name}:2380");
     let mut cmd = vec![
         "etcd".to_owned(),
@@ -357,6 +380,12 @@ pub async fn start_etcd(opts: EtcdOptions) -> Result<Etcd, String> {
         "--initial-cluster-state".into(),
         "new".into(),
     ];
+    if opts.tls.is_some() {
+        cmd.extend([
+            format!("--cert-file={}", ServerTls::CERT),
+            format!("--key-file={}", ServerTls::KEY),
+        ]);
+    }
     cmd.extend(opts.extra_args.iter().cloned());
     let ready = WaitFor::message_on_stderr("ready to serve client requests");
     let (container, endpoint) = start_container(
@@ -374,7 +403,10 @@ pub async fn start_etcd(opts: EtcdOptions) -> Result<Etcd, String> {
             for (path, bytes) in &opts.files {
                 req = req.with_copy_to(path.clone(), bytes.clone());
             }
-            req
+            match &opts.tls {
+                Some(tls) => tls.copy_into(req),
+                None => req,
+            }
         },
     )
     .await?;
