@@ -26,6 +26,8 @@ pub mod engine;
 pub mod forward;
 #[cfg(feature = "testbed")]
 pub mod pki;
+#[cfg(feature = "testbed")]
+pub mod resilience;
 pub mod scenarios;
 pub mod support;
 #[cfg(feature = "testbed")]

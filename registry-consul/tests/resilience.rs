@@ -4,23 +4,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conformance_tests::engine::{until_lost_and_back, until_online};
-use conformance_tests::testbed::{self, ConsulOptions};
-use registry_consul::ConsulBuilder;
+use conformance_tests::resilience::{Timings, register_web, retry, until_fresh, web};
+use conformance_tests::testbed::{self, ConsulOptions, start_or_skip};
+use registry_consul::{ConsulBackend, ConsulBuilder};
 use registry_core::{Backend, Bytes, ErrorKind};
-use registry_engine::{Instance, Registry};
 use tokio::time::{sleep, timeout};
+
+/// The registries' timings: Consul's sessions live at least 10 s.
+const TIMINGS: Timings = Timings {
+    ttl: Duration::from_secs(10),
+    heartbeat: Duration::from_secs(2),
+    op_timeout: Duration::from_secs(2),
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_come_back_after_consul_restarts() {
-    let port = testbed::free_port();
-    let consul = match testbed::start_consul(ConsulOptions {
-        host_port: Some(port),
+    let options = ConsulOptions {
+        host_port: Some(testbed::free_port()),
         ..ConsulOptions::default()
-    })
-    .await
-    {
-        Ok(c) => c,
-        Err(reason) => return testbed::unavailable::<()>("consul", &reason).unwrap_or(()),
+    };
+    let Some(consul) = start_or_skip("consul", testbed::start_consul(options)).await else {
+        return;
     };
     let backend = ConsulBuilder::new()
         .address(consul.endpoint.clone())
@@ -29,31 +33,9 @@ async fn registrations_come_back_after_consul_restarts() {
         .await
         .unwrap();
     let backend: Arc<dyn Backend> = Arc::new(backend);
-    let mk = || {
-        Registry::builder(backend.clone())
-            .ttl(Duration::from_secs(10))
-            .heartbeat(Duration::from_secs(2))
-            .op_timeout(Duration::from_secs(2))
-            .build()
-            .unwrap()
-    };
-    let (a, b) = (mk(), mk());
+    let (a, b) = (TIMINGS.registry(&backend), TIMINGS.registry(&backend));
     let d = b.discover("web").await.unwrap();
-    let mut regs = Vec::new();
-    for i in 0..3 {
-        regs.push(
-            a.register(Instance::new("web", format!("w{i}")).addr(format!("10.0.0.{i}:80")))
-                .await
-                .unwrap(),
-        );
-    }
-    until_online(
-        d.directory(),
-        "web",
-        &["w0", "w1", "w2"],
-        Duration::from_secs(5),
-    )
-    .await;
+    let regs = register_web(&a, d.directory(), &["w0", "w1", "w2"]).await;
 
     // A -dev agent keeps everything in memory: after the restart its KV store, sessions and
     // indexes start from nothing.
@@ -71,14 +53,7 @@ async fn registrations_come_back_after_consul_restarts() {
     for s in &mut states {
         until_lost_and_back(s, outage, Duration::from_secs(60)).await;
     }
-    let mut view = d.directory().subscribe("web");
-    timeout(
-        Duration::from_secs(30),
-        view.wait_for(|s| !s.is_stale() && s.online().len() == 3),
-    )
-    .await
-    .expect("the directory shows all three again, fresh")
-    .unwrap();
+    until_fresh(d.directory(), "web", 3, Duration::from_secs(30)).await;
     assert_eq!(backend.list("registry/web").await.unwrap().entries.len(), 3);
     assert!(a.stats().recoveries >= 1, "{:?}", a.stats());
 }
@@ -92,10 +67,7 @@ async fn wrong_acl_token_is_permission_denied() {
     };
     let ep = consul.endpoint.clone();
     // The right token works, for KV and sessions.
-    let ok = ConsulBuilder::new()
-        .address(ep.clone())
-        .token(ROOT)
-        .connect()
+    let ok = with_token(&ep, ROOT)
         .await
         .expect("the master token is accepted");
     ok.put("k", Bytes::from_static(b"v"), None).await.unwrap();
@@ -105,10 +77,7 @@ async fn wrong_acl_token_is_permission_denied() {
         .unwrap();
     ok.keep_alive(&lease.id).await.unwrap();
     // A wrong token, and none at all, are refused.
-    let e = ConsulBuilder::new()
-        .address(ep.clone())
-        .token("00000000-1111-2222-3333-444444444444")
-        .connect()
+    let e = with_token(&ep, "00000000-1111-2222-3333-444444444444")
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
@@ -157,10 +126,7 @@ async fn wrong_acl_token_is_permission_denied() {
             "read-only",
         ],
     );
-    let ro = ConsulBuilder::new()
-        .address(ep.clone())
-        .token(READ_ONLY)
-        .connect()
+    let ro = with_token(&ep, READ_ONLY)
         .await
         .expect("a read-only token connects");
     assert!(ro.get("k").await.unwrap().is_some());
@@ -180,6 +146,15 @@ async fn wrong_acl_token_is_permission_denied() {
     assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
     let url = format!("consul://{ep}?token={ROOT}");
     assert!(!format!("{:?}", ConsulBuilder::from_url(&url).unwrap()).contains(ROOT));
+}
+
+/// Connects to the agent at `endpoint` with the ACL token `token`.
+async fn with_token(endpoint: &str, token: &str) -> registry_core::Result<ConsulBackend> {
+    ConsulBuilder::new()
+        .address(endpoint.to_owned())
+        .token(token)
+        .connect()
+        .await
 }
 
 /// Runs the `consul` command inside the agent's container with `token` (the ACL tests' way to
@@ -208,7 +183,7 @@ fn consul_cli(consul: &testbed::Consul, token: &str, args: &[&str]) -> String {
 /// Consul with ACLs on and the root token working (the agent bootstraps its ACLs a moment after
 /// it starts).
 async fn consul_with_acls(root: &str) -> Option<testbed::Consul> {
-    let consul = match testbed::start_consul(ConsulOptions {
+    let options = ConsulOptions {
         extra_args: vec![
             "-hcl".into(),
             format!(
@@ -216,23 +191,18 @@ async fn consul_with_acls(root: &str) -> Option<testbed::Consul> {
             ),
         ],
         ..ConsulOptions::default()
-    })
-    .await
-    {
-        Ok(c) => c,
-        Err(reason) => return testbed::unavailable("consul with ACLs", &reason),
     };
-    timeout(Duration::from_secs(20), async {
-        while ConsulBuilder::new()
-            .address(consul.endpoint.clone())
-            .token(root)
-            .connect()
-            .await
-            .is_err()
-        {
-            sleep(Duration::from_millis(250)).await;
-        }
-    })
+    let consul = start_or_skip("consul with ACLs", testbed::start_consul(options)).await?;
+    let connect = || with_token(&consul.endpoint, root);
+    timeout(
+        Duration::from_secs(20),
+        retry(
+            "the root token",
+            u32::MAX,
+            Duration::from_millis(250),
+            connect,
+        ),
+    )
     .await
     .expect("the root token is accepted");
     Some(consul)
@@ -276,29 +246,14 @@ async fn a_token_losing_read_permission_leaves_the_view_stale_not_empty() {
         ],
     );
     let backend = || async {
-        Arc::new(
-            ConsulBuilder::new()
-                .address(ep.clone())
-                .token(TOKEN)
-                .connect()
-                .await
-                .expect("connect with the registry token"),
-        )
+        let backend = with_token(&ep, TOKEN)
+            .await
+            .expect("connect with the registry token");
+        Arc::new(backend) as Arc<dyn Backend>
     };
-    let registrar = Registry::builder(backend().await)
-        .ttl(Duration::from_secs(10))
-        .heartbeat(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let _w1 = registrar
-        .register(Instance::new("web", "w1").addr("10.0.0.1:80"))
-        .await
-        .unwrap();
-    let reader = Registry::builder(backend().await)
-        .ttl(Duration::from_secs(10))
-        .heartbeat(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let registrar = TIMINGS.registry(&backend().await);
+    let _w1 = registrar.register(web("w1")).await.unwrap();
+    let reader = TIMINGS.registry(&backend().await);
     let _d = reader.discover("web").await.unwrap();
     until_online(reader.directory(), "web", &["w1"], Duration::from_secs(15)).await;
     // An operator takes the token's KV permission away: Consul now filters every listing to
@@ -317,12 +272,7 @@ async fn a_token_losing_read_permission_leaves_the_view_stale_not_empty() {
         ],
     );
     // Consul answers a blocking query when the prefix changes: another process writes there.
-    let root = ConsulBuilder::new()
-        .address(ep.clone())
-        .token(ROOT)
-        .connect()
-        .await
-        .unwrap();
+    let root = with_token(&ep, ROOT).await.unwrap();
     // The policy change takes a moment to apply to reads: write until a read after it happened.
     let dir = reader.directory();
     timeout(Duration::from_secs(30), async {

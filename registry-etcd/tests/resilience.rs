@@ -6,31 +6,35 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use conformance_tests::engine::until_online;
-use conformance_tests::testbed::{self, EtcdOptions};
+use conformance_tests::pki::TestCa;
+use conformance_tests::resilience::{self, Timings, docker, register_web, retry, until_fresh, web};
+use conformance_tests::testbed::{self, EtcdOptions, ServerTls, start_or_skip};
 use registry_core::{Backend, Bytes, ErrorKind};
-use registry_engine::{Instance, Registry};
-use registry_etcd::{EtcdBackend, EtcdBuilder};
+use registry_etcd::EtcdBuilder;
 use tokio::time::{Instant, sleep, timeout};
 
-const TTL: Duration = Duration::from_secs(2);
+const TTL: Duration = Timings::SHORT.ttl;
 
-fn registry(backend: &EtcdBackend) -> Registry {
-    Registry::builder(Arc::new(backend.clone()))
-        .ttl(TTL)
-        .heartbeat(Duration::from_millis(600))
-        .op_timeout(Duration::from_secs(1))
-        .build()
-        .unwrap()
-}
-
-async fn connect(endpoints: &[String]) -> EtcdBackend {
-    EtcdBuilder::new()
+async fn connect(endpoints: &[String]) -> Arc<dyn Backend> {
+    let backend = EtcdBuilder::new()
         .endpoints(endpoints.iter().cloned())
         .namespace("resilience")
         .request_timeout(Duration::from_secs(2))
         .connect()
         .await
-        .unwrap_or_else(|e| panic!("connect {endpoints:?}: {e}"))
+        .unwrap_or_else(|e| panic!("connect {endpoints:?}: {e}"));
+    Arc::new(backend)
+}
+
+/// An etcd on a host port of its own, kept across a stop and start.
+async fn etcd_on_a_fixed_port() -> Option<(testbed::Etcd, u16)> {
+    let port = testbed::free_port();
+    let options = EtcdOptions {
+        host_port: Some(port),
+        ..EtcdOptions::default()
+    };
+    let etcd = start_or_skip("etcd", testbed::start_etcd(options)).await?;
+    Some((etcd, port))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,26 +44,14 @@ async fn registration_survives_a_container_stop_and_restart() {
             "note: restart test needs its own container; using one despite REGISTRY_TEST_ETCD_ENDPOINTS"
         );
     }
-    let port = testbed::free_port();
-    let etcd = match testbed::start_etcd(EtcdOptions {
-        host_port: Some(port),
-        ..EtcdOptions::default()
-    })
-    .await
-    {
-        Ok(e) => e,
-        Err(reason) => return testbed::unavailable::<()>("etcd", &reason).unwrap_or(()),
+    let Some((etcd, _)) = etcd_on_a_fixed_port().await else {
+        return;
     };
-    let endpoints = vec![etcd.endpoint.clone()];
-    let backend = connect(&endpoints).await;
-    let a = registry(&backend);
-    let b = registry(&backend);
+    let backend = connect(std::slice::from_ref(&etcd.endpoint)).await;
+    let a = Timings::SHORT.registry(&backend);
+    let b = Timings::SHORT.registry(&backend);
     let d = b.discover("web").await.unwrap();
-    let reg = a
-        .register(Instance::new("web", "w1").addr("10.0.0.1:80"))
-        .await
-        .unwrap();
-    until_online(d.directory(), "web", &["w1"], Duration::from_secs(5)).await;
+    let reg = register_web(&a, d.directory(), &["w1"]).await.remove(0);
 
     let mut states = reg.watch_state();
     let seen = tokio::spawn(async move {
@@ -93,14 +85,7 @@ async fn registration_survives_a_container_stop_and_restart() {
         .expect("registration came back within 30 s")
         .unwrap();
     assert!(names.ends_with(&["lost", "registered"]), "{names:?}");
-    let mut view = d.directory().subscribe("web");
-    timeout(
-        Duration::from_secs(15),
-        view.wait_for(|s| !s.is_stale() && s.online().len() == 1),
-    )
-    .await
-    .expect("directory fresh again")
-    .unwrap();
+    until_fresh(d.directory(), "web", 1, Duration::from_secs(15)).await;
     let kv = backend
         .get("registry/web/w1")
         .await
@@ -143,48 +128,27 @@ async fn cluster_survives_losing_its_leader() {
             ..EtcdOptions::default()
         })
     });
-    let mut members = Vec::new();
-    for r in futures::future::join_all(starts).await {
-        match r {
-            Ok(m) => members.push(m),
-            Err(reason) => {
-                return testbed::unavailable::<()>("etcd cluster", &reason).unwrap_or(());
-            }
-        }
-    }
+    let started: Result<Vec<_>, _> = futures::future::join_all(starts)
+        .await
+        .into_iter()
+        .collect();
+    let Some(members) = start_or_skip("etcd cluster", std::future::ready(started)).await else {
+        return;
+    };
     let endpoints: Vec<String> = members.iter().map(|m| m.endpoint.clone()).collect();
     let writer = connect(&endpoints).await;
     let reader = connect(&endpoints).await;
-    let a = registry(&writer);
-    let b = registry(&reader);
+    let a = Timings::SHORT.registry(&writer);
+    let b = Timings::SHORT.registry(&reader);
     let d = b.discover("web").await.unwrap();
-    let mut regs = Vec::new();
-    for i in 0..5 {
-        regs.push(
-            a.register(Instance::new("web", format!("w{i}")).addr(format!("10.0.0.{i}:80")))
-                .await
-                .unwrap(),
-        );
-    }
-    until_online(
-        d.directory(),
-        "web",
-        &["w0", "w1", "w2", "w3", "w4"],
-        Duration::from_secs(5),
-    )
-    .await;
+    let regs = register_web(&a, d.directory(), &["w0", "w1", "w2", "w3", "w4"]).await;
 
     let leader = leader(&endpoints).await.expect("a leader");
     eprintln!("killing leader {}", members[leader].name);
     let killed = Instant::now();
     // SIGKILL, not `docker stop`: on SIGTERM etcd hands leadership over gracefully, which is not
     // the crash this test is about.
-    let status = std::process::Command::new("docker")
-        .args(["kill", "--signal", "KILL", members[leader].container.id()])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("run docker kill");
-    assert!(status.success(), "docker kill failed");
+    resilience::kill(&members[leader].container);
     assert!(
         !members[leader].container.is_running().await.unwrap(),
         "leader still running"
@@ -194,10 +158,7 @@ async fn cluster_survives_losing_its_leader() {
     // New registrations succeed within a few seconds (retrying through the election).
     let newcomer = timeout(Duration::from_secs(10), async {
         loop {
-            match a
-                .register(Instance::new("web", "w5").addr("10.0.0.5:80"))
-                .await
-            {
+            match a.register(web("w5")).await {
                 Ok(r) if r.state().is_registered() => return r,
                 Ok(r) => {
                     r.registered().await.unwrap();
@@ -274,42 +235,6 @@ impl std::io::Write for Captured {
     }
 }
 
-struct Pki {
-    ca: String,
-    server_cert: String,
-    server_key: String,
-    client_cert: String,
-    client_key: String,
-}
-
-fn pki() -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "registry test CA");
-    let ca_key = KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let server_params =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server = server_params.signed_by(&server_key, &ca, &ca_key).unwrap();
-    let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    client_params
-        .distinguished_name
-        .push(DnType::CommonName, "registry-client");
-    let client_key = KeyPair::generate().unwrap();
-    let client = client_params.signed_by(&client_key, &ca, &ca_key).unwrap();
-    Pki {
-        ca: ca.pem(),
-        server_cert: server.pem(),
-        server_key: server_key.serialize_pem(),
-        client_cert: client.pem(),
-        client_key: client_key.serialize_pem(),
-    }
-}
-
 // Single-threaded so that the thread-local log capture sees every task's logs.
 #[tokio::test(flavor = "current_thread")]
 async fn tls_and_authentication() {
@@ -322,45 +247,34 @@ async fn tls_and_authentication() {
             .with_writer(move || sink.clone())
             .finish(),
     );
-    let pki = pki();
-    let etcd = match testbed::start_etcd(EtcdOptions {
-        scheme: Some("https".into()),
-        files: vec![
-            ("/certs/ca.pem".into(), pki.ca.clone().into_bytes()),
-            (
-                "/certs/server.pem".into(),
-                pki.server_cert.clone().into_bytes(),
-            ),
-            (
-                "/certs/server-key.pem".into(),
-                pki.server_key.clone().into_bytes(),
-            ),
-        ],
-        extra_args: vec![
-            "--cert-file=/certs/server.pem".into(),
-            "--key-file=/certs/server-key.pem".into(),
-            // A trusted CA makes etcd require client certificates: mutual TLS.
-            "--trusted-ca-file=/certs/ca.pem".into(),
-        ],
+    let ca = TestCa::new("registry test CA");
+    let server = ca.server_cert(&["localhost", "127.0.0.1"]);
+    let client = ca.client_cert("registry-client");
+    let options = EtcdOptions {
+        tls: Some(ServerTls {
+            cert: server.cert,
+            key: server.key,
+        }),
+        files: vec![("/certs/ca.pem".into(), ca.pem.clone().into_bytes())],
+        // A trusted CA makes etcd require client certificates: mutual TLS.
+        extra_args: vec!["--trusted-ca-file=/certs/ca.pem".into()],
         ..EtcdOptions::default()
-    })
-    .await
-    {
-        Ok(e) => e,
-        Err(reason) => return testbed::unavailable::<()>("etcd with TLS", &reason).unwrap_or(()),
+    };
+    let Some(etcd) = start_or_skip("etcd with TLS", testbed::start_etcd(options)).await else {
+        return;
     };
     let tls = || {
         EtcdBuilder::new()
             .endpoints([etcd.endpoint.clone()])
-            .ca_pem(pki.ca.clone())
-            .client_cert_pem(pki.client_cert.clone(), pki.client_key.clone())
+            .ca_pem(ca.pem.clone())
+            .client_cert_pem(client.cert.clone(), client.key.clone())
             .connect_timeout(Duration::from_secs(5))
     };
 
     // Without a client certificate the server refuses the connection.
     let no_cert = EtcdBuilder::new()
         .endpoints([etcd.endpoint.clone()])
-        .ca_pem(pki.ca.clone())
+        .ca_pem(ca.pem.clone())
         .connect_timeout(Duration::from_secs(3))
         .request_timeout(Duration::from_secs(3))
         .connect()
@@ -437,15 +351,6 @@ async fn tls_and_authentication() {
     assert!(!logged.contains(PASSWORD), "a log line shows the password");
 }
 
-fn docker(args: &[&str]) {
-    let ok = std::process::Command::new("docker")
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "docker {args:?}");
-}
-
 /// Every file under `dir`, as `(container path under into, bytes)` for a container to start with.
 fn collect_files(dir: &std::path::Path, into: &str, out: &mut Vec<(String, Vec<u8>)>) {
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -459,6 +364,15 @@ fn collect_files(dir: &std::path::Path, into: &str, out: &mut Vec<(String, Vec<u
     }
 }
 
+/// Waits until etcd answers reads (through `truth`, an etcd-client of its own) again.
+async fn until_serving(truth: &etcd_client::Client) {
+    retry("etcd to come back", 300, Duration::from_millis(100), || {
+        let mut truth = truth.clone();
+        async move { truth.get("probe", None).await }
+    })
+    .await;
+}
+
 /// etcd put back to an older copy of its data directory (a disk restored from a backup, a VM
 /// snapshot rolled back): same cluster, but its revision is lower than what watchers saw, so a
 /// watcher resuming from its last revision would wait for revisions that now mean other changes.
@@ -466,40 +380,19 @@ fn collect_files(dir: &std::path::Path, into: &str, out: &mut Vec<(String, Vec<u
 /// registration be back, as etcd itself (read with etcd-client) shows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_of_an_older_data_directory_is_detected() {
-    let port = testbed::free_port();
-    let etcd = match testbed::start_etcd(EtcdOptions {
-        host_port: Some(port),
-        ..EtcdOptions::default()
-    })
-    .await
-    {
-        Ok(e) => e,
-        Err(reason) => return testbed::unavailable::<()>("etcd", &reason).unwrap_or(()),
+    let Some((etcd, port)) = etcd_on_a_fixed_port().await else {
+        return;
     };
     let endpoints = vec![etcd.endpoint.clone()];
     let backend = connect(&endpoints).await;
     let mut truth = etcd_client::Client::connect(&endpoints, None)
         .await
         .unwrap();
-    let ready = |truth: &mut etcd_client::Client| {
-        let mut truth = truth.clone();
-        async move {
-            for _ in 0..300 {
-                if truth.get("probe", None).await.is_ok() {
-                    return;
-                }
-                sleep(Duration::from_millis(100)).await;
-            }
-            panic!("etcd did not come back");
-        }
-    };
-    let a = registry(&backend);
-    let c = registry(&backend);
-    let b = registry(&backend);
+    let a = Timings::SHORT.registry(&backend);
+    let c = Timings::SHORT.registry(&backend);
+    let b = Timings::SHORT.registry(&backend);
     let d = b.discover("web").await.unwrap();
-    let web = |id: &str| Instance::new("web", id).addr("10.0.0.1:80");
-    let _w0 = a.register(web("w0")).await.unwrap();
-    until_online(d.directory(), "web", &["w0"], Duration::from_secs(5)).await;
+    let _w0 = register_web(&a, d.directory(), &["w0"]).await;
 
     // The backup: the data directory, copied out while the server is stopped (`docker cp`: the
     // engine may run outside this process's root, so no bind mount).
@@ -511,7 +404,7 @@ async fn a_restore_of_an_older_data_directory_is_detected() {
         &backup.path().join("etcd").display().to_string(),
     ]);
     etcd.container.start().await.expect("start etcd");
-    ready(&mut truth).await;
+    until_serving(&truth).await;
 
     // Life goes on: another registration and plenty of history the backup does not have.
     let w1 = c.register(web("w1")).await.unwrap();
@@ -538,7 +431,7 @@ async fn a_restore_of_an_older_data_directory_is_detected() {
     })
     .await
     .expect("start etcd from the backup");
-    ready(&mut truth).await;
+    until_serving(&truth).await;
     let now = truth.get("probe", None).await.unwrap();
     let now = now.header().map_or(0, |h| h.revision()) as u64;
     assert!(
@@ -568,18 +461,13 @@ async fn a_restore_of_an_older_data_directory_is_detected() {
     assert_eq!(resumed.kind(), ErrorKind::Compacted, "{resumed}");
 
     // A registration made after the restore reaches the watcher; everything is in etcd.
-    let mut tries = 0;
-    let _w2 = loop {
-        match c.register(web("w2")).await {
-            Ok(r) => break r,
-            Err(e) if tries < 20 => {
-                tries += 1;
-                eprintln!("register after the restore: {e}");
-                sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => panic!("register after the restore: {e}"),
-        }
-    };
+    let _w2 = retry(
+        "register after the restore",
+        20,
+        Duration::from_millis(250),
+        || c.register(web("w2")),
+    )
+    .await;
     until_online(
         d.directory(),
         "web",

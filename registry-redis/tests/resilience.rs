@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conformance_tests::engine::{until_lost_and_back, until_online};
-use conformance_tests::testbed::{self, RedisOptions};
+use conformance_tests::resilience::{self, Timings, docker, register_web, retry, until_fresh, web};
+use conformance_tests::testbed::{self, RedisOptions, start_or_skip};
 use futures::StreamExt;
 use registry_core::{Backend, Bytes, ErrorKind};
-use registry_engine::{Instance, Registry};
-use registry_redis::{RedisBackend, RedisBuilder};
+use registry_redis::RedisBuilder;
 use tokio::time::{sleep, timeout};
 
 fn builder(endpoint: &str) -> RedisBuilder {
@@ -19,58 +19,43 @@ fn builder(endpoint: &str) -> RedisBuilder {
         .connect_timeout(Duration::from_secs(1))
 }
 
-fn registry(backend: &RedisBackend) -> Registry {
-    Registry::builder(Arc::new(backend.clone()))
-        .ttl(Duration::from_secs(2))
-        .heartbeat(Duration::from_millis(600))
-        .op_timeout(Duration::from_secs(1))
-        .build()
+/// A Redis of this test's own, started with `options`.
+async fn own_redis(options: RedisOptions) -> Option<testbed::Redis> {
+    start_or_skip("redis", testbed::start_redis(options)).await
+}
+
+/// The server's own data: the keys of the hash that holds the default namespace's keys.
+async fn held_keys(con: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    redis::cmd("HKEYS")
+        .arg("{registry}:kv")
+        .query_async(con)
+        .await
         .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_come_back_after_redis_is_replaced() {
     let port = testbed::free_port();
-    let first = match testbed::start_redis(RedisOptions {
+    let Some(first) = own_redis(RedisOptions {
         host_port: Some(port),
         ..RedisOptions::default()
     })
     .await
-    {
-        Ok(r) => r,
-        Err(reason) => return testbed::unavailable::<()>("redis", &reason).unwrap_or(()),
+    else {
+        return;
     };
     let endpoint = first.endpoint.clone();
-    let backend = builder(&endpoint).connect().await.unwrap();
-    let a = registry(&backend);
-    let b = registry(&backend);
+    let backend: Arc<dyn Backend> = Arc::new(builder(&endpoint).connect().await.unwrap());
+    let a = Timings::SHORT.registry(&backend);
+    let b = Timings::SHORT.registry(&backend);
     let d = b.discover("web").await.unwrap();
-    let mut regs = Vec::new();
-    for i in 0..3 {
-        regs.push(
-            a.register(Instance::new("web", format!("w{i}")).addr(format!("10.0.0.{i}:80")))
-                .await
-                .unwrap(),
-        );
-    }
-    until_online(
-        d.directory(),
-        "web",
-        &["w0", "w1", "w2"],
-        Duration::from_secs(5),
-    )
-    .await;
+    let regs = register_web(&a, d.directory(), &["w0", "w1", "w2"]).await;
 
     // Kill it (no persistence: every key, lease and event is gone) and start a new, empty one on
     // the same address.
     let mut states: Vec<_> = regs.iter().map(|r| r.watch_state()).collect();
     let outage = tokio::time::Instant::now();
-    let status = std::process::Command::new("docker")
-        .args(["kill", "--signal", "KILL", first.container.id()])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("docker kill");
-    assert!(status.success());
+    resilience::kill(&first.container);
     sleep(Duration::from_secs(1)).await;
     let second = testbed::start_redis(RedisOptions {
         host_port: Some(port),
@@ -85,14 +70,7 @@ async fn registrations_come_back_after_redis_is_replaced() {
     for s in &mut states {
         until_lost_and_back(s, outage, Duration::from_secs(60)).await;
     }
-    let mut view = d.directory().subscribe("web");
-    timeout(
-        Duration::from_secs(20),
-        view.wait_for(|s| !s.is_stale() && s.online().len() == 3),
-    )
-    .await
-    .expect("the directory shows all three again")
-    .unwrap();
+    until_fresh(d.directory(), "web", 3, Duration::from_secs(20)).await;
     let listed = backend.list("registry/web").await.unwrap();
     assert_eq!(listed.entries.len(), 3);
     assert!(a.stats().recoveries >= 1, "{:?}", a.stats());
@@ -149,7 +127,7 @@ async fn a_server_that_lost_its_data_is_never_taken_for_the_same_history() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_credentials_are_permission_denied() {
     const PASSWORD: &str = "requirepass-secret";
-    let redis = match testbed::start_redis(RedisOptions {
+    let Some(redis) = own_redis(RedisOptions {
         extra_args: vec![
             "--requirepass".into(),
             PASSWORD.into(),
@@ -170,9 +148,8 @@ async fn wrong_credentials_are_permission_denied() {
         ..RedisOptions::default()
     })
     .await
-    {
-        Ok(r) => r,
-        Err(reason) => return testbed::unavailable::<()>("redis", &reason).unwrap_or(()),
+    else {
+        return;
     };
     let ep = redis.endpoint.clone();
     // requirepass: right and wrong password.
@@ -275,9 +252,8 @@ async fn running_out_of_local_revisions_starts_a_new_epoch_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_holed_watch_connection_ends_the_stream_instead_of_hanging() {
-    let redis = match testbed::start_redis(RedisOptions::default()).await {
-        Ok(r) => r,
-        Err(reason) => return testbed::unavailable::<()>("redis", &reason).unwrap_or(()),
+    let Some(redis) = own_redis(RedisOptions::default()).await else {
+        return;
     };
     let backend = builder(&redis.endpoint).connect().await.unwrap();
     let rev = backend
@@ -287,20 +263,11 @@ async fn a_black_holed_watch_connection_ends_the_stream_instead_of_hanging() {
     let mut stream = backend.watch("web", rev).await.unwrap();
     // The server stops answering but keeps the connection open (a paused container: what a
     // network that drops packets looks like to the client).
-    let id = redis.container.id().to_owned();
-    let docker = |verb: &str| {
-        let ok = std::process::Command::new("docker")
-            .args([verb, id.as_str()])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "docker {verb}");
-    };
-    docker("pause");
+    let id = redis.container.id();
+    docker(&["pause", id]);
     let started = std::time::Instant::now();
     let ended = timeout(Duration::from_secs(15), stream.next()).await;
-    docker("unpause");
+    docker(&["unpause", id]);
     let item = ended.expect("the watch hung on a connection that never answers");
     match item {
         Some(Err(e)) => assert!(e.is_temporary(), "{e}"),
@@ -316,9 +283,8 @@ async fn a_black_holed_watch_connection_ends_the_stream_instead_of_hanging() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_broken_inside_a_large_revision_resumes_without_losing_its_events() {
-    let redis = match testbed::start_redis(RedisOptions::default()).await {
-        Ok(r) => r,
-        Err(reason) => return testbed::unavailable::<()>("redis", &reason).unwrap_or(()),
+    let Some(redis) = own_redis(RedisOptions::default()).await else {
+        return;
     };
     let backend = builder(&redis.endpoint).connect().await.unwrap();
     // 600 keys on one lease: revoking it deletes them all in one revision, more events than one
@@ -384,27 +350,23 @@ async fn a_watch_broken_inside_a_large_revision_resumes_without_losing_its_event
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_from_an_older_snapshot_is_a_new_epoch() {
     use registry_engine::RegistrationState;
-    let port = testbed::free_port();
-    let server = match testbed::start_redis(RedisOptions {
-        host_port: Some(port),
+    let Some(server) = own_redis(RedisOptions {
+        host_port: Some(testbed::free_port()),
         extra_args: vec!["--dir".into(), "/data".into()],
         ..RedisOptions::default()
     })
     .await
-    {
-        Ok(r) => r,
-        Err(reason) => return testbed::unavailable::<()>("redis", &reason).unwrap_or(()),
+    else {
+        return;
     };
     let endpoint = server.endpoint.clone();
     let truth = redis::Client::open(format!("redis://{endpoint}")).unwrap();
-    let backend = builder(&endpoint).connect().await.unwrap();
-    let a = registry(&backend);
-    let c = registry(&backend);
-    let b = registry(&backend);
+    let backend: Arc<dyn Backend> = Arc::new(builder(&endpoint).connect().await.unwrap());
+    let a = Timings::SHORT.registry(&backend);
+    let c = Timings::SHORT.registry(&backend);
+    let b = Timings::SHORT.registry(&backend);
     let d = b.discover("web").await.unwrap();
-    let web = |id: &str| Instance::new("web", id).addr("10.0.0.1:80");
-    let _w0 = a.register(web("w0")).await.unwrap();
-    until_online(d.directory(), "web", &["w0"], Duration::from_secs(5)).await;
+    let _w0 = register_web(&a, d.directory(), &["w0"]).await;
 
     // The snapshot: w0 only. Then another process's lease and registration, and more history.
     let mut con = truth.get_multiplexed_async_connection().await.unwrap();
@@ -422,33 +384,20 @@ async fn a_restart_from_an_older_snapshot_is_a_new_epoch() {
     until_online(d.directory(), "web", &["w0", "w1"], Duration::from_secs(5)).await;
 
     // Restart the server process: it loads the older snapshot (nothing is saved at shutdown).
-    let docker = |verb: &str| {
-        let ok = std::process::Command::new("docker")
-            .args([verb, server.container.id()])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "docker {verb}");
-    };
-    docker("stop");
-    docker("start");
-    let mut con = loop {
-        if let Ok(mut con) = truth.get_multiplexed_async_connection().await {
-            if redis::cmd("PING")
-                .query_async::<String>(&mut con)
-                .await
-                .is_ok()
-            {
-                break con;
-            }
-        }
-        sleep(Duration::from_millis(100)).await;
-    };
-    let restored: Vec<String> = redis::cmd("HKEYS")
-        .arg("{registry}:kv")
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    docker(&["stop", server.container.id()]);
+    docker(&["start", server.container.id()]);
+    let mut con = retry(
+        "redis to come back",
+        300,
+        Duration::from_millis(100),
+        || async {
+            let mut con = truth.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut con).await?;
+            Ok::<_, redis::RedisError>(con)
+        },
+    )
+    .await;
+    let restored = held_keys(&mut con).await;
     assert!(
         !restored.iter().any(|k| k.ends_with("/w1")),
         "the snapshot is older than w1: {restored:?}"
@@ -456,15 +405,19 @@ async fn a_restart_from_an_older_snapshot_is_a_new_epoch() {
 
     // A lease granted now is never one a live process still holds.
     // (The backend's connection reconnects first: retry what times out meanwhile.)
-    let mut tries = 0;
-    let fresh = loop {
-        match backend.grant(Duration::from_secs(5)).await {
-            Ok(l) => break l,
-            Err(e) if e.is_temporary() && tries < 20 => tries += 1,
-            Err(e) => panic!("grant after the restart: {e}"),
-        }
-        sleep(Duration::from_millis(250)).await;
-    };
+    let fresh = retry(
+        "grant after the restart",
+        20,
+        Duration::from_millis(250),
+        || async {
+            let granted = backend.grant(Duration::from_secs(5)).await;
+            if let Err(e) = &granted {
+                assert!(e.is_temporary(), "grant after the restart: {e}");
+            }
+            granted
+        },
+    )
+    .await;
     assert_ne!(fresh.id, c_lease, "a lease id was handed out twice");
 
     // A registration made after the restart reaches the watcher, and everything registered is
@@ -477,11 +430,7 @@ async fn a_restart_from_an_older_snapshot_is_a_new_epoch() {
         Duration::from_secs(10),
     )
     .await;
-    let held: Vec<String> = redis::cmd("HKEYS")
-        .arg("{registry}:kv")
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let held = held_keys(&mut con).await;
     for id in ["w0", "w1", "w2"] {
         assert!(
             held.contains(&format!("registry/web/{id}")),
