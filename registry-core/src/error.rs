@@ -72,6 +72,18 @@ impl ErrorKind {
             ErrorKind::Internal => "internal error",
         }
     }
+
+    /// Whether retrying cannot cure an error of this kind: the caller (its credentials, its
+    /// request, what the backend supports) must change first
+    /// ([`PermissionDenied`](ErrorKind::PermissionDenied), [`Unsupported`](ErrorKind::Unsupported)
+    /// and [`InvalidInput`](ErrorKind::InvalidInput)). A discovery or a source that meets one
+    /// at its first attempt reports it instead of retrying for ever.
+    pub fn is_permanent(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::PermissionDenied | ErrorKind::Unsupported | ErrorKind::InvalidInput
+        )
+    }
 }
 
 impl fmt::Display for ErrorKind {
@@ -293,6 +305,20 @@ mod tests {
         assert!(!all.contains("pa55word"), "{all}");
         assert!(all.contains("inner ***"), "{all}");
         assert_eq!(e.kind(), ErrorKind::Unavailable);
+    }
+
+    #[test]
+    fn permanent_kinds() {
+        assert!(ErrorKind::PermissionDenied.is_permanent());
+        assert!(ErrorKind::InvalidInput.is_permanent());
+        assert!(ErrorKind::Unsupported.is_permanent());
+        for k in [
+            ErrorKind::Unavailable,
+            ErrorKind::Timeout,
+            ErrorKind::Compacted,
+        ] {
+            assert!(!k.is_permanent(), "{k}");
+        }
     }
 
     #[test]

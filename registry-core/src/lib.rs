@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod counters;
 pub mod error;
 pub mod key;
 pub mod lease;

@@ -61,7 +61,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+
+use registry_core::counters::Bump;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -75,7 +77,7 @@ use registry_engine::{
     Backoff, DEFAULT_WEIGHT, Directory, Instance, MAX_ID_LEN, MAX_WEIGHT, SourceHandle,
     validate_id, validate_service,
 };
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 
 /// Metadata key: the SRV name an instance was found under.
 pub const META_NAME: &str = "dns.name";
@@ -311,25 +313,23 @@ impl DnsSourceBuilder {
             ceiling: self.ttl_ceiling,
             jitter: self.jitter,
         };
-        let tasks = followed
-            .into_iter()
-            .map(|f| {
-                let follower = Follower {
-                    followed: f,
-                    resolver: resolver.clone(),
-                    handle: handle.clone(),
-                    shared: shared.clone(),
-                    schedule,
-                    deadline: self
-                        .query_timeout
-                        .saturating_mul(u32::try_from(self.attempts + 1).unwrap_or(u32::MAX))
-                        .saturating_add(self.query_timeout),
-                    backoff: Backoff::new(self.retry_base, self.retry_max),
-                    weight_scale: self.weight_scale,
-                };
-                runtime.spawn(follower.run())
-            })
-            .collect();
+        let mut tasks = JoinSet::new();
+        for f in followed {
+            let follower = Follower {
+                followed: f,
+                resolver: resolver.clone(),
+                handle: handle.clone(),
+                shared: shared.clone(),
+                schedule,
+                deadline: self
+                    .query_timeout
+                    .saturating_mul(u32::try_from(self.attempts + 1).unwrap_or(u32::MAX))
+                    .saturating_add(self.query_timeout),
+                backoff: Backoff::new(self.retry_base, self.retry_max),
+                weight_scale: self.weight_scale,
+            };
+            tasks.spawn_on(follower.run(), &runtime);
+        }
         Ok(DnsSource {
             tasks,
             shared,
@@ -345,7 +345,8 @@ impl DnsSourceBuilder {
 /// [`Discovery`](registry_engine::Discovery) is dropped) until
 /// [`withdraw_all`](Self::withdraw_all).
 pub struct DnsSource {
-    tasks: Vec<JoinHandle<()>>,
+    /// One poller per followed name, aborted with the source.
+    tasks: JoinSet<()>,
     shared: Arc<Shared>,
     handle: Arc<SourceHandle>,
 }
@@ -356,14 +357,6 @@ impl fmt::Debug for DnsSource {
             .field("name", &self.handle.name())
             .field("counts", &self.counts())
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for DnsSource {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
     }
 }
 
@@ -380,17 +373,7 @@ impl DnsSource {
 
     /// What happened so far, over every name followed.
     pub fn counts(&self) -> DnsCounts {
-        let c = &self.shared.counts;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        DnsCounts {
-            queries: get(&c.queries),
-            answers: get(&c.answers),
-            errors: get(&c.errors),
-            empty_answers: get(&c.empty_answers),
-            skipped_records: get(&c.skipped_records),
-            target_errors: get(&c.target_errors),
-            changes: get(&c.changes),
-        }
+        self.shared.counts.snapshot()
     }
 
     /// Where following `service` stands (`None` if this source does not follow it).
@@ -399,37 +382,37 @@ impl DnsSource {
     }
 
     /// Stops polling and removes everything this source published.
-    pub fn withdraw_all(self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+    pub fn withdraw_all(mut self) {
+        self.tasks.abort_all();
         self.handle.withdraw_all();
     }
 }
 
-/// Counters of a [`DnsSource`], over every name it follows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct DnsCounts {
-    /// SRV queries sent.
-    pub queries: u64,
-    /// Queries answered (records, NXDOMAIN or no records).
-    pub answers: u64,
-    /// Queries that failed (timeout, SERVFAIL, REFUSED, unreachable, ...): the view went or
-    /// stayed stale.
-    pub errors: u64,
-    /// Answers that listed nothing (NXDOMAIN, no SRV records, or none usable).
-    pub empty_answers: u64,
-    /// SRV records that could not become an instance (a target without an address, a duplicate
-    /// target and port, an invalid instance, a target whose lookup failed and that was not shown
-    /// before), counted in every answer that has them.
-    pub skipped_records: u64,
-    /// Lookups of an SRV target's address that failed (timeout, SERVFAIL, ...) in an answer that
-    /// did come: the target's records keep the instance shown before (or are skipped if there was
-    /// none), the others are updated, and the name is queried again at the floor.
-    pub target_errors: u64,
-    /// Answers that changed what the directory shows.
-    pub changes: u64,
+registry_core::counters! {
+    /// A source's counters, shared by its pollers.
+    struct Counters =>
+    /// Counters of a [`DnsSource`], over every name it follows.
+    pub struct DnsCounts {
+        /// SRV queries sent.
+        queries,
+        /// Queries answered (records, NXDOMAIN or no records).
+        answers,
+        /// Queries that failed (timeout, SERVFAIL, REFUSED, unreachable, ...): the view went or
+        /// stayed stale.
+        errors,
+        /// Answers that listed nothing (NXDOMAIN, no SRV records, or none usable).
+        empty_answers,
+        /// SRV records that could not become an instance (a target without an address, a duplicate
+        /// target and port, an invalid instance, a target whose lookup failed and that was not shown
+        /// before), counted in every answer that has them.
+        skipped_records,
+        /// Lookups of an SRV target's address that failed (timeout, SERVFAIL, ...) in an answer that
+        /// did come: the target's records keep the instance shown before (or are skipped if there was
+        /// none), the others are updated, and the name is queried again at the floor.
+        target_errors,
+        /// Answers that changed what the directory shows.
+        changes,
+    }
 }
 
 /// Where following one service stands. From [`DnsSource::status`].
@@ -533,17 +516,6 @@ struct Followed {
     name: Name,
 }
 
-#[derive(Default)]
-struct Counters {
-    queries: AtomicU64,
-    answers: AtomicU64,
-    errors: AtomicU64,
-    empty_answers: AtomicU64,
-    skipped_records: AtomicU64,
-    target_errors: AtomicU64,
-    changes: AtomicU64,
-}
-
 struct Shared {
     counts: Counters,
     status: Mutex<HashMap<String, DnsStatus>>,
@@ -581,7 +553,7 @@ impl Follower {
         let mut stale = false;
         let counts = &self.shared.counts;
         loop {
-            counts.queries.fetch_add(1, Ordering::Relaxed);
+            counts.queries.bump();
             let started = Instant::now();
             let result = match tokio::time::timeout(self.deadline, self.query(last.as_ref())).await
             {
@@ -595,7 +567,7 @@ impl Follower {
             match result {
                 Ok(answer) => {
                     self.backoff.reset();
-                    counts.answers.fetch_add(1, Ordering::Relaxed);
+                    counts.answers.bump();
                     counts
                         .skipped_records
                         .fetch_add(answer.skipped, Ordering::Relaxed);
@@ -603,7 +575,7 @@ impl Follower {
                         .target_errors
                         .fetch_add(answer.target_errors, Ordering::Relaxed);
                     if answer.instances.is_empty() {
-                        counts.empty_answers.fetch_add(1, Ordering::Relaxed);
+                        counts.empty_answers.bump();
                     }
                     if last.as_ref() != Some(&answer.instances) {
                         revision += 1;
@@ -613,7 +585,7 @@ impl Follower {
                             revision,
                         );
                         debug_assert_eq!(skipped, 0, "instances are validated before");
-                        counts.changes.fetch_add(1, Ordering::Relaxed);
+                        counts.changes.bump();
                         tracing::debug!(service, name = %self.followed.srv, instances = answer.instances.len(), revision, "dns source: the answer changed");
                         last = Some(answer.instances);
                     } else if stale {
@@ -627,7 +599,7 @@ impl Follower {
                     status.last_ttl = answer.ttl;
                 }
                 Err(why) => {
-                    counts.errors.fetch_add(1, Ordering::Relaxed);
+                    counts.errors.bump();
                     if !stale {
                         tracing::warn!(service, name = %self.followed.srv, error = %why, took = ?started.elapsed(), "dns source: query failed; keeping the last instances, marked stale");
                         self.handle.set_stale(&service, true);

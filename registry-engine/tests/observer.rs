@@ -99,7 +99,11 @@ async fn the_observer_sees_each_step_of_the_keeper_in_order_and_removals_settle(
         "a deregistration waits for the observer"
     );
     r.shutdown().await.unwrap();
-    assert_eq!(recorder.settled.load(Ordering::SeqCst), 2, "so does a shutdown");
+    assert_eq!(
+        recorder.settled.load(Ordering::SeqCst),
+        2,
+        "so does a shutdown"
+    );
     assert_eq!(
         recorder.lines(),
         [
@@ -135,7 +139,9 @@ async fn a_lost_lease_ends_and_its_registrations_are_written_under_the_next() {
     let mut states = a.watch_state();
     tokio::time::timeout(
         Duration::from_secs(30),
-        states.wait_for(|s| matches!(s, RegistrationState::Registered { lease: l, .. } if *l != lease)),
+        states.wait_for(
+            |s| matches!(s, RegistrationState::Registered { lease: l, .. } if *l != lease),
+        ),
     )
     .await
     .expect("registered again under a new lease")

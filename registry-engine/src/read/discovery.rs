@@ -6,11 +6,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use registry_core::counters::{Bump, Counter};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 use tokio::time::timeout;
 
 use crate::backoff::Backoff;
@@ -115,38 +117,6 @@ impl DiscoveryOptions {
     }
 }
 
-/// Counters of one discovery.
-#[derive(Debug, Default)]
-struct Stats {
-    tel: Telemetry,
-    lists: AtomicU64,
-    watches: AtomicU64,
-    events: AtomicU64,
-    malformed: AtomicU64,
-    errors: AtomicU64,
-    apply_delay: [AtomicU64; APPLY_DELAY_BUCKETS.len() + 1],
-    apply_delay_micros: AtomicU64,
-}
-
-impl Stats {
-    fn inc(&self, c: &AtomicU64, name: &'static str) {
-        c.fetch_add(1, Ordering::Relaxed);
-        self.tel.count(name);
-    }
-
-    fn observe_apply_delay(&self, d: Duration) {
-        self.tel.seconds("registry_apply_delay_seconds", d);
-        let secs = d.as_secs_f64();
-        let i = APPLY_DELAY_BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(APPLY_DELAY_BUCKETS.len());
-        self.apply_delay[i].fetch_add(1, Ordering::Relaxed);
-        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        self.apply_delay_micros.fetch_add(micros, Ordering::Relaxed);
-    }
-}
-
 /// The upper bounds, in seconds, of the buckets of [`ApplyDelay`] (the last bucket, above them
 /// all, is unbounded).
 pub const APPLY_DELAY_BUCKETS: [f64; 14] = [
@@ -180,22 +150,70 @@ impl ApplyDelay {
     }
 }
 
-/// A copy of a discovery's counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct DiscoveryCounts {
-    /// Full listings made (the first one, and every re-list after compaction or in poll mode).
-    pub lists: u64,
-    /// Watch streams opened (the first one and every resumption).
-    pub watches: u64,
-    /// Watch events applied.
-    pub events: u64,
-    /// Values under the namespace that did not decode and were skipped.
-    pub malformed: u64,
-    /// Backend errors met (each followed by a retry).
-    pub errors: u64,
-    /// How long watch events took from arriving to being published in the directory.
-    pub apply_delay: ApplyDelay,
+registry_core::counters! {
+    /// Counters of one discovery.
+    struct Stats {
+        /// Where the counters are also recorded (the `metrics` facade).
+        tel: Telemetry,
+    } =>
+    /// A copy of a discovery's counters.
+    pub struct DiscoveryCounts {
+        /// Full listings made (the first one, and every re-list after compaction or in poll mode).
+        lists,
+        /// Watch streams opened (the first one and every resumption).
+        watches,
+        /// Watch events applied.
+        events,
+        /// Values under the namespace that did not decode and were skipped.
+        malformed,
+        /// Backend errors met (each followed by a retry).
+        errors,
+        /// How long watch events took from arriving to being published in the directory.
+        apply_delay: DelayHistogram => ApplyDelay,
+    }
+}
+
+impl Stats {
+    fn inc(&self, c: &AtomicU64, name: &'static str) {
+        c.bump();
+        self.tel.count(name);
+    }
+
+    fn observe_apply_delay(&self, d: Duration) {
+        self.tel.seconds("registry_apply_delay_seconds", d);
+        self.apply_delay.observe(d);
+    }
+}
+
+/// The live side of [`ApplyDelay`]: a bucket count per bound and the sum.
+#[derive(Debug, Default)]
+struct DelayHistogram {
+    buckets: [AtomicU64; APPLY_DELAY_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl DelayHistogram {
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = APPLY_DELAY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(APPLY_DELAY_BUCKETS.len());
+        self.buckets[i].bump();
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+}
+
+impl Counter for DelayHistogram {
+    type Snapshot = ApplyDelay;
+
+    fn snapshot(&self) -> ApplyDelay {
+        ApplyDelay {
+            buckets: std::array::from_fn(|i| self.buckets[i].snapshot()),
+            sum_micros: self.sum_micros.snapshot(),
+        }
+    }
 }
 
 /// A running discovery. Cheap to clone: clones share the running discovery, which stops when the
@@ -214,7 +232,9 @@ pub(crate) struct Running {
     directory: Directory,
     stats: Arc<Stats>,
     synced: watch::Receiver<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    /// The worker and the probe: aborted when the last handle goes (a `JoinSet` aborts its
+    /// tasks when dropped).
+    _tasks: JoinSet<()>,
     scope: Scope,
 }
 
@@ -224,14 +244,6 @@ impl fmt::Debug for Discovery {
             .field("scope", &self.run.scope)
             .field("counts", &self.counts())
             .finish()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
     }
 }
 
@@ -268,15 +280,14 @@ impl Discovery {
             events_since_list: 0,
         };
         let span = tracing::info_span!("discovery", namespace = worker.layout.namespace(), scope = ?worker.scope);
-        let worker = tokio::spawn(tracing::Instrument::instrument(worker.run(), span));
+        let mut tasks = JoinSet::new();
+        tasks.spawn(tracing::Instrument::instrument(worker.run(), span));
         // Wait for the first attempt (success or failure) so `get` answers right away. A
         // permanent refusal (credentials, permissions, an unsupported operation) is the caller's
         // to see now, not a view that stays unsynced for ever.
         if let Ok(Err(e)) = first_rx.await {
-            worker.abort();
             return Err(e);
         }
-        let mut tasks = vec![worker];
         if let Some(p) = opts.probe.clone() {
             let dir = directory.clone();
             let scope = scope.clone();
@@ -284,14 +295,14 @@ impl Discovery {
                 Scope::Service(s) => vec![s.clone()],
                 Scope::All => dir.services(),
             };
-            tasks.push(tokio::spawn(probe::run(directory.clone(), services, p)));
+            tasks.spawn(probe::run(directory.clone(), services, p));
         }
         Ok(Discovery {
             run: Arc::new(Running {
                 directory,
                 stats,
                 synced: synced_rx,
-                tasks,
+                _tasks: tasks,
                 scope,
             }),
         })
@@ -318,19 +329,7 @@ impl Discovery {
 
     /// The counters so far.
     pub fn counts(&self) -> DiscoveryCounts {
-        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let stats = &self.run.stats;
-        DiscoveryCounts {
-            lists: l(&stats.lists),
-            watches: l(&stats.watches),
-            events: l(&stats.events),
-            malformed: l(&stats.malformed),
-            errors: l(&stats.errors),
-            apply_delay: ApplyDelay {
-                buckets: std::array::from_fn(|i| l(&stats.apply_delay[i])),
-                sum_micros: l(&stats.apply_delay_micros),
-            },
-        }
+        self.run.stats.snapshot()
     }
 
     /// Waits until the view has been loaded from the backend at least once.
@@ -409,7 +408,7 @@ impl Worker {
                 Err(e) => {
                     self.stats
                         .inc(&self.stats.errors, "registry_discovery_errors_total");
-                    if self.first.is_some() && is_permanent(&e) {
+                    if self.first.is_some() && e.kind().is_permanent() {
                         tracing::warn!(scope = ?self.scope, error = %e, "discovery: the backend refuses the listing");
                         self.first_done(Err(e));
                         return;
@@ -655,12 +654,3 @@ impl Worker {
 
 /// Per service changed by a batch of events: its map before them and the ids they changed.
 type Dirty = BTreeMap<String, (InstanceMap, Touched)>;
-
-/// Errors that retrying cannot cure: refused credentials or permissions, an operation the backend
-/// does not support, a request it considers invalid.
-fn is_permanent(e: &Error) -> bool {
-    matches!(
-        e.kind(),
-        ErrorKind::PermissionDenied | ErrorKind::Unsupported | ErrorKind::InvalidInput
-    )
-}

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::join_all;
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::model::instance::Instance;
@@ -66,7 +66,8 @@ pub struct Dispatcher<S> {
     selection: Option<Selection>,
     factory: Arc<dyn Fn(&Instance) -> S + Send + Sync>,
     clients: Arc<Clients<S>>,
-    pruner: JoinHandle<()>,
+    /// Drops clients of departed instances; aborted with the dispatcher.
+    _pruner: JoinSet<()>,
 }
 
 impl<S> fmt::Debug for Dispatcher<S> {
@@ -75,12 +76,6 @@ impl<S> fmt::Debug for Dispatcher<S> {
             .field("service", &self.service)
             .field("clients", &lock(&self.clients).len())
             .finish()
-    }
-}
-
-impl<S> Drop for Dispatcher<S> {
-    fn drop(&mut self) {
-        self.pruner.abort();
     }
 }
 
@@ -101,7 +96,8 @@ where
     ) -> Self {
         let service = service.into();
         let clients: Arc<Clients<S>> = Arc::new(Mutex::new(HashMap::new()));
-        let pruner = tokio::spawn(prune(
+        let mut pruner = JoinSet::new();
+        pruner.spawn(prune(
             directory.clone(),
             service.clone(),
             Arc::downgrade(&clients),
@@ -112,7 +108,7 @@ where
             selection: None,
             factory: Arc::new(factory),
             clients,
-            pruner,
+            _pruner: pruner,
         }
     }
 
