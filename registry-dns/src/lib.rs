@@ -172,11 +172,18 @@ impl DnsSourceBuilder {
     }
 
     /// The back-off after a failed query: starting near `base`, doubling, at most `max` (default
-    /// 500 ms to 30 s).
-    pub fn retry(mut self, base: Duration, max: Duration) -> Self {
+    /// 500 ms to 30 s). Named as the same setting of `DiscoveryOptions` and
+    /// `CatalogSourceBuilder`.
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
         self.retry_base = base;
         self.retry_max = max;
         self
+    }
+
+    /// The former name of [`backoff`](Self::backoff).
+    #[deprecated(note = "renamed backoff, as in DiscoveryOptions and CatalogSourceBuilder")]
+    pub fn retry(self, base: Duration, max: Duration) -> Self {
+        self.backoff(base, max)
     }
 
     /// The weight of an instance per unit of SRV weight (default [`DEFAULT_WEIGHT`], so SRV

@@ -156,7 +156,7 @@ fn source(ns: SocketAddr) -> DnsSourceBuilder {
         .ttl_floor(FLOOR)
         .query_timeout(QUERY_TIMEOUT)
         .attempts(1)
-        .retry(Duration::from_millis(200), Duration::from_secs(2))
+        .backoff(Duration::from_millis(200), Duration::from_secs(2))
 }
 
 /// The id of an instance Consul serves under a service address: its target is

@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 
 use super::follow::{Supervisor, Workers, first_outcomes};
 use super::poll::Shared;
-use super::{CatalogHealth, CatalogSource, Follow, Stats};
+use super::{CatalogHealth, CatalogSource, Follow, SourceStats};
 
 /// Configures a [`CatalogSource`]; from [`CatalogSource::builder`].
 #[derive(Clone, Debug)]
@@ -129,7 +129,7 @@ impl CatalogSourceBuilder {
             min_interval: agent.min_poll_interval(),
             agent,
             backoff: (self.backoff_base, self.backoff_max),
-            stats: Stats::default(),
+            stats: SourceStats::default(),
         });
         let tasks = match &self.follow {
             Follow::List(services) => {

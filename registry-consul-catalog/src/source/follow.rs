@@ -29,7 +29,7 @@ impl Workers {
         // Tasks that ended (a worker only ends by a panic) are let go of here.
         while self.set.try_join_next().is_some() {}
         let (tx, rx) = oneshot::channel();
-        let w = Worker {
+        let w = ServiceFollower {
             shared: shared.clone(),
             service: service.to_owned(),
             first: Some(tx),
@@ -174,7 +174,7 @@ impl Supervisor {
 }
 
 /// Follows one service.
-pub(super) struct Worker {
+pub(super) struct ServiceFollower {
     pub(super) shared: Arc<Shared>,
     pub(super) service: String,
     pub(super) first: Option<oneshot::Sender<Result<()>>>,
@@ -182,7 +182,7 @@ pub(super) struct Worker {
     pub(super) logged: HashSet<(String, String)>,
 }
 
-impl Worker {
+impl ServiceFollower {
     pub(super) async fn run(mut self) {
         let path = format!("/v1/health/service/{}", self.service);
         let mut poll = Poll::new(&self.shared);

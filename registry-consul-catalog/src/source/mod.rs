@@ -174,7 +174,7 @@ impl CatalogSource {
 
 registry_core::counters! {
     /// A source's counters, shared by its tasks.
-    pub(crate) struct Stats =>
+    pub(crate) struct SourceStats =>
     /// A copy of a [`CatalogSource`]'s counters.
     pub struct CatalogCounts {
         /// Reads that did not block: each service's first, and the first after an error.

@@ -9,7 +9,7 @@ use registry_core::{Error, ErrorKind, Result};
 use registry_engine::{Backoff, SourceHandle};
 use tokio::time::Instant;
 
-use super::{CatalogHealth, Stats};
+use super::{CatalogHealth, SourceStats};
 
 /// What every task of one source shares.
 pub(super) struct Shared {
@@ -20,7 +20,7 @@ pub(super) struct Shared {
     pub(super) wait: Duration,
     pub(super) min_interval: Duration,
     pub(super) backoff: (Duration, Duration),
-    pub(super) stats: Stats,
+    pub(super) stats: SourceStats,
 }
 
 impl Shared {

@@ -1,4 +1,4 @@
-//! A persistent sequence of instances sorted by id, with positions: the tree behind
+//! A persistent B+tree of instances sorted by id, with positions: the tree behind
 //! [`Instances`](crate::Instances) and [`InstanceMap`](crate::InstanceMap).
 //!
 //! Written here because no maintained crate has all of what the directory's online list needs at

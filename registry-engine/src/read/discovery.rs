@@ -152,7 +152,7 @@ impl ApplyDelay {
 
 registry_core::counters! {
     /// Counters of one discovery.
-    struct Stats {
+    struct DiscoveryStats {
         /// Where the counters are also recorded (the `metrics` facade).
         tel: Telemetry,
     } =>
@@ -173,7 +173,7 @@ registry_core::counters! {
     }
 }
 
-impl Stats {
+impl DiscoveryStats {
     fn inc(&self, c: &AtomicU64, name: &'static str) {
         c.bump();
         self.tel.count(name);
@@ -230,7 +230,7 @@ pub struct Discovery {
 /// What the clones of a [`Discovery`] share.
 pub(crate) struct Running {
     directory: Directory,
-    stats: Arc<Stats>,
+    stats: Arc<DiscoveryStats>,
     synced: watch::Receiver<bool>,
     /// The worker and the probe: aborted when the last handle goes (a `JoinSet` aborts its
     /// tasks when dropped).
@@ -259,13 +259,13 @@ impl Discovery {
             crate::model::names::validate_service(s)?;
         }
         opts.validate()?;
-        let stats = Arc::new(Stats {
+        let stats = Arc::new(DiscoveryStats {
             tel: Telemetry::new(layout.namespace()),
-            ..Stats::default()
+            ..DiscoveryStats::default()
         });
         let (synced_tx, synced_rx) = watch::channel(false);
         let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-        let worker = Worker {
+        let worker = Watcher {
             backend,
             layout,
             directory: directory.clone(),
@@ -340,13 +340,13 @@ impl Discovery {
 }
 
 /// The discovery loop's state: the decoded view, by service then id.
-struct Worker {
+struct Watcher {
     backend: Arc<dyn Backend>,
     layout: Layout,
     directory: Directory,
     scope: Scope,
     opts: DiscoveryOptions,
-    stats: Arc<Stats>,
+    stats: Arc<DiscoveryStats>,
     view: BTreeMap<String, InstanceMap>,
     revision: Revision,
     /// Keys whose bad value was already logged (logged once per key until it changes to good).
@@ -367,7 +367,7 @@ enum WatchEnd {
     Broken(Error),
 }
 
-impl Worker {
+impl Watcher {
     fn prefix(&self) -> String {
         match &self.scope {
             Scope::Service(s) => self.layout.service_prefix(s),

@@ -6,9 +6,9 @@ use registry_core::backend::Backend;
 use registry_core::config::check_duration;
 use registry_core::error::{Error, Result};
 
-/// Pulse's baseline TTL.
+/// The default TTL, 15 s (Pulse's baseline; see the crate documentation).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(15);
-/// Pulse's baseline heartbeat.
+/// The default heartbeat, 5 s (Pulse's baseline).
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// How many registration writes a lease's keeper has in flight at once by default (see
 /// [`RegistryBuilder::write_concurrency`](crate::RegistryBuilder::write_concurrency)).
@@ -76,7 +76,7 @@ impl RegisterOptions {
         RegisterOptions::default()
     }
 
-    /// Waits this long before the first write (Pulse's `delay`), overriding the registry's.
+    /// Waits this long before the first write (as Pulse's `delay` does), overriding the registry's.
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = Some(delay);
         self
