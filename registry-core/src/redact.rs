@@ -116,8 +116,12 @@ impl UrlParts {
         // An `@` further on reads, to the text heuristics, as the end of a password holding an
         // unencoded `/`, `?` or `#`: which one was meant cannot be told, so neither is guessed.
         if text_password(text).is_some_and(|p| Some(p) != written_password) {
-            return Err("an `@` after the host reads as the end of a password: percent-encode                  `/`, `?`, `#` and `@` in a password (%2F, %3F, %23, %40) and `@` in an option                  value (%40)"
-                .to_owned());
+            return Err(
+                "an `@` after the host reads as the end of a password: percent-encode \
+                 `/`, `?`, `#` and `@` in a password (%2F, %3F, %23, %40) and `@` in an option \
+                 value (%40)"
+                    .to_owned(),
+            );
         }
         let mut pieces = host_list
             .split(',')

@@ -63,9 +63,26 @@ impl BackendUrl {
         Ok(BackendUrl { parts, text })
     }
 
+    /// [`parse`](Self::parse), with what a good URL looks like for the caller (`right_form`, say
+    /// `expected etcd://host:port`) added to the message of the error.
+    pub fn parse_expecting(text: &str, right_form: &str) -> Result<Self> {
+        BackendUrl::parse(text)
+            .map_err(|e| Error::invalid(format!("{}; {right_form}", e.message())))
+    }
+
     /// The scheme, in lower case: `memory`, `etcd`, `etcds`, `redis`, ...
     pub fn scheme(&self) -> &str {
         &self.parts.scheme
+    }
+
+    /// Whether the scheme is `plain` (`Some(false)`), its TLS variant `plain` + `s` (`Some(true)`:
+    /// `etcds` for `etcd`), or neither (`None`).
+    pub fn tls_variant_of(&self, plain: &str) -> Option<bool> {
+        match self.scheme().strip_prefix(plain)? {
+            "" => Some(false),
+            "s" => Some(true),
+            _ => None,
+        }
     }
 
     /// The user name, percent-decoded; `None` when the URL names none (`redis://:pw@h`).
@@ -293,11 +310,28 @@ mod tests {
             let e = BackendUrl::parse(text).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidInput, "{text}");
             assert!(e.message().contains(why), "{text}: {e}");
+            assert!(!e.message().contains("  "), "{text}: {e}");
             let shown = format!("{e} {e:?}");
             assert!(!shown.contains("hunter22"), "{shown}");
             assert!(!shown.contains("zzzz"), "{shown}");
         }
         assert!("etcd://h:1".parse::<BackendUrl>().is_ok());
         assert!(BackendUrl::try_from("etcd://h:x").is_err());
+        let e = BackendUrl::parse_expecting("etcd://h:x", "expected etcd://host:port").unwrap_err();
+        assert!(
+            e.message()
+                .ends_with("invalid port number; expected etcd://host:port"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tls_variants() {
+        let url = parse("REDISS://h");
+        assert_eq!(url.tls_variant_of("redis"), Some(true));
+        assert_eq!(parse("redis://h").tls_variant_of("redis"), Some(false));
+        assert_eq!(url.tls_variant_of("rediss"), Some(false));
+        assert_eq!(url.tls_variant_of("etcd"), None);
+        assert_eq!(parse("redisss://h").tls_variant_of("redis"), None);
     }
 }
