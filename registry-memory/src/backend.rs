@@ -17,7 +17,6 @@ use registry_core::{
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::config::MemoryBuilder;
 use crate::state::{State, parse_lease};
 
 /// Lease ids are unique in the process, so a lease from one memory backend is never mistaken for
@@ -141,16 +140,6 @@ impl fmt::Debug for MemoryBackend {
 }
 
 impl MemoryBackend {
-    /// A new, empty store with default capabilities and a history of 100,000 events.
-    pub fn new() -> Self {
-        MemoryBuilder::new().build()
-    }
-
-    /// A builder for history size and declared limits.
-    pub fn builder() -> MemoryBuilder {
-        MemoryBuilder::new()
-    }
-
     pub(crate) fn from_parts(mut caps: Capabilities, history_limit: usize) -> Self {
         // Whatever capabilities the user declared, a granted TTL stays within MAX_DURATION (about
         // twice it after rounding up to the granularity), so lease deadlines cannot overflow.
@@ -541,7 +530,7 @@ mod tests {
         let caps = Capabilities::default()
             .with_max_ttl(Duration::MAX)
             .with_ttl_granularity(Duration::MAX);
-        let b = MemoryBuilder::new().capabilities(caps).build();
+        let b = MemoryBackend::from_parts(caps, 16);
         assert_eq!(b.capabilities().max_ttl, MAX_DURATION);
         let e = b.grant(Duration::MAX).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
@@ -550,7 +539,10 @@ mod tests {
         b.keep_alive(&lease.id).await.unwrap();
         b.put("k", Bytes::new(), Some(&lease.id)).await.unwrap();
 
-        let b = MemoryBuilder::new().min_ttl(Duration::MAX).build();
+        let caps = MemoryBackend::new()
+            .capabilities()
+            .with_min_ttl(Duration::MAX);
+        let b = MemoryBackend::from_parts(caps, 16);
         let lease = b.grant(Duration::from_secs(1)).await.unwrap();
         assert_eq!(lease.ttl, b.capabilities().max_ttl);
         b.keep_alive(&lease.id).await.unwrap();

@@ -2,12 +2,29 @@
 
 use std::time::Duration;
 
+use registry_core::url::BackendUrl;
 use registry_core::{Capabilities, Error, Result};
 
-use crate::MemoryBackend;
+use crate::backend::MemoryBackend;
+
+/// The right form of a memory URL, for messages.
+const URL_HELP: &str =
+    "expected memory://, memory://NAME or memory://?history=1000&max_value=BYTES";
 
 /// Default number of retained history events.
 pub const DEFAULT_HISTORY: usize = 100_000;
+
+impl MemoryBackend {
+    /// A new, empty store with default capabilities and a history of 100,000 events.
+    pub fn new() -> Self {
+        MemoryBuilder::new().build()
+    }
+
+    /// A builder for history size and declared limits.
+    pub fn builder() -> MemoryBuilder {
+        MemoryBuilder::new()
+    }
+}
 
 /// Builds a [`MemoryBackend`].
 ///
@@ -47,34 +64,42 @@ impl MemoryBuilder {
         }
     }
 
-    /// Reads `memory://` URLs; the query may set `history=N` and `max_value=N` (bytes).
+    /// Reads `memory://` URLs; the query may set `history=N` and `max_value=N` (bytes). See
+    /// [`from_backend_url`](Self::from_backend_url).
     pub fn from_url(url: &str) -> Result<Self> {
-        // Messages show the URL with its password and token masked.
-        let shown = registry_core::redact::redact_url(url);
-        let rest = url.strip_prefix("memory://").ok_or_else(|| {
-            Error::invalid(format!(
-                "`{shown}` is not a memory URL; expected memory:// or memory://?history=1000"
-            ))
-        })?;
+        MemoryBuilder::from_backend_url(&BackendUrl::parse_expecting(url, URL_HELP)?)
+    }
+
+    /// Reads a parsed `memory://` URL: `memory://` or `memory://NAME` (the name is the caller's
+    /// business: `registry::connect` shares one store per name), and the options `history=N` and
+    /// `max_value=N` (bytes).
+    pub fn from_backend_url(url: &BackendUrl) -> Result<Self> {
+        if url.scheme() != "memory" {
+            return Err(Error::invalid(format!(
+                "`{url}` is not a memory URL; {URL_HELP}"
+            )));
+        }
+        if url.hosts().len() > 1 || url.hosts().any(|h| h.port().is_some()) {
+            return Err(Error::invalid(format!(
+                "`{url}`: a memory URL names one store at most, without a port; {URL_HELP}"
+            )));
+        }
         let mut b = MemoryBuilder::new();
-        let query = match rest.split_once('?') {
-            Some((_, q)) => q,
-            None => "",
-        };
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let n: usize = v.parse().map_err(|_| {
-                Error::invalid(format!("memory URL option `{k}` needs a number, got `{v}`"))
-            })?;
-            b = match k {
-                "history" => b.history_limit(n),
-                "max_value" => b.max_value_len(n),
+        for (k, v) in url.query_pairs() {
+            // The name first: the value of an unknown option may be a secret, never to be quoted.
+            let set = match k {
+                "history" => MemoryBuilder::history_limit,
+                "max_value" => MemoryBuilder::max_value_len,
                 _ => {
                     return Err(Error::invalid(format!(
                         "unknown memory URL option `{k}` (known: history, max_value)"
                     )));
                 }
             };
+            let n: usize = v.parse().map_err(|_| {
+                Error::invalid(format!("memory URL option `{k}` needs a number, got `{v}`"))
+            })?;
+            b = set(b, n);
         }
         Ok(b)
     }
@@ -124,5 +149,10 @@ mod tests {
         assert!(MemoryBuilder::from_url("memory://?colour=red").is_err());
         assert!(MemoryBuilder::from_url("memory://?history=x").is_err());
         assert!(MemoryBuilder::from_url("etcd://x").is_err());
+        assert!(MemoryBuilder::from_url("MEMORY://demo?history=7").is_ok());
+        for bad in ["memory://a,b", "memory://a:1", "memory://a b", "redis://h"] {
+            let e = MemoryBuilder::from_url(bad).unwrap_err();
+            assert!(e.message().contains("memory://NAME"), "{bad}: {e}");
+        }
     }
 }
