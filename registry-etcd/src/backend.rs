@@ -8,17 +8,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream,
-    LeaseKeeper, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
+    PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use futures::{StreamExt, stream};
-use registry_core::config::{check_duration, clamp_duration};
+use registry_core::config::clamp_duration;
 use registry_core::{
     Backend, Capabilities, CondOutcome, Condition, Error, ErrorKind, Event, KeyValue, Lease,
     LeaseId, Listing, Result, Revision, WatchStream, key,
 };
 
-use crate::config::EtcdBuilder;
 use crate::error::map;
 
 /// Entries fetched per page when listing, so that no response approaches gRPC's message limit.
@@ -134,85 +133,18 @@ fn compare(full: &str, cond: &Condition) -> Option<Compare> {
 }
 
 impl EtcdBackend {
-    /// A builder with defaults (`127.0.0.1:2379`).
-    pub fn builder() -> EtcdBuilder {
-        EtcdBuilder::new()
-    }
-
-    pub(crate) async fn connect(b: EtcdBuilder) -> Result<EtcdBackend> {
-        if b.endpoints.is_empty() {
-            return Err(Error::invalid("no etcd endpoint given"));
-        }
-        // Positive and bounded, so that deadlines (and their sum below) cannot overflow.
-        check_duration("etcd connect timeout", b.connect_timeout)?;
-        check_duration("etcd request timeout", b.request_timeout)?;
-        let scheme = if b.tls.is_some() { "https" } else { "http" };
-        let urls: Vec<String> = b
-            .endpoints
-            .iter()
-            .map(|e| {
-                if e.contains("://") {
-                    e.clone()
-                } else {
-                    format!("{scheme}://{e}")
-                }
-            })
-            .collect();
-        let mut opts = ConnectOptions::new()
-            .with_connect_timeout(b.connect_timeout)
-            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
-            .with_keep_alive_while_idle(true)
-            .with_require_leader(true);
-        if let Some((user, password)) = &b.user {
-            opts = opts.with_user(user.clone(), password.clone());
-        }
-        // What the client trusts, for the message of a failed handshake.
-        let mut trusted = None;
-        if let Some(tls) = &b.tls {
-            let (t, roots) = crate::tls::options(tls, b.connect_timeout)?;
-            opts = opts.with_tls(t);
-            trusted = Some(roots.describe());
-        }
-        let where_ = b.endpoints.join(",");
-        // A failed handshake says TLS and what to check, with what this client trusts.
-        let tls_failure = |e: &etcd_client::Error| {
-            let t = crate::tls::failure(e, trusted.as_deref()?)?;
-            Some(t.context(format!("cannot connect to etcd at {where_}")))
-        };
-        let connecting = Client::connect(urls, Some(opts));
-        let client = match tokio::time::timeout(b.connect_timeout + b.request_timeout, connecting)
-            .await
-        {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                if let Some(t) = tls_failure(&e) {
-                    return Err(t.with_source(e));
-                }
-                let err = map(e, "connect");
-                let hint = match err.kind() {
-                    ErrorKind::PermissionDenied => "check the user name and password",
-                    _ if trusted.is_none() => {
-                        "check that etcd is running there and reachable, and whether it serves \
-                         TLS (then use etcds://)"
-                    }
-                    _ => "check that etcd is running there and reachable (and TLS settings match)",
-                };
-                return Err(err.context(format!("cannot connect to etcd at {where_} ({hint})")));
-            }
-            Err(_) => {
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "cannot connect to etcd at {where_}: no answer within {:?}",
-                        b.connect_timeout
-                    ),
-                ));
-            }
-        };
-        let prefix = if b.namespace.is_empty() {
+    /// The backend over a connected `client`, its keys under `namespace`.
+    pub(crate) fn new(
+        client: Client,
+        namespace: &str,
+        endpoints: Vec<String>,
+        request_timeout: Duration,
+        max_value_len: usize,
+    ) -> EtcdBackend {
+        let prefix = if namespace.is_empty() {
             String::new()
         } else {
-            format!("{}/", b.namespace)
+            format!("{namespace}/")
         };
         let caps = Capabilities::default()
             .with_min_ttl(Duration::from_secs(2))
@@ -220,37 +152,20 @@ impl EtcdBackend {
             .with_ttl_granularity(Duration::from_secs(1))
             .with_expiry_slack(Duration::from_millis(1500))
             .with_max_key_len(1024)
-            .with_max_value_len(b.max_value_len)
+            .with_max_value_len(max_value_len)
             .with_exact_history(true)
             .with_watch_delay(Duration::from_secs(1));
-        let backend = EtcdBackend {
+        EtcdBackend {
             inner: Arc::new(Inner {
                 client,
                 prefix,
-                endpoints: b.endpoints,
-                request_timeout: b.request_timeout,
+                endpoints,
+                request_timeout,
                 caps,
                 keepers: Mutex::new(HashMap::new()),
                 witnesses: Mutex::new(VecDeque::new()),
             }),
-        };
-        // Fail now, not at the first operation, when nothing answers (the client connects lazily).
-        backend.inner.client.clone().status().await.map_err(|e| {
-            if let Some(t) = tls_failure(&e) {
-                return t.with_source(e);
-            }
-            let err = map(e, "status");
-            let hint = match err.kind() {
-                ErrorKind::PermissionDenied => "check the user name and password",
-                _ if trusted.is_none() => {
-                    "check that etcd is running there and reachable, and whether it serves TLS \
-                     (then use etcds://)"
-                }
-                _ => "check that etcd is running there and reachable",
-            };
-            err.context(format!("cannot reach etcd at {where_} ({hint})"))
-        })?;
-        Ok(backend)
+        }
     }
 
     /// Compacts etcd's history up to `revision` (an administrative operation: it affects every user
@@ -848,20 +763,5 @@ mod tests {
         assert_eq!(start_revision(41), 42);
         assert_eq!(start_revision(i64::MAX as u64), i64::MAX);
         assert_eq!(start_revision(u64::MAX), i64::MAX);
-    }
-
-    /// A request timeout of `Duration::MAX` panicked in `connect_timeout + request_timeout`.
-    #[tokio::test]
-    async fn out_of_range_timeouts_are_refused_before_connecting() {
-        for b in [
-            EtcdBuilder::new().request_timeout(Duration::MAX),
-            EtcdBuilder::new().connect_timeout(Duration::MAX),
-            EtcdBuilder::new().request_timeout(Duration::ZERO),
-            EtcdBuilder::new().connect_timeout(Duration::ZERO),
-        ] {
-            let e = b.connect().await.unwrap_err();
-            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
-            assert!(e.message().contains("timeout"), "{e}");
-        }
     }
 }

@@ -5,47 +5,13 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use registry_core::config::try_parse_duration;
+use registry_core::url::BackendUrl;
 use registry_core::{Error, Result};
 
-use crate::backend::EtcdBackend;
+use crate::tls::{Pem, Tls};
 
-/// TLS material, as PEM files or PEM bytes.
-#[derive(Clone, Default)]
-pub(crate) struct Tls {
-    pub(crate) ca: Option<Pem>,
-    pub(crate) cert: Option<Pem>,
-    pub(crate) key: Option<Pem>,
-    pub(crate) domain: Option<String>,
-}
-
-#[derive(Clone)]
-pub(crate) enum Pem {
-    File(PathBuf),
-    Bytes(Vec<u8>),
-}
-
-impl Pem {
-    pub(crate) fn read(&self, what: &str) -> Result<Vec<u8>> {
-        match self {
-            Pem::Bytes(b) => Ok(b.clone()),
-            Pem::File(p) => std::fs::read(p).map_err(|e| {
-                Error::invalid(format!("cannot read the {what} file {}", p.display()))
-                    .with_source(e)
-            }),
-        }
-    }
-}
-
-impl fmt::Debug for Pem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Pem::File(p) => write!(f, "{}", p.display()),
-            Pem::Bytes(b) => write!(f, "<{} PEM bytes>", b.len()),
-        }
-    }
-}
-
-/// Configures and connects an [`EtcdBackend`].
+/// Configures and connects an [`EtcdBackend`](crate::EtcdBackend).
 ///
 /// ```no_run
 /// # async fn demo() -> registry_core::Result<()> {
@@ -107,8 +73,6 @@ impl Default for EtcdBuilder {
     }
 }
 
-use registry_core::config::{percent_decode, try_parse_duration};
-
 const URL_HELP: &str = "expected etcd://[user:password@]host:port[,host:port...][/namespace][?ca=PATH&cert=PATH&key=PATH&timeout=10s&connect_timeout=5s] (etcds:// for TLS)";
 
 impl EtcdBuilder {
@@ -128,58 +92,45 @@ impl EtcdBuilder {
 
     /// Reads an `etcd://` or `etcds://` URL:
     /// `etcd://[user:password@]host:port[,host:port...][/namespace][?ca=PATH&cert=PATH&key=PATH&timeout=10s&connect_timeout=5s]`.
+    /// See [`from_backend_url`](Self::from_backend_url).
     pub fn from_url(url: &str) -> Result<Self> {
-        // Messages show the URL with its password and token masked.
-        let shown = registry_core::redact::redact_url(url);
-        let (tls, rest) = if let Some(r) = url.strip_prefix("etcd://") {
-            (false, r)
-        } else if let Some(r) = url.strip_prefix("etcds://") {
-            (true, r)
-        } else {
+        EtcdBuilder::from_backend_url(&BackendUrl::parse_expecting(url, URL_HELP)?)
+    }
+
+    /// Reads a parsed `etcd://` or `etcds://` URL (TLS): its endpoints, namespace (the path), user
+    /// and password, and the options `ca`, `cert`, `key`, `domain`, `timeout` and
+    /// `connect_timeout`.
+    pub fn from_backend_url(url: &BackendUrl) -> Result<Self> {
+        let Some(tls) = url.tls_variant_of("etcd") else {
             return Err(Error::invalid(format!(
-                "`{shown}` is not an etcd URL; {URL_HELP}"
+                "`{url}` is not an etcd URL; {URL_HELP}"
             )));
         };
-        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (authority, namespace) = rest.split_once('/').unwrap_or((rest, ""));
-        let (userinfo, hosts) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, authority),
-        };
+        if url.hosts().len() == 0 {
+            return Err(Error::invalid(format!(
+                "`{url}` names no etcd endpoint; {URL_HELP}"
+            )));
+        }
+        if let Some(e) = url.hosts().find(|h| h.port().is_none()) {
+            return Err(Error::invalid(format!(
+                "etcd endpoint `{e}` in `{url}` needs host:port; {URL_HELP}"
+            )));
+        }
         let mut b = EtcdBuilder::new();
-        let endpoints: Vec<String> = hosts
-            .split(',')
-            .map(str::trim)
-            .filter(|h| !h.is_empty())
-            .map(str::to_owned)
-            .collect();
-        if endpoints.is_empty() {
-            return Err(Error::invalid(format!(
-                "`{shown}` names no etcd endpoint; {URL_HELP}"
-            )));
-        }
-        for e in &endpoints {
-            let port_ok = e
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-            if !port_ok {
-                return Err(Error::invalid(format!(
-                    "etcd endpoint `{e}` in `{shown}` needs host:port; {URL_HELP}"
-                )));
-            }
-        }
-        b.endpoints = endpoints;
-        b.namespace = namespace.trim_matches('/').to_owned();
-        if let Some(u) = userinfo {
-            let (user, pass) = u.split_once(':').unwrap_or((u, ""));
-            b.user = Some((percent_decode(user), percent_decode(pass)));
+        b.endpoints = url.hosts().map(|h| h.to_string()).collect();
+        b.namespace = url.path().trim_matches('/').to_owned();
+        if url.user().is_some() || url.password().is_some() {
+            let user = url.user().unwrap_or_default();
+            b.user = Some((
+                user.to_owned(),
+                url.password().unwrap_or_default().to_owned(),
+            ));
         }
         if tls {
             b.tls = Some(Tls::default());
         }
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = percent_decode(v);
+        for (k, v) in url.query_pairs() {
+            let v = v.to_owned();
             b = match k {
                 "ca" => b.ca_file(v),
                 "cert" => {
@@ -335,12 +286,6 @@ impl EtcdBuilder {
         self.max_value_len = bytes;
         self
     }
-
-    /// Connects (and authenticates). An unreachable cluster is `Unavailable` naming the endpoints;
-    /// refused credentials are `PermissionDenied`.
-    pub async fn connect(self) -> Result<EtcdBackend> {
-        EtcdBackend::connect(self).await
-    }
 }
 
 #[cfg(test)]
@@ -367,6 +312,21 @@ mod tests {
             let e = EtcdBuilder::from_url(bad).unwrap_err();
             assert!(e.message().contains("etcd://"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn a_parsed_url_is_read_as_it_is() {
+        let url: BackendUrl = "ETCDS://:pw@[::1]:2379,h:2380/a%20b?domain=etcd.local"
+            .parse()
+            .unwrap();
+        let b = EtcdBuilder::from_backend_url(&url).unwrap();
+        assert_eq!(b.endpoints, ["[::1]:2379", "h:2380"]);
+        assert_eq!(b.namespace, "a b");
+        assert_eq!(b.user, Some((String::new(), "pw".into())));
+        assert_eq!(b.tls.unwrap().domain.as_deref(), Some("etcd.local"));
+        let e = EtcdBuilder::from_url("etcd://root:hunter22@h").unwrap_err();
+        assert!(e.message().contains("host:port"), "{e}");
+        assert!(!e.message().contains("hunter22"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The TLS options of an `etcds://` connection: which roots it trusts, and how a failed handshake
-//! is reported.
+//! The TLS of an `etcds://` connection: its material (CA, client certificate and key), which roots
+//! it trusts, and how a failed handshake is reported.
 //!
 //! Without a CA file the client trusts the **system's trust store**, loaded with
 //! `rustls-native-certs` (on Linux the OpenSSL locations, such as Debian's
@@ -14,6 +14,8 @@
 //! the system roots to an explicit CA file instead of trusting that file alone. With a CA file (or
 //! PEM) only that CA is trusted.
 
+use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use etcd_client::{Certificate, Identity, TlsOptions};
@@ -21,7 +23,42 @@ use registry_core::{Error, Result};
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, TrustAnchor, pem::PemObject};
 
-use crate::config::{Pem, Tls};
+/// TLS material, as PEM files or PEM bytes.
+#[derive(Clone, Default)]
+pub(crate) struct Tls {
+    pub(crate) ca: Option<Pem>,
+    pub(crate) cert: Option<Pem>,
+    pub(crate) key: Option<Pem>,
+    pub(crate) domain: Option<String>,
+}
+
+/// A certificate or key in PEM: a file to read when connecting, or the bytes.
+#[derive(Clone)]
+pub(crate) enum Pem {
+    File(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+impl Pem {
+    pub(crate) fn read(&self, what: &str) -> Result<Vec<u8>> {
+        match self {
+            Pem::Bytes(b) => Ok(b.clone()),
+            Pem::File(p) => std::fs::read(p).map_err(|e| {
+                Error::invalid(format!("cannot read the {what} file {}", p.display()))
+                    .with_source(e)
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for Pem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pem::File(p) => write!(f, "{}", p.display()),
+            Pem::Bytes(b) => write!(f, "<{} PEM bytes>", b.len()),
+        }
+    }
+}
 
 /// Where the trusted roots come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
