@@ -8,16 +8,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, AsyncConnectionConfig, Client, Script, Value};
-use registry_core::config::{check_duration, clamp_duration};
+use registry_core::config::clamp_duration;
 use registry_core::{
     Backend, Capabilities, CondOutcome, Condition, Error, ErrorKind, Event, KeyValue, Lease,
     LeaseId, Listing, Result, Revision, WatchStream, key,
 };
 
-use crate::config::RedisBuilder;
 use crate::error::map;
 use crate::scripts;
 
@@ -181,68 +180,26 @@ fn condition_args(cond: &Condition) -> Option<[String; 3]> {
     }
 }
 
-impl RedisBackend {
-    /// A builder with defaults (`redis://127.0.0.1:6379`).
-    pub fn builder() -> RedisBuilder {
-        RedisBuilder::new()
-    }
+/// What a backend keeps of its builder's settings.
+pub(crate) struct Settings {
+    pub(crate) namespace: String,
+    pub(crate) stream_max_len: usize,
+    pub(crate) reap_interval: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) max_value_len: usize,
+}
 
-    pub(crate) async fn connect(b: RedisBuilder) -> Result<RedisBackend> {
-        // Positive and bounded, so that deadlines and the declared slack cannot overflow.
-        check_duration("Redis connect timeout", b.connect_timeout)?;
-        check_duration("Redis request timeout", b.request_timeout)?;
-        check_duration("Redis reap interval", b.reap_interval)?;
-        let (client, address) = b.client()?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(b.connect_timeout))
-            .set_response_timeout(Some(b.request_timeout))
-            .set_number_of_retries(1);
-        let conn = match tokio::time::timeout(
-            b.connect_timeout + b.request_timeout,
-            ConnectionManager::new_with_config(client.clone(), cfg),
-        )
-        .await
-        {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                // A failed handshake says TLS and what to check, with what this client trusts.
-                let tls = b.trusted();
-                if let Some(t) = tls
-                    .as_deref()
-                    .and_then(|trusted| registry_core::tls::tls_failure(&e, trusted))
-                {
-                    let t = t.context(format!("cannot connect to Redis at {address}"));
-                    return Err(t.with_source(e));
-                }
-                let err = map(e, "connect");
-                let hint = match err.kind() {
-                    ErrorKind::PermissionDenied => "check the user name and password",
-                    _ if tls.is_none() => {
-                        "check that Redis is running there and reachable, and whether it serves \
-                         TLS only (then use rediss://)"
-                    }
-                    _ => "check that Redis is running there and reachable (and TLS settings match)",
-                };
-                return Err(err.context(format!("cannot connect to Redis at {address} ({hint})")));
-            }
-            Err(_) => {
-                // A server that does not speak TLS waits for more of the handshake, forever.
-                let tls_hint = if b.trusted().is_some() {
-                    "; TLS is on (rediss://): a server that does not speak TLS never answers the \
-                     handshake, so check that this is its TLS port"
-                } else {
-                    ""
-                };
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "cannot connect to Redis at {address}: no answer within {:?}{tls_hint}",
-                        b.connect_timeout + b.request_timeout
-                    ),
-                ));
-            }
-        };
-        let tag = format!("{{{}}}", b.namespace);
+impl RedisBackend {
+    /// The backend over a connected `client` (and its connection `conn` to `address`): checks that
+    /// it may run the scripts, reaps once, and starts this client's expiry reaper (on the current
+    /// tokio runtime).
+    pub(crate) async fn start(
+        client: Client,
+        conn: ConnectionManager,
+        address: String,
+        settings: Settings,
+    ) -> Result<RedisBackend> {
+        let tag = format!("{{{}}}", settings.namespace);
         let base = format!("{tag}:");
         let keys = [
             "rev", "kv", "meta", "idx", "leases", "ttl", "events", "seq", "epoch",
@@ -252,9 +209,9 @@ impl RedisBackend {
             .with_min_ttl(Duration::from_millis(100))
             .with_max_ttl(Duration::from_secs(365 * 86_400))
             .with_ttl_granularity(Duration::from_millis(1))
-            .with_expiry_slack(b.reap_interval + Duration::from_millis(400))
+            .with_expiry_slack(settings.reap_interval + Duration::from_millis(400))
             .with_max_key_len(1024)
-            .with_max_value_len(b.max_value_len)
+            .with_max_value_len(settings.max_value_len)
             .with_exact_history(true)
             .with_watch_delay(Duration::from_secs(1));
         let backend = RedisBackend {
@@ -263,10 +220,10 @@ impl RedisBackend {
                 conn,
                 keys,
                 base,
-                namespace: b.namespace.clone(),
+                namespace: settings.namespace,
                 address,
-                stream_max_len: b.stream_max_len,
-                request_timeout: b.request_timeout,
+                stream_max_len: settings.stream_max_len,
+                request_timeout: settings.request_timeout,
                 caps,
                 scripts: Scripts::new(),
                 reaper: std::sync::Mutex::new(None),
@@ -284,7 +241,10 @@ impl RedisBackend {
             .run(&backend.inner.scripts.reap, "connect", &[])
             .await
             .map_err(|e| e.context(format!("Redis at {}", backend.inner.address)))?;
-        let handle = tokio::spawn(reaper(Arc::downgrade(&backend.inner), b.reap_interval));
+        let handle = tokio::spawn(reaper(
+            Arc::downgrade(&backend.inner),
+            settings.reap_interval,
+        ));
         *backend
             .inner
             .reaper
@@ -827,33 +787,5 @@ mod tests {
         );
         assert_eq!(parse_id("18446744073709551616-0"), None);
         assert_eq!(parse_id("-"), None);
-    }
-
-    /// A `Duration::MAX` timeout or reap interval panicked in `connect_timeout + request_timeout`
-    /// or `reap_interval + 400 ms`.
-    #[tokio::test]
-    async fn out_of_range_durations_are_refused_before_connecting() {
-        for (b, what) in [
-            (
-                RedisBuilder::new().request_timeout(Duration::MAX),
-                "request timeout",
-            ),
-            (
-                RedisBuilder::new().connect_timeout(Duration::MAX),
-                "connect timeout",
-            ),
-            (
-                RedisBuilder::new().request_timeout(Duration::ZERO),
-                "request timeout",
-            ),
-            (
-                RedisBuilder::new().reap_interval(Duration::MAX),
-                "reap interval",
-            ),
-        ] {
-            let e = b.connect().await.unwrap_err();
-            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
-            assert!(e.message().contains(what), "{what}: {e}");
-        }
     }
 }

@@ -5,14 +5,14 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use redis::{Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
+use redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+use registry_core::config::try_parse_duration;
+use registry_core::url::BackendUrl;
 use registry_core::{Error, Result};
-
-use crate::backend::RedisBackend;
 
 const URL_HELP: &str = "expected redis://[user:password@]host:port[/db][?namespace=NAME&user=U&password=P&ca=PATH&cert=PATH&key=PATH] (rediss:// for TLS)";
 
-/// Configures and connects a [`RedisBackend`].
+/// Configures and connects a [`RedisBackend`](crate::RedisBackend).
 ///
 /// ```no_run
 /// # async fn demo() -> registry_core::Result<()> {
@@ -71,8 +71,6 @@ fn valid_namespace(ns: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/'))
 }
 
-use registry_core::config::{percent_decode, try_parse_duration};
-
 impl RedisBuilder {
     /// Defaults: `127.0.0.1:6379`, db 0, namespace `registry`, a stream of about 100,000 events, a
     /// reap every 100 ms, 5 s connect and request timeouts, 1 MiB values.
@@ -96,62 +94,47 @@ impl RedisBuilder {
     }
 
     /// Reads `redis://[user:password@]host:port[/db][?namespace=NAME&user=U&password=P&ca=PATH&cert=PATH&key=PATH]`;
-    /// `rediss://` for TLS.
+    /// `rediss://` for TLS. See [`from_backend_url`](Self::from_backend_url).
     pub fn from_url(url: &str) -> Result<Self> {
-        // Messages show the URL with its password and token masked.
-        let shown = registry_core::redact::redact_url(url);
-        let tls = if url.starts_with("rediss://") {
-            true
-        } else if url.starts_with("redis://") {
-            false
-        } else {
+        RedisBuilder::from_backend_url(&BackendUrl::parse_expecting(url, URL_HELP)?)
+    }
+
+    /// Reads a parsed `redis://` or `rediss://` URL (TLS): its host and port (6379 when it gives
+    /// none), database (the path), user and password, and the options `namespace`, `user`,
+    /// `password`, `ca`, `cert`, `key` and `timeout`.
+    pub fn from_backend_url(url: &BackendUrl) -> Result<Self> {
+        let Some(tls) = url.tls_variant_of("redis") else {
             return Err(Error::invalid(format!(
-                "`{shown}` is not a Redis URL; {URL_HELP}"
+                "`{url}` is not a Redis URL; {URL_HELP}"
             )));
         };
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
-        let info: ConnectionInfo = base.into_connection_info().map_err(|e| {
-            Error::invalid(format!(
-                "`{}`: {}; {URL_HELP}",
-                registry_core::redact::redact_url(base),
-                registry_core::redact::Secrets::from_url(url).mask(&e.to_string())
-            ))
-        })?;
-        let mut b = RedisBuilder::new();
-        match info.addr() {
-            ConnectionAddr::Tcp(h, p)
-            | ConnectionAddr::TcpTls {
-                host: h, port: p, ..
-            } => {
-                b.host = h.clone();
-                b.port = *p;
-            }
-            ConnectionAddr::Unix(_) => {
-                return Err(Error::invalid(format!(
-                    "unix sockets are not supported; {URL_HELP}"
-                )));
-            }
-            _ => {
-                return Err(Error::invalid(format!(
-                    "unsupported address in `{shown}`; {URL_HELP}"
-                )));
-            }
-        }
-        let r = info.redis_settings();
-        b.db = r.db();
-        b.user = r.username().map(str::to_owned);
-        b.password = r.password().map(str::to_owned);
+        let mut hosts = url.hosts();
+        let (Some(host), None) = (hosts.next(), hosts.next()) else {
+            return Err(Error::invalid(format!(
+                "`{url}` must name one Redis host; {URL_HELP}"
+            )));
+        };
+        let mut b = RedisBuilder::new().address(host.host(), host.port().unwrap_or(6379));
+        b.db = match url.path().trim_matches('/') {
+            "" => 0,
+            db => db.parse().map_err(|_| {
+                Error::invalid(format!(
+                    "`{url}`: the database `{db}` is not a number; {URL_HELP}"
+                ))
+            })?,
+        };
+        b.user = url.user().map(str::to_owned);
+        b.password = url.password().map(str::to_owned);
         b.tls = tls;
         let mut cert = None;
         let mut key = None;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        for (k, v) in url.query_pairs() {
             match k {
                 "namespace" => b = b.namespace(v),
                 // Credentials as options too: for passwords with characters a URL's user
                 // information cannot hold unencoded.
-                "user" | "username" => b.user = Some(percent_decode(v)),
-                "password" => b.password = Some(percent_decode(v)),
+                "user" | "username" => b.user = Some(v.to_owned()),
+                "password" => b.password = Some(v.to_owned()),
                 "ca" => b.ca = Some(v.into()),
                 "cert" => cert = Some(PathBuf::from(v)),
                 "key" => key = Some(PathBuf::from(v)),
@@ -361,12 +344,6 @@ impl RedisBuilder {
             None => "the system's trust store (no CA file was given)".to_owned(),
         })
     }
-
-    /// Connects, authenticates and starts this client's expiry reaper (on the current tokio
-    /// runtime). Refused credentials are `PermissionDenied`; an unreachable server is `Unavailable`.
-    pub async fn connect(self) -> Result<RedisBackend> {
-        RedisBackend::connect(self).await
-    }
 }
 
 /// Refuses a CA file that is not PEM or holds no certificate: it would trust nothing, and every
@@ -414,5 +391,32 @@ mod tests {
             );
         }
         assert!(RedisBuilder::new().namespace("a{b}").client().is_err());
+        for bad in [
+            "redis://h:1/x",
+            "redis://a:1,b:2",
+            "redis://",
+            "redis://h:x",
+        ] {
+            let e = RedisBuilder::from_url(bad).unwrap_err();
+            assert!(
+                e.message().contains("redis://[user:password@]"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_parsed_url_is_read_as_it_is() {
+        let url: BackendUrl = "REDISS://u%40corp:p%26w@[::1]/3?password=pa%2Bss+&namespace=a%2Fb"
+            .parse()
+            .unwrap();
+        let b = RedisBuilder::from_backend_url(&url).unwrap();
+        assert_eq!(
+            (b.host.as_str(), b.port, b.db, b.tls),
+            ("::1", 6379, 3, true)
+        );
+        assert_eq!(b.user.as_deref(), Some("u@corp"));
+        assert_eq!(b.password.as_deref(), Some("pa+ss+"));
+        assert_eq!(b.namespace, "a/b");
     }
 }

@@ -2,6 +2,7 @@
 
 mod backend;
 mod config;
+mod connect;
 mod error;
 mod scripts;
 

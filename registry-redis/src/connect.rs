@@ -1,0 +1,121 @@
+//! Connecting: a [`RedisBuilder`]'s settings become a client and a connection, handed to a
+//! [`RedisBackend`]. Failures say what to check (credentials, TLS, reachability).
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use registry_core::config::check_duration;
+use registry_core::{Error, ErrorKind, Result};
+
+use crate::backend::{RedisBackend, Settings};
+use crate::config::RedisBuilder;
+use crate::error::map;
+
+impl RedisBackend {
+    /// A builder with defaults (`redis://127.0.0.1:6379`).
+    pub fn builder() -> RedisBuilder {
+        RedisBuilder::new()
+    }
+}
+
+impl RedisBuilder {
+    /// Connects, authenticates and starts this client's expiry reaper (on the current tokio
+    /// runtime). Refused credentials are `PermissionDenied`; an unreachable server is `Unavailable`.
+    pub async fn connect(self) -> Result<RedisBackend> {
+        // Positive and bounded, so that deadlines and the declared slack cannot overflow.
+        check_duration("Redis connect timeout", self.connect_timeout)?;
+        check_duration("Redis request timeout", self.request_timeout)?;
+        check_duration("Redis reap interval", self.reap_interval)?;
+        let (client, address) = self.client()?;
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.request_timeout))
+            .set_number_of_retries(1);
+        let conn = match tokio::time::timeout(
+            self.connect_timeout + self.request_timeout,
+            ConnectionManager::new_with_config(client.clone(), cfg),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                // A failed handshake says TLS and what to check, with what this client trusts.
+                let tls = self.trusted();
+                if let Some(t) = tls
+                    .as_deref()
+                    .and_then(|trusted| registry_core::tls::tls_failure(&e, trusted))
+                {
+                    let t = t.context(format!("cannot connect to Redis at {address}"));
+                    return Err(t.with_source(e));
+                }
+                let err = map(e, "connect");
+                let hint = match err.kind() {
+                    ErrorKind::PermissionDenied => "check the user name and password",
+                    _ if tls.is_none() => {
+                        "check that Redis is running there and reachable, and whether it serves \
+                         TLS only (then use rediss://)"
+                    }
+                    _ => "check that Redis is running there and reachable (and TLS settings match)",
+                };
+                return Err(err.context(format!("cannot connect to Redis at {address} ({hint})")));
+            }
+            Err(_) => {
+                // A server that does not speak TLS waits for more of the handshake, forever.
+                let tls_hint = if self.trusted().is_some() {
+                    "; TLS is on (rediss://): a server that does not speak TLS never answers the \
+                     handshake, so check that this is its TLS port"
+                } else {
+                    ""
+                };
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "cannot connect to Redis at {address}: no answer within {:?}{tls_hint}",
+                        self.connect_timeout + self.request_timeout
+                    ),
+                ));
+            }
+        };
+        let settings = Settings {
+            namespace: self.namespace,
+            stream_max_len: self.stream_max_len,
+            reap_interval: self.reap_interval,
+            request_timeout: self.request_timeout,
+            max_value_len: self.max_value_len,
+        };
+        RedisBackend::start(client, conn, address, settings).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A `Duration::MAX` timeout or reap interval panicked in `connect_timeout + request_timeout`
+    /// or `reap_interval + 400 ms`.
+    #[tokio::test]
+    async fn out_of_range_durations_are_refused_before_connecting() {
+        for (b, what) in [
+            (
+                RedisBuilder::new().request_timeout(Duration::MAX),
+                "request timeout",
+            ),
+            (
+                RedisBuilder::new().connect_timeout(Duration::MAX),
+                "connect timeout",
+            ),
+            (
+                RedisBuilder::new().request_timeout(Duration::ZERO),
+                "request timeout",
+            ),
+            (
+                RedisBuilder::new().reap_interval(Duration::MAX),
+                "reap interval",
+            ),
+        ] {
+            let e = b.connect().await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+            assert!(e.message().contains(what), "{what}: {e}");
+        }
+    }
+}
