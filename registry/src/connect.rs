@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use registry_core::url::BackendUrl;
 use registry_core::{Backend, Error, Result};
 
 /// The URL schemes `connect` understands, with the cargo feature each needs.
@@ -15,7 +16,12 @@ pub const SCHEMES: &[(&str, &str)] = &[
     ("rediss", "redis"),
 ];
 
-/// Connects to the backend named by `url`'s scheme.
+/// The general form of a backend URL, for messages about one that does not parse.
+const URL_HELP: &str = "expected SCHEME://[user:password@]host:port[,host:port...][/path][?option=value&...], \
+     for example memory:// or etcd://127.0.0.1:2379";
+
+/// Connects to the backend named by `url`'s scheme: parses it once ([`BackendUrl`]) and
+/// [`connect_url`]s.
 ///
 /// - `memory://` a fresh in-process store; `memory://NAME` the store of that name, shared by every
 ///   `connect` in the process (so a demo's registrar and discoverer meet); options as in
@@ -30,8 +36,16 @@ pub const SCHEMES: &[(&str, &str)] = &[
 /// No message of the error shows a secret: passwords and tokens of the URL are masked (`***`),
 /// in this crate's messages and in those of the client crates underneath.
 pub async fn connect(url: &str) -> Result<Arc<dyn Backend>> {
-    let secrets = registry_core::redact::Secrets::from_url(url);
-    connect_inner(url).await.map_err(|e| {
+    // The parse error shows the URL redacted already.
+    connect_url(&BackendUrl::parse_expecting(url, URL_HELP)?).await
+}
+
+/// Connects to the backend named by the scheme of a parsed URL, handing the URL as it is to that
+/// backend's builder (`from_backend_url`). Errors as for [`connect`]: no message shows a secret of
+/// the URL.
+pub async fn connect_url(url: &BackendUrl) -> Result<Arc<dyn Backend>> {
+    let secrets = url.secrets();
+    dispatch(url).await.map_err(|e| {
         if secrets.is_empty() {
             e
         } else {
@@ -40,22 +54,14 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Backend>> {
     })
 }
 
-async fn connect_inner(url: &str) -> Result<Arc<dyn Backend>> {
-    let shown = registry_core::redact::redact_url(url);
-    let Some((scheme, _rest)) = url.split_once("://") else {
-        return Err(Error::invalid(format!(
-            "`{shown}` is not a backend URL; expected SCHEME://..., for example memory:// or \
-             etcd://127.0.0.1:2379"
-        )));
-    };
-    let scheme = scheme.to_ascii_lowercase();
-    match scheme.as_str() {
+async fn dispatch(url: &BackendUrl) -> Result<Arc<dyn Backend>> {
+    match url.scheme() {
         "memory" => memory(url),
         "etcd" | "etcds" => etcd(url).await,
         "redis" | "rediss" => redis(url).await,
         "consul" | "consuls" => consul(url).await,
-        _ => Err(Error::invalid(format!(
-            "unknown backend scheme `{scheme}` in `{shown}`; known schemes: {}",
+        scheme => Err(Error::invalid(format!(
+            "unknown backend scheme `{scheme}` in `{url}`; known schemes: {}",
             SCHEMES
                 .iter()
                 .map(|(s, _)| format!("{s}://"))
@@ -79,7 +85,7 @@ fn feature_of(scheme: &str) -> &'static str {
 }
 
 #[cfg(feature = "memory")]
-fn memory(url: &str) -> Result<Arc<dyn Backend>> {
+fn memory(url: &BackendUrl) -> Result<Arc<dyn Backend>> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
 
@@ -87,12 +93,10 @@ fn memory(url: &str) -> Result<Arc<dyn Backend>> {
 
     static NAMED: OnceLock<Mutex<HashMap<String, MemoryBackend>>> = OnceLock::new();
 
-    let builder = MemoryBuilder::from_url(url)?;
-    let rest = &url["memory://".len()..];
-    let name = rest.split(['?', '/']).next().unwrap_or("");
-    if name.is_empty() {
+    let builder = MemoryBuilder::from_backend_url(url)?;
+    let Some(name) = url.hosts().next().map(|h| h.host()) else {
         return Ok(Arc::new(builder.build()));
-    }
+    };
     let mut named = NAMED
         .get_or_init(Default::default)
         .lock()
@@ -105,40 +109,41 @@ fn memory(url: &str) -> Result<Arc<dyn Backend>> {
 }
 
 #[cfg(feature = "etcd")]
-async fn etcd(url: &str) -> Result<Arc<dyn Backend>> {
-    let b = registry_etcd::EtcdBuilder::from_url(url)?;
+async fn etcd(url: &BackendUrl) -> Result<Arc<dyn Backend>> {
+    let b = registry_etcd::EtcdBuilder::from_backend_url(url)?;
     Ok(Arc::new(b.connect().await?))
 }
 
 #[cfg(not(feature = "etcd"))]
-async fn etcd(url: &str) -> Result<Arc<dyn Backend>> {
+async fn etcd(url: &BackendUrl) -> Result<Arc<dyn Backend>> {
     not_yet("etcd", url)
 }
 
 #[cfg(feature = "consul")]
-async fn consul(url: &str) -> Result<Arc<dyn Backend>> {
-    let b = registry_consul::ConsulBuilder::from_url(url)?;
+async fn consul(url: &BackendUrl) -> Result<Arc<dyn Backend>> {
+    // TODO(consul): ConsulBuilder::from_backend_url(url), once registry-consul has it.
+    let b = registry_consul::ConsulBuilder::from_url(url.as_unredacted_str())?;
     Ok(Arc::new(b.connect().await?))
 }
 
 #[cfg(not(feature = "consul"))]
-async fn consul(url: &str) -> Result<Arc<dyn Backend>> {
+async fn consul(url: &BackendUrl) -> Result<Arc<dyn Backend>> {
     not_yet("consul", url)
 }
 
 #[cfg(feature = "redis")]
-async fn redis(url: &str) -> Result<Arc<dyn Backend>> {
-    let b = registry_redis::RedisBuilder::from_url(url)?;
+async fn redis(url: &BackendUrl) -> Result<Arc<dyn Backend>> {
+    let b = registry_redis::RedisBuilder::from_backend_url(url)?;
     Ok(Arc::new(b.connect().await?))
 }
 
 #[cfg(not(feature = "redis"))]
-async fn redis(url: &str) -> Result<Arc<dyn Backend>> {
+async fn redis(url: &BackendUrl) -> Result<Arc<dyn Backend>> {
     not_yet("redis", url)
 }
 
 #[cfg(not(feature = "memory"))]
-fn memory(url: &str) -> Result<Arc<dyn Backend>> {
+fn memory(url: &BackendUrl) -> Result<Arc<dyn Backend>> {
     not_yet("memory", url)
 }
 
@@ -148,14 +153,13 @@ fn memory(url: &str) -> Result<Arc<dyn Backend>> {
     feature = "consul",
     feature = "redis"
 )))]
-fn not_yet(scheme: &str, url: &str) -> Result<Arc<dyn Backend>> {
+fn not_yet(scheme: &str, url: &BackendUrl) -> Result<Arc<dyn Backend>> {
     let feature = feature_of(scheme);
     Err(Error::new(
         registry_core::ErrorKind::Unsupported,
         format!(
-            "`{}` needs the {scheme} backend, which this build does not include; enable the \
-             `{feature}` feature of the `registry` crate (or `full`)",
-            registry_core::redact::redact_url(url)
+            "`{url}` needs the {scheme} backend, which this build does not include; enable the \
+             `{feature}` feature of the `registry` crate (or `full`)"
         ),
     ))
 }
@@ -173,6 +177,28 @@ mod tests {
         let e = connect("zookeeper://x").await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert!(e.message().contains("etcd://"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn malformed_urls_say_the_right_form_and_hide_secrets() {
+        for url in ["etcd://root:hunter22@h:x", "redis://u:hunter22?x@h:1/0"] {
+            let e = connect(url).await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput);
+            assert!(e.message().contains("SCHEME://"), "{e}");
+            assert!(!e.message().contains("hunter22"), "{e}");
+        }
+    }
+
+    #[cfg(feature = "memory")]
+    #[tokio::test]
+    async fn a_parsed_url_connects_as_its_text_does() {
+        let url: BackendUrl = "MEMORY://parsed-once?history=8".parse().unwrap();
+        let a = connect_url(&url).await.unwrap();
+        let b = connect("memory://parsed-once").await.unwrap();
+        a.put("k", registry_core::Bytes::new(), None).await.unwrap();
+        assert!(b.get("k").await.unwrap().is_some());
+        let e = connect("memory://a:1").await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     }
 
     #[cfg(not(feature = "etcd"))]

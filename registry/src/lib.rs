@@ -7,7 +7,7 @@ mod connect;
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
 
-pub use connect::{SCHEMES, connect};
+pub use connect::{SCHEMES, connect, connect_url};
 pub use registry_core::*;
 
 /// The engine that runs unchanged over any [`Backend`]: register, discover, directory, routing and
