@@ -9,6 +9,7 @@ use registry::engine::{
     Change, DirectoryEvent, Discovery, Instance, InstanceState, RegisterOptions, RegistrationState,
     Registry,
 };
+use registry::url::BackendUrl;
 use registry::{Backend, Error, ErrorKind, Result};
 use serde_json::json;
 
@@ -17,16 +18,29 @@ use crate::parse_duration;
 
 /// What every command needs: where the backend is and which namespace to use.
 pub(crate) struct Context {
-    /// The backend URL as given (with its credentials): only for connecting.
-    pub(crate) url: String,
-    /// The same URL with its password and token masked: for everything shown.
+    /// The backend URL, parsed once: what connecting uses.
+    pub(crate) backend: BackendUrl,
+    /// The same URL with its password and token masked (its `Display`): for everything shown.
     pub(crate) shown: String,
+    /// The masked URL again, as `shown`: demo.rs reads its scheme here.
+    // TODO(demo): read `backend.scheme()` in demo.rs, and drop this field.
+    pub(crate) url: String,
     pub(crate) namespace: String,
 }
 
 impl Context {
+    pub(crate) fn new(backend: BackendUrl, namespace: String) -> Self {
+        let shown = backend.to_string();
+        Context {
+            backend,
+            url: shown.clone(),
+            shown,
+            namespace,
+        }
+    }
+
     pub(crate) async fn backend(&self) -> Result<Arc<dyn Backend>> {
-        registry::connect(&self.url).await
+        registry::connect_url(&self.backend).await
     }
 
     pub(crate) async fn registry(&self, ttl: Duration, heartbeat: Duration) -> Result<Registry> {

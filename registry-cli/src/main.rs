@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use registry::redact::{Secrets, redact_url};
+use registry::redact::Secrets;
+use registry::url::BackendUrl;
 use registry::{Error, ErrorKind};
 
 mod commands;
@@ -19,6 +20,9 @@ const EXIT_BACKEND: u8 = 3;
 /// Exit code when what was asked for does not exist (no instance to route a key to).
 const EXIT_NOT_FOUND: u8 = 4;
 
+/// The right forms of a backend URL: in the help, and under the error for a malformed one.
+const BACKEND_URLS: &str = "Backend URLs:\n  memory://                          in-process store (the default)\n  etcd://host:2379[,host:2379][/ns]  etcd (etcds:// for TLS)\n  consul://host:8500[/ns]            Consul (consuls:// for HTTPS)\n  redis://[user:pass@]host:6379      Redis (rediss:// for TLS)";
+
 /// Service registration, discovery and key routing over etcd, Consul, Redis or memory.
 ///
 /// Every command works against the backend named by --backend (or REGISTRY_BACKEND). The default,
@@ -26,7 +30,7 @@ const EXIT_NOT_FOUND: u8 = 4;
 #[derive(Parser, Debug)]
 #[command(name = "registry", version, propagate_version = true)]
 #[command(
-    after_help = "Backend URLs:\n  memory://                          in-process store (the default)\n  etcd://host:2379[,host:2379][/ns]  etcd (etcds:// for TLS)\n  consul://host:8500[/ns]            Consul (consuls:// for HTTPS)\n  redis://[user:pass@]host:6379      Redis (rediss:// for TLS)\n\nExit codes: 0 ok, 2 usage error, 3 backend error, 4 not found."
+    after_help = format!("{BACKEND_URLS}\n\nExit codes: 0 ok, 2 usage error, 3 backend error, 4 not found.")
 )]
 struct Cli {
     /// Backend URL, e.g. etcd://127.0.0.1:2379
@@ -92,12 +96,15 @@ fn exit_code(e: &Error) -> u8 {
     }
 }
 
-/// Every secret this process was given: the backend URL's password and token, and the values of
-/// environment variables that hold credentials or URLs. Whatever the process prints or logs goes
-/// through [`Secrets::mask`] as a last line of defence (the library already shows URLs redacted).
-fn secrets(url: &str) -> Arc<Secrets> {
-    let mut s = Secrets::new();
-    s.add_url(url);
+/// Every secret this process was given: the backend URL's password and token (`backend`, or the
+/// `text` it was parsed from when it does not parse), and the values of environment variables that
+/// hold credentials or URLs. Whatever the process prints or logs goes through [`Secrets::mask`] as
+/// a last line of defence (the library already shows URLs redacted).
+fn secrets(backend: Option<&BackendUrl>, text: &str) -> Arc<Secrets> {
+    let mut s = match backend {
+        Some(url) => url.secrets(),
+        None => Secrets::from_url(text),
+    };
     for (name, value) in std::env::vars_os() {
         let (Some(name), Some(value)) = (name.to_str(), value.to_str()) else {
             continue;
@@ -133,7 +140,9 @@ impl std::io::Write for MaskedStderr {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let secrets = secrets(&cli.backend);
+    // The backend URL is parsed here, once, and handed down as it parsed.
+    let backend = BackendUrl::parse(&cli.backend);
+    let secrets = secrets(backend.as_ref().ok(), &cli.backend);
     let filter = match cli.verbose {
         0 => "warn",
         1 => "info,registry_core=info",
@@ -158,6 +167,18 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    let backend = match backend {
+        Ok(url) => url,
+        Err(e) => {
+            let e = e.masked(&secrets);
+            eprintln!(
+                "{} {}\n\n{BACKEND_URLS}",
+                output::red("error:"),
+                describe(&e)
+            );
+            return ExitCode::from(exit_code(&e));
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -170,11 +191,7 @@ fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(async move {
-        let ctx = commands::Context {
-            url: cli.backend.clone(),
-            shown: redact_url(&cli.backend),
-            namespace: cli.namespace.clone(),
-        };
+        let ctx = commands::Context::new(backend, cli.namespace.clone());
         match cli.command {
             Command::Demo(a) => demo::run(&ctx, a).await,
             Command::Register(a) => commands::register(&ctx, a).await,
@@ -222,6 +239,15 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_backend_url_secrets_are_masked_whether_it_parses_or_not() {
+        let url: BackendUrl = "redis://:hunter22@h?token=tok-value".parse().unwrap();
+        let s = secrets(Some(&url), "redis://h");
+        assert_eq!(s.mask("hunter22, tok-value"), "***, ***");
+        let s = secrets(None, "redis://:hunter22@h:x");
+        assert_eq!(s.mask("hunter22"), "***");
     }
 
     #[test]
