@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
-use futures::stream;
 use hyper::{Method, StatusCode};
 use registry_core::config::check_duration;
+use registry_core::watch;
 use registry_core::{
     Backend, Capabilities, CondOutcome, Condition, Error, ErrorKind, Event, KeyValue, Lease,
     LeaseId, Listing, Result, Revision, WatchStream, key,
@@ -445,8 +445,7 @@ impl Backend for ConsulBackend {
     }
 
     async fn put(&self, k: &str, value: Bytes, lease: Option<&LeaseId>) -> Result<Revision> {
-        key::validate_key(k, &self.inner.caps)?;
-        key::validate_value(&value, &self.inner.caps)?;
+        key::validate_put(k, &value, &self.inner.caps)?;
         let session = lease.map(session_id).transpose()?;
         let ck = self.enc(k);
         let v = B64.encode(&value);
@@ -614,10 +613,8 @@ impl Backend for ConsulBackend {
             index: after,
             last_emitted: after,
             last_poll: None,
-            buffer: VecDeque::new(),
-            done: false,
         };
-        Ok(Box::pin(stream::unfold(state, Poller::next)))
+        Ok(watch::batched(state))
     }
 }
 
@@ -631,27 +628,11 @@ struct Poller {
     index: u64,
     last_emitted: Revision,
     last_poll: Option<Instant>,
-    buffer: VecDeque<Event>,
-    done: bool,
 }
 
-impl Poller {
-    async fn next(mut self) -> Option<(Result<Event>, Poller)> {
-        loop {
-            if let Some(ev) = self.buffer.pop_front() {
-                return Some((Ok(ev), self));
-            }
-            if self.done {
-                return None;
-            }
-            if let Err(e) = self.poll().await {
-                self.done = true;
-                return Some((Err(e), self));
-            }
-        }
-    }
-
-    async fn poll(&mut self) -> Result<()> {
+#[async_trait]
+impl watch::EventBatches for Poller {
+    async fn read(&mut self, out: &mut VecDeque<Event>) -> Result<()> {
         // Rate limit: a flapping key or an index that keeps moving never makes the loop spin.
         if let Some(at) = self.last_poll {
             tokio::time::sleep_until(at + self.backend.inner.min_poll_interval).await;
@@ -696,11 +677,11 @@ impl Poller {
         if !deleted.is_empty() {
             last = last.saturating_add(1);
             for k in deleted {
-                self.buffer.push_back(Event::delete(k, last));
+                out.push_back(Event::delete(k, last));
             }
         }
         for (m, k, v) in puts {
-            self.buffer.push_back(Event::put(k, v, m));
+            out.push_back(Event::put(k, v, m));
             last = last.max(m);
         }
         self.last_emitted = last;

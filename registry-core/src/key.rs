@@ -46,6 +46,14 @@ pub fn validate_value(value: &[u8], caps: &Capabilities) -> Result<()> {
     Ok(())
 }
 
+/// What every write checks before it reaches the server (`put` and `put_if` of every backend): the
+/// key against the key rules and the value against the maximum value size, so that a backend
+/// refuses the same writes with the same [`InvalidInput`](crate::ErrorKind::InvalidInput) errors.
+pub fn validate_put(key: &str, value: &[u8], caps: &Capabilities) -> Result<()> {
+    validate_key(key, caps)?;
+    validate_value(value, caps)
+}
+
 /// Checks a prefix: empty, or a valid key optionally ending in `/`.
 pub fn validate_prefix(prefix: &str, caps: &Capabilities) -> Result<()> {
     if prefix.is_empty() {

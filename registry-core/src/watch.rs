@@ -1,5 +1,6 @@
 //! Stored entries, listings and watch events.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 
 use bytes::Bytes;
@@ -82,3 +83,41 @@ impl Event {
 /// After it yields an error it yields nothing more: the caller resumes with a new watch from the last
 /// revision it processed, or re-lists on [`Compacted`](crate::ErrorKind::Compacted).
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Event>> + Send + 'static>>;
+
+/// What a backend reads its events from in batches (a blocking query, a blocking stream read):
+/// each [`read`](Self::read) appends the next events, possibly none. See [`batched`].
+#[async_trait::async_trait]
+pub trait EventBatches: Send + 'static {
+    /// Waits for the next events and appends them to `out` (in order). An error ends the watch:
+    /// the stream yields it after the events already read, then ends.
+    async fn read(&mut self, out: &mut VecDeque<Event>) -> Result<()>;
+}
+
+/// A [`WatchStream`] over a source read in batches: events one by one, in order, then the first
+/// error, then the end. The loop every polling backend needs, written once.
+pub fn batched<S: EventBatches>(source: S) -> WatchStream {
+    struct State<S> {
+        source: S,
+        ready: VecDeque<Event>,
+        ended: bool,
+    }
+    let state = State {
+        source,
+        ready: VecDeque::new(),
+        ended: false,
+    };
+    Box::pin(futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(ev) = st.ready.pop_front() {
+                return Some((Ok(ev), st));
+            }
+            if st.ended {
+                return None;
+            }
+            if let Err(e) = st.source.read(&mut st.ready).await {
+                st.ended = true;
+                return Some((Err(e), st));
+            }
+        }
+    }))
+}

@@ -525,8 +525,7 @@ impl Backend for EtcdBackend {
     }
 
     async fn put(&self, k: &str, value: Bytes, lease: Option<&LeaseId>) -> Result<Revision> {
-        key::validate_key(k, &self.inner.caps)?;
-        key::validate_value(&value, &self.inner.caps)?;
+        key::validate_put(k, &value, &self.inner.caps)?;
         let opts = match lease {
             Some(l) => Some(PutOptions::new().with_lease(parse_lease(l)?)),
             None => None,
@@ -560,8 +559,7 @@ impl Backend for EtcdBackend {
         lease: Option<&LeaseId>,
         cond: Condition,
     ) -> Result<CondOutcome> {
-        key::validate_key(k, &self.inner.caps)?;
-        key::validate_value(&value, &self.inner.caps)?;
+        key::validate_put(k, &value, &self.inner.caps)?;
         let opts = match lease {
             Some(l) => Some(PutOptions::new().with_lease(parse_lease(l)?)),
             None => None,

@@ -381,8 +381,7 @@ impl Backend for MemoryBackend {
 
     async fn put(&self, k: &str, value: Bytes, lease: Option<&LeaseId>) -> Result<Revision> {
         self.gate(&self.inner.counts.put).await?;
-        key::validate_key(k, &self.inner.caps)?;
-        key::validate_value(&value, &self.inner.caps)?;
+        key::validate_put(k, &value, &self.inner.caps)?;
         let lease = lease.map(Self::lease_id).transpose()?;
         let mut st = self.lock_fresh();
         let rev = st.put(k, value, lease)?;
@@ -409,8 +408,7 @@ impl Backend for MemoryBackend {
         cond: Condition,
     ) -> Result<CondOutcome> {
         self.gate(&self.inner.counts.put_if).await?;
-        key::validate_key(k, &self.inner.caps)?;
-        key::validate_value(&value, &self.inner.caps)?;
+        key::validate_put(k, &value, &self.inner.caps)?;
         let lease = lease.map(Self::lease_id).transpose()?;
         let mut st = self.lock_fresh();
         let outcome = st.put_if(k, value, lease, &cond)?;

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::stream;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, AsyncConnectionConfig, Client, Script, Value};
 use registry_core::config::clamp_duration;
+use registry_core::watch;
 use registry_core::{
     Backend, Capabilities, CondOutcome, Condition, Error, ErrorKind, Event, KeyValue, Lease,
     LeaseId, Listing, Result, Revision, WatchStream, key,
@@ -456,8 +456,7 @@ impl Backend for RedisBackend {
     }
 
     async fn put(&self, k: &str, value: Bytes, lease: Option<&LeaseId>) -> Result<Revision> {
-        key::validate_key(k, &self.inner.caps)?;
-        key::validate_value(&value, &self.inner.caps)?;
+        key::validate_put(k, &value, &self.inner.caps)?;
         let (e, id) = match lease {
             Some(l) => lease_parts(l)?,
             None => (String::new(), String::new()),
@@ -495,8 +494,7 @@ impl Backend for RedisBackend {
         lease: Option<&LeaseId>,
         cond: Condition,
     ) -> Result<CondOutcome> {
-        key::validate_key(k, &self.inner.caps)?;
-        key::validate_value(&value, &self.inner.caps)?;
+        key::validate_put(k, &value, &self.inner.caps)?;
         let script = &self.inner.scripts.put_if;
         self.run_if(script, "conditional put", k, &value, lease, &cond)
             .await
@@ -613,11 +611,9 @@ impl Backend for RedisBackend {
             prefix: key::normalize_prefix(prefix).into_owned(),
             epoch,
             last: (after_local, u64::MAX),
-            buffer: VecDeque::new(),
             held: Vec::new(),
-            done: false,
         };
-        Ok(Box::pin(stream::unfold(state, Reader::next)))
+        Ok(watch::batched(state))
     }
 }
 
@@ -639,32 +635,16 @@ struct Reader {
     epoch: u64,
     /// The last stream ID seen (`seq == u64::MAX`: every event of that revision).
     last: (u64, u64),
-    buffer: VecDeque<Event>,
     /// Events of the last revision read while that revision may still have more entries in the
     /// stream (a read filled its COUNT). A revision is handed out only whole: a consumer resumes
     /// after the revision of the last event it saw, so handing out part of one would lose the
     /// rest if the watch broke before the next read.
     held: Vec<Event>,
-    done: bool,
 }
 
-impl Reader {
-    async fn next(mut self) -> Option<(Result<Event>, Reader)> {
-        loop {
-            if let Some(ev) = self.buffer.pop_front() {
-                return Some((Ok(ev), self));
-            }
-            if self.done {
-                return None;
-            }
-            if let Err(e) = self.read().await {
-                self.done = true;
-                return Some((Err(e), self));
-            }
-        }
-    }
-
-    async fn read(&mut self) -> Result<()> {
+#[async_trait]
+impl watch::EventBatches for Reader {
+    async fn read(&mut self, out: &mut VecDeque<Event>) -> Result<()> {
         let stream_key = &self.backend.inner.keys[6];
         let from = format!("{}-{}", self.last.0, self.last.1);
         let opts = StreamReadOptions::default()
@@ -699,7 +679,7 @@ impl Reader {
         let full = ids.len() >= READ_COUNT;
         if ids.is_empty() {
             // Nothing after the held revision: it was whole.
-            self.buffer.extend(self.held.drain(..));
+            out.extend(self.held.drain(..));
             // Quiet: make sure the server is still the one we were reading (a server that lost its
             // data starts a new epoch and numbers events from 1 again, below our position), and
             // that nothing we have not seen happened: a stream trimmed past our position (by
@@ -755,12 +735,12 @@ impl Reader {
                 _ => return Err(bad_reply("watch")),
             };
             if self.held.first().is_some_and(|h| h.revision != revision) {
-                self.buffer.extend(self.held.drain(..));
+                out.extend(self.held.drain(..));
             }
             self.held.push(ev);
         }
         if !full {
-            self.buffer.extend(self.held.drain(..));
+            out.extend(self.held.drain(..));
         }
         Ok(())
     }

@@ -112,8 +112,7 @@ impl ConsulBackend {
         lease: Option<&LeaseId>,
         cond: Condition,
     ) -> Result<CondOutcome> {
-        key::validate_key(k, &self.inner.caps)?;
-        key::validate_value(&value, &self.inner.caps)?;
+        key::validate_put(k, &value, &self.inner.caps)?;
         let session = lease.map(session_id).transpose()?;
         let ck = self.enc(k);
         let v = B64.encode(&value);
