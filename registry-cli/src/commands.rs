@@ -22,9 +22,6 @@ pub(crate) struct Context {
     pub(crate) backend: BackendUrl,
     /// The same URL with its password and token masked (its `Display`): for everything shown.
     pub(crate) shown: String,
-    /// The masked URL again, as `shown`: demo.rs reads its scheme here.
-    // TODO(demo): read `backend.scheme()` in demo.rs, and drop this field.
-    pub(crate) url: String,
     pub(crate) namespace: String,
 }
 
@@ -33,7 +30,6 @@ impl Context {
         let shown = backend.to_string();
         Context {
             backend,
-            url: shown.clone(),
             shown,
             namespace,
         }
@@ -43,12 +39,39 @@ impl Context {
         registry::connect_url(&self.backend).await
     }
 
+    /// A registry for registering. On Consul its instances are also mirrored into Consul's
+    /// catalog (`CatalogMirror`), unless the URL says `catalog=false` or the environment
+    /// `REGISTRY_CONSUL_CATALOG=false`.
     pub(crate) async fn registry(&self, ttl: Duration, heartbeat: Duration) -> Result<Registry> {
-        Registry::builder(self.backend().await?)
+        let mut builder = Registry::builder(self.backend().await?)
             .namespace(self.namespace.clone())
             .ttl(ttl)
-            .heartbeat(heartbeat)
-            .build()
+            .heartbeat(heartbeat);
+        if let Some(mirror) = self.catalog_mirror()? {
+            builder = builder.observer(mirror);
+        }
+        builder.build()
+    }
+
+    /// The Consul catalog mirror this backend URL asks for, if any.
+    fn catalog_mirror(&self) -> Result<Option<Arc<registry::consul::CatalogMirror>>> {
+        use registry::consul::{CatalogMirror, ConsulBuilder, catalog_option};
+        if self.backend.tls_variant_of("consul").is_none() {
+            return Ok(None);
+        }
+        let from_url = self
+            .backend
+            .query_pairs()
+            .find(|(k, _)| *k == "catalog")
+            .and_then(|(_, v)| catalog_option(v));
+        let from_env = std::env::var("REGISTRY_CONSUL_CATALOG")
+            .ok()
+            .and_then(|v| catalog_option(&v));
+        if !from_url.or(from_env).unwrap_or(true) {
+            return Ok(None);
+        }
+        let consul = ConsulBuilder::from_backend_url(&self.backend)?;
+        Ok(Some(Arc::new(CatalogMirror::start(&consul)?)))
     }
 
     /// A registry for reading (discovery only), with the backend's smallest valid lease options.

@@ -49,7 +49,7 @@ pub(crate) async fn run(ctx: &Context, a: DemoArgs) -> Result<()> {
         .unwrap_or(Duration::from_secs(5));
     let heartbeat = ttl / 5;
     // On a shared server, keep the demo's keys apart from everything else.
-    let namespace = if ctx.url.starts_with("memory:") {
+    let namespace = if ctx.backend.scheme() == "memory" {
         ctx.namespace.clone()
     } else {
         format!("{}-demo-{}", ctx.namespace, std::process::id())
@@ -265,7 +265,7 @@ pub(crate) async fn run(ctx: &Context, a: DemoArgs) -> Result<()> {
     for (_, (_p, reg)) in processes {
         let _ = reg.deregister().await;
     }
-    if ctx.url.starts_with("memory:") {
+    if ctx.backend.scheme() == "memory" {
         outln!(
             "{}",
             dim(

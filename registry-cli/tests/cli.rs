@@ -369,3 +369,88 @@ fn output_into_a_closed_pipe_ends_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(out.status.success(), "{:?} {err}", out.status);
 }
+
+/// `GET path` on a Consul agent with plain HTTP/1.0 (Consul's own API, not our client): the
+/// status code and the body.
+fn consul_get(endpoint: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(endpoint).expect("connect to the agent");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {endpoint}\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned());
+    (status, body)
+}
+
+fn until_consul(what: &str, limit: Duration, mut probe: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !probe() {
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// On Consul the tool attaches the catalog mirror, so what `registry register` registers is a
+/// Consul service too (and leaves the catalog on Ctrl-C); `catalog=false` registers only in KV.
+#[test]
+fn register_on_consul_is_in_the_catalog_unless_catalog_false() {
+    let Some(endpoint) = conformance_tests::testbed::shared_consul() else {
+        return;
+    };
+    for (option, mirrored) in [("", true), ("?catalog=false", false)] {
+        let service = if mirrored {
+            "cli-mirrored"
+        } else {
+            "cli-kv-only"
+        };
+        let url = format!("consul://{endpoint}{option}");
+        let child = Killer(
+            registry()
+                .args(["--backend", url.as_str(), "register", service])
+                .args(["--id", "c1", "--addr", "10.12.0.1:8080", "--ttl", "10s"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("spawn register"),
+        );
+        let kv = format!("/v1/kv/registry/registry/{service}/c1");
+        until_consul(
+            "the instance in Consul's KV",
+            Duration::from_secs(20),
+            || consul_get(&endpoint, &kv).0 == 200,
+        );
+        let catalog = format!("/v1/catalog/service/{service}");
+        if mirrored {
+            until_consul(
+                "the service in Consul's catalog",
+                Duration::from_secs(10),
+                || consul_get(&endpoint, &catalog).1.contains("10.12.0.1"),
+            );
+            // Ctrl-C deregisters, and the catalog follows before the process ends.
+            let pid = child.0.id().to_string();
+            assert!(
+                Command::new("kill")
+                    .args(["-INT", &pid])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+            let mut child = child;
+            let exited = child.0.wait().expect("the tool ends on Ctrl-C");
+            assert!(exited.success(), "{exited:?}");
+            assert_eq!(consul_get(&endpoint, &catalog).1.trim(), "[]");
+        } else {
+            // A few heartbeats: nothing appears late either.
+            std::thread::sleep(Duration::from_secs(3));
+            assert_eq!(consul_get(&endpoint, &catalog).1.trim(), "[]");
+            drop(child);
+        }
+    }
+}

@@ -59,8 +59,16 @@ impl AgentAnswer {
     }
 }
 
+impl ConsulBuilder {
+    /// A client of the agent this builder names (same address, token, TLS, datacenter and
+    /// namespace), for add-ons that talk to it beside the backend.
+    pub fn agent(&self) -> Result<ConsulAgent> {
+        ConsulAgent::new(self)
+    }
+}
+
 impl ConsulAgent {
-    pub(crate) fn new(b: &ConsulBuilder) -> Result<ConsulAgent> {
+    fn new(b: &ConsulBuilder) -> Result<ConsulAgent> {
         Ok(ConsulAgent {
             http: b.http()?,
             request_timeout: b.request_timeout,

@@ -5,13 +5,13 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use registry_core::url::BackendUrl;
 use registry_core::{Error, Result};
 
-use crate::agent::ConsulAgent;
 use crate::http::Http;
 use crate::keys;
 
-const URL_HELP: &str = "expected consul://host:port[/namespace][?token=T&dc=DC&ns=NS&ca=PATH&min_poll=D] \
+const URL_HELP: &str = "expected consul://host:port[/namespace][?token=T&dc=DC&ns=NS&ca=PATH&min_poll=D&catalog=false] \
      (consuls:// for HTTPS)";
 
 /// Configures and connects a [`ConsulBackend`](crate::ConsulBackend).
@@ -56,6 +56,16 @@ impl fmt::Debug for ConsulBuilder {
 
 use registry_core::config::try_parse_duration;
 
+/// The value of the `catalog=` option of a Consul URL (and of `REGISTRY_CONSUL_CATALOG`): `true`,
+/// `1`, `on` or `false`, `0`, `off`; `None` for anything else.
+pub fn catalog_option(value: &str) -> Option<bool> {
+    match value {
+        "true" | "1" | "on" => Some(true),
+        "false" | "0" | "off" => Some(false),
+        _ => None,
+    }
+}
+
 impl Default for ConsulBuilder {
     fn default() -> Self {
         ConsulBuilder::new()
@@ -85,34 +95,38 @@ impl ConsulBuilder {
     /// interval](Self::min_poll_interval). (The `catalog=` option of the `registry` tool is the
     /// tool's: it says whether to attach the catalog mirror, an add-on of the engine.)
     pub fn from_url(url: &str) -> Result<Self> {
-        // Messages show the URL with its password and token masked.
-        let shown = registry_core::redact::redact_url(url);
-        let (tls, rest) = if let Some(r) = url.strip_prefix("consul://") {
-            (false, r)
-        } else if let Some(r) = url.strip_prefix("consuls://") {
-            (true, r)
-        } else {
+        ConsulBuilder::from_backend_url(&BackendUrl::parse_expecting(url, URL_HELP)?)
+    }
+
+    /// Reads a parsed `consul://` or `consuls://` URL (HTTPS): its one `host:port`, the key
+    /// namespace (the path) and the options `token`, `dc`, `ns`, `ca` and `min_poll`. The option
+    /// `catalog=true|false` is the `registry` tool's (whether it attaches the catalog mirror, an
+    /// add-on of the engine): the backend checks it is a boolean and otherwise leaves it alone,
+    /// so that one URL serves the tool and the library.
+    pub fn from_backend_url(url: &BackendUrl) -> Result<Self> {
+        let Some(tls) = url.tls_variant_of("consul") else {
             return Err(Error::invalid(format!(
-                "`{shown}` is not a Consul URL; {URL_HELP}"
+                "`{url}` is not a Consul URL; {URL_HELP}"
             )));
         };
-        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (addr, ns) = rest.split_once('/').unwrap_or((rest, ""));
-        let port_ok = addr
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-        if !port_ok {
+        let mut hosts = url.hosts();
+        let (Some(host), None) = (hosts.next(), hosts.next()) else {
             return Err(Error::invalid(format!(
-                "`{shown}` needs host:port; {URL_HELP}"
+                "`{url}` must name one Consul agent; {URL_HELP}"
+            )));
+        };
+        if host.port().is_none() {
+            return Err(Error::invalid(format!(
+                "`{url}` needs host:port; {URL_HELP}"
             )));
         }
-        let mut b = ConsulBuilder::new().address(addr);
+        let mut b = ConsulBuilder::new().address(host.to_string());
         b.tls = tls;
-        if !ns.trim_matches('/').is_empty() {
-            b = b.namespace(ns.trim_matches('/'));
+        let ns = url.path().trim_matches('/');
+        if !ns.is_empty() {
+            b = b.namespace(ns);
         }
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        for (k, v) in url.query_pairs() {
             b = match k {
                 "token" => b.token(v),
                 "dc" => b.datacenter(v),
@@ -124,6 +138,14 @@ impl ConsulBuilder {
                     })?;
                     b.min_poll_interval(d)
                 }
+                "catalog" => match catalog_option(v) {
+                    Some(_) => b,
+                    None => {
+                        return Err(Error::invalid(format!(
+                            "Consul URL option catalog: `{v}` is not true or false"
+                        )));
+                    }
+                },
                 _ => {
                     return Err(Error::invalid(format!(
                         "unknown Consul URL option `{k}`; {URL_HELP}"
@@ -220,12 +242,6 @@ impl ConsulBuilder {
         self
     }
 
-    /// A client of the agent this builder names (same address, token, TLS, datacenter and
-    /// namespace), for add-ons that talk to it beside the backend.
-    pub fn agent(&self) -> Result<ConsulAgent> {
-        ConsulAgent::new(self)
-    }
-
     /// The Consul KV key under which the backend stores `key`: the namespace's prefix, then the
     /// key escaped segment by segment (see the crate documentation).
     pub fn kv_key(&self, key: &str) -> String {
@@ -284,6 +300,9 @@ mod tests {
         assert!(!format!("{b:?}").contains("s3cret"), "{b:?}");
         assert!(ConsulBuilder::from_url("consuls://h:8501").unwrap().tls);
         assert_eq!(b.kv_key("registry/web/w1"), "prod/registry/web/w1");
+        // The registry tool's option: checked, left to the tool.
+        assert!(ConsulBuilder::from_url("consul://h:8500?catalog=false").is_ok());
+        assert!(ConsulBuilder::from_url("consul://h:8500?catalog=maybe").is_err());
         for bad in ["consul://h", "http://h:1", "consul://h:1?x=y"] {
             assert!(
                 ConsulBuilder::from_url(bad)

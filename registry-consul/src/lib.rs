@@ -8,4 +8,4 @@ mod keys;
 
 pub use agent::{AgentAnswer, ConsulAgent};
 pub use backend::ConsulBackend;
-pub use config::ConsulBuilder;
+pub use config::{ConsulBuilder, catalog_option};

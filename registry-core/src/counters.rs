@@ -1,4 +1,4 @@
-//! Counters that a task bumps and a handle reads, declared once: [`counters!`](crate::counters)
+//! Counters that a task bumps and a handle reads, declared once: [`counters!`](crate::counters!)
 //! writes the struct of atomics the task bumps and the plain snapshot struct users see, and the
 //! code that copies one into the other.
 //!
@@ -72,7 +72,7 @@ impl Bump for AtomicU64 {
     }
 }
 
-/// Declares a live counters struct and its snapshot struct; see the [module](crate::counters).
+/// Declares a live counters struct and its snapshot struct; see the [module](mod@crate::counters).
 #[macro_export]
 macro_rules! counters {
     (

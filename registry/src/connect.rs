@@ -121,8 +121,7 @@ async fn etcd(url: &BackendUrl) -> Result<Arc<dyn Backend>> {
 
 #[cfg(feature = "consul")]
 async fn consul(url: &BackendUrl) -> Result<Arc<dyn Backend>> {
-    // TODO(consul): ConsulBuilder::from_backend_url(url), once registry-consul has it.
-    let b = registry_consul::ConsulBuilder::from_url(url.as_unredacted_str())?;
+    let b = registry_consul::ConsulBuilder::from_backend_url(url)?;
     Ok(Arc::new(b.connect().await?))
 }
 

@@ -55,13 +55,8 @@ fn parse_everywhere(url: &str) -> std::result::Result<Vec<&'static str>, TestCas
             "{name} accepted {url:?} of scheme {scheme:?}"
         );
     }
-    // Text a builder accepts parses, and the parsed URL reads alike in every builder. (Not yet
-    // Consul's, which reads the text with its own parser: TODO(consul): from_backend_url.)
-    let readers: Vec<&str> = accepted
-        .iter()
-        .copied()
-        .filter(|n| *n != "consul")
-        .collect();
+    // Text a builder accepts parses, and the parsed URL reads alike in every builder.
+    let readers = accepted.clone();
     match BackendUrl::parse(url) {
         Ok(parsed) => prop_assert_eq!(&readers, &parse_parsed_everywhere(&parsed), "{}", url),
         Err(e) => {
@@ -82,6 +77,10 @@ fn parse_parsed_everywhere(url: &BackendUrl) -> Vec<&'static str> {
     #[cfg(feature = "etcd")]
     if registry::etcd::EtcdBuilder::from_backend_url(url).is_ok() {
         accepted.push("etcd");
+    }
+    #[cfg(feature = "consul")]
+    if registry::consul::ConsulBuilder::from_backend_url(url).is_ok() {
+        accepted.push("consul");
     }
     #[cfg(feature = "redis")]
     if registry::redis::RedisBuilder::from_backend_url(url).is_ok() {
