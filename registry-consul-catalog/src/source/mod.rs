@@ -79,7 +79,7 @@ enum Follow {
 ///   that a second node also uses. The others are shown.
 /// - **A service that leaves the catalog is published empty.**
 ///
-/// How an entry becomes an [`Instance`]:
+/// How an entry becomes an [`Instance`](registry_engine::Instance):
 ///
 /// | Consul                                   | Instance                                        |
 /// |------------------------------------------|-------------------------------------------------|
@@ -91,7 +91,7 @@ enum Follow {
 /// | `Node.Node`                              | `metadata["consul.node"]`                       |
 /// | the worst status of the entry's checks   | `metadata["consul.health"]` (`passing`, `warning`, `critical`) |
 /// | `Meta["version"]`                        | `version`                                       |
-/// | `Meta["weight"]`, else `Weights.Passing` × 100 | `weight` (capped at [`MAX_WEIGHT`]; a `Meta` weight outside 1..=10000 makes the entry malformed) |
+/// | `Meta["weight"]`, else `Weights.Passing` × 100 | `weight` (capped at [`MAX_WEIGHT`](registry_engine::MAX_WEIGHT); a `Meta` weight outside 1..=10000 makes the entry malformed) |
 ///
 /// [`CatalogHealth`] says which entries are shown: only those whose checks all pass (Consul's
 /// `?passing`, the default), or every one with its health as its state (passing → online, warning

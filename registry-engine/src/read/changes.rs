@@ -16,7 +16,7 @@ use crate::model::instance::Instance;
 use crate::read::change::Change;
 use crate::read::snapshot::{ServiceSnapshot, touched};
 
-/// The stream returned by [`Directory::changes`].
+/// The stream returned by [`Directory::changes`](crate::Directory::changes).
 pub struct Changes {
     queue: ChangeQueue,
 }

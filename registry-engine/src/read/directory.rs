@@ -74,7 +74,7 @@ impl Directory {
     }
 
     /// An empty directory whose rings use `vnodes` points per instance at the default weight (1 to
-    /// [`MAX_VNODES`](crate::collections::ring::MAX_VNODES); see [`Ring::with_vnodes`]).
+    /// [`MAX_VNODES`](crate::MAX_VNODES); see [`Ring::with_vnodes`](crate::Ring::with_vnodes)).
     pub fn with_vnodes(vnodes: u32) -> Self {
         Directory::builder().vnodes(vnodes).build()
     }
@@ -198,7 +198,7 @@ impl Directory {
         self.slot_or_create(service).tx.subscribe()
     }
 
-    /// A stream of [`Change`]s to `service`'s online instances: first an `Insert` for every current
+    /// A stream of [`Change`](crate::Change)s to `service`'s online instances: first an `Insert` for every current
     /// instance, then one event per difference between consecutive views. Bursts are coalesced: a
     /// consumer that falls behind sees the net change, never a replay.
     pub fn changes(&self, service: &str) -> Changes {
@@ -437,7 +437,7 @@ pub struct DirectoryBuilder {
 
 impl DirectoryBuilder {
     /// Ring points per instance at the default weight (1 to
-    /// [`MAX_VNODES`](crate::collections::ring::MAX_VNODES); default [`DEFAULT_VNODES`]).
+    /// [`MAX_VNODES`](crate::MAX_VNODES); default [`DEFAULT_VNODES`]).
     pub fn vnodes(mut self, vnodes: u32) -> Self {
         self.vnodes = vnodes;
         self
@@ -459,7 +459,7 @@ impl DirectoryBuilder {
                 slots: ArcSwap::from_pointee(HashMap::new()),
                 add_slot: Mutex::new(()),
                 empty: Instances::new(),
-                vnodes: self.vnodes.clamp(1, crate::collections::ring::MAX_VNODES),
+                vnodes: self.vnodes.clamp(1, crate::MAX_VNODES),
                 journal: Journal::new(self.journal_capacity),
                 sources: Mutex::new(BTreeMap::new()),
             }),

@@ -14,17 +14,17 @@ use crate::model::instance::Instance;
 use crate::read::change::ChangeKind;
 use crate::read::snapshot::ServiceSnapshot;
 
-/// How many recent changes a [`Directory`] keeps for [`Directory::all_changes_since`] unless told
+/// How many recent changes a [`Directory`](crate::Directory) keeps for [`Directory::all_changes_since`](crate::Directory::all_changes_since) unless told
 /// otherwise ([`DirectoryBuilder::journal_capacity`](crate::DirectoryBuilder::journal_capacity)).
 pub const DEFAULT_JOURNAL_CAPACITY: usize = 4096;
 
-/// One change to one service of a [`Directory`], as journalled when the directory published it.
+/// One change to one service of a [`Directory`](crate::Directory), as journalled when the directory published it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DirectoryChange {
     /// Position in the directory's feed: starts at 1 and increases by one per change, across all
     /// services. The changes of one publication have consecutive numbers. Pass the last one seen
-    /// to [`Directory::all_changes_since`] to resume after it.
+    /// to [`Directory::all_changes_since`](crate::Directory::all_changes_since) to resume after it.
     pub seq: u64,
     /// The service that changed.
     pub service: Arc<str>,
@@ -44,14 +44,14 @@ impl DirectoryChange {
     }
 }
 
-/// What an [`AllChanges`] stream yields.
+/// What an [`AllChanges`](crate::AllChanges) stream yields.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum DirectoryEvent {
     /// The next change, in sequence.
     Change(DirectoryChange),
     /// Start over from this snapshot: replace everything held. The first item of
-    /// [`Directory::all_changes`], and what a consumer gets instead of changes it can no longer be
+    /// [`Directory::all_changes`](crate::Directory::all_changes), and what a consumer gets instead of changes it can no longer be
     /// given.
     Resync(Resync),
 }
@@ -114,11 +114,11 @@ impl Resync {
     }
 }
 
-/// Why an [`AllChanges`] stream yields a [`Resync`].
+/// Why an [`AllChanges`](crate::AllChanges) stream yields a [`Resync`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ResyncReason {
-    /// The stream starts ([`Directory::all_changes`]): the current state.
+    /// The stream starts ([`Directory::all_changes`](crate::Directory::all_changes)): the current state.
     Start,
     /// The changes after `after` are no longer in the journal: the resume point was too old, or
     /// the consumer fell further behind than the journal holds. `oldest` is the oldest change the

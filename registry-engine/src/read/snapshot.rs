@@ -255,7 +255,7 @@ impl ServiceSnapshot {
     }
 
     /// The name of the source `id` comes from ([`BACKEND_SOURCE`] for the registry's own
-    /// backend), or `None` if it is not listed. See [`Directory::source`].
+    /// backend), or `None` if it is not listed. See [`Directory::source`](crate::Directory::source).
     pub fn source_of(&self, id: &str) -> Option<&str> {
         self.all.contains_key(id).then(|| self.origin.of(id))
     }

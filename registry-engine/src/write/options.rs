@@ -92,10 +92,10 @@ impl RegisterOptions {
     /// Whether the first write may replace the same instance id held by another live owner.
     ///
     /// By default registering an id that another process's live lease holds is refused with
-    /// [`ErrorKind::Conflict`] (unless the stored value is byte for byte the one being registered:
+    /// [`ErrorKind::Conflict`](registry_core::ErrorKind::Conflict) (unless the stored value is byte for byte the one being registered:
     /// that is the same instance restarted before its old lease ran out, and it is taken over).
     /// With `takeover`, the first write replaces it; the other owner's handle then reports
-    /// [`RegistrationState::Conflict`] and does not write the id back. Only the first write takes
+    /// [`RegistrationState::Conflict`](crate::RegistrationState::Conflict) and does not write the id back. Only the first write takes
     /// over: after that, whoever holds the id keeps it, so two processes never fight over it.
     pub fn takeover(mut self, takeover: bool) -> Self {
         self.takeover = takeover;

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::telemetry::Telemetry;
 
-/// Where a registration stands. Watch it with [`Registration::watch_state`].
+/// Where a registration stands. Watch it with [`Registration::watch_state`](crate::Registration::watch_state).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum RegistrationState {
