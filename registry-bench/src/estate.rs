@@ -38,7 +38,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 
 use crate::stats::{self, json as sjson, median, ms, summarize};
-use crate::{Section, registry as make_registry, rss_bytes, ttl_for};
+use crate::{Section, Size, registry as make_registry, rss_bytes, ttl_for};
 
 const SERVICE: &str = "estate";
 
@@ -65,13 +65,15 @@ pub(crate) struct Config {
     populators: usize,
     /// Idle window with the clients attached.
     idle: Duration,
+    /// The longest wait for the process to go nearly idle between windows (`settle`).
+    settle: Duration,
     note: Option<String>,
 }
 
 impl Config {
-    pub(crate) fn new(quick: bool, scheme: &str) -> Config {
-        let mut c = if quick {
-            Config {
+    pub(crate) fn new(size: Size, scheme: &str) -> Config {
+        let mut c = match size {
+            Size::Quick => Config {
                 clients: vec![1, 50],
                 sizes: vec![10, 1000, 10_000],
                 pairs: 5,
@@ -83,10 +85,28 @@ impl Config {
                 burst_clients: 50,
                 populators: 8,
                 idle: Duration::from_millis(300),
+                settle: Duration::from_secs(30),
                 note: None,
-            }
-        } else {
-            Config {
+            },
+            // Two sizes (the second one topped up, and the flatness line), two client counts, a
+            // cell over the budget, cells with and without a burst, two windows (their spread).
+            Size::Smoke => Config {
+                clients: vec![1, 2],
+                sizes: vec![4, 8],
+                pairs: 1,
+                pairs_large: 1,
+                windows: 2,
+                burst: 3,
+                budget: 8,
+                burst_budget: 8,
+                burst_clients: 2,
+                populators: 2,
+                idle: Duration::from_millis(100),
+                // A debug build's backend clients do not go that idle (Redis's reapers).
+                settle: Duration::from_millis(300),
+                note: None,
+            },
+            Size::Full => Config {
                 clients: vec![1, 50, 200, 1000],
                 sizes: vec![10, 1000, 10_000, 100_000],
                 // Enough changes that one stall (a heartbeat's read-back, an allocator pause) does
@@ -100,8 +120,9 @@ impl Config {
                 burst_clients: 50,
                 populators: 16,
                 idle: Duration::from_secs(1),
+                settle: Duration::from_secs(30),
                 note: None,
-            }
+            },
         };
         // REGISTRY_BENCH_ESTATE_CLIENTS / _SIZES (comma-separated) narrow or widen the matrix.
         let list = |var: &str| -> Option<Vec<usize>> {
@@ -127,11 +148,12 @@ impl Config {
             "consul" => {
                 // Consul answers every watch with the whole prefix (a blocking query), and its
                 // agent allows 200 connections per client address by default.
-                c.sizes.retain(|&s| s <= if quick { 1000 } else { 10_000 });
+                c.sizes
+                    .retain(|&s| s <= if size == Size::Quick { 1000 } else { 10_000 });
                 c.clients.retain(|&n| n <= 200);
-                if quick {
+                if size == Size::Quick {
                     // 50 clients × 1,000 instances is 1 s a change on Consul, and removing a burst
-                    // waits for the agent's catalog on each delete: not for a smoke run.
+                    // waits for the agent's catalog on each delete: not for a quick run.
                     c.budget = 10_000;
                     c.burst_budget = 0;
                 }
@@ -142,7 +164,7 @@ impl Config {
             }
             _ => {
                 c.sizes.retain(|&s| s <= 10_000);
-                if !quick {
+                if size == Size::Full {
                     c.note = Some(
                         "100,000 instances only on memory and etcd (pre-population time).".into(),
                     );
@@ -308,10 +330,11 @@ async fn register_all(
         .collect()
 }
 
-/// Waits (at most 30 s) until the process is nearly idle: what stopped clients leave to free must
-/// not be counted in the next window (50 clients' copies of 100,000 instances took over 2 s).
-async fn settle() {
-    for _ in 0..300 {
+/// Waits (at most `limit`, 30 s in a full run) until the process is nearly idle: what stopped
+/// clients leave to free must not be counted in the next window (50 clients' copies of 100,000
+/// instances took over 2 s).
+async fn settle(limit: Duration) {
+    for _ in 0..limit.as_millis().div_ceil(100) {
         let c0 = cpu_now();
         tokio::time::sleep(Duration::from_millis(100)).await;
         if cpu_now() - c0 < Duration::from_millis(1) {
@@ -422,13 +445,13 @@ async fn cell(
     let probe = Probe::new();
     probe.clients.store(n, Ordering::SeqCst);
     probe.expect(size);
-    settle().await;
+    settle(cfg.settle).await;
     let rss0 = rss_bytes();
     let t0 = Instant::now();
     let clients = start_clients(n, url, backend, ns, ttl, &probe).await;
     probe.wait("initial load").await;
     let load = t0.elapsed();
-    settle().await;
+    settle(cfg.settle).await;
     let rss1 = rss_bytes();
     let c0 = cpu_now();
     tokio::time::sleep(cfg.idle).await;
@@ -461,7 +484,7 @@ async fn cell(
         c.task.abort();
     }
     drop(clients);
-    settle().await;
+    settle(cfg.settle).await;
     Cell {
         size,
         clients: n,
@@ -506,7 +529,7 @@ pub(crate) async fn run(url: &str, backend: Arc<dyn Backend>, ns: &str, cfg: &Co
             cfg.pairs
         };
         let changes = 2 * pairs;
-        settle().await;
+        settle(cfg.settle).await;
         let c0 = cpu_now();
         window(&w, size, 0..pairs, &no_clients, 0, &format!("{size}-b0")).await;
         let base_before = cpu_now() - c0;
@@ -519,7 +542,7 @@ pub(crate) async fn run(url: &str, backend: Arc<dyn Backend>, ns: &str, cfg: &Co
             eprintln!("  estate: {n} clients × {size} instances ...");
             measured.push(cell(url, &backend, ns, ttl, cfg, &w, &pops, size, n, pairs).await);
         }
-        settle().await;
+        settle(cfg.settle).await;
         let c0 = cpu_now();
         window(&w, size, 0..pairs, &no_clients, 0, &format!("{size}-b1")).await;
         let base_after = cpu_now() - c0;

@@ -1,6 +1,8 @@
-//! `registry-bench --backend URL [--quick] [--out DIR]`: how fast, how cheap and how far the registry
-//! scales on one backend, each figure next to its baseline measured in the same run. Writes a
-//! Markdown report and a JSON file; `--quick` runs everything small, in well under a minute.
+//! `registry-bench --backend URL [--quick | --smoke] [--out DIR]`: how fast, how cheap and how far
+//! the registry scales on one backend, each figure next to its baseline measured in the same run.
+//! Writes a Markdown report and a JSON file; `--quick` runs everything small, in well under a minute;
+//! `--smoke` runs every section at the smallest size that still goes through all of its code, in
+//! seconds even in a debug build (its figures mean nothing: `tests/smoke.rs` runs it per backend).
 //!
 //! `serve-load` (on a backend shared between processes, not memory://) runs the `registry serve`
 //! binary (`--registry-bin`, by default next to this one) under many SSE clients and a fixed rate of
@@ -26,9 +28,35 @@ mod stats;
 use counting::Counting;
 use stats::{json as sjson, ms, summarize};
 
+/// How big a run is. Published figures come from `Full` runs; `Quick` keeps its sizes too, since
+/// reports refer to them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Size {
+    Full,
+    /// `--quick`: everything small, in well under a minute per backend (release build).
+    Quick,
+    /// `--smoke`: every section at the smallest size that still runs all of its code paths.
+    Smoke,
+}
+
+impl Size {
+    /// The value for this size, of the three given.
+    pub(crate) fn pick<T>(self, full: T, quick: T, smoke: T) -> T {
+        match self {
+            Size::Full => full,
+            Size::Quick => quick,
+            Size::Smoke => smoke,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        self.pick("full", "quick", "smoke")
+    }
+}
+
 struct Args {
     url: String,
-    quick: bool,
+    size: Size,
     out: std::path::PathBuf,
     only: Option<Vec<String>>,
     registry_bin: Option<String>,
@@ -38,11 +66,11 @@ struct Args {
 fn args() -> Result<Args, String> {
     let mut a = Args {
         url: "memory://".into(),
-        quick: false,
+        size: Size::Full,
         out: "bench-results".into(),
         only: None,
         registry_bin: None,
-        serve: serve_load::Config::new(false),
+        serve: serve_load::Config::new(Size::Full),
     };
     let (mut sse, mut rps, mut secs, mut stall) = (None, None, None, None);
     let number = |v: Option<String>, what: &str| -> Result<u64, String> {
@@ -53,7 +81,8 @@ fn args() -> Result<Args, String> {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--backend" | "-b" => a.url = it.next().ok_or("--backend needs a URL")?,
-            "--quick" => a.quick = true,
+            "--quick" => a.size = Size::Quick,
+            "--smoke" => a.size = Size::Smoke,
             "--out" => a.out = it.next().ok_or("--out needs a directory")?.into(),
             "--only" => {
                 a.only = Some(
@@ -72,12 +101,12 @@ fn args() -> Result<Args, String> {
             "--serve-secs" => secs = Some(number(it.next(), "--serve-secs")?),
             "--serve-stall-secs" => stall = Some(number(it.next(), "--serve-stall-secs")?),
             "--help" | "-h" => {
-                return Err("usage: registry-bench [--backend URL] [--quick] [--out DIR] [--only propagation,scale,heartbeat,ring,lookup,estate,serve-load]\n       serve-load: [--registry-bin PATH] [--serve-clients N] [--serve-rps N] [--serve-secs N] [--serve-stall-secs N]".into());
+                return Err("usage: registry-bench [--backend URL] [--quick | --smoke] [--out DIR] [--only propagation,scale,heartbeat,ring,lookup,estate,serve-load]\n       serve-load: [--registry-bin PATH] [--serve-clients N] [--serve-rps N] [--serve-secs N] [--serve-stall-secs N]".into());
             }
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    a.serve = serve_load::Config::new(a.quick);
+    a.serve = serve_load::Config::new(a.size);
     if let Some(n) = sse {
         a.serve.sse = n;
         a.serve.stalled = n;
@@ -134,9 +163,11 @@ async fn until(
 
 /// Propagation (1): register/deregister at A -> visible/gone at B, next to the raw put -> event
 /// latency; and crash -> removal past the TTL, against the declared slack.
-async fn propagation(url: &str, backend: Arc<dyn Backend>, ns: &str, quick: bool) -> Section {
-    let n = if quick { 40 } else { 1000 };
-    let ttl = ttl_for(&*backend, Duration::from_secs(5));
+async fn propagation(url: &str, backend: Arc<dyn Backend>, ns: &str, size: Size) -> Section {
+    let n = size.pick(1000, 40, 4);
+    // A smoke run's crashes are watched for a few seconds only: a short TTL where the backend
+    // grants one (Consul's is at least 10 s, so none of its crashed instances go in that time).
+    let ttl = ttl_for(&*backend, Duration::from_secs(size.pick(5, 5, 1)));
     let a = registry(backend.clone(), ns, ttl);
     let b = registry(backend.clone(), ns, ttl);
     let d = b.discover("prop").await.expect("discover");
@@ -181,7 +212,7 @@ async fn propagation(url: &str, backend: Arc<dyn Backend>, ns: &str, quick: bool
 
     // Crashes: k processes crash at once; each instance should go TTL (+ slack) after its last
     // keep-alive, which was at most one heartbeat before the crash.
-    let k = if quick { 3 } else { 20 };
+    let k = size.pick(20, 3, 2);
     let mut crashed = Vec::new();
     for i in 0..k {
         let p = registry(backend.clone(), ns, ttl);
@@ -201,7 +232,9 @@ async fn propagation(url: &str, backend: Arc<dyn Backend>, ns: &str, quick: bool
     }
     let mut gone_after: BTreeMap<String, Duration> = BTreeMap::new();
     let mut rx = cdir.subscribe("crash");
-    while gone_after.len() < k && at.elapsed() < ttl * 3 + Duration::from_secs(30) {
+    let watch_for = ttl * 3 + Duration::from_secs(30);
+    let watch_for = size.pick(watch_for, watch_for, watch_for.min(Duration::from_secs(4)));
+    while gone_after.len() < k && at.elapsed() < watch_for {
         let snap = rx.borrow_and_update().clone();
         for i in 0..k {
             let id = format!("c{i}");
@@ -280,6 +313,9 @@ async fn propagation(url: &str, backend: Arc<dyn Backend>, ns: &str, quick: bool
         ttl - ttl / 3,
         ttl + slack,
     ));
+    if size == Size::Smoke && gone_after.len() < k {
+        md.push(format!("(Smoke run: watched for {watch_for:?} only.)"));
+    }
     Section { md, json: j }
 }
 
@@ -330,8 +366,8 @@ async fn contract_latency(
 
 /// Scale (3): registering many instances from one process (time, backend operations) against raw
 /// put throughput; cold start of a directory over them; memory per instance held.
-async fn scale(url: &str, backend: Arc<dyn Backend>, ns: &str, quick: bool) -> Section {
-    let n = if quick { 300 } else { 10_000 };
+async fn scale(url: &str, backend: Arc<dyn Backend>, ns: &str, size: Size) -> Section {
+    let n = size.pick(10_000, 300, 20);
     let ttl = ttl_for(&*backend, Duration::from_secs(30));
     let (counted, counts) = Counting::wrap(backend.clone());
     let a = registry(counted, ns, ttl);
@@ -512,11 +548,12 @@ async fn scale(url: &str, backend: Arc<dyn Backend>, ns: &str, quick: bool) -> S
 
 /// Heartbeat cost (4): backend requests per second to keep many registrations alive, with one shared
 /// lease, one lease per registration, and Pulse's rewrite of every key every heartbeat.
-async fn heartbeat(backend: Arc<dyn Backend>, ns: &str, quick: bool) -> Section {
-    let k = if quick { 50 } else { 1000 };
-    let ttl = ttl_for(&*backend, Duration::from_secs(3));
+async fn heartbeat(backend: Arc<dyn Backend>, ns: &str, size: Size) -> Section {
+    let k = size.pick(1000, 50, 3);
+    let ttl = ttl_for(&*backend, Duration::from_secs(size.pick(3, 3, 1)));
     let beat = ttl / 3;
-    let window = if quick { beat } else { beat * 3 };
+    // At most half a second in a smoke run, even where the heartbeat is longer (Consul's 3.3 s).
+    let window = size.pick(beat * 3, beat, beat.min(Duration::from_millis(500)));
     let mut rows = Vec::new();
     let mut j = json!({"registrations": k, "heartbeat_ms": beat.as_millis() as u64});
     for mode in ["shared lease (default)", "one lease per registration"] {
@@ -551,7 +588,8 @@ async fn heartbeat(backend: Arc<dyn Backend>, ns: &str, quick: bool) -> Section 
     // Pulse: every key written again every heartbeat.
     let (counted, counts) = Counting::wrap(backend.clone());
     let started = Instant::now();
-    let mut tick = tokio::time::interval(beat);
+    // A round a window where the window is shorter than a heartbeat (a smoke run on Consul).
+    let mut tick = tokio::time::interval(beat.min(window));
     while started.elapsed() < window {
         tick.tick().await;
         for i in 0..k {
@@ -594,17 +632,32 @@ fn farthest_from_ideal(ratios: &[f64]) -> f64 {
     })
 }
 
-fn ring_quality() -> Section {
+fn ring_quality(size: Size) -> Section {
     let inst = |id: String| Arc::new(Instance::new("ring", id).addr("x:1"));
-    let keys: Vec<String> = (0..100_000).map(|k| format!("key-{k}")).collect();
+    let (key_count, keys_label, memberships) = size.pick(
+        (100_000, "100,000", 20),
+        (100_000, "100,000", 20),
+        (2_000, "2,000", 2),
+    );
+    let keys: Vec<String> = (0..key_count).map(|k| format!("key-{k}")).collect();
+    let load_note = match size {
+        Size::Smoke => {
+            "Load is counted over the keys (far too few for a meaningful figure in a smoke run)"
+        }
+        _ => {
+            "Load is counted over the 100,000 keys (at n = 100, 1,000 keys a member: sampling alone puts max/mean near 1.08)"
+        }
+    };
     let mut md = vec![
         format!(
-            "### Ring quality ({} points per instance, {} probes per key, 100,000 keys, 20 random memberships each)",
+            "### Ring quality ({} points per instance, {} probes per key, {keys_label} keys, {memberships} random memberships each)",
             registry::engine::DEFAULT_VNODES,
-            registry::engine::PROBES
+            registry::engine::PROBES,
         ),
         String::new(),
-        "Load is counted over the 100,000 keys (at n = 100, 1,000 keys a member: sampling alone puts max/mean near 1.08); share is the ring's own exact share of the key space (`Ring::shares`).".into(),
+        format!(
+            "{load_note}; share is the ring's own exact share of the key space (`Ring::shares`)."
+        ),
         String::new(),
         "| n | moved on join (ideal 1/(n+1)) | moved on leave (ideal 1/n) | load max/mean | load min/mean | load CV | share max/mean | share min/mean |".into(),
         "|---|---|---|---|---|---|---|---|".into(),
@@ -621,7 +674,7 @@ fn ring_quality() -> Section {
         let (mut join, mut leave, mut maxr, mut minr, mut cv) =
             (vec![], vec![], vec![], vec![], vec![]);
         let (mut share_max, mut share_min) = (vec![], vec![]);
-        for _ in 0..20 {
+        for _ in 0..memberships {
             let ids: Vec<String> = (0..n).map(|_| format!("m{:016x}", next())).collect();
             let ring = Ring::new(ids.iter().cloned().map(inst));
             let shares = ring.shares();
@@ -684,12 +737,8 @@ fn ring_quality() -> Section {
 /// Lookups (2), timed in this binary (criterion gives the detailed figures: `cargo bench -p
 /// registry-bench`): nanoseconds per `get`, `find`, `find_n(3)`, alone and with the other core
 /// reading while a writer churns membership.
-async fn lookup(quick: bool) -> Section {
-    let sizes: &[usize] = if quick {
-        &[10, 1000]
-    } else {
-        &[10, 1000, 100_000]
-    };
+async fn lookup(size: Size) -> Section {
+    let sizes: &[usize] = size.pick(&[10, 1000, 100_000], &[10, 1000], &[10]);
     let mut md = vec![
         "### Lookups (in-process directory; median of 5 runs)".into(),
         String::new(),
@@ -699,7 +748,7 @@ async fn lookup(quick: bool) -> Section {
     let mut j = json!({});
     for &n in sizes {
         let (dir, backend, _d) = filled_directory(n).await;
-        let iters: u64 = if quick { 20_000 } else { 200_000 };
+        let iters: u64 = size.pick(200_000, 20_000, 1_000);
         let alone = measure(&dir, iters);
         // Contention: another thread reads as fast as it can, a writer churns membership.
         let stop = Arc::new(AtomicBool::new(false));
@@ -816,31 +865,31 @@ async fn main() {
         eprintln!("propagation ...");
         sections.push((
             "propagation",
-            propagation(&a.url, backend.clone(), &ns, a.quick).await,
+            propagation(&a.url, backend.clone(), &ns, a.size).await,
         ));
     }
     if want("scale") {
         eprintln!("scale ...");
         sections.push((
             "scale",
-            scale(&a.url, backend.clone(), &format!("{ns}-scale"), a.quick).await,
+            scale(&a.url, backend.clone(), &format!("{ns}-scale"), a.size).await,
         ));
     }
     if want("heartbeat") {
         eprintln!("heartbeat ...");
-        sections.push(("heartbeat", heartbeat(backend.clone(), &ns, a.quick).await));
+        sections.push(("heartbeat", heartbeat(backend.clone(), &ns, a.size).await));
     }
     if want("ring") {
         eprintln!("ring ...");
-        sections.push(("ring", ring_quality()));
+        sections.push(("ring", ring_quality(a.size)));
     }
     if want("lookup") {
         eprintln!("lookup ...");
-        sections.push(("lookup", lookup(a.quick).await));
+        sections.push(("lookup", lookup(a.size).await));
     }
     if want("estate") {
         eprintln!("estate ...");
-        let cfg = estate::Config::new(a.quick, &scheme);
+        let cfg = estate::Config::new(a.size, &scheme);
         sections.push((
             "estate",
             estate::run(&a.url, backend.clone(), &format!("{ns}-estate"), &cfg).await,
@@ -882,20 +931,27 @@ async fn main() {
     }
     let mut md = vec![
         format!(
-            "## Backend {} ({})",
+            "## Backend {} ({} run{})",
             scheme,
-            if a.quick { "quick run" } else { "full run" }
+            a.size.name(),
+            if a.size == Size::Smoke {
+                ": it proves each section runs; its figures mean nothing"
+            } else {
+                ""
+            }
         ),
         String::new(),
         format!(
             "Command: `registry-bench --backend {}{}`; {:.0} s.",
             a.url,
-            if a.quick { " --quick" } else { "" },
+            match a.size {
+                Size::Full => String::new(),
+                other => format!(" --{}", other.name()),
+            },
             started.elapsed().as_secs_f64()
         ),
     ];
-    let mut j =
-        json!({"backend": a.url, "quick": a.quick, "seconds": started.elapsed().as_secs_f64()});
+    let mut j = json!({"backend": a.url, "quick": a.size == Size::Quick, "size": a.size.name(), "seconds": started.elapsed().as_secs_f64()});
     for (name, s) in sections {
         md.push(String::new());
         md.extend(s.md);

@@ -31,7 +31,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, watch};
 
 use crate::stats::{Summary, json as sjson, ms, summarize};
-use crate::{Section, registry as make_registry, ttl_for};
+use crate::{Section, Size, registry as make_registry, ttl_for};
 
 /// The sizes of a run.
 #[derive(Clone, Debug)]
@@ -54,12 +54,15 @@ pub(crate) struct Config {
     pub(crate) stall_waves: usize,
     /// Whether the baseline is measured again after the load phase.
     pub(crate) baseline_after: bool,
+    /// The pause after the SSE clients connect and after they leave, before the server is measured;
+    /// the last changes of the load phase get twice that to arrive.
+    pub(crate) settle: Duration,
 }
 
 impl Config {
-    pub(crate) fn new(quick: bool) -> Config {
-        if quick {
-            Config {
+    pub(crate) fn new(size: Size) -> Config {
+        match size {
+            Size::Quick => Config {
                 sse: 200,
                 rps: 200,
                 phase: Duration::from_secs(5),
@@ -70,9 +73,23 @@ impl Config {
                 stall_watch: Duration::from_secs(4),
                 stall_waves: 1,
                 baseline_after: false,
-            }
-        } else {
-            Config {
+                settle: Duration::from_secs(1),
+            },
+            // A few clients of each kind for a second: every phase, both kinds of change.
+            Size::Smoke => Config {
+                sse: 3,
+                rps: 20,
+                phase: Duration::from_secs(1),
+                changes_per_s: 20,
+                services: 3,
+                per_service: 4,
+                stalled: 3,
+                stall_watch: Duration::from_secs(1),
+                stall_waves: 1,
+                baseline_after: true,
+                settle: Duration::from_millis(200),
+            },
+            Size::Full => Config {
                 sse: 1000,
                 rps: 1000,
                 phase: Duration::from_secs(60),
@@ -84,7 +101,8 @@ impl Config {
                 stall_watch: Duration::from_secs(45),
                 stall_waves: 2,
                 baseline_after: true,
-            }
+                settle: Duration::from_secs(1),
+            },
         }
     }
 }
@@ -714,7 +732,7 @@ pub(crate) async fn run(
     }
     let connect_took = t_connect.elapsed();
     let connected = started.load(Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(cfg.settle).await;
     let rss_after_connect = status_bytes(pid, "VmRSS").unwrap_or(0);
     let streams_open = open_streams(&c, addr).await;
     let (queued_connected, _) = send_queues(addr.port());
@@ -727,7 +745,7 @@ pub(crate) async fn run(
     phases.push(measure("with SSE clients", connected).await);
     let last_expected = changes.count();
     // Let the last changes arrive.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(cfg.settle * 2).await;
     let _ = sse_stop_tx.send(true);
     let mut stats = Vec::with_capacity(clients.len());
     for t in clients {
@@ -735,7 +753,7 @@ pub(crate) async fn run(
             stats.push(s);
         }
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(cfg.settle).await;
     let rss_after_close = status_bytes(pid, "VmRSS").unwrap_or(0);
 
     if cfg.baseline_after {
@@ -844,7 +862,8 @@ pub(crate) async fn run(
         ),
         String::new(),
         format!(
-            "The release `registry serve` in its own process (pid {pid}) over this backend; this process drives it on loopback and shares the machine's cores with it. JSON latency is from each request's scheduled time (open loop, at most 256 in flight). Requests: 1/5 `/v1/services`, 2/5 `/v1/services/{{s}}` (50 instances), 2/5 `/v1/services/{{s}}/owners?key=..&n=2`."
+            "The release `registry serve` in its own process (pid {pid}) over this backend; this process drives it on loopback and shares the machine's cores with it. JSON latency is from each request's scheduled time (open loop, at most 256 in flight). Requests: 1/5 `/v1/services`, 2/5 `/v1/services/{{s}}` ({} instances), 2/5 `/v1/services/{{s}}/owners?key=..&n=2`.",
+            cfg.per_service
         ),
         String::new(),
         "| phase | SSE clients | requests (rate reached) | errors | p50 | p90 | p99 | max | server CPU | bench CPU | server RSS at end |".into(),
