@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream;
 use registry_core::config::clamp_duration;
+use registry_core::counters::Bump;
 use registry_core::{
     Backend, Capabilities, CondOutcome, Condition, Error, Event, KeyValue, Lease, LeaseId, Listing,
     Result, Revision, WatchStream, key,
@@ -63,46 +64,34 @@ struct Faults {
     latency_us: AtomicU64,
 }
 
-#[derive(Default)]
-struct Counters {
-    grant: AtomicU64,
-    keep_alive: AtomicU64,
-    revoke: AtomicU64,
-    put: AtomicU64,
-    delete: AtomicU64,
-    put_if: AtomicU64,
-    delete_if: AtomicU64,
-    get: AtomicU64,
-    list: AtomicU64,
-    watch: AtomicU64,
-}
-
-/// How many calls of each contract operation a [`MemoryBackend`] has received (including calls that
-/// failed by fault injection). Tests use it to prove cost claims, such as one keep-alive per
-/// heartbeat however many services a process registers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct OperationCounts {
-    /// Calls to `grant`.
-    pub grant: u64,
-    /// Calls to `keep_alive`.
-    pub keep_alive: u64,
-    /// Calls to `revoke`.
-    pub revoke: u64,
-    /// Calls to `put`.
-    pub put: u64,
-    /// Calls to `delete`.
-    pub delete: u64,
-    /// Calls to `put_if`.
-    pub put_if: u64,
-    /// Calls to `delete_if`.
-    pub delete_if: u64,
-    /// Calls to `get`.
-    pub get: u64,
-    /// Calls to `list`.
-    pub list: u64,
-    /// Calls to `watch`.
-    pub watch: u64,
+registry_core::counters! {
+    /// The calls of each operation, counted as they arrive.
+    struct Counters =>
+    /// How many calls of each contract operation a [`MemoryBackend`] has received (including calls that
+    /// failed by fault injection). Tests use it to prove cost claims, such as one keep-alive per
+    /// heartbeat however many services a process registers.
+    pub struct OperationCounts {
+        /// Calls to `grant`.
+        grant,
+        /// Calls to `keep_alive`.
+        keep_alive,
+        /// Calls to `revoke`.
+        revoke,
+        /// Calls to `put`.
+        put,
+        /// Calls to `delete`.
+        delete,
+        /// Calls to `put_if`.
+        put_if,
+        /// Calls to `delete_if`.
+        delete_if,
+        /// Calls to `get`.
+        get,
+        /// Calls to `list`.
+        list,
+        /// Calls to `watch`.
+        watch,
+    }
 }
 
 impl OperationCounts {
@@ -248,25 +237,12 @@ impl MemoryBackend {
 
     /// How many calls of each operation this store has received.
     pub fn operation_counts(&self) -> OperationCounts {
-        let c = &self.inner.counts;
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        OperationCounts {
-            grant: l(&c.grant),
-            keep_alive: l(&c.keep_alive),
-            revoke: l(&c.revoke),
-            put: l(&c.put),
-            delete: l(&c.delete),
-            put_if: l(&c.put_if),
-            delete_if: l(&c.delete_if),
-            get: l(&c.get),
-            list: l(&c.list),
-            watch: l(&c.watch),
-        }
+        self.inner.counts.snapshot()
     }
 
     /// Counts a call, waits out a freeze, then applies injected failures.
     async fn gate(&self, counter: &AtomicU64) -> Result<()> {
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.bump();
         let latency = self.inner.faults.latency_us.load(Ordering::SeqCst);
         if latency > 0 {
             tokio::time::sleep(std::time::Duration::from_micros(latency)).await;

@@ -94,15 +94,8 @@ struct Inner {
     request_timeout: Duration,
     caps: Capabilities,
     scripts: Scripts,
-    reaper: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Some(h) = self.reaper.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            h.abort();
-        }
-    }
+    /// The expiry reaper, aborted with the last clone (a `JoinSet` aborts its tasks when dropped).
+    reaper: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -226,7 +219,7 @@ impl RedisBackend {
                 request_timeout: settings.request_timeout,
                 caps,
                 scripts: Scripts::new(),
-                reaper: std::sync::Mutex::new(None),
+                reaper: std::sync::Mutex::new(tokio::task::JoinSet::new()),
             }),
         };
         // Fails now on refused credentials or a missing permission, not at the first operation.
@@ -241,15 +234,15 @@ impl RedisBackend {
             .run(&backend.inner.scripts.reap, "connect", &[])
             .await
             .map_err(|e| e.context(format!("Redis at {}", backend.inner.address)))?;
-        let handle = tokio::spawn(reaper(
-            Arc::downgrade(&backend.inner),
-            settings.reap_interval,
-        ));
-        *backend
+        backend
             .inner
             .reaper
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(handle);
+            .unwrap_or_else(|p| p.into_inner())
+            .spawn(reaper(
+                Arc::downgrade(&backend.inner),
+                settings.reap_interval,
+            ));
         Ok(backend)
     }
 

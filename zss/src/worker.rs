@@ -196,11 +196,12 @@ impl ServiceConfig {
     pub fn run(&self) -> Worker {
         let identity = format!("{}#{}", self.sid, uuid::Uuid::new_v4());
         let (stop_tx, stop_rx) = oneshot::channel();
-        let task = tokio::spawn(WorkerTask::new(self.clone(), identity.clone()).run(stop_rx));
+        let mut task = tokio::task::JoinSet::new();
+        task.spawn(WorkerTask::new(self.clone(), identity.clone()).run(stop_rx));
         Worker {
             identity,
             stop: Some(stop_tx),
-            task,
+            _task: task,
         }
     }
 }
@@ -211,13 +212,8 @@ impl ServiceConfig {
 pub struct Worker {
     identity: String,
     stop: Option<oneshot::Sender<oneshot::Sender<bool>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    /// The worker's task, aborted when the worker is dropped (a `JoinSet` aborts its tasks).
+    _task: tokio::task::JoinSet<()>,
 }
 
 impl Worker {
