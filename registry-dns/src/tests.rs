@@ -1,4 +1,10 @@
-use super::*;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use registry_engine::{Directory, MAX_ID_LEN, validate_id};
+
+use crate::follow::Schedule;
+use crate::{DnsSource, DnsSourceBuilder, instance_id};
 
 #[test]
 fn the_schedule_honours_the_ttl_within_floor_and_ceiling() {
