@@ -37,8 +37,10 @@ use registry::engine::{Discovery, Instance, Registration, Registry, ServiceSnaps
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 
+use crate::harness::{registry as make_registry, rss_bytes, ttl_for};
+use crate::report::Section;
+use crate::size::Size;
 use crate::stats::{self, json as sjson, median, ms, summarize};
-use crate::{Section, Size, registry as make_registry, rss_bytes, ttl_for};
 
 const SERVICE: &str = "estate";
 

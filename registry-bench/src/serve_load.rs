@@ -31,7 +31,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, watch};
 
 use crate::stats::{Summary, json as sjson, ms, summarize};
-use crate::{Section, Size, registry as make_registry, ttl_for};
+use crate::harness::{registry as make_registry, ttl_for};
+use crate::report::Section;
+use crate::size::Size;
 
 /// The sizes of a run.
 #[derive(Clone, Debug)]
