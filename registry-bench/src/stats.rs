@@ -54,3 +54,12 @@ pub(crate) fn json(s: &Summary) -> serde_json::Value {
         "max_ms": s.max.as_secs_f64() * 1000.0,
     })
 }
+
+/// [`summarize`], with one zero for no samples at all.
+pub(crate) fn summarize_or_zero(v: Vec<Duration>) -> Summary {
+    if v.is_empty() {
+        summarize(vec![Duration::ZERO])
+    } else {
+        summarize(v)
+    }
+}
