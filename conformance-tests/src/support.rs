@@ -16,6 +16,14 @@ pub fn test_ttl(caps: &Capabilities) -> Duration {
     caps.min_ttl.max(Duration::from_millis(500))
 }
 
+/// The TTL of a lease that must outlive the scenario it serves (one that checks writes, revokes
+/// or moves, not expiry): at least 30 s, the backend's maximum at most. With [`test_ttl`] such a
+/// scenario passed only while its dozens of calls took less than the TTL (500 ms on Redis), which
+/// a loaded machine does not promise.
+pub fn lasting_ttl(caps: &Capabilities) -> Duration {
+    test_ttl(caps).max(Duration::from_secs(30).min(caps.max_ttl))
+}
+
 /// How long to wait for a change to reach a watcher before declaring it lost.
 pub fn event_timeout(caps: &Capabilities) -> Duration {
     caps.watch_delay * 4 + Duration::from_secs(5)

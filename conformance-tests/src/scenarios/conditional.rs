@@ -100,7 +100,7 @@ pub async fn cond_put_absent_creates_once(f: Fixture) {
     );
 
     // With a lease: attached exactly as put attaches it.
-    let lease = ok(f.backend.grant(test_ttl(&caps)).await, "grant");
+    let lease = ok(f.backend.grant(lasting_ttl(&caps)).await, "grant");
     let rl = applied(
         cput(
             &*f.backend,
@@ -197,8 +197,8 @@ pub async fn cond_put_revision_is_compare_and_swap(f: Fixture) {
 /// one attached to another lease and an absent key fail.
 pub async fn cond_put_lease_is_write_if_owner(f: Fixture) {
     let caps = f.backend.capabilities();
-    let a = ok(f.backend.grant(test_ttl(&caps)).await, "grant a").id;
-    let bl = ok(f.backend.grant(test_ttl(&caps)).await, "grant b").id;
+    let a = ok(f.backend.grant(lasting_ttl(&caps)).await, "grant a").id;
+    let bl = ok(f.backend.grant(lasting_ttl(&caps)).await, "grant b").id;
     ok(f.backend.put("own/k", b("1"), Some(&a)).await, "put");
     put(&*f.backend, "own/plain", "p").await;
 
@@ -391,8 +391,8 @@ pub async fn cond_delete_revision_is_compare_and_delete(f: Fixture) {
 /// its: written again without a lease, revoking `l` leaves it.
 pub async fn cond_delete_lease_is_delete_if_owner(f: Fixture) {
     let caps = f.backend.capabilities();
-    let a = ok(f.backend.grant(test_ttl(&caps)).await, "grant a").id;
-    let bl = ok(f.backend.grant(test_ttl(&caps)).await, "grant b").id;
+    let a = ok(f.backend.grant(lasting_ttl(&caps)).await, "grant a").id;
+    let bl = ok(f.backend.grant(lasting_ttl(&caps)).await, "grant b").id;
     let r = ok(f.backend.put("dl/k", b("v"), Some(&a)).await, "put");
     put(&*f.backend, "dl/plain", "p").await;
     let kv = get(&*f.backend, "dl/k").await.expect("key");
@@ -441,7 +441,7 @@ pub async fn cond_delete_lease_is_delete_if_owner(f: Fixture) {
 /// write with the revoked lease whose condition holds is `LeaseNotFound` and writes nothing.
 pub async fn cond_lease_condition_fails_once_revoked(f: Fixture) {
     let caps = f.backend.capabilities();
-    let a = ok(f.backend.grant(test_ttl(&caps)).await, "grant").id;
+    let a = ok(f.backend.grant(lasting_ttl(&caps)).await, "grant").id;
     applied(
         cput(&*f.backend, "rvk/k", "v", Some(&a), Condition::Absent).await,
         "create with lease",
@@ -530,7 +530,7 @@ pub async fn cond_lease_condition_fails_once_expired(f: Fixture) {
 /// hold, the outcome is `Failed` with the key as it is, not `LeaseNotFound`.
 pub async fn cond_condition_comes_before_the_lease(f: Fixture) {
     let caps = f.backend.capabilities();
-    let a = ok(f.backend.grant(test_ttl(&caps)).await, "grant").id;
+    let a = ok(f.backend.grant(lasting_ttl(&caps)).await, "grant").id;
     ok(f.backend.revoke(&a).await, "revoke");
     let r = put(&*f.backend, "first/k", "v").await;
     let kv = get(&*f.backend, "first/k").await.expect("key");
@@ -598,7 +598,7 @@ async fn write_script(
 ) -> Vec<(EventKind, String, Bytes)> {
     let caps = f.backend.capabilities();
     let be = &*f.backend;
-    let lease = ok(be.grant(test_ttl(&caps)).await, "grant").id;
+    let lease = ok(be.grant(lasting_ttl(&caps)).await, "grant").id;
     let (ka, kb, kc) = (
         format!("{prefix}/a"),
         format!("{prefix}/b"),
@@ -698,8 +698,8 @@ pub async fn cond_applied_writes_watch_like_unconditional(f: Fixture) {
 /// the namespace's revision stays, and no watcher sees an event.
 pub async fn cond_failed_writes_change_nothing(f: Fixture) {
     let caps = f.backend.capabilities();
-    let a = ok(f.backend.grant(test_ttl(&caps)).await, "grant a").id;
-    let bl = ok(f.backend.grant(test_ttl(&caps)).await, "grant b").id;
+    let a = ok(f.backend.grant(lasting_ttl(&caps)).await, "grant a").id;
+    let bl = ok(f.backend.grant(lasting_ttl(&caps)).await, "grant b").id;
     let rp = put(&*f.backend, "fl/plain", "p").await;
     let rl = ok(f.backend.put("fl/leased", b("l"), Some(&a)).await, "put");
     let before = ok(f.backend.list("").await, "list");

@@ -203,7 +203,7 @@ pub async fn lease_revoke_deletes_keys_at_once(f: Fixture) {
     let caps = f.backend.capabilities();
     let lease = ok(
         f.backend
-            .grant(test_ttl(&caps).max(Duration::from_secs(30).min(caps.max_ttl)))
+            .grant(lasting_ttl(&caps))
             .await,
         "grant",
     );
@@ -224,7 +224,7 @@ pub async fn lease_revoke_deletes_keys_at_once(f: Fixture) {
 /// a revoked lease.
 pub async fn lease_revoke_unknown_is_lease_not_found(f: Fixture) {
     let caps = f.backend.capabilities();
-    let lease = ok(f.backend.grant(test_ttl(&caps)).await, "grant");
+    let lease = ok(f.backend.grant(lasting_ttl(&caps)).await, "grant");
     ok(f.backend.revoke(&lease.id).await, "revoke");
     assert_kind(
         f.backend.revoke(&lease.id).await,
@@ -253,7 +253,7 @@ pub async fn lease_revoke_unknown_is_lease_not_found(f: Fixture) {
 /// A put attached to a revoked lease fails with `LeaseNotFound` and writes nothing.
 pub async fn lease_put_with_revoked_lease_fails(f: Fixture) {
     let caps = f.backend.capabilities();
-    let lease = ok(f.backend.grant(test_ttl(&caps)).await, "grant");
+    let lease = ok(f.backend.grant(lasting_ttl(&caps)).await, "grant");
     ok(f.backend.revoke(&lease.id).await, "revoke");
     assert_kind(
         f.backend.put("k", b("v"), Some(&lease.id)).await,
@@ -307,7 +307,7 @@ pub async fn lease_expiry_of_100_keys_produces_100_deletes(f: Fixture) {
 /// Revoke produces one delete event per key of the lease.
 pub async fn lease_revoke_emits_delete_events(f: Fixture) {
     let caps = f.backend.capabilities();
-    let lease = ok(f.backend.grant(test_ttl(&caps)).await, "grant");
+    let lease = ok(f.backend.grant(lasting_ttl(&caps)).await, "grant");
     let mut last = 0;
     for k in ["rv/a", "rv/b", "rv/c"] {
         last = ok(f.backend.put(k, b("v"), Some(&lease.id)).await, "put");
@@ -358,7 +358,7 @@ pub async fn lease_expiry_is_per_lease(f: Fixture) {
 /// A put without a lease detaches the key from its previous lease: revoking that lease leaves it.
 pub async fn lease_put_without_lease_detaches_key(f: Fixture) {
     let caps = f.backend.capabilities();
-    let lease = ok(f.backend.grant(test_ttl(&caps)).await, "grant");
+    let lease = ok(f.backend.grant(lasting_ttl(&caps)).await, "grant");
     ok(
         f.backend.put("d", b("leased"), Some(&lease.id)).await,
         "put",
@@ -374,8 +374,8 @@ pub async fn lease_put_without_lease_detaches_key(f: Fixture) {
 /// A key put under lease A and then under lease B follows B only.
 pub async fn lease_put_moves_key_between_leases(f: Fixture) {
     let caps = f.backend.capabilities();
-    let a = ok(f.backend.grant(test_ttl(&caps)).await, "grant a");
-    let b_lease = ok(f.backend.grant(test_ttl(&caps)).await, "grant b");
+    let a = ok(f.backend.grant(lasting_ttl(&caps)).await, "grant a");
+    let b_lease = ok(f.backend.grant(lasting_ttl(&caps)).await, "grant b");
     ok(f.backend.put("m", b("1"), Some(&a.id)).await, "put a");
     ok(f.backend.put("m", b("2"), Some(&b_lease.id)).await, "put b");
     assert_eq!(
