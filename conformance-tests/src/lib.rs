@@ -22,6 +22,8 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use registry_core::{Backend, Result, Revision};
 
+#[cfg(feature = "testbed")]
+pub mod consul_api;
 pub mod engine;
 pub mod forward;
 #[cfg(feature = "testbed")]

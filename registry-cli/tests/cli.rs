@@ -370,24 +370,9 @@ fn output_into_a_closed_pipe_ends_quietly() {
     assert!(out.status.success(), "{:?} {err}", out.status);
 }
 
-/// `GET path` on a Consul agent with plain HTTP/1.0 (Consul's own API, not our client): the
-/// status code and the body.
+/// `GET path` on a Consul agent (Consul's own API, not our client): the status and the body.
 fn consul_get(endpoint: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(endpoint).expect("connect to the agent");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {endpoint}\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    let status = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_owned());
-    (status, body)
+    conformance_tests::consul_api::http_blocking(endpoint, "GET", path, "")
 }
 
 fn until_consul(what: &str, limit: Duration, mut probe: impl FnMut() -> bool) {

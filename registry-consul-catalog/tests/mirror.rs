@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use conformance_tests::consul_api;
 use conformance_tests::testbed::{self, ConsulOptions};
 use registry_consul::{ConsulBackend, ConsulBuilder};
 use registry_consul_catalog::CatalogMirror;
@@ -82,36 +83,18 @@ async fn mirrored(endpoint: &str) -> Registry {
     .0
 }
 
-/// `GET path` on the agent with a plain HTTP/1.0 request: status and JSON body.
+/// `GET path` on the agent (Consul's own API, plain HTTP): status and JSON body.
 async fn get(endpoint: &str, path: &str) -> (u16, Value) {
-    get_with_token(endpoint, path, "").await
+    json(consul_api::http(endpoint, "GET", path, "").await)
 }
 
-/// `GET path` with an ACL token (plain HTTP/1.0): status and JSON body.
+/// `GET path` with an ACL token: status and JSON body.
 async fn get_with_token(endpoint: &str, path: &str, token: &str) -> (u16, Value) {
-    let mut s = TcpStream::connect(endpoint)
-        .await
-        .expect("connect to consul");
-    s.write_all(
-        if token.is_empty() {
-            format!("GET {path} HTTP/1.0\r\nHost: consul\r\n\r\n")
-        } else {
-            format!("GET {path} HTTP/1.0\r\nHost: consul\r\nX-Consul-Token: {token}\r\n\r\n")
-        }
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    json(consul_api::http_as(token, endpoint, "GET", path, "").await)
+}
+
+fn json((status, body): (u16, String)) -> (u16, Value) {
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 /// `/v1/health/service/NAME` (`?passing` when `passing`): service ID -> entry.
@@ -804,27 +787,6 @@ impl std::io::Write for Captured {
     }
 }
 
-/// Runs the `consul` command inside the agent's container with `token` (as an operator would).
-fn consul_cli(consul: &testbed::Consul, token: &str, args: &[&str]) {
-    let out = Command::new("docker")
-        .args([
-            "exec",
-            "-e",
-            &format!("CONSUL_HTTP_TOKEN={token}"),
-            consul.container.id(),
-            "consul",
-        ])
-        .args(args)
-        .output()
-        .expect("docker exec");
-    assert!(
-        out.status.success(),
-        "consul {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A token that may write KV and sessions but not services: the KV registration works, the
 /// catalog is refused (logged and counted, never a failed registration, no token in any log
 /// line); once the operator grants `service:write`, the next keep-alive brings the catalog in.
@@ -875,15 +837,13 @@ async fn a_token_without_service_write_keeps_kv_registrations_and_the_catalog_fo
     .await
     .expect("the root token is accepted");
     let kv_only = r#"key_prefix "" { policy = "write" } session_prefix "" { policy = "write" }"#;
-    consul_cli(
-        &consul,
+    consul.cli(
         ROOT,
         &[
             "acl", "policy", "create", "-name", "registry", "-rules", kv_only,
         ],
     );
-    consul_cli(
-        &consul,
+    consul.cli(
         ROOT,
         &[
             "acl",
@@ -952,8 +912,7 @@ async fn a_token_without_service_write_keeps_kv_registrations_and_the_catalog_fo
 
     // The operator grants service:write: the next keep-alive registers it, passing.
     let with_services = format!(r#"{kv_only} service_prefix "" {{ policy = "write" }}"#);
-    consul_cli(
-        &consul,
+    consul.cli(
         ROOT,
         &[
             "acl",

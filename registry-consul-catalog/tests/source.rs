@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use conformance_tests::consul_api;
 use conformance_tests::testbed::{self, ConsulOptions};
 use registry_consul::ConsulBuilder;
 use registry_consul_catalog::{CatalogHealth, CatalogSource};
@@ -36,42 +37,14 @@ fn consul(endpoint: &str, wait: Duration) -> ConsulBuilder {
         .request_timeout(Duration::from_secs(1))
 }
 
-/// One request to the agent's HTTP API, over a plain HTTP/1.0 connection: (status, body).
-async fn http(endpoint: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(endpoint)
-        .await
-        .unwrap_or_else(|e| panic!("connect to {endpoint}: {e}"));
-    let req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {endpoint}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("an answer within 10 s")
-        .unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
 async fn put(endpoint: &str, path: &str, body: Value) {
-    let (status, text) = http(endpoint, "PUT", path, &body.to_string()).await;
+    let (status, text) = consul_api::http(endpoint, "PUT", path, &body.to_string()).await;
     assert_eq!(status, 200, "PUT {path}: {text}");
 }
 
 /// Consul's own view of a service: id -> aggregated status of its checks.
 async fn truth(endpoint: &str, service: &str) -> BTreeMap<String, String> {
-    let (status, body) = http(
+    let (status, body) = consul_api::http(
         endpoint,
         "GET",
         &format!("/v1/health/service/{service}"),
@@ -794,7 +767,7 @@ async fn the_acl_token_is_used_and_never_printed() {
     let body = json!({"Name": "secured", "ID": "s1", "Address": "10.6.0.1", "Port": 80});
     timeout(Duration::from_secs(20), async {
         loop {
-            let (status, _) = http(
+            let (status, _) = consul_api::http(
                 &ep,
                 "PUT",
                 &format!("/v1/agent/service/register?token={ROOT}"),

@@ -100,8 +100,7 @@ async fn wrong_acl_token_is_permission_denied() {
     assert_eq!(ok.delete("never-there").await.unwrap(), None);
     // A read-only token: it lists and reads, and every write, delete or session is refused
     // (a refused delete is not "no such key").
-    consul_cli(
-        &consul,
+    consul.cli(
         ROOT,
         &[
             "acl",
@@ -113,8 +112,7 @@ async fn wrong_acl_token_is_permission_denied() {
             r#"key_prefix "" { policy = "read" }"#,
         ],
     );
-    consul_cli(
-        &consul,
+    consul.cli(
         ROOT,
         &[
             "acl",
@@ -157,29 +155,6 @@ async fn with_token(endpoint: &str, token: &str) -> registry_core::Result<Consul
         .await
 }
 
-/// Runs the `consul` command inside the agent's container with `token` (the ACL tests' way to
-/// create and change policies, as an operator would).
-fn consul_cli(consul: &testbed::Consul, token: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new("docker")
-        .args([
-            "exec",
-            "-e",
-            &format!("CONSUL_HTTP_TOKEN={token}"),
-            consul.container.id(),
-            "consul",
-        ])
-        .args(args)
-        .output()
-        .expect("docker exec");
-    assert!(
-        out.status.success(),
-        "consul {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Consul with ACLs on and the root token working (the agent bootstraps its ACLs a moment after
 /// it starts).
 async fn consul_with_acls(root: &str) -> Option<testbed::Consul> {
@@ -219,8 +194,7 @@ async fn a_token_losing_read_permission_leaves_the_view_stale_not_empty() {
     let rules = |kv: &str| {
         format!(r#"key_prefix "" {{ policy = "{kv}" }} session_prefix "" {{ policy = "write" }}"#)
     };
-    consul_cli(
-        &consul,
+    consul.cli(
         ROOT,
         &[
             "acl",
@@ -232,8 +206,7 @@ async fn a_token_losing_read_permission_leaves_the_view_stale_not_empty() {
             &rules("write"),
         ],
     );
-    consul_cli(
-        &consul,
+    consul.cli(
         ROOT,
         &[
             "acl",
@@ -258,8 +231,7 @@ async fn a_token_losing_read_permission_leaves_the_view_stale_not_empty() {
     until_online(reader.directory(), "web", &["w1"], Duration::from_secs(15)).await;
     // An operator takes the token's KV permission away: Consul now filters every listing to
     // nothing. The directory keeps w1, marked stale.
-    consul_cli(
-        &consul,
+    consul.cli(
         ROOT,
         &[
             "acl",
@@ -305,8 +277,7 @@ async fn a_token_losing_read_permission_leaves_the_view_stale_not_empty() {
         "the view went empty instead of stale"
     );
     // Permission back: fresh again, still w1.
-    consul_cli(
-        &consul,
+    consul.cli(
         ROOT,
         &[
             "acl",
@@ -328,18 +299,10 @@ async fn a_token_losing_read_permission_leaves_the_view_stale_not_empty() {
     assert_eq!(dir.get("web").len(), 1);
 }
 
-/// A plain HTTP GET against the agent, read as JSON (an independent look at what Consul holds).
+/// A GET against the agent's own API, read as JSON (an independent look at what Consul holds).
 async fn consul_get(endpoint: &str, path: &str) -> serde_json::Value {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(endpoint).await.unwrap();
-    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: {endpoint}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut raw = Vec::new();
-    conn.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
+    let (_, body) = conformance_tests::consul_api::http(endpoint, "GET", path, "").await;
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

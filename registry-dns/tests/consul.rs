@@ -9,12 +9,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use conformance_tests::consul_api::http;
 use conformance_tests::engine::until_online;
 use conformance_tests::testbed::{self, Consul, ConsulOptions};
 use registry_dns::{DnsSource, DnsSourceBuilder, META_NAME, META_PRIORITY, instance_id};
 use registry_engine::{BACKEND_SOURCE, DEFAULT_WEIGHT, Directory, Instance, Registry};
 use registry_memory::MemoryBackend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::sleep;
 
 /// The source's name in the tests' directories.
@@ -68,30 +68,6 @@ async fn consul() -> Option<(Consul, SocketAddr)> {
         }
     };
     Some((consul, SocketAddr::new(ip, 8600)))
-}
-
-/// One plain HTTP/1.0 request (no chunked answers, the connection closes at the end): status and
-/// body.
-async fn http(endpoint: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(endpoint)
-        .await
-        .unwrap_or_else(|e| panic!("connect to consul at {endpoint}: {e}"));
-    let req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {endpoint}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("send the request");
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await.expect("read the answer");
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP answer: {head:?}"));
-    (status, body.to_owned())
 }
 
 /// Registers a service instance with Consul's agent API.

@@ -201,12 +201,7 @@ pub async fn lease_keep_alive_racing_expiry(f: Fixture) {
 /// Revoke deletes every key of the lease at once, and nothing else.
 pub async fn lease_revoke_deletes_keys_at_once(f: Fixture) {
     let caps = f.backend.capabilities();
-    let lease = ok(
-        f.backend
-            .grant(lasting_ttl(&caps))
-            .await,
-        "grant",
-    );
+    let lease = ok(f.backend.grant(lasting_ttl(&caps)).await, "grant");
     for k in ["r/a", "r/b", "r/c"] {
         ok(f.backend.put(k, b("v"), Some(&lease.id)).await, "put");
     }
