@@ -1,5 +1,5 @@
 //! The report: each section's Markdown lines and JSON value ([`Section`]), put together under a
-//! heading for the run ([`assemble`]), and written as `bench-<scheme>.md` and `.json` ([`write`]).
+//! heading for the run ([`assemble`]), and written as `bench-<scheme>.md` and `.json` ([`write`](fn@write)).
 
 use std::path::Path;
 use std::time::Instant;
