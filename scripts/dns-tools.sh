@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs `dig` (Debian's bind9-dnsutils) when it is missing: the Consul catalog tests ask the
-# agent's DNS interface with it (registry-consul/tests/catalog.rs), and under
+# agent's DNS interface with it (registry-consul-catalog/tests/mirror.rs), and under
 # REGISTRY_TEST_REQUIRED=1 they fail without it.
 #
 # Sourced by scripts/test (`dns_tools_up`); can be run alone.

@@ -1,7 +1,7 @@
 //! The directory's collections of instances: persistent (structurally shared) so that a change to
 //! a service of 100,000 instances copies a few tree nodes, not the service.
 //!
-//! Both are our own persistent B+tree with positions (see `chunked.rs` for why), which shares
+//! Both are our own persistent B+tree with positions (see `tree.rs` for why), which shares
 //! every untouched node between the old and the new version: a publication costs O(log n) per
 //! changed instance, and comparing two versions visits only the nodes that differ. The wrappers
 //! keep the tree out of the public API and keep the invariant that both are sorted by instance id.
