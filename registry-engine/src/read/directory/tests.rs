@@ -355,13 +355,15 @@ async fn rings_are_built_only_for_services_that_are_routed_on() {
         "built by the lookup"
     );
     dir.publish("svc", members(500, 5), 10, true);
+    // The builder counts a build once it is done, just after the ring appears: wait for both.
     let t0 = std::time::Instant::now();
-    while slot.current.load().ring.get().is_none() {
+    while slot.current.load().ring.get().is_none() || slot.builds.load(Ordering::SeqCst) == 0 {
         assert!(
             t0.elapsed() < std::time::Duration::from_secs(10),
             "the background builder keeps a routed service's ring current"
         );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    assert_eq!(slot.builds.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(slot.builds.load(Ordering::SeqCst), 1, "one build, not more");
 }
