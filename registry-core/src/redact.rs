@@ -302,6 +302,44 @@ fn redact_text(url: &str) -> String {
         }
         None => out.push_str(tail),
     }
+    // Text that does not parse may put a secret option where the reading above does not look for
+    // one (after an `@` it took for the end of a password, say): mask every secret option it
+    // holds, wherever it stands.
+    mask_secret_options(&out)
+}
+
+/// The secret options (`name=value` after a `?` or `&`, `name` a secret one) of `text`, wherever
+/// they stand: the range of each value.
+fn secret_options(text: &str) -> Vec<std::ops::Range<usize>> {
+    let mut found = Vec::new();
+    for (i, c) in text.char_indices() {
+        if c != '?' && c != '&' {
+            continue;
+        }
+        let rest = &text[i + 1..];
+        let Some((name, _)) = rest.split_once('=') else {
+            continue;
+        };
+        if name.contains(['&', '?', '#', '/']) || !is_secret_param(name) {
+            continue;
+        }
+        let start = i + 1 + name.len() + 1;
+        let len = text[start..].find(['&', '#']).unwrap_or(text.len() - start);
+        found.push(start..start + len);
+    }
+    found
+}
+
+/// `text` with the value of every secret option replaced by `***`.
+fn mask_secret_options(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for r in secret_options(text) {
+        out.push_str(&text[at..r.start]);
+        out.push_str(MASK);
+        at = r.end;
+    }
+    out.push_str(&text[at..]);
     out
 }
 
@@ -359,6 +397,12 @@ fn text_secrets(url: &str) -> Vec<String> {
                 }
             }
         }
+    }
+    // And every secret option wherever it stands (see `redact_text`).
+    let whole = url.split_once("://").map_or(url, |(_, r)| r);
+    for r in secret_options(whole) {
+        found.push(whole[r.clone()].to_owned());
+        found.push(percent_decode(&whole[r]));
     }
     tidy(found)
 }
@@ -437,6 +481,20 @@ impl Secrets {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by url_properties' secrets_never_show: an `@` in an option value reads as the end of
+    /// a password, and the token after it used to be shown as part of the host.
+    #[test]
+    fn a_secret_option_after_an_at_is_masked_and_found() {
+        let url = "memory://127.0.0.1:0?timeout=@&token=Qx0zQ";
+        let shown = redact_url(url);
+        assert!(!shown.contains("Qx0zQ"), "{shown}");
+        assert!(secrets_in_url(url).contains(&"Qx0zQ".to_owned()));
+        assert_eq!(
+            mask_secret_options("h?a=1&password=p&token=t#f"),
+            "h?a=1&password=***&token=***#f"
+        );
+    }
 
     #[test]
     fn passwords_in_user_information_are_masked() {
