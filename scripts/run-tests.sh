@@ -5,7 +5,7 @@
 # `cargo test` runs its test binaries one after another; ours mostly wait (on TTLs, watches,
 # containers, Consul's reaper), so the suite's time was the sum of every binary's time (about
 # 9.5 minutes, 125 s of it one binary). Here the binaries are built once (`cargo test --no-run`),
-# then run REGISTRY_TEST_JOBS at a time (default 4), the slowest known ones first, each with
+# then run REGISTRY_TEST_JOBS at a time (default 3), the slowest known ones first, each with
 # REGISTRY_TEST_THREADS threads (default 16) in its package's directory, as cargo runs them. Each
 # binary's output goes to a log that is printed whole when it fails; a line per binary says how
 # it ended and how long it took. The doctests run after, through cargo.
@@ -33,7 +33,7 @@ TEST_SLOW_FIRST=(
 run_tests() {
   local root jobs threads logs list
   root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-  jobs=${REGISTRY_TEST_JOBS:-4}
+  jobs=${REGISTRY_TEST_JOBS:-3}
   threads=${REGISTRY_TEST_THREADS:-16}
   logs=$(mktemp -d)
   list="$logs/binaries"
