@@ -69,7 +69,45 @@ pub fn http_blocking(endpoint: &str, method: &str, path: &str, body: &str) -> (u
         .block_on(http(endpoint, method, path, body))
 }
 
+/// Waits (at most 30 s) until the agent at `endpoint` accepts `token`: an agent with ACLs
+/// bootstraps them a moment after it starts.
+pub async fn until_token_accepted(endpoint: &str, token: &str) {
+    let accepted = async {
+        while http_as(token, endpoint, "GET", "/v1/acl/token/self", "")
+            .await
+            .0
+            != 200
+        {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), accepted)
+        .await
+        .unwrap_or_else(|_| panic!("the agent at {endpoint} did not accept the token within 30 s"));
+}
+
 impl Consul {
+    /// Creates the ACL policy `name` with `rules` and a token `secret` that holds it, with the
+    /// `root` token, as an operator would.
+    pub fn acl_token(&self, root: &str, secret: &str, name: &str, rules: &str) {
+        self.cli(
+            root,
+            &["acl", "policy", "create", "-name", name, "-rules", rules],
+        );
+        self.cli(
+            root,
+            &[
+                "acl",
+                "token",
+                "create",
+                "-secret",
+                secret,
+                "-policy-name",
+                name,
+            ],
+        );
+    }
+
     /// Runs the `consul` command inside the agent's container with `token`, as an operator would
     /// (ACL policies and tokens, `consul catalog services`): its output. Panics when it fails.
     pub fn cli(&self, token: &str, args: &[&str]) -> String {

@@ -807,54 +807,16 @@ async fn a_token_without_service_write_keeps_kv_registrations_and_the_catalog_fo
             .finish(),
     )
     .expect("the only test that sets the global subscriber");
-    let consul = match testbed::start_consul(ConsulOptions {
-        extra_args: vec![
-            "-hcl".into(),
-            format!(
-                r#"acl {{ enabled = true default_policy = "deny" tokens {{ master = "{ROOT}" agent = "{ROOT}" }} }}"#
-            ),
-        ],
-        ..ConsulOptions::default()
-    })
-    .await
-    {
+    let consul = match testbed::start_consul(ConsulOptions::with_acls(ROOT)).await {
         Ok(c) => c,
-        Err(reason) => return testbed::unavailable::<()>("consul with ACLs", &reason).unwrap_or(()),
+        Err(reason) => {
+            return testbed::unavailable::<()>("consul with ACLs", &reason).unwrap_or(());
+        }
     };
     let ep = consul.endpoint.clone();
-    // The agent bootstraps its ACLs a moment after it starts.
-    timeout(Duration::from_secs(30), async {
-        while ConsulBuilder::new()
-            .address(ep.clone())
-            .token(ROOT)
-            .connect()
-            .await
-            .is_err()
-        {
-            sleep(Duration::from_millis(250)).await;
-        }
-    })
-    .await
-    .expect("the root token is accepted");
+    consul_api::until_token_accepted(&ep, ROOT).await;
     let kv_only = r#"key_prefix "" { policy = "write" } session_prefix "" { policy = "write" }"#;
-    consul.cli(
-        ROOT,
-        &[
-            "acl", "policy", "create", "-name", "registry", "-rules", kv_only,
-        ],
-    );
-    consul.cli(
-        ROOT,
-        &[
-            "acl",
-            "token",
-            "create",
-            "-secret",
-            TOKEN,
-            "-policy-name",
-            "registry",
-        ],
-    );
+    consul.acl_token(ROOT, TOKEN, "registry", kv_only);
     let (r, mirror, _b) = mirrored_with(
         ConsulBuilder::new().address(ep.clone()).token(TOKEN),
         Duration::from_secs(2),

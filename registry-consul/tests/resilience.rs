@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conformance_tests::engine::{until_lost_and_back, until_online};
-use conformance_tests::resilience::{Timings, register_web, retry, until_fresh, web};
+use conformance_tests::resilience::{Timings, register_web, until_fresh, web};
 use conformance_tests::testbed::{self, ConsulOptions, start_or_skip};
 use registry_consul::{ConsulBackend, ConsulBuilder};
 use registry_core::{Backend, Bytes, ErrorKind};
@@ -158,28 +158,9 @@ async fn with_token(endpoint: &str, token: &str) -> registry_core::Result<Consul
 /// Consul with ACLs on and the root token working (the agent bootstraps its ACLs a moment after
 /// it starts).
 async fn consul_with_acls(root: &str) -> Option<testbed::Consul> {
-    let options = ConsulOptions {
-        extra_args: vec![
-            "-hcl".into(),
-            format!(
-                r#"acl {{ enabled = true default_policy = "deny" tokens {{ master = "{root}" agent = "{root}" }} }}"#
-            ),
-        ],
-        ..ConsulOptions::default()
-    };
+    let options = ConsulOptions::with_acls(root);
     let consul = start_or_skip("consul with ACLs", testbed::start_consul(options)).await?;
-    let connect = || with_token(&consul.endpoint, root);
-    timeout(
-        Duration::from_secs(20),
-        retry(
-            "the root token",
-            u32::MAX,
-            Duration::from_millis(250),
-            connect,
-        ),
-    )
-    .await
-    .expect("the root token is accepted");
+    conformance_tests::consul_api::until_token_accepted(&consul.endpoint, root).await;
     Some(consul)
 }
 
@@ -194,30 +175,7 @@ async fn a_token_losing_read_permission_leaves_the_view_stale_not_empty() {
     let rules = |kv: &str| {
         format!(r#"key_prefix "" {{ policy = "{kv}" }} session_prefix "" {{ policy = "write" }}"#)
     };
-    consul.cli(
-        ROOT,
-        &[
-            "acl",
-            "policy",
-            "create",
-            "-name",
-            "registry",
-            "-rules",
-            &rules("write"),
-        ],
-    );
-    consul.cli(
-        ROOT,
-        &[
-            "acl",
-            "token",
-            "create",
-            "-secret",
-            TOKEN,
-            "-policy-name",
-            "registry",
-        ],
-    );
+    consul.acl_token(ROOT, TOKEN, "registry", &rules("write"));
     let backend = || async {
         let backend = with_token(&ep, TOKEN)
             .await

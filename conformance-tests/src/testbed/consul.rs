@@ -18,6 +18,21 @@ pub struct ConsulOptions {
     pub tls: Option<ServerTls>,
 }
 
+impl ConsulOptions {
+    /// An agent with ACLs on, denying by default, whose master and agent token is `root`.
+    pub fn with_acls(root: &str) -> ConsulOptions {
+        ConsulOptions {
+            extra_args: vec![
+                "-hcl".into(),
+                format!(
+                    r#"acl {{ enabled = true default_policy = "deny" tokens {{ master = "{root}" agent = "{root}" }} }}"#
+                ),
+            ],
+            ..ConsulOptions::default()
+        }
+    }
+}
+
 /// A running Consul container.
 pub struct Consul {
     /// The container (dropping it removes it).
