@@ -364,7 +364,11 @@ impl Keeper {
             since,
             holder: holder.clone(),
         });
-        m.conflict = Some(holder);
+        m.conflict = Some(holder.clone());
+        self.observers.tell(|| RegistrationEvent::Yielded {
+            key: key.to_owned(),
+            holder,
+        });
     }
 
     /// Reads written registrations back (a few reads in flight at a time): one deleted or
