@@ -183,6 +183,12 @@ pub trait Hook: Send + Sync + 'static {
     async fn after(&self, call: &Call<'_>) {
         let _ = call;
     }
+
+    /// Wraps the stream of a watch the backend opened (to end it early, say, as a cut network
+    /// would). Returns it unchanged by default.
+    fn stream(&self, stream: WatchStream) -> WatchStream {
+        stream
+    }
 }
 
 /// A hook shared with the test that made it (which then reads what it counted).
@@ -194,6 +200,10 @@ impl<H: Hook> Hook for Arc<H> {
 
     async fn after(&self, call: &Call<'_>) {
         (**self).after(call).await
+    }
+
+    fn stream(&self, stream: WatchStream) -> WatchStream {
+        (**self).stream(stream)
     }
 }
 
@@ -310,6 +320,7 @@ impl<H: Hook> Backend for Forward<H> {
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
         let call = Call::Watch { prefix, after };
-        self.through(call, || self.inner.watch(prefix, after)).await
+        let stream = self.through(call, || self.inner.watch(prefix, after)).await?;
+        Ok(self.hook.stream(stream))
     }
 }
