@@ -16,12 +16,19 @@ impl Keeper {
     /// The next keep-alive is due one heartbeat after the backend last confirmed the lease: writes
     /// do not renew a lease, so they must never push the keep-alive back (a steady stream of
     /// registrations would otherwise starve it until the lease expired).
+    ///
+    /// Without a lease (every registration left is parked: in conflict, or refused for good, so
+    /// nothing asked for one), the next tick is one heartbeat from now: it asks for a lease and
+    /// tries the parked ones again. It is never in the past: a tick that finds nothing to do
+    /// must not be due again at once (that was a busy loop that served no command).
     pub(super) fn schedule_heartbeat(&mut self) {
         self.backoff.reset();
         self.next_tick = if self.members.is_empty() && self.pending_deletes.is_empty() {
             None
-        } else {
+        } else if self.lease.is_some() {
             Some(self.last_ok + self.opts.heartbeat)
+        } else {
+            Some(Instant::now() + self.opts.heartbeat)
         };
     }
 
@@ -46,7 +53,10 @@ impl Keeper {
     pub(super) async fn tick(&mut self) {
         self.next_tick = None;
         let Some(lease) = self.lease.clone() else {
-            let _ = self.write_pending().await;
+            // A heartbeat without a lease: write what waits, the parked registrations included
+            // (an id in conflict goes back to us once its other owner is gone, even after our
+            // lease was lost meanwhile).
+            let _ = self.write_pending_with(true).await;
             return;
         };
         let sent = Instant::now();
