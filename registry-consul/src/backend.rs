@@ -331,15 +331,30 @@ impl ConsulBackend {
             .map_err(|errs| errs.into_iter().map(|(_, what)| what).collect()))
     }
 
+    /// Whether the session lives. `false` only on Consul's definite answer that it does not (a
+    /// 200 with an empty list, or `null`): any other answer (a 429 under load, a proxy's error
+    /// page, an unreadable body) is `Unavailable` with the status, so that a live session is never
+    /// reported gone (a revoke would then count as done while its keys stay up to 2 x TTL). The
+    /// message holds the status, never the body (which an intermediary could fill with anything,
+    /// a token included).
     async fn session_exists(&self, id: &str) -> Result<bool> {
         let a = self
             .call(Method::GET, &format!("/v1/session/info/{id}"), "", None)
             .await?;
+        let unknown = |why: String| {
+            Error::unavailable(format!(
+                "consul session info {id}: {why}; whether the session lives is unknown (try again)"
+            ))
+        };
         if a.status != StatusCode::OK {
-            return Ok(false);
+            return Err(unknown(format!("answered {}", a.status)));
         }
-        let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap_or_default();
-        Ok(v.as_array().is_some_and(|a| !a.is_empty()))
+        match serde_json::from_slice::<serde_json::Value>(&a.body) {
+            Ok(serde_json::Value::Null) => Ok(false),
+            Ok(serde_json::Value::Array(sessions)) => Ok(!sessions.is_empty()),
+            Ok(_) => Err(unknown("200 with an answer that is not a list".to_owned())),
+            Err(e) => Err(unknown(format!("200 with an unreadable answer ({e})"))),
+        }
     }
 }
 
