@@ -74,7 +74,10 @@ impl Keeper {
                 self.observers.tell(|| RegistrationEvent::KeptAlive {
                     lease: lease.id.clone(),
                 });
-                self.retry_deletes(&lease.id).await;
+                // What follows a keep-alive ends when the next one is due, whatever the
+                // backend's pace: a slow read-back or delete must not let the lease run out.
+                let next_keep_alive = self.last_ok + self.opts.heartbeat;
+                self.retry_deletes(&lease.id, next_keep_alive).await;
                 if self.members.is_empty() && self.pending_deletes.is_empty() {
                     // Only deletes were pending and they are done: the lease has no purpose left.
                     if self.call(self.backend.revoke(&lease.id)).await.is_ok() {
@@ -86,7 +89,7 @@ impl Keeper {
                     self.next_tick = None;
                     return;
                 }
-                self.verify(&lease.id).await;
+                self.verify(&lease.id, next_keep_alive).await;
                 let _ = self.write_pending_with(true).await;
             }
             Err(e) if e.kind() == ErrorKind::LeaseNotFound => {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use registry_core::backend::{CondOutcome, Condition};
 use registry_core::error::{Error, ErrorKind, Result};
 use registry_core::lease::LeaseId;
-use tokio::time::{Instant, timeout};
+use tokio::time::{Instant, timeout, timeout_at};
 
 use super::{Cmd, Keeper, Member, Written};
 use crate::write::observer::RegistrationEvent;
@@ -260,15 +260,32 @@ impl Keeper {
         result
     }
 
-    pub(super) async fn retry_deletes(&mut self, lease: &LeaseId) {
+    /// Deletes again the keys deregistered while the backend could not be reached, a few at a
+    /// time, until `deadline` (the next keep-alive): those not done by then wait for the next
+    /// heartbeat. (One at a time and without a deadline, twenty of them against a backend
+    /// answering in a second held the keep-alive back until the lease expired.)
+    pub(super) async fn retry_deletes(&mut self, lease: &LeaseId, deadline: Instant) {
+        use futures::StreamExt;
         let keys: Vec<String> = self.pending_deletes.keys().cloned().collect();
-        for key in keys {
-            if self.delete_if_ours(&key, lease).await.is_ok() {
-                match self.pending_deletes.get_mut(&key) {
-                    Some(left) if *left > 1 => *left -= 1,
-                    _ => {
-                        self.pending_deletes.remove(&key);
-                    }
+        let this = &*self;
+        let mut deletes = futures::stream::iter(keys)
+            .map(|key| async move {
+                let r = this.delete_if_ours(&key, lease).await;
+                (key, r)
+            })
+            .buffer_unordered(VERIFY_CONCURRENCY);
+        let mut done = Vec::new();
+        while let Ok(Some((key, r))) = timeout_at(deadline, deletes.next()).await {
+            if r.is_ok() {
+                done.push(key);
+            }
+        }
+        drop(deletes);
+        for key in done {
+            match self.pending_deletes.get_mut(&key) {
+                Some(left) if *left > 1 => *left -= 1,
+                _ => {
+                    self.pending_deletes.remove(&key);
                 }
             }
         }
@@ -379,7 +396,10 @@ impl Keeper {
     /// At most [`VERIFY_BATCH`] per heartbeat, taking turns (in key order, from where the last
     /// heartbeat stopped): a process with many registrations checks each within a few heartbeats
     /// instead of stalling its keep-alives behind thousands of reads.
-    pub(super) async fn verify(&mut self, lease: &LeaseId) {
+    ///
+    /// It stops at `deadline` (the next keep-alive: a read-back must never hold it back): the
+    /// keys whose reads were not back by then are read at the next heartbeat.
+    pub(super) async fn verify(&mut self, lease: &LeaseId, deadline: Instant) {
         use futures::StreamExt;
         use std::ops::Bound::{Excluded, Unbounded};
         let written =
@@ -405,17 +425,25 @@ impl Keeper {
                 .collect();
             keys.extend(more);
         }
-        self.verify_cursor = keys.last().map(|(k, _)| k.clone());
+        // The cursor moves past a key only once its read is back (in key order), so the keys
+        // cut off by the deadline come first at the next heartbeat.
+        self.verify_cursor = after;
         let backend = &self.backend;
         let op_timeout = self.op_timeout;
-        let reads: Vec<_> = futures::stream::iter(keys)
+        let mut pending = futures::stream::iter(keys)
             .map(|(key, accepted)| async move {
                 let r = timeout(op_timeout, backend.get(&key)).await;
                 (key, accepted, r)
             })
-            .buffer_unordered(VERIFY_CONCURRENCY)
-            .collect()
-            .await;
+            .buffered(VERIFY_CONCURRENCY);
+        let mut reads = Vec::new();
+        while let Ok(Some(read)) = timeout_at(deadline, pending.next()).await {
+            reads.push(read);
+        }
+        drop(pending);
+        if let Some((key, _, _)) = reads.last() {
+            self.verify_cursor = Some(key.clone());
+        }
         for (key, accepted, read) in reads {
             let Ok(Ok(current)) = read else { continue };
             if !self.members.get(&key).is_some_and(|m| m.written) {
