@@ -320,7 +320,9 @@ impl<H: Hook> Backend for Forward<H> {
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
         let call = Call::Watch { prefix, after };
-        let stream = self.through(call, || self.inner.watch(prefix, after)).await?;
+        let stream = self
+            .through(call, || self.inner.watch(prefix, after))
+            .await?;
         Ok(self.hook.stream(stream))
     }
 }

@@ -18,7 +18,10 @@ use conformance_tests::testbed::{self, ConsulOptions};
 use registry_consul::{ConsulBackend, ConsulBuilder};
 use registry_consul_catalog::CatalogMirror;
 use registry_core::Backend;
-use registry_engine::{Instance, RegisterOptions, Registry};
+use registry_core::lease::LeaseId;
+use registry_engine::{
+    Instance, RegisterOptions, RegistrationEvent, RegistrationObserver, RegistrationState, Registry,
+};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -1067,4 +1070,295 @@ async fn one_catalog_heartbeat_request_per_process_for_100_instances() {
     assert!(other_agent.is_empty(), "{counts:?}");
     // And the agent agrees: every instance passing, from those passes alone.
     assert_eq!(health(&ep, "catalog-many", true).await.len(), 100);
+}
+
+/// The agent's own entry for a service ID (`GET /v1/agent/service/ID`), `None` when it has none.
+async fn agent_service(endpoint: &str, id: &str) -> Option<Value> {
+    let (status, v) = get(endpoint, &format!("/v1/agent/service/{id}")).await;
+    match status {
+        200 => Some(v),
+        404 => None,
+        s => panic!("GET /v1/agent/service/{id}: {s} {v}"),
+    }
+}
+
+/// The lease a registration is written under.
+fn lease_of(reg: &registry_engine::Registration) -> String {
+    match reg.state() {
+        RegistrationState::Registered { lease, .. } => lease.as_str().to_owned(),
+        s => panic!("not registered: {s}"),
+    }
+}
+
+/// Another owner takes an instance id over (here a process without the mirror: its own entry
+/// would be on another agent): the first process yields the id (its registration goes to
+/// `Conflict`) and takes its entry out of its agent, so that the catalog and DNS do not keep
+/// serving the old address as passing beside the new owner. Once the other owner is gone, the
+/// first process takes the id back, and the entry comes back with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yielded_instance_leaves_the_agent_and_comes_back_when_the_other_owner_is_gone() {
+    const Y1: &str = "registry/registry/catalog-yield/y1";
+    const Y2: &str = "registry/registry/catalog-yield/y2";
+    let Some(consul) = agent().await else { return };
+    let ep = consul.endpoint.clone();
+    let first = mirrored(&ep).await;
+    let old = first
+        .register(Instance::new("catalog-yield", "y1").addr("10.12.0.1:80"))
+        .await
+        .unwrap();
+    let _mine = first
+        .register(Instance::new("catalog-yield", "y2").addr("10.12.0.2:80"))
+        .await
+        .unwrap();
+    until("both passing", Duration::from_secs(10), || async {
+        health(&ep, "catalog-yield", true).await.len() == 2
+    })
+    .await;
+
+    let other = registry(backend(&ep).await);
+    let taker = other
+        .register_with(
+            Instance::new("catalog-yield", "y1").addr("10.12.0.9:80"),
+            RegisterOptions::new().takeover(true),
+        )
+        .await
+        .unwrap();
+    taker.registered().await.unwrap();
+    let took = until(
+        "the first process yields y1",
+        Duration::from_secs(15),
+        || async { matches!(old.state(), RegistrationState::Conflict { .. }) },
+    )
+    .await;
+    println!("taken over -> conflict: {took:?}");
+    let took = until(
+        "y1's old entry gone from the agent",
+        Duration::from_secs(5),
+        || async { agent_service(&ep, Y1).await.is_none() },
+    )
+    .await;
+    println!("conflict -> the old entry gone from the agent: {took:?}");
+    let passing = health(&ep, "catalog-yield", true).await;
+    assert_eq!(passing.keys().collect::<Vec<_>>(), vec![Y2], "{passing:?}");
+
+    // The other owner goes: the first process writes y1 again, and the catalog follows.
+    other.shutdown().await.unwrap();
+    let took = until(
+        "y1 back at the first process's address",
+        Duration::from_secs(20),
+        || async {
+            health(&ep, "catalog-yield", true)
+                .await
+                .get(Y1)
+                .is_some_and(|e| e["Service"]["Address"] == "10.12.0.1")
+        },
+    )
+    .await;
+    println!("other owner gone -> y1 back in the catalog: {took:?}");
+    assert!(old.state().is_registered(), "{}", old.state());
+    drop(taker);
+}
+
+/// Both processes on one agent, with the same service ID: the one that yielded the id must
+/// neither remove the new owner's entry nor, when its own heartbeat's check is gone (an agent that
+/// restarted without its state, or reaped the entry) and it registers its lease's instances
+/// again, write its old address over the new owner's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yielded_instance_is_not_registered_again_over_the_new_owner() {
+    const T1: &str = "registry/registry/catalog-over/t1";
+    const T2: &str = "registry/registry/catalog-over/t2";
+    let Some(consul) = agent().await else { return };
+    let ep = consul.endpoint.clone();
+    let first = mirrored(&ep).await;
+    let old = first
+        .register(Instance::new("catalog-over", "t1").addr("10.13.0.1:80"))
+        .await
+        .unwrap();
+    let mine = first
+        .register(Instance::new("catalog-over", "t2").addr("10.13.0.2:80"))
+        .await
+        .unwrap();
+    until("both passing", Duration::from_secs(10), || async {
+        health(&ep, "catalog-over", true).await.len() == 2
+    })
+    .await;
+    let first_lease = lease_of(&mine);
+    let second = mirrored(&ep).await;
+    let new = second
+        .register_with(
+            Instance::new("catalog-over", "t1").addr("10.13.0.9:80"),
+            RegisterOptions::new().takeover(true),
+        )
+        .await
+        .unwrap();
+    new.registered().await.unwrap();
+    let second_lease = lease_of(&new);
+    until(
+        "the first process yields t1",
+        Duration::from_secs(15),
+        || async { matches!(old.state(), RegistrationState::Conflict { .. }) },
+    )
+    .await;
+    let at_new_owner = |e: &Value| {
+        e["Address"] == "10.13.0.9" && e["Meta"]["registry_lease"] == second_lease.as_str()
+    };
+    // Yielding leaves the new owner's entry alone.
+    sleep(Duration::from_secs(3)).await;
+    let t1 = agent_service(&ep, T1).await.expect("t1 at the agent");
+    assert!(at_new_owner(&t1), "{t1}");
+
+    // The first process's heartbeat check disappears from the agent: its next heartbeat
+    // registers its lease's entries again.
+    let lease_entry = format!("registry-lease-{first_lease}");
+    let (status, body) = consul_api::http(
+        &ep,
+        "PUT",
+        &format!("/v1/agent/service/deregister/{lease_entry}"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let took = until(
+        "the first process's lease entry back",
+        Duration::from_secs(10),
+        || async { agent_service(&ep, &lease_entry).await.is_some() },
+    )
+    .await;
+    println!("lease entry gone -> registered again: {took:?}");
+    sleep(Duration::from_secs(1)).await;
+    let t1 = agent_service(&ep, T1).await.expect("t1 at the agent");
+    assert!(
+        at_new_owner(&t1),
+        "the old owner wrote over the new one: {t1}"
+    );
+    let passing = health(&ep, "catalog-over", true).await;
+    assert_eq!(
+        passing.keys().collect::<Vec<_>>(),
+        vec![T1, T2],
+        "{passing:?}"
+    );
+}
+
+/// An agent answer the mirror cannot use (here the TTL of a session created without one: the
+/// lease of an instance another handle wrote) is a failure, counted, not dropped silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_mirror_cannot_use_is_counted_not_dropped() {
+    let Some(consul) = agent().await else { return };
+    let ep = consul.endpoint.clone();
+    let (status, body) =
+        consul_api::http(&ep, "PUT", "/v1/session/create", r#"{"Name":"no-ttl"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let session: Value = serde_json::from_str(&body).unwrap();
+    let session = session["ID"].as_str().unwrap().to_owned();
+    let (_, info) = get(&ep, &format!("/v1/session/info/{session}")).await;
+    assert_eq!(info[0]["TTL"], "", "a session without a TTL: {info}");
+    let mirror = CatalogMirror::start(&ConsulBuilder::new().address(&ep)).unwrap();
+    mirror.observe(&RegistrationEvent::Written {
+        lease: LeaseId::new(session),
+        key: "registry/catalog-nottl/n1".into(),
+        instance: Arc::new(Instance::new("catalog-nottl", "n1").addr("10.14.0.1:80")),
+    });
+    mirror.settle().await;
+    until("the failure counted", Duration::from_secs(5), || async {
+        mirror.counts().failures >= 1
+    })
+    .await;
+    let counts = mirror.counts();
+    assert_eq!(counts.registered, 0, "{counts:?}");
+    assert!(
+        agent_service(&ep, "registry/registry/catalog-nottl/n1")
+            .await
+            .is_none()
+    );
+}
+
+/// After an agent outage, what piled up for the agent is one operation per service ID and one
+/// heartbeat per lease, removals first: a deregistration made during the outage reaches the
+/// agent at once, not behind every heartbeat and update made meanwhile, and each instance ends
+/// at its latest state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_agent_outage_removals_go_first_and_the_backlog_is_one_per_service() {
+    let Some(consul) = agent().await else { return };
+    let ep = consul.endpoint.clone();
+    let builder = ConsulBuilder::new()
+        .address(&ep)
+        .request_timeout(Duration::from_secs(1));
+    let mirror = CatalogMirror::start(&builder).unwrap();
+    let lease = builder
+        .clone()
+        .connect()
+        .await
+        .unwrap()
+        .grant(TTL)
+        .await
+        .unwrap();
+    let key = |i: usize| format!("registry/catalog-backlog/b{i}");
+    let id = |i: usize| format!("registry/registry/catalog-backlog/b{i}");
+    let written = |i: usize, v: usize| RegistrationEvent::Written {
+        lease: lease.id.clone(),
+        key: key(i),
+        instance: Arc::new(
+            Instance::new("catalog-backlog", format!("b{i}"))
+                .addr(format!("10.15.0.{i}:80"))
+                .version(format!("v{v}")),
+        ),
+    };
+    mirror.observe(&RegistrationEvent::LeaseGranted {
+        lease: lease.id.clone(),
+        ttl: lease.ttl,
+    });
+    for i in 0..5 {
+        mirror.observe(&written(i, 0));
+    }
+    mirror.settle().await;
+    until("five passing", Duration::from_secs(10), || async {
+        health(&ep, "catalog-backlog", true).await.len() == 5
+    })
+    .await;
+
+    // The agent stops answering; meanwhile the registry beats, updates, deregisters.
+    docker(&["pause", consul.container.id()]);
+    let kept_alive = RegistrationEvent::KeptAlive {
+        lease: lease.id.clone(),
+    };
+    for _ in 0..50_000 {
+        mirror.observe(&kept_alive);
+    }
+    for v in 1..=1000 {
+        for i in 0..5 {
+            mirror.observe(&written(i, v));
+        }
+    }
+    mirror.observe(&RegistrationEvent::Removed { key: key(0) });
+    sleep(Duration::from_millis(500)).await;
+    docker(&["unpause", consul.container.id()]);
+
+    let took = until("b0 gone from the agent", Duration::from_secs(5), || async {
+        agent_service(&ep, &id(0)).await.is_none()
+    })
+    .await;
+    println!("agent back -> the deregistration made during the outage done: {took:?}");
+    until(
+        "the others at their latest version",
+        Duration::from_secs(10),
+        || async {
+            let all = health(&ep, "catalog-backlog", true).await;
+            all.len() == 4
+                && (1..5).all(|i| {
+                    all.get(&id(i))
+                        .is_some_and(|e| e["Service"]["Meta"]["version"] == "v1000")
+                })
+        },
+    )
+    .await;
+    println!("counts: {:?}", mirror.counts());
+}
+
+fn docker(args: &[&str]) {
+    let out = Command::new("docker").args(args).output().expect("docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

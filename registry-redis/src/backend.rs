@@ -635,6 +635,14 @@ struct Reader {
     held: Vec<Event>,
 }
 
+impl Reader {
+    /// The error that ends a watch whose epoch is gone (`now`: the server's epoch, when known):
+    /// its history is lost, the consumer re-lists.
+    fn epoch_lost(&self, now: Option<u64>) -> Error {
+        Error::compacted(compose(now.unwrap_or(self.epoch.saturating_add(1)), 1))
+    }
+}
+
 #[async_trait]
 impl watch::EventBatches for Reader {
     async fn read(&mut self, out: &mut VecDeque<Event>) -> Result<()> {
@@ -688,12 +696,7 @@ impl watch::EventBatches for Reader {
                 .await
                 .map_err(|e| map(e, "watch"))?;
             if epoch.as_deref() != Some(self.epoch.to_string().as_str()) {
-                return Err(Error::compacted(compose(
-                    epoch
-                        .and_then(|e| e.parse().ok())
-                        .unwrap_or(self.epoch.saturating_add(1)),
-                    1,
-                )));
+                return Err(self.epoch_lost(epoch.and_then(|e| e.parse().ok())));
             }
             let rev = rev.unwrap_or(0);
             if next.ids.is_empty() && rev > self.last.0 {
@@ -701,6 +704,29 @@ impl watch::EventBatches for Reader {
                 return Err(Error::compacted(compose(self.epoch, rev.saturating_add(1))));
             }
             return Ok(());
+        }
+        // After a FLUSHALL (or a rollover) the new epoch numbers its entries from 1 again: once they
+        // pass our position they follow it like a continuation, and only their epoch shows that the
+        // history we were reading is gone. One read returns entries of one stream, one epoch.
+        let mut unlabelled = false;
+        for entry in &ids {
+            match entry.map.get("e").map(as_u64) {
+                Some(Some(e)) if e == self.epoch => {}
+                Some(e) => return Err(self.epoch_lost(e)),
+                None => unlabelled = true,
+            }
+        }
+        if unlabelled {
+            // Written by an older version of this crate, without its epoch: ask the server. Epochs
+            // only grow, so entries of a later epoch than ours leave the key at another one.
+            let epoch: Option<String> = self
+                .conn
+                .get(&self.backend.inner.keys[8])
+                .await
+                .map_err(|e| map(e, "watch"))?;
+            if epoch.as_deref() != Some(self.epoch.to_string().as_str()) {
+                return Err(self.epoch_lost(epoch.and_then(|e| e.parse().ok())));
+            }
         }
         for entry in ids {
             let id = parse_id(&entry.id).ok_or_else(|| bad_reply("watch"))?;

@@ -2,7 +2,9 @@
 //! bumps the namespace's revision counter, applies the change and appends its events to the
 //! namespace's stream under the ID `revision-seq`. Because a revision is only ever taken together
 //! with at least one event, revisions are contiguous: a gap in the stream IDs a reader sees *is*
-//! lost history.
+//! lost history. Every entry also carries its epoch (field `e`): a new epoch numbers its stream IDs
+//! from 1 again, and once they pass a blocked reader's position only the epoch tells them apart
+//! from a continuation.
 //!
 //! KEYS (all under one hash tag, so one cluster slot): 1 revision counter, 2 values (hash),
 //! 3 metadata `rev:lease` (hash), 4 key index (zset, lexicographic), 5 lease deadlines (zset, ms),
@@ -29,58 +31,62 @@ if not EPOCH then
   EPOCH = tostring(NOW_EPOCH)
   redis.call('SET', K_EPOCH, EPOCH)
 end
+
+-- Starts a new, later epoch: history is dropped (watchers get Compacted and re-list), every lease
+-- ends with its keys (their owners get LeaseNotFound and register again at their next heartbeat:
+-- a lease id is its epoch and its number, so an old lease cannot carry over), revisions restart
+-- at 0. Keys without a lease are kept, at revision 0.
+local function start_epoch()
+  EPOCH = tostring(math.max(tonumber(EPOCH) + 1, NOW_EPOCH))
+  redis.call('SET', K_EPOCH, EPOCH)
+  for _, id in ipairs(redis.call('ZRANGE', K_LEASES, 0, -1)) do
+    redis.call('DEL', BASE .. 'lk:' .. id, BASE .. 'lease:' .. id)
+  end
+  redis.call('DEL', K_LEASES, K_TTL, K_EVENTS)
+  redis.call('SET', K_REV, 0)
+  -- By each key's own label, not the leases' key sets: no key may stay behind labelled with a
+  -- lease of the old epoch (it would read as the new epoch's lease of that number).
+  local metas = redis.call('HGETALL', K_META)
+  for i = 1, #metas, 2 do
+    local k, lease = metas[i], string.match(metas[i + 1], '^[0-9]+:(.*)$')
+    if lease and lease ~= '' then
+      redis.call('HDEL', K_KV, k)
+      redis.call('HDEL', K_META, k)
+      redis.call('ZREM', K_IDX, k)
+    else
+      redis.call('HSET', K_META, k, '0:')
+    end
+  end
+end
 -- The server process that last ran a script on this namespace (its INFO run_id, new at every start).
 -- Another one means the data was restarted from a snapshot or an append-only file, or a replica was
 -- promoted: either may be older than what clients saw, with revisions and lease ids that will be
--- handed out a second time. So a new server starts a new epoch: history is dropped (watchers get
--- Compacted and re-list), every lease ends with its keys (their owners get LeaseNotFound and
--- register again at their next heartbeat), and revisions restart. Keys without a lease are kept.
+-- handed out a second time. So a new server starts a new epoch.
 local RUN_ID = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
 local K_RUN = BASE .. 'server'
 local SEEN_RUN = redis.call('GET', K_RUN)
 if SEEN_RUN ~= RUN_ID then
   if SEEN_RUN then
-    EPOCH = tostring(math.max(tonumber(EPOCH) + 1, NOW_EPOCH))
-    redis.call('SET', K_EPOCH, EPOCH)
-    local ids = redis.call('ZRANGE', K_LEASES, 0, -1)
-    for _, id in ipairs(ids) do
-      local lk = BASE .. 'lk:' .. id
-      for _, k in ipairs(redis.call('SMEMBERS', lk)) do
-        redis.call('HDEL', K_KV, k)
-        redis.call('HDEL', K_META, k)
-        redis.call('ZREM', K_IDX, k)
-      end
-      redis.call('DEL', lk, BASE .. 'lease:' .. id)
-    end
-    redis.call('DEL', K_LEASES, K_TTL, K_EVENTS)
-    redis.call('SET', K_REV, 0)
-    local metas = redis.call('HGETALL', K_META)
-    for i = 1, #metas, 2 do
-      redis.call('HSET', K_META, metas[i], '0:')
-    end
+    start_epoch()
     redis.call('INCR', BASE .. 'restarts')
   end
   redis.call('SET', K_RUN, RUN_ID)
 end
 
 -- Local revisions have 30 bits. Before they run out, start a new epoch: history is dropped (watchers
--- re-list), stored revisions restart at 0 and leases of the old epoch end (their owners re-register).
+-- re-list), stored revisions restart at 0 and leases of the old epoch end with their keys (their
+-- owners re-register).
 if tonumber(redis.call('GET', K_REV) or '0') >= 1073741000 then
-  EPOCH = tostring(math.max(tonumber(EPOCH) + 1, NOW_EPOCH))
-  redis.call('SET', K_EPOCH, EPOCH)
-  redis.call('SET', K_REV, 0)
-  redis.call('DEL', K_EVENTS)
-  local metas = redis.call('HGETALL', K_META)
-  for i = 1, #metas, 2 do
-    redis.call('HSET', K_META, metas[i], '0:' .. (string.match(metas[i + 1], '^[0-9]+:(.*)$') or ''))
-  end
+  start_epoch()
 end
 
 local function xadd(rev, seq, key, kind, value)
   if value then
-    redis.call('XADD', K_EVENTS, 'MAXLEN', '~', MAXLEN, rev .. '-' .. seq, 'k', key, 't', kind, 'v', value)
+    redis.call('XADD', K_EVENTS, 'MAXLEN', '~', MAXLEN, rev .. '-' .. seq, 'e', EPOCH, 'k', key, 't',
+      kind, 'v', value)
   else
-    redis.call('XADD', K_EVENTS, 'MAXLEN', '~', MAXLEN, rev .. '-' .. seq, 'k', key, 't', kind)
+    redis.call('XADD', K_EVENTS, 'MAXLEN', '~', MAXLEN, rev .. '-' .. seq, 'e', EPOCH, 'k', key, 't',
+      kind)
   end
 end
 

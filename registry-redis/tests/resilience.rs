@@ -33,6 +33,27 @@ async fn held_keys(con: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
         .unwrap()
 }
 
+/// Waits until a client of the server sits in a blocking `XREAD` (a watcher's read).
+async fn until_blocked_in_xread(con: &mut redis::aio::MultiplexedConnection) {
+    let mut blocked = false;
+    let mut clients = String::new();
+    for _ in 0..200 {
+        clients = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(con)
+            .await
+            .unwrap();
+        blocked = clients
+            .lines()
+            .any(|l| l.contains("cmd=xread") && l.contains("flags=b"));
+        if blocked {
+            break;
+        }
+        sleep(Duration::from_millis(10)).await;
+    }
+    assert!(blocked, "the watcher never blocked in XREAD: {clients}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_come_back_after_redis_is_replaced() {
     let port = testbed::free_port();
@@ -227,7 +248,9 @@ async fn running_out_of_local_revisions_starts_a_new_epoch_cleanly() {
         listing.revision > before,
         "revision went backwards across the rollover"
     );
-    assert_eq!(listing.entries.len(), 2, "data survives the rollover");
+    // Keys without a lease survive the rollover; the old epoch's leases end with their keys.
+    let keys: Vec<&str> = listing.entries.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(keys, ["k/plain"], "what survives the rollover");
     for kv in &listing.entries {
         assert!(
             kv.revision <= listing.revision,
@@ -477,5 +500,185 @@ async fn a_stream_trimmed_past_a_quiet_watcher_is_compacted() {
     match timeout(Duration::from_secs(8), stream.next()).await {
         Ok(Some(Err(e))) => assert_eq!(e.kind(), ErrorKind::Compacted, "{e}"),
         other => panic!("the watcher did not report the trimmed history: {other:?}"),
+    }
+}
+
+/// The server flushed (FLUSHALL) while a watcher's blocking read waits, then written again: the
+/// new epoch numbers its revisions from 1, and once they pass the watcher's position its blocked
+/// read returns them. They must not be read as a continuation of the old history (the old keys'
+/// removals would be missed: phantoms in every view built on the watch); the watcher must report
+/// its history lost (`Compacted`) before it hands out anything of the new epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_under_a_blocked_watcher_is_compacted_not_continued() {
+    let Some(redis) = own_redis(RedisOptions::default()).await else {
+        return;
+    };
+    let backend = builder(&redis.endpoint).connect().await.unwrap();
+    for i in 0..3 {
+        backend
+            .put(&format!("k/old{i}"), Bytes::from_static(b"1"), None)
+            .await
+            .unwrap();
+    }
+    let at = backend.list("k").await.unwrap().revision;
+    let mut stream = backend.watch("k", at).await.unwrap();
+    // A consumer polls the watch all along (it reads only when polled).
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(item) = stream.next().await {
+            if tx.send(item).is_err() {
+                return;
+            }
+        }
+    });
+    // Wait until the watcher's own connection sits in its blocking XREAD.
+    let client = redis::Client::open(format!("redis://{}", redis.endpoint)).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    sleep(Duration::from_millis(200)).await; // epochs count tenths of a second
+    until_blocked_in_xread(&mut con).await;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut con).await.unwrap();
+    // More new revisions than the watcher's position, at once (within its 2 s block).
+    for i in 0..6 {
+        backend
+            .put(&format!("k/new{i}"), Bytes::from_static(b"2"), None)
+            .await
+            .unwrap();
+    }
+    let mut continued = Vec::new();
+    loop {
+        match timeout(Duration::from_secs(8), rx.recv()).await {
+            Ok(Some(Ok(ev))) => continued.push((ev.key, ev.revision)),
+            Ok(Some(Err(e))) => {
+                assert_eq!(e.kind(), ErrorKind::Compacted, "{e}");
+                break;
+            }
+            other => panic!("the watch neither failed nor went on: {other:?}"),
+        }
+    }
+    assert!(
+        continued.is_empty(),
+        "the new epoch's events were read as a continuation of the old history \
+         (after revision {at}): {continued:?}"
+    );
+}
+
+/// The 30-bit local revision counter runs out: the new epoch must end the old epoch's leases
+/// with their keys, as the scripts' comment says. A key must never stay behind labelled with a
+/// lease id its writer does not hold (the new epoch's number on the old lease's counter): its owner
+/// would take it for another process's registration, and the old lease would stay alive in the
+/// server until its deadline, unreachable with the id its owner has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_rollover_ends_the_old_leases_with_their_keys() {
+    let Some(endpoint) = testbed::shared_redis() else {
+        return;
+    };
+    let ns = testbed::fresh_namespace("rollover-lease");
+    let backend = builder(&endpoint)
+        .namespace(ns.clone())
+        .connect()
+        .await
+        .unwrap();
+    let lease = backend.grant(Duration::from_secs(60)).await.unwrap();
+    backend
+        .put("k/leased", Bytes::from_static(b"1"), Some(&lease.id))
+        .await
+        .unwrap();
+    let client = redis::Client::open(format!("redis://{endpoint}")).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{{{ns}}}:rev"))
+        .arg(1_073_741_000u64)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    sleep(Duration::from_millis(200)).await; // epochs count tenths of a second
+    // Any script rolls over; a read does.
+    let after = backend.get("k/leased").await.unwrap();
+    let live: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("{{{ns}}}:leases"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(
+        after
+            .as_ref()
+            .is_none_or(|kv| kv.lease.as_ref() == Some(&lease.id)),
+        "after the rollover k/leased is labelled {:?}; its writer holds {}",
+        after.as_ref().map(|kv| &kv.lease),
+        lease.id
+    );
+    assert!(
+        live.is_empty(),
+        "leases of the old epoch still alive after the rollover: {live:?}"
+    );
+    assert!(
+        after.is_none(),
+        "a key of an ended lease survived: {after:?}"
+    );
+    assert_eq!(
+        backend.keep_alive(&lease.id).await.unwrap_err().kind(),
+        ErrorKind::LeaseNotFound
+    );
+    // A lease of the new epoch labels its keys with its own id.
+    let fresh = backend.grant(Duration::from_secs(60)).await.unwrap();
+    backend
+        .put("k/leased", Bytes::from_static(b"2"), Some(&fresh.id))
+        .await
+        .unwrap();
+    let kv = backend.get("k/leased").await.unwrap().unwrap();
+    assert_eq!(kv.lease.as_ref(), Some(&fresh.id));
+}
+
+/// As above, with the new epoch written by an older version of this crate, whose stream entries do
+/// not carry their epoch: the watcher asks the server for it instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_seen_through_entries_without_an_epoch_is_compacted_too() {
+    let Some(redis) = own_redis(RedisOptions::default()).await else {
+        return;
+    };
+    let backend = builder(&redis.endpoint).connect().await.unwrap();
+    let at = backend
+        .put("k/old", Bytes::from_static(b"1"), None)
+        .await
+        .unwrap();
+    let mut stream = backend.watch("k", at).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(item) = stream.next().await {
+            if tx.send(item).is_err() {
+                return;
+            }
+        }
+    });
+    let client = redis::Client::open(format!("redis://{}", redis.endpoint)).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    until_blocked_in_xread(&mut con).await;
+    // The old writer's new epoch, and its revisions 1 and 2 (past the watcher's position, 1).
+    let _: () = redis::pipe()
+        .atomic()
+        .cmd("FLUSHALL")
+        .ignore()
+        .cmd("SET")
+        .arg("{registry}:epoch")
+        .arg((at >> 30) + 5)
+        .ignore()
+        .cmd("XADD")
+        .arg("{registry}:events")
+        .arg("1-0")
+        .arg(&["k", "k/new1", "t", "p", "v", "2"])
+        .ignore()
+        .cmd("XADD")
+        .arg("{registry}:events")
+        .arg("2-0")
+        .arg(&["k", "k/new2", "t", "p", "v", "2"])
+        .ignore()
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    match timeout(Duration::from_secs(8), rx.recv()).await {
+        Ok(Some(Err(e))) => assert_eq!(e.kind(), ErrorKind::Compacted, "{e}"),
+        other => panic!("expected Compacted, got {other:?}"),
     }
 }

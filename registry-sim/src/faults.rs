@@ -142,12 +142,14 @@ impl Hook for Faults {
         let cut_off = async move {
             let _ = cut.wait_for(|c| *c).await;
         };
-        Box::pin(stream.take_until(Box::pin(cut_off)).chain(futures::stream::once(
-            async move {
-                Err(Error::unavailable(format!(
-                    "p{proc}'s watch ended: cut off from the backend (simulated)"
-                )))
-            },
-        )))
+        Box::pin(
+            stream
+                .take_until(Box::pin(cut_off))
+                .chain(futures::stream::once(async move {
+                    Err(Error::unavailable(format!(
+                        "p{proc}'s watch ended: cut off from the backend (simulated)"
+                    )))
+                })),
+        )
     }
 }

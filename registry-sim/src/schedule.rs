@@ -219,7 +219,12 @@ impl fmt::Display for Schedule {
         let mut at = 0u64;
         for (step, index) in self.steps.iter().zip(&self.kept) {
             at += u64::from(step.after_ms);
-            writeln!(f, "  t={:>6} ms  #{index:<3} {}", at, describe(&step.action))?;
+            writeln!(
+                f,
+                "  t={:>6} ms  #{index:<3} {}",
+                at,
+                describe(&step.action)
+            )?;
         }
         Ok(())
     }

@@ -195,7 +195,9 @@ fn instance(proc: usize, generation: u32, id: usize) -> Instance {
 
 impl World {
     fn new(alarm: Arc<Alarm>) -> World {
-        let memory = MemoryBackend::builder().min_ttl(Duration::from_secs(1)).build();
+        let memory = MemoryBackend::builder()
+            .min_ttl(Duration::from_secs(1))
+            .build();
         let procs = (0..PROCESSES)
             .map(|p| {
                 let faults = Arc::new(Faults::new(p, alarm.clone()));
@@ -242,7 +244,11 @@ impl World {
                 }
                 return Err(format!("p{p}: discover_all: {e}"));
             }
-            Err(_) => return Err(format!("p{p}: discover_all not answered within {COMMAND_BOUND:?}")),
+            Err(_) => {
+                return Err(format!(
+                    "p{p}: discover_all not answered within {COMMAND_BOUND:?}"
+                ));
+            }
         };
         self.procs[p].running = Some(Running {
             registry,
@@ -569,7 +575,9 @@ impl World {
                 want.sort_by(|a, b| a.0.cmp(&b.0));
                 if seen != want {
                     let ids = |v: &[(String, Instance)]| {
-                        v.iter().map(|(i, x)| format!("{i}@{}", x.addrs.join(","))).collect::<Vec<_>>()
+                        v.iter()
+                            .map(|(i, x)| format!("{i}@{}", x.addrs.join(",")))
+                            .collect::<Vec<_>>()
                     };
                     return Err(format!(
                         "p{p}'s directory of {service} differs from the backend: directory {:?}, backend {:?}",

@@ -241,11 +241,13 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let balanced = Channels::new(dir, "who").balanced();
     println!("balanced, 30 calls: {:?}", spread(&balanced, 30).await);
 
-    // Keyed: each key's owner, every time.
+    // Keyed: each key's owner, every time. `Who` is a read, safe to repeat: a call that may
+    // have reached a failing owner (timed out, connection lost) may go to the next one too.
     let keyed = Channels::new(dir, "who")
         .keyed_by_header(registry::tonic::KEY_HEADER)
         .attempts(2)
-        .timeout(Duration::from_millis(500));
+        .timeout(Duration::from_millis(500))
+        .retry_policy(registry::tonic::RetryPolicy::Idempotent);
     for key in ["alice", "bob", "carol", "dave"] {
         let owner = dir.find("who", key).expect("an owner").id.clone();
         for _ in 0..3 {

@@ -10,7 +10,9 @@
 //! - [`Channels::keyed`]: a [`KeyedChannel`] that sends each call to the ring owner of a key
 //!   taken from the request (Dispatch-style routing), failing over to the next distinct ring
 //!   member ([`Directory::find_n`]) when the owner answers with a retryable status (by default
-//!   `UNAVAILABLE`) or a connection error, or does not answer within the per-attempt timeout.
+//!   `UNAVAILABLE`) or could not be sent the call (connection refused). A call that may have
+//!   reached the owner (connection lost or stream reset afterwards, per-attempt timeout) is
+//!   failed over only for calls declared idempotent ([`RetryPolicy`]).
 //!
 //! Both are usable wherever tonic takes a transport: a generated client's `new(channel)`, or
 //! [`tonic::client::Grpc::new`].
@@ -249,6 +251,7 @@ impl Channels {
             key: Arc::new(key),
             failover: Failover::new(),
             retry_codes: Arc::from([Code::Unavailable]),
+            retry_policy: RetryPolicy::default(),
         };
         keyed.set_failover();
         keyed
@@ -323,6 +326,38 @@ impl fmt::Display for EndpointUnusable {
 
 impl StdError for EndpointUnusable {}
 
+/// An attempt's error that proves the request did not leave: the instance's channel failed
+/// before it was handed the request, or failed to connect. Safe to send to another instance.
+#[derive(Debug)]
+struct NotSent(BoxError);
+
+impl fmt::Display for NotSent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the request was not sent: {}", self.0)
+    }
+}
+
+impl StdError for NotSent {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// Whether a tonic channel's error happened while connecting (TCP connect, TLS handshake,
+/// `Endpoint::connect_timeout`): tonic marks those with [`ConnectError`](::tonic::ConnectError)
+/// somewhere in the error's source chain, and a lazily connected channel only connects for a
+/// request it has not sent yet.
+fn is_connect_error(e: &(dyn StdError + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.is::<::tonic::ConnectError>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 impl Service<GrpcCall> for InstanceChannel {
     type Response = http::Response<Body>;
     type Error = BoxError;
@@ -330,7 +365,8 @@ impl Service<GrpcCall> for InstanceChannel {
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         match &mut self.channel {
-            Ok(ch) => ch.poll_ready(cx).map_err(Into::into),
+            // Not ready: the request is not handed over.
+            Ok(ch) => ch.poll_ready(cx).map_err(|e| NotSent(e.into()).into()),
             Err(_) => Poll::Ready(Ok(())),
         }
     }
@@ -339,7 +375,7 @@ impl Service<GrpcCall> for InstanceChannel {
         let ch = match &mut self.channel {
             Ok(ch) => ch,
             Err(e) => {
-                let e = EndpointUnusable(e.clone());
+                let e = NotSent(EndpointUnusable(e.clone()).into());
                 return Box::pin(async move { Err(e.into()) });
             }
         };
@@ -350,7 +386,16 @@ impl Service<GrpcCall> for InstanceChannel {
         *req.headers_mut() = call.headers;
         *req.extensions_mut() = call.extensions;
         let fut = ch.call(req);
-        Box::pin(async move { fut.await.map_err(Into::into) })
+        Box::pin(async move {
+            fut.await.map_err(|e| {
+                if is_connect_error(&e) {
+                    NotSent(e.into()).into()
+                } else {
+                    // Handed to a connection: the instance may have received it.
+                    e.into()
+                }
+            })
+        })
     }
 }
 
@@ -361,12 +406,19 @@ impl Service<GrpcCall> for InstanceChannel {
 /// - **Routing**: the key's owner among the online instances ([`Directory::find`]), through a
 ///   channel kept per instance and dropped when the instance leaves (or reconnected when its
 ///   details change).
-/// - **Failover**: when an attempt ends with a connection error, a timeout, or a response whose
-///   `grpc-status` is one of [`retry_codes`](Self::retry_codes) (`UNAVAILABLE` by default), the
-///   call goes to the next distinct instance on the ring, up to [`attempts`](Self::attempts)
-///   instances (default 2). The status is read from the response head, where a server puts it
-///   when it fails a call without sending a message (what tonic servers do for an `Err` from a
-///   handler).
+/// - **Failover**: the call goes to the next distinct instance on the ring, up to
+///   [`attempts`](Self::attempts) instances (default 2), when an attempt
+///   - could not send the request: the connection was refused or failed to be made (TCP, TLS,
+///     tonic's `Endpoint::connect_timeout`), or the instance has no usable endpoint; or
+///   - was answered with a `grpc-status` among [`retry_codes`](Self::retry_codes)
+///     (`UNAVAILABLE` by default), read from the response head, where a server puts it when it
+///     fails a call without sending a message (what tonic servers do for an `Err` from a
+///     handler); or
+///   - with [`RetryPolicy::Idempotent`] only: failed after the request was handed to a
+///     connection (connection lost, stream reset) or timed out
+///     ([`timeout`](Self::timeout)). By default ([`RetryPolicy::NotSent`]) those errors are
+///     returned to the caller, because the instance may have run the call; see
+///     [`retry_policy`](Self::retry_policy).
 /// - **Buffering**: to send a call again, its request body is read whole before the first
 ///   attempt. Fine for unary and server-streaming calls (one request message); a client
 ///   stream is collected until it ends, so do not use a keyed channel for long-lived
@@ -380,6 +432,26 @@ pub struct KeyedChannel {
     key: KeyFn,
     failover: Failover<http::Response<Body>, BoxError>,
     retry_codes: Arc<[Code]>,
+    retry_policy: RetryPolicy,
+}
+
+/// Which failed attempts of a [`KeyedChannel`] call are sent again to the next ring member
+/// (set with [`KeyedChannel::retry_policy`]). Responses whose status is among
+/// [`KeyedChannel::retry_codes`] fail over under either policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RetryPolicy {
+    /// The default: only attempts that prove the request was not sent (connection refused or
+    /// otherwise not made, no usable endpoint for the instance). An error after the request was
+    /// handed to a connection, and a per-attempt timeout, are returned to the caller: the
+    /// instance may have received the call, and a call must not run twice unasked.
+    #[default]
+    NotSent,
+    /// The calls are idempotent: also send again a call whose attempt failed after the request
+    /// was handed to a connection (connection lost, stream reset) or timed out. The instance
+    /// that failed may have run the call, and the next one runs it again, so only choose this
+    /// for calls that are safe to repeat (reads, idempotent writes).
+    Idempotent,
 }
 
 impl fmt::Debug for KeyedChannel {
@@ -388,6 +460,7 @@ impl fmt::Debug for KeyedChannel {
             .field("service", &self.dispatcher.service())
             .field("failover", &self.failover)
             .field("retry_codes", &self.retry_codes)
+            .field("retry_policy", &self.retry_policy)
             .finish()
     }
 }
@@ -395,13 +468,16 @@ impl fmt::Debug for KeyedChannel {
 impl KeyedChannel {
     fn set_failover(&mut self) {
         let codes = self.retry_codes.clone();
+        let maybe_sent = self.retry_policy == RetryPolicy::Idempotent;
         self.failover = self
             .failover
             .clone()
             .retry_if(move |outcome| match outcome {
                 Ok(resp) => Status::from_header_map(resp.headers())
                     .is_some_and(|s| codes.contains(&s.code())),
-                Err(_) => true,
+                Err(DispatchError::Service(e)) => e.is::<NotSent>() || maybe_sent,
+                // A timed-out attempt may have been received.
+                Err(_) => maybe_sent,
             });
     }
 
@@ -413,7 +489,11 @@ impl KeyedChannel {
     }
 
     /// Each attempt's timeout, up to the response head (default none: use tonic's
-    /// `Endpoint::timeout` or a deadline for the whole call).
+    /// `Endpoint::timeout` or a deadline for the whole call). A timed-out attempt fails the call
+    /// with `DEADLINE_EXCEEDED`, and is failed over only with [`RetryPolicy::Idempotent`] (it may
+    /// have reached the instance). To fail over from an unreachable instance by default, give
+    /// its endpoint a shorter `Endpoint::connect_timeout` (see [`Channels::endpoint`]): a
+    /// connection not made in time is a request not sent.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.failover = self.failover.timeout(timeout);
         self
@@ -423,6 +503,30 @@ impl KeyedChannel {
     /// Only add codes for which a call is safe to repeat.
     pub fn retry_codes(mut self, codes: impl IntoIterator<Item = Code>) -> Self {
         self.retry_codes = codes.into_iter().collect();
+        self.set_failover();
+        self
+    }
+
+    /// Which failed attempts are sent again to the next instance (default
+    /// [`RetryPolicy::NotSent`]: only those that prove the request was not sent).
+    /// [`RetryPolicy::Idempotent`] also retries errors after the request was handed to a
+    /// connection and per-attempt timeouts, which can run a call twice: **only opt in for
+    /// idempotent calls** (use a separate `KeyedChannel` for them if others are not).
+    ///
+    /// ```no_run
+    /// # async fn demo(dir: registry::Directory) {
+    /// use std::time::Duration;
+    /// use registry::tonic::{Channels, KEY_HEADER, RetryPolicy};
+    ///
+    /// // Reads only: a lost connection or a slow owner moves the call on to the next member.
+    /// let reads = Channels::new(&dir, "kv")
+    ///     .keyed_by_header(KEY_HEADER)
+    ///     .timeout(Duration::from_millis(300))
+    ///     .retry_policy(RetryPolicy::Idempotent);
+    /// # let _ = reads; }
+    /// ```
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry_policy = policy;
         self.set_failover();
         self
     }
@@ -444,10 +548,16 @@ fn to_status(e: DispatchError<BoxError>) -> Status {
             Status::unavailable(format!("no online instance of service {service}"))
         }
         DispatchError::Timeout => Status::deadline_exceeded("the instance did not answer in time"),
-        DispatchError::Service(e) => match e.downcast::<EndpointUnusable>() {
-            Ok(e) => Status::unavailable(e.to_string()),
-            Err(e) => Status::from_error(e),
-        },
+        DispatchError::Service(e) => {
+            let e = match e.downcast::<NotSent>() {
+                Ok(not_sent) => not_sent.0,
+                Err(e) => e,
+            };
+            match e.downcast::<EndpointUnusable>() {
+                Ok(e) => Status::unavailable(e.to_string()),
+                Err(e) => Status::from_error(e),
+            }
+        }
         // A kind of dispatch error added later.
         other => Status::unknown(other.to_string()),
     }

@@ -644,7 +644,10 @@ async fn slow_reads_do_not_starve_the_keep_alive() {
     assert_eq!(stats.lost, 0, "the lease was lost: {stats:?}");
     assert_eq!(stats.grants, 1, "{stats:?}");
     assert!(regs.iter().all(|r| r.state().is_registered()));
-    assert_eq!(store.list("registry/web/").await.unwrap().entries.len(), 300);
+    assert_eq!(
+        store.list("registry/web/").await.unwrap().entries.len(),
+        300
+    );
 }
 
 /// Issue 27 item 2: deletes left over from deregistrations during an outage were retried one at a
@@ -679,5 +682,8 @@ async fn slow_retried_deletes_do_not_starve_the_keep_alive() {
     assert_eq!(stats.lost, 0, "the lease was lost: {stats:?}");
     assert!(kept.iter().all(|r| r.state().is_registered()));
     let left = store.list("registry/web/").await.unwrap().entries.len();
-    assert_eq!(left, 10, "the deregistered keys are deleted, the others kept");
+    assert_eq!(
+        left, 10,
+        "the deregistered keys are deleted, the others kept"
+    );
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use example::who::{self, Mode, Running};
 use registry::engine::{Discovery, Instance, Registration, Registry, Selector};
 use registry::memory::MemoryBackend;
-use registry::tonic::{Channels, KEY_HEADER};
+use registry::tonic::{Channels, KEY_HEADER, RetryPolicy};
 use tonic::Code;
 
 /// The example's walk-through is a test too.
@@ -398,7 +398,10 @@ async fn keyed_per_attempt_timeout() {
     let bed = Bed::new(&["w1", "w2", "w3"]).await;
     let keyed = Channels::new(bed.dir(), "who")
         .keyed_by_header(KEY_HEADER)
-        .timeout(Duration::from_millis(300));
+        .timeout(Duration::from_millis(300))
+        // A timed-out attempt may have been received: failed over for idempotent calls only
+        // (the default is tonic_resend.rs's).
+        .retry_policy(RetryPolicy::Idempotent);
     let key = key_owned_by(&bed, "w3");
     let next = bed.dir().find_n(2, "who", &key)[1].id.clone();
     bed.running["w3"].set_mode(Mode::Slow(Duration::from_secs(30)));

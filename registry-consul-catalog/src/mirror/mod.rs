@@ -22,6 +22,13 @@
 //!   `_service_maintenance:<id>` check, so out of `?passing` and DNS but still listed, as offline
 //!   instances are in our directory); online again disables it.
 //! - A deleted key, a revoked lease and a lease the server reports gone deregister at once.
+//! - A key another live owner holds ([`RegistrationEvent::Yielded`]: it took the id over) leaves
+//!   what the mirror registers, heartbeats and registers again after an agent restart; its entry
+//!   is deregistered only while the agent's entry is still ours (its `registry_lease` names a
+//!   lease of ours, read with `GET /v1/agent/service/<id>` first): when both processes talk to
+//!   the same agent, the service ID is the new owner's entry, which the mirror never removes or
+//!   writes over. The next `Written` for the key (the registry takes the id back once the other
+//!   owner's key is gone) registers it again.
 //!
 //! Why the agent API and not `/v1/catalog/register`: Consul's catalog is the servers' view of what
 //! the agents report. An entry written directly to the catalog belongs to no agent: no agent runs
@@ -31,17 +38,22 @@
 //! the TTL and alias checks, syncs them to the catalog (anti-entropy), reaps them, and takes them
 //! out when asked - the way Consul's own clients (the CLI, go-micro, Spring) register.
 //!
-//! Every call runs on one task, in the order the registry's keeper made its writes, so that a
-//! register never overtakes the deregister that followed it; nothing here fails a KV write. The
-//! keeper never waits for the catalog; a deregistration, a drain and a shutdown wait for it (at
+//! Every call runs on one task; nothing here fails a KV write. What waits for the task is bounded
+//! whatever the agent's speed ([`queue`]): the latest desired state per service ID (a register
+//! and the deregister that followed it are one removal, never two calls in the wrong order), one
+//! heartbeat per lease and one end per lease, so at most one entry per instance of the registry
+//! plus two per lease, however many events arrive while the agent is slow or away. Lease ends and
+//! removals go first, then heartbeats, then registrations: after an agent outage a deregistration
+//! reaches the agent before anything else. The keeper never waits for the catalog; a deregistration, a drain and a shutdown wait for it (at
 //! most [`REMOVAL_WAIT`], milliseconds normally) once the backend confirmed them
 //! ([`RegistrationObserver::settle`]), so that a process that exits right after deregistering or
 //! shutting down leaves nothing in the catalog. A failed call is
 //! logged (a warning on the first failure, then debug until a call works again), counted, and
-//! retried at the lease's next keep-alive.
+//! retried at the lease's next keep-alive; so is an answer the mirror cannot use (counted in
+//! `unreadable` too).
 //!
-//! This file holds the handle and what it tells the task; [`task`] the task that calls the agent;
-//! [`service`] how an instance becomes an agent service.
+//! This file holds the handle and what it tells the task; [`queue`] what waits for the task;
+//! [`task`] the task that calls the agent; [`service`] how an instance becomes an agent service.
 
 use std::fmt;
 use std::sync::Arc;
@@ -51,14 +63,15 @@ use async_trait::async_trait;
 use registry_consul::ConsulBuilder;
 use registry_core::Result;
 use registry_core::counters::Bump;
-use registry_engine::{Instance, RegistrationEvent, RegistrationObserver};
-use tokio::sync::{mpsc, oneshot};
+use registry_engine::{RegistrationEvent, RegistrationObserver};
 
+mod queue;
 mod service;
 mod task;
 #[cfg(test)]
 mod tests;
 
+use queue::{Change, Job, Pushed, Queue};
 use task::Mirror;
 
 /// The service name of the per-lease entries that carry the heartbeat's TTL check.
@@ -89,31 +102,18 @@ registry_core::counters! {
         deregistered,
         /// Heartbeats: passes of a lease's TTL check the agent accepted.
         heartbeats,
-        /// Requests that failed (refused or unanswered); retried at the next keep-alive.
+        /// Requests that failed (refused, unanswered, or answered with something the mirror
+        /// cannot use); retried at the next keep-alive.
         failures,
+        /// Agent answers the mirror could not use (unreadable JSON, a session without a usable
+        /// TTL); logged, and counted in `failures` too.
+        unreadable,
+        /// Events merged into an operation already waiting for the agent (a later state of the
+        /// same service ID, a second heartbeat of the same lease) instead of queued behind it.
+        coalesced,
         /// Metadata entries left out of a service's `Meta` because Consul would refuse them.
         meta_skipped,
     }
-}
-
-/// What the registry tells the mirror, in the order it happened.
-enum Op {
-    /// A lease was granted with this TTL.
-    Granted { session: String, ttl: Duration },
-    /// An instance was written under a lease.
-    Put {
-        service_id: String,
-        instance: Arc<Instance>,
-        session: String,
-    },
-    /// An instance's key was deleted.
-    Delete { service_id: String },
-    /// A keep-alive of the lease succeeded.
-    Heartbeat { session: String },
-    /// The lease was revoked, or the server reports it gone.
-    LeaseEnded { session: String },
-    /// Answered once every operation sent before it is done.
-    Flush { done: oneshot::Sender<()> },
 }
 
 /// The mirror of a registry's instances into Consul's catalog: give it to
@@ -136,7 +136,7 @@ enum Op {
 /// # Ok(()) }
 /// ```
 pub struct CatalogMirror {
-    tx: mpsc::UnboundedSender<Op>,
+    queue: Arc<Queue>,
     counters: Arc<Counters>,
     /// Names each instance's service as its Consul KV key.
     consul: ConsulBuilder,
@@ -153,33 +153,36 @@ impl fmt::Debug for CatalogMirror {
 impl CatalogMirror {
     /// Starts the mirror's task on the current Tokio runtime, talking to the agent `consul` names
     /// (the one the registry's Consul backend talks to). The task ends when the mirror is
-    /// dropped (after the operations already sent).
+    /// dropped (after the operations already waiting).
     pub fn start(consul: &ConsulBuilder) -> Result<CatalogMirror> {
         let agent = consul.agent()?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Arc::new(Queue::default());
         let counters = Arc::new(Counters::default());
-        tokio::spawn(Mirror::new(agent, counters.clone()).run(rx));
+        tokio::spawn(Mirror::new(agent, counters.clone()).run(queue.clone()));
         Ok(CatalogMirror {
-            tx,
+            queue,
             counters,
             consul: consul.clone(),
         })
     }
 
-    fn send(&self, op: Op) {
-        if self.tx.send(op).is_err() {
-            // The task is gone (its runtime was shut down): nothing can be mirrored any more.
-            self.counters.failures.bump();
-            tracing::debug!("consul catalog mirror: its task has ended; operation dropped");
+    fn send(&self, job: Job) {
+        match self.queue.push(job) {
+            Pushed::Queued => {}
+            Pushed::Coalesced => self.counters.coalesced.bump(),
+            Pushed::Gone => {
+                // The task is gone (its runtime was shut down): nothing can be mirrored any more.
+                self.counters.failures.bump();
+                tracing::debug!("consul catalog mirror: its task has ended; operation dropped");
+            }
         }
     }
 
-    /// Waits (at most `limit`) until the operations sent so far are done: a deregistration is in
-    /// the catalog when the call that made it returns, so a process that exits right after its
-    /// `shutdown` leaves nothing behind.
+    /// Waits (at most `limit`) until the operations sent so far are done (or superseded by later
+    /// ones): a deregistration is in the catalog when the call that made it returns, so a process
+    /// that exits right after its `shutdown` leaves nothing behind.
     async fn flush(&self, limit: Duration) {
-        let (done, wait) = oneshot::channel();
-        self.send(Op::Flush { done });
+        let wait = self.queue.flush();
         if tokio::time::timeout(limit, wait).await.is_err() {
             tracing::debug!(
                 ?limit,
@@ -207,11 +210,17 @@ impl CatalogMirror {
     }
 }
 
+impl Drop for CatalogMirror {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
+
 #[async_trait]
 impl RegistrationObserver for CatalogMirror {
     fn observe(&self, event: &RegistrationEvent) {
-        let op = match event {
-            RegistrationEvent::LeaseGranted { lease, ttl } => Op::Granted {
+        let job = match event {
+            RegistrationEvent::LeaseGranted { lease, ttl } => Job::Granted {
                 session: lease.as_str().to_owned(),
                 ttl: *ttl,
             },
@@ -219,24 +228,33 @@ impl RegistrationObserver for CatalogMirror {
                 lease,
                 key,
                 instance,
-            } => Op::Put {
+            } => Job::Instance {
                 service_id: self.consul.kv_key(key),
-                instance: instance.clone(),
+                change: Change::Put {
+                    instance: instance.clone(),
+                    session: lease.as_str().to_owned(),
+                },
+            },
+            RegistrationEvent::Removed { key } => Job::Instance {
+                service_id: self.consul.kv_key(key),
+                change: Change::Delete,
+            },
+            RegistrationEvent::Yielded { key, holder } => Job::Instance {
+                service_id: self.consul.kv_key(key),
+                change: Change::Yield {
+                    holder: holder.as_str().to_owned(),
+                },
+            },
+            RegistrationEvent::KeptAlive { lease } => Job::Heartbeat {
                 session: lease.as_str().to_owned(),
             },
-            RegistrationEvent::Removed { key } => Op::Delete {
-                service_id: self.consul.kv_key(key),
-            },
-            RegistrationEvent::KeptAlive { lease } => Op::Heartbeat {
-                session: lease.as_str().to_owned(),
-            },
-            RegistrationEvent::LeaseEnded { lease } => Op::LeaseEnded {
+            RegistrationEvent::LeaseEnded { lease } => Job::LeaseEnded {
                 session: lease.as_str().to_owned(),
             },
             // Events of later versions: nothing to mirror.
             _ => return,
         };
-        self.send(op);
+        self.send(job);
     }
 
     async fn settle(&self) {

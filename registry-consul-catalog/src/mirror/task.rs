@@ -1,5 +1,6 @@
-//! The mirror's task: one agent call at a time, in the order the registry did things, with
-//! failures counted, logged once per run of failures, and retried at the next heartbeat.
+//! The mirror's task: one agent call at a time, taking its jobs from the [`Queue`] (removals
+//! first), with failures counted, logged once per run of failures, and retried at the next
+//! heartbeat.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -10,13 +11,13 @@ use registry_core::counters::Bump;
 use registry_engine::Instance;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
+use super::queue::{Change, Job, Queue};
 use super::service::{
     META_LEASE, go_duration, lease_service_id, query_value, service_meta, service_tags,
     split_address,
 };
-use super::{Counters, DEREGISTER_AFTER, LEASE_SERVICE, Op};
+use super::{Counters, DEREGISTER_AFTER, LEASE_SERVICE};
 
 #[derive(Default)]
 struct LeaseEntry {
@@ -46,6 +47,11 @@ pub(super) struct Mirror {
     /// Deregistrations that failed: retried at every heartbeat until the agent confirms them (an
     /// entry left behind would stay passing while its lease lives).
     pending_deregisters: BTreeSet<String>,
+    /// Removals that depend on the agent's entry being ours (a yielded instance, the delete of an
+    /// ID we have not registered) that could not be checked or done yet: service ID -> the lease
+    /// it was ours under (if known) and the lease holding its key now (if another's). Retried at
+    /// every heartbeat, and done only while the agent's entry is still ours.
+    pending_if_ours: BTreeMap<String, (Option<String>, Option<String>)>,
     /// The last request failed (for logging: one warning per run of failures).
     failing: bool,
     /// The services the agent has in maintenance mode (see [`Mirror::in_maintenance`]).
@@ -61,28 +67,28 @@ impl Mirror {
             leases: HashMap::new(),
             instances: BTreeMap::new(),
             pending_deregisters: BTreeSet::new(),
+            pending_if_ours: BTreeMap::new(),
             failing: false,
             in_maintenance: None,
         }
     }
 
-    pub(super) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
-        while let Some(op) = rx.recv().await {
-            match op {
-                Op::Granted { session, ttl } => {
+    pub(super) async fn run(mut self, queue: Arc<Queue>) {
+        let _guard = queue.task_guard();
+        while let Some(job) = queue.next().await {
+            match job {
+                Job::Granted { session, ttl } => {
                     self.leases.entry(session).or_default().ttl = Some(ttl);
                 }
-                Op::Put {
-                    service_id,
-                    instance,
-                    session,
-                } => self.put(service_id, &instance, session).await,
-                Op::Delete { service_id } => self.delete(&service_id).await,
-                Op::Heartbeat { session } => self.heartbeat(&session).await,
-                Op::LeaseEnded { session } => self.lease_ended(&session).await,
-                Op::Flush { done } => {
-                    let _ = done.send(());
-                }
+                Job::LeaseEnded { session } => self.lease_ended(&session).await,
+                Job::Instance { service_id, change } => match change {
+                    Change::Put { instance, session } => {
+                        self.put(service_id, &instance, session).await;
+                    }
+                    Change::Delete => self.delete(&service_id).await,
+                    Change::Yield { holder } => self.yielded(&service_id, holder).await,
+                },
+                Job::Heartbeat { session } => self.heartbeat(&session).await,
             }
         }
     }
@@ -141,6 +147,12 @@ impl Mirror {
         }
     }
 
+    /// An answer the mirror cannot use: a failure like any other, counted as such too.
+    fn unreadable(&mut self, what: &str, why: &str) {
+        self.counters.unreadable.bump();
+        self.failed(what, &format!("unusable answer: {why}"));
+    }
+
     async fn put(&mut self, service_id: String, inst: &Instance, session: String) {
         let registration = self.registration(&service_id, &session, inst);
         let mut maintenance = None;
@@ -151,6 +163,7 @@ impl Mirror {
             }
         }
         self.pending_deregisters.remove(&service_id);
+        self.pending_if_ours.remove(&service_id);
         self.leases
             .entry(session.clone())
             .or_default()
@@ -295,7 +308,13 @@ impl Mirror {
                 #[serde(rename = "ServiceID", default)]
                 service_id: String,
             }
-            let checks: HashMap<String, Check> = serde_json::from_slice(&a.body).ok()?;
+            let checks: HashMap<String, Check> = match serde_json::from_slice(&a.body) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.unreadable("GET /v1/agent/checks", &e.to_string());
+                    return None;
+                }
+            };
             self.in_maintenance = Some(
                 checks
                     .into_values()
@@ -374,9 +393,27 @@ impl Mirror {
             #[serde(rename = "TTL")]
             ttl: String,
         }
-        let s: Vec<S> = serde_json::from_slice(&a.body).unwrap_or_default();
-        s.first()
-            .and_then(|s| registry_core::config::parse_duration(&s.ttl))
+        let s: Option<Vec<S>> = match serde_json::from_slice(&a.body) {
+            Ok(s) => s,
+            Err(e) => {
+                self.unreadable(&path, &e.to_string());
+                return None;
+            }
+        };
+        let Some(s) = s.unwrap_or_default().into_iter().next() else {
+            // The lease has ended (its end is on its way): nothing to register under it.
+            self.failed(&path, "no such session");
+            return None;
+        };
+        let ttl = registry_core::config::parse_duration(&s.ttl);
+        if ttl.is_none() {
+            let ttl = s.ttl.chars().take(32).collect::<String>();
+            self.unreadable(
+                &path,
+                &format!("the session has no usable TTL ({ttl:?}): its instances are not mirrored"),
+            );
+        }
+        ttl
     }
 
     async fn deregister(&mut self, service_id: &str) -> bool {
@@ -392,11 +429,108 @@ impl Mirror {
     }
 
     async fn delete(&mut self, service_id: &str) {
-        let old = self.instances.remove(service_id);
-        self.deregister(service_id).await;
-        if let Some(old) = old {
-            self.leave_lease(&old.session, service_id).await;
+        match self.instances.remove(service_id) {
+            Some(old) => {
+                self.deregister(service_id).await;
+                self.leave_lease(&old.session, service_id).await;
+            }
+            // Not registered by us as far as we know (yielded earlier, or never written to the
+            // agent): the entry goes only if it is ours.
+            None if self.pending_if_ours.contains_key(service_id) => {}
+            None => {
+                if !self.remove_if_ours(service_id, None, None).await {
+                    self.pending_if_ours
+                        .insert(service_id.to_owned(), (None, None));
+                }
+            }
         }
+    }
+
+    /// Another live owner (lease `holder`) holds the instance's key: it leaves what this mirror
+    /// registers and heartbeats, and its entry leaves the agent only if it is still ours.
+    async fn yielded(&mut self, service_id: &str, holder: String) {
+        let old = self.instances.remove(service_id);
+        self.pending_deregisters.remove(service_id);
+        let session = old.as_ref().map(|e| e.session.clone());
+        if let Some(s) = &session {
+            self.leave_lease(s, service_id).await;
+        }
+        // Its maintenance mode is no longer ours to know.
+        self.in_maintenance = None;
+        if self
+            .remove_if_ours(service_id, session.as_deref(), Some(&holder))
+            .await
+        {
+            self.pending_if_ours.remove(service_id);
+        } else {
+            self.pending_if_ours
+                .insert(service_id.to_owned(), (session, Some(holder)));
+        }
+    }
+
+    /// Deregisters `service_id` if the agent's entry is ours: its `registry_lease` is `session`
+    /// or another lease of ours, and not `holder`'s. `true` when done (removed, absent, or
+    /// another's, left alone); `false` when the agent could not tell or refused (retry later).
+    async fn remove_if_ours(
+        &mut self,
+        service_id: &str,
+        session: Option<&str>,
+        holder: Option<&str>,
+    ) -> bool {
+        let path = format!("/v1/agent/service/{service_id}");
+        self.counters.requests.bump();
+        let a = match self
+            .agent
+            .request("GET", &path, "", None, self.timeout)
+            .await
+        {
+            Ok(a) if a.status == 200 => a,
+            Ok(a) if a.status == 404 => return true,
+            Ok(a) => {
+                self.failed(
+                    &format!("GET {path}"),
+                    &format!("{} {}", a.status, a.text()),
+                );
+                return false;
+            }
+            Err(e) => {
+                self.failed(&format!("GET {path}"), &e.to_string());
+                return false;
+            }
+        };
+        #[derive(Deserialize)]
+        struct Service {
+            #[serde(rename = "Meta", default)]
+            meta: Option<HashMap<String, String>>,
+        }
+        let entry: Service = match serde_json::from_slice(&a.body) {
+            Ok(s) => s,
+            Err(e) => {
+                self.unreadable(&format!("GET {path}"), &e.to_string());
+                return false;
+            }
+        };
+        let lease = entry.meta.unwrap_or_default().remove(META_LEASE);
+        let ours = lease.as_deref().is_some_and(|l| {
+            Some(l) != holder && (Some(l) == session || self.leases.contains_key(l))
+        });
+        if !ours {
+            tracing::debug!(
+                service_id,
+                lease = lease.as_deref().unwrap_or(""),
+                "consul catalog mirror: the agent's entry is another owner's; left alone"
+            );
+            return true;
+        }
+        let path = format!("/v1/agent/service/deregister/{service_id}");
+        if !self.request("PUT", &path, "", None).await {
+            return false;
+        }
+        self.counters.deregistered.bump();
+        if let Some(ids) = &mut self.in_maintenance {
+            ids.remove(service_id);
+        }
+        true
     }
 
     /// Takes an instance off its lease; a lease left with no instance leaves the catalog too.
@@ -416,10 +550,29 @@ impl Mirror {
         // (a token without service:write) costs a request or two per heartbeat, not one per
         // instance.
         let retries: Vec<String> = self.pending_deregisters.iter().cloned().collect();
+        let mut working = true;
         for id in retries {
             if !self.deregister(&id).await {
+                working = false;
                 break;
             }
+        }
+        let checked: Vec<(String, (Option<String>, Option<String>))> = match working {
+            true => self
+                .pending_if_ours
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            false => Vec::new(),
+        };
+        for (id, (session, holder)) in checked {
+            if !self
+                .remove_if_ours(&id, session.as_deref(), holder.as_deref())
+                .await
+            {
+                break;
+            }
+            self.pending_if_ours.remove(&id);
         }
         let Some(lease) = self.leases.get(session) else {
             return;
@@ -483,6 +636,7 @@ impl Mirror {
         // agent cannot tell, our own record.
         let filter = format!("Meta.{META_LEASE} == \"{session}\"");
         self.counters.requests.bump();
+        let what = "GET /v1/agent/services";
         let listed = match self
             .agent
             .request(
@@ -495,9 +649,22 @@ impl Mirror {
             .await
         {
             Ok(a) if a.status == 200 => {
-                serde_json::from_slice::<HashMap<String, Value>>(&a.body).ok()
+                match serde_json::from_slice::<HashMap<String, Value>>(&a.body) {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        self.unreadable(what, &e.to_string());
+                        None
+                    }
+                }
             }
-            _ => None,
+            Ok(a) => {
+                self.failed(what, &format!("{} {}", a.status, a.text()));
+                None
+            }
+            Err(e) => {
+                self.failed(what, &e.to_string());
+                None
+            }
         };
         let mut ids: BTreeSet<String> = match listed {
             Some(listed) => listed.into_keys().collect(),

@@ -20,7 +20,10 @@ fn main() {
     let mut replay = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut value = || args.next().unwrap_or_else(|| usage(&format!("{a} needs a value")));
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{a} needs a value")))
+        };
         match a.as_str() {
             "--seeds" => seeds = value().parse().unwrap_or_else(|_| usage("--seeds N")),
             "--from" => from = value().parse().unwrap_or_else(|_| usage("--from S")),
@@ -30,10 +33,14 @@ fn main() {
         }
     }
     if let Some(spec) = replay {
-        let schedule = Schedule::parse_replay(&spec).unwrap_or_else(|| usage("--replay SEED:I,J,K"));
+        let schedule =
+            Schedule::parse_replay(&spec).unwrap_or_else(|| usage("--replay SEED:I,J,K"));
         println!("replaying {}:\n{schedule}", schedule.replay_spec());
         match run(&schedule) {
-            Ok(o) => println!("passed: {} ms virtual, {} backend calls", o.virtual_ms, o.calls),
+            Ok(o) => println!(
+                "passed: {} ms virtual, {} backend calls",
+                o.virtual_ms, o.calls
+            ),
             Err(f) => {
                 println!("FAILED {f}");
                 std::process::exit(1);
@@ -105,6 +112,8 @@ fn main() {
 }
 
 fn usage(why: &str) -> ! {
-    eprintln!("simulate: {why}\nusage: simulate [--seeds N] [--from S] [--jobs J] [--replay SEED:I,J,K]");
+    eprintln!(
+        "simulate: {why}\nusage: simulate [--seeds N] [--from S] [--jobs J] [--replay SEED:I,J,K]"
+    );
     std::process::exit(2);
 }
