@@ -18,7 +18,7 @@ use registry_core::{
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::state::{State, parse_lease};
+use crate::state::{Checkpoint, State, parse_lease};
 
 /// Lease ids are unique in the process, so a lease from one memory backend is never mistaken for
 /// one of another.
@@ -191,6 +191,24 @@ impl MemoryBackend {
         let mut st = self.lock();
         st.compact(revision);
         self.notify(&st);
+    }
+
+    /// A copy of the store's keys and leases now, to [`restore`](Self::restore) later.
+    pub fn checkpoint(&self) -> Checkpoint {
+        self.lock_fresh().checkpoint()
+    }
+
+    /// Puts back the keys and leases of `checkpoint`, as a server restored from an older backup
+    /// comes back: keys deleted since reappear, keys written since are gone, and every restored
+    /// lease gets a whole TTL from now (leases granted since are gone: their keep-alives answer
+    /// `LeaseNotFound`). The revision goes on growing; the history is gone, so every watch ends
+    /// and a watch from an earlier revision fails with `Compacted` (its reader lists again).
+    pub fn restore(&self, checkpoint: &Checkpoint) {
+        let mut st = self.lock();
+        st.restore(checkpoint, Instant::now());
+        self.notify(&st);
+        drop(st);
+        self.inner.reaper_wake.notify_one();
     }
 
     /// Makes the next `n` operations (of any kind, including opening a watch) fail with

@@ -6,3 +6,4 @@ mod state;
 
 pub use backend::{MemoryBackend, OperationCounts};
 pub use config::{DEFAULT_HISTORY, MemoryBuilder};
+pub use state::Checkpoint;

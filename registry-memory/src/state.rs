@@ -24,6 +24,14 @@ pub(crate) struct LeaseState {
     pub(crate) keys: BTreeSet<String>,
 }
 
+/// A copy of the keys and leases of a store, to put back later (see
+/// [`MemoryBackend::checkpoint`](crate::MemoryBackend::checkpoint)).
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    keys: BTreeMap<String, (Bytes, Revision, Option<u64>)>,
+    leases: HashMap<u64, (Duration, BTreeSet<String>)>,
+}
+
 #[derive(Debug)]
 pub(crate) struct State {
     pub(crate) revision: Revision,
@@ -242,6 +250,58 @@ impl State {
             self.history.pop_front();
         }
         self.compacted = self.compacted.max(revision);
+    }
+
+    /// The keys and leases as they are now (see [`MemoryBackend::checkpoint`](crate::MemoryBackend::checkpoint)).
+    pub(crate) fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            keys: self
+                .keys
+                .iter()
+                .map(|(k, e)| (k.clone(), (e.value.clone(), e.revision, e.lease)))
+                .collect(),
+            leases: self
+                .leases
+                .iter()
+                .map(|(id, l)| (*id, (l.ttl, l.keys.clone())))
+                .collect(),
+        }
+    }
+
+    /// Puts the keys and leases of `cp` back, as a server restored from that backup: every
+    /// restored lease gets a whole TTL from `now`; the revision goes on from where it is (one
+    /// more), and the history is gone (a watch from before must list again).
+    pub(crate) fn restore(&mut self, cp: &Checkpoint, now: Instant) {
+        self.keys = cp
+            .keys
+            .iter()
+            .map(|(k, (value, revision, lease))| {
+                let entry = Entry {
+                    value: value.clone(),
+                    revision: *revision,
+                    lease: *lease,
+                };
+                (k.clone(), entry)
+            })
+            .collect();
+        self.leases.clear();
+        self.deadlines.clear();
+        for (id, (ttl, keys)) in &cp.leases {
+            let deadline = deadline_after(now, *ttl);
+            self.leases.insert(
+                *id,
+                LeaseState {
+                    ttl: *ttl,
+                    deadline,
+                    keys: keys.clone(),
+                },
+            );
+            self.deadlines.insert((deadline, *id));
+        }
+        self.revision += 1;
+        self.history.clear();
+        self.compacted = self.revision;
+        self.watch_epoch += 1;
     }
 
     /// Keeps the history within its limit, discarding whole revisions from the front.

@@ -132,6 +132,11 @@ pub enum Action {
     Compact,
     /// The backend ends every open watch (as a restart does).
     DropWatches,
+    /// A backup of the backend is taken (the latest one is what a rollback restores).
+    Checkpoint,
+    /// The backend restarts from the latest backup (nothing without one): keys deleted since
+    /// come back on their old leases, which get a whole TTL; what was written since is gone.
+    Rollback,
 }
 
 /// One step: wait `after_ms` of virtual time, then do `action`.
@@ -280,6 +285,8 @@ fn describe(action: &Action) -> String {
         ),
         Action::Compact => "fault: history compacted".to_owned(),
         Action::DropWatches => "fault: every watch dropped".to_owned(),
+        Action::Checkpoint => "backup of the backend taken".to_owned(),
+        Action::Rollback => "fault: the backend restarts from its last backup".to_owned(),
     }
 }
 
@@ -330,8 +337,10 @@ fn step(rng: &mut fastrand::Rng) -> Step {
             id,
             leased: rng.bool(),
         },
-        95..=97 => Action::Compact,
-        _ => Action::DropWatches,
+        95 => Action::Compact,
+        96 => Action::DropWatches,
+        97 => Action::Checkpoint,
+        _ => Action::Rollback,
     };
     Step { after_ms, action }
 }

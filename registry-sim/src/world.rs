@@ -184,6 +184,8 @@ struct World {
     procs: Vec<Proc>,
     alarm: Arc<Alarm>,
     commands: std::cell::Cell<u64>,
+    /// The latest backup of the backend.
+    backup: Option<registry_memory::Checkpoint>,
     /// Every handle ever made, with its process, for the final check of the truth.
     overwrite_count: u32,
 }
@@ -218,6 +220,7 @@ impl World {
             procs,
             alarm,
             commands: std::cell::Cell::new(0),
+            backup: None,
             overwrite_count: 0,
         }
     }
@@ -464,6 +467,12 @@ impl World {
                 self.memory.compact(at);
             }
             Action::DropWatches => self.memory.drop_watches(),
+            Action::Checkpoint => self.backup = Some(self.memory.checkpoint()),
+            Action::Rollback => {
+                if let Some(backup) = &self.backup {
+                    self.memory.restore(backup);
+                }
+            }
         }
         Ok(())
     }

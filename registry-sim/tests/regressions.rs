@@ -18,3 +18,12 @@ fn replay(spec: &str) {
 fn seed_20_conflict_then_lease_loss_is_not_a_busy_loop() {
     replay("20:11,14,16,17,18");
 }
+
+/// Found by seed 268 once the simulator could restart the backend from a backup: p0 deregistered
+/// web/w2 after the backup; the restored store brought the key back on p0's lease, which p0 keeps
+/// alive, so the deregistered instance stayed visible for as long as p0 ran. The keeper now reads
+/// its last deregistered keys again in turns and deletes those back on its lease.
+#[test]
+fn seed_268_a_key_restored_from_a_backup_on_a_live_lease_is_deleted_again() {
+    replay("268:22,24,32,34,37");
+}
