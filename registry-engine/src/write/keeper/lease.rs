@@ -90,6 +90,7 @@ impl Keeper {
                     return;
                 }
                 self.verify(&lease.id, next_keep_alive).await;
+                self.recheck_removed(&lease.id, next_keep_alive).await;
                 let _ = self.write_pending_with(true).await;
             }
             Err(e) if e.kind() == ErrorKind::LeaseNotFound => {
@@ -123,6 +124,7 @@ impl Keeper {
             }
         }
         self.pending_deletes.clear();
+        self.removed.clear();
         let since = Instant::now();
         self.dirty.extend(self.members.keys().cloned());
         for (key, m) in &mut self.members {

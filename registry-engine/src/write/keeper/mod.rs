@@ -127,6 +127,13 @@ pub(crate) struct Keeper {
     /// heartbeats to do it: one for a delete that failed, more for a key whose last write timed
     /// out (that write may still land after the delete and bring the key back).
     pending_deletes: BTreeMap<String, u32>,
+    /// The keys last deregistered (deleted while attached to the current lease), oldest first,
+    /// at most [`TOMBSTONES`](writes::TOMBSTONES): read again in turns at heartbeats and deleted
+    /// if they came back on our lease, as they do when the backend restarts from an older backup
+    /// (see [`Keeper::recheck_removed`]). Forgotten with the lease.
+    removed: std::collections::VecDeque<String>,
+    /// Where the last turn of [`Keeper::recheck_removed`] stopped.
+    removed_cursor: usize,
     backoff: Backoff,
     next_tick: Option<Instant>,
     stats: Arc<RegistryStats>,
@@ -171,6 +178,8 @@ impl Keeper {
             members: BTreeMap::new(),
             dirty: BTreeSet::new(),
             pending_deletes: BTreeMap::new(),
+            removed: std::collections::VecDeque::new(),
+            removed_cursor: 0,
             backoff: Backoff::new(
                 Duration::from_millis(100).min(lease.heartbeat / 2),
                 lease.heartbeat.max(Duration::from_millis(200)),

@@ -19,6 +19,11 @@ const VERIFY_CONCURRENCY: usize = 16;
 /// Registrations read back per heartbeat (see [`Keeper::verify`]).
 const VERIFY_BATCH: usize = 256;
 
+/// How many deregistered keys a keeper remembers (see [`Keeper::recheck_removed`]).
+pub(super) const TOMBSTONES: usize = 256;
+/// A full turn of [`Keeper::recheck_removed`] takes this many heartbeats.
+const RECHECK_TURN: usize = 8;
+
 /// How many heartbeats a deregistered key whose last write timed out is deleted again (while it
 /// is attached to our lease): a write in flight lands within a few request timeouts, far less than
 /// this many heartbeats.
@@ -61,6 +66,7 @@ impl Keeper {
                 continue;
             }
             self.pending_deletes.remove(&key);
+            self.removed.retain(|k| *k != key);
             self.dirty.insert(key.clone());
             self.members.insert(
                 key.clone(),
@@ -209,11 +215,13 @@ impl Keeper {
                     self.lease_ended(&lease.id);
                     self.lease = None;
                     self.pending_deletes.clear();
+                    self.removed.clear();
                 }
                 Err(e) if e.kind() == ErrorKind::LeaseNotFound => {
                     self.lease_ended(&lease.id);
                     self.lease = None;
                     self.pending_deletes.clear();
+                    self.removed.clear();
                 }
                 Err(_) => {
                     self.pending_deletes.insert(key.to_owned(), 1);
@@ -230,6 +238,7 @@ impl Keeper {
             // Delete even if the last write failed: an older value may still be attached.
             match self.delete_if_ours(key, &lease.id).await {
                 Ok(()) => {
+                    self.remember_removed(key);
                     if member.uncertain {
                         // Its last write timed out and may land after this delete: delete
                         // again (only while it is on our lease) at the next heartbeats.
@@ -282,11 +291,69 @@ impl Keeper {
         }
         drop(deletes);
         for key in done {
+            self.remember_removed(&key);
             match self.pending_deletes.get_mut(&key) {
                 Some(left) if *left > 1 => *left -= 1,
                 _ => {
                     self.pending_deletes.remove(&key);
                 }
+            }
+        }
+    }
+
+    fn remember_removed(&mut self, key: &str) {
+        self.removed.retain(|k| k != key);
+        if self.removed.len() == TOMBSTONES {
+            self.removed.pop_front();
+        }
+        self.removed.push_back(key.to_owned());
+    }
+
+    /// Reads again a share of the keys last deregistered (all of them every [`RECHECK_TURN`]
+    /// heartbeats), and deletes each one found on our lease: a backend restarted from an older
+    /// backup brings back keys deleted since, on their old lease, which is ours and lives on, so
+    /// they would stay for as long as this process runs. Stops at `deadline` (the next
+    /// keep-alive). Costs at most `TOMBSTONES / RECHECK_TURN` reads a heartbeat, and only while
+    /// there are such keys; remembers the last [`TOMBSTONES`] only.
+    pub(super) async fn recheck_removed(&mut self, lease: &LeaseId, deadline: Instant) {
+        use futures::StreamExt;
+        if self.removed.is_empty() {
+            return;
+        }
+        let share = self.removed.len().div_ceil(RECHECK_TURN);
+        let start = self.removed_cursor % self.removed.len();
+        let keys: Vec<String> = self
+            .removed
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(share)
+            .cloned()
+            .collect();
+        self.removed_cursor = start + share;
+        let backend = &self.backend;
+        let op_timeout = self.op_timeout;
+        let mut reads = futures::stream::iter(keys)
+            .map(|key| async move {
+                let r = timeout(op_timeout, backend.get(&key)).await;
+                (key, r)
+            })
+            .buffer_unordered(VERIFY_CONCURRENCY);
+        let mut back = Vec::new();
+        while let Ok(Some((key, r))) = timeout_at(deadline, reads.next()).await {
+            if let Ok(Ok(Some(kv))) = r {
+                if kv.lease.as_ref() == Some(lease) && !self.members.contains_key(&key) {
+                    back.push(key);
+                }
+            }
+        }
+        drop(reads);
+        for key in back {
+            tracing::warn!(key = %key, "a deregistered key is back on our lease (the backend restarted from an older state?); deleting it again");
+            self.stats
+                .record(&self.stats.repairs, "registry_repairs_total");
+            if self.delete_if_ours(&key, lease).await.is_err() {
+                self.pending_deletes.entry(key).or_insert(1);
             }
         }
     }
