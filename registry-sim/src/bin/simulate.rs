@@ -1,10 +1,10 @@
 //! `simulate`: runs the simulator over a range of seeds (see the crate docs).
 //!
 //! ```text
-//! simulate [--seeds N] [--from S] [--jobs J] [--replay SEED:I,J,K]
+//! simulate [--seeds N] [--from S] [--jobs J] [--minutes M] [--replay SEED:I,J,K]
 //! ```
 //!
-//! Prints a line of figures at the end; on the first failing seed, its shortened schedule and how
+//! `--minutes M` stops starting seeds after M minutes (a soak). Prints a line of figures at the end; on the first failing seed, its shortened schedule and how
 //! to replay it, and exits with 1.
 
 use std::sync::Arc;
@@ -18,6 +18,7 @@ fn main() {
     let mut from = 0u64;
     let mut jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut replay = None;
+    let mut minutes: Option<f64> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || {
@@ -29,6 +30,7 @@ fn main() {
             "--from" => from = value().parse().unwrap_or_else(|_| usage("--from S")),
             "--jobs" => jobs = value().parse().unwrap_or_else(|_| usage("--jobs J")),
             "--replay" => replay = Some(value()),
+            "--minutes" => minutes = Some(value().parse().unwrap_or_else(|_| usage("--minutes M"))),
             _ => usage(&format!("unknown argument {a}")),
         }
     }
@@ -55,6 +57,7 @@ fn main() {
     let calls = Arc::new(AtomicU64::new(0));
     let ran = Arc::new(AtomicU64::new(0));
     let end = from + seeds;
+    let deadline = minutes.map(|m| started + std::time::Duration::from_secs_f64(m * 60.0));
     let workers: Vec<_> = (0..jobs.max(1))
         .map(|_| {
             let (next, failed, virtual_ms, calls, ran) = (
@@ -66,6 +69,9 @@ fn main() {
             );
             std::thread::spawn(move || {
                 while !failed.load(Ordering::SeqCst) {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return;
+                    }
                     let seed = next.fetch_add(1, Ordering::SeqCst);
                     if seed >= end {
                         return;
@@ -101,7 +107,8 @@ fn main() {
     }
     let ran = ran.load(Ordering::SeqCst);
     println!(
-        "simulate: {ran} seeds passed from {from} in {:.1} s real, {:.0} s virtual, {} backend calls",
+        "simulate: {ran} seeds passed from {from} (to {}) in {:.1} s real, {:.0} s virtual, {} backend calls",
+        next.load(Ordering::SeqCst).min(end) - 1,
         started.elapsed().as_secs_f64(),
         virtual_ms.load(Ordering::SeqCst) as f64 / 1000.0,
         calls.load(Ordering::SeqCst)
@@ -113,7 +120,7 @@ fn main() {
 
 fn usage(why: &str) -> ! {
     eprintln!(
-        "simulate: {why}\nusage: simulate [--seeds N] [--from S] [--jobs J] [--replay SEED:I,J,K]"
+        "simulate: {why}\nusage: simulate [--seeds N] [--from S] [--jobs J] [--minutes M] [--replay SEED:I,J,K]"
     );
     std::process::exit(2);
 }
