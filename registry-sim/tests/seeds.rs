@@ -1,5 +1,5 @@
 //! The simulator over many seeds, as the README's test command runs it: `SIM_SEEDS` seeds (default
-//! 2,000) from `SIM_FROM` (default 0), on every core. A soak is the same with more seeds (see
+//! 3,000) from `SIM_FROM` (default 0), `SIM_JOBS` at a time (default: every core). A soak is the same with more seeds (see
 //! `scripts/simulate`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,9 +16,10 @@ fn env(name: &str, default: u64) -> u64 {
 
 #[test]
 fn seeds_pass() {
-    let seeds = env("SIM_SEEDS", 2_000);
+    let seeds = env("SIM_SEEDS", 3_000);
     let from = env("SIM_FROM", 0);
-    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let jobs = env("SIM_JOBS", cores as u64).max(1);
     let next = Arc::new(AtomicU64::new(from));
     let failure = Arc::new(Mutex::new(None::<String>));
     let workers: Vec<_> = (0..jobs)
