@@ -37,7 +37,7 @@ pub const COMMAND_BOUND: Duration = Duration::from_secs(5);
 pub const SETTLE: Duration = Duration::from_secs(12);
 /// Real time without any progress (no step, no backend call) after which a run is a busy loop:
 /// virtual time only stands still while some task is always ready to run.
-pub const STALL: Duration = Duration::from_secs(2);
+pub const STALL: Duration = Duration::from_secs(5);
 
 /// A run's failure: what was violated, and when.
 #[derive(Clone, Debug, PartialEq, Eq)]
