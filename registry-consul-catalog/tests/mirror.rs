@@ -1265,6 +1265,7 @@ async fn an_answer_the_mirror_cannot_use_is_counted_not_dropped() {
     .await;
     let counts = mirror.counts();
     assert_eq!(counts.registered, 0, "{counts:?}");
+    assert_eq!(counts.unreadable, 1, "the TTL it could not use: {counts:?}");
     assert!(
         agent_service(&ep, "registry/registry/catalog-nottl/n1")
             .await
@@ -1351,7 +1352,11 @@ async fn after_an_agent_outage_removals_go_first_and_the_backlog_is_one_per_serv
         },
     )
     .await;
-    println!("counts: {:?}", mirror.counts());
+    let counts = mirror.counts();
+    println!("counts: {counts:?}");
+    // What waited was one heartbeat and one entry per service ID: every other event merged.
+    assert!(counts.coalesced >= 50_000 + 5 * 1000 - 10, "{counts:?}");
+    assert!(counts.requests < 100, "{counts:?}");
 }
 
 fn docker(args: &[&str]) {

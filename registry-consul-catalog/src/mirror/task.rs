@@ -38,6 +38,14 @@ struct InstanceEntry {
     maintenance: Option<bool>,
 }
 
+/// Whose a removal that depends on ownership is: the lease the entry was ours under (if known),
+/// and the lease holding its key now (if another's).
+#[derive(Clone, Default)]
+struct IfOurs {
+    session: Option<String>,
+    holder: Option<String>,
+}
+
 pub(super) struct Mirror {
     agent: ConsulAgent,
     timeout: Duration,
@@ -51,7 +59,7 @@ pub(super) struct Mirror {
     /// ID we have not registered) that could not be checked or done yet: service ID -> the lease
     /// it was ours under (if known) and the lease holding its key now (if another's). Retried at
     /// every heartbeat, and done only while the agent's entry is still ours.
-    pending_if_ours: BTreeMap<String, (Option<String>, Option<String>)>,
+    pending_if_ours: BTreeMap<String, IfOurs>,
     /// The last request failed (for logging: one warning per run of failures).
     failing: bool,
     /// The services the agent has in maintenance mode (see [`Mirror::in_maintenance`]).
@@ -440,7 +448,7 @@ impl Mirror {
             None => {
                 if !self.remove_if_ours(service_id, None, None).await {
                     self.pending_if_ours
-                        .insert(service_id.to_owned(), (None, None));
+                        .insert(service_id.to_owned(), IfOurs::default());
                 }
             }
         }
@@ -463,8 +471,11 @@ impl Mirror {
         {
             self.pending_if_ours.remove(service_id);
         } else {
-            self.pending_if_ours
-                .insert(service_id.to_owned(), (session, Some(holder)));
+            let whose = IfOurs {
+                session,
+                holder: Some(holder),
+            };
+            self.pending_if_ours.insert(service_id.to_owned(), whose);
         }
     }
 
@@ -557,7 +568,7 @@ impl Mirror {
                 break;
             }
         }
-        let checked: Vec<(String, (Option<String>, Option<String>))> = match working {
+        let checked: Vec<(String, IfOurs)> = match working {
             true => self
                 .pending_if_ours
                 .iter()
@@ -565,9 +576,9 @@ impl Mirror {
                 .collect(),
             false => Vec::new(),
         };
-        for (id, (session, holder)) in checked {
+        for (id, whose) in checked {
             if !self
-                .remove_if_ours(&id, session.as_deref(), holder.as_deref())
+                .remove_if_ours(&id, whose.session.as_deref(), whose.holder.as_deref())
                 .await
             {
                 break;

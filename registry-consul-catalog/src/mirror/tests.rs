@@ -58,3 +58,131 @@ fn tags_come_from_the_tags_entry() {
     assert_eq!(service_tags(&inst), vec!["blue", "canary"]);
     assert!(service_tags(&Instance::new("web", "w1").addr("x:1")).is_empty());
 }
+
+mod queue {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use registry_engine::Instance;
+
+    use super::super::queue::{Change, Job, Pushed, Queue};
+
+    fn put(id: &str, session: &str, version: usize) -> Job {
+        Job::Instance {
+            service_id: id.to_owned(),
+            change: Change::Put {
+                instance: Arc::new(Instance::new("web", id).version(format!("v{version}"))),
+                session: session.to_owned(),
+            },
+        }
+    }
+
+    fn removal(id: &str) -> Job {
+        Job::Instance {
+            service_id: id.to_owned(),
+            change: Change::Delete,
+        }
+    }
+
+    fn heartbeat(session: &str) -> Job {
+        Job::Heartbeat {
+            session: session.to_owned(),
+        }
+    }
+
+    /// What the task would do next, as text.
+    async fn next(q: &Queue) -> String {
+        match q.next().await.expect("a job") {
+            Job::Granted { session, .. } => format!("granted {session}"),
+            Job::LeaseEnded { session } => format!("ended {session}"),
+            Job::Heartbeat { session } => format!("heartbeat {session}"),
+            Job::Instance { service_id, change } => match change {
+                Change::Put { instance, session } => format!(
+                    "put {service_id} {session} {}",
+                    instance.version.as_deref().unwrap_or("")
+                ),
+                Change::Delete => format!("delete {service_id}"),
+                Change::Yield { holder } => format!("yield {service_id} to {holder}"),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn the_queue_holds_one_entry_per_service_id_and_per_lease_whatever_the_events() {
+        let q = Queue::default();
+        let mut coalesced = 0;
+        for v in 0..10_000 {
+            for s in ["s1", "s2"] {
+                if q.push(heartbeat(s)) == Pushed::Coalesced {
+                    coalesced += 1;
+                }
+            }
+            for i in 0..10 {
+                let id = format!("web/{i}");
+                if q.push(put(&id, if i < 5 { "s1" } else { "s2" }, v)) == Pushed::Coalesced {
+                    coalesced += 1;
+                }
+                if v % 7 == 0 && q.push(removal(&id)) == Pushed::Coalesced {
+                    coalesced += 1;
+                }
+            }
+        }
+        assert_eq!(
+            q.len(),
+            2 + 10,
+            "two heartbeats and one entry per service ID"
+        );
+        assert_eq!(coalesced, 10_000 * 12 + 10 * 1429 - 12);
+        // Removals first, then heartbeats, then registrations, each at its latest state.
+        q.push(removal("web/3"));
+        q.push(Job::Instance {
+            service_id: "web/4".into(),
+            change: Change::Yield {
+                holder: "s9".into(),
+            },
+        });
+        // A delete after a yield stays a yield (removed only if still ours).
+        q.push(removal("web/4"));
+        assert_eq!(next(&q).await, "delete web/3");
+        assert_eq!(next(&q).await, "yield web/4 to s9");
+        assert_eq!(next(&q).await, "heartbeat s1");
+        assert_eq!(next(&q).await, "heartbeat s2");
+        assert_eq!(next(&q).await, "put web/0 s1 v9999");
+        // The end of a lease drops what waits for it and goes first.
+        q.push(Job::LeaseEnded {
+            session: "s2".into(),
+        });
+        assert_eq!(next(&q).await, "ended s2");
+        for i in [1, 2] {
+            assert_eq!(next(&q).await, format!("put web/{i} s1 v9999"));
+        }
+        assert_eq!(q.len(), 0, "web/5..9 ended with s2");
+    }
+
+    #[tokio::test]
+    async fn a_flush_waits_for_what_was_pushed_before_it_only() {
+        let q = Arc::new(Queue::default());
+        q.push(Job::Granted {
+            session: "s1".into(),
+            ttl: Duration::from_secs(10),
+        });
+        q.push(put("web/1", "s1", 1));
+        let mut before = q.flush();
+        assert_eq!(next(&q).await, "granted s1");
+        assert_eq!(next(&q).await, "put web/1 s1 v1");
+        assert!(before.try_recv().is_err(), "the put is still being done");
+        // Later events do not hold it up.
+        q.push(heartbeat("s1"));
+        assert_eq!(next(&q).await, "heartbeat s1");
+        before.try_recv().expect("answered once the put was done");
+        // With nothing waiting and nothing being done, at once.
+        let _ = tokio::time::timeout(Duration::from_millis(10), q.next()).await;
+        let mut idle = q.flush();
+        idle.try_recv().expect("answered at once");
+        // The task gone: events are refused, flushes let go.
+        let guard = q.task_guard();
+        drop(guard);
+        assert_eq!(q.push(heartbeat("s1")), Pushed::Gone);
+        assert!(q.flush().try_recv().is_err());
+    }
+}
