@@ -44,12 +44,12 @@
 //! heartbeat per lease and one end per lease, so at most one entry per instance of the registry
 //! plus two per lease, however many events arrive while the agent is slow or away. Lease ends and
 //! removals go first, then heartbeats, then registrations: after an agent outage a deregistration
-//! reaches the agent before anything else. The keeper never waits for the catalog; a deregistration, a drain and a shutdown wait for it (at
-//! most [`REMOVAL_WAIT`], milliseconds normally) once the backend confirmed them
-//! ([`RegistrationObserver::settle`]), so that a process that exits right after deregistering or
-//! shutting down leaves nothing in the catalog. A failed call is
-//! logged (a warning on the first failure, then debug until a call works again), counted, and
-//! retried at the lease's next keep-alive; so is an answer the mirror cannot use (counted in
+//! reaches the agent before anything else. The keeper never waits for the catalog; a
+//! deregistration, a drain and a shutdown wait for it (at most [`REMOVAL_WAIT`], milliseconds
+//! normally) once the backend confirmed them ([`RegistrationObserver::settle`]), so that a process
+//! that exits right after deregistering or shutting down leaves nothing in the catalog. A failed
+//! call is logged (a warning on the first failure, then debug until a call works again), counted,
+//! and retried at the lease's next keep-alive; so is an answer the mirror cannot use (counted in
 //! `unreadable` too).
 //!
 //! This file holds the handle and what it tells the task; [`queue`] what waits for the task;
@@ -118,6 +118,12 @@ registry_core::counters! {
 
 /// The mirror of a registry's instances into Consul's catalog: give it to
 /// [`RegistryBuilder::observer`](registry_engine::RegistryBuilder::observer).
+///
+/// Its memory is bounded by the registry's size, not by the agent's speed: what waits for the
+/// agent is at most one operation per service ID (the latest state of the instance: registered
+/// as last written, or removed), one heartbeat per lease and one end per lease; an event for
+/// something already waiting replaces it ([`MirrorCounts::coalesced`]). Lease ends and removals
+/// are sent first, then heartbeats, then registrations.
 ///
 /// ```no_run
 /// # async fn demo() -> registry_core::Result<()> {
