@@ -343,19 +343,36 @@ impl StdError for NotSent {
     }
 }
 
-/// Whether a tonic channel's error happened while connecting (TCP connect, TLS handshake,
-/// `Endpoint::connect_timeout`): tonic marks those with [`ConnectError`](::tonic::ConnectError)
-/// somewhere in the error's source chain, and a lazily connected channel only connects for a
-/// request it has not sent yet.
-fn is_connect_error(e: &(dyn StdError + 'static)) -> bool {
+/// Whether a tonic channel's error proves that the request was not sent, looking through the
+/// error's source chain for:
+///
+/// - tonic's [`ConnectError`](::tonic::ConnectError): the connection could not be made (TCP
+///   connect, TLS handshake, `Endpoint::connect_timeout`); a lazily connected channel connects
+///   for a request it has not sent yet.
+/// - hyper's cancellation of a request it never wrote: the connection was found closed (or not
+///   ready) when the request reached it, e.g. the server closed an idle connection just before.
+fn is_not_sent(e: &(dyn StdError + 'static)) -> bool {
     let mut next = Some(e);
     while let Some(e) = next {
-        if e.is::<::tonic::ConnectError>() {
+        if e.is::<::tonic::ConnectError>() || is_unwritten_by_hyper(e) {
             return true;
         }
         next = e.source();
     }
     false
+}
+
+/// hyper's `Error::is_canceled` with the causes its HTTP/2 client gives a request it hands back
+/// unwritten ("connection closed", "connection was not ready"). `hyper` is only a dependency of
+/// tonic, not of this crate, so its error is recognized by its `Display` and `Debug` forms; any
+/// other form counts as maybe sent (not retried by default), the safe side.
+fn is_unwritten_by_hyper(e: &(dyn StdError + 'static)) -> bool {
+    if e.to_string() != "operation was canceled" {
+        return false;
+    }
+    let debug = format!("{e:?}");
+    debug == r#"hyper::Error(Canceled, "connection closed")"#
+        || debug == r#"hyper::Error(Canceled, "connection was not ready")"#
 }
 
 impl Service<GrpcCall> for InstanceChannel {
@@ -388,7 +405,7 @@ impl Service<GrpcCall> for InstanceChannel {
         let fut = ch.call(req);
         Box::pin(async move {
             fut.await.map_err(|e| {
-                if is_connect_error(&e) {
+                if is_not_sent(&e) {
                     NotSent(e.into()).into()
                 } else {
                     // Handed to a connection: the instance may have received it.
@@ -409,7 +426,8 @@ impl Service<GrpcCall> for InstanceChannel {
 /// - **Failover**: the call goes to the next distinct instance on the ring, up to
 ///   [`attempts`](Self::attempts) instances (default 2), when an attempt
 ///   - could not send the request: the connection was refused or failed to be made (TCP, TLS,
-///     tonic's `Endpoint::connect_timeout`), or the instance has no usable endpoint; or
+///     tonic's `Endpoint::connect_timeout`), was found closed before the request was written,
+///     or the instance has no usable endpoint; or
 ///   - was answered with a `grpc-status` among [`retry_codes`](Self::retry_codes)
 ///     (`UNAVAILABLE` by default), read from the response head, where a server puts it when it
 ///     fails a call without sending a message (what tonic servers do for an `Err` from a
@@ -442,9 +460,10 @@ pub struct KeyedChannel {
 #[non_exhaustive]
 pub enum RetryPolicy {
     /// The default: only attempts that prove the request was not sent (connection refused or
-    /// otherwise not made, no usable endpoint for the instance). An error after the request was
-    /// handed to a connection, and a per-attempt timeout, are returned to the caller: the
-    /// instance may have received the call, and a call must not run twice unasked.
+    /// otherwise not made, found closed before the request was written, no usable endpoint for
+    /// the instance). An error after the request was handed to a connection, and a per-attempt
+    /// timeout, are returned to the caller: the instance may have received the call, and a call
+    /// must not run twice unasked.
     #[default]
     NotSent,
     /// The calls are idempotent: also send again a call whose attempt failed after the request
