@@ -362,17 +362,12 @@ fn is_not_sent(e: &(dyn StdError + 'static)) -> bool {
     false
 }
 
-/// hyper's `Error::is_canceled` with the causes its HTTP/2 client gives a request it hands back
-/// unwritten ("connection closed", "connection was not ready"). `hyper` is only a dependency of
-/// tonic, not of this crate, so its error is recognized by its `Display` and `Debug` forms; any
-/// other form counts as maybe sent (not retried by default), the safe side.
+/// hyper's error for a request its client handed back unwritten: canceled before it was
+/// dispatched, because the connection was found closed (or not ready) when the request reached it.
+/// (A request that was written and then lost its connection fails with the I/O error instead.)
 fn is_unwritten_by_hyper(e: &(dyn StdError + 'static)) -> bool {
-    if e.to_string() != "operation was canceled" {
-        return false;
-    }
-    let debug = format!("{e:?}");
-    debug == r#"hyper::Error(Canceled, "connection closed")"#
-        || debug == r#"hyper::Error(Canceled, "connection was not ready")"#
+    e.downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_canceled)
 }
 
 impl Service<GrpcCall> for InstanceChannel {
