@@ -602,6 +602,22 @@ struct SlowReads {
     deletes_fail: std::sync::atomic::AtomicBool,
 }
 
+impl SlowReads {
+    /// A memory store, the hook, and a registry reaching the store through the hook.
+    fn registry() -> (MemoryBackend, Arc<SlowReads>, Registry) {
+        let store = MemoryBackend::new();
+        let hook = Arc::new(SlowReads::default());
+        let backend: Arc<dyn Backend> =
+            Arc::new(Forward::new(Arc::new(store.clone()), hook.clone()));
+        let registry = Registry::builder(backend)
+            .ttl(TTL)
+            .heartbeat(HEARTBEAT)
+            .build()
+            .unwrap();
+        (store, hook, registry)
+    }
+}
+
 #[async_trait]
 impl Hook for SlowReads {
     async fn before(&self, call: &Call<'_>) -> Result<()> {
@@ -624,14 +640,7 @@ impl Hook for SlowReads {
 /// again and again. The work after a keep-alive now stops when the next one is due.
 #[tokio::test(start_paused = true)]
 async fn slow_reads_do_not_starve_the_keep_alive() {
-    let store = MemoryBackend::new();
-    let hook = Arc::new(SlowReads::default());
-    let backend: Arc<dyn Backend> = Arc::new(Forward::new(Arc::new(store.clone()), hook.clone()));
-    let a = Registry::builder(backend)
-        .ttl(TTL)
-        .heartbeat(HEARTBEAT)
-        .build()
-        .unwrap();
+    let (store, hook, a) = SlowReads::registry();
     let regs: Vec<Registration> = a
         .register_many((0..300).map(|i| web(&format!("w{i:03}"))))
         .await
@@ -656,14 +665,7 @@ async fn slow_reads_do_not_starve_the_keep_alive() {
 #[tokio::test(start_paused = true)]
 async fn slow_retried_deletes_do_not_starve_the_keep_alive() {
     use std::sync::atomic::Ordering::SeqCst;
-    let store = MemoryBackend::new();
-    let hook = Arc::new(SlowReads::default());
-    let backend: Arc<dyn Backend> = Arc::new(Forward::new(Arc::new(store.clone()), hook.clone()));
-    let a = Registry::builder(backend)
-        .ttl(TTL)
-        .heartbeat(HEARTBEAT)
-        .build()
-        .unwrap();
+    let (store, hook, a) = SlowReads::registry();
     let mut regs: Vec<Registration> = a
         .register_many((0..40).map(|i| web(&format!("w{i:03}"))))
         .await
