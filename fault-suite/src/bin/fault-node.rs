@@ -1,7 +1,8 @@
 //! `fault-node`: one registering or discovering process of a fault scene.
 //!
-//! - `fault-node register --backend URL --namespace NS --service S --ids a,b,c [--ttl 3s --heartbeat 1s]`
-//!   registers each id through the library and prints one JSON line per state change of each
+//! - `fault-node register --backend URL --namespace NS --service S --ids a,b,c [--ttl 3s --heartbeat 1s]
+//!   [--op-timeout 2s] [--takeover]` registers each id through the library (with `--takeover`, taking
+//!   over ids another live process holds) and prints one JSON line per state change of each
 //!   handle: `{"kind":"state","id":..,"state":..,"lease":..,"error":..,"pid":..,"t_ms":..}`. On
 //!   SIGTERM (or Ctrl-C) it deregisters every id, prints `deregistered` for each and exits 0.
 //! - `fault-node discover --backend URL --namespace NS --service S` follows the service and prints,
@@ -15,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use registry::config::try_parse_duration;
+use registry::engine::RegisterOptions;
 use registry::{Instance, Registration, RegistrationState, Registry};
 use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
@@ -43,6 +45,9 @@ struct Common {
     /// Heartbeat interval
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     heartbeat: Duration,
+    /// Deadline of each backend call (default: the library's, the heartbeat)
+    #[arg(long, value_parser = parse_duration)]
+    op_timeout: Option<Duration>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -54,6 +59,9 @@ enum Cmd {
         /// Instance ids, comma separated
         #[arg(long, value_delimiter = ',', required = true)]
         ids: Vec<String>,
+        /// Take over ids another live process holds (`RegisterOptions::takeover`)
+        #[arg(long)]
+        takeover: bool,
     },
     /// Follow a service and report its directory view.
     Discover {
@@ -101,20 +109,25 @@ fn state_line(id: &str, s: &RegistrationState) -> serde_json::Value {
 
 async fn build(c: &Common) -> registry::Result<Registry> {
     let backend = registry::connect(&c.backend).await?;
-    Registry::builder(backend)
+    let mut b = Registry::builder(backend)
         .namespace(c.namespace.clone())
         .ttl(c.ttl)
-        .heartbeat(c.heartbeat)
-        .build()
+        .heartbeat(c.heartbeat);
+    if let Some(t) = c.op_timeout {
+        b = b.op_timeout(t);
+    }
+    b.build()
 }
 
-async fn register(c: Common, ids: Vec<String>) -> registry::Result<()> {
+async fn register(c: Common, ids: Vec<String>, takeover: bool) -> registry::Result<()> {
     let registry = build(&c).await?;
     let mut handles: Vec<(String, Registration)> = Vec::new();
     let mut tasks = Vec::new();
     for id in &ids {
         let inst = Instance::new(&c.service, id).addr("127.0.0.1:9");
-        let reg = registry.register(inst).await?;
+        let reg = registry
+            .register_with(inst, RegisterOptions::new().takeover(takeover))
+            .await?;
         let mut rx = reg.watch_state();
         let id2 = id.clone();
         tasks.push(tokio::spawn(async move {
@@ -180,7 +193,11 @@ async fn main() {
         .init();
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Register { common, ids } => register(common, ids).await,
+        Cmd::Register {
+            common,
+            ids,
+            takeover,
+        } => register(common, ids, takeover).await,
         Cmd::Discover { common } => discover(common).await,
     };
     if let Err(e) = r {
