@@ -51,6 +51,9 @@ pub enum Setup {
     RedisReplica,
     /// Consul with ACLs (default deny); the scene's processes use a token of their own.
     ConsulAcl,
+    /// One server, the scene's processes reaching it through a TCP proxy that can delay the
+    /// server's answers ([`Proxy::set_delay`]); the truth reader goes to the server directly.
+    Delayed,
 }
 
 /// The master token of ACL runs (a test value, not a secret of anything real; never printed).
@@ -82,7 +85,7 @@ pub struct Server {
     pub members: Vec<Member>,
     /// The backend namespace (Redis `?namespace=`).
     pub backend_ns: String,
-    /// Redis replica setup: the proxy the clients use.
+    /// Redis replica and delayed setups: the proxy the clients use.
     pub proxy: Option<Proxy>,
     /// etcd cluster: the Docker network.
     pub network: Option<String>,
@@ -207,6 +210,21 @@ impl Server {
                     .push(start_consul_member(testbed::free_port(), true).await?);
                 s.consul_acl_setup().await?;
             }
+            (b, Setup::Delayed) => {
+                let m = match b {
+                    Backend::Etcd => {
+                        start_etcd_member(EtcdOptions {
+                            host_port: Some(testbed::free_port()),
+                            ..EtcdOptions::default()
+                        })
+                        .await?
+                    }
+                    Backend::Redis => start_redis_member(testbed::free_port(), vec![]).await?,
+                    Backend::Consul => start_consul_member(testbed::free_port(), false).await?,
+                };
+                s.proxy = Some(Proxy::start(format!("127.0.0.1:{}", m.host_port)).await?);
+                s.members.push(m);
+            }
             (b, set) => return Err(format!("{set:?} does not exist for {b:?}")),
         }
         s.wait_ready(Duration::from_secs(30)).await?;
@@ -216,6 +234,7 @@ impl Server {
     /// The URL the scene's processes use (may hold a token: never print it unredacted).
     pub fn url(&self) -> String {
         match self.backend {
+            Backend::Etcd if self.proxy.is_some() => format!("etcd://{}", self.client_endpoint()),
             Backend::Etcd => format!(
                 "etcd://{}",
                 self.members
@@ -246,6 +265,15 @@ impl Server {
         }
     }
 
+    /// Where the truth reader connects: where the clients do (after a failover, the server they
+    /// reach now), except behind a delaying proxy, whose delays are the clients' fault alone.
+    fn truth_endpoint(&self) -> String {
+        match self.setup {
+            Setup::Delayed => format!("127.0.0.1:{}", self.members[0].host_port),
+            _ => self.client_endpoint(),
+        }
+    }
+
     /// The truth reader for this server.
     pub fn truth(&self) -> Truth {
         match self.backend {
@@ -257,11 +285,11 @@ impl Server {
                     .collect(),
             },
             Backend::Redis => Truth::Redis {
-                endpoint: self.client_endpoint(),
+                endpoint: self.truth_endpoint(),
                 backend_ns: self.backend_ns.clone(),
             },
             Backend::Consul => Truth::Consul {
-                endpoint: self.client_endpoint(),
+                endpoint: self.truth_endpoint(),
                 token: (self.setup == Setup::ConsulAcl).then(|| ROOT_TOKEN.to_owned()),
             },
         }
