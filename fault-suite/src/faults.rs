@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
-use tokio::time::{Instant, sleep};
+use std::collections::BTreeSet;
 
-use crate::scene::Scene;
+use tokio::time::{Instant, sleep, sleep_until};
+
+use crate::scene::{NodeView, Scene};
 use crate::server::{Backend, Server, Setup};
 
 /// A fault of the suite.
@@ -35,11 +37,18 @@ pub enum Fault {
     /// Consul: the processes' token loses key read (and write) permission for longer than the
     /// TTL, then gets it back.
     RevokeRead,
+    /// A new process takes a registrar's ids over (`--takeover`); the old owner, in conflict, has
+    /// its lease ended from outside (and must not spin); the new owner leaves and the old one must
+    /// take its ids back, and leave cleanly at the end (issue 27 item 1).
+    TakeoverLeaseLoss,
+    /// The server answers every client about 1 s late (a delaying proxy) for longer than the TTL:
+    /// no lease may run out (issue 27 item 2).
+    SlowBackend,
 }
 
 impl Fault {
     /// Every fault, in priority order.
-    pub const ALL: [Fault; 10] = [
+    pub const ALL: [Fault; 12] = [
         Fault::DeleteKey,
         Fault::DeleteNamespace,
         Fault::RestartEmpty,
@@ -50,6 +59,8 @@ impl Fault {
         Fault::KillLeader,
         Fault::PromoteLaggingReplica,
         Fault::RevokeRead,
+        Fault::TakeoverLeaseLoss,
+        Fault::SlowBackend,
     ];
 
     /// A short name.
@@ -65,6 +76,8 @@ impl Fault {
             Fault::KillLeader => "kill-leader",
             Fault::PromoteLaggingReplica => "promote-lagging-replica",
             Fault::RevokeRead => "revoke-read",
+            Fault::TakeoverLeaseLoss => "takeover-lease-loss",
+            Fault::SlowBackend => "slow-backend",
         }
     }
 
@@ -85,7 +98,33 @@ impl Fault {
             (Fault::KillLeader, Backend::Etcd) => Setup::EtcdCluster,
             (Fault::PromoteLaggingReplica, Backend::Redis) => Setup::RedisReplica,
             (Fault::RevokeRead, Backend::Consul) => Setup::ConsulAcl,
+            (Fault::SlowBackend, _) => Setup::Delayed,
             _ => Setup::Single,
+        }
+    }
+
+    /// How many ids each registrar of its scene registers: enough, for `slow-backend`, that the
+    /// keeper's read-back after each keep-alive is real work (more reads than it keeps in flight,
+    /// 16, each taking the delay).
+    pub fn ids_each(self) -> usize {
+        match self {
+            Fault::SlowBackend => 20,
+            _ => 2,
+        }
+    }
+
+    /// The `--op-timeout` of its scene's processes (`None`: the library's default, the heartbeat).
+    ///
+    /// `slow-backend`: every answer comes [`SLOW_DELAY`] late, so a call needs more than that;
+    /// the default (the heartbeat, 1 s on etcd and Redis) would time every call out and the lease
+    /// would be lost for want of a timely keep-alive, which is not what the fault is about. With
+    /// the delay plus 1 s a healthy keeper's calls all succeed. Its lease then holds: the server
+    /// sees a keep-alive every heartbeat + delay (the next one is due a heartbeat after the
+    /// previous answer), 2 s against a TTL of 3 s on etcd and Redis, 3 s against 10 s on Consul.
+    pub fn op_timeout(self) -> Option<Duration> {
+        match self {
+            Fault::SlowBackend => Some(SLOW_DELAY + Duration::from_secs(1)),
+            _ => None,
         }
     }
 
@@ -120,9 +159,21 @@ impl Fault {
             Fault::KillLeader => s(15),
             Fault::PromoteLaggingReplica => ttl * 2 + s(10),
             Fault::RevokeRead => ttl + s(10),
+            // The returning owner is back (checked at 2 heartbeats + 1 s); watchers follow.
+            Fault::TakeoverLeaseLoss => heartbeat * 2 + s(3),
+            Fault::SlowBackend => ttl + s(10),
         }
     }
 }
+
+/// How late the server's answers come during `slow-backend`.
+pub const SLOW_DELAY: Duration = Duration::from_secs(1);
+
+/// The window over which `takeover-lease-loss` measures the old owner's CPU.
+const CPU_WINDOW: Duration = Duration::from_secs(5);
+/// The most CPU (a fraction of one core) the old owner may use meanwhile: the bug this guards
+/// against spun at 100 %.
+const CPU_LIMIT: f64 = 0.05;
 
 /// What the injection reports.
 pub struct Injected {
@@ -130,6 +181,79 @@ pub struct Injected {
     pub healed: Instant,
     /// Invariant violations seen while the fault lasted (only those that must hold even then).
     pub during: Vec<String>,
+    /// What [`after`] checks once the scene converged.
+    pub then: Then,
+}
+
+/// A check of some faults after the scene converged.
+pub enum Then {
+    /// Nothing more.
+    Nothing,
+    /// No registrar (by pid) said `lost` after the given number of its state lines.
+    NoLostSince(Vec<(u32, usize)>),
+    /// Registrar 0 (the owner that took its ids back) is stopped: it must exit within 2 s and
+    /// its keys be gone from the server.
+    StopOwner,
+}
+
+/// The check `then` of [`Injected`], after the scene converged: what is wrong.
+pub async fn after(then: Then, server: &Server, scene: &mut Scene) -> Vec<String> {
+    let mut wrong = Vec::new();
+    match then {
+        Then::Nothing => {}
+        Then::NoLostSince(marks) => {
+            for (pid, mark) in marks {
+                if let Some(n) = scene.registrars.iter().find(|n| n.pid == pid) {
+                    let v = n.view();
+                    let lost: BTreeSet<&String> = v
+                        .history
+                        .iter()
+                        .skip(mark)
+                        .filter(|(_, st)| st == "lost")
+                        .map(|(id, _)| id)
+                        .collect();
+                    if !lost.is_empty() {
+                        wrong.push(format!(
+                            "registrar {pid}: {} of its {} ids said lost (their lease ran out), \
+                             {:?} first",
+                            lost.len(),
+                            n.ids.len(),
+                            lost.first()
+                        ));
+                    }
+                }
+            }
+        }
+        Then::StopOwner => {
+            if scene.registrars.is_empty() {
+                return vec!["no registrar to stop".into()];
+            }
+            let a = scene.registrars.remove(0);
+            let ids = a.ids.clone();
+            let pid = a.pid;
+            let t = Instant::now();
+            if let Err(e) = a.terminate(Duration::from_secs(2)).await {
+                wrong.push(format!("the owner, stopped (SIGTERM): {e}"));
+            }
+            match server
+                .truth()
+                .ids(&scene.cfg.namespace, &scene.cfg.service)
+                .await
+            {
+                Ok(held) => {
+                    let left: Vec<&String> = ids.iter().filter(|i| held.contains(*i)).collect();
+                    if !left.is_empty() {
+                        wrong.push(format!(
+                            "the owner {pid} exited after {:.1} s, the server still holds {left:?}",
+                            t.elapsed().as_secs_f64()
+                        ));
+                    }
+                }
+                Err(e) => wrong.push(format!("truth unreadable after the owner left: {e}")),
+            }
+        }
+    }
+    wrong
 }
 
 /// Injects `fault` into a converged scene and heals it.
@@ -145,6 +269,7 @@ pub async fn inject(
     // Longer than the TTL, and than twice the TTL: Consul ends a session only after up to 2 x TTL.
     let hold = ttl * 2 + Duration::from_secs(2);
     let mut during = Vec::new();
+    let mut then = Then::Nothing;
     match fault {
         Fault::DeleteKey => {
             let victim = scene
@@ -279,11 +404,294 @@ pub async fn inject(
             }
             server.consul_set_key_policy("write").await?;
         }
+        Fault::TakeoverLeaseLoss => {
+            let healed = takeover_lease_loss(server, scene, &mut during).await?;
+            return Ok(Injected {
+                healed,
+                during,
+                then: Then::StopOwner,
+            });
+        }
+        Fault::SlowBackend => {
+            let proxy = server.proxy.as_ref().ok_or("no proxy")?;
+            let marks = scene
+                .registrars
+                .iter()
+                .map(|n| (n.pid, n.view().history.len()))
+                .collect();
+            proxy.set_delay(SLOW_DELAY);
+            // The fault must have bit: an answer through the proxy takes the delay.
+            let took = probe_latency(server.backend, &proxy.endpoint()).await;
+            let r = async {
+                let took = took?;
+                if took < SLOW_DELAY.mul_f64(0.9) {
+                    return Err(format!(
+                        "the delay did not take effect: an answer through the proxy took {took:?}"
+                    ));
+                }
+                let expected = scene.expected();
+                let start = Instant::now();
+                let (mut samples, mut short, mut most) = (0, 0, 0);
+                let mut first: Option<String> = None;
+                while start.elapsed() < hold {
+                    // Every registration stays on the server the whole time: no lease ran out.
+                    let t = Instant::now();
+                    samples += 1;
+                    match truth.ids(&ns, &svc).await {
+                        Ok(held) => {
+                            let missing: Vec<&String> = expected.difference(&held).collect();
+                            if !missing.is_empty() {
+                                short += 1;
+                                most = most.max(missing.len());
+                                first.get_or_insert_with(|| {
+                                    format!(
+                                        "{:.1} s into the delay, {} missing ({:?}, ...)",
+                                        (t - start).as_secs_f64(),
+                                        missing.len(),
+                                        missing.first()
+                                    )
+                                });
+                            }
+                        }
+                        Err(e) => return Err(format!("truth unreadable during the delay: {e}")),
+                    }
+                    for n in &scene.registrars {
+                        let v = n.view();
+                        if let Some((id, _)) = v.history.iter().find(|(_, s)| s == "lost") {
+                            let m = format!("registrar {}: {id} lost during the delay", n.pid);
+                            if !during.contains(&m) {
+                                during.push(m);
+                            }
+                        }
+                    }
+                    sleep_until(t + Duration::from_millis(250)).await;
+                }
+                if let Some(first) = first {
+                    during.push(format!(
+                        "{short} of {samples} truth samples lacked registrations (of {}; at most \
+                         {most} at once), first {first}",
+                        expected.len()
+                    ));
+                }
+                Ok(())
+            }
+            .await;
+            proxy.set_delay(Duration::ZERO);
+            r?;
+            // A lease the delay made miss its keep-alives may end only after the heal.
+            then = Then::NoLostSince(marks);
+        }
     }
     Ok(Injected {
         healed: Instant::now(),
         during,
+        then,
     })
+}
+
+/// `takeover-lease-loss` (issue 27 item 1). Registrar 0 (A) holds its ids; a new process B
+/// registers the same ids with takeover, so A's handles report `conflict` (every id of A: its
+/// keeper then has nothing to write, the case that spun); A's lease is ended from outside; A must
+/// then use (almost) no CPU; B leaves (SIGTERM: it deregisters) and A must take its ids back under
+/// a new lease within 2 heartbeats + 1 s. Returns when B left (the bound runs from there); what
+/// went wrong goes to `during`, what made the fault not bite is an `Err`.
+async fn takeover_lease_loss(
+    server: &Server,
+    scene: &Scene,
+    during: &mut Vec<String>,
+) -> Result<Instant, String> {
+    let truth = server.truth();
+    let (ns, svc, hb) = (
+        scene.cfg.namespace.clone(),
+        scene.cfg.service.clone(),
+        scene.cfg.heartbeat,
+    );
+    let a = scene.registrars.first().ok_or("no registrar")?;
+    let ids = a.ids.clone();
+    let va = a.view();
+    let old_lease = ids
+        .iter()
+        .map(|id| va.leases.get(id).cloned())
+        .collect::<Option<BTreeSet<String>>>()
+        .filter(|l| l.len() == 1)
+        .and_then(|l| l.into_iter().next())
+        .ok_or_else(|| format!("registrar {}: no one lease for {ids:?}: {va:?}", a.pid))?;
+    let b = scene.spawn_registrar(ids.clone(), &["--takeover"])?;
+    let r = async {
+        // B holds the ids and A reports the conflict, within 2 heartbeats of B's write.
+        let t = Instant::now();
+        let mut b_at = None;
+        let conflict_at = loop {
+            let (vb, va) = (b.view(), a.view());
+            if b_at.is_none() && all_say(&vb, &ids, "registered") {
+                b_at = Some(Instant::now());
+            }
+            if b_at.is_some() && all_say(&va, &ids, "conflict") {
+                break va.history.len();
+            }
+            if vb.exited || vb.error.is_some() {
+                return Err(format!("the taking-over process failed: {:?}", vb.error));
+            }
+            let limit = match b_at {
+                Some(at) => at + hb * 2 + Duration::from_secs(1),
+                None => t + Duration::from_secs(20),
+            };
+            if Instant::now() >= limit {
+                if b_at.is_none() {
+                    return Err(format!(
+                        "the taking-over process did not register {ids:?}: {vb:?}"
+                    ));
+                }
+                during.push(format!(
+                    "registrar {}: not all of {ids:?} in conflict 2 heartbeats + 1 s after \
+                     the takeover: {:?}",
+                    a.pid, va.states
+                ));
+                break va.history.len();
+            }
+            sleep(Duration::from_millis(50)).await;
+        };
+        // The fault must have bitten: the ids are on B's lease, not A's.
+        for id in &ids {
+            match truth.key_lease(&ns, &svc, id).await? {
+                Some(l) if !truth.same_lease(&old_lease, &l) => {}
+                other => {
+                    return Err(format!(
+                        "the takeover did not take effect: {id} on lease {other:?} \
+                         (the old owner's: {old_lease})"
+                    ));
+                }
+            }
+        }
+        // A's lease ended from outside; it must be gone on the server.
+        truth.end_lease(&old_lease).await?;
+        let t = Instant::now();
+        while truth.lease_alive(&old_lease).await? {
+            if t.elapsed() > Duration::from_secs(5) {
+                return Err(format!(
+                    "lease {old_lease} still alive 5 s after it was ended"
+                ));
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
+        // A meets the loss at its next keep-alive; then, with every id in conflict, it has nothing
+        // to write: it must wait, not spin.
+        sleep(hb * 2 + Duration::from_millis(500)).await;
+        let c0 = a.cpu_time()?;
+        let t0 = Instant::now();
+        sleep(CPU_WINDOW).await;
+        let used = a.cpu_time()?.saturating_sub(c0).as_secs_f64() / t0.elapsed().as_secs_f64();
+        if used >= CPU_LIMIT {
+            during.push(format!(
+                "registrar {}, in conflict without a lease, used {:.0} % of a core over \
+                 {CPU_WINDOW:?}",
+                a.pid,
+                used * 100.0
+            ));
+        }
+        eprintln!(
+            "takeover-lease-loss: the old owner used {:.1} % of a core over {CPU_WINDOW:?}",
+            used * 100.0
+        );
+        // It did not fight B meanwhile.
+        let va = a.view();
+        if let Some((id, st)) = va
+            .history
+            .iter()
+            .skip(conflict_at)
+            .find(|(_, s)| s != "conflict")
+        {
+            during.push(format!(
+                "registrar {}: {id} went {st} while the other owner held it",
+                a.pid
+            ));
+        }
+        Ok(())
+    }
+    .await;
+    // B leaves (deregistering) whatever happened.
+    let stopped = b.terminate(Duration::from_secs(15)).await;
+    let healed = Instant::now();
+    r?;
+    stopped.map_err(|e| format!("the taking-over process: {e}"))?;
+    // A takes its ids back, under a new lease, within 2 heartbeats + 1 s.
+    let within = hb * 2 + Duration::from_secs(1);
+    loop {
+        let va = a.view();
+        let mut ok = true;
+        let mut why = Vec::new();
+        for id in &ids {
+            let st = va.states.get(id).map_or("(nothing)", String::as_str);
+            let lease = va.leases.get(id);
+            let stored = truth.key_lease(&ns, &svc, id).await.unwrap_or(None);
+            let back = st == "registered"
+                && lease.is_some_and(|l| *l != old_lease)
+                && stored
+                    .as_deref()
+                    .zip(lease)
+                    .is_some_and(|(s, l)| truth.same_lease(l, s));
+            if !back {
+                ok = false;
+                why.push(format!(
+                    "{id}: says {st} (lease {lease:?}), stored on lease {stored:?}"
+                ));
+            }
+        }
+        if ok {
+            eprintln!(
+                "takeover-lease-loss: the old owner took its ids back {:.1} s after the other left",
+                healed.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        if healed.elapsed() >= within {
+            during.push(format!(
+                "registrar {} did not take its ids back within {within:?} of the other \
+                 owner leaving: {}",
+                a.pid,
+                why.join("; ")
+            ));
+            break;
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    Ok(healed)
+}
+
+/// Whether `v` says `state` for every one of `ids`.
+fn all_say(v: &NodeView, ids: &[String], state: &str) -> bool {
+    ids.iter()
+        .all(|i| v.states.get(i).is_some_and(|s| s == state))
+}
+
+/// The time to the first byte of an answer through `endpoint` (a proxy in front of a `backend`
+/// server): a Redis `PING`, an HTTP/2 preface and empty SETTINGS frame (etcd's gRPC server answers
+/// with its SETTINGS), an HTTP/1.0 `GET /v1/status/leader` (Consul).
+async fn probe_latency(backend: Backend, endpoint: &str) -> Result<Duration, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hello: &[u8] = match backend {
+        Backend::Redis => b"PING\r\n",
+        Backend::Etcd => b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0",
+        Backend::Consul => b"GET /v1/status/leader HTTP/1.0\r\n\r\n",
+    };
+    let probe = async {
+        let mut c = tokio::net::TcpStream::connect(endpoint)
+            .await
+            .map_err(|e| format!("probe connect: {e}"))?;
+        let t = Instant::now();
+        c.write_all(hello)
+            .await
+            .map_err(|e| format!("probe write: {e}"))?;
+        let mut b = [0u8; 1];
+        match c.read(&mut b).await {
+            Ok(1) => Ok(t.elapsed()),
+            Ok(_) => Err("probe: the server closed without answering".to_owned()),
+            Err(e) => Err(format!("probe read: {e}")),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), probe)
+        .await
+        .map_err(|_| "probe: no answer within 10 s".to_owned())?
 }
 
 /// Waits until every live registrar says `registered` for all its ids and the truth holds them.

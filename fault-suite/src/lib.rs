@@ -43,12 +43,14 @@ pub struct Outcome {
     pub conv: Convergence,
     /// Violations while the fault lasted.
     pub during: Vec<String>,
+    /// Violations found by the fault's own check after the scene converged.
+    pub after: Vec<String>,
 }
 
 impl Outcome {
     /// Whether it passed: converged within the bound and nothing was wrong during the fault.
     pub fn passed(&self) -> bool {
-        self.conv.converged.is_some() && self.during.is_empty()
+        self.conv.converged.is_some() && self.during.is_empty() && self.after.is_empty()
     }
 
     /// One line for humans.
@@ -72,6 +74,9 @@ impl Outcome {
         }
         for d in &self.during {
             s.push_str(&format!("\n    during the fault: {d}"));
+        }
+        for d in &self.after {
+            s.push_str(&format!("\n    after converging: {d}"));
         }
         s
     }
@@ -117,7 +122,13 @@ fn need<T>(what: &str, r: Result<T, String>) -> Option<T> {
     }
 }
 
-async fn start_scene(backend: Backend, setup: Setup, node_bin: &Path) -> Option<(Server, Scene)> {
+async fn start_scene(
+    backend: Backend,
+    setup: Setup,
+    ids_each: usize,
+    op_timeout: Option<Duration>,
+    node_bin: &Path,
+) -> Option<(Server, Scene)> {
     let server = need(
         &format!("{} ({setup:?})", backend.name()),
         Server::start(backend, setup).await,
@@ -130,8 +141,9 @@ async fn start_scene(backend: Backend, setup: Setup, node_bin: &Path) -> Option<
         service: "web".into(),
         ttl,
         heartbeat,
+        op_timeout,
     };
-    let scene = Scene::start(cfg, 3, 2, 2)
+    let scene = Scene::start(cfg, 3, ids_each, 2)
         .await
         .unwrap_or_else(|e| panic!("starting the scene: {e}"));
     // The scene must be whole before any fault: otherwise nothing below means anything.
@@ -168,7 +180,14 @@ pub async fn run_one(backend: Backend, fault: Fault, node_bin: &Path) {
     {
         return;
     }
-    let Some((mut server, mut scene)) = start_scene(backend, fault.setup(backend), node_bin).await
+    let Some((mut server, mut scene)) = start_scene(
+        backend,
+        fault.setup(backend),
+        fault.ids_each(),
+        fault.op_timeout(),
+        node_bin,
+    )
+    .await
     else {
         return;
     };
@@ -184,12 +203,14 @@ async fn one(fault: Fault, server: &mut Server, scene: &mut Scene) -> Result<Out
     let bound = fault.bound(scene.cfg.ttl, scene.cfg.heartbeat);
     let inj = inject(fault, server, scene).await?;
     let conv = scene.converge(&server.truth(), inj.healed, bound).await;
+    let after = faults::after(inj.then, server, scene).await;
     Ok(Outcome {
         backend: server.backend,
         fault,
         bound,
         conv,
         during: inj.during,
+        after,
     })
 }
 
@@ -202,7 +223,7 @@ pub async fn seeded(seed: u64, minutes: f64, backends: &[Backend], node_bin: &Pa
     let can_cut = Server::can_cut_network().await.is_ok();
     let mut runs = Vec::new();
     for &b in backends {
-        let Some((server, scene)) = start_scene(b, Setup::Single, node_bin).await else {
+        let Some((server, scene)) = start_scene(b, Setup::Single, 2, None, node_bin).await else {
             continue;
         };
         let faults: Vec<Fault> = Fault::ALL
@@ -250,6 +271,7 @@ pub async fn seeded(seed: u64, minutes: f64, backends: &[Backend], node_bin: &Pa
                                 why: String::new(),
                             },
                             during: vec![format!("could not inject: {e}")],
+                            after: Vec::new(),
                         };
                         o.record();
                         outs.push(o);

@@ -26,6 +26,8 @@ pub struct NodeView {
     pub exited: bool,
     /// Every `(id, state)` change seen, in order (registrars).
     pub history: Vec<(String, String)>,
+    /// Registrar: the lease of each id's latest `registered` line.
+    pub leases: BTreeMap<String, String>,
 }
 
 /// One view line of a discoverer.
@@ -78,6 +80,26 @@ impl Node {
         }
     }
 
+    /// CPU time it has used so far (user + system), from `/proc/<pid>/stat`.
+    pub fn cpu_time(&self) -> Result<Duration, String> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .map_err(|e| format!("reading /proc/{}/stat: {e}", self.pid))?;
+        // The fields after the command name (which may hold spaces and parentheses): state is
+        // field 3, utime 14 and stime 15 (proc(5)).
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .ok_or("no command name in /proc/<pid>/stat")?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| -> Result<u64, String> {
+            f.get(i - 3)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("/proc/{}/stat: no field {i}", self.pid))
+        };
+        let total = ticks(14)? + ticks(15)?;
+        Ok(Duration::from_secs_f64(total as f64 / clock_ticks() as f64))
+    }
+
     /// SIGTERM, then waits (up to `within`) for it to exit; SIGKILL after that.
     pub async fn terminate(mut self, within: Duration) -> Result<(), String> {
         self.signal("TERM").await?;
@@ -96,6 +118,21 @@ impl Node {
     }
 }
 
+/// Clock ticks per second (`getconf CLK_TCK`; 100, Linux's value, if that cannot be run).
+fn clock_ticks() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|t| *t > 0)
+            .unwrap_or(100)
+    })
+}
+
 /// The parameters shared by every process of a scene.
 #[derive(Clone)]
 pub struct SceneConfig {
@@ -111,6 +148,8 @@ pub struct SceneConfig {
     pub ttl: Duration,
     /// Heartbeat.
     pub heartbeat: Duration,
+    /// The deadline of each backend call (`--op-timeout`); `None`: the library's default.
+    pub op_timeout: Option<Duration>,
 }
 
 /// Registering and discovering processes.
@@ -173,10 +212,18 @@ impl Scene {
                 format!("i{:03}", self.next)
             })
             .collect();
-        let joined = ids.join(",");
-        let node = self.spawn(&["register", "--ids", &joined], ids)?;
+        let node = self.spawn_registrar(ids, &[])?;
         self.registrars.push(node);
         Ok(())
+    }
+
+    /// Starts a registering process for `ids` with `extra` arguments (`--takeover`), which the
+    /// scene does not count among its registrars (the caller owns it).
+    pub fn spawn_registrar(&self, ids: Vec<String>, extra: &[&str]) -> Result<Node, String> {
+        let joined = ids.join(",");
+        let mut args = vec!["register", "--ids", &joined];
+        args.extend_from_slice(extra);
+        self.spawn(&args, ids)
     }
 
     /// Stops registrar `i` cleanly (SIGTERM: it deregisters) and forgets it.
@@ -195,6 +242,12 @@ impl Scene {
             .args(["--ttl", &format!("{}ms", c.ttl.as_millis())])
             .args(["--heartbeat", &format!("{}ms", c.heartbeat.as_millis())])
             .args(&args[1..])
+            .args(
+                c.op_timeout
+                    .map(|t| ["--op-timeout".to_owned(), format!("{}ms", t.as_millis())])
+                    .iter()
+                    .flatten(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -217,6 +270,9 @@ impl Scene {
                     Some("state") => {
                         let id = v["id"].as_str().unwrap_or_default().to_owned();
                         let st = v["state"].as_str().unwrap_or_default().to_owned();
+                        if let Some(l) = v["lease"].as_str() {
+                            g.leases.insert(id.clone(), l.to_owned());
+                        }
                         g.history.push((id.clone(), st.clone()));
                         g.states.insert(id, st);
                     }

@@ -371,8 +371,193 @@ impl Truth {
         Ok((leader, members))
     }
 
+    /// Ends a lease from outside, as the server would when it expires or an operator revokes it
+    /// (`lease` as the registry names it in its state lines).
+    ///
+    /// etcd: `LeaseRevoke`. Consul: `PUT /v1/session/destroy/<id>`. Redis: what the passing of the
+    /// lease's deadline does in the layout of `registry-redis/src/scripts.rs`: its deadline in
+    /// `{ns}:leases` set in the past and its `{ns}:lease:<id>` marker expired; the server-side
+    /// reaper at the start of the next script anyone runs ends it with its keys, and a keep-alive
+    /// on it is refused.
+    pub async fn end_lease(&self, lease: &str) -> Result<(), String> {
+        timed("truth end lease", async {
+            match self {
+                Truth::Etcd { .. } => {
+                    let id: i64 = lease
+                        .parse()
+                        .map_err(|_| format!("etcd lease id {lease:?} is not a number"))?;
+                    let mut c = self.etcd().await?;
+                    c.lease_revoke(id)
+                        .await
+                        .map_err(|e| format!("etcd lease revoke: {e}"))?;
+                }
+                Truth::Redis { .. } => {
+                    let id = redis_lease_number(lease)?;
+                    let (mut con, base) = self.redis().await?;
+                    let changed: i64 = redis::cmd("ZADD")
+                        .arg(format!("{base}leases"))
+                        .arg("XX")
+                        .arg("CH")
+                        .arg(0)
+                        .arg(id)
+                        .query_async(&mut con)
+                        .await
+                        .map_err(|e| format!("redis ZADD: {e}"))?;
+                    if changed != 1 {
+                        return Err(format!("redis: lease {id} is not in {base}leases"));
+                    }
+                    redis::cmd("PEXPIRE")
+                        .arg(format!("{base}lease:{id}"))
+                        .arg(1)
+                        .query_async::<()>(&mut con)
+                        .await
+                        .map_err(|e| format!("redis PEXPIRE: {e}"))?;
+                }
+                Truth::Consul { .. } => {
+                    let (s, body) = self
+                        .consul(
+                            hyper::Method::PUT,
+                            &format!("/v1/session/destroy/{lease}"),
+                            None,
+                        )
+                        .await?;
+                    if s != 200 || body.trim_ascii() != b"true" {
+                        return Err(format!(
+                            "consul session destroy: HTTP {s}, {:?}",
+                            String::from_utf8_lossy(&body)
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Whether the server still has `lease` (named as in the registry's state lines).
+    pub async fn lease_alive(&self, lease: &str) -> Result<bool, String> {
+        timed("truth lease read", async {
+            match self {
+                Truth::Etcd { .. } => {
+                    let id: i64 = lease
+                        .parse()
+                        .map_err(|_| format!("etcd lease id {lease:?} is not a number"))?;
+                    let mut c = self.etcd().await?;
+                    let r = c
+                        .lease_time_to_live(id, None)
+                        .await
+                        .map_err(|e| format!("etcd lease ttl: {e}"))?;
+                    Ok(r.ttl() > 0)
+                }
+                Truth::Redis { .. } => {
+                    let id = redis_lease_number(lease)?;
+                    let (mut con, base) = self.redis().await?;
+                    let score: Option<f64> = redis::cmd("ZSCORE")
+                        .arg(format!("{base}leases"))
+                        .arg(id)
+                        .query_async(&mut con)
+                        .await
+                        .map_err(|e| format!("redis ZSCORE: {e}"))?;
+                    Ok(score.is_some())
+                }
+                Truth::Consul { .. } => {
+                    let (s, body) = self
+                        .consul(
+                            hyper::Method::GET,
+                            &format!("/v1/session/info/{lease}"),
+                            None,
+                        )
+                        .await?;
+                    if s != 200 {
+                        return Err(format!("consul session info: HTTP {s}"));
+                    }
+                    let v: serde_json::Value = serde_json::from_slice(&body)
+                        .map_err(|e| format!("consul session info: {e}"))?;
+                    Ok(v.as_array().is_some_and(|a| !a.is_empty()))
+                }
+            }
+        })
+        .await
+    }
+
+    /// The lease an instance's key is attached to (etcd: the lease id; Redis: the lease number
+    /// within its epoch; Consul: the session), `None` when the key is absent or has no lease.
+    pub async fn key_lease(
+        &self,
+        ns: &str,
+        service: &str,
+        id: &str,
+    ) -> Result<Option<String>, String> {
+        let key = format!("{ns}/{service}/{id}");
+        timed("truth key lease", async {
+            match self {
+                Truth::Etcd { .. } => {
+                    let mut c = self.etcd().await?;
+                    let r = c
+                        .get(key.as_bytes(), None)
+                        .await
+                        .map_err(|e| format!("etcd get: {e}"))?;
+                    Ok(r.kvs()
+                        .first()
+                        .filter(|kv| kv.lease() != 0)
+                        .map(|kv| kv.lease().to_string()))
+                }
+                Truth::Redis { .. } => {
+                    let (mut con, base) = self.redis().await?;
+                    let meta: Option<String> = redis::cmd("HGET")
+                        .arg(format!("{base}meta"))
+                        .arg(&key)
+                        .query_async(&mut con)
+                        .await
+                        .map_err(|e| format!("redis HGET: {e}"))?;
+                    Ok(meta
+                        .and_then(|m| m.split_once(':').map(|(_, l)| l.to_owned()))
+                        .filter(|l| !l.is_empty()))
+                }
+                Truth::Consul { .. } => {
+                    let (s, body) = self
+                        .consul(
+                            hyper::Method::GET,
+                            &format!("/v1/kv/{CONSUL_PREFIX}/{key}"),
+                            None,
+                        )
+                        .await?;
+                    match s {
+                        404 => Ok(None),
+                        200 => {
+                            let v: serde_json::Value = serde_json::from_slice(&body)
+                                .map_err(|e| format!("consul kv: {e}"))?;
+                            Ok(v[0]["Session"].as_str().map(str::to_owned))
+                        }
+                        s => Err(format!("consul kv: HTTP {s}")),
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// Whether `lease` as the registry names it (state lines) is the one [`key_lease`]
+    /// (Self::key_lease) returned.
+    pub fn same_lease(&self, registry_lease: &str, stored: &str) -> bool {
+        match self {
+            Truth::Redis { .. } => redis_lease_number(registry_lease).is_ok_and(|n| n == stored),
+            _ => registry_lease == stored,
+        }
+    }
+
     /// Whether the server answers a read.
     pub async fn ping(&self) -> bool {
         self.ids("ping", "ping").await.is_ok()
     }
+}
+
+/// The lease number within its epoch of a Redis lease the registry names `{epoch}-{number}`
+/// (registry-redis/src/backend.rs).
+fn redis_lease_number(lease: &str) -> Result<&str, String> {
+    lease
+        .rsplit_once('-')
+        .map(|(_, n)| n)
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| format!("redis lease id {lease:?} is not `epoch-number`"))
 }

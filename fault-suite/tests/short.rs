@@ -48,6 +48,12 @@ faults! {
     etcd_kill_leader: Etcd, KillLeader;
     redis_promote_lagging_replica: Redis, PromoteLaggingReplica;
     consul_revoke_read: Consul, RevokeRead;
+    etcd_takeover_lease_loss: Etcd, TakeoverLeaseLoss;
+    redis_takeover_lease_loss: Redis, TakeoverLeaseLoss;
+    consul_takeover_lease_loss: Consul, TakeoverLeaseLoss;
+    etcd_slow_backend: Etcd, SlowBackend;
+    redis_slow_backend: Redis, SlowBackend;
+    consul_slow_backend: Consul, SlowBackend;
 }
 
 /// Every applicable (fault, backend) pair has a test above.
