@@ -27,3 +27,12 @@ fn seed_20_conflict_then_lease_loss_is_not_a_busy_loop() {
 fn seed_268_a_key_restored_from_a_backup_on_a_live_lease_is_deleted_again() {
     replay("268:22,24,32,34,37");
 }
+
+/// Found by the first soak (seed 111661) after the fix of issue 27 item 2: with every call 345 ms
+/// slower, a heartbeat's work (keep-alive, read-back, re-check, the retry of an id in conflict)
+/// filled the whole heartbeat, so the next tick was always due, and the keeper, which preferred a
+/// due tick over commands, never served p0's shutdown. Ticks and commands now take turns.
+#[test]
+fn seed_111661_a_slow_backend_does_not_starve_commands() {
+    replay("111661:0,7,11,22,29,30,37");
+}

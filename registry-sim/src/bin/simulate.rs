@@ -35,6 +35,14 @@ fn main() {
         }
     }
     if let Some(spec) = replay {
+        // The engine's log lines, stamped with virtual time: `RUST_LOG=registry_engine=debug`.
+        if std::env::var_os("RUST_LOG").is_some() {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_timer(VirtualTime)
+                .with_writer(std::io::stderr)
+                .init();
+        }
         let schedule =
             Schedule::parse_replay(&spec).unwrap_or_else(|| usage("--replay SEED:I,J,K"));
         println!("replaying {}:\n{schedule}", schedule.replay_spec());
@@ -123,4 +131,16 @@ fn usage(why: &str) -> ! {
         "simulate: {why}\nusage: simulate [--seeds N] [--from S] [--jobs J] [--minutes M] [--replay SEED:I,J,K]"
     );
     std::process::exit(2);
+}
+
+/// Log timestamps in the run's virtual time (tokio's paused clock), in milliseconds since the
+/// first line: a replay's log lines line up with its schedule's `t=`.
+struct VirtualTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for VirtualTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        static START: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+        let start = *START.get_or_init(tokio::time::Instant::now);
+        write!(w, "t={:>6} ms", start.elapsed().as_millis())
+    }
 }

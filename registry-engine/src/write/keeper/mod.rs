@@ -196,8 +196,18 @@ impl Keeper {
         mut rx: mpsc::UnboundedReceiver<Cmd>,
         mut halt: watch::Receiver<bool>,
     ) {
+        // Whether the last turn of the loop was a tick: then a waiting command goes first.
+        let mut ticked = false;
         loop {
             let tick = self.next_tick;
+            // A due keep-alive goes before queued commands (a backlog of registrations against a
+            // slow backend must not let the lease run out), but ticks and commands take turns
+            // when both are ready: on a backend so slow that a heartbeat's work fills the
+            // heartbeat, the tick is always due, and preferring it starved every command
+            // (deregistrations and shutdowns were never answered). A command's work is bounded
+            // (a few calls, each within the operation timeout; long runs of registrations stop
+            // for the keep-alive themselves), so the keep-alive waits at most one of them.
+            let command_first = ticked && !rx.is_empty();
             tokio::select! {
                 biased;
                 // The registry may be dropped while handles live on; only a real halt stops us.
@@ -205,10 +215,11 @@ impl Keeper {
                     tracing::info!("registry halted: keep-alives stopped without deregistering");
                     return;
                 }
-                // A due keep-alive goes before any queued command: a backlog of registrations
-                // against a slow backend must not let the lease run out.
-                _ = sleep_until(tick.unwrap_or_else(far_future)), if tick.is_some() => self.tick().await,
-                cmd = rx.recv() => match cmd {
+                _ = sleep_until(tick.unwrap_or_else(far_future)), if tick.is_some() && !command_first => {
+                    self.tick().await;
+                    ticked = true;
+                }
+                cmd = rx.recv() => { ticked = false; match cmd {
                     Some(Cmd::Shutdown { done }) => {
                         let _ = done.send(self.shutdown().await);
                         return;
@@ -250,7 +261,7 @@ impl Keeper {
                         }
                         return;
                     }
-                },
+                }},
             }
         }
     }
