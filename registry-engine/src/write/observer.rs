@@ -40,17 +40,6 @@ pub enum RegistrationEvent {
         /// The instance's backend key.
         key: String,
     },
-    /// Another live owner holds the instance's key (it took the id over, or held it first): the
-    /// registry stopped writing it and no longer holds it, though its lease lives on for its other
-    /// registrations. An add-on that mirrors `key` removes its copy until the next
-    /// [`Written`](Self::Written) for it (the registry takes the id back once the other owner's
-    /// key is gone).
-    Yielded {
-        /// The instance's backend key.
-        key: String,
-        /// The lease of the owner that holds it now.
-        holder: LeaseId,
-    },
     /// A keep-alive of `lease` succeeded: everything written under it lives on.
     KeptAlive {
         /// The lease.
@@ -63,6 +52,17 @@ pub enum RegistrationEvent {
     LeaseEnded {
         /// The lease.
         lease: LeaseId,
+    },
+    /// Another live owner holds the instance's key (it took the id over, or held it first): the
+    /// registry stopped writing it and no longer holds it, though its lease lives on for its other
+    /// registrations. An add-on that mirrors `key` removes its copy until the next
+    /// [`Written`](Self::Written) for it (the registry takes the id back once the other owner's
+    /// key is gone).
+    Yielded {
+        /// The instance's backend key.
+        key: String,
+        /// The lease of the owner that holds it now.
+        holder: LeaseId,
     },
 }
 
