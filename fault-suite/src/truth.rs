@@ -537,8 +537,8 @@ impl Truth {
         .await
     }
 
-    /// Whether `lease` as the registry names it (state lines) is the one [`key_lease`]
-    /// (Self::key_lease) returned.
+    /// Whether `lease` as the registry names it (state lines) is the one
+    /// [`key_lease`](Self::key_lease) returned.
     pub fn same_lease(&self, registry_lease: &str, stored: &str) -> bool {
         match self {
             Truth::Redis { .. } => redis_lease_number(registry_lease).is_ok_and(|n| n == stored),

@@ -1,6 +1,7 @@
-//! The faults of one process's connection: a [`Hook`] on a [`Forward`] backend in front of the
-//! shared memory backend. It also counts the process's calls per virtual second (the busy-loop
-//! check) and remembers the leases the process keeps alive (so that a fault can revoke them).
+//! The faults of one process's connection: a [`Hook`] on a
+//! [`Forward`](conformance_tests::forward::Forward) backend in front of the shared memory backend.
+//! It also counts the process's calls per virtual second (the busy-loop check) and remembers the
+//! leases the process keeps alive (so that a fault can revoke them).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
