@@ -36,3 +36,14 @@ fn seed_268_a_key_restored_from_a_backup_on_a_live_lease_is_deleted_again() {
 fn seed_111661_a_slow_backend_does_not_starve_commands() {
     replay("111661:0,7,11,22,29,30,37");
 }
+
+/// Found by the soak of issue 27 (seed 2056746): p2 drained api/a1 after a backup, then asked
+/// for it again while p0 held it; the refused registration was dropped, and with it the
+/// keeper's memory that it had deregistered the key. The backend restarted from the backup
+/// brought a1 back on p2's lease, which p2 keeps alive for w1: a registration no live process
+/// made, for as long as p2 ran. A deregistered key now stays remembered while it is registered
+/// again (the re-reads skip the keys of live members).
+#[test]
+fn seed_2056746_a_refused_registration_keeps_the_key_remembered() {
+    replay("2056746:0,2,15,17,19,25,26,35");
+}

@@ -66,7 +66,10 @@ impl Keeper {
                 continue;
             }
             self.pending_deletes.remove(&key);
-            self.removed.retain(|k| *k != key);
+            // The key stays among the deregistered ones (their re-reads skip members): if this
+            // registration is refused (another owner holds the id) and dropped, a backup restored
+            // later can still bring back our older value of it on our lease (simulator seed
+            // 2056746).
             self.dirty.insert(key.clone());
             self.members.insert(
                 key.clone(),
@@ -328,6 +331,7 @@ impl Keeper {
             .cycle()
             .skip(start)
             .take(share)
+            .filter(|k| !self.members.contains_key(*k))
             .cloned()
             .collect();
         self.removed_cursor = start + share;
