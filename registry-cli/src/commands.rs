@@ -561,11 +561,93 @@ pub(crate) struct ServeArgs {
     /// Prometheus targets until it answers again. Off unless given
     #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration)]
     probe_interval: Option<Duration>,
+    /// How long a request's head may take to arrive, and so how long a connection may idle
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = crate::parse_duration)]
+    header_timeout: Duration,
+    /// How many connections may be open at once (the excess is told 503). Default: the
+    /// open-file limit, raised to its hard limit, less room for the rest of the process
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// A host name clients may reach the server by (the `Host` header), besides IP addresses
+    /// and `localhost`; repeat for more, `*` for any. Guards against DNS rebinding
+    #[arg(long = "allow-host", value_name = "NAME")]
+    allow_hosts: Vec<String>,
+    /// A file holding the token every request must carry (`Authorization: Bearer TOKEN`, or as
+    /// the password of HTTP Basic authentication); the health checks are open. Or set
+    /// REGISTRY_SERVE_TOKEN. Required to listen beyond loopback, unless --no-auth
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<std::path::PathBuf>,
+    /// Listen beyond loopback without a token: anyone who reaches the port reads the estate
+    #[arg(long)]
+    no_auth: bool,
+    /// Serve HTTPS with this certificate chain (PEM; with --tls-key)
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+}
+
+/// The token of `registry serve`: from --token-file, else REGISTRY_SERVE_TOKEN. Never printed.
+fn serve_token(a: &ServeArgs) -> Result<Option<registry_cli::serve::Token>> {
+    use registry_cli::serve::Token;
+    if let Some(path) = &a.token_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("cannot read the token file {}", path.display()),
+            )
+            .with_source(e)
+        })?;
+        return Token::new(&text).map(Some).ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("the token file {} is empty", path.display()),
+            )
+        });
+    }
+    match std::env::var("REGISTRY_SERVE_TOKEN") {
+        Ok(text) => Token::new(&text)
+            .map(Some)
+            .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "REGISTRY_SERVE_TOKEN is empty")),
+        Err(_) => Ok(None),
+    }
 }
 
 pub(crate) async fn serve(ctx: &Context, a: ServeArgs) -> Result<()> {
     use registry::engine::{DiscoveryOptions, ProbeOptions, Scope};
     use registry_cli::serve::{Options, Server};
+    let token = serve_token(&a)?;
+    if !a.listen.ip().is_loopback() && token.is_none() && !a.no_auth {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "{} is reachable beyond this machine: give a token (--token-file or \
+                 REGISTRY_SERVE_TOKEN), or say --no-auth to serve the estate to anyone who \
+                 reaches the port",
+                a.listen
+            ),
+        ));
+    }
+    if token.is_some() && a.tls_cert.is_none() && !a.listen.ip().is_loopback() {
+        tracing::warn!(
+            "a token without TLS crosses the network in clear text (--tls-cert, --tls-key)"
+        );
+    }
+    let mut allowed_hosts = vec!["localhost".to_owned()];
+    allowed_hosts.extend(a.allow_hosts.iter().cloned());
+    let options = Options {
+        header_timeout: a.header_timeout,
+        max_connections: a.max_connections,
+        allowed_hosts,
+        token,
+        tls: a
+            .tls_cert
+            .clone()
+            .zip(a.tls_key.clone())
+            .map(|(cert, key)| registry_cli::serve::TlsFiles { cert, key }),
+        ..Options::default()
+    };
     let mut opts = DiscoveryOptions::new();
     if let Some(every) = a.probe_interval {
         opts = opts.probe(ProbeOptions::tcp(every));
@@ -581,8 +663,13 @@ pub(crate) async fn serve(ctx: &Context, a: ServeArgs) -> Result<()> {
         .with_source(e)
     })?;
     let addr = listener.local_addr().map_or(a.listen, |a| a);
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     outln!(
-        "{} namespace {} of {} on http://{addr}/ (Ctrl-C to stop)",
+        "{} namespace {} of {} on {scheme}://{addr}/ (Ctrl-C to stop)",
         bold("serving"),
         ctx.namespace,
         ctx.shown
@@ -594,7 +681,7 @@ pub(crate) async fn serve(ctx: &Context, a: ServeArgs) -> Result<()> {
             _ = recv(&mut term) => {}
         }
     };
-    Server::new(d, Options::default())
+    Server::new(d, options)
         .serve(listener, shutdown)
         .await
         .map_err(|e| Error::new(ErrorKind::Unavailable, "the HTTP server failed").with_source(e))

@@ -565,7 +565,8 @@ async fn http(
 ) -> (u16, std::collections::HashMap<String, String>, String) {
     use tokio::io::AsyncReadExt;
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n");
+    let req =
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Connection: close\r\n\r\n");
     tcp.write_all(req.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer))

@@ -619,8 +619,9 @@ async fn bad_input_gets_a_4xx_with_a_json_error() {
     for head in ["Content-Length: 1000000000", "Transfer-Encoding: chunked"] {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut tcp = tokio::net::TcpStream::connect(h.addr).await.unwrap();
-        let req =
-            format!("GET /v1/services HTTP/1.1\r\nHost: x\r\n{head}\r\nConnection: close\r\n\r\n");
+        let req = format!(
+            "GET /v1/services HTTP/1.1\r\nHost: localhost\r\n{head}\r\nConnection: close\r\n\r\n"
+        );
         tcp.write_all(req.as_bytes()).await.unwrap();
         let mut answer = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
@@ -988,7 +989,7 @@ async fn a_client_that_never_reads_is_dropped() {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(2048).unwrap();
     let mut idle = socket.connect(h.addr).await.unwrap();
-    idle.write_all(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    idle.write_all(b"GET /v1/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     let mut reader = h.events("/v1/events", &[]).await;

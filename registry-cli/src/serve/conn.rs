@@ -4,32 +4,21 @@
 //! dropped with everything it held.
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use axum::serve::Listener;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 /// The send buffer of each connection (SO_SNDBUF; Linux reserves twice this for bookkeeping).
 const SEND_BUFFER: usize = 64 * 1024;
 
-/// A TCP listener whose connections time out stalled writes.
-pub(crate) struct Guarded {
-    pub(crate) listener: TcpListener,
-    pub(crate) write_timeout: Duration,
-}
-
-impl Listener for Guarded {
-    type Io = Stalling;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Stalling, SocketAddr) {
-        // TcpListener's own accept retries on errors (and backs off when out of descriptors).
-        let (stream, addr) = Listener::accept(&mut self.listener).await;
+impl Stalling {
+    /// `stream`, with the server's socket options, whose writes fail after `timeout` without
+    /// progress.
+    pub(crate) fn new(stream: TcpStream, timeout: Duration) -> Stalling {
         let _ = stream.set_nodelay(true);
         // Left alone, the kernel grows a connection's send buffer up to net.ipv4.tcp_wmem's
         // maximum (4 MiB by default): a client that stops reading then holds that much kernel
@@ -37,18 +26,11 @@ impl Listener for Guarded {
         // trickle of changes, many minutes). A fixed buffer bounds what a client can hold and
         // starts the write timeout soon.
         let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
-        (
-            Stalling {
-                stream,
-                timeout: self.write_timeout,
-                stalled: None,
-            },
-            addr,
-        )
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        Stalling {
+            stream,
+            timeout,
+            stalled: None,
+        }
     }
 }
 

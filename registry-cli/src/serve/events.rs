@@ -71,11 +71,7 @@ pub(crate) async fn events(
         Some(_) => (dir.all_changes(), true),
         None => (dir.all_changes(), false),
     };
-    let Some(guard) = server
-        .inner
-        .metrics
-        .sse_client(server.inner.options.max_event_clients)
-    else {
+    let Some(guard) = server.inner.metrics.sse_client(server.max_event_clients()) else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many event streams open; retry later",

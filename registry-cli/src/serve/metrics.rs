@@ -33,6 +33,12 @@ pub struct Metrics {
     sse_clients: Gauge,
     sse_count: Arc<AtomicI64>,
     counts: Arc<Mutex<DiscoveryCounts>>,
+    connections: Gauge,
+    connection_limit: Gauge,
+    refused: Counter,
+    accept_failures: Counter,
+    header_timeouts: Counter,
+    tls_failures: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -56,6 +62,42 @@ impl Metrics {
             "Change streams (GET /v1/events) open now",
             sse_clients.clone(),
         );
+        let connections = Gauge::default();
+        registry.register(
+            "registry_http_connections",
+            "Client connections open now",
+            connections.clone(),
+        );
+        let connection_limit = Gauge::default();
+        registry.register(
+            "registry_http_connection_limit",
+            "How many client connections may be open at once",
+            connection_limit.clone(),
+        );
+        let refused = Counter::default();
+        registry.register(
+            "registry_http_connections_refused",
+            "Connections told 503 and closed because the connection limit was reached",
+            refused.clone(),
+        );
+        let accept_failures = Counter::default();
+        registry.register(
+            "registry_http_accept_failures",
+            "Times accepting a connection failed (out of descriptors, usually)",
+            accept_failures.clone(),
+        );
+        let header_timeouts = Counter::default();
+        registry.register(
+            "registry_http_header_timeouts",
+            "Connections closed because a request's head did not arrive within the header timeout (idle connections included)",
+            header_timeouts.clone(),
+        );
+        let tls_failures = Counter::default();
+        registry.register(
+            "registry_http_tls_handshake_failures",
+            "TLS handshakes that failed or did not finish within the header timeout",
+            tls_failures.clone(),
+        );
         let counts = Arc::new(Mutex::new(DiscoveryCounts::default()));
         registry.register_collector(Box::new(DirectoryCollector {
             dir,
@@ -67,7 +109,40 @@ impl Metrics {
             sse_clients,
             sse_count: Arc::new(AtomicI64::new(0)),
             counts,
+            connections,
+            connection_limit,
+            refused,
+            accept_failures,
+            header_timeouts,
+            tls_failures,
         }
+    }
+
+    /// One more open connection, counted until the guard drops.
+    pub(crate) fn connection_opened(&self) -> ConnectionGuard {
+        self.connections.inc();
+        ConnectionGuard(self.connections.clone())
+    }
+
+    pub(crate) fn set_connection_limit(&self, limit: usize) {
+        self.connection_limit
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn connection_refused(&self) {
+        self.refused.inc();
+    }
+
+    pub(crate) fn accept_failed(&self) {
+        self.accept_failures.inc();
+    }
+
+    pub(crate) fn header_timed_out(&self) {
+        self.header_timeouts.inc();
+    }
+
+    pub(crate) fn tls_failed(&self) {
+        self.tls_failures.inc();
     }
 
     pub(crate) fn request(&self, route: &str, status: u16) {
@@ -98,6 +173,15 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+/// Held by an open connection.
+pub(crate) struct ConnectionGuard(Gauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

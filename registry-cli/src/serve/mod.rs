@@ -11,10 +11,18 @@
 //! | `GET /v1/events[?service=S]` | the change stream, as Server-Sent Events, resumable |
 //! | `GET /v1/prometheus/sd[?all=true]` | Prometheus HTTP service discovery |
 //! | `GET /metrics` | the server's own metrics, Prometheus text format |
+//! | `GET /healthz` | alive: answers while the process serves (no token asked) |
+//! | `GET /readyz` | ready: 200 once the directory has been listed from the backend, 503 before (no token asked) |
 //! | `GET /` (and `/dashboard.js`, `/dashboard.css`, `/favicon.svg`) | the live dashboard, for people |
 //!
 //! The server only reads the [`Directory`] a [`Discovery`] fills: it never writes to the backend
 //! and never shows the backend URL. See `docs/openapi.yaml` for the documents it returns.
+//!
+//! No client can hold it up: connections are limited below the file limit (the excess told 503
+//! and closed), a request's head must arrive within the header timeout (which is also how long a
+//! connection may idle), a write that makes no progress fails (see the `listen` and `conn`
+//! modules). Beyond loopback it asks for a token and speaks TLS when told to; a `Host` that is
+//! neither an IP literal nor an allowed name is refused (see the `guard` module).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,10 +40,16 @@ mod api;
 mod conn;
 mod dashboard;
 mod events;
+mod guard;
+mod listen;
 mod metrics;
 mod sd;
+mod tls;
 
+pub use guard::Token;
+pub use listen::{connection_limit, raise_file_limit};
 pub use metrics::Metrics;
+pub use tls::TlsFiles;
 
 /// The address `registry serve` listens on unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9797";
@@ -50,6 +64,21 @@ pub struct Options {
     /// How long a write to a client may make no progress before the connection is closed: what
     /// drops an event-stream client that stopped reading.
     pub write_timeout: Duration,
+    /// How long a request's head may take to arrive, counted from when the connection waits
+    /// for one: a new connection, or a kept-alive one after its last answer. So it is also how
+    /// long a connection may idle. A TLS handshake gets as long.
+    pub header_timeout: Duration,
+    /// How many connections may be open at once; one more is told 503 and closed. `None`: from
+    /// the open-file limit (raised to its hard limit when the server starts), leaving room for
+    /// the rest of the process ([`connection_limit`]). Event streams get at most three quarters
+    /// of the connections, whatever `max_event_clients` says.
+    pub max_connections: Option<usize>,
+    /// Host names a request's `Host` may carry besides IP literals; `*` allows any.
+    pub allowed_hosts: Vec<String>,
+    /// The token every route but the health checks asks for, if any.
+    pub token: Option<Token>,
+    /// Serve HTTPS with this certificate and key.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for Options {
@@ -58,6 +87,11 @@ impl Default for Options {
             keep_alive: Duration::from_secs(15),
             max_event_clients: 4096,
             write_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            max_connections: None,
+            allowed_hosts: vec!["localhost".to_owned()],
+            token: None,
+            tls: None,
         }
     }
 }
@@ -74,7 +108,10 @@ struct Inner {
     /// sequence numbers mean nothing here) is recognised.
     epoch: u64,
     options: Options,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
+    /// How many event streams may be open: `max_event_clients`, and at most three quarters of
+    /// the connections.
+    max_event_clients: std::sync::atomic::AtomicUsize,
     /// Set when the server shuts down: ends the event streams, which would otherwise hold the
     /// graceful shutdown forever.
     stopping: tokio::sync::watch::Sender<bool>,
@@ -88,13 +125,15 @@ impl Server {
             .map_or(0, |d| d.as_nanos() as u64);
         // Time-based, mixed with the process id so two servers started in the same instant differ.
         let epoch = (now ^ (u64::from(std::process::id()) << 40)) & ((1 << 53) - 1);
-        let metrics = Metrics::new(discovery.directory().clone());
+        let metrics = Arc::new(Metrics::new(discovery.directory().clone()));
+        let max_event_clients = options.max_event_clients.into();
         Server {
             inner: Arc::new(Inner {
                 discovery,
                 epoch,
                 options,
                 metrics,
+                max_event_clients,
                 stopping: tokio::sync::watch::Sender::new(false),
             }),
         }
@@ -124,33 +163,93 @@ impl Server {
             .route("/v1/events", get(events::events))
             .route("/v1/prometheus/sd", get(sd::prometheus_sd))
             .route("/metrics", get(metrics::metrics))
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
             .fallback(|| async { ApiError::not_found("no such route") })
             .method_not_allowed_fallback(|| async {
                 ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "only GET is served")
             })
             .layer(middleware::from_fn(no_bodies))
             .layer(DefaultBodyLimit::max(0))
+            .layer(middleware::from_fn_with_state(
+                guard::Guard {
+                    hosts: guard::Hosts::new(&self.inner.options.allowed_hosts),
+                    token: self.inner.options.token.clone(),
+                },
+                guard::guard,
+            ))
             .layer(middleware::from_fn_with_state(self.clone(), count_requests))
             .with_state(self.clone())
     }
 
-    /// Serves on `listener` until `shutdown` completes.
+    /// How many event streams may be open now.
+    pub(crate) fn max_event_clients(&self) -> usize {
+        self.inner
+            .max_event_clients
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Serves on `listener` until `shutdown` completes. Fails at once if the TLS files cannot
+    /// be used.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let listener = conn::Guarded {
-            listener,
-            write_timeout: self.inner.options.write_timeout,
+        let options = &self.inner.options;
+        let tls = match &options.tls {
+            Some(files) => Some(
+                tls::acceptor(files)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+            ),
+            None => None,
         };
+        let max_connections = options
+            .max_connections
+            .unwrap_or_else(|| connection_limit(raise_file_limit()))
+            .max(1);
+        self.inner.max_event_clients.store(
+            options
+                .max_event_clients
+                .min((max_connections * 3 / 4).max(1)),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.inner.metrics.set_connection_limit(max_connections);
         let stopping = self.inner.stopping.clone();
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(async move {
+        let accept = listen::Accept {
+            listener,
+            router: self.router(),
+            metrics: self.inner.metrics.clone(),
+            max_connections,
+            header_timeout: options.header_timeout,
+            write_timeout: options.write_timeout,
+            tls,
+        };
+        accept
+            .run(async move {
                 shutdown.await;
                 stopping.send_replace(true);
             })
             .await
+    }
+}
+
+/// `GET /healthz`: the process is alive and serving.
+async fn healthz() -> Response {
+    axum::Json(serde_json::json!({ "status": "alive" })).into_response()
+}
+
+/// `GET /readyz`: 200 once the directory has been listed from the backend, 503 until then.
+async fn readyz(State(server): State<Server>) -> Response {
+    let ready = server.inner.discovery.is_synced();
+    let body = axum::Json(serde_json::json!({
+        "ready": ready,
+        "sources": [{ "source": "backend", "listed": ready }],
+    }));
+    if ready {
+        body.into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
 }
 

@@ -332,6 +332,11 @@ impl Discovery {
         self.run.stats.snapshot()
     }
 
+    /// Whether the view has been loaded from the backend at least once.
+    pub fn is_synced(&self) -> bool {
+        *self.run.synced.borrow()
+    }
+
     /// Waits until the view has been loaded from the backend at least once.
     pub async fn synced(&self) {
         let mut rx = self.run.synced.clone();
