@@ -40,6 +40,8 @@ const REMOVAL_BOUND: Duration = Duration::from_secs(
 );
 
 const SERVICE: &str = "prom-target";
+/// The token of the SD server.
+const SD_TOKEN: &str = "prom-sd-token-5b2e";
 
 type Http = Client<HttpConnector, Empty<Bytes>>;
 
@@ -73,12 +75,13 @@ fn registry() -> Command {
     c
 }
 
-/// Starts `registry serve --listen 127.0.0.1:0` with `backend` and returns it with the
-/// `host:port` it printed.
-async fn serve(backend: &[&str]) -> (Child, String) {
+/// Starts `registry serve --listen 127.0.0.1:0 SERVE_ARGS` with `backend` and returns it with
+/// the `host:port` it printed.
+async fn serve(backend: &[&str], serve_args: &[&str]) -> (Child, String) {
     let mut child = registry()
         .args(backend)
         .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(serve_args)
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn registry serve");
@@ -119,11 +122,31 @@ async fn active_targets(http: &Http, prometheus: &str) -> Result<BTreeMap<String
         .collect())
 }
 
-/// The ids `registry serve`'s SD lists.
+/// The ids `registry serve`'s SD lists (the SD server of the test wants this bearer token).
 async fn sd_ids(http: &Http, sd: &str) -> Vec<String> {
-    let v = get_json(http, &format!("http://{sd}/v1/prometheus/sd"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let request = hyper::Request::get(format!("http://{sd}/v1/prometheus/sd"))
+        .header("authorization", format!("Bearer {SD_TOKEN}"))
+        .body(Empty::new())
+        .unwrap();
+    let v = async {
+        let r = tokio::time::timeout(Duration::from_secs(5), http.request(request))
+            .await
+            .map_err(|_| "no answer within 5 s".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let status = r.status();
+        let body = r
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
+        }
+        serde_json::from_slice::<Value>(&body).map_err(|e| e.to_string())
+    }
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let mut ids: Vec<String> = v
         .as_array()
         .unwrap_or_else(|| panic!("the SD answer is an array: {v}"))
@@ -149,15 +172,25 @@ async fn prometheus_scrapes_what_registry_serve_discovers_and_drops_what_expires
     let backend = ["--backend", url.as_str(), "--namespace", ns.as_str()];
     let http: Http = Client::builder(TokioExecutor::new()).build_http();
 
-    // The discovery endpoint, over etcd.
-    let (_sd_server, sd) = serve(&backend).await;
+    // The discovery endpoint, over etcd, behind a token: Prometheus sends it (`authorization`
+    // in `http_sd_configs`; without a `type`, 2.42 sends the bare token, which the server
+    // takes); a request without it is refused.
+    let token = SD_TOKEN;
+    let dir = conformance_tests::pki::TempDir::new("prometheus-token");
+    let token_file = dir.write("token", token);
+    let (_sd_server, sd) = serve(&backend, &["--token-file", token_file.to_str().unwrap()]).await;
+    let refused = http
+        .get(format!("http://{sd}/v1/prometheus/sd").parse().unwrap())
+        .await
+        .expect("the SD answers");
+    assert_eq!(refused.status().as_u16(), 401, "the SD without its token");
 
     // The targets: `registry serve` processes (on an empty in-process store) that serve /metrics.
     let ids = ["t1", "t2", "t3"];
     let teams = ["core", "edge", "core"];
     let mut targets = Vec::new();
     for _ in ids {
-        targets.push(serve(&["--backend", "memory://"]).await);
+        targets.push(serve(&["--backend", "memory://"], &[]).await);
     }
 
     // Register each target with the CLI: TTL 2 s, metadata with a key Prometheus must sanitize.
@@ -200,6 +233,8 @@ scrape_configs:
     http_sd_configs:
       - url: http://{sd}/v1/prometheus/sd
         refresh_interval: {refresh}s
+        authorization:
+          credentials: {SD_TOKEN}
     relabel_configs:
       - source_labels: [__meta_registry_service]
         target_label: service

@@ -10,7 +10,8 @@
 //! **Token.** With a token set, every route but `/healthz` and `/readyz` asks for it, either as
 //! `Authorization: Bearer TOKEN` (Prometheus' `authorization`, curl) or as the password of HTTP
 //! Basic authentication with any user name (what a browser asks a person for, and then sends with
-//! every request of the page, the dashboard's event stream included). The comparison takes the
+//! every request of the page, the dashboard's event stream included), or bare (what Prometheus
+//! 2.42 sends when its `authorization` has no `type`). The comparison takes the
 //! same time wherever the first difference is. The token is never logged or shown: [`Token`]'s
 //! `Debug` says only that there is one.
 
@@ -121,6 +122,11 @@ impl Guard {
             return false;
         };
         let value = value.as_bytes();
+        // The bare token: what Prometheus 2.42's `http_sd_configs` sends for `authorization:
+        // {credentials: ...}` when `type` is not given (seen with Debian's build).
+        if token.matches(value.trim_ascii()) {
+            return true;
+        }
         let (scheme, rest) = match value.iter().position(|b| *b == b' ') {
             Some(i) => (&value[..i], value[i + 1..].trim_ascii()),
             None => return false,
@@ -225,7 +231,11 @@ mod tests {
         assert!(!guard.authorized(&HeaderMap::new()));
         assert!(!guard.authorized(&auth("Bearer s3cre")));
         assert!(!guard.authorized(&auth("Bearer s3cret2")));
-        assert!(!guard.authorized(&auth("s3cret")));
+        assert!(
+            guard.authorized(&auth("s3cret")),
+            "bare, as Prometheus 2.42 sends it"
+        );
+        assert!(!guard.authorized(&auth("s3cre")));
         let wrong = base64::engine::general_purpose::STANDARD.encode("s3cret:other");
         assert!(!guard.authorized(&auth(&format!("Basic {wrong}"))));
         assert!(!guard.authorized(&auth("Basic not-base64!")));
