@@ -249,14 +249,14 @@ async fn services_and_instances_are_listed_with_every_field() {
     assert_eq!(
         *web,
         json!({"name": "web", "instances": 2, "routable": 1, "offline": 1, "stale": false,
-               "stale_since": null, "synced": true, "revision": revision})
+               "stale_since": null, "synced": true, "revision": revision.to_string()})
     );
 
     let v = h.ok("/v1/services/web").await;
     assert_eq!(v["name"], "web");
     assert_eq!(v["stale"], json!(false));
     assert_eq!(v["stale_since"], Value::Null);
-    assert_eq!(v["revision"], json!(revision));
+    assert_eq!(v["revision"], json!(revision.to_string()));
     assert_eq!(ids(&v["instances"]), ["w1", "w2"]);
     assert_eq!(
         v["instances"][0],
@@ -290,7 +290,7 @@ async fn services_and_instances_are_listed_with_every_field() {
     assert_eq!(v["id"], "w2");
     assert_eq!(v["state"], "offline");
     assert_eq!(v["weight"], 100);
-    assert_eq!(v["revision"], json!(revision));
+    assert_eq!(v["revision"], json!(revision.to_string()));
     assert_eq!(v["stale"], json!(false));
 
     let (status, v) = h.get("/v1/services/web/instances/w9").await;
@@ -447,7 +447,14 @@ async fn events_stream_changes_and_resume_without_gaps_or_repeats() {
     assert_eq!(e.data["instance"]["addrs"], json!(["10.0.0.2:80"]));
     let seq = e.data["seq"].as_u64().unwrap();
     assert_eq!(e.id, format!("{}-{seq}", h.epoch));
-    assert!(e.data["revision"].as_u64().unwrap() > 0);
+    assert!(
+        e.data["revision"]
+            .as_str()
+            .and_then(|r| r.parse::<u64>().ok())
+            .unwrap()
+            > 0,
+        "revisions are strings"
+    );
     w1.deregister().await.unwrap();
     let e = sse.next().await;
     assert_eq!(
@@ -1080,4 +1087,33 @@ async fn an_outage_shows_as_stale_with_its_start_then_fresh() {
     );
     let service = h.ok("/v1/services/web").await;
     assert_eq!(service["stale"], false, "{service}");
+}
+
+/// Credentials written inside an instance's address are not served (API, change stream), and
+/// revisions are strings.
+#[tokio::test]
+async fn credentials_in_addresses_are_not_served() {
+    let h = start(4096).await;
+    let mut sse = h.events("/v1/events", &[]).await;
+    assert_eq!(sse.next().await.name, "resync");
+    let _w = h
+        .writer
+        .register(
+            Instance::new("creds", "c1")
+                .addr("http://admin:hunter2@10.0.0.9:8080/x")
+                .addr("user:pw@10.0.0.9:9000"),
+        )
+        .await
+        .unwrap();
+    h.listed("creds", 1).await;
+    let want = json!(["http://10.0.0.9:8080/x", "10.0.0.9:9000"]);
+    let v = h.ok("/v1/services/creds/instances/c1").await;
+    assert_eq!(v["addrs"], want, "{v}");
+    assert!(v["revision"].is_string(), "{v}");
+    let v = h.ok("/v1/services/creds").await;
+    assert_eq!(v["instances"][0]["addrs"], want, "{v}");
+    let e = sse.next().await;
+    assert_eq!(e.data["instance"]["addrs"], want, "{:?}", e.data);
+    let (_, text) = h.text("/v1/services/creds").await;
+    assert!(!text.contains("hunter2") && !text.contains("pw@"), "{text}");
 }

@@ -19,12 +19,38 @@ pub(crate) fn state_name(i: &Instance) -> &'static str {
     i.state.as_str()
 }
 
+/// An address as served: credentials in it (`scheme://user:pass@host/...`, or `user@host:port`)
+/// are removed; the rest is kept as written.
+pub(crate) fn without_credentials(addr: &str) -> std::borrow::Cow<'_, str> {
+    let (scheme, rest) = match addr.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, addr),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some((_, host)) = rest[..end].rsplit_once('@') else {
+        return std::borrow::Cow::Borrowed(addr);
+    };
+    let tail = &rest[end..];
+    std::borrow::Cow::Owned(match scheme {
+        Some(scheme) => format!("{scheme}://{host}{tail}"),
+        None => format!("{host}{tail}"),
+    })
+}
+
+/// A backend revision as served: a string, since revisions above 2^53 (Redis') do not survive
+/// as JSON numbers in JavaScript.
+pub(crate) fn revision_json(r: registry::Revision) -> Value {
+    Value::String(r.to_string())
+}
+
 /// One instance as the API shows it.
 pub(crate) fn instance_json(i: &Instance, hidden: bool) -> Value {
+    let addrs: Vec<std::borrow::Cow<'_, str>> =
+        i.addrs.iter().map(|a| without_credentials(a)).collect();
     json!({
         "service": i.service,
         "id": i.id,
-        "addrs": i.addrs,
+        "addrs": addrs,
         "state": state_name(i),
         "metadata": i.metadata,
         "version": i.version,
@@ -44,7 +70,7 @@ fn summary(s: &ServiceSnapshot) -> Value {
         "stale": s.is_stale(),
         "stale_since": s.stale_since().map(rfc3339),
         "synced": s.is_synced(),
-        "revision": s.revision(),
+        "revision": revision_json(s.revision()),
     })
 }
 
@@ -119,7 +145,7 @@ pub(crate) async fn instance(
     v["source"] = json!(snap.source_of(&id));
     v["stale"] = json!(snap.is_stale());
     v["stale_since"] = json!(snap.stale_since().map(rfc3339));
-    v["revision"] = json!(snap.revision());
+    v["revision"] = revision_json(snap.revision());
     Ok(Json(v))
 }
 
@@ -163,7 +189,7 @@ pub(crate) async fn owners(
         "owners": owners,
         "stale": snap.is_stale(),
         "stale_since": snap.stale_since().map(rfc3339),
-        "revision": snap.revision(),
+        "revision": revision_json(snap.revision()),
     })))
 }
 
@@ -305,7 +331,7 @@ pub(crate) async fn ring(
         "key": key,
         "stale": snap.is_stale(),
         "stale_since": snap.stale_since().map(rfc3339),
-        "revision": snap.revision(),
+        "revision": revision_json(snap.revision()),
     })))
 }
 
@@ -315,7 +341,35 @@ mod tests {
 
     use registry::engine::{Instance, Ring};
 
-    use super::{MAX_ARCS, arcs};
+    use super::{MAX_ARCS, arcs, revision_json, without_credentials};
+
+    #[test]
+    fn credentials_are_not_served() {
+        for (given, served) in [
+            ("10.0.0.1:80", "10.0.0.1:80"),
+            (
+                "http://user:pw@10.0.0.1:8080/x?a=b@c",
+                "http://10.0.0.1:8080/x?a=b@c",
+            ),
+            ("https://token@[::1]:443/", "https://[::1]:443/"),
+            ("user:pw@host.example:9000", "host.example:9000"),
+            ("redis://:s3cret@cache:6379/0", "redis://cache:6379/0"),
+            (
+                "http://host.example/path@not-credentials",
+                "http://host.example/path@not-credentials",
+            ),
+        ] {
+            assert_eq!(without_credentials(given), served, "{given}");
+        }
+    }
+
+    #[test]
+    fn revisions_are_strings_past_2_pow_53() {
+        assert_eq!(
+            revision_json(1_037_280_802_947_203_073),
+            serde_json::json!("1037280802947203073")
+        );
+    }
 
     fn ring(n: usize) -> Ring {
         Ring::new((0..n).map(|i| Arc::new(Instance::new("s", format!("m{i}")).addr("x:1"))))

@@ -135,7 +135,7 @@ fn to_sse(
                 "service": &*c.service,
                 "id": c.instance().map(|i| i.id.clone()),
                 "instance": c.instance().map(|i| instance_json(i, hidden)),
-                "revision": c.revision,
+                "revision": super::api::revision_json(c.revision),
                 "time": rfc3339(c.time),
             });
             (c.kind.name(), data)
