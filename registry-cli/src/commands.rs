@@ -586,6 +586,10 @@ pub(crate) struct ServeArgs {
     /// The private key of --tls-cert (PEM)
     #[arg(long, value_name = "PATH", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// Forget a service once it has shown no instance for this long (names that come and go
+    /// must not grow the server)
+    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = crate::parse_duration)]
+    forget_after: Duration,
 }
 
 /// The token of `registry serve`: from --token-file, else REGISTRY_SERVE_TOKEN. Never printed.
@@ -646,6 +650,7 @@ pub(crate) async fn serve(ctx: &Context, a: ServeArgs) -> Result<()> {
             .clone()
             .zip(a.tls_key.clone())
             .map(|(cert, key)| registry_cli::serve::TlsFiles { cert, key }),
+        forget_empty_after: a.forget_after,
         ..Options::default()
     };
     let mut opts = DiscoveryOptions::new();

@@ -1117,3 +1117,89 @@ async fn credentials_in_addresses_are_not_served() {
     let (_, text) = h.text("/v1/services/creds").await;
     assert!(!text.contains("hunter2") && !text.contains("pw@"), "{text}");
 }
+
+/// 1,000 services created and deregistered in turn: `/v1/services` and `/metrics` return to
+/// their size before within the grace, and a service that comes back is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_that_come_and_go_are_forgotten_after_the_grace() {
+    let grace = Duration::from_secs(2);
+    let h = start_with(
+        4096,
+        Options {
+            forget_empty_after: grace,
+            ..Options::default()
+        },
+    )
+    .await;
+    let _kept = h
+        .writer
+        .register(Instance::new("kept", "k1").addr("10.0.0.1:80"))
+        .await
+        .unwrap();
+    h.listed("kept", 1).await;
+    let (_, services_before) = h.text("/v1/services").await;
+    let metrics_lines = |text: &str| text.lines().filter(|l| !l.starts_with('#')).count();
+    let (_, metrics_before) = h.text("/metrics").await;
+    for i in 0..1000 {
+        let r = h
+            .writer
+            .register(Instance::new(format!("job-{i}"), "j").addr("10.0.0.2:80"))
+            .await
+            .unwrap();
+        r.deregister().await.unwrap();
+    }
+    let (_, during) = h.text("/v1/services").await;
+    let listed = serde_json::from_str::<Value>(&during).unwrap()["services"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(
+        listed > 1,
+        "the empty services are listed until the grace: {listed}"
+    );
+    let done = std::time::Instant::now();
+    loop {
+        let (_, services) = h.text("/v1/services").await;
+        let (_, metrics) = h.text("/metrics").await;
+        let names = |text: &str| -> Vec<String> {
+            serde_json::from_str::<Value>(text).unwrap()["services"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        // Besides the services' series, /metrics gains only counters of the requests made
+        // meanwhile (one series per route and status).
+        if names(&services) == names(&services_before)
+            && metrics_lines(&metrics) <= metrics_lines(&metrics_before) + 8
+        {
+            eprintln!(
+                "1,000 services forgotten {:.1?} after the last left (grace {grace:?}); \
+                 /metrics {} sample lines before, {} after",
+                done.elapsed(),
+                metrics_lines(&metrics_before),
+                metrics_lines(&metrics)
+            );
+            assert!(!metrics.contains("job-"), "a forgotten service's series");
+            break;
+        }
+        assert!(
+            done.elapsed() < grace * 3,
+            "not forgotten within {:?}: {} services listed",
+            grace * 3,
+            serde_json::from_str::<Value>(&services).unwrap()["services"]
+                .as_array()
+                .map_or(0, |a| a.len())
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _back = h
+        .writer
+        .register(Instance::new("job-7", "j").addr("10.0.0.3:80"))
+        .await
+        .unwrap();
+    h.listed("job-7", 1).await;
+    let v = h.ok("/v1/services/job-7").await;
+    assert_eq!(v["instances"][0]["addrs"], json!(["10.0.0.3:80"]));
+}

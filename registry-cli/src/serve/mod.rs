@@ -79,6 +79,9 @@ pub struct Options {
     pub token: Option<Token>,
     /// Serve HTTPS with this certificate and key.
     pub tls: Option<TlsFiles>,
+    /// How long a service may show no instance before the server forgets it (its entry in
+    /// `/v1/services`, resyncs and `/metrics`): names that come and go must not grow the server.
+    pub forget_empty_after: Duration,
 }
 
 impl Default for Options {
@@ -92,6 +95,7 @@ impl Default for Options {
             allowed_hosts: vec!["localhost".to_owned()],
             token: None,
             tls: None,
+            forget_empty_after: Duration::from_secs(300),
         }
     }
 }
@@ -216,6 +220,11 @@ impl Server {
         );
         self.inner.metrics.set_connection_limit(max_connections);
         let stopping = self.inner.stopping.clone();
+        let forgetting = tokio::spawn(forget_empty(
+            self.dir().clone(),
+            options.forget_empty_after,
+            stopping.subscribe(),
+        ));
         let accept = listen::Accept {
             listener,
             router: self.router(),
@@ -225,12 +234,34 @@ impl Server {
             write_timeout: options.write_timeout,
             tls,
         };
-        accept
+        let served = accept
             .run(async move {
                 shutdown.await;
                 stopping.send_replace(true);
             })
-            .await
+            .await;
+        forgetting.abort();
+        served
+    }
+}
+
+/// Forgets the services empty for `grace`, checking four times a grace (at most once a
+/// second), until the server stops.
+async fn forget_empty(
+    dir: Directory,
+    grace: Duration,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let every = (grace / 4).max(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+        let n = dir.forget_empty(grace);
+        if n > 0 {
+            tracing::debug!(services = n, "forgot services without instances");
+        }
     }
 }
 

@@ -16,11 +16,11 @@
 //! gives exactly the new ring's answer (a member's points depend only on its id and weight). Only
 //! when too much has changed since the last built ring does a lookup build the ring itself.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use registry_core::backend::Revision;
@@ -37,8 +37,12 @@ use crate::read::merge::{BACKEND_PRECEDENCE, BACKEND_SOURCE, SourceKey, Sources}
 use crate::read::slot::Slot;
 use crate::read::snapshot::{Hidden, ServiceSnapshot, Touched};
 
+/// The services' slots by name: a persistent map, so adding or forgetting one service copies
+/// O(log n) of it, not the whole map.
+type Slots = imbl::HashMap<String, Arc<Slot>>;
+
 struct Inner {
-    slots: ArcSwap<HashMap<String, Arc<Slot>>>,
+    slots: ArcSwap<Slots>,
     add_slot: Mutex<()>,
     empty: Instances,
     vnodes: u32,
@@ -128,13 +132,54 @@ impl Directory {
             write: Mutex::new(Sources::default()),
             building: AtomicBool::new(false),
             routed: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+            empty_since: Mutex::new(None),
             #[cfg(test)]
             builds: Default::default(),
         });
-        let mut map = HashMap::clone(&self.inner.slots.load());
+        let mut map = Slots::clone(&self.inner.slots.load());
         map.insert(service.to_owned(), slot.clone());
         self.inner.slots.store(Arc::new(map));
         slot
+    }
+
+    /// Forgets the services that have shown no instance in any source for at least `grace` and
+    /// that nobody subscribes to ([`Directory::subscribe`], [`Directory::changes`], a
+    /// discovery of that one service): [`Directory::services`], the feed's resyncs and what is
+    /// built on them stop listing them. Returns how many were forgotten.
+    ///
+    /// A directory that discovers every service ([`Scope::All`](crate::Scope::All)) otherwise
+    /// keeps every name it has seen: one service per pull request or job would grow it without
+    /// bound. A forgotten service that gets an instance again comes back as new.
+    pub fn forget_empty(&self, grace: Duration) -> usize {
+        let now = Instant::now();
+        let candidates: Vec<Arc<Slot>> = self
+            .inner
+            .slots
+            .load()
+            .values()
+            .filter(|s| s.empty_for(now) >= Some(grace))
+            .cloned()
+            .collect();
+        if candidates.is_empty() {
+            return 0;
+        }
+        let _g = lock(&self.inner.add_slot);
+        let mut map = Slots::clone(&self.inner.slots.load());
+        let mut forgotten = 0;
+        for slot in candidates {
+            // Under the slot's write lock: no publication is under way, and one that comes
+            // after sees `retired` and goes to a new slot.
+            let _w = lock(&slot.write);
+            if slot.empty_for(now) < Some(grace) || slot.tx.receiver_count() > 0 {
+                continue;
+            }
+            slot.retired.store(true, Ordering::SeqCst);
+            map.remove(&*slot.name);
+            forgotten += 1;
+        }
+        self.inner.slots.store(Arc::new(map));
+        forgotten
     }
 
     /// The services the directory knows of, sorted.
@@ -389,10 +434,23 @@ impl Directory {
     ) {
         let slot = self.slot_or_create(service);
         let mut sources = lock(&slot.write);
+        if slot.retired.load(Ordering::SeqCst) {
+            // Forgotten between the look-up and the lock: the service starts a new slot.
+            drop(sources);
+            return self.update(service, f);
+        }
         let cur = slot.current.load_full();
         let Some((next, changes)) = f(&cur, &mut sources) else {
             return;
         };
+        {
+            let mut since = lock(&slot.empty_since);
+            if next.all.is_empty() && !next.stale {
+                since.get_or_insert_with(Instant::now);
+            } else {
+                *since = None;
+            }
+        }
         // Every update of every unit test checks the incremental changes against a full diff
         // (up to 5,000 instances, so that a test may time a large service's changes).
         #[cfg(test)]
@@ -456,7 +514,7 @@ impl DirectoryBuilder {
     pub fn build(self) -> Directory {
         Directory {
             inner: Arc::new(Inner {
-                slots: ArcSwap::from_pointee(HashMap::new()),
+                slots: ArcSwap::from_pointee(Slots::new()),
                 add_slot: Mutex::new(()),
                 empty: Instances::new(),
                 vnodes: self.vnodes.clamp(1, crate::MAX_VNODES),

@@ -632,6 +632,12 @@ impl Watcher {
         }
         for (service, (before, touched)) in dirty {
             let instances = self.view.get(&service).cloned().unwrap_or_default();
+            // Every service discovered: one whose last instance left is dropped from the view
+            // (the directory shows it empty, and may forget it), or names that come and go
+            // would grow the view without bound.
+            if instances.is_empty() && matches!(self.scope, Scope::All) {
+                self.view.remove(&service);
+            }
             self.directory
                 .publish_changed(&service, instances, self.revision, &before, &touched);
         }

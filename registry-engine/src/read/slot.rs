@@ -23,6 +23,11 @@ pub(crate) struct Slot {
     pub(crate) building: AtomicBool,
     /// Whether anyone has routed on this service: until then no ring is built in the background.
     pub(crate) routed: AtomicBool,
+    /// Set when [`Directory::forget_empty`](crate::Directory::forget_empty) removed this slot
+    /// from its directory: a writer that got it just before publishes to a new one instead.
+    pub(crate) retired: AtomicBool,
+    /// Since when no source has shown an instance of this service (not while stale).
+    pub(crate) empty_since: Mutex<Option<std::time::Instant>>,
     /// Rings built by the background builder (for tests).
     #[cfg(test)]
     pub(crate) builds: std::sync::atomic::AtomicUsize,
@@ -33,6 +38,12 @@ pub(crate) struct Slot {
 const MAX_SKIPPED: usize = 8;
 
 impl Slot {
+    /// How long the service has been empty as of `now`, if it is.
+    pub(crate) fn empty_for(&self, now: std::time::Instant) -> Option<std::time::Duration> {
+        let since = *self.empty_since.lock().unwrap_or_else(|p| p.into_inner());
+        since.map(|t| now.saturating_duration_since(t))
+    }
+
     /// Up to `count` distinct routable instances from `key`'s position on the current membership's
     /// ring. If that ring is not built yet, walks the view's [`Base`]: the earlier ring, skipping
     /// members that left (or changed weight), together with the ring of those that joined. Same

@@ -367,3 +367,66 @@ async fn rings_are_built_only_for_services_that_are_routed_on() {
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     assert_eq!(slot.builds.load(Ordering::SeqCst), 1, "one build, not more");
 }
+
+/// Services that show no instance for the grace and that nobody subscribes to are forgotten;
+/// one that gets an instance again comes back; a publisher never writes into a forgotten slot.
+#[test]
+fn empty_services_are_forgotten_after_the_grace() {
+    let dir = Directory::new();
+    let one = |s: &str| -> InstanceMap {
+        [(
+            "i1".to_owned(),
+            Arc::new(Instance::new(s, "i1").addr("x:1")),
+        )]
+        .into_iter()
+        .collect::<BTreeMap<_, _>>()
+        .into()
+    };
+    for (i, s) in ["gone", "kept", "watched", "stale"].iter().enumerate() {
+        dir.publish(s, one(s), i as u64 + 1, true);
+    }
+    let watch = dir.subscribe("watched");
+    dir.publish("gone", InstanceMap::new(), 10, true);
+    dir.publish("watched", InstanceMap::new(), 11, true);
+    dir.publish("stale", InstanceMap::new(), 12, true);
+    dir.set_stale("stale", true);
+    assert_eq!(
+        dir.forget_empty(Duration::from_secs(3600)),
+        0,
+        "within the grace"
+    );
+    assert_eq!(dir.forget_empty(Duration::ZERO), 1);
+    assert_eq!(dir.services(), ["kept", "stale", "watched"]);
+    assert!(
+        !dir.snapshot("gone").is_synced(),
+        "a forgotten service reads as unknown"
+    );
+    // Back with an instance: a new slot, seen by the feed and the services.
+    dir.publish("gone", one("gone"), 20, true);
+    assert_eq!(dir.services(), ["gone", "kept", "stale", "watched"]);
+    assert_eq!(dir.get("gone").len(), 1);
+    drop(watch);
+    assert_eq!(dir.forget_empty(Duration::ZERO), 1, "no longer watched");
+    assert_eq!(dir.services(), ["gone", "kept", "stale"]);
+}
+
+/// A slot forgotten while a writer holds it: the write goes to a new slot, never lost.
+#[test]
+fn a_write_racing_the_forgetting_is_not_lost() {
+    let dir = Directory::new();
+    for round in 0..200u64 {
+        let service = format!("s{}", round % 3);
+        let inst = Arc::new(Instance::new(&service, "i").addr("x:1"));
+        dir.publish(&service, InstanceMap::new(), round * 2, true);
+        let d = dir.clone();
+        let forget = std::thread::spawn(move || d.forget_empty(Duration::ZERO));
+        let map: InstanceMap = [("i".to_owned(), inst)]
+            .into_iter()
+            .collect::<BTreeMap<_, _>>()
+            .into();
+        dir.publish(&service, map, round * 2 + 1, true);
+        forget.join().unwrap();
+        assert_eq!(dir.get(&service).len(), 1, "round {round}");
+        dir.publish(&service, InstanceMap::new(), round * 2 + 1, true);
+    }
+}
