@@ -20,6 +20,7 @@ TEST_SLOW_FIRST=(
   fault-suite:catalog
   registry-consul-catalog:mirror
   registry-cli:secrets
+  registry-cli:serve_memory
   registry-sim:seeds
   registry-consul:conformance
   registry-consul:engine

@@ -1,7 +1,9 @@
-//! Connections that cannot hold the server up: a write that makes no progress for the write
-//! timeout fails, which closes the connection. An event-stream client that stops reading fills its
-//! socket buffers (the server's side fixed at [`SEND_BUFFER`]), its next write stalls, and it is
-//! dropped with everything it held.
+//! Connections that cannot hold the server up: once a write has had to wait, the connection
+//! must move at least [`MIN_PROGRESS`] within the write timeout, or the next write fails, which
+//! closes the connection. Any progress is not enough: a client that reads a byte now and then
+//! would otherwise hold its connection, and what it is being sent, for ever. An event-stream
+//! client that stops reading (or reads a trickle) fills its socket buffers (the server's side
+//! fixed at [`SEND_BUFFER`]), its writes wait, and it is dropped with everything it held.
 
 use std::io;
 use std::pin::Pin;
@@ -14,6 +16,10 @@ use tokio::time::Sleep;
 
 /// The send buffer of each connection (SO_SNDBUF; Linux reserves twice this for bookkeeping).
 const SEND_BUFFER: usize = 64 * 1024;
+
+/// How much a connection whose writes wait must take within the write timeout: 32 KiB, about
+/// 1 KiB/s at the default 30 s.
+pub(crate) const MIN_PROGRESS: usize = 32 * 1024;
 
 impl Stalling {
     /// `stream`, with the server's socket options, whose writes fail after `timeout` without
@@ -38,29 +44,40 @@ impl Stalling {
 pub(crate) struct Stalling {
     stream: TcpStream,
     timeout: Duration,
-    /// Since when the current write has been pending.
-    stalled: Option<Pin<Box<Sleep>>>,
+    /// Since the first write that had to wait: the deadline, and the bytes written since.
+    stalled: Option<(Pin<Box<Sleep>>, usize)>,
 }
 
 impl Stalling {
     /// `poll` of the stream's write side, with the stall timer.
-    fn guard<T>(
+    fn guard(
         &mut self,
         cx: &mut Context<'_>,
-        poll: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<T>>,
-    ) -> Poll<io::Result<T>> {
+        poll: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
         if let Poll::Ready(r) = poll(Pin::new(&mut self.stream), cx) {
-            self.stalled = None;
+            if let (Ok(n), Some((_, progressed))) = (&r, &mut self.stalled) {
+                *progressed += n;
+                if *progressed >= MIN_PROGRESS {
+                    self.stalled = None;
+                }
+            }
             return Poll::Ready(r);
         }
+        self.wait(cx)
+    }
+
+    /// The write side is not ready: fails once the stall timer (started now if it is not
+    /// running) has run out.
+    fn wait<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         let timeout = self.timeout;
-        let timer = self
+        let (timer, _) = self
             .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+            .get_or_insert_with(|| (Box::pin(tokio::time::sleep(timeout)), 0));
         ready!(timer.as_mut().poll(cx));
         Poll::Ready(Err(io::Error::new(
             io::ErrorKind::TimedOut,
-            "the client has not read for the write timeout",
+            "the client has not read enough for the write timeout",
         )))
     }
 }
@@ -98,7 +115,11 @@ impl AsyncWrite for Stalling {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().guard(cx, |s, cx| s.poll_flush(cx))
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_flush(cx) {
+            Poll::Ready(r) => Poll::Ready(r),
+            Poll::Pending => this.wait(cx),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

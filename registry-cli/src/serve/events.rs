@@ -5,22 +5,29 @@
 //! header) resumes right after that change if the server still journals it; otherwise, or if the
 //! id is from another server process, it gets a `resync` event with the full current state.
 //!
-//! Memory stays bounded per client: the feed holds only a cursor into the directory's bounded
-//! journal, and the response body pulls the next event only once the connection has written the
-//! previous one, so a client that stops reading holds at most one batch of events. A closed
-//! connection drops the stream, and with it everything the client held.
+//! Memory stays bounded per client, resyncs included: the feed holds only a cursor into the
+//! directory's bounded journal; the response body pulls the next piece only once the connection
+//! has written the previous one; and a resync of every service is serialized once per
+//! sequence number and reason, off the runtime's threads, then shared by every client that needs
+//! it and written to each in pieces of [`PIECE`] bytes (a thousand clients resynced after a
+//! re-list hold one copy, not a thousand). A client too slow to take its pieces is dropped by
+//! the write timeout (see the `conn` module). A closed connection drops the stream, and with it
+//! everything the client held.
 
 use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use registry::engine::{AllChanges, ChangeKind, DirectoryEvent, ResyncReason, validate_service};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::OnceCell;
 
 use super::api::{instance_json, service_json};
 use super::{ApiError, Server, rfc3339};
@@ -78,50 +85,142 @@ pub(crate) async fn events(
         ));
     };
     let mut stopping = server.inner.stopping.subscribe();
-    let stream = sse_stream(server.clone(), feed, q.service, foreign)
-        .map(move |e| {
+    let keep_alive = server.inner.options.keep_alive;
+    let stream = sse_stream(server, feed, q.service, foreign, keep_alive)
+        .map(move |piece| {
             let _held_while_streaming = &guard;
-            Ok::<_, Infallible>(e)
+            Ok::<_, Infallible>(piece)
         })
         .take_until(async move {
             let _ = stopping.wait_for(|s| *s).await;
         });
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(server.inner.options.keep_alive))
-        .into_response())
+    let mut response = Body::from_stream(stream).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
 }
 
-/// The feed as SSE events, only those of `only` if given. `foreign`: the client's last id came
-/// from another server process, which the first (start) resync says.
+/// How much of a large event one write of the body carries.
+pub(crate) const PIECE: usize = 16 * 1024;
+
+/// The serialized resyncs of every service, shared by the streams that need the same one: the
+/// newest, keyed by sequence number and reason, built by the first stream that asks while the
+/// others wait for it.
+#[derive(Default)]
+pub(crate) struct ResyncCache {
+    last: Mutex<Option<Arc<CachedResync>>>,
+}
+
+struct CachedResync {
+    seq: u64,
+    reason: &'static str,
+    event: OnceCell<Bytes>,
+}
+
+impl ResyncCache {
+    /// The entry for `(seq, reason)`: the cached one, or a new one that replaces it.
+    fn entry(&self, seq: u64, reason: &'static str) -> Arc<CachedResync> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match &*last {
+            Some(c) if c.seq == seq && c.reason == reason => c.clone(),
+            _ => {
+                let c = Arc::new(CachedResync {
+                    seq,
+                    reason,
+                    event: OnceCell::new(),
+                });
+                *last = Some(c.clone());
+                c
+            }
+        }
+    }
+}
+
+/// What a stream has still to write of an event: the event and how far it got.
+struct Pending {
+    event: Bytes,
+    at: usize,
+}
+
+/// The stream's state between pieces.
+struct StreamState {
+    server: Server,
+    feed: AllChanges,
+    only: Option<String>,
+    foreign: bool,
+    pending: Option<Pending>,
+    keep_alive: std::pin::Pin<Box<tokio::time::Sleep>>,
+    every: Duration,
+}
+
+/// The feed as the bytes of SSE events (only those of `only` if given), in pieces of at most
+/// [`PIECE`] bytes, with a comment after `keep_alive` without an event. `foreign`: the
+/// client's last id came from another server process, which the first (start) resync says.
 fn sse_stream(
     server: Server,
     feed: AllChanges,
     only: Option<String>,
     foreign: bool,
-) -> impl Stream<Item = Event> {
-    futures::stream::unfold((feed, foreign), move |(mut feed, foreign)| {
-        let server = server.clone();
-        let only = only.clone();
-        async move {
-            loop {
-                let event = feed.next().await?;
-                if let Some(e) = to_sse(&server, &event, only.as_deref(), foreign) {
-                    return Some((e, (feed, false)));
+    every: Duration,
+) -> impl Stream<Item = Bytes> {
+    let state = StreamState {
+        server,
+        feed,
+        only,
+        foreign,
+        pending: None,
+        keep_alive: Box::pin(tokio::time::sleep(every)),
+        every,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(p) = &mut st.pending {
+                let end = (p.at + PIECE).min(p.event.len());
+                let piece = p.event.slice(p.at..end);
+                p.at = end;
+                if end == p.event.len() {
+                    st.pending = None;
+                }
+                return Some((piece, st));
+            }
+            tokio::select! {
+                event = st.feed.next() => {
+                    let event = event?;
+                    let deadline = tokio::time::Instant::now() + st.every;
+                    st.keep_alive.as_mut().reset(deadline);
+                    let foreign = std::mem::take(&mut st.foreign);
+                    if let Some(bytes) = to_sse(&st.server, &event, st.only.as_deref(), foreign).await {
+                        st.pending = Some(Pending { event: bytes, at: 0 });
+                    }
+                }
+                () = &mut st.keep_alive => {
+                    let deadline = tokio::time::Instant::now() + st.every;
+                    st.keep_alive.as_mut().reset(deadline);
+                    return Some((Bytes::from_static(b":\n\n"), st));
                 }
             }
         }
     })
 }
 
+/// One SSE event's bytes. `data` is compact JSON: one line.
+fn sse_event(name: &str, id: &str, data: &str) -> Bytes {
+    Bytes::from(format!("event: {name}\nid: {id}\ndata: {data}\n\n"))
+}
+
 /// One feed event as an SSE event, or `None` if it is about another service than `only`.
-fn to_sse(
+async fn to_sse(
     server: &Server,
     event: &DirectoryEvent,
     only: Option<&str>,
     foreign: bool,
-) -> Option<Event> {
+) -> Option<Bytes> {
     let id = format!("{}-{}", server.epoch(), event.seq());
-    let (name, data) = match event {
+    match event {
         DirectoryEvent::Change(c) => {
             if only.is_some_and(|s| s != &*c.service) {
                 return None;
@@ -138,7 +237,7 @@ fn to_sse(
                 "revision": super::api::revision_json(c.revision),
                 "time": rfc3339(c.time),
             });
-            (c.kind.name(), data)
+            Some(sse_event(c.kind.name(), &id, &data.to_string()))
         }
         DirectoryEvent::Resync(r) => {
             let reason = match r.reason {
@@ -148,19 +247,35 @@ fn to_sse(
                 ResyncReason::Unknown { .. } => "unknown_seq",
                 _ => "resync",
             };
-            let services: Vec<Value> = r
-                .services
-                .iter()
-                .filter(|s| only.is_none_or(|o| o == s.service()))
-                .map(|s| service_json(s))
-                .collect();
-            let data = json!({ "seq": r.seq, "reason": reason, "services": services });
-            ("resync", data)
+            let build = {
+                let r = r.clone();
+                let only = only.map(str::to_owned);
+                move || {
+                    let services: Vec<Value> = r
+                        .services
+                        .iter()
+                        .filter(|s| only.as_deref().is_none_or(|o| o == s.service()))
+                        .map(|s| service_json(s))
+                        .collect();
+                    let data = json!({ "seq": r.seq, "reason": reason, "services": services });
+                    sse_event("resync", &id, &data.to_string())
+                }
+            };
+            // Serialized off the runtime's threads (100,000 instances are about 20 MB of JSON).
+            let serialize = || async move {
+                tokio::task::spawn_blocking(build)
+                    .await
+                    .unwrap_or_else(|_| Bytes::new())
+            };
+            if only.is_some() {
+                return Some(serialize().await);
+            }
+            let cached = server.inner.resyncs.entry(r.seq, reason);
+            Some(cached.event.get_or_init(serialize).await.clone())
         }
         // A kind of event this server does not know yet: not streamed.
-        _ => return None,
-    };
-    Some(Event::default().event(name).id(id).data(data.to_string()))
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -116,6 +116,8 @@ struct Inner {
     /// How many event streams may be open: `max_event_clients`, and at most three quarters of
     /// the connections.
     max_event_clients: std::sync::atomic::AtomicUsize,
+    /// The serialized resync of every service, shared by the event streams.
+    resyncs: events::ResyncCache,
     /// Set when the server shuts down: ends the event streams, which would otherwise hold the
     /// graceful shutdown forever.
     stopping: tokio::sync::watch::Sender<bool>,
@@ -138,6 +140,7 @@ impl Server {
                 options,
                 metrics,
                 max_event_clients,
+                resyncs: events::ResyncCache::default(),
                 stopping: tokio::sync::watch::Sender::new(false),
             }),
         }
