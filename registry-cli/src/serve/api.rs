@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use axum::response::Response;
 use registry::engine::{Instance, ServiceSnapshot, validate_id, validate_service};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -90,17 +91,26 @@ pub(crate) fn service_json(s: &ServiceSnapshot) -> Value {
     v
 }
 
-/// `GET /v1/services`.
-pub(crate) async fn services(State(server): State<Server>) -> Json<Value> {
-    let dir = server.dir();
+/// `GET /v1/services` (built once per state of the directory, see the `cache` module).
+pub(crate) async fn services(State(server): State<Server>) -> Response {
+    let dir = server.dir().clone();
     let seq = dir.last_seq();
-    let list: Vec<Value> = dir
-        .services()
-        .iter()
-        .map(|s| summary(&dir.snapshot(s)))
-        .collect();
-    let stale = list.iter().any(|v| v["stale"] == json!(true));
-    Json(json!({ "services": list, "stale": stale, "seq": seq }))
+    let body = server
+        .inner
+        .answers
+        .get(super::cache::Key::Services { seq }, move || {
+            let list: Vec<Value> = dir
+                .services()
+                .iter()
+                .map(|s| summary(&dir.snapshot(s)))
+                .collect();
+            let stale = list.iter().any(|v| v["stale"] == json!(true));
+            json!({ "services": list, "stale": stale, "seq": seq })
+                .to_string()
+                .into()
+        })
+        .await;
+    super::cache::json(body)
 }
 
 /// The snapshot of `service`, or why not: 400 for a name that cannot be a service, 404 for one
@@ -288,10 +298,44 @@ pub(crate) async fn ring(
     State(server): State<Server>,
     p: Result<Path<String>, PathRejection>,
     q: Result<Query<RingQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let service = path(p)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let seq = server.dir().last_seq();
     let snap = known(&server, &service)?;
+    // The picture is built once per state of the directory; the key's part, cheap, per request.
+    let key = q.key.map(|key| {
+        const FULL: f64 = 18_446_744_073_709_551_616.0; // 2^64
+        let h = registry::engine::hash_key(key.as_bytes());
+        let probes: Vec<f64> = registry::engine::probes(key.as_bytes())
+            .iter()
+            .map(|&p| p as f64 / FULL)
+            .collect();
+        let owner = snap.ring().find(key.as_bytes()).map(|m| m.id.clone());
+        json!({ "key": key, "position": h as f64 / FULL, "probes": probes, "owner": owner })
+    });
+    let cache_key = super::cache::Key::Ring {
+        seq,
+        service: service.clone(),
+    };
+    let picture = server
+        .inner
+        .answers
+        .get(cache_key, move || {
+            ring_picture(&service, &snap).to_string().into()
+        })
+        .await;
+    // The picture is a JSON object: the key goes in before its closing brace.
+    let mut body = Vec::with_capacity(picture.len() + 256);
+    body.extend_from_slice(&picture[..picture.len() - 1]);
+    body.extend_from_slice(br#","key":"#);
+    body.extend_from_slice(json!(key).to_string().as_bytes());
+    body.push(b'}');
+    Ok(super::cache::json(body.into()))
+}
+
+/// A service's ring as the `ring` route draws it, without the key's part.
+fn ring_picture(service: &str, snap: &ServiceSnapshot) -> Value {
     let ring = snap.ring();
     let shares = ring.shares();
     let mut counts = vec![0usize; ring.len()];
@@ -312,27 +356,16 @@ pub(crate) async fn ring(
         .iter()
         .map(|a| json!({ "from": a.from, "to": a.to, "member": a.owner }))
         .collect();
-    let key = q.key.map(|key| {
-        const FULL: f64 = 18_446_744_073_709_551_616.0; // 2^64
-        let h = registry::engine::hash_key(key.as_bytes());
-        let probes: Vec<f64> = registry::engine::probes(key.as_bytes())
-            .iter()
-            .map(|&p| p as f64 / FULL)
-            .collect();
-        let owner = ring.find(key.as_bytes()).map(|m| m.id.clone());
-        json!({ "key": key, "position": h as f64 / FULL, "probes": probes, "owner": owner })
-    });
-    Ok(Json(json!({
+    json!({
         "service": service,
         "points": ring.points(),
         "members": members,
         "arcs": arcs,
         "arcs_exact": exact,
-        "key": key,
         "stale": snap.is_stale(),
         "stale_since": snap.stale_since().map(rfc3339),
         "revision": revision_json(snap.revision()),
-    })))
+    })
 }
 
 #[cfg(test)]

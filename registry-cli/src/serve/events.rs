@@ -122,6 +122,11 @@ struct CachedResync {
 }
 
 impl ResyncCache {
+    /// Forgets the cached resync (the directory forgot services since).
+    pub(crate) fn clear(&self) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// The entry for `(seq, reason)`: the cached one, or a new one that replaces it.
     fn entry(&self, seq: u64, reason: &'static str) -> Arc<CachedResync> {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());

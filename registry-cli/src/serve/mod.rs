@@ -37,6 +37,7 @@ use registry::engine::{Directory, Discovery};
 use tokio::net::TcpListener;
 
 mod api;
+mod cache;
 mod conn;
 mod dashboard;
 mod events;
@@ -118,6 +119,8 @@ struct Inner {
     max_event_clients: std::sync::atomic::AtomicUsize,
     /// The serialized resync of every service, shared by the event streams.
     resyncs: events::ResyncCache,
+    /// The O(directory) answers, per state of the directory.
+    answers: cache::AnswerCache,
     /// Set when the server shuts down: ends the event streams, which would otherwise hold the
     /// graceful shutdown forever.
     stopping: tokio::sync::watch::Sender<bool>,
@@ -141,6 +144,7 @@ impl Server {
                 metrics,
                 max_event_clients,
                 resyncs: events::ResyncCache::default(),
+                answers: cache::AnswerCache::default(),
                 stopping: tokio::sync::watch::Sender::new(false),
             }),
         }
@@ -224,7 +228,7 @@ impl Server {
         self.inner.metrics.set_connection_limit(max_connections);
         let stopping = self.inner.stopping.clone();
         let forgetting = tokio::spawn(forget_empty(
-            self.dir().clone(),
+            self.clone(),
             options.forget_empty_after,
             stopping.subscribe(),
         ));
@@ -251,7 +255,7 @@ impl Server {
 /// Forgets the services empty for `grace`, checking four times a grace (at most once a
 /// second), until the server stops.
 async fn forget_empty(
-    dir: Directory,
+    server: Server,
     grace: Duration,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -261,8 +265,11 @@ async fn forget_empty(
             () = tokio::time::sleep(every) => {}
             _ = stopping.wait_for(|s| *s) => return,
         }
-        let n = dir.forget_empty(grace);
+        let n = server.dir().forget_empty(grace);
         if n > 0 {
+            // Forgetting changes the answers without a new sequence number.
+            server.inner.answers.clear();
+            server.inner.resyncs.clear();
             tracing::debug!(services = n, "forgot services without instances");
         }
     }

@@ -7,9 +7,10 @@
 
 use std::collections::BTreeMap;
 
-use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::response::Response;
+use registry::engine::Directory;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -21,18 +22,32 @@ pub(crate) struct SdQuery {
     all: Option<String>,
 }
 
-/// `GET /v1/prometheus/sd[?all=true]`.
+/// `GET /v1/prometheus/sd[?all=true]` (built once per state of the directory, see the `cache`
+/// module).
 pub(crate) async fn prometheus_sd(
     State(server): State<Server>,
     q: Result<Query<SdQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let all = match q.all.as_deref() {
         None | Some("false") => false,
         Some("true") => true,
         Some(_) => return Err(ApiError::bad_request("`all` must be true or false")),
     };
-    let dir = server.dir();
+    let dir = server.dir().clone();
+    let seq = dir.last_seq();
+    let body = server
+        .inner
+        .answers
+        .get(super::cache::Key::Sd { seq, all }, move || {
+            groups(&dir, all).to_string().into()
+        })
+        .await;
+    Ok(super::cache::json(body))
+}
+
+/// The target groups of every service.
+fn groups(dir: &Directory, all: bool) -> Value {
     let mut groups = Vec::new();
     for service in dir.services() {
         let snap = dir.snapshot(&service);
@@ -71,7 +86,7 @@ pub(crate) async fn prometheus_sd(
             groups.push(json!({ "targets": targets, "labels": labels }));
         }
     }
-    Ok(Json(Value::Array(groups)))
+    Value::Array(groups)
 }
 
 /// `host:port` of an address given as `host:port` or as a URL (`http://host:port/path`): the
