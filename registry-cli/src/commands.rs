@@ -288,10 +288,33 @@ pub(crate) struct ListArgs {
     /// One JSON document instead of a table
     #[arg(long)]
     json: bool,
+    /// A directory source beside the backend: static:FILE, dns:[SERVICE=]SRVNAME or
+    /// consul-catalog[=ADDR]; repeat for more
+    #[arg(long = "source", value_name = "SPEC", value_parser = registry_cli::sources::SourceSpec::parse)]
+    sources: Vec<registry_cli::sources::SourceSpec>,
+}
+
+/// Starts `specs` into `d`'s directory and waits (up to 5 s) until each has listed once.
+async fn start_sources(
+    d: &Discovery,
+    specs: &[registry_cli::sources::SourceSpec],
+) -> Result<registry_cli::sources::Sources> {
+    let sources = registry_cli::sources::Sources::start(d.directory(), specs).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !sources.listed().iter().all(|(_, l)| *l) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (name, listed) in sources.listed() {
+        if !listed {
+            tracing::warn!(source = %name, "source has not listed yet; showing what it has");
+        }
+    }
+    Ok(sources)
 }
 
 pub(crate) async fn list(ctx: &Context, a: ListArgs) -> Result<()> {
     let d = ctx.discover(a.service.as_deref()).await?;
+    let _sources = start_sources(&d, &a.sources).await?;
     let dir = d.directory();
     let services = match &a.service {
         Some(s) => vec![s.clone()],
@@ -353,10 +376,15 @@ pub(crate) struct WatchArgs {
     /// One JSON document per line
     #[arg(long)]
     json: bool,
+    /// A directory source beside the backend: static:FILE, dns:[SERVICE=]SRVNAME or
+    /// consul-catalog[=ADDR]; repeat for more
+    #[arg(long = "source", value_name = "SPEC", value_parser = registry_cli::sources::SourceSpec::parse)]
+    sources: Vec<registry_cli::sources::SourceSpec>,
 }
 
 pub(crate) async fn watch(ctx: &Context, a: WatchArgs) -> Result<()> {
     let d = ctx.discover(a.service.as_deref()).await?;
+    let _sources = start_sources(&d, &a.sources).await?;
     if !a.json {
         outln!(
             "{} {} on {} (Ctrl-C to stop)",
@@ -590,6 +618,10 @@ pub(crate) struct ServeArgs {
     /// must not grow the server)
     #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = crate::parse_duration)]
     forget_after: Duration,
+    /// A directory source beside the backend: static:FILE, dns:[SERVICE=]SRVNAME or
+    /// consul-catalog[=ADDR]; repeat for more
+    #[arg(long = "source", value_name = "SPEC", value_parser = registry_cli::sources::SourceSpec::parse)]
+    sources: Vec<registry_cli::sources::SourceSpec>,
 }
 
 /// The token of `registry serve`: from --token-file, else REGISTRY_SERVE_TOKEN. Never printed.
@@ -660,6 +692,9 @@ pub(crate) async fn serve(ctx: &Context, a: ServeArgs) -> Result<()> {
     // Not waiting for the first listing: until the backend answers, the API shows no service,
     // and a backend that goes away later shows as stale views rather than stopping the server.
     let d = ctx.reader().await?.discover_with(Scope::All, opts).await?;
+    let sources = std::sync::Arc::new(
+        registry_cli::sources::Sources::start(d.directory(), &a.sources).await?,
+    );
     let listener = tokio::net::TcpListener::bind(a.listen).await.map_err(|e| {
         Error::new(
             ErrorKind::InvalidInput,
@@ -686,7 +721,9 @@ pub(crate) async fn serve(ctx: &Context, a: ServeArgs) -> Result<()> {
             _ = recv(&mut term) => {}
         }
     };
-    Server::new(d, options)
+    let server = Server::new(d, options);
+    server.sources_ready(sources.readiness());
+    server
         .serve(listener, shutdown)
         .await
         .map_err(|e| Error::new(ErrorKind::Unavailable, "the HTTP server failed").with_source(e))

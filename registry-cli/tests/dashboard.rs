@@ -297,9 +297,17 @@ async fn the_dashboard_follows_the_registry_live_in_a_real_browser() {
     )
     .await;
 
+    // A static source beside the backend: its instance is labelled as such.
+    let static_dir = conformance_tests::pki::TempDir::new("dashboard-static");
+    let static_file = static_dir.write(
+        "static.json",
+        r#"[{"service":"db","id":"db-primary","addrs":["10.3.0.1:5432"]}]"#,
+    );
     let mut serve = registry()
         .args(&common)
         .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--source")
+        .arg(format!("static:{}", static_file.display()))
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn registry serve");
@@ -351,7 +359,7 @@ async fn the_dashboard_follows_the_registry_live_in_a_real_browser() {
     );
     let listed = driver
         .run(
-            json!({"cmd": "listed", "min": {"web": 2, "api": 3}, "timeout_ms": 30_000,
+            json!({"cmd": "listed", "min": {"web": 2, "api": 3, "db": 1}, "timeout_ms": 30_000,
                    "shot": "01-loaded"}),
             SLOW,
         )
@@ -366,6 +374,16 @@ async fn the_dashboard_follows_the_registry_live_in_a_real_browser() {
     };
     assert_eq!(ids("web"), ["web-1", "web-2"], "{listed}");
     assert_eq!(ids("api"), ["api-1", "api-2", "api-3"], "{listed}");
+    assert_eq!(ids("db"), ["db-primary"], "{listed}");
+    let labelled = |service: &str, i: usize, label: &str| {
+        let row = &listed["services"][service][i];
+        assert!(
+            row["text"].as_str().is_some_and(|t| t.contains(label)),
+            "{service} row {i} labelled {label}: {row}"
+        );
+    };
+    labelled("db", 0, "static");
+    labelled("web", 0, "backend");
     let api3 = &listed["services"]["api"][2];
     assert_eq!(api3["state"], "offline", "{api3}");
     assert_eq!(

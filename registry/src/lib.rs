@@ -29,6 +29,10 @@ pub use registry_etcd as etcd;
 #[cfg(feature = "redis")]
 pub use registry_redis as redis;
 
+/// Directory sources from DNS SRV records (feature `dns`): the `registry-dns` crate.
+#[cfg(feature = "dns")]
+pub use registry_dns as dns;
+
 #[cfg(feature = "tonic")]
 pub mod tonic;
 

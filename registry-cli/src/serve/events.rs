@@ -238,7 +238,12 @@ async fn to_sse(
                 "seq": c.seq,
                 "service": &*c.service,
                 "id": c.instance().map(|i| i.id.clone()),
-                "instance": c.instance().map(|i| instance_json(i, hidden)),
+                "instance": c.instance().map(|i| {
+                    let mut v = instance_json(i, hidden);
+                    // The source showing it now (the event itself does not say).
+                    v["source"] = json!(server.dir().snapshot(&c.service).source_of(&i.id));
+                    v
+                }),
                 "revision": super::api::revision_json(c.revision),
                 "time": rfc3339(c.time),
             });

@@ -101,6 +101,9 @@ impl Default for Options {
     }
 }
 
+/// Each source's name and whether it has listed once.
+type SourcesReady = Box<dyn Fn() -> Vec<(String, bool)> + Send + Sync>;
+
 /// The server's shared state: the discovery it reads, its epoch, its metrics.
 #[derive(Clone)]
 pub struct Server {
@@ -121,6 +124,8 @@ struct Inner {
     resyncs: events::ResyncCache,
     /// The O(directory) answers, per state of the directory.
     answers: cache::AnswerCache,
+    /// The other sources' readiness (each name and whether it has listed once), if any.
+    sources: std::sync::Mutex<Option<SourcesReady>>,
     /// Set when the server shuts down: ends the event streams, which would otherwise hold the
     /// graceful shutdown forever.
     stopping: tokio::sync::watch::Sender<bool>,
@@ -145,9 +150,16 @@ impl Server {
                 max_event_clients,
                 resyncs: events::ResyncCache::default(),
                 answers: cache::AnswerCache::default(),
+                sources: std::sync::Mutex::new(None),
                 stopping: tokio::sync::watch::Sender::new(false),
             }),
         }
+    }
+
+    /// Tells `/readyz` about the directory's other sources: `listed` gives each one's name and
+    /// whether it has listed once.
+    pub fn sources_ready(&self, listed: impl Fn() -> Vec<(String, bool)> + Send + Sync + 'static) {
+        *self.inner.sources.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(listed));
     }
 
     /// This server's epoch: the first half of every event id it sends.
@@ -280,13 +292,24 @@ async fn healthz() -> Response {
     axum::Json(serde_json::json!({ "status": "alive" })).into_response()
 }
 
-/// `GET /readyz`: 200 once the directory has been listed from the backend, 503 until then.
+/// `GET /readyz`: 200 once the directory has been listed from the backend and every other source
+/// has listed once, 503 until then.
 async fn readyz(State(server): State<Server>) -> Response {
-    let ready = server.inner.discovery.is_synced();
-    let body = axum::Json(serde_json::json!({
-        "ready": ready,
-        "sources": [{ "source": "backend", "listed": ready }],
-    }));
+    let mut listed = vec![("backend".to_owned(), server.inner.discovery.is_synced())];
+    if let Some(others) = &*server
+        .inner
+        .sources
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+    {
+        listed.extend(others());
+    }
+    let ready = listed.iter().all(|(_, l)| *l);
+    let sources: Vec<serde_json::Value> = listed
+        .iter()
+        .map(|(s, l)| serde_json::json!({ "source": s, "listed": l }))
+        .collect();
+    let body = axum::Json(serde_json::json!({ "ready": ready, "sources": sources }));
     if ready {
         body.into_response()
     } else {

@@ -318,13 +318,14 @@ function card(s) {
     el('td', {}, el('span', { class: 'badge ' + i.state, text: i.state }),
       i.hidden ? el('span', { class: 'badge hidden-probe', title: 'a failing liveness probe hides it from routing', text: 'hidden by probe' }) : null),
     el('td', { text: i.version || '–' }),
+    el('td', { class: 'source', text: i.source || '–' }),
     el('td', { text: String(i.weight) }),
     el('td', { class: 'share', text: m ? pct(m.share) : '–' }),
     el('td', {}, ...Object.entries(i.metadata || {}).map(([k, v]) => el('span', { class: 'meta', text: `${k}=${v}` }))));
     return tr;
   });
   const table = el('table', {},
-    el('thead', {}, el('tr', {}, ...['', 'id', 'addresses', 'state', 'version', 'weight', 'share', 'metadata'].map((h) => el('th', { text: h })))),
+    el('thead', {}, el('tr', {}, ...['', 'id', 'addresses', 'state', 'version', 'source', 'weight', 'share', 'metadata'].map((h) => el('th', { text: h })))),
     el('tbody', {}, ...rows));
   const body = el('div', { class: 'body' }, el('div', { class: 'ring' }, ringPicture(s, focus), detail(s, focus)),
     list.length ? table : el('p', { class: 'empty', text: 'No instance.' }));
