@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use conformance_tests::testbed::{EtcdOptions, fresh_namespace, start_etcd, unavailable};
+use conformance_tests::consul_api::http as consul_http;
+use conformance_tests::testbed::{
+    ConsulOptions, EtcdOptions, fresh_namespace, start_consul, start_etcd, unavailable,
+};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -297,17 +300,44 @@ async fn the_dashboard_follows_the_registry_live_in_a_real_browser() {
     )
     .await;
 
-    // A static source beside the backend: its instance is labelled as such.
+    // Three sources beside the backend, each instance labelled with its own: a static file,
+    // Consul's catalog (pay/pay-1) and Consul's DNS interface (SRV records of dnsweb, which the
+    // catalog source shows too).
     let static_dir = conformance_tests::pki::TempDir::new("dashboard-static");
     let static_file = static_dir.write(
         "static.json",
         r#"[{"service":"db","id":"db-primary","addrs":["10.3.0.1:5432"]}]"#,
     );
+    let consul = match start_consul(ConsulOptions::default()).await {
+        Ok(c) => c,
+        Err(why) => return unavailable::<()>("consul", &why).unwrap_or(()),
+    };
+    for (name, id, addr) in [
+        ("pay", "pay-1", "10.4.0.1"),
+        ("dnsweb", "dns-1", "10.5.0.1"),
+    ] {
+        let body = json!({"ID": id, "Name": name, "Address": addr, "Port": 8080});
+        let (status, text) = consul_http(
+            &consul.endpoint,
+            "PUT",
+            "/v1/agent/service/register",
+            &body.to_string(),
+        )
+        .await;
+        assert_eq!(status, 200, "register {id} with Consul: {text}");
+    }
+    let dns = consul
+        .bridge_dns()
+        .expect("Consul's DNS interface on the bridge");
     let mut serve = registry()
         .args(&common)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .arg("--source")
         .arg(format!("static:{}", static_file.display()))
+        .arg("--source")
+        .arg(format!("consul-catalog={}", consul.endpoint))
+        .arg("--source")
+        .arg(format!("dns:dnsweb=dnsweb.service.consul.@{dns}"))
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn registry serve");
@@ -359,7 +389,8 @@ async fn the_dashboard_follows_the_registry_live_in_a_real_browser() {
     );
     let listed = driver
         .run(
-            json!({"cmd": "listed", "min": {"web": 2, "api": 3, "db": 1}, "timeout_ms": 30_000,
+            json!({"cmd": "listed", "min": {"web": 2, "api": 3, "db": 1, "pay": 1, "dnsweb": 2},
+                   "timeout_ms": 30_000,
                    "shot": "01-loaded"}),
             SLOW,
         )
@@ -375,15 +406,21 @@ async fn the_dashboard_follows_the_registry_live_in_a_real_browser() {
     assert_eq!(ids("web"), ["web-1", "web-2"], "{listed}");
     assert_eq!(ids("api"), ["api-1", "api-2", "api-3"], "{listed}");
     assert_eq!(ids("db"), ["db-primary"], "{listed}");
-    let labelled = |service: &str, i: usize, label: &str| {
-        let row = &listed["services"][service][i];
-        assert!(
-            row["text"].as_str().is_some_and(|t| t.contains(label)),
-            "{service} row {i} labelled {label}: {row}"
-        );
+    // Every source's label, in the row's source column.
+    let sources = |service: &str| -> Vec<String> {
+        let mut s: Vec<String> = listed["services"][service]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["source"].as_str().unwrap().to_owned())
+            .collect();
+        s.sort();
+        s
     };
-    labelled("db", 0, "static");
-    labelled("web", 0, "backend");
+    assert_eq!(sources("db"), ["static"], "{listed}");
+    assert_eq!(sources("web"), ["backend", "backend"], "{listed}");
+    assert_eq!(sources("pay"), ["consul-catalog"], "{listed}");
+    assert_eq!(sources("dnsweb"), ["consul-catalog", "dns"], "{listed}");
     let api3 = &listed["services"]["api"][2];
     assert_eq!(api3["state"], "offline", "{api3}");
     assert_eq!(

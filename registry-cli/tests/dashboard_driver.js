@@ -72,7 +72,7 @@ const commands = {
       await page.waitForSelector(`${card(service)} svg path[data-member]`, { state: 'attached', timeout: c.timeout_ms });
       out[service] = await page.$$eval(`${card(service)} tr.instance`, (rows) => rows.map((r) => ({
         id: r.dataset.instance, state: r.dataset.state, share: r.querySelector('.share').textContent,
-        text: r.textContent })));
+        source: r.querySelector('.source').textContent, text: r.textContent })));
     }
     return { services: out, shot: c.shot ? await shot(c.shot) : null };
   },

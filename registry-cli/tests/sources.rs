@@ -3,7 +3,6 @@
 //! instances with their labels, and `/readyz` waits for all of them; `list` and `watch` show the
 //! sources too.
 
-use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -38,23 +37,6 @@ async fn get(addr: &str, path: &str) -> (u16, Value) {
     let (head, body) = answer.split_once("\r\n\r\n").unwrap();
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
-
-/// The bridge address of a container (Consul's DNS port is reached there).
-fn container_ip(id: &str) -> IpAddr {
-    let out = std::process::Command::new("docker")
-        .args([
-            "inspect",
-            "-f",
-            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-            id,
-        ])
-        .output()
-        .expect("docker inspect");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("a bridge address")
 }
 
 /// Each instance's id and source label in one service's answer.
@@ -114,7 +96,9 @@ async fn serve_list_and_watch_show_every_source_with_its_label() {
         "static.json",
         r#"[{"service":"db","id":"primary","addrs":["10.4.0.1:5432"]}]"#,
     );
-    let dns = SocketAddr::new(container_ip(consul.container.id()), 8600);
+    let dns = consul
+        .bridge_dns()
+        .expect("Consul's DNS interface on the bridge");
     let specs = [
         "--source".to_owned(),
         format!("consul-catalog={}", consul.endpoint),

@@ -5,7 +5,7 @@
 //! bridge, which the machine (and a chroot sharing its network) reaches directly.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,42 +32,10 @@ async fn consul() -> Option<(Consul, SocketAddr)> {
         Ok(c) => c,
         Err(reason) => return testbed::unavailable("consul", &reason),
     };
-    let out = std::process::Command::new("docker")
-        .args([
-            "inspect",
-            "-f",
-            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-            consul.container.id(),
-        ])
-        .output();
-    let ip = match out {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
-        Ok(o) => {
-            return testbed::unavailable(
-                "consul's DNS interface",
-                &format!(
-                    "docker inspect failed: {}",
-                    String::from_utf8_lossy(&o.stderr)
-                ),
-            );
-        }
-        Err(e) => {
-            return testbed::unavailable(
-                "consul's DNS interface",
-                &format!("cannot run docker inspect ({e})"),
-            );
-        }
-    };
-    let ip: IpAddr = match ip.parse() {
-        Ok(ip) => ip,
-        Err(_) => {
-            return testbed::unavailable(
-                "consul's DNS interface",
-                &format!("the container has no bridge address ({ip:?})"),
-            );
-        }
-    };
-    Some((consul, SocketAddr::new(ip, 8600)))
+    match consul.bridge_dns() {
+        Ok(dns) => Some((consul, dns)),
+        Err(reason) => testbed::unavailable("consul's DNS interface", &reason),
+    }
 }
 
 /// Registers a service instance with Consul's agent API.

@@ -56,6 +56,35 @@ impl std::fmt::Debug for Consul {
     }
 }
 
+impl Consul {
+    /// Port 8600 at the container's address on the Docker bridge: the agent's DNS interface over
+    /// UDP and TCP at one address (the host mappings give each protocol a port of its own, which a
+    /// resolver that retries a truncated answer over TCP cannot use). The machine, and a chroot
+    /// sharing its network, reach the bridge directly.
+    pub fn bridge_dns(&self) -> Result<std::net::SocketAddr, String> {
+        let out = std::process::Command::new("docker")
+            .args([
+                "inspect",
+                "-f",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                self.container.id(),
+            ])
+            .output()
+            .map_err(|e| format!("cannot run docker inspect ({e})"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "docker inspect failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let ip = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let ip: std::net::IpAddr = ip
+            .parse()
+            .map_err(|_| format!("the container has no bridge address ({ip:?})"))?;
+        Ok(std::net::SocketAddr::new(ip, 8600))
+    }
+}
+
 /// Starts a Consul `-dev` agent and waits until it has a leader and has synced its node.
 pub async fn start_consul(opts: ConsulOptions) -> Result<Consul, String> {
     let mut cmd: Vec<String> = [
