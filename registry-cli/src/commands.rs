@@ -622,6 +622,24 @@ pub(crate) struct ServeArgs {
     /// consul-catalog[=ADDR]; repeat for more
     #[arg(long = "source", value_name = "SPEC", value_parser = registry_cli::sources::SourceSpec::parse)]
     sources: Vec<registry_cli::sources::SourceSpec>,
+    /// Also serve the directory over xDS (gRPC's aggregated discovery service) on this address,
+    /// for proxyless gRPC clients in any language (target `xds:///SERVICE`; see docs/xds.md).
+    /// The token and TLS options apply to it too
+    #[arg(long, value_name = "ADDR")]
+    xds: Option<std::net::SocketAddr>,
+    /// How xDS clients balance a service: round-robin (weighted by the instances' weights) or
+    /// ring-hash (a call goes to the owner of its `x-key` header on a ring)
+    #[arg(long, value_enum, default_value_t = XdsBalancing::RoundRobin, requires = "xds")]
+    xds_balancing: XdsBalancing,
+}
+
+/// `--xds-balancing`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum XdsBalancing {
+    /// ROUND_ROBIN, weighted by the instances' weights
+    RoundRobin,
+    /// RING_HASH on the `x-key` request header
+    RingHash,
 }
 
 /// The token of `registry serve`: from --token-file, else REGISTRY_SERVE_TOKEN. Never printed.
@@ -654,16 +672,17 @@ pub(crate) async fn serve(ctx: &Context, a: ServeArgs) -> Result<()> {
     use registry::engine::{DiscoveryOptions, ProbeOptions, Scope};
     use registry_cli::serve::{Options, Server};
     let token = serve_token(&a)?;
-    if !a.listen.ip().is_loopback() && token.is_none() && !a.no_auth {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            format!(
-                "{} is reachable beyond this machine: give a token (--token-file or \
-                 REGISTRY_SERVE_TOKEN), or say --no-auth to serve the estate to anyone who \
-                 reaches the port",
-                a.listen
-            ),
-        ));
+    for addr in std::iter::once(a.listen).chain(a.xds) {
+        if !addr.ip().is_loopback() && token.is_none() && !a.no_auth {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{addr} is reachable beyond this machine: give a token (--token-file or \
+                     REGISTRY_SERVE_TOKEN), or say --no-auth to serve the estate to anyone who \
+                     reaches the port"
+                ),
+            ));
+        }
     }
     if token.is_some() && a.tls_cert.is_none() && !a.listen.ip().is_loopback() {
         tracing::warn!(
@@ -721,12 +740,65 @@ pub(crate) async fn serve(ctx: &Context, a: ServeArgs) -> Result<()> {
             _ = recv(&mut term) => {}
         }
     };
+    let xds_options = registry_xds::XdsOptions {
+        balancing: match a.xds_balancing {
+            XdsBalancing::RoundRobin => registry_xds::Balancing::RoundRobin,
+            XdsBalancing::RingHash => registry_xds::Balancing::RingHash,
+        },
+        token: options.token.as_ref().map(|t| t.expose()),
+        tls: match (&a.tls_cert, &a.tls_key) {
+            (Some(cert), Some(key)) if a.xds.is_some() => Some((read_pem(cert)?, read_pem(key)?)),
+            _ => None,
+        },
+        ..registry_xds::XdsOptions::default()
+    };
     let server = Server::new(d, options);
     server.sources_ready(sources.readiness());
-    server
-        .serve(listener, shutdown)
-        .await
-        .map_err(|e| Error::new(ErrorKind::Unavailable, "the HTTP server failed").with_source(e))
+    // Both servers stop on the same signal.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut xds_task = None;
+    if let Some(xds_addr) = a.xds {
+        let xds_listener = tokio::net::TcpListener::bind(xds_addr).await.map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("cannot listen on {xds_addr} for xDS"),
+            )
+            .with_source(e)
+        })?;
+        let bound = xds_listener.local_addr().map_or(xds_addr, |a| a);
+        let xds = registry_xds::XdsServer::new(server.directory().clone(), xds_options);
+        server.xds_stats(xds.stats());
+        outln!("{} xDS on {bound} (target xds:///SERVICE)", bold("serving"));
+        let mut stopped = stopped.clone();
+        xds_task = Some(tokio::spawn(xds.serve(xds_listener, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })));
+    }
+    let http = server
+        .serve(listener, async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        })
+        .await;
+    if let Some(task) = xds_task {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the xDS server failed"),
+            Err(e) => tracing::warn!(error = %e, "the xDS server's task failed"),
+        }
+    }
+    http.map_err(|e| Error::new(ErrorKind::Unavailable, "the HTTP server failed").with_source(e))
+}
+
+/// A PEM file's bytes, or an error naming the file (never its content).
+fn read_pem(path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("cannot read {}", path.display()),
+        )
+        .with_source(e)
+    })
 }
 
 #[cfg(test)]

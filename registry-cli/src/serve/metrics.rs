@@ -39,7 +39,11 @@ pub struct Metrics {
     accept_failures: Counter,
     header_timeouts: Counter,
     tls_failures: Counter,
+    xds: XdsSlot,
 }
+
+/// The xDS server's counters, once one serves beside this one.
+type XdsSlot = Arc<Mutex<Option<Arc<registry_xds::Stats>>>>;
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -99,9 +103,11 @@ impl Metrics {
             tls_failures.clone(),
         );
         let counts = Arc::new(Mutex::new(DiscoveryCounts::default()));
+        let xds = XdsSlot::default();
         registry.register_collector(Box::new(DirectoryCollector {
             dir,
             counts: counts.clone(),
+            xds: xds.clone(),
         }));
         Metrics {
             registry,
@@ -115,7 +121,13 @@ impl Metrics {
             accept_failures,
             header_timeouts,
             tls_failures,
+            xds,
         }
+    }
+
+    /// Shows an xDS server's counters too.
+    pub(crate) fn add_xds(&self, stats: Arc<registry_xds::Stats>) {
+        *self.xds.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
     }
 
     /// One more open connection, counted until the guard drops.
@@ -203,6 +215,7 @@ impl Drop for SseGuard {
 struct DirectoryCollector {
     dir: Directory,
     counts: Arc<Mutex<DiscoveryCounts>>,
+    xds: XdsSlot,
 }
 
 fn gauge(
@@ -342,6 +355,10 @@ impl Collector for DirectoryCollector {
         ] {
             counter(&mut encoder, name, help, v)?;
         }
+        let xds = self.xds.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(xds) = xds {
+            encode_xds(&mut encoder, xds.snapshot())?;
+        }
         let delay = DelayHistogram(c.apply_delay);
         delay.encode(encoder.encode_descriptor(
             "registry_discovery_apply_delay_seconds",
@@ -353,6 +370,68 @@ impl Collector for DirectoryCollector {
         )?)?;
         Ok(())
     }
+}
+
+/// The xDS server's counters: streams, and answers sent, accepted and rejected per type.
+fn encode_xds(
+    encoder: &mut DescriptorEncoder,
+    x: registry_xds::StatsSnapshot,
+) -> Result<(), std::fmt::Error> {
+    gauge1(
+        encoder,
+        "registry_xds_streams",
+        "xDS streams open now",
+        i64::try_from(x.streams).unwrap_or(i64::MAX),
+    )?;
+    for (name, help, v) in [
+        (
+            "registry_xds_streams_opened",
+            "xDS streams opened",
+            x.streams_total,
+        ),
+        (
+            "registry_xds_streams_refused",
+            "xDS streams refused: over the limit, or without the token",
+            x.streams_refused,
+        ),
+        (
+            "registry_xds_streams_stalled",
+            "xDS streams closed because the client took no answer within the write timeout",
+            x.streams_stalled,
+        ),
+        (
+            "registry_xds_endpoints_skipped",
+            "Instances left out of an xDS answer (no IP address, or an address another has)",
+            x.skipped_endpoints,
+        ),
+    ] {
+        counter(encoder, name, help, v)?;
+    }
+    for (name, help, values) in [
+        (
+            "registry_xds_responses",
+            "xDS answers sent, by type (lds, rds, cds, eds)",
+            x.responses,
+        ),
+        (
+            "registry_xds_acks",
+            "xDS answers a client accepted, by type",
+            x.acks,
+        ),
+        (
+            "registry_xds_nacks",
+            "xDS answers a client rejected (NACK), by type; the reason is logged",
+            x.nacks,
+        ),
+    ] {
+        let c = ConstCounter::new(0u64);
+        let mut m = encoder.encode_descriptor(name, help, None, c.metric_type())?;
+        for (kind, v) in registry_xds::Kind::ALL.iter().zip(values) {
+            let labels: Labels = vec![("type".to_owned(), kind.short().to_owned())];
+            ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
 }
 
 /// `GET /metrics`.

@@ -162,6 +162,16 @@ impl Server {
         *self.inner.sources.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(listed));
     }
 
+    /// Shows `stats` (an xDS server's over the same directory) in `/metrics`.
+    pub fn xds_stats(&self, stats: Arc<registry_xds::Stats>) {
+        self.inner.metrics.add_xds(stats);
+    }
+
+    /// The directory this server reads.
+    pub fn directory(&self) -> &Directory {
+        self.dir()
+    }
+
     /// This server's epoch: the first half of every event id it sends.
     pub fn epoch(&self) -> u64 {
         self.inner.epoch

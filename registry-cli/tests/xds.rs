@@ -1,0 +1,387 @@
+//! `registry serve --xds` with real gRPC clients installed from package registries (no
+//! hand-written xDS client): Python's grpcio, whose C-core resolves `xds:///echo` through a
+//! bootstrap file naming our server, calls real gRPC servers registered with `registry register`
+//! over a real etcd. Measured: calls spread by weight, a new instance gets calls within 1 s, a
+//! deregistered one none later than 1 s after its deregistration returned, an offline one none.
+//!
+//! Needs scripts/grpc-clients.sh (REGISTRY_GRPC_PYTHON) and the test bed's etcd.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use conformance_tests::pki::TempDir;
+use conformance_tests::testbed::{self, fresh_namespace, unavailable};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::mpsc;
+
+/// The acceptance bound for a change to reach the calls.
+const LIVE: Duration = Duration::from_secs(1);
+
+fn registry() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_registry"));
+    c.env_remove("REGISTRY_BACKEND")
+        .env_remove("REGISTRY_NAMESPACE")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    c
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64
+}
+
+/// The venv's python with grpcio (scripts/grpc-clients.sh), if installed.
+fn python() -> Result<PathBuf, String> {
+    let py = std::env::var_os("REGISTRY_GRPC_PYTHON")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("REGISTRY_TESTBED_CACHE")
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                        .join(".cache/service-registry/testbed")
+                });
+            cache.join("grpc-clients/venv/bin/python")
+        });
+    let ok = std::process::Command::new(&py)
+        .args(["-c", "import grpc"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        Ok(py)
+    } else {
+        Err(format!(
+            "{} cannot import grpc; scripts/grpc-clients.sh installs it",
+            py.display()
+        ))
+    }
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/xds")
+        .join(name)
+}
+
+/// A child's stdout lines, as a channel (so that waits can time out).
+fn lines(stdout: ChildStdout) -> mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn next_line(rx: &mut mpsc::UnboundedReceiver<String>, what: &str) -> String {
+    tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no line within 30 s"))
+        .unwrap_or_else(|| panic!("{what}: the process ended its output"))
+}
+
+/// One report of the client: when, and the calls each server answered so far.
+#[derive(Debug, Clone)]
+struct Report {
+    t: i64,
+    counts: BTreeMap<String, u64>,
+    errors: u64,
+    last_error: String,
+}
+
+impl Report {
+    fn count(&self, name: &str) -> u64 {
+        self.counts.get(name).copied().unwrap_or(0)
+    }
+}
+
+/// The client's reports, as they come.
+struct Client {
+    _child: Child,
+    out: mpsc::UnboundedReceiver<String>,
+    last: Option<Report>,
+}
+
+impl Client {
+    async fn next(&mut self) -> Report {
+        let line = next_line(&mut self.out, "the Python gRPC client").await;
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("{line}"));
+        let r = Report {
+            t: v["t"].as_i64().unwrap(),
+            counts: v["counts"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
+                .collect(),
+            errors: v["errors"].as_u64().unwrap(),
+            last_error: v["last_error"].as_str().unwrap_or("").to_owned(),
+        };
+        self.last = Some(r.clone());
+        r
+    }
+
+    /// Reads reports until `pred` holds, within `limit`.
+    async fn until(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(&Report) -> bool,
+    ) -> Report {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let r = tokio::time::timeout_at(deadline, self.next())
+                .await
+                .unwrap_or_else(|_| panic!("{what}: not within {limit:?}; last {:?}", self.last));
+            if pred(&r) {
+                return r;
+            }
+        }
+    }
+}
+
+/// A `registry register` process, once it says it is registered.
+async fn register(common: &[String], id: &str, port: u16, extra: &[&str]) -> Child {
+    let mut child = registry()
+        .args(common)
+        .args(["register", "echo", "--id", id, "--json"])
+        .args(["--addr", &format!("127.0.0.1:{port}")])
+        .args(["--ttl", "30s", "--heartbeat", "2s"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn registry register");
+    let mut out = lines(child.stdout.take().unwrap());
+    loop {
+        let line = next_line(&mut out, &format!("register {id}")).await;
+        if serde_json::from_str::<Value>(&line).is_ok_and(|v| v["state"] == "registered") {
+            break;
+        }
+    }
+    // Keep reading its output so that it never blocks on a full pipe.
+    tokio::spawn(async move { while out.recv().await.is_some() {} });
+    child
+}
+
+async fn metrics(addr: &str) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
+fn sample(metrics: &str, line_start: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {line_start} in /metrics:\n{metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_follows_the_directory_over_xds() {
+    let py = match python() {
+        Ok(p) => p,
+        Err(why) => return unavailable::<()>("Python's grpcio", &why).unwrap_or(()),
+    };
+    let Some(etcd) = testbed::shared_etcd() else {
+        return;
+    };
+    let ns = fresh_namespace("xds");
+    let common: Vec<String> = vec![
+        "--backend".into(),
+        format!("etcd://{etcd}"),
+        "--namespace".into(),
+        ns,
+    ];
+
+    // Four real gRPC servers, each answering with its name.
+    let mut servers = Command::new(&py)
+        .arg(script("servers.py"))
+        .args(["a", "b", "c", "d"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the Python gRPC servers");
+    let mut out = lines(servers.stdout.take().unwrap());
+    let mut port = BTreeMap::new();
+    for _ in 0..4 {
+        let v: Value = serde_json::from_str(&next_line(&mut out, "servers.py").await).unwrap();
+        port.insert(
+            v["name"].as_str().unwrap().to_owned(),
+            v["port"].as_u64().unwrap() as u16,
+        );
+    }
+    // a and b online, weights 1:3; d offline from the start.
+    let mut a = register(&common, "a", port["a"], &["--weight", "100"]).await;
+    let _b = register(&common, "b", port["b"], &["--weight", "300"]).await;
+    let _d = register(&common, "d", port["d"], &["--offline"]).await;
+
+    let mut serve = registry()
+        .args(&common)
+        .args(["serve", "--listen", "127.0.0.1:0", "--xds", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn registry serve");
+    let mut serve_out = lines(serve.stdout.take().unwrap());
+    let http = next_line(&mut serve_out, "serve").await;
+    let http = http
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    let xds_line = next_line(&mut serve_out, "serve's xDS line").await;
+    let xds = xds_line
+        .split_whitespace()
+        .skip_while(|w| *w != "on")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no xDS address in {xds_line:?}"))
+        .to_owned();
+
+    let dir = TempDir::new("xds-bootstrap");
+    let bootstrap = dir.write(
+        "bootstrap.json",
+        &serde_json::json!({
+            "xds_servers": [{
+                "server_uri": xds,
+                "channel_creds": [{"type": "insecure"}],
+                "server_features": ["xds_v3"]
+            }],
+            "node": {"id": "xds-test-python", "locality": {}}
+        })
+        .to_string(),
+    );
+    let mut child = Command::new(&py)
+        .arg(script("client.py"))
+        .arg("echo")
+        .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the Python gRPC client");
+    let mut client = Client {
+        out: lines(child.stdout.take().unwrap()),
+        _child: child,
+        last: None,
+    };
+
+    // Calls reach a and b, by weight; never d (offline).
+    let start = client
+        .until(Duration::from_secs(30), "calls to a and b", |r| {
+            r.count("a") > 0 && r.count("b") > 0
+        })
+        .await;
+    let end = client
+        .until(Duration::from_secs(60), "4,000 calls", |r| {
+            r.count("a") + r.count("b") >= start.count("a") + start.count("b") + 4000
+        })
+        .await;
+    let (ca, cb) = (
+        end.count("a") - start.count("a"),
+        end.count("b") - start.count("b"),
+    );
+    let ratio = cb as f64 / ca as f64;
+    eprintln!("weights 100:300 -> calls {ca}:{cb} (ratio {ratio:.3})");
+    assert!(
+        (2.7..=3.3).contains(&ratio),
+        "weights 1:3 give calls {ca}:{cb} (ratio {ratio:.3}), not 1:3 within 10%"
+    );
+    assert_eq!(end.count("d"), 0, "an offline instance got calls: {end:?}");
+    assert_eq!(
+        end.count("c"),
+        0,
+        "an unregistered server got calls: {end:?}"
+    );
+
+    // A new instance gets calls within 1 s of its registration.
+    let before = now_ms();
+    let _c = register(&common, "c", port["c"], &["--weight", "100"]).await;
+    let registered = now_ms();
+    let first = client
+        .until(Duration::from_secs(10), "calls to c", |r| r.count("c") > 0)
+        .await;
+    let took = first.t - registered;
+    eprintln!(
+        "c registered (register took {} ms), first call to it {took} ms later",
+        registered - before
+    );
+    assert!(
+        took <= LIVE.as_millis() as i64,
+        "a new instance got its first call {took} ms after its registration"
+    );
+
+    // A deregistered instance gets no call later than 1 s after its deregistration returned
+    // (`registry register` deregisters on SIGINT, then exits).
+    let pid = a.id().expect("a's pid");
+    // The shell's kill builtin: a minimal Debian has no /bin/kill (procps).
+    let killed = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -INT {pid}")])
+        .status()
+        .expect("kill -INT");
+    assert!(killed.success());
+    tokio::time::timeout(Duration::from_secs(15), a.wait())
+        .await
+        .expect("register a exits within 15 s of SIGINT")
+        .unwrap();
+    let gone = now_ms();
+    let mut last_a = client.last.clone().unwrap();
+    let mut last_change = last_a.t;
+    let settled = loop {
+        let r = client.next().await;
+        if r.count("a") != last_a.count("a") {
+            last_change = r.t;
+        }
+        last_a = r.clone();
+        if r.t - gone > 3_000 {
+            break r;
+        }
+    };
+    let after = last_change - gone;
+    eprintln!("a deregistered: its last call {after} ms after the deregistration returned");
+    assert!(
+        after <= LIVE.as_millis() as i64,
+        "a deregistered instance still got calls {after} ms after its deregistration"
+    );
+    assert!(
+        settled.errors == end.errors,
+        "{} calls failed meanwhile, the last with {}",
+        settled.errors - end.errors,
+        settled.last_error
+    );
+
+    // The xDS server's counters in /metrics: one stream, answers accepted, none rejected.
+    let m = metrics(&http).await;
+    assert_eq!(sample(&m, "registry_xds_streams "), 1.0, "{m}");
+    assert!(
+        sample(&m, "registry_xds_acks_total{type=\"eds\"}") >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "registry_xds_nacks_total{type=\"eds\"}"),
+        0.0,
+        "{m}"
+    );
+    serve.kill().await.ok();
+    servers.kill().await.ok();
+}
