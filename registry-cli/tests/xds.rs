@@ -455,3 +455,145 @@ async fn follows(lang: Lang) {
     serve.kill().await.ok();
     servers.kill().await.ok();
 }
+
+/// The ring: with `--xds-balancing ring-hash`, each client's owner of 10,000 keys (its ring hash
+/// on the `x-key` header) against [`registry_xds::GrpcRing`] built by a Rust process from its own
+/// directory, and against the directory's own ring (`Directory::find`, which is not gRPC's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_hash_owners_agree_with_grpc_ring() {
+    let py = match python() {
+        Ok(p) => p,
+        Err(why) => return unavailable::<()>("Python's grpcio", &why).unwrap_or(()),
+    };
+    if let Err(why) = client_command(Lang::Node, "echo", &[]) {
+        return unavailable::<()>("the Node gRPC client", &why).unwrap_or(());
+    }
+    let Some(etcd) = testbed::shared_etcd() else {
+        return;
+    };
+    let ns = fresh_namespace("xds-ring");
+    let url = format!("etcd://{etcd}");
+    let common: Vec<String> = vec![
+        "--backend".into(),
+        url.clone(),
+        "--namespace".into(),
+        ns.clone(),
+    ];
+    let mut servers = Command::new(&py)
+        .arg(script("servers.py"))
+        .args(["a", "b", "c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the Python gRPC servers");
+    let mut out = lines(servers.stdout.take().unwrap());
+    let mut port = BTreeMap::new();
+    for _ in 0..3 {
+        let v: Value = serde_json::from_str(&next_line(&mut out, "servers.py").await).unwrap();
+        port.insert(
+            v["name"].as_str().unwrap().to_owned(),
+            v["port"].as_u64().unwrap() as u16,
+        );
+    }
+    let _a = register(&common, "a", port["a"], &["--weight", "100"]).await;
+    let _b = register(&common, "b", port["b"], &["--weight", "200"]).await;
+    let _c = register(&common, "c", port["c"], &["--weight", "100"]).await;
+    let mut serve = registry()
+        .args(&common)
+        .args(["serve", "--listen", "127.0.0.1:0", "--xds", "127.0.0.1:0"])
+        .args(["--xds-balancing", "ring-hash"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn registry serve");
+    let mut serve_out = lines(serve.stdout.take().unwrap());
+    next_line(&mut serve_out, "serve").await;
+    let xds_line = next_line(&mut serve_out, "serve's xDS line").await;
+    let xds = xds_line
+        .split_whitespace()
+        .skip_while(|w| *w != "on")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let dir = TempDir::new("xds-ring-bootstrap");
+    let bootstrap = dir.write(
+        "bootstrap.json",
+        &serde_json::json!({
+            "xds_servers": [{"server_uri": xds, "channel_creds": [{"type": "insecure"}],
+                             "server_features": ["xds_v3"]}],
+            "node": {"id": "xds-ring-test", "locality": {}}
+        })
+        .to_string(),
+    );
+
+    // A Rust process's view: its own directory of the service, over the same etcd.
+    let backend = registry::connect(&url).await.expect("connect to etcd");
+    let reader = registry::engine::Registry::builder(backend)
+        .namespace(&ns)
+        .build()
+        .expect("a registry");
+    let discovery = reader.discover("echo").await.expect("discover echo");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while discovery.directory().get("echo").len() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "echo not listed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let snap = discovery.directory().snapshot("echo");
+    let ring = registry_xds::GrpcRing::new(&snap);
+    let keys: Vec<String> = (0..10_000).map(|k| format!("user-{k}")).collect();
+
+    // Both clients at once, each asking for every key's owner.
+    let mut runs = Vec::new();
+    for lang in [Lang::Python, Lang::Node] {
+        let mut child = client_command(lang, "echo", &["--keys"])
+            .expect("checked above")
+            .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn a gRPC client");
+        let mut stdin = child.stdin.take().unwrap();
+        let input = keys.join("\n") + "\n";
+        tokio::spawn(async move {
+            let _ = stdin.write_all(input.as_bytes()).await;
+        });
+        runs.push((lang, child));
+    }
+    for (lang, mut child) in runs {
+        let mut out = lines(child.stdout.take().unwrap());
+        let (mut same_grpc, mut same_dir, mut seen) = (0, 0, 0);
+        let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+        for _ in 0..keys.len() {
+            let line = tokio::time::timeout(Duration::from_secs(60), out.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{lang:?}: no owner within 60 s"))
+                .unwrap_or_else(|| panic!("{lang:?}: the client ended after {seen} keys"));
+            let v: Value = serde_json::from_str(&line).unwrap();
+            let (key, owner) = (v["key"].as_str().unwrap(), v["owner"].as_str().unwrap());
+            seen += 1;
+            *counts.entry(owner.to_owned()).or_default() += 1;
+            if ring.find(key.as_bytes()).is_some_and(|i| i.id == owner) {
+                same_grpc += 1;
+            }
+            if discovery
+                .directory()
+                .find("echo", key)
+                .is_some_and(|i| i.id == owner)
+            {
+                same_dir += 1;
+            }
+        }
+        eprintln!(
+            "{lang:?}: {seen} keys, owners {counts:?}; same owner as GrpcRing {same_grpc} \
+             ({:.2} %), as Directory::find {same_dir} ({:.2} %)",
+            same_grpc as f64 * 100.0 / seen as f64,
+            same_dir as f64 * 100.0 / seen as f64
+        );
+        assert_eq!(
+            same_grpc, seen,
+            "{lang:?}: GrpcRing must pick the client's owner for every key"
+        );
+    }
+    serve.kill().await.ok();
+    servers.kill().await.ok();
+}

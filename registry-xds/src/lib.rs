@@ -49,9 +49,11 @@ use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
 pub mod resources;
+pub mod ring;
 mod stream;
 
 pub use resources::{Balancing, HASH_HEADER, Kind};
+pub use ring::GrpcRing;
 
 /// What an xDS server may be tuned with.
 #[derive(Clone)]

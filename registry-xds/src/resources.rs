@@ -6,6 +6,7 @@
 //! any path) to the cluster of the same name, whose endpoints are the service's instances.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster,
@@ -103,9 +104,6 @@ pub enum Balancing {
 /// The request header a ring-hash route hashes on.
 pub const HASH_HEADER: &str = "x-key";
 
-/// The default ring size of a ring-hash cluster (gRPC's default minimum as well).
-const MIN_RING_SIZE: u64 = 1024;
-
 /// Whether `name` can be served: a valid service name (a client may ask for anything, e.g. an
 /// `xdstp://` name; those are left out of the answers, so the client sees them as absent).
 pub fn servable(name: &str) -> bool {
@@ -190,7 +188,10 @@ pub fn cluster(name: &str, balancing: Balancing) -> Any {
             LbPolicy::RingHash,
             Some(LbConfig::RingHashLbConfig(RingHashLbConfig {
                 minimum_ring_size: Some(UInt64Value {
-                    value: MIN_RING_SIZE,
+                    value: crate::ring::MIN_RING_SIZE,
+                }),
+                maximum_ring_size: Some(UInt64Value {
+                    value: crate::ring::MAX_RING_SIZE,
                 }),
                 ..Default::default()
             })),
@@ -207,6 +208,44 @@ pub fn cluster(name: &str, balancing: Balancing) -> Any {
         lb_config,
         ..Default::default()
     })
+}
+
+/// An instance as an endpoint: its address and health.
+pub(crate) struct Served {
+    pub(crate) inst: Arc<Instance>,
+    pub(crate) addr: SocketAddr,
+    pub(crate) health: HealthStatus,
+}
+
+/// The instances of `snap` as endpoints, in the answer's order (by id), with what was left out:
+/// those without an IP address, and those whose address an earlier one has.
+pub(crate) fn served(snap: &ServiceSnapshot) -> (Vec<Served>, Skipped) {
+    let mut skipped = Skipped::default();
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for inst in snap.all().values() {
+        let Some(addr) = ip_address(inst) else {
+            skipped.no_ip_address += 1;
+            continue;
+        };
+        if !seen.insert(addr) {
+            skipped.duplicate_address += 1;
+            continue;
+        }
+        let health = if !inst.is_online() {
+            HealthStatus::Draining
+        } else if snap.is_hidden(&inst.id) {
+            HealthStatus::Unhealthy
+        } else {
+            HealthStatus::Healthy
+        };
+        out.push(Served {
+            inst: inst.clone(),
+            addr,
+            health,
+        });
+    }
+    (out, skipped)
 }
 
 /// What [`endpoints`] left out.
@@ -229,25 +268,9 @@ pub struct Skipped {
 /// are `HEALTHY`, those a probe hides `UNHEALTHY` (gRPC clients leave them out), offline ones
 /// `DRAINING` (no new calls).
 pub fn endpoints(snap: &ServiceSnapshot) -> (Any, Skipped) {
-    let mut skipped = Skipped::default();
-    let mut seen = std::collections::HashSet::new();
-    let mut localities = Vec::new();
-    for inst in snap.all().values() {
-        let Some(addr) = ip_address(inst) else {
-            skipped.no_ip_address += 1;
-            continue;
-        };
-        if !seen.insert(addr) {
-            skipped.duplicate_address += 1;
-            continue;
-        }
-        let health = if !inst.is_online() {
-            HealthStatus::Draining
-        } else if snap.is_hidden(&inst.id) {
-            HealthStatus::Unhealthy
-        } else {
-            HealthStatus::Healthy
-        };
+    let (served, skipped) = served(snap);
+    let mut localities = Vec::with_capacity(served.len());
+    for Served { inst, addr, health } in served {
         let endpoint = LbEndpoint {
             host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
                 address: Some(Address {
