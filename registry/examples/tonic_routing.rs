@@ -1,5 +1,5 @@
 //! gRPC over the directory with tonic: three real tonic servers on loopback register through the
-//! library; a client calls them through a balanced `Channel` (any instance) and through a keyed
+//! library; a client calls them through a balanced channel (any instance, by weight) and through a keyed
 //! transport (each key's ring owner, failing over to the next ring member).
 //!
 //! ```text
@@ -205,7 +205,7 @@ pub mod who {
 }
 
 /// Sends `n` calls through `channel` and counts them by the server that answered.
-async fn spread(channel: &tonic::transport::Channel, n: usize) -> BTreeMap<String, usize> {
+async fn spread(channel: &registry::tonic::BalancedChannel, n: usize) -> BTreeMap<String, usize> {
     let mut by = BTreeMap::new();
     for i in 0..n {
         let reply = who::call(channel.clone(), &format!("k{i}"))
@@ -271,8 +271,17 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let reply = who::call(keyed.clone(), "alice").await?;
     println!("keyed: {owner} is too slow, alice -> {}", reply.server);
     assert_eq!(reply.server, next);
-    // With failover off, the caller sees the timeout.
-    let once = who::call(keyed.clone().attempts(1), "alice").await;
+    // The owner timed out: it is ejected (outlier detection), so alice's next calls go to the
+    // next member at once, even with failover off, until the owner answers again.
+    let reply = who::call(keyed.clone().attempts(1), "alice").await?;
+    assert_eq!(reply.server, next);
+    // With failover and outlier detection off, the caller sees the timeout.
+    let plain = Channels::new(dir, "who")
+        .keyed_by_header(registry::tonic::KEY_HEADER)
+        .timeout(Duration::from_millis(300))
+        .outliers(registry::tonic::OutlierPolicy::off())
+        .attempts(1);
+    let once = who::call(plain, "alice").await;
     assert_eq!(
         once.map_err(|s| s.code()).err(),
         Some(Code::DeadlineExceeded)

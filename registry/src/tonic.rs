@@ -2,10 +2,10 @@
 //!
 //! Two ways to call a service's instances over gRPC, both built from [`Channels`]:
 //!
-//! - [`Channels::balanced`]: a [`tonic::transport::Channel`] balancing over the service's online
-//!   instances (tonic's power-of-two-choices balancer), fed by [`Directory::changes`]: an
-//!   instance that registers starts getting calls, one that leaves, goes offline or is hidden by
-//!   a failing probe stops getting them, one whose details change is reconnected with its new
+//! - [`Channels::balanced`]: a [`BalancedChannel`] spreading calls over the service's online
+//!   instances in proportion to their weights (weighted round robin), following the directory:
+//!   an instance that registers starts getting calls, one that leaves, goes offline or is hidden
+//!   by a failing probe stops getting them, one whose details change is reconnected with its new
 //!   endpoint.
 //! - [`Channels::keyed`]: a [`KeyedChannel`] that sends each call to the ring owner of a key
 //!   taken from the request (Dispatch-style routing), failing over to the next distinct ring
@@ -13,6 +13,10 @@
 //!   `UNAVAILABLE`) or could not be sent the call (connection refused). A call that may have
 //!   reached the owner (connection lost or stream reset afterwards, per-attempt timeout) is
 //!   failed over only for calls declared idempotent ([`RetryPolicy`]).
+//!
+//! Both skip instances whose calls fail (connection refused, no answer within the per-attempt
+//! timeout, `UNAVAILABLE`) before the directory drops them: passive outlier detection
+//! ([`OutlierPolicy`]), and a per-attempt timeout by default ([`DEFAULT_ATTEMPT_TIMEOUT`]).
 //!
 //! Both are usable wherever tonic takes a transport: a generated client's `new(channel)`, or
 //! [`tonic::client::Grpc::new`].
@@ -44,13 +48,17 @@ use std::time::Duration;
 use ::tonic::body::Body;
 use ::tonic::metadata::MetadataValue;
 use ::tonic::transport::{Channel, Endpoint};
+
+mod balanced;
+mod outlier;
+
 use ::tonic::{Code, Status};
+pub use balanced::BalancedChannel;
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
 use http_body_util::BodyExt;
-use registry_engine::{
-    Change, Directory, DispatchError, Dispatcher, Failover, Instance, Selection,
-};
+pub use outlier::OutlierPolicy;
+use outlier::{Outcome, Outliers};
+use registry_engine::{Directory, DispatchError, Dispatcher, Failover, Instance, Selection};
 use tower::Service;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
@@ -60,8 +68,11 @@ type KeyFn = Arc<dyn Fn(&http::request::Parts) -> Option<Vec<u8>> + Send + Sync>
 /// The metadata header [`Channels::keyed_by_header`] is usually given, and [`set_key`] sets.
 pub const KEY_HEADER: &str = "x-registry-key";
 
-/// How many directory changes may wait for the balancer (see [`Channels::buffer`]).
-pub const DEFAULT_CHANGE_BUFFER: usize = 64;
+/// How long an attempt may wait for its response head unless told otherwise
+/// ([`BalancedChannel::timeout`], [`KeyedChannel::timeout`]): then it fails with
+/// `DEADLINE_EXCEEDED` and counts as a failure of its instance (see [`OutlierPolicy`]). Long
+/// enough for ordinary calls; a streaming call's head comes when the server starts it.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The default endpoint of an instance: its first address, with `http://` in front unless it
 /// already has a scheme (`https://host:port` is kept as is).
@@ -106,7 +117,6 @@ pub struct Channels {
     service: String,
     selection: Option<Selection>,
     endpoint: EndpointFn,
-    buffer: usize,
 }
 
 impl fmt::Debug for Channels {
@@ -114,7 +124,6 @@ impl fmt::Debug for Channels {
         f.debug_struct("Channels")
             .field("service", &self.service)
             .field("selection", &self.selection)
-            .field("buffer", &self.buffer)
             .finish_non_exhaustive()
     }
 }
@@ -129,7 +138,6 @@ impl Channels {
             service: service.into(),
             selection: None,
             endpoint: Arc::new(|i| endpoint(i).map_err(Into::into)),
-            buffer: DEFAULT_CHANGE_BUFFER,
         }
     }
 
@@ -189,34 +197,18 @@ impl Channels {
         self
     }
 
-    /// How many directory changes may wait for the balancer to take them (default
-    /// [`DEFAULT_CHANGE_BUFFER`]); the feeding task waits when it is full.
-    pub fn buffer(mut self, capacity: usize) -> Self {
-        self.buffer = capacity.max(1);
-        self
-    }
-
-    fn changes(&self) -> Pin<Box<dyn Stream<Item = Change> + Send>> {
-        match &self.selection {
-            Some(sel) => Box::pin(sel.changes()),
-            None => Box::pin(self.directory.changes(&self.service)),
-        }
-    }
-
-    /// A channel balancing over the instances, following the directory. Must be called inside a
-    /// tokio runtime: it spawns the task that feeds the directory's changes to the balancer,
-    /// which ends by itself when the channel and all its clones are dropped.
+    /// A channel spreading calls over the instances by their weights, following the directory,
+    /// skipping instances whose calls fail: see [`BalancedChannel`]. Must be called inside a
+    /// tokio runtime (instance channels connect lazily on it).
     ///
-    /// While the service has no instance, calls wait (put a timeout on them).
-    pub fn balanced(&self) -> Channel {
-        let (channel, tx) = Channel::balance_channel::<String>(self.buffer);
-        tokio::spawn(feed(
-            self.changes(),
-            tx,
-            self.endpoint.clone(),
+    /// While the service has no instance, a call waits for one, up to the per-attempt timeout.
+    pub fn balanced(&self) -> BalancedChannel {
+        BalancedChannel::new(
+            self.directory.clone(),
             self.service.clone(),
-        ));
-        channel
+            self.selection.clone(),
+            self.endpoint.clone(),
+        )
     }
 
     /// A transport that sends each call to the ring owner of the key `key` extracts from the
@@ -240,6 +232,8 @@ impl Channels {
     {
         let make = self.endpoint.clone();
         let factory = move |inst: &Instance| InstanceChannel {
+            id: Arc::from(inst.id.as_str()),
+            addr: Arc::from(balanced::addr_of(inst)),
             channel: make(inst).map(|ep| ep.connect_lazy()).map_err(Arc::from),
         };
         let dispatcher = match &self.selection {
@@ -252,6 +246,8 @@ impl Channels {
             failover: Failover::new(),
             retry_codes: Arc::from([Code::Unavailable]),
             retry_policy: RetryPolicy::default(),
+            timeout: Some(DEFAULT_ATTEMPT_TIMEOUT),
+            outliers: Outliers::new(OutlierPolicy::default()),
         };
         keyed.set_failover();
         keyed
@@ -264,39 +260,6 @@ impl Channels {
     }
 }
 
-/// Feeds the directory's changes to a balanced channel until the channel is dropped.
-async fn feed(
-    mut changes: Pin<Box<dyn Stream<Item = Change> + Send>>,
-    tx: tokio::sync::mpsc::Sender<::tonic::transport::channel::Change<String, Endpoint>>,
-    endpoint: EndpointFn,
-    service: String,
-) {
-    use ::tonic::transport::channel::Change as Tc;
-    loop {
-        let change = tokio::select! {
-            _ = tx.closed() => return,
-            change = changes.next() => match change {
-                Some(change) => change,
-                None => return,
-            },
-        };
-        let msg = match change {
-            Change::Insert(id, inst) => match endpoint(&inst) {
-                // Same key: the balancer replaces the endpoint it had for this id.
-                Ok(ep) => Tc::Insert(id, ep),
-                Err(e) => {
-                    tracing::warn!(%service, %id, error = %e, "tonic: no endpoint for this instance; it gets no calls");
-                    Tc::Remove(id)
-                }
-            },
-            Change::Remove(id) => Tc::Remove(id),
-        };
-        if tx.send(msg).await.is_err() {
-            return;
-        }
-    }
-}
-
 /// One gRPC call, buffered so that it can be sent again to another instance.
 #[derive(Clone)]
 struct GrpcCall {
@@ -306,13 +269,31 @@ struct GrpcCall {
     headers: http::HeaderMap,
     extensions: http::Extensions,
     body: Bytes,
+    /// Each attempt's timeout, up to the response head.
+    timeout: Option<Duration>,
+    /// Where each attempt's outcome is recorded.
+    outliers: Outliers,
 }
 
 /// The client of one instance: its lazily connected channel, or why it has none.
 #[derive(Clone)]
 struct InstanceChannel {
+    id: Arc<str>,
+    addr: Arc<str>,
     channel: Result<Channel, Arc<dyn StdError + Send + Sync>>,
 }
+
+/// An attempt that got no response head within its timeout (it may have reached the instance).
+#[derive(Debug)]
+struct AttemptTimedOut;
+
+impl fmt::Display for AttemptTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the instance did not answer within the per-attempt timeout")
+    }
+}
+
+impl StdError for AttemptTimedOut {}
 
 /// Why an instance's client failed: its endpoint could not be made, or the transport failed.
 #[derive(Debug)]
@@ -384,9 +365,12 @@ impl Service<GrpcCall> for InstanceChannel {
     }
 
     fn call(&mut self, call: GrpcCall) -> Self::Future {
+        let (id, addr) = (self.id.clone(), self.addr.clone());
+        let (outliers, timeout) = (call.outliers.clone(), call.timeout);
         let ch = match &mut self.channel {
             Ok(ch) => ch,
             Err(e) => {
+                outliers.record(&id, &addr, Outcome::Down);
                 let e = NotSent(EndpointUnusable(e.clone()).into());
                 return Box::pin(async move { Err(e.into()) });
             }
@@ -399,14 +383,40 @@ impl Service<GrpcCall> for InstanceChannel {
         *req.extensions_mut() = call.extensions;
         let fut = ch.call(req);
         Box::pin(async move {
-            fut.await.map_err(|e| {
-                if is_not_sent(&e) {
-                    NotSent(e.into()).into()
-                } else {
-                    // Handed to a connection: the instance may have received it.
-                    e.into()
+            let result = match timeout {
+                Some(t) => match tokio::time::timeout(t, fut).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        outliers.record(&id, &addr, Outcome::Down);
+                        return Err(AttemptTimedOut.into());
+                    }
+                },
+                None => fut.await,
+            };
+            match result {
+                Ok(resp) => {
+                    outliers.record(&id, &addr, balanced::outcome_of(&resp));
+                    Ok(resp)
                 }
-            })
+                Err(e) => {
+                    let not_sent = is_not_sent(&e);
+                    outliers.record(
+                        &id,
+                        &addr,
+                        if not_sent {
+                            Outcome::Down
+                        } else {
+                            Outcome::Failed
+                        },
+                    );
+                    Err(if not_sent {
+                        NotSent(e.into()).into()
+                    } else {
+                        // Handed to a connection: the instance may have received it.
+                        e.into()
+                    })
+                }
+            }
         })
     }
 }
@@ -446,6 +456,8 @@ pub struct KeyedChannel {
     failover: Failover<http::Response<Body>, BoxError>,
     retry_codes: Arc<[Code]>,
     retry_policy: RetryPolicy,
+    timeout: Option<Duration>,
+    outliers: Outliers,
 }
 
 /// Which failed attempts of a [`KeyedChannel`] call are sent again to the next ring member
@@ -475,6 +487,8 @@ impl fmt::Debug for KeyedChannel {
             .field("failover", &self.failover)
             .field("retry_codes", &self.retry_codes)
             .field("retry_policy", &self.retry_policy)
+            .field("timeout", &self.timeout)
+            .field("outliers", &self.outliers.policy())
             .finish()
     }
 }
@@ -489,6 +503,7 @@ impl KeyedChannel {
             .retry_if(move |outcome| match outcome {
                 Ok(resp) => Status::from_header_map(resp.headers())
                     .is_some_and(|s| codes.contains(&s.code())),
+                // A timed-out attempt (AttemptTimedOut) may have been received.
                 Err(DispatchError::Service(e)) => e.is::<NotSent>() || maybe_sent,
                 // A timed-out attempt may have been received.
                 Err(_) => maybe_sent,
@@ -502,15 +517,36 @@ impl KeyedChannel {
         self
     }
 
-    /// Each attempt's timeout, up to the response head (default none: use tonic's
-    /// `Endpoint::timeout` or a deadline for the whole call). A timed-out attempt fails the call
-    /// with `DEADLINE_EXCEEDED`, and is failed over only with [`RetryPolicy::Idempotent`] (it may
-    /// have reached the instance). To fail over from an unreachable instance by default, give
-    /// its endpoint a shorter `Endpoint::connect_timeout` (see [`Channels::endpoint`]): a
-    /// connection not made in time is a request not sent.
+    /// Each attempt's timeout, up to the response head (default [`DEFAULT_ATTEMPT_TIMEOUT`]). A
+    /// timed-out attempt counts as a failure of its instance ([`outliers`](Self::outliers)) and
+    /// fails the call with `DEADLINE_EXCEEDED`; it is failed over only with
+    /// [`RetryPolicy::Idempotent`] (it may have reached the instance). To fail over from an
+    /// unreachable instance at once, give its endpoint a shorter `Endpoint::connect_timeout` (see
+    /// [`Channels::endpoint`]): a connection not made in time is a request not sent.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.failover = self.failover.timeout(timeout);
+        self.timeout = Some(timeout);
         self
+    }
+
+    /// No per-attempt timeout: an attempt waits as long as its instance takes (put a deadline on
+    /// the calls instead, or a hung owner holds every call for its keys).
+    pub fn no_timeout(mut self) -> Self {
+        self.timeout = None;
+        self
+    }
+
+    /// When instances are ejected (default [`OutlierPolicy::default`]; [`OutlierPolicy::off`]
+    /// turns it off): a call whose owner is ejected goes to the next ring member, as if the
+    /// owner had left, until the owner answers again.
+    pub fn outliers(mut self, policy: OutlierPolicy) -> Self {
+        self.outliers = Outliers::new(policy);
+        self
+    }
+
+    /// Whether the instance `id` is ejected now.
+    pub fn is_ejected(&self, id: &str) -> bool {
+        self.outliers
+            .is_ejected(id, None, std::time::Instant::now())
     }
 
     /// The gRPC status codes that move a call on to the next instance (default `UNAVAILABLE`).
@@ -562,6 +598,9 @@ fn to_status(e: DispatchError<BoxError>) -> Status {
             Status::unavailable(format!("no online instance of service {service}"))
         }
         DispatchError::Timeout => Status::deadline_exceeded("the instance did not answer in time"),
+        DispatchError::Service(e) if e.is::<AttemptTimedOut>() => {
+            Status::deadline_exceeded(e.to_string())
+        }
         DispatchError::Service(e) => {
             let e = match e.downcast::<NotSent>() {
                 Ok(not_sent) => not_sent.0,
@@ -595,6 +634,7 @@ where
         let key = (self.key)(&head);
         let dispatcher = self.dispatcher.clone();
         let failover = self.failover.clone();
+        let (timeout, outliers) = (self.timeout, self.outliers.clone());
         Box::pin(async move {
             let Some(key) = key else {
                 return Err(Status::invalid_argument(
@@ -613,9 +653,25 @@ where
                 headers: head.headers,
                 extensions: head.extensions,
                 body,
+                timeout,
+                outliers: outliers.clone(),
             };
+            // The key's owners on the ring, ejected ones skipped (the ring's next members take
+            // their keys); all of them if every candidate is ejected.
+            let attempts = failover.max_attempts();
+            let candidates = dispatcher.owners(attempts * 2 + 2, &key);
+            let now = std::time::Instant::now();
+            let mut targets: Vec<Arc<Instance>> = candidates
+                .iter()
+                .filter(|i| !outliers.is_ejected(&i.id, Some(balanced::addr_of(i)), now))
+                .take(attempts)
+                .cloned()
+                .collect();
+            if targets.is_empty() {
+                targets = candidates.into_iter().take(attempts).collect();
+            }
             dispatcher
-                .call_with(key, call, &failover)
+                .call_instances(&targets, call, &failover)
                 .await
                 .map_err(to_status)
         })

@@ -192,9 +192,12 @@ async fn keyed_does_not_resend_a_call_whose_stream_was_reset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyed_does_not_resend_a_call_whose_attempt_timed_out() {
     let pair = Pair::new(Fault::Hang).await;
+    // Outlier detection off: a timed-out owner would be ejected, and the second call would not
+    // try it at all.
     let keyed = Channels::new(&pair.dir, "who")
         .keyed_by_header(KEY_HEADER)
-        .timeout(Duration::from_millis(200));
+        .timeout(Duration::from_millis(200))
+        .outliers(registry::tonic::OutlierPolicy::off());
     let err = call(&keyed).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     assert_eq!(pair.calls(), 1, "sent twice by default");
@@ -248,14 +251,20 @@ async fn keyed_fails_over_by_default_when_the_request_was_not_sent() {
         "keys per broken owner: {tried:?}"
     );
 
-    // Without failover the caller sees the refused connection.
+    // The refusing owner is ejected: its keys go to the next member even without failover.
     let key = (0..)
         .map(|i| format!("k{i}"))
         .find(|k| dir.find("who", k).unwrap().id == "refused")
         .unwrap();
-    let err = who::call(keyed.clone().attempts(1), &key)
-        .await
-        .unwrap_err();
+    assert!(keyed.is_ejected("refused"));
+    let reply = who::call(keyed.clone().attempts(1), &key).await.unwrap();
+    assert_ne!(reply.server, "refused");
+    // Without failover and outlier detection the caller sees the refused connection.
+    let plain = Channels::new(&dir, "who")
+        .keyed_by_header(KEY_HEADER)
+        .outliers(registry::tonic::OutlierPolicy::off())
+        .attempts(1);
+    let err = who::call(plain, &key).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     server.stop().await;
 }

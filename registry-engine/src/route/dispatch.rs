@@ -236,6 +236,23 @@ where
         R: Clone,
     {
         let targets = self.owners(failover.attempts, key);
+        self.call_instances(&targets, request, failover).await
+    }
+
+    /// Calls `targets` in turn as [`call_with`](Self::call_with) calls a key's owners: each
+    /// attempt within the failover's timeout, the next one only if the failover says so. For a
+    /// caller that chooses the instances itself (e.g. skipping those it has ejected from
+    /// [`owners`](Self::owners)' list); no target is `ServiceUnavailable`.
+    pub async fn call_instances<R>(
+        &self,
+        targets: &[Arc<Instance>],
+        request: R,
+        failover: &Failover<S::Response, S::Error>,
+    ) -> Result<S::Response, DispatchError<S::Error>>
+    where
+        S: Service<R>,
+        R: Clone,
+    {
         let Some((last, earlier)) = targets.split_last() else {
             return Err(self.unavailable());
         };
