@@ -39,21 +39,24 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// Where scripts/grpc-clients.sh installs the clients.
+fn clients_dir() -> PathBuf {
+    std::env::var_os("REGISTRY_TESTBED_CACHE")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/service-registry/testbed")
+        })
+        .join("grpc-clients")
+}
+
 /// The venv's python with grpcio (scripts/grpc-clients.sh), if installed.
 fn python() -> Result<PathBuf, String> {
     let py = std::env::var_os("REGISTRY_GRPC_PYTHON")
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("REGISTRY_TESTBED_CACHE")
-                .filter(|d| !d.is_empty())
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                        .join(".cache/service-registry/testbed")
-                });
-            cache.join("grpc-clients/venv/bin/python")
-        });
+        .unwrap_or_else(|| clients_dir().join("venv/bin/python"));
     let ok = std::process::Command::new(&py)
         .args(["-c", "import grpc"])
         .output()
@@ -73,16 +76,7 @@ fn node_modules() -> Result<PathBuf, String> {
     let dir = std::env::var_os("REGISTRY_GRPC_NODE_DIR")
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("REGISTRY_TESTBED_CACHE")
-                .filter(|d| !d.is_empty())
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                        .join(".cache/service-registry/testbed")
-                });
-            cache.join("grpc-clients/node_modules")
-        });
+        .unwrap_or_else(|| clients_dir().join("node_modules"));
     if dir.join("@grpc/grpc-js-xds/package.json").exists() {
         Ok(dir)
     } else {
