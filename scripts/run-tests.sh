@@ -30,6 +30,7 @@ TEST_SLOW_FIRST=(
   registry-dns:consul
   registry-cli:dashboard
   registry-cli:prometheus
+  registry-cli:xds
 )
 
 run_tests() {
