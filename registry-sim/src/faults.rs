@@ -15,7 +15,7 @@ use registry_core::{Error, LeaseId, Result, WatchStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::world::Alarm;
+use crate::alarm::Alarm;
 
 /// How long a hung call waits before it reaches the backend.
 pub const HANG: Duration = Duration::from_secs(3);

@@ -31,6 +31,7 @@
 //!
 //! [`Registry`]: registry_engine::Registry
 
+pub mod alarm;
 pub mod faults;
 pub mod schedule;
 pub mod shrink;

@@ -2,8 +2,8 @@
 //! invariants checked after every step and once the faults have healed.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,9 +13,9 @@ use registry_engine::{
     Discovery, Instance, RegisterOptions, Registration, RegistrationState, Registry,
 };
 use registry_memory::MemoryBackend;
-use tokio::sync::Notify;
 use tokio::time::{Instant, timeout};
 
+use crate::alarm::Alarm;
 use crate::faults::Faults;
 use crate::schedule::{Action, IDS, PROCESSES, SERVICES, Schedule};
 
@@ -68,37 +68,6 @@ pub struct Outcome {
     pub calls: u64,
     /// Commands answered.
     pub commands: u64,
-}
-
-/// Raised by anything that sees a violation while the schedule plays (a busy loop, a stall);
-/// the driver stops at once.
-#[derive(Debug, Default)]
-pub struct Alarm {
-    raised: Mutex<Option<String>>,
-    wake: Notify,
-    progress: AtomicU64,
-}
-
-impl Alarm {
-    pub(crate) fn raise(&self, what: String) {
-        let mut raised = self.raised.lock().unwrap_or_else(|p| p.into_inner());
-        if raised.is_none() {
-            *raised = Some(what);
-        }
-        drop(raised);
-        self.wake.notify_one();
-    }
-
-    pub(crate) fn progress(&self) {
-        self.progress.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn raised(&self) -> Option<String> {
-        self.raised
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
 }
 
 struct Proc {

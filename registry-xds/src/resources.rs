@@ -104,6 +104,13 @@ pub enum Balancing {
 /// The request header a ring-hash route hashes on.
 pub const HASH_HEADER: &str = "x-key";
 
+/// The minimum ring size this server asks clients for (gRPC's default as well).
+pub const MIN_RING_SIZE: u64 = 1024;
+/// The maximum ring size this server asks clients for: gRPC clients cap rings at 4,096 entries
+/// by default (the channel argument `grpc.lb.ring_hash.ring_size_cap`) whatever the cluster says,
+/// so asking for that makes the size the same in every client.
+pub const MAX_RING_SIZE: u64 = 4096;
+
 /// Whether `name` can be served: a valid service name (a client may ask for anything, e.g. an
 /// `xdstp://` name; those are left out of the answers, so the client sees them as absent).
 pub fn servable(name: &str) -> bool {
@@ -188,10 +195,10 @@ pub fn cluster(name: &str, balancing: Balancing) -> Any {
             LbPolicy::RingHash,
             Some(LbConfig::RingHashLbConfig(RingHashLbConfig {
                 minimum_ring_size: Some(UInt64Value {
-                    value: crate::ring::MIN_RING_SIZE,
+                    value: MIN_RING_SIZE,
                 }),
                 maximum_ring_size: Some(UInt64Value {
-                    value: crate::ring::MAX_RING_SIZE,
+                    value: MAX_RING_SIZE,
                 }),
                 ..Default::default()
             })),

@@ -26,12 +26,7 @@ use xxhash_rust::xxh64::xxh64;
 
 use crate::resources::served;
 
-/// The minimum ring size this server asks clients for (gRPC's default as well).
-pub const MIN_RING_SIZE: u64 = 1024;
-/// The maximum ring size this server asks clients for: gRPC clients cap rings at 4,096 entries
-/// by default (the channel argument `grpc.lb.ring_hash.ring_size_cap`) whatever the cluster says,
-/// so asking for that makes the size the same in every client.
-pub const MAX_RING_SIZE: u64 = 4096;
+pub use crate::resources::{MAX_RING_SIZE, MIN_RING_SIZE};
 
 /// A service's ring as a gRPC client with ring hash builds it from this server's answer.
 #[derive(Clone, Debug, Default)]
