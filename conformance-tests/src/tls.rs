@@ -100,23 +100,32 @@ impl TlsServer {
 
 /// Starts a `kind` server that speaks only TLS, with `tls`'s certificate; returns the container and
 /// its `127.0.0.1:port`.
+///
+/// On a fixed host port: the tests reach the server as `localhost` too, which may resolve to `::1`,
+/// and Docker gives an ephemeral mapping's IPv4 and IPv6 sides ports of their own, so `::1` at the
+/// IPv4 side's port can be another container (CI once reached a plain-text etcd there). A fixed
+/// mapping binds the same port on both sides, and `free_port` takes it below the ephemeral range.
 async fn start_server(kind: ServerKind, tls: ServerTls) -> Result<(Container, String), String> {
     let tls = Some(tls);
+    let host_port = Some(testbed::free_port());
     match kind {
         ServerKind::Etcd => testbed::start_etcd(EtcdOptions {
             tls,
+            host_port,
             ..EtcdOptions::default()
         })
         .await
         .map(|s| (s.container, s.endpoint)),
         ServerKind::Redis => testbed::start_redis(RedisOptions {
             tls,
+            host_port,
             ..RedisOptions::default()
         })
         .await
         .map(|s| (s.container, s.endpoint)),
         ServerKind::Consul => testbed::start_consul(ConsulOptions {
             tls,
+            host_port,
             ..ConsulOptions::default()
         })
         .await

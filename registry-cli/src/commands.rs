@@ -714,7 +714,7 @@ pub(crate) async fn serve(ctx: &Context, a: ServeArgs) -> Result<()> {
     let sources = std::sync::Arc::new(
         registry_cli::sources::Sources::start(d.directory(), &a.sources).await?,
     );
-    let listener = tokio::net::TcpListener::bind(a.listen).await.map_err(|e| {
+    let listener = registry_cli::serve::bind(a.listen).map_err(|e| {
         Error::new(
             ErrorKind::InvalidInput,
             format!("cannot listen on {}", a.listen),
@@ -758,7 +758,7 @@ pub(crate) async fn serve(ctx: &Context, a: ServeArgs) -> Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut xds_task = None;
     if let Some(xds_addr) = a.xds {
-        let xds_listener = tokio::net::TcpListener::bind(xds_addr).await.map_err(|e| {
+        let xds_listener = registry_cli::serve::bind(xds_addr).map_err(|e| {
             Error::new(
                 ErrorKind::InvalidInput,
                 format!("cannot listen on {xds_addr} for xDS"),

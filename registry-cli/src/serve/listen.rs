@@ -68,6 +68,23 @@ pub fn raise_file_limit() -> u64 {
     }
 }
 
+/// How many connections the kernel may hold for `accept` (capped by `net.core.somaxconn`): a
+/// burst of connections larger than the queue loses the handshakes beyond it, and a client whose
+/// last handshake packet was dropped waits for the server's retransmissions (1, 3, 7, 15, 31 s).
+pub const ACCEPT_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with an accept queue of [`ACCEPT_BACKLOG`] (tokio's `bind` asks for 1,024).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
 /// The connection limit that leaves room for the rest of the process under `file_limit`.
 pub fn connection_limit(file_limit: u64) -> usize {
     let reserved = RESERVED_FILES.max(file_limit / 8);

@@ -48,7 +48,7 @@ mod sd;
 mod tls;
 
 pub use guard::Token;
-pub use listen::{connection_limit, raise_file_limit};
+pub use listen::{ACCEPT_BACKLOG, bind, connection_limit, raise_file_limit};
 pub use metrics::Metrics;
 pub use tls::TlsFiles;
 
