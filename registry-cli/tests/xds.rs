@@ -245,6 +245,77 @@ fn sample(metrics: &str, line_start: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {line_start} in /metrics:\n{metrics}"))
 }
 
+/// Real gRPC servers (Python's), one per name, each answering with its name; their ports.
+async fn grpc_servers(py: &Path, names: &[&str]) -> (Child, BTreeMap<String, u16>) {
+    let mut servers = Command::new(py)
+        .arg(script("servers.py"))
+        .args(names)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the Python gRPC servers");
+    let mut out = lines(servers.stdout.take().unwrap());
+    let mut port = BTreeMap::new();
+    for _ in names {
+        let v: Value = serde_json::from_str(&next_line(&mut out, "servers.py").await).unwrap();
+        port.insert(
+            v["name"].as_str().unwrap().to_owned(),
+            v["port"].as_u64().unwrap() as u16,
+        );
+    }
+    (servers, port)
+}
+
+/// `registry serve --xds 127.0.0.1:0` with `extra` arguments: the process, its HTTP address and
+/// its xDS address.
+async fn serve_xds(common: &[String], extra: &[&str]) -> (Child, String, String) {
+    let mut serve = registry()
+        .args(common)
+        .args(["serve", "--listen", "127.0.0.1:0", "--xds", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn registry serve");
+    let mut out = lines(serve.stdout.take().unwrap());
+    let http = next_line(&mut out, "serve").await;
+    let http = http
+        .split_whitespace()
+        .find_map(|w| {
+            w.strip_prefix("http://")
+                .or_else(|| w.strip_prefix("https://"))
+        })
+        .unwrap_or_else(|| panic!("no address in {http:?}"))
+        .trim_end_matches('/')
+        .to_owned();
+    let xds_line = next_line(&mut out, "serve's xDS line").await;
+    let xds = xds_line
+        .split_whitespace()
+        .skip_while(|w| *w != "on")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no xDS address in {xds_line:?}"))
+        .to_owned();
+    (serve, http, xds)
+}
+
+/// A bootstrap file naming the xDS server at `server_uri`, with `extra` fields merged into the
+/// server's entry (channel credentials, call credentials).
+fn bootstrap(dir: &TempDir, node: &str, server_uri: &str, extra: Value) -> PathBuf {
+    let mut server = serde_json::json!({
+        "server_uri": server_uri,
+        "channel_creds": [{"type": "insecure"}],
+        "server_features": ["xds_v3"]
+    });
+    if let (Some(s), Value::Object(extra)) = (server.as_object_mut(), extra) {
+        s.extend(extra);
+    }
+    dir.write(
+        &format!("bootstrap-{node}.json"),
+        &serde_json::json!({"xds_servers": [server], "node": {"id": node, "locality": {}}})
+            .to_string(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_follows_the_directory_over_xds() {
     follows(Lang::Python).await;
@@ -276,63 +347,15 @@ async fn follows(lang: Lang) {
     ];
 
     // Four real gRPC servers, each answering with its name.
-    let mut servers = Command::new(&py)
-        .arg(script("servers.py"))
-        .args(["a", "b", "c", "d"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn the Python gRPC servers");
-    let mut out = lines(servers.stdout.take().unwrap());
-    let mut port = BTreeMap::new();
-    for _ in 0..4 {
-        let v: Value = serde_json::from_str(&next_line(&mut out, "servers.py").await).unwrap();
-        port.insert(
-            v["name"].as_str().unwrap().to_owned(),
-            v["port"].as_u64().unwrap() as u16,
-        );
-    }
+    let (mut servers, port) = grpc_servers(&py, &["a", "b", "c", "d"]).await;
     // a and b online, weights 1:3; d offline from the start.
     let mut a = register(&common, "a", port["a"], &["--weight", "100"]).await;
     let _b = register(&common, "b", port["b"], &["--weight", "300"]).await;
     let _d = register(&common, "d", port["d"], &["--offline"]).await;
 
-    let mut serve = registry()
-        .args(&common)
-        .args(["serve", "--listen", "127.0.0.1:0", "--xds", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn registry serve");
-    let mut serve_out = lines(serve.stdout.take().unwrap());
-    let http = next_line(&mut serve_out, "serve").await;
-    let http = http
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http://"))
-        .unwrap()
-        .trim_end_matches('/')
-        .to_owned();
-    let xds_line = next_line(&mut serve_out, "serve's xDS line").await;
-    let xds = xds_line
-        .split_whitespace()
-        .skip_while(|w| *w != "on")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no xDS address in {xds_line:?}"))
-        .to_owned();
-
+    let (mut serve, http, xds) = serve_xds(&common, &[]).await;
     let dir = TempDir::new("xds-bootstrap");
-    let bootstrap = dir.write(
-        "bootstrap.json",
-        &serde_json::json!({
-            "xds_servers": [{
-                "server_uri": xds,
-                "channel_creds": [{"type": "insecure"}],
-                "server_features": ["xds_v3"]
-            }],
-            "node": {"id": format!("xds-test-{lang:?}"), "locality": {}}
-        })
-        .to_string(),
-    );
+    let bootstrap = bootstrap(&dir, &format!("xds-test-{lang:?}"), &xds, Value::Null);
     let mut child = client_command(lang, "echo", &[])
         .expect("checked above")
         .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
@@ -473,53 +496,13 @@ async fn ring_hash_owners_agree_with_grpc_ring() {
         "--namespace".into(),
         ns.clone(),
     ];
-    let mut servers = Command::new(&py)
-        .arg(script("servers.py"))
-        .args(["a", "b", "c"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn the Python gRPC servers");
-    let mut out = lines(servers.stdout.take().unwrap());
-    let mut port = BTreeMap::new();
-    for _ in 0..3 {
-        let v: Value = serde_json::from_str(&next_line(&mut out, "servers.py").await).unwrap();
-        port.insert(
-            v["name"].as_str().unwrap().to_owned(),
-            v["port"].as_u64().unwrap() as u16,
-        );
-    }
+    let (mut servers, port) = grpc_servers(&py, &["a", "b", "c"]).await;
     let _a = register(&common, "a", port["a"], &["--weight", "100"]).await;
     let _b = register(&common, "b", port["b"], &["--weight", "200"]).await;
     let _c = register(&common, "c", port["c"], &["--weight", "100"]).await;
-    let mut serve = registry()
-        .args(&common)
-        .args(["serve", "--listen", "127.0.0.1:0", "--xds", "127.0.0.1:0"])
-        .args(["--xds-balancing", "ring-hash"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn registry serve");
-    let mut serve_out = lines(serve.stdout.take().unwrap());
-    next_line(&mut serve_out, "serve").await;
-    let xds_line = next_line(&mut serve_out, "serve's xDS line").await;
-    let xds = xds_line
-        .split_whitespace()
-        .skip_while(|w| *w != "on")
-        .nth(1)
-        .unwrap()
-        .to_owned();
+    let (mut serve, _, xds) = serve_xds(&common, &["--xds-balancing", "ring-hash"]).await;
     let dir = TempDir::new("xds-ring-bootstrap");
-    let bootstrap = dir.write(
-        "bootstrap.json",
-        &serde_json::json!({
-            "xds_servers": [{"server_uri": xds, "channel_creds": [{"type": "insecure"}],
-                             "server_features": ["xds_v3"]}],
-            "node": {"id": "xds-ring-test", "locality": {}}
-        })
-        .to_string(),
-    );
-
+    let bootstrap = bootstrap(&dir, "xds-ring-test", &xds, Value::Null);
     // A Rust process's view: its own directory of the service, over the same etcd.
     let backend = registry::connect(&url).await.expect("connect to etcd");
     let reader = registry::engine::Registry::builder(backend)
@@ -587,6 +570,119 @@ async fn ring_hash_owners_agree_with_grpc_ring() {
             same_grpc, seen,
             "{lang:?}: GrpcRing must pick the client's owner for every key"
         );
+    }
+    serve.kill().await.ok();
+    servers.kill().await.ok();
+}
+
+/// A JWT-shaped token expiring in 2100 (gRPC's JWT call credentials read its `exp`; our server
+/// compares the whole token, as an opaque secret).
+fn jwt_shaped(subject: &str) -> String {
+    use base64::Engine;
+    let b64 = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    format!(
+        "{}.{}.{}",
+        b64(r#"{"alg":"HS256","typ":"JWT"}"#),
+        b64(&format!(r#"{{"sub":"{subject}","exp":4102444800}}"#)),
+        b64("not-checked")
+    )
+}
+
+/// TLS and a token on the xDS port with grpcio's own bootstrap: TLS channel credentials (gRFC
+/// A65) and the token, from a file, as JWT call credentials (gRFC A97; experimental in gRPC,
+/// `GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS=true`). With the right token the client finds the
+/// service's instance; with a wrong one its streams are refused and it finds none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_over_tls_with_a_token() {
+    let py = match python() {
+        Ok(p) => p,
+        Err(why) => return unavailable::<()>("Python's grpcio", &why).unwrap_or(()),
+    };
+    let Some(etcd) = testbed::shared_etcd() else {
+        return;
+    };
+    let common: Vec<String> = vec![
+        "--backend".into(),
+        format!("etcd://{etcd}"),
+        "--namespace".into(),
+        fresh_namespace("xds-tls"),
+    ];
+    let (mut servers, port) = grpc_servers(&py, &["a"]).await;
+    let _a = register(&common, "a", port["a"], &[]).await;
+    let dir = TempDir::new("xds-tls");
+    let ca = conformance_tests::pki::TestCa::new("xds test CA");
+    let issued = ca.server_cert(&["localhost", "127.0.0.1"]);
+    let cert = dir.write("cert.pem", &issued.cert);
+    let key = dir.write("key.pem", &issued.key);
+    let ca_file = dir.write("ca.pem", &ca.pem);
+    let token = dir.write("token.jwt", &jwt_shaped("right"));
+    let wrong = dir.write("wrong.jwt", &jwt_shaped("wrong"));
+    let (mut serve, _, xds) = serve_xds(
+        &common,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--token-file",
+            token.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let xds_port = xds.rsplit_once(':').unwrap().1;
+    let server_uri = format!("localhost:{xds_port}");
+    for (node, token_file, allowed) in [("right", &token, true), ("wrong", &wrong, false)] {
+        let file = bootstrap(
+            &dir,
+            node,
+            &server_uri,
+            serde_json::json!({
+                "channel_creds": [{"type": "tls", "config": {"ca_certificate_file": ca_file}}],
+                "call_creds": [{"type": "jwt_token_file", "config": {"jwt_token_file": token_file}}]
+            }),
+        );
+        let mut child = client_command(Lang::Python, "echo", &[])
+            .expect("checked above")
+            .env("GRPC_XDS_BOOTSTRAP", &file)
+            .env("GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS", "true")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the Python gRPC client");
+        let mut client = Client {
+            out: lines(child.stdout.take().unwrap()),
+            _child: child,
+            last: None,
+        };
+        if allowed {
+            let r = client
+                .until(
+                    Duration::from_secs(30),
+                    "calls over TLS with the token",
+                    |r| r.count("a") > 0,
+                )
+                .await;
+            eprintln!("TLS and the token: {} calls answered", r.count("a"));
+        } else {
+            // Watched for 5 s from the first failed call.
+            let first_failure = client
+                .until(Duration::from_secs(30), "a failed call", |r| r.errors > 0)
+                .await
+                .t;
+            let end = client
+                .until(Duration::from_secs(30), "5 s of a wrong token", |r| {
+                    r.t - first_failure >= 5_000
+                })
+                .await;
+            assert_eq!(
+                end.count("a"),
+                0,
+                "a wrong token found the service: {end:?}"
+            );
+            eprintln!(
+                "a wrong token: {} calls failed in 5 s, none answered ({})",
+                end.errors, end.last_error
+            );
+        }
     }
     serve.kill().await.ok();
     servers.kill().await.ok();
