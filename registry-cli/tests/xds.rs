@@ -4,13 +4,16 @@
 //! gRPC servers registered with `registry register` over a real etcd. Measured: calls spread by weight, a new instance gets calls within 1 s, a
 //! deregistered one none later than 1 s after its deregistration returned, an offline one none.
 //!
+//! The tonic channels of `registry::tonic` are tried against the same real servers, each a process
+//! of its own, stopped and killed (`tonic_channels_route_around_a_hung_and_a_crashed_server`).
+//!
 //! Needs scripts/grpc-clients.sh (REGISTRY_GRPC_PYTHON, REGISTRY_GRPC_NODE_DIR) and the test
 //! bed's etcd.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use conformance_tests::pki::TempDir;
 use conformance_tests::testbed::{self, fresh_namespace, unavailable};
@@ -208,7 +211,11 @@ async fn register(common: &[String], id: &str, port: u16, extra: &[&str]) -> Chi
         .args(common)
         .args(["register", "echo", "--id", id, "--json"])
         .args(["--addr", &format!("127.0.0.1:{port}")])
-        .args(["--ttl", "30s", "--heartbeat", "2s"])
+        .args(if extra.contains(&"--ttl") {
+            &[][..]
+        } else {
+            &["--ttl", "30s", "--heartbeat", "2s"][..]
+        })
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -686,4 +693,211 @@ async fn grpcio_over_tls_with_a_token() {
     }
     serve.kill().await.ok();
     servers.kill().await.ok();
+}
+
+/// gRPC messages as raw bytes (the Python servers answer `/echo.Echo/Who` with their name, no
+/// protobuf): a codec for tonic's client.
+#[derive(Clone, Copy, Default)]
+struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let mut v = vec![0; bytes::Buf::remaining(src)];
+        bytes::Buf::copy_to_slice(src, &mut v);
+        Ok(Some(v))
+    }
+}
+
+/// One `/echo.Echo/Who` call through a tonic transport, keyed by `key`: the server's name.
+async fn who<T>(transport: T, key: &str) -> Result<String, tonic::Status>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError>,
+{
+    let mut grpc = tonic::client::Grpc::new(transport);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unknown(e.into().to_string()))?;
+    let mut request = tonic::Request::new(Vec::new());
+    registry::tonic::set_key(&mut request, key)?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/echo.Echo/Who");
+    let reply = grpc.unary(request, path, Raw).await?;
+    Ok(String::from_utf8_lossy(&reply.into_inner()).into_owned())
+}
+
+/// Sends `signal` (STOP, CONT, KILL) to `pid` with the shell's kill builtin (a minimal Debian
+/// has no /bin/kill).
+fn signal(pid: u32, signal: &str) {
+    let ok = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -{signal} {pid}")])
+        .status()
+        .expect("kill");
+    assert!(ok.success(), "kill -{signal} {pid}");
+}
+
+/// The tonic channels (registry::tonic, the Rust side) against real gRPC servers, each a process
+/// of its own, registered with `registry register` over etcd, with the default settings:
+/// - a SIGSTOPped owner (it accepts connections and never answers): a storm of calls for its key
+///   reaches the next ring member within twice the default per-attempt timeout;
+/// - a crashed instance (its server and its `registry register` SIGKILLed: connections refused
+///   until its lease ends): a storm through the balanced channel loses at most 0.1 % of its calls
+///   before the directory drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tonic_channels_route_around_a_hung_and_a_crashed_server() {
+    let py = match python() {
+        Ok(p) => p,
+        Err(why) => return unavailable::<()>("Python's grpcio", &why).unwrap_or(()),
+    };
+    let Some(etcd) = testbed::shared_etcd() else {
+        return;
+    };
+    let ns = fresh_namespace("tonic-outliers");
+    let url = format!("etcd://{etcd}");
+    let common: Vec<String> = vec![
+        "--backend".into(),
+        url.clone(),
+        "--namespace".into(),
+        ns.clone(),
+    ];
+    let mut servers = BTreeMap::new();
+    let mut regs = BTreeMap::new();
+    for name in ["a", "b", "c"] {
+        let (child, port) = grpc_servers(&py, &[name]).await;
+        regs.insert(
+            name,
+            register(
+                &common,
+                name,
+                port[name],
+                &["--ttl", "4s", "--heartbeat", "1s"],
+            )
+            .await,
+        );
+        servers.insert(name, child);
+    }
+    let backend = registry::connect(&url).await.expect("connect to etcd");
+    let reader = registry::engine::Registry::builder(backend)
+        .namespace(&ns)
+        .build()
+        .expect("a registry");
+    let discovery = reader.discover("echo").await.expect("discover echo");
+    let dir = discovery.directory();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while dir.get("echo").len() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "echo not listed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let keyed =
+        registry::tonic::Channels::new(dir, "echo").keyed_by_header(registry::tonic::KEY_HEADER);
+    let balanced = registry::tonic::Channels::new(dir, "echo").balanced();
+
+    // A hung owner.
+    let key = (0..)
+        .map(|i| format!("user-{i}"))
+        .find(|k| dir.find("echo", k).unwrap().id == "a")
+        .unwrap();
+    let next = dir.find_n(2, "echo", &key)[1].id.clone();
+    assert_eq!(who(keyed.clone(), &key).await.unwrap(), "a");
+    signal(servers["a"].id().unwrap(), "STOP");
+    let stopped = Instant::now();
+    let mut storm = Vec::new();
+    for _ in 0..16 {
+        let (keyed, key) = (keyed.clone(), key.clone());
+        storm.push(tokio::spawn(async move {
+            loop {
+                if let Ok(server) = who(keyed.clone(), &key).await {
+                    return (server, Instant::now());
+                }
+            }
+        }));
+    }
+    let mut latest = Duration::ZERO;
+    for caller in storm {
+        let (server, at) = caller.await.unwrap();
+        assert_eq!(server, next);
+        latest = latest.max(at - stopped);
+    }
+    let bound = registry::tonic::DEFAULT_ATTEMPT_TIMEOUT * 2;
+    eprintln!(
+        "a SIGSTOPped: 16 callers of its key all reached {next} within {latest:.2?} (bound {bound:?})"
+    );
+    assert!(latest <= bound, "{latest:?}");
+    assert!(keyed.is_ejected("a"));
+    signal(servers["a"].id().unwrap(), "CONT");
+
+    // A crashed instance: its server and its registration process killed; the lease ends after
+    // its TTL (4 s) and the directory drops it.
+    for _ in 0..30 {
+        who(balanced.clone(), "warm").await.unwrap();
+    }
+    signal(servers["b"].id().unwrap(), "KILL");
+    signal(regs["b"].id().unwrap(), "KILL");
+    let crashed = Instant::now();
+    let dir2 = dir.clone();
+    let mut storm = Vec::new();
+    for c in 0..8 {
+        let (balanced, dir) = (balanced.clone(), dir2.clone());
+        storm.push(tokio::spawn(async move {
+            let (mut failed, mut ok, mut i) = (0u64, 0u64, 0u64);
+            while dir.get("echo").iter().any(|i| i.id == "b") {
+                i += 1;
+                match who(balanced.clone(), &format!("k{c}-{i}")).await {
+                    Ok(_) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+                assert!(crashed.elapsed() < Duration::from_secs(30), "b never left");
+            }
+            (failed, ok)
+        }));
+    }
+    let (mut failed, mut ok) = (0, 0);
+    for caller in storm {
+        let (f, o) = caller.await.unwrap();
+        failed += f;
+        ok += o;
+    }
+    let rate = failed as f64 / (failed + ok) as f64;
+    eprintln!(
+        "b crashed: {failed} of {} calls failed in the {:.1?} until its lease ended ({:.3} %)",
+        failed + ok,
+        crashed.elapsed(),
+        rate * 100.0
+    );
+    assert!(rate <= 0.001, "{failed} of {} calls failed", failed + ok);
+    for (_, mut s) in servers {
+        s.kill().await.ok();
+    }
 }
