@@ -2,7 +2,8 @@
 //! find a service's instances by themselves, with a target `xds:///SERVICE` and a bootstrap file
 //! naming this server. No Envoy, no mesh.
 //!
-//! An aggregated discovery service (ADS, state of the world, Envoy's v3 API) over tonic. For every
+//! An aggregated discovery service (ADS, Envoy's v3 API) over tonic, state of the world (what
+//! gRPC clients speak) and incremental (delta xDS: only what changed is sent). For every
 //! service of the [`Directory`] it serves the four resources a gRPC client asks for (see
 //! [`resources`]): the Listener and RouteConfiguration that send every call to the Cluster of the
 //! same name, and that cluster's ClusterLoadAssignment: one endpoint per instance with an IP
@@ -48,6 +49,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
+mod delta;
 pub mod resources;
 pub mod ring;
 mod stream;
@@ -276,6 +278,31 @@ impl tonic::service::Interceptor for TokenCheck {
     }
 }
 
+impl XdsServer {
+    /// A stream's place among the streams allowed, counted open; `RESOURCE_EXHAUSTED` beyond.
+    fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        let Ok(permit) = self.streams.clone().try_acquire_owned() else {
+            self.stats.streams_refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Status::resource_exhausted(format!(
+                "at most {} xDS streams",
+                self.options.max_streams
+            )));
+        };
+        self.stats.streams.fetch_add(1, Ordering::Relaxed);
+        self.stats.streams_total.fetch_add(1, Ordering::Relaxed);
+        Ok(permit)
+    }
+}
+
+/// Counts a stream's end.
+fn ended(stats: &Stats, end: stream::End) {
+    if let stream::End::Stalled = end {
+        stats.streams_stalled.fetch_add(1, Ordering::Relaxed);
+        tracing::info!("xds: a client that took no answer for the write timeout was dropped");
+    }
+    stats.streams.fetch_sub(1, Ordering::Relaxed);
+}
+
 /// Constant-time equality (a token compared byte by byte would tell its prefix by timing).
 fn same(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -293,13 +320,7 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Answers>, Status> {
-        let Ok(permit) = self.streams.clone().try_acquire_owned() else {
-            self.stats.streams_refused.fetch_add(1, Ordering::Relaxed);
-            return Err(Status::resource_exhausted(format!(
-                "at most {} xDS streams",
-                self.options.max_streams
-            )));
-        };
+        let permit = self.permit()?;
         let (tx, rx) = mpsc::channel(1);
         let stream = stream::Stream::new(
             self.dir.clone(),
@@ -308,18 +329,10 @@ impl AggregatedDiscoveryService for XdsServer {
             tx,
         );
         let stats = self.stats.clone();
-        stats.streams.fetch_add(1, Ordering::Relaxed);
-        stats.streams_total.fetch_add(1, Ordering::Relaxed);
         let requests = request.into_inner();
         tokio::spawn(async move {
             let end = stream.run(requests).await;
-            if let stream::End::Stalled = end {
-                stats.streams_stalled.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    "xds: a client that took no answer for the write timeout was dropped"
-                );
-            }
-            stats.streams.fetch_sub(1, Ordering::Relaxed);
+            ended(&stats, end);
             drop(permit);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -327,10 +340,23 @@ impl AggregatedDiscoveryService for XdsServer {
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaAnswers>, Status> {
-        Err(Status::unimplemented(
-            "incremental xDS is not served; use state of the world (gRPC's default)",
-        ))
+        let permit = self.permit()?;
+        let (tx, rx) = mpsc::channel(1);
+        let stream = delta::DeltaStream::new(
+            self.dir.clone(),
+            self.options.clone(),
+            self.stats.clone(),
+            tx,
+        );
+        let requests = request.into_inner();
+        let stats = self.stats.clone();
+        tokio::spawn(async move {
+            let end = stream.run(requests).await;
+            ended(&stats, end);
+            drop(permit);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

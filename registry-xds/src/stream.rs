@@ -42,11 +42,69 @@ pub(crate) struct Stream {
     options: Arc<XdsOptions>,
     stats: Arc<Stats>,
     subs: HashMap<Kind, Subscription>,
-    /// The ClusterLoadAssignment last built per service, with the snapshot it was built from:
-    /// rebuilt only when the snapshot changed.
-    built: HashMap<String, (Arc<ServiceSnapshot>, Any)>,
+    builder: Builder,
     nonces: u64,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+}
+
+/// Builds a stream's resources, keeping each service's ClusterLoadAssignment with the snapshot it
+/// was built from: rebuilt only when the snapshot changed.
+pub(crate) struct Builder {
+    dir: Directory,
+    balancing: crate::Balancing,
+    stats: Arc<Stats>,
+    built: HashMap<String, (Arc<ServiceSnapshot>, Any)>,
+}
+
+impl Builder {
+    pub(crate) fn new(dir: Directory, options: &XdsOptions, stats: Arc<Stats>) -> Builder {
+        Builder {
+            dir,
+            balancing: options.balancing,
+            stats,
+            built: HashMap::new(),
+        }
+    }
+
+    /// `kind`'s resource named `name` (a servable name).
+    pub(crate) fn resource(&mut self, kind: Kind, name: &str) -> Any {
+        match kind {
+            Kind::Listener => resources::listener(name),
+            Kind::Route => resources::route(name, self.balancing),
+            Kind::Cluster => resources::cluster(name, self.balancing),
+            Kind::Endpoints => self.endpoints(name),
+        }
+    }
+
+    /// Forgets the endpoints of services `keep` says no longer matter.
+    pub(crate) fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.built.retain(|n, _| keep(n));
+    }
+
+    /// `service`'s ClusterLoadAssignment, rebuilt only if its snapshot changed.
+    fn endpoints(&mut self, service: &str) -> Any {
+        let snap = self.dir.snapshot(service);
+        if let Some((built_from, any)) = self.built.get(service)
+            && Arc::ptr_eq(built_from, &snap)
+        {
+            return any.clone();
+        }
+        let (any, skipped) = resources::endpoints(&snap);
+        let left_out = skipped.no_ip_address + skipped.duplicate_address;
+        if left_out > 0 {
+            self.stats
+                .skipped_endpoints
+                .fetch_add(left_out as u64, Ordering::Relaxed);
+            tracing::debug!(
+                service,
+                no_ip_address = skipped.no_ip_address,
+                duplicate_address = skipped.duplicate_address,
+                "xds: instances left out of the endpoints"
+            );
+        }
+        self.built.insert(service.to_owned(), (snap, any.clone()));
+        any
+    }
 }
 
 /// Why a stream ended on the server's side.
@@ -67,11 +125,11 @@ impl Stream {
         tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) -> Stream {
         Stream {
+            builder: Builder::new(dir.clone(), &options, stats.clone()),
             dir,
             options,
             stats,
             subs: HashMap::new(),
-            built: HashMap::new(),
             nonces: 0,
             tx,
         }
@@ -199,19 +257,14 @@ impl Stream {
                 sub.names.iter().cloned().collect()
             }
         };
-        let balancing = self.options.balancing;
         let mut resources = Vec::with_capacity(names.len());
         for name in &names {
-            resources.push(match kind {
-                Kind::Listener => resources::listener(name),
-                Kind::Route => resources::route(name, balancing),
-                Kind::Cluster => resources::cluster(name, balancing),
-                Kind::Endpoints => self.endpoints(name),
-            });
+            resources.push(self.builder.resource(kind, name));
         }
         if kind == Kind::Endpoints {
             // Services no longer asked for are not kept.
-            self.built.retain(|n, _| names.binary_search(n).is_ok());
+            self.builder
+                .retain(|n| names.binary_search_by(|x| x.as_str().cmp(n)).is_ok());
         }
         let version = version(&names, &resources);
         let sub = self.subs.get_mut(&kind).expect("subscribed");
@@ -237,31 +290,6 @@ impl Stream {
             Ok(Err(_)) => Err(End::Closed),
             Err(_) => Err(End::Stalled),
         }
-    }
-
-    /// `service`'s ClusterLoadAssignment, rebuilt only if its snapshot changed.
-    fn endpoints(&mut self, service: &str) -> Any {
-        let snap = self.dir.snapshot(service);
-        if let Some((built_from, any)) = self.built.get(service)
-            && Arc::ptr_eq(built_from, &snap)
-        {
-            return any.clone();
-        }
-        let (any, skipped) = resources::endpoints(&snap);
-        let left_out = skipped.no_ip_address + skipped.duplicate_address;
-        if left_out > 0 {
-            self.stats
-                .skipped_endpoints
-                .fetch_add(left_out as u64, Ordering::Relaxed);
-            tracing::debug!(
-                service,
-                no_ip_address = skipped.no_ip_address,
-                duplicate_address = skipped.duplicate_address,
-                "xds: instances left out of the endpoints"
-            );
-        }
-        self.built.insert(service.to_owned(), (snap, any.clone()));
-        any
     }
 }
 

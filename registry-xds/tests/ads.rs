@@ -357,3 +357,120 @@ impl Stream {
             .unwrap();
     }
 }
+
+/// Incremental xDS: only what changed is sent, names that cannot be served come back removed,
+/// a reconnecting client that has the current version gets nothing again, NACKs are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_sends_only_what_changed() {
+    use envoy_types::pb::envoy::service::discovery::v3::{
+        DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+    };
+    let bed = bed(XdsOptions::default()).await;
+    let _a = bed.register("a", "10.0.0.1:1", 100).await;
+
+    async fn open(
+        bed: &Bed,
+    ) -> (
+        mpsc::Sender<DeltaDiscoveryRequest>,
+        Streaming<DeltaDiscoveryResponse>,
+    ) {
+        let mut client = AggregatedDiscoveryServiceClient::connect(bed.addr.clone())
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        let answers = client
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        (tx, answers)
+    }
+    async fn next(answers: &mut Streaming<DeltaDiscoveryResponse>) -> DeltaDiscoveryResponse {
+        tokio::time::timeout(WAIT, answers.message())
+            .await
+            .expect("an answer within 10 s")
+            .unwrap()
+            .unwrap()
+    }
+    let eds = Kind::Endpoints.type_url();
+    let (tx, mut answers) = open(&bed).await;
+    tx.send(DeltaDiscoveryRequest {
+        type_url: eds.clone(),
+        resource_names_subscribe: vec!["echo".into(), "not a service!".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let first = next(&mut answers).await;
+    let names: Vec<&str> = first.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["echo"]);
+    assert_eq!(first.removed_resources, ["not a service!"]);
+    let version = first.resources[0].version.clone();
+    tx.send(DeltaDiscoveryRequest {
+        type_url: eds.clone(),
+        response_nonce: first.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    // Another service changes: nothing is sent. This one changes: it alone, a new version.
+    let _pay = bed
+        .registry
+        .register(Instance::new("pay", "p").addr("10.0.1.1:1"))
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), answers.message())
+            .await
+            .is_err()
+    );
+    let _b = bed.register("b", "10.0.0.2:1", 300).await;
+    let pushed = next(&mut answers).await;
+    assert_eq!(pushed.resources.len(), 1);
+    assert_ne!(pushed.resources[0].version, version);
+    assert!(pushed.removed_resources.is_empty());
+    let c = ClusterLoadAssignment::decode(
+        pushed.resources[0]
+            .resource
+            .as_ref()
+            .unwrap()
+            .value
+            .as_slice(),
+    )
+    .unwrap();
+    assert_eq!(endpoints(&c).len(), 2);
+    // A NACK of it is counted.
+    tx.send(DeltaDiscoveryRequest {
+        type_url: eds.clone(),
+        response_nonce: pushed.nonce.clone(),
+        error_detail: Some(RpcStatus {
+            code: 3,
+            message: "rejected".into(),
+            details: Vec::new(),
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stats = bed.server.stats().snapshot();
+    assert_eq!(stats.acks[Kind::Endpoints as usize], 1, "{stats:?}");
+    assert_eq!(stats.nacks[Kind::Endpoints as usize], 1, "{stats:?}");
+
+    // Reconnecting with the current version: the first answer carries nothing new.
+    let current = pushed.resources[0].version.clone();
+    let (tx2, mut answers2) = open(&bed).await;
+    tx2.send(DeltaDiscoveryRequest {
+        type_url: eds.clone(),
+        resource_names_subscribe: vec!["echo".into()],
+        initial_resource_versions: [("echo".to_owned(), current)].into_iter().collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let again = next(&mut answers2).await;
+    assert!(again.resources.is_empty(), "{:?}", again.resources);
+    assert!(again.removed_resources.is_empty());
+    drop((tx, tx2));
+}
