@@ -17,13 +17,12 @@ use std::sync::atomic::Ordering;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
-use futures::{FutureExt, StreamExt};
 use registry_engine::Directory;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use crate::resources::{Kind, servable};
-use crate::stream::{Builder, End};
+use crate::stream::{Builder, End, Event, next_event};
 use crate::{Stats, XdsOptions};
 
 #[derive(Default)]
@@ -69,42 +68,28 @@ impl DeltaStream {
     pub(crate) async fn run(mut self, mut requests: Streaming<DeltaDiscoveryRequest>) -> End {
         let mut changes = self.dir.all_changes();
         let end = loop {
-            tokio::select! {
-                req = requests.message() => match req {
-                    Ok(Some(req)) => {
-                        if let Err(end) = self.request(req).await {
-                            break end;
-                        }
-                    }
-                    Ok(None) => break End::Closed,
-                    Err(status) => {
-                        tracing::debug!(%status, "xds: delta stream broken");
-                        break End::Closed;
-                    }
-                },
-                ev = changes.next() => {
-                    if ev.is_none() {
-                        break End::Closed;
-                    }
-                    for _ in 0..4096 {
-                        match changes.next().now_or_never() {
-                            Some(Some(_)) => continue,
-                            _ => break,
-                        }
-                    }
-                    let kinds: Vec<Kind> = self.subs.keys().copied().collect();
-                    for kind in kinds {
-                        if let Err(end) = self.send(kind, false).await {
-                            return end;
-                        }
-                    }
-                }
+            let result = match next_event(&mut requests, &mut changes).await {
+                Event::Request(req) => self.request(req).await,
+                Event::Changed => self.changed().await,
+                Event::Closed => Err(End::Closed),
+            };
+            if let Err(end) = result {
+                break end;
             }
         };
         if let End::Refused(status) = &end {
             let _ = self.tx.try_send(Err(status.clone()));
         }
         end
+    }
+
+    /// The directory changed: sends what changed of every subscribed type.
+    async fn changed(&mut self) -> Result<(), End> {
+        let kinds: Vec<Kind> = self.subs.keys().copied().collect();
+        for kind in kinds {
+            self.send(kind, false).await?;
+        }
+        Ok(())
     }
 
     async fn request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), End> {

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::Any;
 use futures::{FutureExt, StreamExt};
-use registry_engine::{Directory, ServiceSnapshot};
+use registry_engine::{AllChanges, Directory, ServiceSnapshot};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
@@ -107,6 +107,46 @@ impl Builder {
     }
 }
 
+/// What a stream has to do next.
+pub(crate) enum Event<R> {
+    /// A request from the client.
+    Request(R),
+    /// The directory changed (a burst of changes is one event).
+    Changed,
+    /// The client went, or the directory's feed ended.
+    Closed,
+}
+
+/// Waits for the client's next request or the directory's next change.
+pub(crate) async fn next_event<R: prost::Message + Default>(
+    requests: &mut Streaming<R>,
+    changes: &mut AllChanges,
+) -> Event<R> {
+    tokio::select! {
+        req = requests.message() => match req {
+            Ok(Some(req)) => Event::Request(req),
+            Ok(None) => Event::Closed,
+            Err(status) => {
+                tracing::debug!(%status, "xds: stream broken");
+                Event::Closed
+            }
+        },
+        ev = changes.next() => {
+            if ev.is_none() {
+                return Event::Closed;
+            }
+            // A burst of changes is one update: take what is already there.
+            for _ in 0..4096 {
+                match changes.next().now_or_never() {
+                    Some(Some(_)) => continue,
+                    _ => break,
+                }
+            }
+            Event::Changed
+        }
+    }
+}
+
 /// Why a stream ended on the server's side.
 pub(crate) enum End {
     /// The client closed it, or the connection went.
@@ -139,34 +179,13 @@ impl Stream {
     pub(crate) async fn run(mut self, mut requests: Streaming<DiscoveryRequest>) -> End {
         let mut changes = self.dir.all_changes();
         let end = loop {
-            tokio::select! {
-                req = requests.message() => match req {
-                    Ok(Some(req)) => {
-                        if let Err(end) = self.request(req).await {
-                            break end;
-                        }
-                    }
-                    Ok(None) => break End::Closed,
-                    Err(status) => {
-                        tracing::debug!(%status, "xds: stream broken");
-                        break End::Closed;
-                    }
-                },
-                ev = changes.next() => {
-                    if ev.is_none() {
-                        break End::Closed;
-                    }
-                    // A burst of changes is one update: take what is already there.
-                    for _ in 0..4096 {
-                        match changes.next().now_or_never() {
-                            Some(Some(_)) => continue,
-                            _ => break,
-                        }
-                    }
-                    if let Err(end) = self.changed().await {
-                        break end;
-                    }
-                }
+            let result = match next_event(&mut requests, &mut changes).await {
+                Event::Request(req) => self.request(req).await,
+                Event::Changed => self.changed().await,
+                Event::Closed => Err(End::Closed),
+            };
+            if let Err(end) = result {
+                break end;
             }
         };
         if let End::Refused(status) = &end {
