@@ -52,6 +52,7 @@ use tonic::{Request, Response, Status, Streaming};
 mod delta;
 pub mod resources;
 pub mod ring;
+mod session;
 mod stream;
 
 pub use resources::{Balancing, HASH_HEADER, Kind};
@@ -183,9 +184,8 @@ impl fmt::Debug for XdsServer {
     }
 }
 
-type Answers = Pin<Box<dyn FuturesStream<Item = Result<DiscoveryResponse, Status>> + Send>>;
-type DeltaAnswers =
-    Pin<Box<dyn FuturesStream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+/// A stream's answers, as tonic takes them.
+type Answers<R> = Pin<Box<dyn FuturesStream<Item = Result<R, Status>> + Send>>;
 
 impl XdsServer {
     /// A server of `dir`'s services (usually a directory of every service, which a `Discovery`
@@ -292,15 +292,35 @@ impl XdsServer {
         self.stats.streams_total.fetch_add(1, Ordering::Relaxed);
         Ok(permit)
     }
-}
 
-/// Counts a stream's end.
-fn ended(stats: &Stats, end: stream::End) {
-    if let stream::End::Stalled = end {
-        stats.streams_stalled.fetch_add(1, Ordering::Relaxed);
-        tracing::info!("xds: a client that took no answer for the write timeout was dropped");
+    /// Opens a stream of the session `make` makes: served on a task of its own, answers through
+    /// a channel of one (the client's pace), counted until it ends.
+    fn open<S: session::Session + 'static>(
+        &self,
+        make: impl FnOnce(session::Conn<S::Response>) -> S,
+        requests: Streaming<S::Request>,
+    ) -> Result<Response<Answers<S::Response>>, Status> {
+        let permit = self.permit()?;
+        let (tx, rx) = mpsc::channel(1);
+        let session = make(session::Conn::new(
+            self.dir.clone(),
+            self.options.clone(),
+            self.stats.clone(),
+            tx,
+        ));
+        let stats = self.stats.clone();
+        tokio::spawn(async move {
+            if let session::End::Stalled = session::run(session, requests).await {
+                stats.streams_stalled.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    "xds: a client that took no answer for the write timeout was dropped"
+                );
+            }
+            stats.streams.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
-    stats.streams.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Constant-time equality (a token compared byte by byte would tell its prefix by timing).
@@ -313,50 +333,20 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for XdsServer {
-    type StreamAggregatedResourcesStream = Answers;
-    type DeltaAggregatedResourcesStream = DeltaAnswers;
+    type StreamAggregatedResourcesStream = Answers<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = Answers<DeltaDiscoveryResponse>;
 
     async fn stream_aggregated_resources(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Answers>, Status> {
-        let permit = self.permit()?;
-        let (tx, rx) = mpsc::channel(1);
-        let stream = stream::Stream::new(
-            self.dir.clone(),
-            self.options.clone(),
-            self.stats.clone(),
-            tx,
-        );
-        let stats = self.stats.clone();
-        let requests = request.into_inner();
-        tokio::spawn(async move {
-            let end = stream.run(requests).await;
-            ended(&stats, end);
-            drop(permit);
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    ) -> Result<Response<Answers<DiscoveryResponse>>, Status> {
+        self.open(stream::Stream::new, request.into_inner())
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<DeltaAnswers>, Status> {
-        let permit = self.permit()?;
-        let (tx, rx) = mpsc::channel(1);
-        let stream = delta::DeltaStream::new(
-            self.dir.clone(),
-            self.options.clone(),
-            self.stats.clone(),
-            tx,
-        );
-        let requests = request.into_inner();
-        let stats = self.stats.clone();
-        tokio::spawn(async move {
-            let end = stream.run(requests).await;
-            ended(&stats, end);
-            drop(permit);
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    ) -> Result<Response<Answers<DeltaDiscoveryResponse>>, Status> {
+        self.open(delta::DeltaStream::new, request.into_inner())
     }
 }
