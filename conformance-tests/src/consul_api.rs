@@ -15,6 +15,20 @@ pub async fn http(endpoint: &str, method: &str, path: &str, body: &str) -> (u16,
     request(endpoint, method, path, body, None).await
 }
 
+/// Registers service instance `id` of `service` at `addr:port` with the agent at `endpoint`
+/// through its own API (`PUT /v1/agent/service/register`), as another Consul user would.
+pub async fn register_service(endpoint: &str, service: &str, id: &str, addr: &str, port: u16) {
+    let body = serde_json::json!({"ID": id, "Name": service, "Address": addr, "Port": port});
+    let (status, text) = http(
+        endpoint,
+        "PUT",
+        "/v1/agent/service/register",
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "register {id} with Consul: {text}");
+}
+
 /// [`http`] with an ACL token (`X-Consul-Token`).
 pub async fn http_as(
     token: &str,

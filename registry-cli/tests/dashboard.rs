@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use conformance_tests::consul_api::http as consul_http;
+use conformance_tests::consul_api::register_service;
 use conformance_tests::testbed::{
     ConsulOptions, EtcdOptions, fresh_namespace, start_consul, start_etcd, unavailable,
 };
@@ -316,15 +316,7 @@ async fn the_dashboard_follows_the_registry_live_in_a_real_browser() {
         ("pay", "pay-1", "10.4.0.1"),
         ("dnsweb", "dns-1", "10.5.0.1"),
     ] {
-        let body = json!({"ID": id, "Name": name, "Address": addr, "Port": 8080});
-        let (status, text) = consul_http(
-            &consul.endpoint,
-            "PUT",
-            "/v1/agent/service/register",
-            &body.to_string(),
-        )
-        .await;
-        assert_eq!(status, 200, "register {id} with Consul: {text}");
+        register_service(&consul.endpoint, name, id, addr, 8080).await;
     }
     let dns = consul
         .bridge_dns()

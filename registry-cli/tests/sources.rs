@@ -6,7 +6,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use conformance_tests::consul_api::http;
+use conformance_tests::consul_api::register_service;
 use conformance_tests::pki::TempDir;
 use conformance_tests::testbed::{self, ConsulOptions};
 use serde_json::Value;
@@ -80,15 +80,7 @@ async fn serve_list_and_watch_show_every_source_with_its_label() {
         .unwrap();
     // Consul's catalog: pay/p1, and dnsweb/d1, which its DNS interface also serves.
     for (name, id, addr) in [("pay", "p1", "10.2.0.1"), ("dnsweb", "d1", "10.3.0.1")] {
-        let body = serde_json::json!({"ID": id, "Name": name, "Address": addr, "Port": 8080});
-        let (status, text) = http(
-            &consul.endpoint,
-            "PUT",
-            "/v1/agent/service/register",
-            &body.to_string(),
-        )
-        .await;
-        assert_eq!(status, 200, "{text}");
+        register_service(&consul.endpoint, name, id, addr, 8080).await;
     }
     // A static file: db/primary.
     let dir = TempDir::new("sources");

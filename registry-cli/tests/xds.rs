@@ -305,6 +305,29 @@ async fn serve_xds(common: &[String], extra: &[&str]) -> (Child, String, String)
     (serve, http, xds)
 }
 
+/// A Rust process's view of service `echo` in namespace `ns` over the backend at `url`: its own
+/// registry and directory, once the directory lists `n` instances.
+async fn rust_view(
+    url: &str,
+    ns: &str,
+    n: usize,
+) -> (registry::engine::Registry, registry::engine::Discovery) {
+    let backend = registry::connect(url)
+        .await
+        .expect("connect to the backend");
+    let reader = registry::engine::Registry::builder(backend)
+        .namespace(ns)
+        .build()
+        .expect("a registry");
+    let discovery = reader.discover("echo").await.expect("discover echo");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while discovery.directory().get("echo").len() < n {
+        assert!(tokio::time::Instant::now() < deadline, "echo not listed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (reader, discovery)
+}
+
 /// A bootstrap file naming the xDS server at `server_uri`, with `extra` fields merged into the
 /// server's entry (channel credentials, call credentials).
 fn bootstrap(dir: &TempDir, node: &str, server_uri: &str, extra: Value) -> PathBuf {
@@ -511,17 +534,7 @@ async fn ring_hash_owners_agree_with_grpc_ring() {
     let dir = TempDir::new("xds-ring-bootstrap");
     let bootstrap = bootstrap(&dir, "xds-ring-test", &xds, Value::Null);
     // A Rust process's view: its own directory of the service, over the same etcd.
-    let backend = registry::connect(&url).await.expect("connect to etcd");
-    let reader = registry::engine::Registry::builder(backend)
-        .namespace(&ns)
-        .build()
-        .expect("a registry");
-    let discovery = reader.discover("echo").await.expect("discover echo");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while discovery.directory().get("echo").len() < 3 {
-        assert!(tokio::time::Instant::now() < deadline, "echo not listed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (_reader, discovery) = rust_view(&url, &ns, 3).await;
     let snap = discovery.directory().snapshot("echo");
     let ring = registry_xds::GrpcRing::new(&snap);
     let keys: Vec<String> = (0..10_000).map(|k| format!("user-{k}")).collect();
@@ -808,18 +821,8 @@ async fn tonic_channels_route_around_a_hung_and_a_crashed_server() {
         );
         servers.insert(name, child);
     }
-    let backend = registry::connect(&url).await.expect("connect to etcd");
-    let reader = registry::engine::Registry::builder(backend)
-        .namespace(&ns)
-        .build()
-        .expect("a registry");
-    let discovery = reader.discover("echo").await.expect("discover echo");
+    let (_reader, discovery) = rust_view(&url, &ns, 3).await;
     let dir = discovery.directory();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while dir.get("echo").len() < 3 {
-        assert!(tokio::time::Instant::now() < deadline, "echo not listed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let keyed =
         registry::tonic::Channels::new(dir, "echo").keyed_by_header(registry::tonic::KEY_HEADER);
     let balanced = registry::tonic::Channels::new(dir, "echo").balanced();

@@ -40,15 +40,8 @@ async fn consul() -> Option<(Consul, SocketAddr)> {
 
 /// Registers a service instance with Consul's agent API.
 async fn register(consul: &Consul, service: &str, id: &str, addr: &str, port: u16) {
-    let body = serde_json::json!({"ID": id, "Name": service, "Address": addr, "Port": port});
-    let (status, text) = http(
-        &consul.endpoint,
-        "PUT",
-        "/v1/agent/service/register",
-        &body.to_string(),
-    )
-    .await;
-    assert_eq!(status, 200, "register {id}: {text}");
+    conformance_tests::consul_api::register_service(&consul.endpoint, service, id, addr, port)
+        .await;
 }
 
 async fn deregister(consul: &Consul, id: &str) {
