@@ -23,7 +23,9 @@ mod write;
 pub use backoff::Backoff;
 pub use collections::instances::{InstanceMap, Instances, InstancesIter};
 pub use collections::ring::{DEFAULT_VNODES, MAX_VNODES, PROBES, Ring, hash_key, probes};
-pub use model::instance::{DEFAULT_WEIGHT, FORMAT_VERSION, Instance, InstanceState, MAX_WEIGHT};
+pub use model::instance::{
+    DEFAULT_WEIGHT, FORMAT_VERSION, Instance, InstanceState, MAX_WEIGHT, host_port,
+};
 pub use model::layout::DEFAULT_NAMESPACE;
 pub use model::names::{
     MAX_ID_LEN, MAX_SERVICE_LEN, validate_id, validate_namespace, validate_service,

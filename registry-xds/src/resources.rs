@@ -319,13 +319,9 @@ pub fn endpoints(snap: &ServiceSnapshot) -> (Any, Skipped) {
 /// An instance's first address that is an IP address and a port: `IP:port`, `[IPv6]:port`, or
 /// either inside a URL (`grpc://10.0.0.1:50051/`, credentials and path ignored).
 pub fn ip_address(inst: &Instance) -> Option<SocketAddr> {
-    inst.addrs.iter().find_map(|a| {
-        let rest = a.split_once("://").map_or(a.as_str(), |(_, r)| r);
-        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let authority = &rest[..end];
-        let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-        host_port.parse().ok()
-    })
+    inst.addrs
+        .iter()
+        .find_map(|a| registry_engine::host_port(a)?.parse().ok())
 }
 
 #[cfg(test)]

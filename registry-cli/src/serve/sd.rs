@@ -92,11 +92,7 @@ fn groups(dir: &Directory, all: bool) -> Value {
 /// `host:port` of an address given as `host:port` or as a URL (`http://host:port/path`): the
 /// scheme, credentials, path, query and fragment removed. `None` if nothing is left.
 pub(crate) fn target(addr: &str) -> Option<String> {
-    let rest = addr.split_once("://").map_or(addr, |(_, r)| r);
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..end];
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    (!host_port.is_empty()).then(|| host_port.to_owned())
+    registry::engine::host_port(addr).map(str::to_owned)
 }
 
 /// A metadata key as a label name's tail: every character outside `[a-zA-Z0-9_]` becomes `_`

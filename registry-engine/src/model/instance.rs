@@ -28,6 +28,23 @@ pub const DEFAULT_WEIGHT: u32 = 100;
 /// The largest weight accepted (100 times the default share).
 pub const MAX_WEIGHT: u32 = 10_000;
 
+/// The `host:port` of an instance address given as `host:port` or as a URL
+/// (`grpc://user:pass@10.0.0.1:50051/path`): the scheme, credentials, path, query and fragment
+/// removed. `None` if nothing is left.
+///
+/// ```
+/// assert_eq!(registry_engine::host_port("http://u:p@10.0.0.1:80/x?y"), Some("10.0.0.1:80"));
+/// assert_eq!(registry_engine::host_port("[::1]:50051"), Some("[::1]:50051"));
+/// assert_eq!(registry_engine::host_port("http:///path"), None);
+/// ```
+pub fn host_port(addr: &str) -> Option<&str> {
+    let rest = addr.split_once("://").map_or(addr, |(_, r)| r);
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    (!host_port.is_empty()).then_some(host_port)
+}
+
 /// Whether an instance takes routed work.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

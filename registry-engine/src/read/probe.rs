@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 
-use crate::model::instance::Instance;
+use crate::model::instance::{Instance, host_port};
 use crate::read::directory::Directory;
 
 /// Decides whether an instance is reachable.
@@ -40,24 +40,14 @@ impl Default for TcpProbe {
     }
 }
 
-/// `host:port` out of `host:port` or `scheme://host:port/...`.
-fn host_port(addr: &str) -> &str {
-    let rest = addr.split_once("://").map_or(addr, |(_, r)| r);
-    rest.split('/').next().unwrap_or(rest)
-}
-
 #[async_trait]
 impl Probe for TcpProbe {
     async fn probe(&self, instance: &Instance) -> bool {
-        let Some(addr) = instance.addrs.first() else {
+        let Some(addr) = instance.addrs.first().and_then(|a| host_port(a)) else {
             return false;
         };
         matches!(
-            tokio::time::timeout(
-                self.timeout,
-                tokio::net::TcpStream::connect(host_port(addr))
-            )
-            .await,
+            tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect(addr)).await,
             Ok(Ok(_))
         )
     }
@@ -161,8 +151,10 @@ mod tests {
 
     #[test]
     fn host_port_of_urls() {
-        assert_eq!(host_port("10.0.0.1:80"), "10.0.0.1:80");
-        assert_eq!(host_port("http://h:8080/x/y"), "h:8080");
-        assert_eq!(host_port("grpc://[::1]:50051"), "[::1]:50051");
+        assert_eq!(host_port("10.0.0.1:80"), Some("10.0.0.1:80"));
+        assert_eq!(host_port("http://h:8080/x/y"), Some("h:8080"));
+        assert_eq!(host_port("grpc://[::1]:50051"), Some("[::1]:50051"));
+        // Credentials are not part of where the probe connects.
+        assert_eq!(host_port("http://u:p@h:8080/"), Some("h:8080"));
     }
 }
