@@ -234,7 +234,7 @@ impl Channels {
         let factory = move |inst: &Instance| InstanceChannel {
             id: Arc::from(inst.id.as_str()),
             addr: Arc::from(balanced::addr_of(inst)),
-            channel: make(inst).map(|ep| ep.connect_lazy()).map_err(Arc::from),
+            channel: lazy_channel(&make, inst),
         };
         let dispatcher = match &self.selection {
             Some(sel) => Dispatcher::with_selection(sel.clone(), factory),
@@ -275,12 +275,20 @@ struct GrpcCall {
     outliers: Outliers,
 }
 
+/// One instance's lazily connected channel, or why it has none.
+type LazyChannel = Result<Channel, Arc<dyn StdError + Send + Sync>>;
+
+/// `inst`'s channel from the endpoint `make` makes for it, connecting on first use.
+fn lazy_channel(make: &EndpointFn, inst: &Instance) -> LazyChannel {
+    make(inst).map(|ep| ep.connect_lazy()).map_err(Arc::from)
+}
+
 /// The client of one instance: its lazily connected channel, or why it has none.
 #[derive(Clone)]
 struct InstanceChannel {
     id: Arc<str>,
     addr: Arc<str>,
-    channel: Result<Channel, Arc<dyn StdError + Send + Sync>>,
+    channel: LazyChannel,
 }
 
 /// An attempt that got no response head within its timeout (it may have reached the instance).

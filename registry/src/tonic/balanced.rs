@@ -11,7 +11,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use ::tonic::body::Body;
-use ::tonic::transport::Channel;
 use ::tonic::{Code, Status};
 use bytes::Bytes;
 use registry_engine::{Directory, Instance, Instances, Selection};
@@ -19,10 +18,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use super::outlier::{Outcome, OutlierPolicy, Outliers};
-use super::{BoxError, DEFAULT_ATTEMPT_TIMEOUT, EndpointFn};
-
-/// One instance's lazily connected channel, or why it has none.
-type InstanceChannel = Result<Channel, Arc<dyn std::error::Error + Send + Sync>>;
+use super::{BoxError, DEFAULT_ATTEMPT_TIMEOUT, EndpointFn, LazyChannel};
 
 /// A tonic transport (a `tower` [`Service`] over HTTP requests) that spreads calls over a
 /// service's online instances **in proportion to their weights**, following the directory, and
@@ -69,7 +65,7 @@ struct Sched {
     heap: BinaryHeap<Reverse<(u64, usize)>>,
     /// Each instance's step: 2^32 / weight.
     steps: Vec<u64>,
-    channels: HashMap<String, (Arc<Instance>, InstanceChannel)>,
+    channels: HashMap<String, (Arc<Instance>, LazyChannel)>,
 }
 
 impl fmt::Debug for BalancedChannel {
@@ -147,7 +143,7 @@ impl Inner {
     }
 
     /// The next instance and its channel, or `None` with no instance.
-    fn pick(&self, outliers: &Outliers) -> Option<(Arc<Instance>, InstanceChannel)> {
+    fn pick(&self, outliers: &Outliers) -> Option<(Arc<Instance>, LazyChannel)> {
         let current = self.current();
         let mut s = self.lock();
         if !s
@@ -177,25 +173,17 @@ impl Inner {
         }
         // Every instance ejected: better one of them than no call at all.
         let inst = instances[chosen.or(first)?].clone();
-        let make = &self.endpoint;
-        let entry = s
-            .channels
-            .entry(inst.id.clone())
-            .and_modify(|e| {
-                if e.0 != inst {
-                    *e = (
-                        inst.clone(),
-                        make(&inst).map(|ep| ep.connect_lazy()).map_err(Arc::from),
-                    );
-                }
-            })
-            .or_insert_with(|| {
-                (
-                    inst.clone(),
-                    make(&inst).map(|ep| ep.connect_lazy()).map_err(Arc::from),
-                )
-            });
-        Some((inst, entry.1.clone()))
+        // The instance's channel, made again when its details changed.
+        let channel = match s.channels.get(&inst.id) {
+            Some((held, channel)) if *held == inst => channel.clone(),
+            _ => {
+                let channel = super::lazy_channel(&self.endpoint, &inst);
+                s.channels
+                    .insert(inst.id.clone(), (inst.clone(), channel.clone()));
+                channel
+            }
+        };
+        Some((inst, channel))
     }
 
     /// An instance, waiting for one until `deadline` (for ever without).
@@ -203,7 +191,7 @@ impl Inner {
         &self,
         outliers: &Outliers,
         deadline: Option<Instant>,
-    ) -> Result<(Arc<Instance>, InstanceChannel), Status> {
+    ) -> Result<(Arc<Instance>, LazyChannel), Status> {
         let service = self
             .selection
             .as_ref()
