@@ -288,10 +288,17 @@ pub(crate) struct ListArgs {
     /// One JSON document instead of a table
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    sources: SourceArgs,
+}
+
+/// `--source`, on `list`, `watch` and `serve`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct SourceArgs {
     /// A directory source beside the backend: static:FILE, dns:[SERVICE=]SRVNAME or
     /// consul-catalog[=ADDR]; repeat for more
     #[arg(long = "source", value_name = "SPEC", value_parser = registry_cli::sources::SourceSpec::parse)]
-    sources: Vec<registry_cli::sources::SourceSpec>,
+    specs: Vec<registry_cli::sources::SourceSpec>,
 }
 
 /// Starts `specs` into `d`'s directory and waits (up to 5 s) until each has listed once.
@@ -314,7 +321,7 @@ async fn start_sources(
 
 pub(crate) async fn list(ctx: &Context, a: ListArgs) -> Result<()> {
     let d = ctx.discover(a.service.as_deref()).await?;
-    let _sources = start_sources(&d, &a.sources).await?;
+    let _sources = start_sources(&d, &a.sources.specs).await?;
     let dir = d.directory();
     let services = match &a.service {
         Some(s) => vec![s.clone()],
@@ -376,15 +383,13 @@ pub(crate) struct WatchArgs {
     /// One JSON document per line
     #[arg(long)]
     json: bool,
-    /// A directory source beside the backend: static:FILE, dns:[SERVICE=]SRVNAME or
-    /// consul-catalog[=ADDR]; repeat for more
-    #[arg(long = "source", value_name = "SPEC", value_parser = registry_cli::sources::SourceSpec::parse)]
-    sources: Vec<registry_cli::sources::SourceSpec>,
+    #[command(flatten)]
+    sources: SourceArgs,
 }
 
 pub(crate) async fn watch(ctx: &Context, a: WatchArgs) -> Result<()> {
     let d = ctx.discover(a.service.as_deref()).await?;
-    let _sources = start_sources(&d, &a.sources).await?;
+    let _sources = start_sources(&d, &a.sources.specs).await?;
     if !a.json {
         outln!(
             "{} {} on {} (Ctrl-C to stop)",
@@ -618,10 +623,8 @@ pub(crate) struct ServeArgs {
     /// must not grow the server)
     #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = crate::parse_duration)]
     forget_after: Duration,
-    /// A directory source beside the backend: static:FILE, dns:[SERVICE=]SRVNAME or
-    /// consul-catalog[=ADDR]; repeat for more
-    #[arg(long = "source", value_name = "SPEC", value_parser = registry_cli::sources::SourceSpec::parse)]
-    sources: Vec<registry_cli::sources::SourceSpec>,
+    #[command(flatten)]
+    sources: SourceArgs,
     /// Also serve the directory over xDS (gRPC's aggregated discovery service) on this address,
     /// for proxyless gRPC clients in any language (target `xds:///SERVICE`; see docs/xds.md).
     /// The token and TLS options apply to it too
@@ -712,7 +715,7 @@ pub(crate) async fn serve(ctx: &Context, a: ServeArgs) -> Result<()> {
     // and a backend that goes away later shows as stale views rather than stopping the server.
     let d = ctx.reader().await?.discover_with(Scope::All, opts).await?;
     let sources = std::sync::Arc::new(
-        registry_cli::sources::Sources::start(d.directory(), &a.sources).await?,
+        registry_cli::sources::Sources::start(d.directory(), &a.sources.specs).await?,
     );
     let listener = registry_cli::serve::bind(a.listen).map_err(|e| {
         Error::new(
