@@ -98,17 +98,23 @@ pub(crate) async fn services(State(server): State<Server>) -> Response {
     let body = server
         .inner
         .answers
-        .get(super::cache::Key::Services { seq }, move || {
-            let list: Vec<Value> = dir
-                .services()
-                .iter()
-                .map(|s| summary(&dir.snapshot(s)))
-                .collect();
-            let stale = list.iter().any(|v| v["stale"] == json!(true));
-            json!({ "services": list, "stale": stale, "seq": seq })
-                .to_string()
-                .into()
-        })
+        .get(
+            super::cache::Key {
+                kind: super::cache::Kind::Services,
+                seq,
+            },
+            move || {
+                let list: Vec<Value> = dir
+                    .services()
+                    .iter()
+                    .map(|s| summary(&dir.snapshot(s)))
+                    .collect();
+                let stale = list.iter().any(|v| v["stale"] == json!(true));
+                json!({ "services": list, "stale": stale, "seq": seq })
+                    .to_string()
+                    .into()
+            },
+        )
         .await;
     super::cache::json(body)
 }
@@ -314,9 +320,11 @@ pub(crate) async fn ring(
         let owner = snap.ring().find(key.as_bytes()).map(|m| m.id.clone());
         json!({ "key": key, "position": h as f64 / FULL, "probes": probes, "owner": owner })
     });
-    let cache_key = super::cache::Key::Ring {
+    let cache_key = super::cache::Key {
+        kind: super::cache::Kind::Ring {
+            service: service.clone(),
+        },
         seq,
-        service: service.clone(),
     };
     let picture = server
         .inner

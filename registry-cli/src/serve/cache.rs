@@ -8,6 +8,11 @@
 //! a number is right for every request that reads that number. Read before the snapshots, the
 //! number can only be older than what the answer shows, never newer, so no request gets an answer
 //! older than its own number.
+//!
+//! One answer is kept per kind (the newest): an older state's answer is never served again once a
+//! newer one is built, so it is dropped then, and memory holds at most one document per kind,
+//! however fast the directory changes. A resync is exact: a stream that resumes from a resync at
+//! number N needs that one, not a newer one.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -17,18 +22,34 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::OnceCell;
 
-/// How many answers are kept (the newest): a few routes and variants, a few rings.
+/// How many kinds of answer are kept (the newest of each): a few routes and variants, a few rings.
 const CAPACITY: usize = 32;
 
-/// What an answer was built for.
+/// What kind of answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Key {
-    Services { seq: u64 },
-    Sd { seq: u64, all: bool },
-    Ring { seq: u64, service: String },
+pub(crate) enum Kind {
+    Services,
+    Sd {
+        all: bool,
+    },
+    Ring {
+        service: String,
+    },
+    /// A change stream's resync of every service, for `reason` (start, lagged, unknown id).
+    Resync {
+        reason: &'static str,
+    },
 }
 
-/// The newest answers, each built once (concurrent requests for the same one wait for it).
+/// What an answer was built for: a kind, at a state of the directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Key {
+    pub(crate) kind: Kind,
+    pub(crate) seq: u64,
+}
+
+/// The newest answer of each kind, each built once (concurrent requests for the same one wait for
+/// it).
 #[derive(Default)]
 pub(crate) struct AnswerCache {
     entries: Mutex<VecDeque<(Key, Arc<OnceCell<Bytes>>)>>,
@@ -51,10 +72,20 @@ impl AnswerCache {
         key: Key,
         build: impl FnOnce() -> Bytes + Send + 'static,
     ) -> Bytes {
+        let exact = matches!(key.kind, Kind::Resync { .. });
         let cell = {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            match entries.iter().find(|(k, _)| *k == key) {
-                Some((_, cell)) => cell.clone(),
+            match entries.iter_mut().find(|(k, _)| k.kind == key.kind) {
+                // Built at this state, or (but for a resync) at a newer one.
+                Some((k, cell)) if k.seq == key.seq || (!exact && k.seq > key.seq) => cell.clone(),
+                // An older state's: replaced.
+                Some((k, cell)) if k.seq < key.seq => {
+                    *k = key;
+                    *cell = Arc::new(OnceCell::new());
+                    cell.clone()
+                }
+                // A resync for an older state than the one kept: built, not kept.
+                Some(_) => Arc::new(OnceCell::new()),
                 None => {
                     if entries.len() == CAPACITY {
                         entries.pop_front();
@@ -70,7 +101,12 @@ impl AnswerCache {
                 .await
                 .unwrap_or_else(|e| {
                     tracing::error!(error = %e, "building an answer failed");
-                    Bytes::from_static(br#"{"error":"internal error"}"#)
+                    if exact {
+                        // Nothing is written to the change stream rather than a broken event.
+                        Bytes::new()
+                    } else {
+                        Bytes::from_static(br#"{"error":"internal error"}"#)
+                    }
                 })
         })
         .await

@@ -8,14 +8,14 @@
 //! Memory stays bounded per client, resyncs included: the feed holds only a cursor into the
 //! directory's bounded journal; the response body pulls the next piece only once the connection
 //! has written the previous one; and a resync of every service is serialized once per
-//! sequence number and reason, off the runtime's threads, then shared by every client that needs
-//! it and written to each in pieces of [`PIECE`] bytes (a thousand clients resynced after a
+//! sequence number and reason, off the runtime's threads (the `cache` module keeps the newest of
+//! each reason), then shared by every client that needs it and written to each in pieces of
+//! [`PIECE`] bytes (a thousand clients resynced after a
 //! re-list hold one copy, not a thousand). A client too slow to take its pieces is dropped by
 //! the write timeout (see the `conn` module). A closed connection drops the stream, and with it
 //! everything the client held.
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -27,7 +27,6 @@ use futures::{Stream, StreamExt};
 use registry::engine::{AllChanges, ChangeKind, DirectoryEvent, ResyncReason, validate_service};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::OnceCell;
 
 use super::api::{instance_json, service_json};
 use super::{ApiError, Server, rfc3339};
@@ -106,44 +105,6 @@ pub(crate) async fn events(
 
 /// How much of a large event one write of the body carries.
 pub(crate) const PIECE: usize = 16 * 1024;
-
-/// The serialized resyncs of every service, shared by the streams that need the same one: the
-/// newest, keyed by sequence number and reason, built by the first stream that asks while the
-/// others wait for it.
-#[derive(Default)]
-pub(crate) struct ResyncCache {
-    last: Mutex<Option<Arc<CachedResync>>>,
-}
-
-struct CachedResync {
-    seq: u64,
-    reason: &'static str,
-    event: OnceCell<Bytes>,
-}
-
-impl ResyncCache {
-    /// Forgets the cached resync (the directory forgot services since).
-    pub(crate) fn clear(&self) {
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    }
-
-    /// The entry for `(seq, reason)`: the cached one, or a new one that replaces it.
-    fn entry(&self, seq: u64, reason: &'static str) -> Arc<CachedResync> {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        match &*last {
-            Some(c) if c.seq == seq && c.reason == reason => c.clone(),
-            _ => {
-                let c = Arc::new(CachedResync {
-                    seq,
-                    reason,
-                    event: OnceCell::new(),
-                });
-                *last = Some(c.clone());
-                c
-            }
-        }
-    }
-}
 
 /// What a stream has still to write of an event: the event and how far it got.
 struct Pending {
@@ -272,16 +233,18 @@ async fn to_sse(
                 }
             };
             // Serialized off the runtime's threads (100,000 instances are about 20 MB of JSON).
-            let serialize = || async move {
-                tokio::task::spawn_blocking(build)
-                    .await
-                    .unwrap_or_else(|_| Bytes::new())
-            };
             if only.is_some() {
-                return Some(serialize().await);
+                return Some(
+                    tokio::task::spawn_blocking(build)
+                        .await
+                        .unwrap_or_else(|_| Bytes::new()),
+                );
             }
-            let cached = server.inner.resyncs.entry(r.seq, reason);
-            Some(cached.event.get_or_init(serialize).await.clone())
+            let key = super::cache::Key {
+                kind: super::cache::Kind::Resync { reason },
+                seq: r.seq,
+            };
+            Some(server.inner.answers.get(key, build).await)
         }
         // A kind of event this server does not know yet: not streamed.
         _ => None,

@@ -120,8 +120,6 @@ struct Inner {
     /// How many event streams may be open: `max_event_clients`, and at most three quarters of
     /// the connections.
     max_event_clients: std::sync::atomic::AtomicUsize,
-    /// The serialized resync of every service, shared by the event streams.
-    resyncs: events::ResyncCache,
     /// The O(directory) answers, per state of the directory.
     answers: cache::AnswerCache,
     /// The other sources' readiness (each name and whether it has listed once), if any.
@@ -148,7 +146,6 @@ impl Server {
                 options,
                 metrics,
                 max_event_clients,
-                resyncs: events::ResyncCache::default(),
                 answers: cache::AnswerCache::default(),
                 sources: std::sync::Mutex::new(None),
                 stopping: tokio::sync::watch::Sender::new(false),
@@ -291,7 +288,6 @@ async fn forget_empty(
         if n > 0 {
             // Forgetting changes the answers without a new sequence number.
             server.inner.answers.clear();
-            server.inner.resyncs.clear();
             tracing::debug!(services = n, "forgot services without instances");
         }
     }

@@ -39,9 +39,13 @@ pub(crate) async fn prometheus_sd(
     let body = server
         .inner
         .answers
-        .get(super::cache::Key::Sd { seq, all }, move || {
-            groups(&dir, all).to_string().into()
-        })
+        .get(
+            super::cache::Key {
+                kind: super::cache::Kind::Sd { all },
+                seq,
+            },
+            move || groups(&dir, all).to_string().into(),
+        )
         .await;
     Ok(super::cache::json(body))
 }
