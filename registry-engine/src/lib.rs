@@ -22,7 +22,10 @@ mod write;
 
 pub use backoff::Backoff;
 pub use collections::instances::{InstanceMap, Instances, InstancesIter};
-pub use collections::ring::{DEFAULT_VNODES, MAX_VNODES, PROBES, Ring, hash_key, probes};
+pub use collections::ring::{
+    DEFAULT_VNODES, GRPC_MAX_RING_SIZE, GRPC_MIN_RING_SIZE, MAX_VNODES, PROBES, Ring, RingKind,
+    hash_key, probes,
+};
 pub use model::instance::{
     DEFAULT_WEIGHT, FORMAT_VERSION, Instance, InstanceState, MAX_WEIGHT, host_port,
 };
@@ -36,6 +39,7 @@ pub use read::directory::{Directory, DirectoryBuilder};
 pub use read::discovery::{
     APPLY_DELAY_BUCKETS, ApplyDelay, Discovery, DiscoveryCounts, DiscoveryOptions, Scope,
 };
+pub use read::endpoint::{Endpoint, EndpointHealth, EndpointsSkipped};
 pub use read::feed::AllChanges;
 pub use read::journal::{
     DEFAULT_JOURNAL_CAPACITY, DirectoryChange, DirectoryEvent, Resync, ResyncReason,

@@ -51,12 +51,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 mod delta;
 pub mod resources;
-pub mod ring;
 mod session;
 mod stream;
 
 pub use resources::{Balancing, HASH_HEADER, Kind};
-pub use ring::GrpcRing;
 
 /// What an xDS server may be tuned with.
 #[derive(Clone)]

@@ -5,9 +5,6 @@
 //! cluster. All four are named after the service: the listener routes every call (any authority,
 //! any path) to the cluster of the same name, whose endpoints are the service's instances.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
 use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster,
     cluster::{
@@ -39,7 +36,9 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::google::protobuf::{Any, UInt32Value, UInt64Value};
 use envoy_types::util::pack_any;
 use prost::Name;
-use registry_engine::{Instance, ServiceSnapshot, ZONE_KEY, validate_service};
+use registry_engine::{
+    EndpointHealth, EndpointsSkipped, ServiceSnapshot, ZONE_KEY, validate_service,
+};
 
 /// The four resource types, in the order a client asks for them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -105,11 +104,12 @@ pub enum Balancing {
 pub const HASH_HEADER: &str = "x-key";
 
 /// The minimum ring size this server asks clients for (gRPC's default as well).
-pub const MIN_RING_SIZE: u64 = 1024;
+pub const MIN_RING_SIZE: u64 = registry_engine::GRPC_MIN_RING_SIZE;
 /// The maximum ring size this server asks clients for: gRPC clients cap rings at 4,096 entries
 /// by default (the channel argument `grpc.lb.ring_hash.ring_size_cap`) whatever the cluster says,
-/// so asking for that makes the size the same in every client.
-pub const MAX_RING_SIZE: u64 = 4096;
+/// so asking for that makes the size the same in every client, and the same as
+/// [`RingKind::GrpcRingHash`](registry_engine::RingKind::GrpcRingHash)'s.
+pub const MAX_RING_SIZE: u64 = registry_engine::GRPC_MAX_RING_SIZE;
 
 /// Whether `name` can be served: a valid service name (a client may ask for anything, e.g. an
 /// `xdstp://` name; those are left out of the answers, so the client sees them as absent).
@@ -217,53 +217,8 @@ pub fn cluster(name: &str, balancing: Balancing) -> Any {
     })
 }
 
-/// An instance as an endpoint: its address and health.
-pub(crate) struct Served {
-    pub(crate) inst: Arc<Instance>,
-    pub(crate) addr: SocketAddr,
-    pub(crate) health: HealthStatus,
-}
-
-/// The instances of `snap` as endpoints, in the answer's order (by id), with what was left out:
-/// those without an IP address, and those whose address an earlier one has.
-pub(crate) fn served(snap: &ServiceSnapshot) -> (Vec<Served>, Skipped) {
-    let mut skipped = Skipped::default();
-    let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    for inst in snap.all().values() {
-        let Some(addr) = ip_address(inst) else {
-            skipped.no_ip_address += 1;
-            continue;
-        };
-        if !seen.insert(addr) {
-            skipped.duplicate_address += 1;
-            continue;
-        }
-        let health = if !inst.is_online() {
-            HealthStatus::Draining
-        } else if snap.is_hidden(&inst.id) {
-            HealthStatus::Unhealthy
-        } else {
-            HealthStatus::Healthy
-        };
-        out.push(Served {
-            inst: inst.clone(),
-            addr,
-            health,
-        });
-    }
-    (out, skipped)
-}
-
-/// What [`endpoints`] left out.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Skipped {
-    /// Instances with no address that is an IP address and a port (gRPC clients take only those).
-    pub no_ip_address: usize,
-    /// Instances whose address another instance of the service already has (a client rejects an
-    /// answer that names an address twice; the first instance in id order keeps it).
-    pub duplicate_address: usize,
-}
+/// What [`endpoints`] left out (see [`ServiceSnapshot::endpoints`]).
+pub type Skipped = EndpointsSkipped;
 
 /// The ClusterLoadAssignment of `snap`'s service: one endpoint per instance (its first address
 /// that is `IP:port`, or a URL's `IP:port`).
@@ -275,9 +230,19 @@ pub struct Skipped {
 /// are `HEALTHY`, those a probe hides `UNHEALTHY` (gRPC clients leave them out), offline ones
 /// `DRAINING` (no new calls).
 pub fn endpoints(snap: &ServiceSnapshot) -> (Any, Skipped) {
-    let (served, skipped) = served(snap);
+    let (served, skipped) = snap.endpoints();
     let mut localities = Vec::with_capacity(served.len());
-    for Served { inst, addr, health } in served {
+    for registry_engine::Endpoint {
+        instance: inst,
+        addr,
+        health,
+    } in served
+    {
+        let health = match health {
+            EndpointHealth::Healthy => HealthStatus::Healthy,
+            EndpointHealth::Unhealthy => HealthStatus::Unhealthy,
+            EndpointHealth::Draining => HealthStatus::Draining,
+        };
         let endpoint = LbEndpoint {
             host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
                 address: Some(Address {
@@ -316,41 +281,9 @@ pub fn endpoints(snap: &ServiceSnapshot) -> (Any, Skipped) {
     (pack_any(cla), skipped)
 }
 
-/// An instance's first address that is an IP address and a port: `IP:port`, `[IPv6]:port`, or
-/// either inside a URL (`grpc://10.0.0.1:50051/`, credentials and path ignored).
-pub fn ip_address(inst: &Instance) -> Option<SocketAddr> {
-    inst.addrs
-        .iter()
-        .find_map(|a| registry_engine::host_port(a)?.parse().ok())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_ip_address_is_found_in_any_form() {
-        let inst = |addrs: &[&str]| {
-            let mut i = Instance::new("s", "i");
-            for a in addrs {
-                i = i.addr(*a);
-            }
-            i
-        };
-        let ip = |addrs: &[&str]| ip_address(&inst(addrs)).map(|a| a.to_string());
-        assert_eq!(ip(&["10.0.0.1:80"]).as_deref(), Some("10.0.0.1:80"));
-        assert_eq!(ip(&["[::1]:50051"]).as_deref(), Some("[::1]:50051"));
-        assert_eq!(
-            ip(&["grpc://u:p@10.0.0.2:9000/x?y"]).as_deref(),
-            Some("10.0.0.2:9000")
-        );
-        assert_eq!(
-            ip(&["db.internal:5432", "10.0.0.3:5432"]).as_deref(),
-            Some("10.0.0.3:5432")
-        );
-        assert_eq!(ip(&["db.internal:5432"]), None);
-        assert_eq!(ip(&[]), None);
-    }
 
     #[test]
     fn type_urls_round_trip() {

@@ -25,10 +25,19 @@
 //!   only the keys it now owns move; in `find_n`'s lists a departed member just drops out.
 //!
 //! A ring is immutable and always built from the full membership, never patched from deltas.
+//!
+//! A ring can also be built the way gRPC's clients build theirs ([`RingKind::GrpcRingHash`],
+//! [`Ring::grpc`]): one probe, points placed by the members' addresses, so that a Rust process and a
+//! Go, Python, Node or C++ client with `ring_hash` over the same xDS answer send a key to the same
+//! instance. The multi-probe ring stays the default, for the reasons in [`RingKind`].
 
 use std::cmp::Ordering;
 use std::fmt;
 use std::sync::Arc;
+
+use std::net::SocketAddr;
+
+use xxhash_rust::xxh64::xxh64;
 
 use crate::model::instance::{DEFAULT_WEIGHT, Instance, MAX_WEIGHT};
 
@@ -44,6 +53,43 @@ pub const MAX_VNODES: u32 = 4096;
 /// 100 members at 1.10 times the mean or less (11 probes: 1.10, 7: 1.17, 5: 1.25, with 2 points per
 /// member, averaged over 20 random memberships).
 pub const PROBES: usize = 13;
+
+/// The fewest entries of a gRPC ring ([`Ring::grpc`]): the `minimum_ring_size` the xDS server
+/// announces (gRPC's default too).
+pub const GRPC_MIN_RING_SIZE: u64 = 1024;
+/// The most entries of a gRPC ring: the `maximum_ring_size` the xDS server announces, which is also
+/// the cap both grpc C-core and grpc-js apply by default, so every client builds the same ring.
+pub const GRPC_MAX_RING_SIZE: u64 = 4096;
+
+/// How a [`Ring`] places its points and looks a key up
+/// ([`DirectoryBuilder::ring_kind`](crate::DirectoryBuilder::ring_kind)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RingKind {
+    /// Multi-probe consistent hashing over the members' ids (see [`Ring`]): the default.
+    #[default]
+    MultiProbe,
+    /// gRPC's `ring_hash` (gRFC A42, as grpc C-core, grpc-go, grpc-java and grpc-js build it):
+    /// each endpoint gets entries in proportion to its weight, the ring scaled so the lightest
+    /// gets about [`GRPC_MIN_RING_SIZE`] × its share, at most [`GRPC_MAX_RING_SIZE`] in all;
+    /// entry `i` of an endpoint is XXH64 (seed 0) of `"<ip:port>_<i>"`, a key's hash is XXH64 of
+    /// the key (the `x-key` header's value), and its owner is the first entry at or after it,
+    /// round the ring.
+    ///
+    /// Members are the instances the xDS server sends as `HEALTHY` endpoints: online, not hidden
+    /// by a probe, with an IP address and a port ([`Instance::socket_addr`]), the first in id order
+    /// keeping an address two instances share
+    /// ([`ServiceSnapshot::endpoints`](crate::ServiceSnapshot::endpoints)).
+    ///
+    /// Why it is not the default: a member is known by its address (the clients hash addresses, not
+    /// ids: gRFC A76's hash keys are not in grpc-js and off by default in C-core), so an instance
+    /// that restarts on another port moves its keys, instances without an IP address are not on
+    /// it, and it balances worse: with 1,024 to 4,096 entries the most loaded of 100 equal members
+    /// gets 1.91 times the mean (1.15 of 10, 1.04 of 3), against 1.09 on the multi-probe ring with
+    /// 200 points in all. Every membership change rebuilds it (a member's entries depend on
+    /// everyone's weights), where the multi-probe ring is walked at once with the joined members.
+    GrpcRingHash,
+}
 
 /// A consistent-hash ring over a set of instances.
 ///
@@ -69,11 +115,13 @@ pub struct Ring {
     bits: u32,
     /// Members, sorted by id.
     members: Vec<Arc<Instance>>,
+    kind: RingKind,
 }
 
 impl fmt::Debug for Ring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ring")
+            .field("kind", &self.kind)
             .field("members", &self.members.len())
             .field("points", &self.points())
             .finish()
@@ -167,6 +215,59 @@ impl Ring {
         }
         // Equal hashes (astronomically rare) are ordered by member, which is by id: deterministic.
         pairs.sort_unstable();
+        Ring::assemble(&pairs, members, RingKind::MultiProbe)
+    }
+
+    /// gRPC's ring ([`RingKind::GrpcRingHash`]) over `endpoints` (an instance and its address, in
+    /// the order of the xDS answer, which is by id), each weighted by its instance's weight.
+    pub fn grpc(endpoints: impl IntoIterator<Item = (Arc<Instance>, SocketAddr)>) -> Ring {
+        Ring::grpc_sized(endpoints, GRPC_MIN_RING_SIZE, GRPC_MAX_RING_SIZE)
+    }
+
+    /// [`Ring::grpc`] with gRPC's sizing between `min_ring_size` and `max_ring_size` entries.
+    pub fn grpc_sized(
+        endpoints: impl IntoIterator<Item = (Arc<Instance>, SocketAddr)>,
+        min_ring_size: u64,
+        max_ring_size: u64,
+    ) -> Ring {
+        let endpoints: Vec<(Arc<Instance>, SocketAddr)> = endpoints.into_iter().collect();
+        if endpoints.is_empty() {
+            return Ring {
+                kind: RingKind::GrpcRingHash,
+                ..Ring::default()
+            };
+        }
+        // As the clients compute it, in doubles (a weight of 0 is not sent: at least 1).
+        let weight = |i: &Instance| f64::from(i.weight.max(1));
+        let total: f64 = endpoints.iter().map(|(i, _)| weight(i)).sum();
+        let min_normalized = endpoints
+            .iter()
+            .map(|(i, _)| weight(i) / total)
+            .fold(f64::INFINITY, f64::min);
+        let scale = ((min_normalized * min_ring_size as f64).ceil() / min_normalized)
+            .min(max_ring_size as f64);
+        let mut pairs: Vec<(u64, u32)> = Vec::with_capacity(scale.ceil() as usize);
+        let (mut current, mut target) = (0.0f64, 0.0f64);
+        let mut key = String::new();
+        for (index, (inst, addr)) in endpoints.iter().enumerate() {
+            target += scale * weight(inst) / total;
+            let mut count = 0u64;
+            while current < target {
+                use std::fmt::Write;
+                key.clear();
+                let _ = write!(key, "{addr}_{count}");
+                pairs.push((xxh64(key.as_bytes(), 0), index as u32));
+                count += 1;
+                current += 1.0;
+            }
+        }
+        pairs.sort_unstable();
+        let members = endpoints.into_iter().map(|(i, _)| i).collect();
+        Ring::assemble(&pairs, members, RingKind::GrpcRingHash)
+    }
+
+    /// The ring of `pairs` (hash, index in `members`), sorted by hash.
+    fn assemble(pairs: &[(u64, u32)], mut members: Vec<Arc<Instance>>, kind: RingKind) -> Ring {
         let count = pairs.len();
         // Half a point to one point per bucket, at most 2^22 buckets (16 MiB of index).
         let bits = (usize::BITS - count.leading_zeros()).clamp(1, 22);
@@ -190,12 +291,19 @@ impl Ring {
                 owner: first.clone(),
             });
         }
+        members.sort_by(|a, b| a.id.cmp(&b.id));
         Ring {
             slots,
             index,
             bits,
             members,
+            kind,
         }
+    }
+
+    /// How this ring places points and looks keys up.
+    pub fn kind(&self) -> RingKind {
+        self.kind
     }
 
     /// The members, sorted by id.
@@ -233,7 +341,8 @@ impl Ring {
 
     /// Each member's share of the keys, in [`members`](Self::members) order: the probability that
     /// [`find`](Self::find) routes a key to it when the key's [`probes`] are uniform and
-    /// independent (the shares of a non-empty ring add up to 1).
+    /// independent (the shares of a non-empty ring add up to 1). On a gRPC ring a key has one
+    /// probe, and a member's share is the length of the arcs its entries end.
     ///
     /// Computed exactly from the arcs between points, up to `f64` rounding (about 1e-12): with the
     /// arcs' lengths `L` as fractions of the circle and `S(x) = Σ max(L - x, 0)` the chance that one
@@ -266,7 +375,10 @@ impl Ring {
         // Walk the arcs from the shortest: between two consecutive lengths, S is linear,
         // S(x) = rest - alive × x, and the integral of k S^(k-1) over it is (S(a)^k - S(b)^k) / alive
         // for each arc still longer than x. `won` accumulates it from 0.
-        let k = PROBES as i32;
+        let k = match self.kind {
+            RingKind::MultiProbe => PROBES as i32,
+            RingKind::GrpcRingHash => 1,
+        };
         let (mut x, mut s, mut won) = (0f64, 1f64, 0f64);
         let mut alive = n as f64;
         let mut rest: f64 = arcs.iter().map(|a| a.0).sum();
@@ -303,6 +415,10 @@ impl Ring {
 
     /// The owner of `key`, or `None` on an empty ring.
     pub fn find(&self, key: &[u8]) -> Option<&Arc<Instance>> {
+        if self.kind == RingKind::GrpcRingHash {
+            return (!self.slots.is_empty())
+                .then(|| &self.slots[self.start_hash(xxh64(key, 0))].owner);
+        }
         let (_, i) = self.nearest(&probes_of(hash_key(key)))?;
         Some(&self.slots[i].owner)
     }
@@ -345,6 +461,23 @@ impl Ring {
             return out;
         }
         let mut seen: Vec<*const Instance> = Vec::with_capacity(want);
+        if self.kind == RingKind::GrpcRingHash {
+            // Clockwise from the key's entry, as a gRPC client looks for the next endpoint when
+            // the owner is not ready.
+            let (n, mut i) = (self.points(), self.start_hash(xxh64(key, 0)));
+            for _ in 0..n {
+                let owner = &self.slots[i].owner;
+                if !seen.contains(&Arc::as_ptr(owner)) {
+                    seen.push(Arc::as_ptr(owner));
+                    out.push(owner);
+                    if out.len() == want {
+                        break;
+                    }
+                }
+                i = if i + 1 == n { 0 } else { i + 1 };
+            }
+            return out;
+        }
         let mut walk = Walk::new(self, &probes_of(hash_key(key)));
         while out.len() < want {
             let Some(c) = walk.min() else { break };
@@ -378,6 +511,10 @@ impl Ring {
         max_skipped: usize,
         mut map: impl FnMut(&Arc<Instance>) -> Option<Arc<Instance>>,
     ) -> Option<Vec<Arc<Instance>>> {
+        // A gRPC ring's entries depend on every member's weight: it cannot be walked with another.
+        if self.kind != RingKind::MultiProbe {
+            return None;
+        }
         let empty = Ring::default();
         let joined = joined.unwrap_or(&empty);
         let h = hash_key(key);

@@ -116,6 +116,20 @@ impl Instance {
         self
     }
 
+    /// The first address that is an IP address and a port: `IP:port`, `[IPv6]:port`, or either
+    /// inside a URL (`grpc://10.0.0.1:50051/`, credentials and path ignored). What gRPC clients
+    /// take as an endpoint (they resolve no names from an xDS answer).
+    ///
+    /// ```
+    /// use registry_engine::Instance;
+    ///
+    /// let i = Instance::new("db", "db-1").addr("db.internal:5432").addr("grpc://10.0.0.3:5432/");
+    /// assert_eq!(i.socket_addr(), Some("10.0.0.3:5432".parse().unwrap()));
+    /// ```
+    pub fn socket_addr(&self) -> Option<std::net::SocketAddr> {
+        self.addrs.iter().find_map(|a| host_port(a)?.parse().ok())
+    }
+
     /// Adds a metadata entry.
     pub fn meta(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.metadata.insert(key.into(), value.into());

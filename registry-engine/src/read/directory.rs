@@ -28,7 +28,7 @@ use registry_core::error::{Error, Result};
 use tokio::sync::watch;
 
 use crate::collections::instances::{InstanceMap, Instances};
-use crate::collections::ring::DEFAULT_VNODES;
+use crate::collections::ring::{DEFAULT_VNODES, RingKind};
 use crate::model::instance::Instance;
 use crate::read::change::ChangeKind;
 use crate::read::changes::Changes;
@@ -46,6 +46,7 @@ struct Inner {
     add_slot: Mutex<()>,
     empty: Instances,
     vnodes: u32,
+    ring_kind: RingKind,
     journal: Journal,
     /// The sources added with [`Directory::source`], by name, with their precedence.
     sources: Mutex<BTreeMap<String, i32>>,
@@ -94,6 +95,7 @@ impl Directory {
     pub fn builder() -> DirectoryBuilder {
         DirectoryBuilder {
             vnodes: DEFAULT_VNODES,
+            ring_kind: RingKind::default(),
             journal_capacity: DEFAULT_JOURNAL_CAPACITY,
         }
     }
@@ -123,7 +125,11 @@ impl Directory {
         if let Some(s) = self.slot(service) {
             return s;
         }
-        let snap = Arc::new(ServiceSnapshot::empty(service, self.inner.vnodes));
+        let snap = Arc::new(ServiceSnapshot::empty(
+            service,
+            self.inner.vnodes,
+            self.inner.ring_kind,
+        ));
         let (tx, _) = watch::channel(snap.clone());
         let slot = Arc::new(Slot {
             name: Arc::from(service),
@@ -193,7 +199,11 @@ impl Directory {
     pub fn snapshot(&self, service: &str) -> Arc<ServiceSnapshot> {
         match self.slot(service) {
             Some(s) => s.current.load_full(),
-            None => Arc::new(ServiceSnapshot::empty(service, self.inner.vnodes)),
+            None => Arc::new(ServiceSnapshot::empty(
+                service,
+                self.inner.vnodes,
+                self.inner.ring_kind,
+            )),
         }
     }
 
@@ -264,6 +274,11 @@ impl Directory {
     /// ring of some of this directory's instances needs to agree with its own rings.
     pub fn vnodes(&self) -> u32 {
         self.inner.vnodes
+    }
+
+    /// How this directory's rings route (see [`DirectoryBuilder::ring_kind`]).
+    pub fn ring_kind(&self) -> RingKind {
+        self.inner.ring_kind
     }
 
     /// Claims a source's name and precedence in this directory (see [`Directory::source`]): both
@@ -490,6 +505,7 @@ impl Directory {
 #[derive(Clone, Debug)]
 pub struct DirectoryBuilder {
     vnodes: u32,
+    ring_kind: RingKind,
     journal_capacity: usize,
 }
 
@@ -498,6 +514,23 @@ impl DirectoryBuilder {
     /// [`MAX_VNODES`](crate::MAX_VNODES); default [`DEFAULT_VNODES`]).
     pub fn vnodes(mut self, vnodes: u32) -> Self {
         self.vnodes = vnodes;
+        self
+    }
+
+    /// How [`Directory::find`] and every ring of this directory route a key (default
+    /// [`RingKind::MultiProbe`]). With [`RingKind::GrpcRingHash`], a key goes to the instance a
+    /// gRPC client with `ring_hash` sends it to over this directory's xDS answer (`registry serve
+    /// --xds ADDR --xds-balancing ring-hash`, the key in the `x-key` header): one owner per key in
+    /// Rust and in every gRPC language.
+    ///
+    /// ```
+    /// use registry_engine::{Directory, RingKind};
+    ///
+    /// let dir = Directory::builder().ring_kind(RingKind::GrpcRingHash).build();
+    /// assert_eq!(dir.ring_kind(), RingKind::GrpcRingHash);
+    /// ```
+    pub fn ring_kind(mut self, kind: RingKind) -> Self {
+        self.ring_kind = kind;
         self
     }
 
@@ -518,6 +551,7 @@ impl DirectoryBuilder {
                 add_slot: Mutex::new(()),
                 empty: Instances::new(),
                 vnodes: self.vnodes.clamp(1, crate::MAX_VNODES),
+                ring_kind: self.ring_kind,
                 journal: Journal::new(self.journal_capacity),
                 sources: Mutex::new(BTreeMap::new()),
             }),

@@ -5,6 +5,7 @@ pub(crate) mod change;
 pub(crate) mod changes;
 pub(crate) mod directory;
 pub(crate) mod discovery;
+pub(crate) mod endpoint;
 pub(crate) mod feed;
 pub(crate) mod journal;
 pub(crate) mod merge;

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use registry_core::backend::Revision;
 
 use crate::collections::instances::{InstanceMap, Instances};
-use crate::collections::ring::Ring;
+use crate::collections::ring::{Ring, RingKind};
 use crate::model::instance::Instance;
 use crate::read::change::ChangeKind;
 use crate::read::merge::{BACKEND_SOURCE, Merged, Origin};
@@ -31,6 +31,7 @@ pub struct ServiceSnapshot {
     /// together, skipping departed members, while `ring` is not built yet.
     pub(crate) base: Option<Arc<Base>>,
     pub(crate) vnodes: u32,
+    pub(crate) ring_kind: RingKind,
     pub(crate) revision: Revision,
     pub(crate) stale: bool,
     /// When the view went stale (`Some` exactly when `stale`).
@@ -60,7 +61,7 @@ impl fmt::Debug for ServiceSnapshot {
 }
 
 impl ServiceSnapshot {
-    pub(crate) fn empty(service: &str, vnodes: u32) -> Self {
+    pub(crate) fn empty(service: &str, vnodes: u32, ring_kind: RingKind) -> Self {
         ServiceSnapshot {
             service: service.to_owned(),
             all: InstanceMap::new(),
@@ -69,6 +70,7 @@ impl ServiceSnapshot {
             ring: Arc::default(),
             base: None,
             vnodes,
+            ring_kind,
             revision: 0,
             stale: false,
             stale_since: None,
@@ -214,8 +216,16 @@ impl ServiceSnapshot {
                 "the online list is the map's online, visible instances"
             );
         }
-        // The same routable members (same versions): the ring and its base stay valid.
-        let same_members = online_changes.is_empty() || Instances::ptr_eq(&online, &cur.online);
+        // The same routable members (same versions): the ring and its base stay valid. A gRPC
+        // ring's members are the endpoints: an offline instance's address counts too.
+        let same_members = match cur.ring_kind {
+            RingKind::MultiProbe => {
+                online_changes.is_empty() || Instances::ptr_eq(&online, &cur.online)
+            }
+            RingKind::GrpcRingHash => changes
+                .iter()
+                .all(|c| matches!(c, ChangeKind::Stale | ChangeKind::Fresh)),
+        };
         let (ring, base) = if same_members {
             (cur.ring.clone(), cur.base.clone())
         } else {
@@ -229,6 +239,7 @@ impl ServiceSnapshot {
             ring,
             base,
             vnodes: cur.vnodes,
+            ring_kind: cur.ring_kind,
             revision,
             stale: stale_since.is_some(),
             stale_since,
@@ -271,10 +282,14 @@ impl ServiceSnapshot {
     }
 
     /// The routing ring over [`online`](Self::online) (built here, once, if the directory's
-    /// background builder has not built it yet).
+    /// background builder has not built it yet), of the directory's
+    /// [`RingKind`](crate::DirectoryBuilder::ring_kind): on a gRPC ring, over the healthy
+    /// [`endpoints`](Self::endpoints).
     pub fn ring(&self) -> &Ring {
-        self.ring
-            .get_or_init(|| Ring::with_vnodes(self.online.iter().cloned(), self.vnodes))
+        self.ring.get_or_init(|| match self.ring_kind {
+            RingKind::MultiProbe => Ring::with_vnodes(self.online.iter().cloned(), self.vnodes),
+            RingKind::GrpcRingHash => Ring::grpc(self.grpc_members()),
+        })
     }
 
     /// `id`'s current instance if it is online and not hidden: a member of this view's ring.
@@ -362,6 +377,11 @@ impl Base {
         cur: &ServiceSnapshot,
         online_changes: &[(&str, Option<&Arc<Instance>>)],
     ) -> Option<Arc<Base>> {
+        // A gRPC ring's entries depend on every member's weight: it is rebuilt, not walked with
+        // the joined members.
+        if cur.ring_kind != RingKind::MultiProbe {
+            return None;
+        }
         let (cell, mut joined): (_, BTreeMap<&str, Arc<Instance>>) = if cur.ring.get().is_some() {
             (cur.ring.clone(), BTreeMap::new())
         } else {

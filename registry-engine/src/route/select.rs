@@ -9,11 +9,12 @@ use std::task::{Context, Poll};
 use futures::Stream;
 
 use crate::collections::instances::Instances;
-use crate::collections::ring::Ring;
+use crate::collections::ring::{Ring, RingKind};
 use crate::model::instance::Instance;
 use crate::read::change::Change;
 use crate::read::changes::ChangeQueue;
 use crate::read::directory::Directory;
+use crate::read::endpoint::addressed;
 use crate::read::snapshot::ServiceSnapshot;
 use registry_core::error::{Error, Result};
 
@@ -366,7 +367,8 @@ impl Selection {
         self.current().members.clone()
     }
 
-    /// The ring of the selected instances, with the directory's virtual nodes.
+    /// The ring of the selected instances, of the directory's kind and virtual nodes (a gRPC ring
+    /// over those with an IP address, the first by id keeping an address two of them share).
     pub fn ring(&self) -> impl std::ops::Deref<Target = Ring> + use<> {
         struct RingRef(Arc<Selected>);
         impl std::ops::Deref for RingRef {
@@ -379,9 +381,11 @@ impl Selection {
             }
         }
         let sel = self.current();
-        let vnodes = self.inner.directory.vnodes();
-        sel.ring
-            .get_or_init(|| Ring::with_vnodes(sel.members.iter().cloned(), vnodes));
+        let dir = &self.inner.directory;
+        sel.ring.get_or_init(|| match dir.ring_kind() {
+            RingKind::MultiProbe => Ring::with_vnodes(sel.members.iter().cloned(), dir.vnodes()),
+            RingKind::GrpcRingHash => Ring::grpc(addressed(sel.members.iter().cloned())),
+        });
         RingRef(sel)
     }
 

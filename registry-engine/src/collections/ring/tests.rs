@@ -323,3 +323,99 @@ fn order_of_construction_does_not_matter() {
         );
     }
 }
+
+/// gRPC's ring ([`Ring::grpc`]): an endpoint at `10.{net}.{i / 250}.{i % 250 + 1}:50051`.
+fn endpoint(id: &str, weight: u32, net: u32, i: u32) -> (Arc<Instance>, SocketAddr) {
+    let addr = format!("10.{net}.{}.{}:50051", i / 250, i % 250 + 1);
+    (
+        Arc::new(Instance::new("svc", id).weight(weight)),
+        addr.parse().unwrap(),
+    )
+}
+
+/// How many of a gRPC ring's entries each member has, by id.
+fn entries_of(ring: &Ring) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for (_, m) in ring.owned_points() {
+        *out.entry(m.id.clone()).or_default() += 1;
+    }
+    out
+}
+
+#[test]
+fn grpc_entries_follow_the_weights_within_the_size_bounds() {
+    let ring = Ring::grpc_sized(
+        [endpoint("a", 100, 0, 0), endpoint("b", 300, 0, 1)],
+        1024,
+        4096,
+    );
+    assert_eq!(ring.kind(), RingKind::GrpcRingHash);
+    // The lightest gets ceil(0.25 × 1024) = 256 entries; the scale is 1024.
+    let n = entries_of(&ring);
+    assert_eq!((n["a"], n["b"]), (256, 768));
+    // At most the maximum: 1 to 9,999 would scale to 10,000; capped at 4,096.
+    let ring = Ring::grpc_sized(
+        [endpoint("a", 1, 0, 0), endpoint("b", 9999, 0, 1)],
+        1024,
+        4096,
+    );
+    assert_eq!(ring.points(), 4096);
+    let hashes: Vec<u64> = ring.owned_points().map(|(h, _)| h).collect();
+    assert!(hashes.windows(2).all(|w| w[0] <= w[1]));
+    let shares = ring.shares();
+    assert!(
+        (shares.iter().sum::<f64>() - 1.0).abs() < 1e-9,
+        "{shares:?}"
+    );
+}
+
+#[test]
+fn a_grpc_key_goes_to_the_first_entry_at_or_after_its_xxh64() {
+    let ring = Ring::grpc_sized([endpoint("a", 100, 0, 0), endpoint("b", 100, 0, 1)], 4, 4);
+    let points: Vec<(u64, &Arc<Instance>)> = ring.owned_points().collect();
+    assert_eq!(points.len(), 4);
+    // Entry i of an endpoint is XXH64 of "ip:port_i".
+    let a0 = xxh64(b"10.0.0.1:50051_0", 0);
+    assert!(points.iter().any(|(h, m)| *h == a0 && m.id == "a"));
+    for key in ["k1", "k2", "user-42", ""] {
+        let h = xxh64(key.as_bytes(), 0);
+        let want = points.iter().find(|p| p.0 >= h).unwrap_or(&points[0]);
+        assert_eq!(ring.find(key.as_bytes()).unwrap().id, want.1.id, "{key}");
+        // find_n starts with the owner and walks on clockwise to the other member.
+        let two: Vec<&str> = ring
+            .find_n(5, key.as_bytes())
+            .iter()
+            .map(|m| m.id.as_str())
+            .collect();
+        assert_eq!(two.len(), 2);
+        assert_eq!(two[0], want.1.id);
+    }
+    assert!(Ring::grpc([]).find(b"k").is_none());
+    assert!(Ring::grpc([]).find_n(3, b"k").is_empty());
+}
+
+#[test]
+fn xxh64_is_the_reference_one() {
+    // Reference values of XXH64 with seed 0.
+    assert_eq!(xxh64(b"", 0), 0xef46_db37_51d8_e999);
+    assert_eq!(xxh64(b"a", 0), 0xd24e_c4f1_a98c_6e5b);
+}
+
+/// The most loaded member's share of the keys over the mean, for `n` equal members of a gRPC ring
+/// (its entries' arcs; one probe).
+fn grpc_max_over_mean(n: u32, net: u32) -> f64 {
+    let ring = Ring::grpc((0..n).map(|i| endpoint(&format!("m{i}"), 100, net, i)));
+    let shares = ring.shares();
+    shares.iter().copied().fold(0.0, f64::max) * f64::from(n)
+}
+
+/// A measurement: `cargo test -p registry-engine --lib grpc_ring_balance -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn grpc_ring_balance() {
+    for n in [3, 10, 100] {
+        let runs: Vec<f64> = (0..20).map(|o| grpc_max_over_mean(n, o)).collect();
+        let avg = runs.iter().sum::<f64>() / runs.len() as f64;
+        println!("{n} members: max/mean {avg:.3} averaged over 20 address sets");
+    }
+}

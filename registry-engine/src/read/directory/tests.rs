@@ -1,5 +1,5 @@
 use super::*;
-use crate::collections::ring::Ring;
+use crate::collections::ring::{Ring, RingKind};
 use crate::read::change::Change;
 
 fn members(n: usize, skip: usize) -> BTreeMap<String, Arc<Instance>> {
@@ -429,4 +429,91 @@ fn a_write_racing_the_forgetting_is_not_lost() {
         assert_eq!(dir.get(&service).len(), 1, "round {round}");
         dir.publish(&service, InstanceMap::new(), round * 2 + 1, true);
     }
+}
+
+/// A directory of [`RingKind::GrpcRingHash`] routes as gRPC's ring over the endpoints an xDS
+/// answer names as healthy: offline, hidden and address-less instances are not on it, an address
+/// two instances share is the first's, and every change (a join, an address that moved, an
+/// offline instance that takes an address) is routed on at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_ring_directory_routes_as_grpc_clients_over_the_served_endpoints() {
+    let dir = Directory::builder()
+        .ring_kind(RingKind::GrpcRingHash)
+        .build();
+    let inst = |id: &str, addr: &str, w: u32| Instance::new("svc", id).addr(addr).weight(w);
+    let mut all: BTreeMap<String, Arc<Instance>> = BTreeMap::new();
+    let mut put = |i: Instance| {
+        all.insert(i.id.clone(), Arc::new(i));
+        all.clone()
+    };
+    for i in 0..20u32 {
+        put(inst(
+            &format!("m{i:02}"),
+            &format!("10.0.0.{}:50051", i + 1),
+            100 + i * 10,
+        ));
+    }
+    put(inst("n-name", "db.internal:50051", 100));
+    put(inst("o-dup", "10.0.0.1:50051", 100));
+    let mut revision = 1;
+    let mut check = |dir: &Directory, all: BTreeMap<String, Arc<Instance>>, what: &str| {
+        revision += 1;
+        dir.publish("svc", all, revision, true);
+        let snap = dir.snapshot("svc");
+        let healthy: Vec<(Arc<Instance>, std::net::SocketAddr)> = snap
+            .endpoints()
+            .0
+            .into_iter()
+            .filter(|e| e.health == crate::EndpointHealth::Healthy)
+            .map(|e| (e.instance, e.addr))
+            .collect();
+        let expected = Ring::grpc(healthy);
+        for k in 0..2000 {
+            let key = format!("user-{k}");
+            assert_eq!(
+                dir.find("svc", &key).map(|i| i.id.clone()),
+                expected.find(key.as_bytes()).map(|i| i.id.clone()),
+                "{what}: key {key}"
+            );
+            let n: Vec<String> = dir
+                .find_n(3, "svc", &key)
+                .iter()
+                .map(|i| i.id.clone())
+                .collect();
+            let want: Vec<String> = expected
+                .find_n(3, key.as_bytes())
+                .iter()
+                .map(|i| i.id.clone())
+                .collect();
+            assert_eq!(n, want, "{what}: key {key}");
+        }
+        let members: Vec<&str> = expected.members().iter().map(|m| m.id.as_str()).collect();
+        assert!(
+            !members.contains(&"n-name") && !members.contains(&"o-dup"),
+            "{what}"
+        );
+        members.len()
+    };
+    let first = put(inst("m00", "10.0.0.1:50051", 100));
+    assert_eq!(check(&dir, first, "first listing"), 20);
+    assert_eq!(
+        check(&dir, put(inst("m20", "10.0.0.21:50051", 300)), "a join"),
+        21
+    );
+    assert_eq!(
+        check(&dir, put(inst("m05", "10.0.1.5:50051", 110)), "moved"),
+        21
+    );
+    // An offline instance earlier by id takes a healthy one's address: the answer names it
+    // (draining), so the healthy one is not on a client's ring.
+    let off = inst("a-off", "10.0.0.3:50051", 100).state(crate::InstanceState::Offline);
+    assert_eq!(check(&dir, put(off), "offline takes an address"), 20);
+    dir.set_hidden("svc", ["m07".to_owned()].into());
+    let snap = dir.snapshot("svc");
+    assert!(
+        (0..2000).all(|k| dir.find("svc", format!("user-{k}")).unwrap().id != "m07"),
+        "a hidden instance is not routed to"
+    );
+    assert_eq!(snap.ring().len(), 19);
+    assert_eq!(snap.ring().kind(), RingKind::GrpcRingHash);
 }
