@@ -23,7 +23,7 @@ done
 [ ${#backends[@]} -gt 0 ] || backends=(memory etcd redis consul)
 
 testbed_up
-cargo build -q --release -p registry-bench -p registry-cli
+cargo build -q --release -p registry-bench -p service-registry-cli
 bench="$CARGO_TARGET_DIR/release/registry-bench"
 registry_bin="$CARGO_TARGET_DIR/release/registry"
 # serve-load holds 1,000 SSE clients and as many stalled ones (the server inherits the limit).

@@ -22,7 +22,7 @@ def run(name):
     assert old in src, f"mutation {name} no longer applies to {f}"
     open(f, "w").write(src.replace(old, new, 1))
     try:
-        out = subprocess.run(["cargo", "test", "-q", "-p", "registry-memory", "--test", "conformance"],
+        out = subprocess.run(["cargo", "test", "-q", "-p", "service-registry-memory", "--test", "conformance"],
                              capture_output=True, text=True).stdout
     finally:
         open(f, "w").write(src)

@@ -20,9 +20,9 @@ SEMVER_TOOLS="${REGISTRY_TESTBED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/service-
 # (each crate's rustdoc built twice, with its own dependencies), these two 1.4; `--all` checks
 # every library crate, for a release. The facade's own paths are covered by
 # registry/tests/public_paths.rs (cargo semver-checks does not see re-exports from other crates).
-SEMVER_CRATES=(registry-core registry-engine)
-SEMVER_ALL_CRATES=(registry-core registry-engine registry registry-memory registry-etcd
-  registry-consul registry-consul-catalog registry-redis registry-dns)
+SEMVER_CRATES=(service-registry-core service-registry-engine)
+SEMVER_ALL_CRATES=(service-registry-core service-registry-engine service-registry service-registry-memory service-registry-etcd
+  service-registry-consul service-registry-consul-catalog service-registry-redis service-registry-dns)
 
 # The cargo-semver-checks to use (installs it into the cache when none of the pinned version is
 # found); prints its path.

@@ -9,7 +9,7 @@
 #      installed on the host.
 #   3. Build small local images (FROM scratch: the binary plus the shared libraries ldd names).
 #   4. Write the environment that points the tests at those images (optional: the tests find the
-#      images by asking the engine, so `cargo test -p registry-etcd` works right after this script).
+#      images by asking the engine, so `cargo test -p service-registry-etcd` works right after this script).
 #
 # Reruns reuse the downloaded packages and the built images. Sourced by scripts/test; can also be
 # run alone (`scripts/testbed.sh`).
@@ -213,5 +213,5 @@ EOF
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   testbed_up
-  echo "testbed: ready; run the backend tests, e.g. cargo test -p registry-etcd" >&2
+  echo "testbed: ready; run the backend tests, e.g. cargo test -p service-registry-etcd" >&2
 fi

@@ -280,10 +280,11 @@ pub async fn engine_external_overwrite_is_repaired(f: Fixture) {
     let started = Instant::now();
     loop {
         let kv = f.backend.get(r.key()).await.expect("get");
-        if let Some(kv) = kv {
-            if kv.value == r.instance().encode() && kv.lease.is_some() {
-                break;
-            }
+        if let Some(kv) = kv
+            && kv.value == r.instance().encode()
+            && kv.lease.is_some()
+        {
+            break;
         }
         assert!(
             started.elapsed() < limit,
@@ -590,10 +591,10 @@ pub async fn until_lost_and_back(
     use registry_engine::RegistrationState;
     let ok = timeout(limit, async {
         loop {
-            if let RegistrationState::Registered { since, .. } = &*states.borrow_and_update() {
-                if *since > outage {
-                    return true;
-                }
+            if let RegistrationState::Registered { since, .. } = &*states.borrow_and_update()
+                && *since > outage
+            {
+                return true;
             }
             if states.changed().await.is_err() {
                 return false;

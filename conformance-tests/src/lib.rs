@@ -3,7 +3,7 @@
 //! Scenarios are plain async functions over a [`Fixture`] (a backend scoped to a fresh namespace,
 //! plus optional hooks). [`conformance_suite!`] expands them into one `#[tokio::test]` per scenario,
 //! named after the scenario, so a backend crate runs the whole suite with one line and
-//! `cargo test -p registry-memory lease_` runs only the lease scenarios:
+//! `cargo test -p service-registry-memory lease_` runs only the lease scenarios:
 //!
 //! ```ignore
 //! async fn fixture(_scenario: &str) -> Option<conformance_tests::Fixture> {

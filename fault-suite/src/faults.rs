@@ -389,14 +389,16 @@ pub async fn inject(
             while Instant::now() < until {
                 // A directory must never pass an unreadable prefix off as an empty service.
                 for (k, d) in scene.discoverers.iter().enumerate() {
-                    if let Some(v) = d.view().view {
-                        if v.synced && !v.stale && v.ids.is_empty() {
-                            let m = format!(
-                                "discoverer {k} shows an empty, fresh directory while the token cannot read"
-                            );
-                            if !during.contains(&m) {
-                                during.push(m);
-                            }
+                    if let Some(v) = d.view().view
+                        && v.synced
+                        && !v.stale
+                        && v.ids.is_empty()
+                    {
+                        let m = format!(
+                            "discoverer {k} shows an empty, fresh directory while the token cannot read"
+                        );
+                        if !during.contains(&m) {
+                            during.push(m);
                         }
                     }
                 }

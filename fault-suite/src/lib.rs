@@ -83,25 +83,24 @@ impl Outcome {
 
     fn record(&self) {
         eprintln!("{}", self.line());
-        if let Ok(path) = std::env::var("FAULT_REPORT") {
-            if let Ok(mut f) = std::fs::OpenOptions::new()
+        if let Ok(path) = std::env::var("FAULT_REPORT")
+            && let Ok(mut f) = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
-            {
-                let _ = writeln!(
-                    f,
-                    "{}\t{}\t{}\t{}\t{}\t{}",
-                    self.backend.name(),
-                    self.fault.name(),
-                    if self.passed() { "pass" } else { "FAIL" },
-                    self.conv
-                        .converged
-                        .map_or("-".to_owned(), |d| format!("{:.1}", d.as_secs_f64())),
-                    self.conv.lost,
-                    self.conv.phantoms
-                );
-            }
+        {
+            let _ = writeln!(
+                f,
+                "{}\t{}\t{}\t{}\t{}\t{}",
+                self.backend.name(),
+                self.fault.name(),
+                if self.passed() { "pass" } else { "FAIL" },
+                self.conv
+                    .converged
+                    .map_or("-".to_owned(), |d| format!("{:.1}", d.as_secs_f64())),
+                self.conv.lost,
+                self.conv.phantoms
+            );
         }
     }
 }

@@ -315,20 +315,19 @@ fn report(fault: &str, conv: &(Option<Duration>, String), during: &[String]) -> 
             .map(|d| format!("\n    during the fault: {d}"))
             .collect::<String>()
     );
-    if let Ok(path) = std::env::var("FAULT_REPORT") {
-        if let Ok(mut f) = std::fs::OpenOptions::new()
+    if let Ok(path) = std::env::var("FAULT_REPORT")
+        && let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-        {
-            let _ = writeln!(
-                f,
-                "consul-catalog\t{fault}\t{}\t{}\t-\t-",
-                if passed { "pass" } else { "FAIL" },
-                conv.0
-                    .map_or("-".to_owned(), |d| format!("{:.1}", d.as_secs_f64()))
-            );
-        }
+    {
+        let _ = writeln!(
+            f,
+            "consul-catalog\t{fault}\t{}\t{}\t-\t-",
+            if passed { "pass" } else { "FAIL" },
+            conv.0
+                .map_or("-".to_owned(), |d| format!("{:.1}", d.as_secs_f64()))
+        );
     }
     passed
 }

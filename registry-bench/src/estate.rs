@@ -673,18 +673,18 @@ fn report(
     let mut flat = json!({});
     for &n in &cfg.clients {
         let mine: Vec<&(usize, usize, f64)> = per_change.iter().filter(|c| c.1 == n).collect();
-        if let (Some(first), Some(last)) = (mine.first(), mine.last()) {
-            if last.0 > first.0 {
-                let ratio = last.2 / first.2;
-                md.push(format!(
-                    "Per-change cost, {n} client(s): {} at {} instances, {} at {}: **{ratio:.2}×**.",
-                    us(first.2),
-                    first.0,
-                    us(last.2),
-                    last.0
-                ));
-                flat[n.to_string()] = json!({"from": first.0, "to": last.0, "ratio": ratio});
-            }
+        if let (Some(first), Some(last)) = (mine.first(), mine.last())
+            && last.0 > first.0
+        {
+            let ratio = last.2 / first.2;
+            md.push(format!(
+                "Per-change cost, {n} client(s): {} at {} instances, {} at {}: **{ratio:.2}×**.",
+                us(first.2),
+                first.0,
+                us(last.2),
+                last.0
+            ));
+            flat[n.to_string()] = json!({"from": first.0, "to": last.0, "ratio": ratio});
         }
     }
     if !skipped.is_empty() {

@@ -5,7 +5,7 @@
 //! etcd, Redis and Consul are the test bed's shared servers (`conformance_tests::testbed`): under
 //! `REGISTRY_TEST_REQUIRED=1` one that cannot be had is a failure, otherwise the test skips.
 //! serve-load (on Redis) runs the `registry` binary next to this one: `cargo test --workspace`
-//! builds it (registry-cli's tests need it); alone, `cargo build -p registry-cli` first.
+//! builds it (registry-cli's tests need it); alone, `cargo build -p service-registry-cli` first.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -57,7 +57,7 @@ fn smoke(since: Instant, url: &str, only: &[&str]) {
         assert!(
             registry.is_file(),
             "serve-load runs the `registry` binary, and there is none at {}: build it with \
-             `cargo build -p registry-cli` (`cargo test --workspace` builds it)",
+             `cargo build -p service-registry-cli` (`cargo test --workspace` builds it)",
             registry.display()
         );
         cmd.arg("--registry-bin").arg(registry);

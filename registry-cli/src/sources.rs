@@ -141,11 +141,11 @@ impl Sources {
                     nameserver,
                 } => {
                     dns = dns.follow(service.clone(), srv.clone());
-                    if let Some(ns) = nameserver {
-                        if !nameservers.contains(ns) {
-                            nameservers.push(*ns);
-                            dns = dns.nameserver(*ns);
-                        }
+                    if let Some(ns) = nameserver
+                        && !nameservers.contains(ns)
+                    {
+                        nameservers.push(*ns);
+                        dns = dns.nameserver(*ns);
                     }
                     sources.dns_services.push(service.clone());
                 }

@@ -169,10 +169,10 @@ fn wait_for(
                 }
             ),
         };
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-            if pred(&v) {
-                return v;
-            }
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && pred(&v)
+        {
+            return v;
         }
         seen.push(line);
     }

@@ -113,10 +113,10 @@ async fn line_where(
     loop {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Ok(Some(line)) => {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if pred(&v) {
-                        return v;
-                    }
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && pred(&v)
+                {
+                    return v;
                 }
                 seen.push(line);
             }

@@ -266,10 +266,11 @@ scrape_configs:
     let deadline = t_prom + Duration::from_secs(60);
     let seen = loop {
         let now = active_targets(&http, &prom).await;
-        if let Ok(t) = &now {
-            if t.len() == ids.len() && t.values().all(|t| t["health"] == "up") {
-                break t.clone();
-            }
+        if let Ok(t) = &now
+            && t.len() == ids.len()
+            && t.values().all(|t| t["health"] == "up")
+        {
+            break t.clone();
         }
         assert!(
             Instant::now() < deadline,

@@ -141,10 +141,10 @@ async fn slow_event_clients_share_one_resync() {
             .unwrap();
         assert!(n > 0, "the stream ended");
         got.extend_from_slice(&buf[..n]);
-        if let Some(start) = find(&got, b"event: resync") {
-            if let Some(len) = find(&got[start..], b"\n\n") {
-                break len;
-            }
+        if let Some(start) = find(&got, b"event: resync")
+            && let Some(len) = find(&got[start..], b"\n\n")
+        {
+            break len;
         }
     };
     drop(fast);

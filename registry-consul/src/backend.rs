@@ -276,10 +276,10 @@ impl ConsulBackend {
                     Error::new(ErrorKind::Internal, "consul: unreadable KV listing").with_source(e)
                 })?;
                 for r in raw {
-                    if let Some((k, e)) = self.decode_entry(r) {
-                        if key::key_matches(prefix, &k) {
-                            snap.insert(k, e);
-                        }
+                    if let Some((k, e)) = self.decode_entry(r)
+                        && key::key_matches(prefix, &k)
+                    {
+                        snap.insert(k, e);
                     }
                 }
             }

@@ -390,11 +390,11 @@ fn text_secrets(url: &str) -> Vec<String> {
     if let Some((_, query)) = rest.split_once('?') {
         let query = query.split('#').next().unwrap_or("");
         for pair in query.split('&') {
-            if let Some((k, v)) = pair.split_once('=') {
-                if is_secret_param(k) {
-                    found.push(v.to_owned());
-                    found.push(percent_decode(v));
-                }
+            if let Some((k, v)) = pair.split_once('=')
+                && is_secret_param(k)
+            {
+                found.push(v.to_owned());
+                found.push(percent_decode(v));
             }
         }
     }

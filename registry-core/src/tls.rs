@@ -156,17 +156,16 @@ fn find_rustls<'a>(err: &'a (dyn StdError + 'static), depth: usize) -> Option<&'
         if let Some(inner) = e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
+            && let Some(r) = find_rustls(inner, depth)
         {
-            if let Some(r) = find_rustls(inner, depth) {
-                return Some(r);
-            }
+            return Some(r);
         }
         // A shared error (the redis crate keeps its I/O errors so) is itself the next link: its
         // `source` is the wrapped error's source, which skips the wrapped error.
-        if let Some(inner) = e.downcast_ref::<Arc<dyn StdError + Send + Sync>>() {
-            if let Some(r) = find_rustls(&**inner, depth) {
-                return Some(r);
-            }
+        if let Some(inner) = e.downcast_ref::<Arc<dyn StdError + Send + Sync>>()
+            && let Some(r) = find_rustls(&**inner, depth)
+        {
+            return Some(r);
         }
         cur = e.source();
     }

@@ -138,24 +138,23 @@ impl State {
     }
 
     pub(crate) fn put(&mut self, k: &str, value: Bytes, lease: Option<u64>) -> Result<Revision> {
-        if let Some(id) = lease {
-            if !self.leases.contains_key(&id) {
-                return Err(Error::lease_not_found(format!(
-                    "lease {id} has expired or was revoked"
-                )));
-            }
+        if let Some(id) = lease
+            && !self.leases.contains_key(&id)
+        {
+            return Err(Error::lease_not_found(format!(
+                "lease {id} has expired or was revoked"
+            )));
         }
-        if let Some(old) = self.keys.get(k).and_then(|e| e.lease) {
-            if Some(old) != lease {
-                if let Some(l) = self.leases.get_mut(&old) {
-                    l.keys.remove(k);
-                }
-            }
+        if let Some(old) = self.keys.get(k).and_then(|e| e.lease)
+            && Some(old) != lease
+            && let Some(l) = self.leases.get_mut(&old)
+        {
+            l.keys.remove(k);
         }
-        if let Some(id) = lease {
-            if let Some(l) = self.leases.get_mut(&id) {
-                l.keys.insert(k.to_owned());
-            }
+        if let Some(id) = lease
+            && let Some(l) = self.leases.get_mut(&id)
+        {
+            l.keys.insert(k.to_owned());
         }
         self.revision += 1;
         let rev = self.revision;

@@ -2,7 +2,7 @@
 //! backend declares as its expiry slack.
 //!
 //! ```text
-//! cargo run --release -p registry-redis --example expiry_slack -- redis://127.0.0.1:6379 [leases]
+//! cargo run --release -p service-registry-redis --example expiry_slack -- redis://127.0.0.1:6379 [leases]
 //! ```
 
 use std::time::{Duration, Instant};

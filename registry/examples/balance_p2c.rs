@@ -3,7 +3,7 @@
 //! balancer, instances that leave or go offline leave it, with no polling and no restart.
 //!
 //! ```text
-//! cargo run -p registry --features tower --example balance_p2c
+//! cargo run -p service-registry --features tower --example balance_p2c
 //! ```
 
 use std::collections::BTreeMap;

@@ -3,8 +3,8 @@
 //! client is routed to it while it stops and nobody waits for a TTL.
 //!
 //! ```text
-//! cargo run -p registry --example graceful_drain                       # memory, stops after 3 s
-//! cargo run -p registry --features etcd --example graceful_drain -- etcd://127.0.0.1:2379 --for 0
+//! cargo run -p service-registry --example graceful_drain                       # memory, stops after 3 s
+//! cargo run -p service-registry --features etcd --example graceful_drain -- etcd://127.0.0.1:2379 --for 0
 //! ```
 
 use std::time::Duration;

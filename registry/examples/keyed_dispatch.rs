@@ -3,7 +3,7 @@
 //! `multi_call` (two replicas, in parallel, each within a timeout); reads go to the owner with `call`.
 //!
 //! ```text
-//! cargo run -p registry --example keyed_dispatch
+//! cargo run -p service-registry --example keyed_dispatch
 //! ```
 
 use std::collections::HashMap;

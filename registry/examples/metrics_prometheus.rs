@@ -3,7 +3,7 @@
 //! rendering the text format that a `/metrics` route would serve).
 //!
 //! ```text
-//! cargo run -p registry --example metrics_prometheus
+//! cargo run -p service-registry --example metrics_prometheus
 //! ```
 
 use std::time::Duration;

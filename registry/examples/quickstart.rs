@@ -3,7 +3,7 @@
 //! backend, no server needed:
 //!
 //! ```text
-//! cargo run -p registry --example quickstart
+//! cargo run -p service-registry --example quickstart
 //! ```
 //!
 //! Pass a backend URL to run the same story against a server: `... --example quickstart etcd://127.0.0.1:2379`.

@@ -2,7 +2,7 @@
 //! instance goes offline and only the keys it owned move.
 //!
 //! ```text
-//! cargo run -p registry --example routing
+//! cargo run -p service-registry --example routing
 //! ```
 
 use std::collections::BTreeMap;

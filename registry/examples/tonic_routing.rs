@@ -3,7 +3,7 @@
 //! transport (each key's ring owner, failing over to the next ring member).
 //!
 //! ```text
-//! cargo run -p registry --features tonic --example tonic_routing
+//! cargo run -p service-registry --features tonic --example tonic_routing
 //! ```
 //!
 //! The gRPC service is written by hand with tonic's generic client and server and prost's derive

@@ -622,10 +622,10 @@ impl SlowReads {
 impl Hook for SlowReads {
     async fn before(&self, call: &Call<'_>) -> Result<()> {
         use std::sync::atomic::Ordering::SeqCst;
-        if let Call::DeleteIf { .. } = call {
-            if self.deletes_fail.load(SeqCst) {
-                return Err(Error::unavailable("deletes fail (test)"));
-            }
+        if let Call::DeleteIf { .. } = call
+            && self.deletes_fail.load(SeqCst)
+        {
+            return Err(Error::unavailable("deletes fail (test)"));
         }
         if matches!(call, Call::Get { .. } | Call::DeleteIf { .. }) && self.slow.load(SeqCst) {
             sleep(Duration::from_millis(900)).await;

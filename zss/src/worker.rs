@@ -322,12 +322,11 @@ impl WorkerTask {
                         match Message::parse(&frames) {
                             Ok(m) if m.kind == Kind::Reply => {
                                 last_heard = Instant::now();
-                                if m.address.sid == "SMI" && m.address.verb == "DOWN" {
-                                    if let Some((ack, _)) = stopping.take() {
+                                if m.address.sid == "SMI" && m.address.verb == "DOWN"
+                                    && let Some((ack, _)) = stopping.take() {
                                         let _ = ack.send(m.status == Some(200));
                                         return Exit::Stopped;
                                     }
-                                }
                                 if m.status != Some(200) && m.address.sid == "SMI" {
                                     tracing::debug!(verb = %m.address.verb, status = ?m.status, "zss: SMI answer");
                                 }

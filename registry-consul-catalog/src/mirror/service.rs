@@ -43,14 +43,14 @@ pub(super) fn split_address(addr: &str) -> (String, u16) {
         Some("https" | "wss") => 443,
         _ => 0,
     };
-    if let Some(inner) = authority.strip_prefix('[') {
-        if let Some((host, tail)) = inner.split_once(']') {
-            let port = tail
-                .strip_prefix(':')
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(default_port);
-            return (host.to_owned(), port);
-        }
+    if let Some(inner) = authority.strip_prefix('[')
+        && let Some((host, tail)) = inner.split_once(']')
+    {
+        let port = tail
+            .strip_prefix(':')
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(default_port);
+        return (host.to_owned(), port);
     }
     match authority.rsplit_once(':') {
         // One colon only: `host:port` (a bare IPv6 address has several and no port).

@@ -112,13 +112,12 @@ impl CatalogSourceBuilder {
                 agent.request_timeout(),
             )
             .await
+            && e.kind().is_permanent()
         {
-            if e.kind().is_permanent() {
-                return Err(e.context(format!(
-                    "cannot follow Consul's catalog at {}",
-                    agent.address()
-                )));
-            }
+            return Err(e.context(format!(
+                "cannot follow Consul's catalog at {}",
+                agent.address()
+            )));
         }
         let handle = dir.source(name, precedence)?;
         let shared = Arc::new(Shared {

@@ -70,10 +70,10 @@ impl Workers {
 pub(super) async fn first_outcomes(firsts: Vec<oneshot::Receiver<Result<()>>>) -> Result<()> {
     let mut outcome = Ok(());
     for rx in firsts {
-        if let Ok(Err(e)) = rx.await {
-            if outcome.is_ok() {
-                outcome = Err(e);
-            }
+        if let Ok(Err(e)) = rx.await
+            && outcome.is_ok()
+        {
+            outcome = Err(e);
         }
     }
     outcome

@@ -94,13 +94,14 @@ impl ConsulBackend {
         if errs.iter().any(|(i, _)| *i == 0) {
             return Ok(Err(self.get(k).await?));
         }
-        if let Some(s) = session {
-            if all.contains("session") && !self.session_exists(s).await? {
-                return Err(Error::lease_not_found(format!(
-                    "consul {what} {k}: {}",
-                    whats.join("; ")
-                )));
-            }
+        if let Some(s) = session
+            && all.contains("session")
+            && !self.session_exists(s).await?
+        {
+            return Err(Error::lease_not_found(format!(
+                "consul {what} {k}: {}",
+                whats.join("; ")
+            )));
         }
         Err(txn_failure(&format!("{what} {k}"), &whats))
     }

@@ -580,21 +580,22 @@ impl Seq {
         loop {
             // Between leaves on both sides: skip a subtree both hold next, or open the taller
             // of the two next subtrees (both, at equal height).
-            if a.leaf.is_empty() && b.leaf.is_empty() {
-                if let (Some(&(x, hx)), Some(&(y, hy))) = (a.stack.last(), b.stack.last()) {
-                    if std::ptr::eq(x, y) {
-                        a.stack.pop();
-                        b.stack.pop();
-                        continue;
-                    }
-                    if hx >= hy {
-                        a.open();
-                    }
-                    if hy >= hx {
-                        b.open();
-                    }
+            if a.leaf.is_empty()
+                && b.leaf.is_empty()
+                && let (Some(&(x, hx)), Some(&(y, hy))) = (a.stack.last(), b.stack.last())
+            {
+                if std::ptr::eq(x, y) {
+                    a.stack.pop();
+                    b.stack.pop();
                     continue;
                 }
+                if hx >= hy {
+                    a.open();
+                }
+                if hy >= hx {
+                    b.open();
+                }
+                continue;
             }
             a.fill();
             b.fill();

@@ -161,10 +161,10 @@ where
 
     fn client(&self, inst: &Arc<Instance>) -> S {
         let mut clients = lock(&self.clients);
-        if let Some((held, svc)) = clients.get(&inst.id) {
-            if held == inst {
-                return svc.clone();
-            }
+        if let Some((held, svc)) = clients.get(&inst.id)
+            && held == inst
+        {
+            return svc.clone();
         }
         let svc = (self.factory)(inst);
         clients.insert(inst.id.clone(), (inst.clone(), svc.clone()));

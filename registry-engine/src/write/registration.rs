@@ -103,12 +103,12 @@ impl Registration {
             (inst.encode(), previous)
         };
         let result = self.send_update(value).await;
-        if let Err(e) = &result {
-            if !e.is_temporary() {
-                // Refused for good (too large, not allowed): the registration keeps its last
-                // written value, and so does the handle.
-                *self.instance.lock().unwrap_or_else(|p| p.into_inner()) = previous;
-            }
+        if let Err(e) = &result
+            && !e.is_temporary()
+        {
+            // Refused for good (too large, not allowed): the registration keeps its last
+            // written value, and so does the handle.
+            *self.instance.lock().unwrap_or_else(|p| p.into_inner()) = previous;
         }
         result
     }

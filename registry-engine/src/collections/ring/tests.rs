@@ -207,7 +207,7 @@ fn probes_are_a_fixed_function() {
 
 /// Not a check: the cost of a lookup at 1,000 members while the new ring is not built (one
 /// member left, one joined), through `find_n_overlay` with a map like the directory's, next to
-/// `find` on the built ring. `cargo test --release -p registry-core --lib overlay_lookup_cost
+/// `find` on the built ring. `cargo test --release -p service-registry-core --lib overlay_lookup_cost
 /// -- --ignored --nocapture`.
 #[test]
 #[ignore]
@@ -409,7 +409,7 @@ fn grpc_max_over_mean(n: u32, net: u32) -> f64 {
     shares.iter().copied().fold(0.0, f64::max) * f64::from(n)
 }
 
-/// A measurement: `cargo test -p registry-engine --lib grpc_ring_balance -- --ignored --nocapture`.
+/// A measurement: `cargo test -p service-registry-engine --lib grpc_ring_balance -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn grpc_ring_balance() {

@@ -254,11 +254,10 @@ impl Keeper {
                     Some(cmd) => self.handle(cmd).await,
                     None => {
                         // Every handle and the registry are gone: nothing is left to keep.
-                        if let Some(lease) = self.lease.take() {
-                            if self.call(self.backend.revoke(&lease.id)).await.is_ok() {
+                        if let Some(lease) = self.lease.take()
+                            && self.call(self.backend.revoke(&lease.id)).await.is_ok() {
                                 self.lease_ended(&lease.id);
                             }
-                        }
                         return;
                     }
                 }},

@@ -129,16 +129,15 @@ impl Keeper {
                     .cloned()
                     .unwrap_or_else(|| Error::unavailable("registration not written yet"))),
             };
-            if let Err(e) = &mine {
-                if !(e.is_temporary() || e.kind() == ErrorKind::LeaseNotFound)
-                    && self.members.get(&key).is_some_and(|m| m.token == token)
-                {
-                    // Refused for good: the caller gets the error and no handle.
-                    if let Some(m) = self.members.remove(&key) {
-                        m.state.send_replace(RegistrationState::Deregistered);
-                    }
-                    removed = true;
+            if let Err(e) = &mine
+                && !(e.is_temporary() || e.kind() == ErrorKind::LeaseNotFound)
+                && self.members.get(&key).is_some_and(|m| m.token == token)
+            {
+                // Refused for good: the caller gets the error and no handle.
+                if let Some(m) = self.members.remove(&key) {
+                    m.state.send_replace(RegistrationState::Deregistered);
                 }
+                removed = true;
             }
             if let Some(done) = done {
                 let _ = done.send(mine);
@@ -345,10 +344,11 @@ impl Keeper {
             .buffer_unordered(VERIFY_CONCURRENCY);
         let mut back = Vec::new();
         while let Ok(Some((key, r))) = timeout_at(deadline, reads.next()).await {
-            if let Ok(Ok(Some(kv))) = r {
-                if kv.lease.as_ref() == Some(lease) && !self.members.contains_key(&key) {
-                    back.push(key);
-                }
+            if let Ok(Ok(Some(kv))) = r
+                && kv.lease.as_ref() == Some(lease)
+                && !self.members.contains_key(&key)
+            {
+                back.push(key);
             }
         }
         drop(reads);
@@ -702,10 +702,10 @@ impl Keeper {
                 }
                 // The backend is unreachable or slow: the same for every key.
                 Err(e) if e.is_temporary() => {
-                    if e.kind() == ErrorKind::Timeout {
-                        if let Some(m) = self.members.get_mut(&key) {
-                            m.uncertain = true;
-                        }
+                    if e.kind() == ErrorKind::Timeout
+                        && let Some(m) = self.members.get_mut(&key)
+                    {
+                        m.uncertain = true;
                     }
                     temporary.get_or_insert(e);
                 }
