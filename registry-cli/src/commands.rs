@@ -711,31 +711,58 @@ pub(crate) async fn serve(ctx: &Context, a: ServeArgs) -> Result<()> {
     if let Some(every) = a.probe_interval {
         opts = opts.probe(ProbeOptions::tcp(every));
     }
-    // Not waiting for the first listing: until the backend answers, the API shows no service,
-    // and a backend that goes away later shows as stale views rather than stopping the server.
-    let d = ctx.reader().await?.discover_with(Scope::All, opts).await?;
-    let sources = std::sync::Arc::new(
-        registry_cli::sources::Sources::start(d.directory(), &a.sources.specs).await?,
-    );
-    let listener = registry_cli::serve::bind(a.listen).map_err(|e| {
-        Error::new(
-            ErrorKind::InvalidInput,
-            format!("cannot listen on {}", a.listen),
-        )
-        .with_source(e)
-    })?;
-    let addr = listener.local_addr().map_or(a.listen, |a| a);
     let scheme = if options.tls.is_some() {
         "https"
     } else {
         "http"
     };
-    outln!(
-        "{} namespace {} of {} on {scheme}://{addr}/ (Ctrl-C to stop)",
-        bold("serving"),
-        ctx.namespace,
-        ctx.shown
+    let bind = || {
+        let listener = registry_cli::serve::bind(a.listen).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("cannot listen on {}", a.listen),
+            )
+            .with_source(e)
+        })?;
+        let addr = listener.local_addr().map_or(a.listen, |a| a);
+        outln!(
+            "{} namespace {} of {} on {scheme}://{addr}/ (Ctrl-C to stop)",
+            bold("serving"),
+            ctx.namespace,
+            ctx.shown
+        );
+        Ok::<_, Error>(listener)
+    };
+    // A backend that cannot be reached at start (it starts after us, as under an orchestrator)
+    // is waited for, the port already answering health checks; a permanent error (a bad URL, a
+    // refused password) ends the command.
+    let (reader, listener) = match ctx.reader().await {
+        Ok(reader) => (reader, None),
+        Err(e) if e.kind().is_permanent() => return Err(e),
+        Err(e) => {
+            let listener = std::sync::Arc::new(bind()?);
+            match wait_for_backend(ctx, e, listener.clone(), &options).await? {
+                Some(reader) => {
+                    let listener = std::sync::Arc::try_unwrap(listener).map_err(|_| {
+                        Error::new(ErrorKind::Internal, "the listener is still in use")
+                    })?;
+                    (reader, Some(listener))
+                }
+                // Stopped by a signal while waiting.
+                None => return Ok(()),
+            }
+        }
+    };
+    // Not waiting for the first listing: until the backend answers, the API shows no service,
+    // and a backend that goes away later shows as stale views rather than stopping the server.
+    let d = reader.discover_with(Scope::All, opts).await?;
+    let sources = std::sync::Arc::new(
+        registry_cli::sources::Sources::start(d.directory(), &a.sources.specs).await?,
     );
+    let listener = match listener {
+        Some(listener) => listener,
+        None => bind()?,
+    };
     let shutdown = async {
         let mut term = signal(SignalKind::terminate());
         tokio::select! {
@@ -791,6 +818,70 @@ pub(crate) async fn serve(ctx: &Context, a: ServeArgs) -> Result<()> {
         }
     }
     http.map_err(|e| Error::new(ErrorKind::Unavailable, "the HTTP server failed").with_source(e))
+}
+
+/// Retries connecting to the backend (`first` was the first attempt's error) with back-off, 0.5 s
+/// doubling to 10 s, one log line per failure, while `listener` answers health checks
+/// ([`registry_cli::serve::connecting`]). The reader once connected (the listener is free
+/// again), `None` if a signal stopped the wait, an error if one is permanent.
+async fn wait_for_backend(
+    ctx: &Context,
+    first: Error,
+    listener: std::sync::Arc<tokio::net::TcpListener>,
+    options: &registry_cli::serve::Options,
+) -> Result<Option<Registry>> {
+    tracing::warn!(
+        error = %first,
+        "the backend cannot be reached; /healthz answers, /readyz says 503 until it is listed; retrying"
+    );
+    let (connected, until) = tokio::sync::oneshot::channel::<()>();
+    let serving = registry_cli::serve::connecting(listener, options, async move {
+        let _ = until.await;
+    });
+    tokio::pin!(serving);
+    let retry = async {
+        let mut backoff =
+            registry::engine::Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+        loop {
+            tokio::time::sleep(backoff.next_delay()).await;
+            match ctx.reader().await {
+                Ok(reader) => return Ok(reader),
+                Err(e) if e.kind().is_permanent() => return Err(e),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    attempts = backoff.attempts() + 1,
+                    "the backend still cannot be reached; retrying"
+                ),
+            }
+        }
+    };
+    let stop = async {
+        let mut term = signal(SignalKind::terminate());
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = recv(&mut term) => {}
+        }
+    };
+    let outcome = tokio::select! {
+        r = retry => Some(r),
+        () = stop => None,
+        r = &mut serving => {
+            r.map_err(|e| Error::new(ErrorKind::Unavailable, "serving failed").with_source(e))?;
+            return Err(Error::new(ErrorKind::Internal, "stopped serving while connecting"));
+        }
+    };
+    let _ = connected.send(());
+    serving
+        .await
+        .map_err(|e| Error::new(ErrorKind::Unavailable, "serving failed").with_source(e))?;
+    match outcome {
+        Some(reader) => {
+            let reader = reader?;
+            tracing::info!("the backend is reachable; serving the directory");
+            Ok(Some(reader))
+        }
+        None => Ok(None),
+    }
 }
 
 /// A PEM file's bytes, or an error naming the file (never its content).

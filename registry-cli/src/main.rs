@@ -153,6 +153,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("REGISTRY_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
         )
+        // Colours only for a terminal: a log file or a container's log gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer({
             let secrets = secrets.clone();
             move || MaskedStderr(secrets.clone())

@@ -93,7 +93,9 @@ pub fn connection_limit(file_limit: u64) -> usize {
 
 /// What the accept loop needs.
 pub(crate) struct Accept {
-    pub(crate) listener: TcpListener,
+    /// Shared: the listener serves the connecting phase first, then the server (see
+    /// [`connecting`](super::connecting)).
+    pub(crate) listener: Arc<TcpListener>,
     pub(crate) router: Router,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) max_connections: usize,

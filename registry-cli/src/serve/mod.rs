@@ -13,6 +13,9 @@
 //! | `GET /metrics` | the server's own metrics, Prometheus text format |
 //! | `GET /healthz` | alive: answers while the process serves (no token asked) |
 //! | `GET /readyz` | ready: 200 once the directory has been listed from the backend, 503 before (no token asked) |
+//!
+//! While the backend cannot be reached at start ([`connecting`]), the port already answers:
+//! `/healthz` 200, `/readyz` and everything else 503.
 //! | `GET /` (and `/dashboard.js`, `/dashboard.css`, `/favicon.svg`) | the live dashboard, for people |
 //!
 //! The server only reads the [`Directory`] a [`Discovery`] fills: it never writes to the backend
@@ -227,17 +230,8 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let options = &self.inner.options;
-        let tls = match &options.tls {
-            Some(files) => Some(
-                tls::acceptor(files)
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
-            ),
-            None => None,
-        };
-        let max_connections = options
-            .max_connections
-            .unwrap_or_else(|| connection_limit(raise_file_limit()))
-            .max(1);
+        let tls = tls_acceptor(options)?;
+        let max_connections = max_connections(options);
         self.inner.max_event_clients.store(
             options
                 .max_event_clients
@@ -252,7 +246,7 @@ impl Server {
             stopping.subscribe(),
         ));
         let accept = listen::Accept {
-            listener,
+            listener: Arc::new(listener),
             router: self.router(),
             metrics: self.inner.metrics.clone(),
             max_connections,
@@ -269,6 +263,67 @@ impl Server {
         forgetting.abort();
         served
     }
+}
+
+/// The TLS acceptor `options` ask for, if any (an error if its files cannot be used).
+fn tls_acceptor(options: &Options) -> std::io::Result<Option<tokio_rustls::TlsAcceptor>> {
+    match &options.tls {
+        Some(files) => {
+            Ok(Some(tls::acceptor(files).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
+            })?))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The connection limit of `options`, else one below the raised file limit.
+fn max_connections(options: &Options) -> usize {
+    options
+        .max_connections
+        .unwrap_or_else(|| connection_limit(raise_file_limit()))
+        .max(1)
+}
+
+/// Serves `listener` while the backend cannot be reached yet, until `until` completes: `/healthz`
+/// answers 200 (the process is alive), `/readyz` 503 with the backend not listed, every other
+/// route 503 with nothing from the directory (there is none yet). With the same connection
+/// limit, header timeout and TLS as the server; the listener is then handed to
+/// [`Server::serve`] (connections already open finish within a second).
+pub async fn connecting(
+    listener: Arc<TcpListener>,
+    options: &Options,
+    until: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .route(
+            "/readyz",
+            get(|| async {
+                let body = serde_json::json!({
+                    "ready": false,
+                    "sources": [{ "source": "backend", "listed": false }],
+                });
+                (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+            }),
+        )
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the backend cannot be reached yet; retrying",
+            )
+            .into_response()
+        });
+    let accept = listen::Accept {
+        listener,
+        router,
+        metrics: Arc::new(Metrics::new(Directory::new())),
+        max_connections: max_connections(options),
+        header_timeout: options.header_timeout,
+        write_timeout: options.write_timeout,
+        tls: tls_acceptor(options)?,
+    };
+    accept.run(until).await
 }
 
 /// Forgets the services empty for `grace`, checking four times a grace (at most once a
