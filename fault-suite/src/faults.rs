@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::scene::{NodeView, Scene};
-use crate::server::{Backend, Server, Setup};
+use crate::server::{Backend, SENTINEL_MASTER, Server, Setup};
+use crate::truth::Truth;
 
 /// A fault of the suite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -44,11 +45,15 @@ pub enum Fault {
     /// The server answers every client about 1 s late (a delaying proxy) for longer than the TTL:
     /// no lease may run out (issue 27 item 2).
     SlowBackend,
+    /// Redis under Sentinel (`redis+sentinel://`): `SENTINEL FAILOVER` (the master demoted,
+    /// alive), a registrar replaced on the new master, then the new master SIGKILLed while
+    /// another registrar starts; healed when the sentinels name the third master (issue 31).
+    SentinelFailover,
 }
 
 impl Fault {
     /// Every fault, in priority order.
-    pub const ALL: [Fault; 12] = [
+    pub const ALL: [Fault; 13] = [
         Fault::DeleteKey,
         Fault::DeleteNamespace,
         Fault::RestartEmpty,
@@ -61,6 +66,7 @@ impl Fault {
         Fault::RevokeRead,
         Fault::TakeoverLeaseLoss,
         Fault::SlowBackend,
+        Fault::SentinelFailover,
     ];
 
     /// A short name.
@@ -78,6 +84,7 @@ impl Fault {
             Fault::RevokeRead => "revoke-read",
             Fault::TakeoverLeaseLoss => "takeover-lease-loss",
             Fault::SlowBackend => "slow-backend",
+            Fault::SentinelFailover => "sentinel-failover",
         }
     }
 
@@ -86,7 +93,7 @@ impl Fault {
         match self {
             Fault::CompactUnderChurn => b != Backend::Consul,
             Fault::KillLeader => b == Backend::Etcd,
-            Fault::PromoteLaggingReplica => b == Backend::Redis,
+            Fault::PromoteLaggingReplica | Fault::SentinelFailover => b == Backend::Redis,
             Fault::RevokeRead => b == Backend::Consul,
             _ => true,
         }
@@ -97,6 +104,7 @@ impl Fault {
         match (self, b) {
             (Fault::KillLeader, Backend::Etcd) => Setup::EtcdCluster,
             (Fault::PromoteLaggingReplica, Backend::Redis) => Setup::RedisReplica,
+            (Fault::SentinelFailover, Backend::Redis) => Setup::RedisSentinel,
             (Fault::RevokeRead, Backend::Consul) => Setup::ConsulAcl,
             (Fault::SlowBackend, _) => Setup::Delayed,
             _ => Setup::Single,
@@ -162,6 +170,10 @@ impl Fault {
             // The returning owner is back (checked at 2 heartbeats + 1 s); watchers follow.
             Fault::TakeoverLeaseLoss => heartbeat * 2 + s(3),
             Fault::SlowBackend => ttl + s(10),
+            // The new master is a new epoch: every lease ends, the keepers rewrite within a
+            // heartbeat of their next failed call (the backend asks the sentinels at once),
+            // watchers re-list; the TTL covers leases granted just before the kill.
+            Fault::SentinelFailover => ttl + s(10),
         }
     }
 }
@@ -374,6 +386,34 @@ pub async fn inject(
             server.kill(0).await?;
             let to = format!("127.0.0.1:{}", server.members[1].host_port);
             server.proxy.as_ref().ok_or("no proxy")?.switch(to);
+        }
+        Fault::SentinelFailover => {
+            let first = server.sentinel_master().await?;
+            // A failover asked for: the master is demoted and stays up as a replica.
+            let sentinel = Truth::Redis {
+                endpoint: format!("127.0.0.1:{}", server.sentinels[0].host_port),
+                backend_ns: String::new(),
+            };
+            sentinel
+                .redis_cmd(&["SENTINEL", "FAILOVER", SENTINEL_MASTER])
+                .await?;
+            let second = server
+                .wait_new_master(&first, Duration::from_secs(30))
+                .await?;
+            // Churn on the new master: a registrar leaves, another comes, and both the old
+            // registrations and the new ones must be on it.
+            let each = scene.registrars.first().map_or(2, |n| n.ids.len());
+            scene.retire_registrar(0).await?;
+            scene.add_registrar(each)?;
+            wait_registered(scene, &server.truth(), Duration::from_secs(30)).await?;
+            // The new master SIGKILLed while a new registrar starts: the sentinels promote the
+            // first master (its replica now).
+            let i = server.member_at(&second).await?;
+            server.kill(i).await?;
+            scene.add_registrar(each)?;
+            server
+                .wait_new_master(&second, Duration::from_secs(30))
+                .await?;
         }
         Fault::RevokeRead => {
             server.consul_set_key_policy("deny").await?;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use conformance_tests::testbed::{self, ConsulOptions, EtcdOptions, RedisOptions};
+use conformance_tests::testbed::{self, ConsulOptions, EtcdOptions, RedisOptions, SentinelOptions};
 use testcontainers::{ContainerAsync, GenericImage};
 
 use crate::proxy::Proxy;
@@ -49,6 +49,9 @@ pub enum Setup {
     EtcdCluster,
     /// Redis: a primary and a replica, clients through a TCP proxy that can switch between them.
     RedisReplica,
+    /// Redis under Sentinel: a master, a replica and three sentinels (quorum 2) that fail over;
+    /// the clients find the master through the sentinels (`redis+sentinel://`).
+    RedisSentinel,
     /// Consul with ACLs (default deny); the scene's processes use a token of their own.
     ConsulAcl,
     /// One server, the scene's processes reaching it through a TCP proxy that can delay the
@@ -89,6 +92,11 @@ pub struct Server {
     pub proxy: Option<Proxy>,
     /// etcd cluster: the Docker network.
     pub network: Option<String>,
+    /// Redis under Sentinel: the sentinels.
+    pub sentinels: Vec<Member>,
+    /// Redis under Sentinel: the master's `ip:6379` as the sentinels last named it (the truth
+    /// reader reads there).
+    pub master: std::sync::Mutex<String>,
     /// A scratch directory on the host (snapshots).
     pub scratch: PathBuf,
 }
@@ -127,6 +135,20 @@ async fn run(prog: &str, args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// The master's name under Sentinel.
+pub const SENTINEL_MASTER: &str = "registry-master";
+
+/// A container's address on Docker's default network.
+async fn container_ip(id: &str) -> Result<String, String> {
+    docker(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        id,
+    ])
+    .await
+}
+
 fn rand_tag() -> String {
     format!("{:08x}", fastrand::u32(..))
 }
@@ -143,6 +165,8 @@ impl Server {
             backend_ns: format!("fs{}", rand_tag()),
             proxy: None,
             network: None,
+            sentinels: Vec::new(),
+            master: std::sync::Mutex::new(String::new()),
             scratch,
         };
         match (backend, setup) {
@@ -201,6 +225,45 @@ impl Server {
                 s.members.push(replica);
                 s.proxy = Some(proxy);
             }
+            (Backend::Redis, Setup::RedisSentinel) => {
+                let primary = start_redis_member(testbed::free_port(), vec![]).await?;
+                let ip = container_ip(&primary.id).await?;
+                let replica = start_redis_member(
+                    testbed::free_port(),
+                    vec!["--replicaof".into(), ip.clone(), "6379".into()],
+                )
+                .await?;
+                s.members.push(primary);
+                s.members.push(replica);
+                let starts = (0..3).map(|_| {
+                    testbed::start_redis_sentinel(SentinelOptions {
+                        host_port: Some(testbed::free_port()),
+                        master_name: SENTINEL_MASTER.into(),
+                        master: format!("{ip}:6379"),
+                        quorum: 2,
+                        down_after_ms: 1000,
+                        failover_timeout_ms: 5000,
+                        extra_conf: Vec::new(),
+                    })
+                });
+                for r in futures::future::join_all(starts).await {
+                    let r = r?;
+                    let host_port = r
+                        .endpoint
+                        .rsplit_once(':')
+                        .and_then(|(_, p)| p.parse().ok())
+                        .ok_or("a sentinel without a port")?;
+                    s.sentinels.push(Member {
+                        id: r.container.id().to_owned(),
+                        container: Some(r.container),
+                        host_port,
+                        inner_port: 26379,
+                        name: "sentinel".into(),
+                    });
+                }
+                *s.master.lock().unwrap_or_else(|p| p.into_inner()) = format!("{ip}:6379");
+                s.wait_sentinels_ready(Duration::from_secs(30)).await?;
+            }
             (Backend::Consul, Setup::Single) => {
                 s.members
                     .push(start_consul_member(testbed::free_port(), false).await?);
@@ -243,6 +306,15 @@ impl Server {
                     .collect::<Vec<_>>()
                     .join(",")
             ),
+            Backend::Redis if self.setup == Setup::RedisSentinel => format!(
+                "redis+sentinel://{}/{SENTINEL_MASTER}?namespace={}",
+                self.sentinels
+                    .iter()
+                    .map(|m| format!("127.0.0.1:{}", m.host_port))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                self.backend_ns
+            ),
             Backend::Redis => format!(
                 "redis://{}?namespace={}",
                 self.client_endpoint(),
@@ -270,6 +342,11 @@ impl Server {
     fn truth_endpoint(&self) -> String {
         match self.setup {
             Setup::Delayed => format!("127.0.0.1:{}", self.members[0].host_port),
+            Setup::RedisSentinel => self
+                .master
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             _ => self.client_endpoint(),
         }
     }
@@ -374,6 +451,125 @@ impl Server {
         docker(&["stop", "-t", "5", &self.members[i].id])
             .await
             .map(drop)
+    }
+
+    /// Redis under Sentinel: the master the sentinels name (`ip:port`), once it answers `ROLE`
+    /// as a master: asked of each sentinel in turn, through the `redis` crate.
+    pub async fn sentinel_master(&self) -> Result<String, String> {
+        let mut last = String::from("no sentinel");
+        for m in &self.sentinels {
+            let ask = async {
+                let client = redis::Client::open(format!("redis://127.0.0.1:{}", m.host_port))
+                    .map_err(|e| e.to_string())?;
+                let mut con = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let (ip, port): (String, String) = redis::cmd("SENTINEL")
+                    .arg("GET-MASTER-ADDR-BY-NAME")
+                    .arg(SENTINEL_MASTER)
+                    .query_async(&mut con)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let master = format!("{ip}:{port}");
+                let client =
+                    redis::Client::open(format!("redis://{master}")).map_err(|e| e.to_string())?;
+                let mut con = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(|e| format!("{master}: {e}"))?;
+                let role: Vec<redis::Value> = redis::cmd("ROLE")
+                    .query_async(&mut con)
+                    .await
+                    .map_err(|e| format!("{master}: {e}"))?;
+                match role.first() {
+                    Some(redis::Value::BulkString(r)) if r == b"master" => Ok(master),
+                    other => Err(format!("{master} is not a master yet ({other:?})")),
+                }
+            };
+            match tokio::time::timeout(Duration::from_secs(2), ask).await {
+                Ok(Ok(master)) => return Ok(master),
+                Ok(Err(e)) => last = e,
+                Err(_) => last = format!("sentinel 127.0.0.1:{} did not answer", m.host_port),
+            }
+        }
+        Err(last)
+    }
+
+    /// Redis under Sentinel: waits until the sentinels name a master other than `old` that
+    /// answers as one, and makes it the truth reader's server; returns it.
+    pub async fn wait_new_master(&self, old: &str, within: Duration) -> Result<String, String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let now = self.sentinel_master().await;
+            match now {
+                Ok(m) if m != old => {
+                    *self.master.lock().unwrap_or_else(|p| p.into_inner()) = m.clone();
+                    return Ok(m);
+                }
+                _ if tokio::time::Instant::now() >= deadline => {
+                    return Err(format!(
+                        "the sentinels named no new master within {within:?} (last: {now:?})"
+                    ));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Redis under Sentinel: waits until every sentinel knows the replica (and so could fail
+    /// over to it) and the replica is in sync.
+    async fn wait_sentinels_ready(&self, within: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let mut ready = true;
+            for m in &self.sentinels {
+                let known = async {
+                    let client =
+                        redis::Client::open(format!("redis://127.0.0.1:{}", m.host_port)).ok()?;
+                    let mut con = client.get_multiplexed_async_connection().await.ok()?;
+                    let replicas: Vec<std::collections::HashMap<String, String>> =
+                        redis::cmd("SENTINEL")
+                            .arg("REPLICAS")
+                            .arg(SENTINEL_MASTER)
+                            .query_async(&mut con)
+                            .await
+                            .ok()?;
+                    Some(replicas.iter().any(|r| {
+                        r.get("flags").is_some_and(|f| f == "slave")
+                            && r.get("master-link-status").is_some_and(|s| s == "ok")
+                    }))
+                };
+                if !tokio::time::timeout(Duration::from_secs(2), known)
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or(false)
+                {
+                    ready = false;
+                }
+            }
+            if ready {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "the sentinels did not all see an in-sync replica within {within:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The member whose container has `ip` (`ip:port` accepted).
+    pub async fn member_at(&self, addr: &str) -> Result<usize, String> {
+        let ip = addr.rsplit_once(':').map_or(addr, |(ip, _)| ip);
+        for (i, m) in self.members.iter().enumerate() {
+            if container_ip(&m.id).await? == ip {
+                return Ok(i);
+            }
+        }
+        Err(format!("no member at {addr}"))
     }
 
     /// Kills member `i` (SIGKILL).

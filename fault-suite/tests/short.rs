@@ -54,6 +54,7 @@ faults! {
     etcd_slow_backend: Etcd, SlowBackend;
     redis_slow_backend: Redis, SlowBackend;
     consul_slow_backend: Consul, SlowBackend;
+    redis_sentinel_failover: Redis, SentinelFailover;
 }
 
 /// Every applicable (fault, backend) pair has a test above.

@@ -22,6 +22,8 @@ pub const MASK: &str = "***";
 /// Query parameters whose values are secrets.
 const SECRET_PARAMS: &[&str] = &[
     "password",
+    // Redis Sentinel's own password (`redis+sentinel://...?sentinel_password=`).
+    "sentinel_password",
     "passwd",
     "pass",
     "pwd",

@@ -2,12 +2,15 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::sentinel::SentinelClient;
 use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, AsyncConnectionConfig, Client, Script, Value};
 use registry_core::config::clamp_duration;
@@ -82,14 +85,15 @@ pub struct RedisBackend {
 }
 
 struct Inner {
-    client: Client,
-    conn: ConnectionManager,
+    /// The server written to: swapped when Sentinel names another master.
+    link: ArcSwap<Link>,
+    /// Under Sentinel: how the master is found again.
+    follow: Option<Follow>,
     /// The script KEYS, all under the namespace's hash tag.
     keys: [String; 9],
     /// `{ns}:`, the prefix of derived keys.
     base: String,
     namespace: String,
-    address: String,
     stream_max_len: usize,
     request_timeout: Duration,
     caps: Capabilities,
@@ -101,10 +105,48 @@ struct Inner {
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBackend")
-            .field("address", &self.inner.address)
+            .field("address", &self.inner.link.load().address)
             .field("namespace", &self.inner.namespace)
             .finish()
     }
+}
+
+/// The server a backend talks to: a client of it (for watch connections), the shared
+/// connection, and its `host:port`.
+pub(crate) struct Link {
+    pub(crate) client: Client,
+    pub(crate) conn: ConnectionManager,
+    pub(crate) address: String,
+}
+
+/// Under Sentinel: the sentinels' client, and how to connect to a master they name.
+pub(crate) struct Follow {
+    pub(crate) sentinel: tokio::sync::Mutex<SentinelClient>,
+    pub(crate) cfg: ConnectionManagerConfig,
+    /// For each question to the sentinels and each new connection.
+    pub(crate) timeout: Duration,
+    /// When the sentinels were last asked.
+    pub(crate) asked: std::sync::Mutex<Option<std::time::Instant>>,
+    pub(crate) asks: AtomicU64,
+    pub(crate) moves: AtomicU64,
+}
+
+/// The sentinels are asked at most this often (a failing server fails every call until then).
+const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+
+/// Whether an error may mean the server is no longer the master: it cannot be reached, or it
+/// says it is a replica (`READONLY`, after a failover demoted it) or has lost its master.
+fn may_have_moved(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::Server(
+                redis::ServerErrorKind::ReadOnly | redis::ServerErrorKind::MasterDown
+            )
+        )
 }
 
 fn lease_parts(id: &LeaseId) -> Result<(String, String)> {
@@ -183,13 +225,12 @@ pub(crate) struct Settings {
 }
 
 impl RedisBackend {
-    /// The backend over a connected `client` (and its connection `conn` to `address`): checks that
-    /// it may run the scripts, reaps once, and starts this client's expiry reaper (on the current
-    /// tokio runtime).
+    /// The backend over a connected `link` (under Sentinel, with `follow` to find the master
+    /// again): checks that it may run the scripts, reaps once, and starts this client's expiry
+    /// reaper (on the current tokio runtime).
     pub(crate) async fn start(
-        client: Client,
-        conn: ConnectionManager,
-        address: String,
+        link: Link,
+        follow: Option<Follow>,
         settings: Settings,
     ) -> Result<RedisBackend> {
         let tag = format!("{{{}}}", settings.namespace);
@@ -209,12 +250,11 @@ impl RedisBackend {
             .with_watch_delay(Duration::from_secs(1));
         let backend = RedisBackend {
             inner: Arc::new(Inner {
-                client,
-                conn,
+                link: ArcSwap::from_pointee(link),
+                follow,
                 keys,
                 base,
                 namespace: settings.namespace,
-                address,
                 stream_max_len: settings.stream_max_len,
                 request_timeout: settings.request_timeout,
                 caps,
@@ -223,17 +263,32 @@ impl RedisBackend {
             }),
         };
         // Fails now on refused credentials or a missing permission, not at the first operation.
-        let mut conn = backend.inner.conn.clone();
+        let link = backend.link();
+        let mut conn = link.conn.clone();
         redis::cmd("PING")
             .query_async::<()>(&mut conn)
             .await
-            .map_err(|e| {
-                map(e, "connect").context(format!("Redis at {}", backend.inner.address))
-            })?;
+            .map_err(|e| map(e, "connect").context(format!("Redis at {}", link.address)))?;
+        // Redis Cluster is refused: every key of a namespace shares one hash tag, so one slot, but
+        // this client talks to one server and follows no MOVED redirection, and a resharding or a
+        // failover inside the cluster would move the slot under it.
+        let info: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| map(e, "connect").context(format!("Redis at {}", link.address)))?;
+        if info.lines().any(|l| l.trim() == "cluster_enabled:1") {
+            return Err(Error::invalid(format!(
+                "Redis at {} runs as a Redis Cluster node (cluster-enabled yes), which this backend \
+                 does not support: use a standalone Redis, or one under Sentinel \
+                 (redis+sentinel://sentinel:26379,.../MASTER) for high availability",
+                link.address
+            )));
+        }
         backend
             .run(&backend.inner.scripts.reap, "connect", &[])
             .await
-            .map_err(|e| e.context(format!("Redis at {}", backend.inner.address)))?;
+            .map_err(|e| e.context(format!("Redis at {}", link.address)))?;
         backend
             .inner
             .reaper
@@ -256,22 +311,103 @@ impl RedisBackend {
         for a in args {
             inv.arg(*a);
         }
-        let mut conn = self.inner.conn.clone();
-        match tokio::time::timeout(
+        let link = self.link();
+        let mut conn = link.conn.clone();
+        let err = match tokio::time::timeout(
             self.inner.request_timeout,
             inv.invoke_async::<Value>(&mut conn),
         )
         .await
         {
-            Ok(r) => r.map_err(|e| map(e, what)),
-            Err(_) => Err(Error::new(
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if !may_have_moved(&e) => return Err(map(e, what)),
+            Ok(Err(e)) => map(e, what),
+            Err(_) => Error::new(
                 ErrorKind::Timeout,
                 format!(
                     "redis {what}: no answer from {} within {:?}",
-                    self.inner.address, self.inner.request_timeout
+                    link.address, self.inner.request_timeout
                 ),
-            )),
+            ),
+        };
+        // The server may no longer be the master: under Sentinel, ask which one is. This call
+        // fails either way (the engine retries it, as any failed call); the next goes there.
+        self.follow_master().await;
+        Err(err)
+    }
+
+    /// The server written to now.
+    fn link(&self) -> Arc<Link> {
+        self.inner.link.load_full()
+    }
+
+    /// Under Sentinel, asks the sentinels which server is the master (at most every
+    /// [`FOLLOW_EVERY`], one question at a time) and, if it is another than the one written to,
+    /// connects to it and writes there from now on.
+    async fn follow_master(&self) {
+        let Some(follow) = &self.inner.follow else {
+            return;
+        };
+        // Someone is asking already: their answer will do.
+        let Ok(mut sentinel) = follow.sentinel.try_lock() else {
+            return;
+        };
+        {
+            let mut asked = follow.asked.lock().unwrap_or_else(|p| p.into_inner());
+            if asked.is_some_and(|t| t.elapsed() < FOLLOW_EVERY) {
+                return;
+            }
+            *asked = Some(std::time::Instant::now());
         }
+        follow.asks.fetch_add(1, Ordering::Relaxed);
+        let client = match tokio::time::timeout(follow.timeout, sentinel.async_get_client()).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %map(e, "sentinel"), "Redis Sentinel: no master found");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?follow.timeout, "Redis Sentinel: no answer from the sentinels");
+                return;
+            }
+        };
+        let address = client.get_connection_info().addr().to_string();
+        let old = self.link();
+        if address == old.address {
+            return;
+        }
+        let conn = match tokio::time::timeout(
+            follow.timeout,
+            ConnectionManager::new_with_config(client.clone(), follow.cfg.clone()),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                tracing::warn!(master = %address, error = %map(e, "connect"), "Redis Sentinel: cannot connect to the new master");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(master = %address, "Redis Sentinel: the new master does not answer");
+                return;
+            }
+        };
+        tracing::warn!(from = %old.address, to = %address, "Redis Sentinel: the master moved; following it");
+        follow.moves.fetch_add(1, Ordering::Relaxed);
+        self.inner.link.store(Arc::new(Link {
+            client,
+            conn,
+            address,
+        }));
+    }
+
+    /// How often this backend asked the sentinels for the master, and how often it moved.
+    pub fn sentinel_counts(&self) -> Option<(u64, u64)> {
+        let f = self.inner.follow.as_ref()?;
+        Some((
+            f.asks.load(Ordering::Relaxed),
+            f.moves.load(Ordering::Relaxed),
+        ))
     }
 
     /// Runs a script whose reply starts with the epoch; returns the epoch and the rest.
@@ -377,13 +513,19 @@ impl RedisBackend {
         let cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.inner.request_timeout))
             .set_response_timeout(None);
-        self.inner
+        let link = self.link();
+        match link
             .client
             .get_multiplexed_async_connection_with_config(&cfg)
             .await
-            .map_err(|e| {
-                map(e, "watch connect").context(format!("Redis at {}", self.inner.address))
-            })
+        {
+            Ok(conn) => Ok(conn),
+            Err(e) => {
+                let err = map(e, "watch connect").context(format!("Redis at {}", link.address));
+                self.follow_master().await;
+                Err(err)
+            }
+        }
     }
 }
 
@@ -667,7 +809,7 @@ impl watch::EventBatches for Reader {
                     ErrorKind::Timeout,
                     format!(
                         "watch: Redis at {} did not answer a blocking read within {limit:?}",
-                        self.backend.inner.address
+                        self.backend.link().address
                     ),
                 ));
             }

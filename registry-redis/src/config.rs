@@ -5,12 +5,13 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 use registry_core::config::try_parse_duration;
 use registry_core::url::BackendUrl;
 use registry_core::{Error, Result};
 
-const URL_HELP: &str = "expected redis://[user:password@]host:port[/db][?namespace=NAME&user=U&password=P&ca=PATH&cert=PATH&key=PATH] (rediss:// for TLS)";
+const URL_HELP: &str = "expected redis://[user:password@]host:port[/db][?namespace=NAME&user=U&password=P&ca=PATH&cert=PATH&key=PATH] (rediss:// for TLS), or redis+sentinel://[user:password@]sentinel:port[,sentinel:port...]/MASTER[/db][?sentinel_user=U&sentinel_password=P&...] (rediss+sentinel:// for TLS)";
 
 /// Configures and connects a [`RedisBackend`](crate::RedisBackend).
 ///
@@ -32,6 +33,8 @@ pub struct RedisBuilder {
     tls: bool,
     ca: Option<PathBuf>,
     client_cert: Option<(PathBuf, PathBuf)>,
+    /// Under Sentinel: the sentinels and the master's name (then `host`/`port` are unused).
+    pub(crate) sentinel: Option<Sentinels>,
     pub(crate) namespace: String,
     pub(crate) stream_max_len: usize,
     pub(crate) reap_interval: Duration,
@@ -50,6 +53,7 @@ impl fmt::Debug for RedisBuilder {
             .field("tls", &self.tls)
             .field("ca", &self.ca)
             .field("client_cert", &self.client_cert.as_ref().map(|(c, _)| c))
+            .field("sentinel", &self.sentinel)
             .field("namespace", &self.namespace)
             .field("stream_max_len", &self.stream_max_len)
             .field("reap_interval", &self.reap_interval)
@@ -60,6 +64,26 @@ impl fmt::Debug for RedisBuilder {
 impl Default for RedisBuilder {
     fn default() -> Self {
         RedisBuilder::new()
+    }
+}
+
+/// The sentinels of a Redis under Sentinel, and the master's name.
+#[derive(Clone)]
+pub(crate) struct Sentinels {
+    pub(crate) addrs: Vec<(String, u16)>,
+    pub(crate) master: String,
+    pub(crate) user: Option<String>,
+    pub(crate) password: Option<String>,
+}
+
+impl fmt::Debug for Sentinels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sentinels")
+            .field("addrs", &self.addrs)
+            .field("master", &self.master)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
     }
 }
 
@@ -84,6 +108,7 @@ impl RedisBuilder {
             tls: false,
             ca: None,
             client_cert: None,
+            sentinel: None,
             namespace: "registry".into(),
             stream_max_len: 100_000,
             reap_interval: Duration::from_millis(100),
@@ -102,20 +127,52 @@ impl RedisBuilder {
     /// Reads a parsed `redis://` or `rediss://` URL (TLS): its host and port (6379 when it gives
     /// none), database (the path), user and password, and the options `namespace`, `user`,
     /// `password`, `ca`, `cert`, `key` and `timeout`.
+    ///
+    /// `redis+sentinel://` (`rediss+sentinel://` for TLS to the sentinels and the master) names
+    /// the sentinels instead (26379 when a host gives no port) and, as the path's first segment,
+    /// the master's name, then optionally the database; the user and password are the master's,
+    /// `sentinel_user` and `sentinel_password` the sentinels' (if they ask for any). The backend
+    /// asks the sentinels for the master and follows it when it changes (see
+    /// [`RedisBuilder::sentinel`]).
     pub fn from_backend_url(url: &BackendUrl) -> Result<Self> {
-        let Some(tls) = url.tls_variant_of("redis") else {
-            return Err(Error::invalid(format!(
-                "`{url}` is not a Redis URL; {URL_HELP}"
-            )));
+        let (tls, sentinel) = match url.scheme() {
+            "redis" => (false, false),
+            "rediss" => (true, false),
+            "redis+sentinel" => (false, true),
+            "rediss+sentinel" => (true, true),
+            _ => {
+                return Err(Error::invalid(format!(
+                    "`{url}` is not a Redis URL; {URL_HELP}"
+                )));
+            }
         };
-        let mut hosts = url.hosts();
-        let (Some(host), None) = (hosts.next(), hosts.next()) else {
-            return Err(Error::invalid(format!(
-                "`{url}` must name one Redis host; {URL_HELP}"
-            )));
+        let mut b = RedisBuilder::new();
+        let path = url.path().trim_matches('/');
+        let db = if sentinel {
+            let addrs: Vec<(String, u16)> = url
+                .hosts()
+                .map(|h| (h.host().to_owned(), h.port().unwrap_or(26379)))
+                .collect();
+            let (master, db) = path.split_once('/').unwrap_or((path, ""));
+            if addrs.is_empty() || master.is_empty() {
+                return Err(Error::invalid(format!(
+                    "`{url}` must name the sentinels and, as its path, the master; {URL_HELP}"
+                )));
+            }
+            b = b.sentinel(addrs, master);
+            db
+        } else {
+            let mut hosts = url.hosts();
+            let (Some(host), None) = (hosts.next(), hosts.next()) else {
+                return Err(Error::invalid(format!(
+                    "`{url}` must name one Redis host (several sentinels: redis+sentinel://); \
+                     {URL_HELP}"
+                )));
+            };
+            b = b.address(host.host(), host.port().unwrap_or(6379));
+            path
         };
-        let mut b = RedisBuilder::new().address(host.host(), host.port().unwrap_or(6379));
-        b.db = match url.path().trim_matches('/') {
+        b.db = match db {
             "" => 0,
             db => db.parse().map_err(|_| {
                 Error::invalid(format!(
@@ -136,6 +193,16 @@ impl RedisBuilder {
                 "user" | "username" => b.user = Some(v.to_owned()),
                 "password" => b.password = Some(v.to_owned()),
                 "ca" => b.ca = Some(v.into()),
+                "sentinel_user" | "sentinel_username" if sentinel => {
+                    if let Some(s) = b.sentinel.as_mut() {
+                        s.user = Some(v.to_owned());
+                    }
+                }
+                "sentinel_password" if sentinel => {
+                    if let Some(s) = b.sentinel.as_mut() {
+                        s.password = Some(v.to_owned());
+                    }
+                }
                 "cert" => cert = Some(PathBuf::from(v)),
                 "key" => key = Some(PathBuf::from(v)),
                 "timeout" => {
@@ -188,6 +255,38 @@ impl RedisBuilder {
     pub fn address(mut self, host: impl Into<String>, port: u16) -> Self {
         self.host = host.into();
         self.port = port;
+        self
+    }
+
+    /// Redis under Sentinel: `sentinels` (host and port of each) know which server is the master
+    /// named `master`. The backend asks them at connect time, and again when the server it writes
+    /// to fails or answers that it is a replica (`READONLY`) after a failover, at most every
+    /// 250 ms: it then writes to the new master. The new master's data is a new epoch to the
+    /// backend (its server id differs), so every lease ends and every registration is rewritten
+    /// within a heartbeat, and directories re-list, as after any loss of the server's memory.
+    /// The user, password and TLS settings are the master's; see
+    /// [`sentinel_auth`](Self::sentinel_auth) for the sentinels'.
+    pub fn sentinel(
+        mut self,
+        sentinels: impl IntoIterator<Item = (String, u16)>,
+        master: impl Into<String>,
+    ) -> Self {
+        self.sentinel = Some(Sentinels {
+            addrs: sentinels.into_iter().collect(),
+            master: master.into(),
+            user: None,
+            password: None,
+        });
+        self
+    }
+
+    /// The sentinels' own user (if any) and password, when they ask for one
+    /// (`requirepass` / `sentinel sentinel-pass`).
+    pub fn sentinel_auth(mut self, user: Option<String>, password: impl Into<String>) -> Self {
+        if let Some(s) = self.sentinel.as_mut() {
+            s.user = user;
+            s.password = Some(password.into());
+        }
         self
     }
 
@@ -268,13 +367,64 @@ impl RedisBuilder {
         self
     }
 
-    pub(crate) fn client(&self) -> Result<(Client, String)> {
+    fn check_namespace(&self) -> Result<()> {
         if !valid_namespace(&self.namespace) {
             return Err(Error::invalid(format!(
                 "invalid Redis namespace {:?}: use letters, digits and . _ - : /",
                 self.namespace
             )));
         }
+        Ok(())
+    }
+
+    /// The database, user and password of the data server (the master under Sentinel).
+    fn redis_settings(&self) -> RedisConnectionInfo {
+        let mut redis = RedisConnectionInfo::default().set_db(self.db);
+        if let Some(u) = &self.user {
+            redis = redis.set_username(u);
+        }
+        if let Some(p) = &self.password {
+            redis = redis.set_password(p);
+        }
+        redis
+    }
+
+    /// The CA and client certificate, read from their files, if any was given.
+    fn certificates(&self) -> Result<Option<redis::TlsCertificates>> {
+        if self.ca.is_none() && self.client_cert.is_none() {
+            return Ok(None);
+        }
+        let read = |p: &PathBuf, what: &str| {
+            std::fs::read(p).map_err(|e| {
+                Error::invalid(format!("cannot read the {what} file {}", p.display()))
+                    .with_source(e)
+            })
+        };
+        let root_cert = self
+            .ca
+            .as_ref()
+            .map(|p| {
+                let pem = read(p, "CA certificate")?;
+                check_ca(&pem, p)?;
+                Ok::<_, Error>(pem)
+            })
+            .transpose()?;
+        let client_tls = match &self.client_cert {
+            Some((c, k)) => Some(redis::ClientTlsConfig {
+                client_cert: read(c, "client certificate")?,
+                client_key: read(k, "client key")?,
+            }),
+            None => None,
+        };
+        Ok(Some(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        }))
+    }
+
+    /// A client of the one server named (not under Sentinel), and its `host:port`.
+    pub(crate) fn client(&self) -> Result<(Client, String)> {
+        self.check_namespace()?;
         let address = format!("{}:{}", self.host, self.port);
         let addr = if self.tls {
             ConnectionAddr::TcpTls {
@@ -286,52 +436,63 @@ impl RedisBuilder {
         } else {
             ConnectionAddr::Tcp(self.host.clone(), self.port)
         };
-        let mut redis = RedisConnectionInfo::default().set_db(self.db);
-        if let Some(u) = &self.user {
-            redis = redis.set_username(u);
-        }
-        if let Some(p) = &self.password {
-            redis = redis.set_password(p);
-        }
         let info = addr
             .into_connection_info()
             .map_err(|e| Error::invalid(e.to_string()))?
-            .set_redis_settings(redis);
-        let client = if self.ca.is_some() || self.client_cert.is_some() {
-            let read = |p: &PathBuf, what: &str| {
-                std::fs::read(p).map_err(|e| {
-                    Error::invalid(format!("cannot read the {what} file {}", p.display()))
-                        .with_source(e)
-                })
-            };
-            let root_cert = self
-                .ca
-                .as_ref()
-                .map(|p| {
-                    let pem = read(p, "CA certificate")?;
-                    check_ca(&pem, p)?;
-                    Ok::<_, Error>(pem)
-                })
-                .transpose()?;
-            let client_tls = match &self.client_cert {
-                Some((c, k)) => Some(redis::ClientTlsConfig {
-                    client_cert: read(c, "client certificate")?,
-                    client_key: read(k, "client key")?,
-                }),
-                None => None,
-            };
-            Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls,
-                    root_cert,
-                },
-            )
-        } else {
-            Client::open(info)
+            .set_redis_settings(self.redis_settings());
+        let client = match self.certificates()? {
+            Some(certs) => Client::build_with_tls(info, certs),
+            None => Client::open(info),
         }
         .map_err(|e| Error::invalid(format!("Redis client configuration: {e}")))?;
         Ok((client, address))
+    }
+
+    /// Under Sentinel: a client of the sentinels that finds the master (and checks that it is
+    /// one), with the master's credentials and TLS settings.
+    pub(crate) fn sentinel_client(&self, s: &Sentinels) -> Result<SentinelClient> {
+        self.check_namespace()?;
+        let addrs = s.addrs.iter().map(|(host, port)| {
+            if self.tls {
+                ConnectionAddr::TcpTls {
+                    host: host.clone(),
+                    port: *port,
+                    insecure: false,
+                    tls_params: None,
+                }
+            } else {
+                ConnectionAddr::Tcp(host.clone(), *port)
+            }
+        });
+        let config = |e: redis::RedisError| {
+            Error::invalid(format!("Redis Sentinel client configuration: {e}"))
+        };
+        let mut b = SentinelClientBuilder::new(addrs, &s.master, SentinelServerType::Master)
+            .map_err(config)?
+            .set_client_to_redis_db(self.db);
+        if let Some(u) = &self.user {
+            b = b.set_client_to_redis_username(u);
+        }
+        if let Some(p) = &self.password {
+            b = b.set_client_to_redis_password(p);
+        }
+        if let Some(u) = &s.user {
+            b = b.set_client_to_sentinel_username(u);
+        }
+        if let Some(p) = &s.password {
+            b = b.set_client_to_sentinel_password(p);
+        }
+        if self.tls {
+            b = b
+                .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
+                .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+            if let Some(certs) = self.certificates()? {
+                b = b
+                    .set_client_to_redis_certificates(certs.clone())
+                    .set_client_to_sentinel_certificates(certs);
+            }
+        }
+        b.build().map_err(config)
     }
 
     /// What a TLS connection trusts, for the message of a failed handshake (`None` without TLS).
@@ -372,6 +533,52 @@ fn check_ca(pem: &[u8], path: &std::path::Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sentinel_urls_name_the_sentinels_the_master_and_the_database() {
+        let b = RedisBuilder::from_url(
+            "redis+sentinel://app:pw@s1:26380,s2,[::1]:26381/prod-master/3?namespace=n\
+             &sentinel_password=sp",
+        )
+        .unwrap();
+        let s = b.sentinel.as_ref().unwrap();
+        assert_eq!(
+            s.addrs,
+            [
+                ("s1".to_owned(), 26380),
+                ("s2".to_owned(), 26379),
+                ("::1".to_owned(), 26381)
+            ]
+        );
+        assert_eq!(s.master, "prod-master");
+        assert_eq!(s.password.as_deref(), Some("sp"));
+        assert_eq!((b.db, b.user.as_deref(), b.tls), (3, Some("app"), false));
+        assert_eq!(b.namespace, "n");
+        // Secrets stay out of Debug.
+        let shown = format!("{b:?}");
+        assert!(
+            !shown.contains("sp\"") && !shown.contains("\"pw"),
+            "{shown}"
+        );
+        assert!(
+            RedisBuilder::from_url("rediss+sentinel://s1/m")
+                .unwrap()
+                .tls
+        );
+        for bad in [
+            "redis+sentinel://s1:26379",
+            "redis+sentinel://s1:26379/",
+            "redis+sentinel://s1/m/x",
+            "redis://h1,h2",
+        ] {
+            assert!(RedisBuilder::from_url(bad).is_err(), "{bad}");
+        }
+        // sentinel_password is a secret of the URL too.
+        let url: BackendUrl = "redis+sentinel://s1/m?sentinel_password=hunter2"
+            .parse()
+            .unwrap();
+        assert!(!url.to_string().contains("hunter2"), "{url}");
+    }
 
     #[test]
     fn url_forms_and_redaction() {

@@ -5,9 +5,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use registry_core::config::check_duration;
 use registry_core::{Error, ErrorKind, Result};
 
-use crate::backend::{RedisBackend, Settings};
+use crate::backend::{Follow, Link, RedisBackend, Settings};
 use crate::config::RedisBuilder;
 use crate::error::map;
+
+/// How long connecting waits before asking the sentinels again for a master that answers.
+const SENTINEL_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl RedisBackend {
     /// A builder with defaults (`redis://127.0.0.1:6379`).
@@ -24,11 +27,69 @@ impl RedisBuilder {
         check_duration("Redis connect timeout", self.connect_timeout)?;
         check_duration("Redis request timeout", self.request_timeout)?;
         check_duration("Redis reap interval", self.reap_interval)?;
-        let (client, address) = self.client()?;
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.request_timeout))
             .set_number_of_retries(1);
+        let (client, address, follow) = match &self.sentinel {
+            None => {
+                let (client, address) = self.client()?;
+                (client, address, None)
+            }
+            Some(s) => {
+                let mut sentinel = self.sentinel_client(s)?;
+                let names = s
+                    .addrs
+                    .iter()
+                    .map(|(h, p)| format!("{h}:{p}"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                // While a failover is under way the sentinels still name the old master, which
+                // does not answer: ask again until the connect timeout is spent.
+                let deadline = std::time::Instant::now() + self.connect_timeout;
+                let client = loop {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    match tokio::time::timeout(left, sentinel.async_get_client()).await {
+                        Ok(Ok(client)) => break client,
+                        Ok(Err(e)) => {
+                            let e = map(e, "sentinel");
+                            let again = std::time::Instant::now() + SENTINEL_RETRY < deadline
+                                && !e.kind().is_permanent();
+                            if again {
+                                tracing::debug!(error = %e, "Redis Sentinel: no master yet; asking again");
+                                tokio::time::sleep(SENTINEL_RETRY).await;
+                                continue;
+                            }
+                            return Err(e.context(format!(
+                                "cannot find the master {:?} through the sentinels at {names} \
+                                 (check that they run there and know that name)",
+                                s.master
+                            )));
+                        }
+                        Err(_) => {
+                            return Err(Error::new(
+                                ErrorKind::Timeout,
+                                format!(
+                                    "cannot find the master {:?}: the sentinels at {names} named \
+                                     none that answered within {:?}",
+                                    s.master, self.connect_timeout
+                                ),
+                            ));
+                        }
+                    }
+                };
+                let address = client.get_connection_info().addr().to_string();
+                let follow = Follow {
+                    sentinel: tokio::sync::Mutex::new(sentinel),
+                    cfg: cfg.clone(),
+                    timeout: self.connect_timeout,
+                    asked: std::sync::Mutex::new(None),
+                    asks: Default::default(),
+                    moves: Default::default(),
+                };
+                (client, address, Some(follow))
+            }
+        };
         let conn = match tokio::time::timeout(
             self.connect_timeout + self.request_timeout,
             ConnectionManager::new_with_config(client.clone(), cfg),
@@ -81,7 +142,16 @@ impl RedisBuilder {
             request_timeout: self.request_timeout,
             max_value_len: self.max_value_len,
         };
-        RedisBackend::start(client, conn, address, settings).await
+        RedisBackend::start(
+            Link {
+                client,
+                conn,
+                address,
+            },
+            follow,
+            settings,
+        )
+        .await
     }
 }
 

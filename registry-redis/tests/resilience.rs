@@ -682,3 +682,36 @@ async fn a_flush_seen_through_entries_without_an_epoch_is_compacted_too() {
         other => panic!("expected Compacted, got {other:?}"),
     }
 }
+
+/// A Redis Cluster node (a real `redis-server` with `cluster-enabled yes`) is refused at connect
+/// with an error that says so and what to use instead, before anything is written to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_node_is_refused_with_a_clear_error() {
+    let Some(redis) = own_redis(RedisOptions {
+        extra_args: vec![
+            "--cluster-enabled".into(),
+            "yes".into(),
+            "--cluster-config-file".into(),
+            "/tmp/nodes.conf".into(),
+        ],
+        ..RedisOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let e = builder(&redis.endpoint).connect().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    let text = e.to_string();
+    assert!(text.contains("Redis Cluster"), "{text}");
+    assert!(text.contains("redis+sentinel://"), "{text}");
+    // Nothing was written: the server has no key.
+    let client = redis::Client::open(format!("redis://{}", redis.endpoint)).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+}

@@ -14,6 +14,8 @@ pub const SCHEMES: &[(&str, &str)] = &[
     ("consuls", "consul"),
     ("redis", "redis"),
     ("rediss", "redis"),
+    ("redis+sentinel", "redis"),
+    ("rediss+sentinel", "redis"),
 ];
 
 /// The general form of a backend URL, for messages about one that does not parse.
@@ -27,7 +29,8 @@ const URL_HELP: &str = "expected SCHEME://[user:password@]host:port[,host:port..
 ///   `connect` in the process (so a demo's registrar and discoverer meet); options as in
 ///   [`MemoryBuilder::from_url`](registry_memory::MemoryBuilder::from_url).
 /// - `etcd://host:port[,host:port][/namespace]` (`etcds://` for TLS), `redis://host:port`
-///   (`rediss://` for TLS), `consul://host:port`: the backends of those crates, each behind its
+///   (`rediss://` for TLS; `redis+sentinel://sentinel:port[,sentinel:port...]/MASTER` under
+///   Sentinel), `consul://host:port`: the backends of those crates, each behind its
 ///   cargo feature; see their builders' `from_url` for the options.
 ///
 /// A scheme whose feature is off is [`ErrorKind::Unsupported`](registry_core::ErrorKind::Unsupported), naming the feature to enable; an
@@ -58,7 +61,7 @@ async fn dispatch(url: &BackendUrl) -> Result<Arc<dyn Backend>> {
     match url.scheme() {
         "memory" => memory(url),
         "etcd" | "etcds" => etcd(url).await,
-        "redis" | "rediss" => redis(url).await,
+        "redis" | "rediss" | "redis+sentinel" | "rediss+sentinel" => redis(url).await,
         "consul" | "consuls" => consul(url).await,
         scheme => Err(Error::invalid(format!(
             "unknown backend scheme `{scheme}` in `{url}`; known schemes: {}",

@@ -22,4 +22,6 @@ pub use container::{
 };
 pub use etcd::{Etcd, EtcdOptions, shared_etcd, start_etcd};
 pub use prometheus::{Prometheus, PrometheusOptions, start_prometheus};
-pub use redis::{Redis, RedisOptions, shared_redis, start_redis};
+pub use redis::{
+    Redis, RedisOptions, SentinelOptions, shared_redis, start_redis, start_redis_sentinel,
+};

@@ -3,7 +3,7 @@
 use std::sync::OnceLock;
 
 use testcontainers::core::WaitFor;
-use testcontainers::{ContainerAsync, GenericImage};
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
 use super::container::*;
 
@@ -84,6 +84,66 @@ pub async fn start_redis(opts: RedisOptions) -> Result<Redis, String> {
         },
     )
     .await?;
+    Ok(Redis {
+        container,
+        endpoint,
+    })
+}
+
+/// Options for one Redis Sentinel (Debian's `redis-server --sentinel`, from the Redis image).
+#[derive(Clone, Debug)]
+pub struct SentinelOptions {
+    /// A fixed host port for the sentinel's port (26379 inside).
+    pub host_port: Option<u16>,
+    /// The master's name, as clients ask for it.
+    pub master_name: String,
+    /// The master's `ip:port`, as the sentinel reaches it (a container's address).
+    pub master: String,
+    /// How many sentinels must agree that the master is down.
+    pub quorum: u32,
+    /// `down-after-milliseconds`: how long without an answer before a server is down.
+    pub down_after_ms: u64,
+    /// `failover-timeout`, in milliseconds.
+    pub failover_timeout_ms: u64,
+    /// More lines of the configuration file (`requirepass ...`, `sentinel auth-pass ...`).
+    pub extra_conf: Vec<String>,
+}
+
+/// The sentinel's configuration file inside its container (a sentinel rewrites it: writable).
+const SENTINEL_CONF: &str = "/data/sentinel.conf";
+
+/// Starts a sentinel monitoring `opts.master` and waits until it does.
+pub async fn start_redis_sentinel(opts: SentinelOptions) -> Result<Redis, String> {
+    let (ip, port) = opts
+        .master
+        .rsplit_once(':')
+        .ok_or_else(|| format!("master {:?} is not ip:port", opts.master))?;
+    let name = &opts.master_name;
+    let conf = format!(
+        "port 26379\nbind 0.0.0.0\nprotected-mode no\ndir /data\n\
+         sentinel monitor {name} {ip} {port} {q}\n\
+         sentinel down-after-milliseconds {name} {down}\n\
+         sentinel failover-timeout {name} {fail}\n\
+         sentinel parallel-syncs {name} 1\n",
+        q = opts.quorum,
+        down = opts.down_after_ms,
+        fail = opts.failover_timeout_ms,
+    ) + &opts
+        .extra_conf
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect::<String>();
+    let cmd = vec![
+        "redis-server".to_owned(),
+        SENTINEL_CONF.to_owned(),
+        "--sentinel".to_owned(),
+    ];
+    let ready = WaitFor::message_on_stdout("+monitor master");
+    let (container, endpoint) =
+        start_container(ServerKind::Redis, cmd, 26379, ready, opts.host_port, |r| {
+            r.with_copy_to(SENTINEL_CONF, conf.into_bytes())
+        })
+        .await?;
     Ok(Redis {
         container,
         endpoint,
