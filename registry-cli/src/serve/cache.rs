@@ -114,6 +114,49 @@ impl AnswerCache {
     }
 }
 
+/// How many recent change events are kept as SSE bytes. The streams of a server read a change
+/// within moments of each other; one that falls further behind serializes it again.
+const FRAMES: usize = 1024;
+
+/// Recent change events as the bytes of their SSE events, by sequence number (slot `seq %
+/// FRAMES`): a change is serialized once for every stream that writes it, not once per client
+/// (1,000 clients at 20 changes/s were 20,000 serializations a second, which made JSON answers
+/// several times slower; BENCHMARKS.md section 6). At most [`FRAMES`] events are held.
+pub(crate) struct ChangeFrames {
+    slots: Box<[Mutex<Option<Frame>>]>,
+}
+
+/// A change's sequence number and its SSE bytes.
+type Frame = (u64, Bytes);
+
+impl Default for ChangeFrames {
+    fn default() -> Self {
+        ChangeFrames {
+            slots: (0..FRAMES).map(|_| Mutex::new(None)).collect(),
+        }
+    }
+}
+
+impl ChangeFrames {
+    /// The bytes of change `seq`: the kept ones, or `build`'s (kept for the other streams). Two
+    /// streams that miss at once both build it (the same bytes); no lock is held while building.
+    pub(crate) fn get_or(&self, seq: u64, build: impl FnOnce() -> Bytes) -> Bytes {
+        let slot = &self.slots[(seq % FRAMES as u64) as usize];
+        if let Some((s, bytes)) = &*slot.lock().unwrap_or_else(|p| p.into_inner())
+            && *s == seq
+        {
+            return bytes.clone();
+        }
+        let bytes = build();
+        let mut kept = slot.lock().unwrap_or_else(|p| p.into_inner());
+        // A newer change in the slot stays: the streams are past this one.
+        if kept.as_ref().is_none_or(|(s, _)| *s < seq) {
+            *kept = Some((seq, bytes.clone()));
+        }
+        bytes
+    }
+}
+
 /// A JSON answer from its bytes.
 pub(crate) fn json(body: Bytes) -> Response {
     (
@@ -124,4 +167,35 @@ pub(crate) fn json(body: Bytes) -> Response {
         body,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A change is built once for all its readers; a slot keeps the newer of two changes that
+    /// share it, and an evicted one is built again.
+    #[test]
+    fn a_change_is_serialized_once_for_every_stream() {
+        let frames = ChangeFrames::default();
+        let built = std::cell::Cell::new(0);
+        let frame = |seq: u64| {
+            frames.get_or(seq, || {
+                built.set(built.get() + 1);
+                Bytes::from(format!("event {seq}"))
+            })
+        };
+        for _ in 0..1000 {
+            assert_eq!(frame(7), "event 7");
+        }
+        assert_eq!(built.get(), 1, "1,000 streams, one serialization");
+        let newer = 7 + FRAMES as u64;
+        assert_eq!(frame(newer), format!("event {newer}"));
+        assert_eq!(built.get(), 2);
+        // The old change, read late, is built again but does not push the newer one out.
+        assert_eq!(frame(7), "event 7");
+        assert_eq!(built.get(), 3);
+        assert_eq!(frame(newer), format!("event {newer}"));
+        assert_eq!(built.get(), 3);
+    }
 }

@@ -191,24 +191,29 @@ async fn to_sse(
             if only.is_some_and(|s| s != &*c.service) {
                 return None;
             }
-            let hidden = match &c.kind {
-                ChangeKind::Insert { hidden, .. } | ChangeKind::Update { hidden, .. } => *hidden,
-                _ => false,
-            };
-            let data = json!({
-                "seq": c.seq,
-                "service": &*c.service,
-                "id": c.instance().map(|i| i.id.clone()),
-                "instance": c.instance().map(|i| {
-                    let mut v = instance_json(i, hidden);
-                    // The source showing it now (the event itself does not say).
-                    v["source"] = json!(server.dir().snapshot(&c.service).source_of(&i.id));
-                    v
-                }),
-                "revision": super::api::revision_json(c.revision),
-                "time": rfc3339(c.time),
-            });
-            Some(sse_event(c.kind.name(), &id, &data.to_string()))
+            // Serialized once, for every stream that writes it.
+            Some(server.inner.frames.get_or(c.seq, || {
+                let hidden = match &c.kind {
+                    ChangeKind::Insert { hidden, .. } | ChangeKind::Update { hidden, .. } => {
+                        *hidden
+                    }
+                    _ => false,
+                };
+                let data = json!({
+                    "seq": c.seq,
+                    "service": &*c.service,
+                    "id": c.instance().map(|i| i.id.clone()),
+                    "instance": c.instance().map(|i| {
+                        let mut v = instance_json(i, hidden);
+                        // The source showing it now (the event itself does not say).
+                        v["source"] = json!(server.dir().snapshot(&c.service).source_of(&i.id));
+                        v
+                    }),
+                    "revision": super::api::revision_json(c.revision),
+                    "time": rfc3339(c.time),
+                });
+                sse_event(c.kind.name(), &id, &data.to_string())
+            }))
         }
         DirectoryEvent::Resync(r) => {
             let reason = match r.reason {

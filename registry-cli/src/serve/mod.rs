@@ -125,6 +125,8 @@ struct Inner {
     max_event_clients: std::sync::atomic::AtomicUsize,
     /// The O(directory) answers, per state of the directory.
     answers: cache::AnswerCache,
+    /// Recent change events, serialized once for every stream.
+    frames: cache::ChangeFrames,
     /// The other sources' readiness (each name and whether it has listed once), if any.
     sources: std::sync::Mutex<Option<SourcesReady>>,
     /// Set when the server shuts down: ends the event streams, which would otherwise hold the
@@ -150,6 +152,7 @@ impl Server {
                 metrics,
                 max_event_clients,
                 answers: cache::AnswerCache::default(),
+                frames: cache::ChangeFrames::default(),
                 sources: std::sync::Mutex::new(None),
                 stopping: tokio::sync::watch::Sender::new(false),
             }),
