@@ -244,6 +244,7 @@ impl Server {
                         down_after_ms: 1000,
                         failover_timeout_ms: 5000,
                         extra_conf: Vec::new(),
+                        tls: None,
                     })
                 });
                 for r in futures::future::join_all(starts).await {

@@ -107,7 +107,12 @@ pub struct SentinelOptions {
     pub failover_timeout_ms: u64,
     /// More lines of the configuration file (`requirepass ...`, `sentinel auth-pass ...`).
     pub extra_conf: Vec<String>,
+    /// Serve TLS only with this certificate, and speak TLS to the master, trusting `tls_ca` (PEM).
+    pub tls: Option<(ServerTls, String)>,
 }
+
+/// Where a sentinel with TLS finds the CA it trusts for the master's certificate.
+const SENTINEL_CA: &str = "/certs/ca.pem";
 
 /// The sentinel's configuration file inside its container (a sentinel rewrites it: writable).
 const SENTINEL_CONF: &str = "/data/sentinel.conf";
@@ -132,7 +137,16 @@ pub async fn start_redis_sentinel(opts: SentinelOptions) -> Result<Redis, String
         .extra_conf
         .iter()
         .map(|l| format!("{l}\n"))
-        .collect::<String>();
+        .collect::<String>()
+        + &match &opts.tls {
+            Some(_) => format!(
+                "port 0\ntls-port 26379\ntls-cert-file {}\ntls-key-file {}\n\
+                 tls-ca-cert-file {SENTINEL_CA}\ntls-auth-clients no\ntls-replication yes\n",
+                ServerTls::CERT,
+                ServerTls::KEY
+            ),
+            None => String::new(),
+        };
     let cmd = vec![
         "redis-server".to_owned(),
         SENTINEL_CONF.to_owned(),
@@ -141,7 +155,13 @@ pub async fn start_redis_sentinel(opts: SentinelOptions) -> Result<Redis, String
     let ready = WaitFor::message_on_stdout("+monitor master");
     let (container, endpoint) =
         start_container(ServerKind::Redis, cmd, 26379, ready, opts.host_port, |r| {
-            r.with_copy_to(SENTINEL_CONF, conf.into_bytes())
+            let r = r.with_copy_to(SENTINEL_CONF, conf.into_bytes());
+            match &opts.tls {
+                Some((tls, ca)) => tls
+                    .copy_into(r)
+                    .with_copy_to(SENTINEL_CA, ca.clone().into_bytes()),
+                None => r,
+            }
         })
         .await?;
     Ok(Redis {
