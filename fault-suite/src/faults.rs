@@ -8,8 +8,7 @@ use std::collections::BTreeSet;
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::scene::{NodeView, Scene};
-use crate::server::{Backend, SENTINEL_MASTER, Server, Setup};
-use crate::truth::Truth;
+use crate::server::{Backend, Server, Setup};
 
 /// A fault of the suite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -390,13 +389,7 @@ pub async fn inject(
         Fault::SentinelFailover => {
             let first = server.sentinel_master().await?;
             // A failover asked for: the master is demoted and stays up as a replica.
-            let sentinel = Truth::Redis {
-                endpoint: format!("127.0.0.1:{}", server.sentinels[0].host_port),
-                backend_ns: String::new(),
-            };
-            sentinel
-                .redis_cmd(&["SENTINEL", "FAILOVER", SENTINEL_MASTER])
-                .await?;
+            server.sentinel_failover().await?;
             let second = server
                 .wait_new_master(&first, Duration::from_secs(30))
                 .await?;

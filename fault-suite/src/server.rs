@@ -135,19 +135,17 @@ async fn run(prog: &str, args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// A connection to the Redis (or sentinel) at `addr` (`ip:port`), through the `redis` crate.
+pub(crate) async fn redis_con(addr: &str) -> Result<redis::aio::MultiplexedConnection, String> {
+    redis::Client::open(format!("redis://{addr}"))
+        .map_err(|e| format!("{addr}: {e}"))?
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| format!("{addr}: {e}"))
+}
+
 /// The master's name under Sentinel.
 pub const SENTINEL_MASTER: &str = "registry-master";
-
-/// A container's address on Docker's default network.
-async fn container_ip(id: &str) -> Result<String, String> {
-    docker(&[
-        "inspect",
-        "-f",
-        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-        id,
-    ])
-    .await
-}
 
 fn rand_tag() -> String {
     format!("{:08x}", fastrand::u32(..))
@@ -207,32 +205,14 @@ impl Server {
                     .push(start_redis_member(testbed::free_port(), vec![]).await?);
             }
             (Backend::Redis, Setup::RedisReplica) => {
-                let primary = start_redis_member(testbed::free_port(), vec![]).await?;
-                let ip = docker(&[
-                    "inspect",
-                    "-f",
-                    "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-                    &primary.id,
-                ])
-                .await?;
-                let replica = start_redis_member(
-                    testbed::free_port(),
-                    vec!["--replicaof".into(), ip, "6379".into()],
-                )
-                .await?;
+                let (primary, replica, _) = start_redis_pair().await?;
                 let proxy = Proxy::start(format!("127.0.0.1:{}", primary.host_port)).await?;
                 s.members.push(primary);
                 s.members.push(replica);
                 s.proxy = Some(proxy);
             }
             (Backend::Redis, Setup::RedisSentinel) => {
-                let primary = start_redis_member(testbed::free_port(), vec![]).await?;
-                let ip = container_ip(&primary.id).await?;
-                let replica = start_redis_member(
-                    testbed::free_port(),
-                    vec!["--replicaof".into(), ip.clone(), "6379".into()],
-                )
-                .await?;
+                let (primary, replica, ip) = start_redis_pair().await?;
                 s.members.push(primary);
                 s.members.push(replica);
                 let starts = (0..3).map(|_| {
@@ -460,12 +440,7 @@ impl Server {
         let mut last = String::from("no sentinel");
         for m in &self.sentinels {
             let ask = async {
-                let client = redis::Client::open(format!("redis://127.0.0.1:{}", m.host_port))
-                    .map_err(|e| e.to_string())?;
-                let mut con = client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let mut con = redis_con(&format!("127.0.0.1:{}", m.host_port)).await?;
                 let (ip, port): (String, String) = redis::cmd("SENTINEL")
                     .arg("GET-MASTER-ADDR-BY-NAME")
                     .arg(SENTINEL_MASTER)
@@ -473,12 +448,7 @@ impl Server {
                     .await
                     .map_err(|e| e.to_string())?;
                 let master = format!("{ip}:{port}");
-                let client =
-                    redis::Client::open(format!("redis://{master}")).map_err(|e| e.to_string())?;
-                let mut con = client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(|e| format!("{master}: {e}"))?;
+                let mut con = redis_con(&master).await?;
                 let role: Vec<redis::Value> = redis::cmd("ROLE")
                     .query_async(&mut con)
                     .await
@@ -495,6 +465,19 @@ impl Server {
             }
         }
         Err(last)
+    }
+
+    /// Redis under Sentinel: asks the first sentinel for a failover (`SENTINEL FAILOVER`: the
+    /// master is demoted and stays up as a replica).
+    pub async fn sentinel_failover(&self) -> Result<(), String> {
+        let m = self.sentinels.first().ok_or("no sentinel")?;
+        let mut con = redis_con(&format!("127.0.0.1:{}", m.host_port)).await?;
+        redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg(SENTINEL_MASTER)
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(|e| format!("SENTINEL FAILOVER: {e}"))
     }
 
     /// Redis under Sentinel: waits until the sentinels name a master other than `old` that
@@ -526,9 +509,9 @@ impl Server {
             let mut ready = true;
             for m in &self.sentinels {
                 let known = async {
-                    let client =
-                        redis::Client::open(format!("redis://127.0.0.1:{}", m.host_port)).ok()?;
-                    let mut con = client.get_multiplexed_async_connection().await.ok()?;
+                    let mut con = redis_con(&format!("127.0.0.1:{}", m.host_port))
+                        .await
+                        .ok()?;
                     let replicas: Vec<std::collections::HashMap<String, String>> =
                         redis::cmd("SENTINEL")
                             .arg("REPLICAS")
@@ -566,7 +549,7 @@ impl Server {
     pub async fn member_at(&self, addr: &str) -> Result<usize, String> {
         let ip = addr.rsplit_once(':').map_or(addr, |(ip, _)| ip);
         for (i, m) in self.members.iter().enumerate() {
-            if container_ip(&m.id).await? == ip {
+            if testbed::container_ip(&m.id)?.to_string() == ip {
                 return Ok(i);
             }
         }
@@ -820,6 +803,18 @@ async fn start_redis_member(port: u16, extra_args: Vec<String>) -> Result<Member
         inner_port: 6379,
         name: "redis".into(),
     })
+}
+
+/// A Redis primary and a replica of it, and the primary's address on the bridge.
+async fn start_redis_pair() -> Result<(Member, Member, String), String> {
+    let primary = start_redis_member(testbed::free_port(), vec![]).await?;
+    let ip = testbed::container_ip(&primary.id)?.to_string();
+    let replica = start_redis_member(
+        testbed::free_port(),
+        vec!["--replicaof".into(), ip.clone(), "6379".into()],
+    )
+    .await?;
+    Ok((primary, replica, ip))
 }
 
 async fn start_consul_member(port: u16, acl: bool) -> Result<Member, String> {

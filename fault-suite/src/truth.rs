@@ -91,9 +91,7 @@ impl Truth {
         else {
             return Err("not redis".into());
         };
-        let c = redis::Client::open(format!("redis://{endpoint}")).map_err(|e| e.to_string())?;
-        let con = c
-            .get_multiplexed_async_connection()
+        let con = crate::server::redis_con(endpoint)
             .await
             .map_err(|e| format!("redis connect: {e}"))?;
         Ok((con, format!("{{{backend_ns}}}:")))

@@ -271,6 +271,15 @@ pub(crate) async fn register(ctx: &Context, a: RegisterArgs) -> Result<()> {
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
+/// Completes on Ctrl-C (SIGINT) or SIGTERM: how `serve` is asked to stop, in either phase.
+async fn interrupted() {
+    let mut term = signal(SignalKind::terminate());
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = recv(&mut term) => {}
+    }
+}
+
 async fn recv(sig: &mut std::io::Result<Signal>) {
     match sig {
         Ok(s) => {
@@ -763,13 +772,7 @@ pub(crate) async fn serve(ctx: &Context, a: ServeArgs) -> Result<()> {
         Some(listener) => listener,
         None => bind()?,
     };
-    let shutdown = async {
-        let mut term = signal(SignalKind::terminate());
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = recv(&mut term) => {}
-        }
-    };
+    let shutdown = interrupted();
     let xds_options = registry_xds::XdsOptions {
         balancing: match a.xds_balancing {
             XdsBalancing::RoundRobin => registry_xds::Balancing::RoundRobin,
@@ -855,16 +858,9 @@ async fn wait_for_backend(
             }
         }
     };
-    let stop = async {
-        let mut term = signal(SignalKind::terminate());
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = recv(&mut term) => {}
-        }
-    };
     let outcome = tokio::select! {
         r = retry => Some(r),
-        () = stop => None,
+        () = interrupted() => None,
         r = &mut serving => {
             r.map_err(|e| Error::new(ErrorKind::Unavailable, "serving failed").with_source(e))?;
             return Err(Error::new(ErrorKind::Internal, "stopped serving while connecting"));

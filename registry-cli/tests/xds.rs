@@ -358,25 +358,47 @@ async fn grpc_js_xds_follows_the_directory_over_xds() {
     follows(Lang::Node).await;
 }
 
-/// The scenario, with `lang`'s client (the servers are Python's in both).
-async fn follows(lang: Lang) {
+/// What every scenario here starts from: Python with grpcio (the gRPC servers are Python's), the
+/// shared etcd, a fresh namespace, and the `registry` arguments that name both.
+struct Bed {
+    py: PathBuf,
+    url: String,
+    ns: String,
+    common: Vec<String>,
+}
+
+/// The [`Bed`] for namespaces named `prefix-...`; `None` when Python's grpcio or etcd is missing,
+/// after saying why (a failure under `REGISTRY_TEST_REQUIRED=1`).
+fn bed(prefix: &str) -> Option<Bed> {
     let py = match python() {
         Ok(p) => p,
-        Err(why) => return unavailable::<()>("Python's grpcio", &why).unwrap_or(()),
+        Err(why) => return unavailable("Python's grpcio", &why),
     };
+    let etcd = testbed::shared_etcd()?;
+    let ns = fresh_namespace(prefix);
+    let url = format!("etcd://{etcd}");
+    let common = vec![
+        "--backend".into(),
+        url.clone(),
+        "--namespace".into(),
+        ns.clone(),
+    ];
+    Some(Bed {
+        py,
+        url,
+        ns,
+        common,
+    })
+}
+
+/// The scenario, with `lang`'s client (the servers are Python's in both).
+async fn follows(lang: Lang) {
     if let Err(why) = client_command(lang, "echo", &[]) {
         return unavailable::<()>(&format!("the {lang:?} gRPC client"), &why).unwrap_or(());
     }
-    let Some(etcd) = testbed::shared_etcd() else {
+    let Some(Bed { py, common, .. }) = bed("xds") else {
         return;
     };
-    let ns = fresh_namespace("xds");
-    let common: Vec<String> = vec![
-        "--backend".into(),
-        format!("etcd://{etcd}"),
-        "--namespace".into(),
-        ns,
-    ];
 
     // Four real gRPC servers, each answering with its name.
     let (mut servers, port) = grpc_servers(&py, &["a", "b", "c", "d"]).await;
@@ -511,24 +533,18 @@ async fn follows(lang: Lang) {
 /// default multi-probe ring, which is not gRPC's (its agreement is printed, not asserted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ring_hash_owners_agree_with_directory_find() {
-    let py = match python() {
-        Ok(p) => p,
-        Err(why) => return unavailable::<()>("Python's grpcio", &why).unwrap_or(()),
-    };
     if let Err(why) = client_command(Lang::Node, "echo", &[]) {
         return unavailable::<()>("the Node gRPC client", &why).unwrap_or(());
     }
-    let Some(etcd) = testbed::shared_etcd() else {
+    let Some(Bed {
+        py,
+        url,
+        ns,
+        common,
+    }) = bed("xds-ring")
+    else {
         return;
     };
-    let ns = fresh_namespace("xds-ring");
-    let url = format!("etcd://{etcd}");
-    let common: Vec<String> = vec![
-        "--backend".into(),
-        url.clone(),
-        "--namespace".into(),
-        ns.clone(),
-    ];
     let (mut servers, port) = grpc_servers(&py, &["a", "b", "c"]).await;
     let _a = register(&common, "a", port["a"], &["--weight", "100"]).await;
     let _b = register(&common, "b", port["b"], &["--weight", "200"]).await;
@@ -617,19 +633,9 @@ fn jwt_shaped(subject: &str) -> String {
 /// service's instance; with a wrong one its streams are refused and it finds none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_over_tls_with_a_token() {
-    let py = match python() {
-        Ok(p) => p,
-        Err(why) => return unavailable::<()>("Python's grpcio", &why).unwrap_or(()),
-    };
-    let Some(etcd) = testbed::shared_etcd() else {
+    let Some(Bed { py, common, .. }) = bed("xds-tls") else {
         return;
     };
-    let common: Vec<String> = vec![
-        "--backend".into(),
-        format!("etcd://{etcd}"),
-        "--namespace".into(),
-        fresh_namespace("xds-tls"),
-    ];
     let (mut servers, port) = grpc_servers(&py, &["a"]).await;
     let _a = register(&common, "a", port["a"], &[]).await;
     let dir = TempDir::new("xds-tls");
@@ -793,21 +799,15 @@ fn signal(pid: u32, signal: &str) {
 ///   before the directory drops it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tonic_channels_route_around_a_hung_and_a_crashed_server() {
-    let py = match python() {
-        Ok(p) => p,
-        Err(why) => return unavailable::<()>("Python's grpcio", &why).unwrap_or(()),
-    };
-    let Some(etcd) = testbed::shared_etcd() else {
+    let Some(Bed {
+        py,
+        url,
+        ns,
+        common,
+    }) = bed("tonic-outliers")
+    else {
         return;
     };
-    let ns = fresh_namespace("tonic-outliers");
-    let url = format!("etcd://{etcd}");
-    let common: Vec<String> = vec![
-        "--backend".into(),
-        url.clone(),
-        "--namespace".into(),
-        ns.clone(),
-    ];
     let mut servers = BTreeMap::new();
     let mut regs = BTreeMap::new();
     for name in ["a", "b", "c"] {

@@ -149,6 +149,25 @@ fn may_have_moved(e: &redis::RedisError) -> bool {
         )
 }
 
+/// The master the sentinels name now (the redis crate checks that it answers as one), and its
+/// `host:port`; `None` if there is no answer within `within`.
+pub(crate) async fn ask_master(
+    sentinel: &mut SentinelClient,
+    within: Duration,
+) -> Option<Result<(Client, String)>> {
+    let found = tokio::time::timeout(within, sentinel.async_get_client())
+        .await
+        .ok()?;
+    Some(
+        found
+            .map(|client| {
+                let address = client.get_connection_info().addr().to_string();
+                (client, address)
+            })
+            .map_err(|e| map(e, "sentinel")),
+    )
+}
+
 fn lease_parts(id: &LeaseId) -> Result<(String, String)> {
     id.as_str()
         .split_once('-')
@@ -360,18 +379,17 @@ impl RedisBackend {
             *asked = Some(std::time::Instant::now());
         }
         follow.asks.fetch_add(1, Ordering::Relaxed);
-        let client = match tokio::time::timeout(follow.timeout, sentinel.async_get_client()).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %map(e, "sentinel"), "Redis Sentinel: no master found");
+        let (client, address) = match ask_master(&mut sentinel, follow.timeout).await {
+            Some(Ok(found)) => found,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "Redis Sentinel: no master found");
                 return;
             }
-            Err(_) => {
+            None => {
                 tracing::warn!(timeout = ?follow.timeout, "Redis Sentinel: no answer from the sentinels");
                 return;
             }
         };
-        let address = client.get_connection_info().addr().to_string();
         let old = self.link();
         if address == old.address {
             return;

@@ -422,21 +422,26 @@ impl RedisBuilder {
         }))
     }
 
-    /// A client of the one server named (not under Sentinel), and its `host:port`.
-    pub(crate) fn client(&self) -> Result<(Client, String)> {
-        self.check_namespace()?;
-        let address = format!("{}:{}", self.host, self.port);
-        let addr = if self.tls {
+    /// How to reach `host:port`: over TLS (checking the server's name) or in plain text.
+    fn connection_addr(&self, host: &str, port: u16) -> ConnectionAddr {
+        if self.tls {
             ConnectionAddr::TcpTls {
-                host: self.host.clone(),
-                port: self.port,
+                host: host.to_owned(),
+                port,
                 insecure: false,
                 tls_params: None,
             }
         } else {
-            ConnectionAddr::Tcp(self.host.clone(), self.port)
-        };
-        let info = addr
+            ConnectionAddr::Tcp(host.to_owned(), port)
+        }
+    }
+
+    /// A client of the one server named (not under Sentinel), and its `host:port`.
+    pub(crate) fn client(&self) -> Result<(Client, String)> {
+        self.check_namespace()?;
+        let address = format!("{}:{}", self.host, self.port);
+        let info = self
+            .connection_addr(&self.host, self.port)
             .into_connection_info()
             .map_err(|e| Error::invalid(e.to_string()))?
             .set_redis_settings(self.redis_settings());
@@ -452,18 +457,10 @@ impl RedisBuilder {
     /// one), with the master's credentials and TLS settings.
     pub(crate) fn sentinel_client(&self, s: &Sentinels) -> Result<SentinelClient> {
         self.check_namespace()?;
-        let addrs = s.addrs.iter().map(|(host, port)| {
-            if self.tls {
-                ConnectionAddr::TcpTls {
-                    host: host.clone(),
-                    port: *port,
-                    insecure: false,
-                    tls_params: None,
-                }
-            } else {
-                ConnectionAddr::Tcp(host.clone(), *port)
-            }
-        });
+        let addrs = s
+            .addrs
+            .iter()
+            .map(|(host, port)| self.connection_addr(host, *port));
         let config = |e: redis::RedisError| {
             Error::invalid(format!("Redis Sentinel client configuration: {e}"))
         };

@@ -5,7 +5,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use registry_core::config::check_duration;
 use registry_core::{Error, ErrorKind, Result};
 
-use crate::backend::{Follow, Link, RedisBackend, Settings};
+use crate::backend::{Follow, Link, RedisBackend, Settings, ask_master};
 use crate::config::RedisBuilder;
 use crate::error::map;
 
@@ -47,12 +47,21 @@ impl RedisBuilder {
                 // While a failover is under way the sentinels still name the old master, which
                 // does not answer: ask again until the connect timeout is spent.
                 let deadline = std::time::Instant::now() + self.connect_timeout;
-                let client = loop {
+                let (client, address) = loop {
                     let left = deadline.saturating_duration_since(std::time::Instant::now());
-                    match tokio::time::timeout(left, sentinel.async_get_client()).await {
-                        Ok(Ok(client)) => break client,
-                        Ok(Err(e)) => {
-                            let e = map(e, "sentinel");
+                    match ask_master(&mut sentinel, left).await {
+                        Some(Ok(found)) => break found,
+                        None => {
+                            return Err(Error::new(
+                                ErrorKind::Timeout,
+                                format!(
+                                    "cannot find the master {:?}: the sentinels at {names} named \
+                                     none that answered within {:?}",
+                                    s.master, self.connect_timeout
+                                ),
+                            ));
+                        }
+                        Some(Err(e)) => {
                             let again = std::time::Instant::now() + SENTINEL_RETRY < deadline
                                 && !e.kind().is_permanent();
                             if again {
@@ -66,19 +75,8 @@ impl RedisBuilder {
                                 s.master
                             )));
                         }
-                        Err(_) => {
-                            return Err(Error::new(
-                                ErrorKind::Timeout,
-                                format!(
-                                    "cannot find the master {:?}: the sentinels at {names} named \
-                                     none that answered within {:?}",
-                                    s.master, self.connect_timeout
-                                ),
-                            ));
-                        }
                     }
                 };
-                let address = client.get_connection_info().addr().to_string();
                 let follow = Follow {
                     sentinel: tokio::sync::Mutex::new(sentinel),
                     cfg: cfg.clone(),

@@ -27,7 +27,9 @@ async fn sentinel_with_passwords_finds_the_master_and_refuses_a_wrong_one() {
     else {
         return;
     };
-    let ip = container_ip(master.container.id());
+    let ip = testbed::container_ip(master.container.id())
+        .expect("the master's address")
+        .to_string();
     let Some(sentinel) = start_or_skip(
         "redis sentinel",
         testbed::start_redis_sentinel(SentinelOptions {
@@ -113,7 +115,9 @@ async fn sentinel_over_tls_finds_the_master_with_the_ca_file() {
     else {
         return;
     };
-    let ip = container_ip(master.container.id());
+    let ip = testbed::container_ip(master.container.id())
+        .expect("the master's address")
+        .to_string();
     // The certificate the sentinel will meet at the master's container address.
     let named = ca.server_cert(&[ip.as_str(), "127.0.0.1"]);
     let dir = TempDir::new("sentinel-tls");
@@ -217,17 +221,4 @@ async fn sentinel_over_tls_finds_the_master_with_the_ca_file() {
         text.contains("TLS") || text.contains("certificate"),
         "without the CA: {text}"
     );
-}
-
-fn container_ip(id: &str) -> String {
-    std::process::Command::new("docker")
-        .args([
-            "inspect",
-            "-f",
-            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-            id,
-        ])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .expect("docker inspect")
 }

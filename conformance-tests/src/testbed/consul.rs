@@ -62,25 +62,7 @@ impl Consul {
     /// resolver that retries a truncated answer over TCP cannot use). The machine, and a chroot
     /// sharing its network, reach the bridge directly.
     pub fn bridge_dns(&self) -> Result<std::net::SocketAddr, String> {
-        let out = std::process::Command::new("docker")
-            .args([
-                "inspect",
-                "-f",
-                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-                self.container.id(),
-            ])
-            .output()
-            .map_err(|e| format!("cannot run docker inspect ({e})"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "docker inspect failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let ip = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        let ip: std::net::IpAddr = ip
-            .parse()
-            .map_err(|_| format!("the container has no bridge address ({ip:?})"))?;
+        let ip = container_ip(self.container.id())?;
         Ok(std::net::SocketAddr::new(ip, 8600))
     }
 }

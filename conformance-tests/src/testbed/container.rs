@@ -387,6 +387,29 @@ impl std::fmt::Debug for ServerTls {
     }
 }
 
+/// The address of container `id` on Docker's bridge (the machine, and a chroot sharing its
+/// network, reach it directly).
+pub fn container_ip(id: &str) -> Result<std::net::IpAddr, String> {
+    let out = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            id,
+        ])
+        .output()
+        .map_err(|e| format!("cannot run docker inspect ({e})"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "docker inspect failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let ip = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    ip.parse()
+        .map_err(|_| format!("the container has no bridge address ({ip:?})"))
+}
+
 /// A fresh namespace for one scenario: `prefix-<random>`.
 pub fn fresh_namespace(prefix: &str) -> String {
     format!("{prefix}-{:016x}", rand_u64())

@@ -17,8 +17,8 @@ mod redis;
 
 pub use consul::{Consul, ConsulOptions, shared_consul, start_consul};
 pub use container::{
-    Container, LABEL, PID_LABEL, ServerKind, ServerSpec, ServerTls, free_port, fresh_namespace,
-    start_or_skip, unavailable,
+    Container, LABEL, PID_LABEL, ServerKind, ServerSpec, ServerTls, container_ip, free_port,
+    fresh_namespace, start_or_skip, unavailable,
 };
 pub use etcd::{Etcd, EtcdOptions, shared_etcd, start_etcd};
 pub use prometheus::{Prometheus, PrometheusOptions, start_prometheus};
