@@ -47,33 +47,41 @@ impl RedisBuilder {
                 // While a failover is under way the sentinels still name the old master, which
                 // does not answer: ask again until the connect timeout is spent.
                 let deadline = std::time::Instant::now() + self.connect_timeout;
+                let failed = |e: Error| {
+                    e.context(format!(
+                        "cannot find the master {:?} through the sentinels at {names} \
+                         (check that they run there and know that name)",
+                        s.master
+                    ))
+                };
+                // The last error met, if any: what to report when the time runs out during the
+                // next question (a bare timeout would hide a TLS or a password error).
+                let mut last: Option<Error> = None;
                 let (client, address) = loop {
                     let left = deadline.saturating_duration_since(std::time::Instant::now());
                     match ask_master(&mut sentinel, left).await {
                         Some(Ok(found)) => break found,
                         None => {
-                            return Err(Error::new(
-                                ErrorKind::Timeout,
-                                format!(
-                                    "cannot find the master {:?}: the sentinels at {names} named \
-                                     none that answered within {:?}",
-                                    s.master, self.connect_timeout
-                                ),
-                            ));
+                            return Err(last.map(failed).unwrap_or_else(|| {
+                                Error::new(
+                                    ErrorKind::Timeout,
+                                    format!(
+                                        "cannot find the master {:?}: the sentinels at {names} \
+                                         named none that answered within {:?}",
+                                        s.master, self.connect_timeout
+                                    ),
+                                )
+                            }));
                         }
                         Some(Err(e)) => {
                             let again = std::time::Instant::now() + SENTINEL_RETRY < deadline
                                 && !e.kind().is_permanent();
-                            if again {
-                                tracing::debug!(error = %e, "Redis Sentinel: no master yet; asking again");
-                                tokio::time::sleep(SENTINEL_RETRY).await;
-                                continue;
+                            if !again {
+                                return Err(failed(e));
                             }
-                            return Err(e.context(format!(
-                                "cannot find the master {:?} through the sentinels at {names} \
-                                 (check that they run there and know that name)",
-                                s.master
-                            )));
+                            tracing::debug!(error = %e, "Redis Sentinel: no master yet; asking again");
+                            last = Some(e);
+                            tokio::time::sleep(SENTINEL_RETRY).await;
                         }
                     }
                 };
