@@ -124,9 +124,10 @@ struct Pair {
 impl Pair {
     async fn new(fault: Fault) -> Pair {
         let calls = Arc::new(AtomicUsize::new(0));
-        let (kill, _) = broadcast::channel(16);
         let mut instances = Vec::new();
         for id in ["f1", "f2"] {
+            // One kill switch per instance: a fault on one must not cut the other's connection.
+            let (kill, _) = broadcast::channel(16);
             let faulty = Faulty {
                 calls: calls.clone(),
                 fault,
@@ -172,10 +173,13 @@ async fn sent_once_unless_idempotent(fault: Fault) {
         "sent twice by default; the caller got {err:?}"
     );
 
-    // Declared idempotent: the next ring member gets the call too.
-    call(&keyed.retry_policy(RetryPolicy::Idempotent))
-        .await
-        .unwrap_err();
+    // Declared idempotent: the next ring member gets the call too. New channels, so that the
+    // owner's attempt is sent: on the first call's channel it may meet the connection the fault
+    // just closed, which is a request not sent (and moves on even without the policy).
+    let idempotent = Channels::new(&pair.dir, "who")
+        .keyed_by_header(KEY_HEADER)
+        .retry_policy(RetryPolicy::Idempotent);
+    call(&idempotent).await.unwrap_err();
     assert_eq!(pair.calls(), 3, "idempotent: both instances tried");
 }
 
