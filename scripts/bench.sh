@@ -69,7 +69,10 @@ for b in "${backends[@]}"; do
       wait_ready bench-redis "Ready to accept connections"
       url="redis://127.0.0.1:$p"; only=(--only propagation,scale,heartbeat,estate,serve-load) ;;
     consul)
-      p=$(start bench-consul "$CONSUL_IMAGE" 8500 consul agent -dev -client 0.0.0.0)
+      # The estate opens up to 1,000 clients from this one address; the agent's default is 200
+      # HTTP connections per client address, and the rest are refused.
+      p=$(start bench-consul "$CONSUL_IMAGE" 8500 consul agent -dev -client 0.0.0.0 \
+          -hcl 'limits { http_max_conns_per_client = 4096 }')
       wait_ready bench-consul "Synced node info"
       url="consul://127.0.0.1:$p"; only=(--only propagation,scale,heartbeat,estate) ;;
     *) echo "bench: unknown backend $b (memory, etcd, redis, consul)" >&2; exit 2 ;;

@@ -277,28 +277,47 @@ async fn start_clients(
     ns: &str,
     ttl: Duration,
     probe: &Arc<Probe>,
-) -> Vec<Client> {
+) -> Result<Vec<Client>, String> {
     let memory = url.starts_with("memory:");
-    futures::stream::iter(0..n)
+    let started: Vec<Result<Client, String>> = futures::stream::iter(0..n)
         .map(|_| async move {
             let backend = if memory {
                 shared.clone()
             } else {
-                registry::connect(url).await.expect("client connect")
+                registry::connect(url)
+                    .await
+                    .map_err(|e| format!("client connect: {e}"))?
             };
             let r = make_registry(backend, ns, ttl);
-            let d = r.discover(SERVICE).await.expect("discover");
+            let d = r
+                .discover(SERVICE)
+                .await
+                .map_err(|e| format!("client discover: {e}"))?;
             let rx = d.directory().subscribe(SERVICE);
             let task = tokio::spawn(follow(rx, probe.clone()));
-            Client {
+            Ok(Client {
                 _registry: r,
                 _discovery: d,
                 task,
-            }
+            })
         })
         .buffer_unordered(16)
         .collect()
-        .await
+        .await;
+    let failed = started.iter().filter(|c| c.is_err()).count();
+    let first = started.iter().find_map(|c| c.as_ref().err().cloned());
+    let clients: Vec<Client> = started.into_iter().flatten().collect();
+    match first {
+        None => Ok(clients),
+        Some(e) => {
+            for c in &clients {
+                c.task.abort();
+            }
+            Err(format!(
+                "{failed} of {n} clients could not start; the first: {e}"
+            ))
+        }
+    }
 }
 
 fn instance(id: String, i: usize) -> Instance {
@@ -456,7 +475,7 @@ async fn cell(
     settle(cfg.settle).await;
     let rss0 = rss_bytes();
     let t0 = Instant::now();
-    let clients = start_clients(n, url, backend, ns, ttl, &probe).await;
+    let clients = start_clients(n, url, backend, ns, ttl, &probe).await?;
     if let Err(e) = probe.try_wait("initial load").await {
         // A cell the backend cannot load in time (50 clients listing 100,000 instances from
         // one etcd on two cores) is a figure too, not the end of the run.
@@ -648,8 +667,8 @@ pub(crate) async fn run(url: &str, backend: Arc<dyn Backend>, ns: &str, cfg: &Co
         }
         for (n, e) in &unloaded {
             rows.push(format!(
-                "| {size} | {n} | not measured: the initial load did not finish ({}) | | | | | | |",
-                e.trim_start_matches("estate: initial load: ")
+                "| {size} | {n} | not measured: {} | | | | | | |",
+                e.trim_start_matches("estate: ")
             ));
         }
         for row in &rows[size_rows..] {
