@@ -8,7 +8,7 @@ use conformance_tests::testbed::{self, ConsulOptions, EtcdOptions, RedisOptions,
 use testcontainers::{ContainerAsync, GenericImage};
 
 use crate::proxy::Proxy;
-use crate::truth::Truth;
+use crate::truth::{Truth, redis_con};
 
 /// A backend kind of the suite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -133,15 +133,6 @@ async fn run(prog: &str, args: &[&str]) -> Result<String, String> {
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// A connection to the Redis (or sentinel) at `addr` (`ip:port`), through the `redis` crate.
-pub(crate) async fn redis_con(addr: &str) -> Result<redis::aio::MultiplexedConnection, String> {
-    redis::Client::open(format!("redis://{addr}"))
-        .map_err(|e| format!("{addr}: {e}"))?
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| format!("{addr}: {e}"))
 }
 
 /// The master's name under Sentinel.

@@ -91,7 +91,7 @@ impl Truth {
         else {
             return Err("not redis".into());
         };
-        let con = crate::server::redis_con(endpoint)
+        let con = redis_con(endpoint)
             .await
             .map_err(|e| format!("redis connect: {e}"))?;
         Ok((con, format!("{{{backend_ns}}}:")))
@@ -558,4 +558,13 @@ fn redis_lease_number(lease: &str) -> Result<&str, String> {
         .map(|(_, n)| n)
         .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         .ok_or_else(|| format!("redis lease id {lease:?} is not `epoch-number`"))
+}
+
+/// A connection to the Redis (or sentinel) at `addr` (`ip:port`), through the `redis` crate.
+pub(crate) async fn redis_con(addr: &str) -> Result<redis::aio::MultiplexedConnection, String> {
+    redis::Client::open(format!("redis://{addr}"))
+        .map_err(|e| format!("{addr}: {e}"))?
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| format!("{addr}: {e}"))
 }
