@@ -310,13 +310,18 @@ async fn start_clients(
     match first {
         None => Ok(clients),
         Some(e) => {
-            for c in &clients {
-                c.task.abort();
-            }
+            stop_clients(clients);
             Err(format!(
                 "{failed} of {n} clients could not start; the first: {e}"
             ))
         }
+    }
+}
+
+/// Ends the clients' follow tasks and drops their registries and discoveries.
+fn stop_clients(clients: Vec<Client>) {
+    for c in &clients {
+        c.task.abort();
     }
 }
 
@@ -479,10 +484,7 @@ async fn cell(
     if let Err(e) = probe.try_wait("initial load").await {
         // A cell the backend cannot load in time (50 clients listing 100,000 instances from
         // one etcd on two cores) is a figure too, not the end of the run.
-        for c in &clients {
-            c.task.abort();
-        }
-        drop(clients);
+        stop_clients(clients);
         settle(cfg.settle).await;
         return Err(e);
     }
@@ -516,10 +518,7 @@ async fn cell(
     } else {
         None
     };
-    for c in &clients {
-        c.task.abort();
-    }
-    drop(clients);
+    stop_clients(clients);
     settle(cfg.settle).await;
     Ok(Cell {
         size,
