@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use registry_core::{
-    Backend, Bytes, Capabilities, CondOutcome, Condition, KeyValue, Lease, LeaseId, Listing,
-    Result, Revision, WatchStream,
+    Backend, Bytes, Capabilities, CondOutcome, CondPut, Condition, KeyValue, Lease, LeaseId,
+    Listing, Result, Revision, WatchStream,
 };
 
 /// The operations of the contract that go through a [`Hook`] (all but `capabilities`).
@@ -50,11 +50,13 @@ pub enum Op {
     List,
     /// [`Backend::watch`].
     Watch,
+    /// [`Backend::put_if_many`].
+    PutIfMany,
 }
 
 impl Op {
     /// Every operation, in the order of the trait (`Op::ALL[op as usize] == op`).
-    pub const ALL: [Op; 10] = [
+    pub const ALL: [Op; 11] = [
         Op::Grant,
         Op::KeepAlive,
         Op::Revoke,
@@ -65,6 +67,7 @@ impl Op {
         Op::Get,
         Op::List,
         Op::Watch,
+        Op::PutIfMany,
     ];
 }
 
@@ -135,6 +138,12 @@ pub enum Call<'a> {
         /// The revision the watch starts after.
         after: Revision,
     },
+    /// [`Backend::put_if_many`]: one call for the whole batch (the wrapped backend's own batch,
+    /// or its one `put_if` per write, which the hook does not see one by one).
+    PutIfMany {
+        /// The writes.
+        writes: &'a [CondPut],
+    },
 }
 
 impl<'a> Call<'a> {
@@ -151,13 +160,18 @@ impl<'a> Call<'a> {
             Call::Get { .. } => Op::Get,
             Call::List { .. } => Op::List,
             Call::Watch { .. } => Op::Watch,
+            Call::PutIfMany { .. } => Op::PutIfMany,
         }
     }
 
-    /// The key the call names, or its prefix for `list` and `watch`; `None` for the lease calls.
+    /// The key the call names, or its prefix for `list` and `watch`; `None` for the lease calls
+    /// and for `put_if_many` (see its writes).
     pub fn key(&self) -> Option<&'a str> {
         match *self {
-            Call::Grant { .. } | Call::KeepAlive { .. } | Call::Revoke { .. } => None,
+            Call::Grant { .. }
+            | Call::KeepAlive { .. }
+            | Call::Revoke { .. }
+            | Call::PutIfMany { .. } => None,
             Call::Put { key, .. }
             | Call::Delete { key }
             | Call::PutIf { key, .. }
@@ -300,6 +314,17 @@ impl<H: Hook> Backend for Forward<H> {
             self.inner.put_if(key, value.clone(), lease, cond.clone())
         })
         .await
+    }
+
+    /// One call through the hook for the whole batch; an error of its `before` is every write's.
+    async fn put_if_many(&self, writes: Vec<CondPut>) -> Vec<Result<CondOutcome>> {
+        let call = Call::PutIfMany { writes: &writes };
+        if let Err(e) = self.hook.before(&call).await {
+            return writes.iter().map(|_| Err(e.clone())).collect();
+        }
+        let answer = self.inner.put_if_many(writes.clone()).await;
+        self.hook.after(&Call::PutIfMany { writes: &writes }).await;
+        answer
     }
 
     async fn delete_if(&self, key: &str, cond: Condition) -> Result<CondOutcome> {

@@ -161,6 +161,7 @@ macro_rules! __with_scenarios {
             cond_failed_writes_change_nothing,
             cond_writes_validate_like_put,
             cond_concurrent_writers_have_one_winner,
+            cond_put_many_each_write_alone,
         }
     };
 }

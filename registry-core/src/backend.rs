@@ -52,6 +52,11 @@ pub struct Capabilities {
     pub exact_history: bool,
     /// An upper bound, under normal load, on the time between a change and its delivery to a watcher.
     pub watch_delay: Duration,
+    /// The most conditional writes [`Backend::put_if_many`] applies in one request to the server.
+    /// 1 (the default) means it has no batch of its own: one [`put_if`](Backend::put_if) per
+    /// write. Callers with many writes (the engine's `register_many`) send batches of at most this
+    /// many when it is above 1, and single writes, many in flight, otherwise.
+    pub batch_writes: usize,
 }
 
 impl Default for Capabilities {
@@ -68,6 +73,7 @@ impl Default for Capabilities {
             max_value_len: 1024 * 1024,
             exact_history: true,
             watch_delay: Duration::from_secs(1),
+            batch_writes: 1,
         }
     }
 }
@@ -128,6 +134,11 @@ impl Capabilities {
     /// Sets [`watch_delay`](Self::watch_delay).
     pub fn with_watch_delay(mut self, v: Duration) -> Self {
         self.watch_delay = v;
+        self
+    }
+    /// Sets [`batch_writes`](Self::batch_writes) (at least 1).
+    pub fn with_batch_writes(mut self, v: usize) -> Self {
+        self.batch_writes = v.max(1);
         self
     }
 
@@ -208,6 +219,41 @@ impl CondOutcome {
     }
 }
 
+/// One conditional write of [`Backend::put_if_many`]: the arguments of one
+/// [`put_if`](Backend::put_if).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CondPut {
+    /// The key to write.
+    pub key: String,
+    /// The value to write.
+    pub value: Bytes,
+    /// The lease to attach the key to; `None` detaches it from any lease.
+    pub lease: Option<LeaseId>,
+    /// What must hold for the write to happen.
+    pub cond: Condition,
+}
+
+impl CondPut {
+    /// The write of `value` at `key` on `lease` if `cond` holds.
+    pub fn new(
+        key: impl Into<String>,
+        value: Bytes,
+        lease: Option<LeaseId>,
+        cond: Condition,
+    ) -> CondPut {
+        CondPut {
+            key: key.into(),
+            value,
+            lease,
+            cond,
+        }
+    }
+}
+
+/// How many writes the default [`Backend::put_if_many`] has in flight at once.
+const DEFAULT_BATCH_IN_FLIGHT: usize = 32;
+
 /// The backend contract.
 ///
 /// All keys are relative to the backend's namespace (chosen when the backend is built) and follow the
@@ -287,6 +333,27 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     ///
     /// An invalid key is [`InvalidInput`](crate::ErrorKind::InvalidInput).
     async fn delete_if(&self, key: &str, cond: Condition) -> Result<CondOutcome>;
+
+    /// Makes many conditional writes in one call: each exactly as [`put_if`](Self::put_if) makes
+    /// it alone, with its own outcome, returned in the order given (one per write, always).
+    ///
+    /// The writes are independent: each is checked and applied atomically on its own, one that
+    /// fails (its condition, its lease, its value) fails alone, and the batch as a whole is not
+    /// atomic (others' changes may come between two of its writes; watchers see each applied write
+    /// as its own event). The writes of one call may be applied in any order, so a batch should
+    /// not write one key twice. When the backend cannot be reached every write gets the error.
+    ///
+    /// Backends with a batch request of their own ([`Capabilities::batch_writes`] above 1) apply
+    /// up to that many writes in one request; larger calls are split. The default makes one
+    /// [`put_if`](Self::put_if) per write, a few dozen in flight at once.
+    async fn put_if_many(&self, writes: Vec<CondPut>) -> Vec<Result<CondOutcome>> {
+        use futures::StreamExt;
+        futures::stream::iter(writes)
+            .map(|w| async move { self.put_if(&w.key, w.value, w.lease.as_ref(), w.cond).await })
+            .buffered(DEFAULT_BATCH_IN_FLIGHT)
+            .collect()
+            .await
+    }
 
     /// Reads one key; `None` when absent.
     async fn get(&self, key: &str) -> Result<Option<KeyValue>>;

@@ -14,7 +14,7 @@ pub mod tls;
 pub mod url;
 pub mod watch;
 
-pub use backend::{Backend, Capabilities, CondOutcome, Condition, Revision};
+pub use backend::{Backend, Capabilities, CondOutcome, CondPut, Condition, Revision};
 pub use error::{Error, ErrorKind, Result};
 pub use lease::{Lease, LeaseId};
 pub use watch::{Event, EventKind, KeyValue, Listing, WatchStream};

@@ -12,8 +12,8 @@ use futures::stream;
 use registry_core::config::clamp_duration;
 use registry_core::counters::Bump;
 use registry_core::{
-    Backend, Capabilities, CondOutcome, Condition, Error, Event, KeyValue, Lease, LeaseId, Listing,
-    Result, Revision, WatchStream, key,
+    Backend, Capabilities, CondOutcome, CondPut, Condition, Error, Event, KeyValue, Lease, LeaseId,
+    Listing, Result, Revision, WatchStream, key,
 };
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -85,6 +85,8 @@ registry_core::counters! {
         put_if,
         /// Calls to `delete_if`.
         delete_if,
+        /// Calls to `put_if_many` (one per call, whatever the number of writes in it).
+        put_if_many,
         /// Calls to `get`.
         get,
         /// Calls to `list`.
@@ -104,6 +106,7 @@ impl OperationCounts {
             + self.delete
             + self.put_if
             + self.delete_if
+            + self.put_if_many
             + self.get
             + self.list
             + self.watch
@@ -410,6 +413,43 @@ impl Backend for MemoryBackend {
             self.notify(&st);
         }
         Ok(outcome)
+    }
+
+    /// Applies up to [`Capabilities::batch_writes`] writes under one hold of the store's lock and
+    /// wakes the watchers once for all of them; a larger call is split into such batches.
+    async fn put_if_many(&self, writes: Vec<CondPut>) -> Vec<Result<CondOutcome>> {
+        let mut out = Vec::with_capacity(writes.len());
+        let batch = self.inner.caps.batch_writes.max(1);
+        let mut writes = writes.into_iter().peekable();
+        while writes.peek().is_some() {
+            let chunk: Vec<CondPut> = writes.by_ref().take(batch).collect();
+            if let Err(e) = self.gate(&self.inner.counts.put_if_many).await {
+                out.extend(chunk.iter().map(|_| Err(e.clone())));
+                continue;
+            }
+            // Checked before the lock, as `put_if` does: the lock is held for the writes only.
+            let checked: Vec<Result<(CondPut, Option<u64>)>> = chunk
+                .into_iter()
+                .map(|w| {
+                    key::validate_put(&w.key, &w.value, &self.inner.caps)?;
+                    let lease = w.lease.as_ref().map(Self::lease_id).transpose()?;
+                    Ok((w, lease))
+                })
+                .collect();
+            let mut st = self.lock_fresh();
+            let mut applied = false;
+            for w in checked {
+                out.push(w.and_then(|(w, lease)| {
+                    let outcome = st.put_if(&w.key, w.value, lease, &w.cond)?;
+                    applied |= outcome.is_applied();
+                    Ok(outcome)
+                }));
+            }
+            if applied {
+                self.notify(&st);
+            }
+        }
+        out
     }
 
     async fn delete_if(&self, k: &str, cond: Condition) -> Result<CondOutcome> {

@@ -14,6 +14,12 @@ const URL_HELP: &str =
 /// Default number of retained history events.
 pub const DEFAULT_HISTORY: usize = 100_000;
 
+/// The most writes [`Backend::put_if_many`](registry_core::Backend::put_if_many) applies under
+/// one hold of the store's lock: about a millisecond of holding it at most, long enough to spare
+/// a thousand lock round trips and wake-ups of the watchers, short enough that no other call waits
+/// long behind it.
+const BATCH_WRITES: usize = 1024;
+
 impl MemoryBackend {
     /// A new, empty store with default capabilities and a history of 100,000 events.
     pub fn new() -> Self {
@@ -47,7 +53,7 @@ impl Default for MemoryBuilder {
 }
 
 impl MemoryBuilder {
-    /// Defaults: 100,000 retained events; minimum TTL 10 ms; expiry slack 50 ms; 1 KiB keys; 1 MiB
+    /// Defaults: 100,000 retained events; batches of up to 1,024 writes under one lock; minimum TTL 10 ms; expiry slack 50 ms; 1 KiB keys; 1 MiB
     /// values.
     pub fn new() -> Self {
         MemoryBuilder {
@@ -60,7 +66,8 @@ impl MemoryBuilder {
                 .with_max_key_len(1024)
                 .with_max_value_len(1024 * 1024)
                 .with_exact_history(true)
-                .with_watch_delay(Duration::from_millis(500)),
+                .with_watch_delay(Duration::from_millis(500))
+                .with_batch_writes(BATCH_WRITES),
         }
     }
 
@@ -113,6 +120,14 @@ impl MemoryBuilder {
     /// The largest value accepted.
     pub fn max_value_len(mut self, bytes: usize) -> Self {
         self.caps.max_value_len = bytes;
+        self
+    }
+
+    /// The most writes one `put_if_many` applies under one hold of the lock (default 1,024; at
+    /// least 1). 1 makes the store behave as a backend without a batch call of its own, as
+    /// etcd's and Consul's: callers then write one key per call.
+    pub fn batch_writes(mut self, writes: usize) -> Self {
+        self.caps = self.caps.with_batch_writes(writes);
         self
     }
 

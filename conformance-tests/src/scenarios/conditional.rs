@@ -904,3 +904,130 @@ pub async fn cond_concurrent_writers_have_one_winner(f: Fixture) {
         "an increment was lost"
     );
 }
+
+/// `put_if_many`: each write is checked and applied alone, with its own outcome in the order
+/// given: applied creates and compare-and-swaps, failed conditions showing the key, a key or value
+/// refused, a lease that has ended, side by side in one call. Each applied write is one watch
+/// event at the revision it returned, the failed ones none; a call larger than the backend's
+/// batch is split and loses no write; keys written on a lease go with it.
+pub async fn cond_put_many_each_write_alone(f: Fixture) {
+    use registry_core::CondPut;
+    let caps = f.backend.capabilities();
+    let lease = ok(f.backend.grant(lasting_ttl(&caps)).await, "grant").id;
+    let gone = ok(f.backend.grant(lasting_ttl(&caps)).await, "grant").id;
+    ok(f.backend.revoke(&gone).await, "revoke");
+    let r_taken = put(&*f.backend, "pm/taken", "theirs").await;
+    let r_mine = put(&*f.backend, "pm/mine", "old").await;
+    let taken = get(&*f.backend, "pm/taken").await;
+    let start = ok(f.backend.list("").await, "list").revision;
+    let mut stream = watch(&*f.backend, "pm", start).await;
+    assert!(
+        f.backend.put_if_many(Vec::new()).await.is_empty(),
+        "an empty batch has no outcomes"
+    );
+
+    let over: Bytes = vec![7u8; caps.max_value_len + 1].into();
+    let l = Some(lease.clone());
+    let writes = vec![
+        CondPut::new("pm/new", b("n"), l.clone(), Condition::Absent),
+        CondPut::new("pm/taken", b("x"), l.clone(), Condition::Absent),
+        CondPut::new("pm/mine", b("m"), l.clone(), Condition::Revision(r_mine)),
+        CondPut::new("pm/stale", b("x"), None, Condition::Revision(r_taken)),
+        CondPut::new("a\0b", b("x"), None, Condition::Absent),
+        CondPut::new("pm/big", over, None, Condition::Absent),
+        CondPut::new("pm/gone", b("x"), Some(gone.clone()), Condition::Absent),
+        CondPut::new("pm/plain", b("p"), None, Condition::Absent),
+    ];
+    let outcomes = f.backend.put_if_many(writes).await;
+    assert_eq!(outcomes.len(), 8, "one outcome per write: {outcomes:?}");
+    let mut it = outcomes.into_iter();
+    let mut next = |what: &str| (it.next().expect("an outcome"), what.to_owned());
+    let (o, w) = next("create pm/new");
+    let r_new = applied(ok(o, &w), &w);
+    let (o, w) = next("create over pm/taken");
+    assert_eq!(failed(ok(o, &w), &w), taken, "{w}: what the key holds");
+    let (o, w) = next("compare-and-swap pm/mine");
+    let r_cas = applied(ok(o, &w), &w);
+    let (o, w) = next("compare-and-swap of an absent key");
+    assert_eq!(failed(ok(o, &w), &w), None, "{w}");
+    let (o, w) = next("invalid key");
+    assert_kind(o, ErrorKind::InvalidInput, &w);
+    let (o, w) = next("oversized value");
+    assert_kind(o, ErrorKind::InvalidInput, &w);
+    let (o, w) = next("revoked lease");
+    assert_kind(o, ErrorKind::LeaseNotFound, &w);
+    let (o, w) = next("create pm/plain");
+    let r_plain = applied(ok(o, &w), &w);
+
+    // Exactly the applied writes reach a watcher, each once, at its revision, and nothing else.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let ev = next_event(&mut stream, &caps).await;
+        seen.push((ev.key.clone(), ev.value.clone(), ev.revision));
+    }
+    seen.sort_by_key(|(_, _, r)| *r);
+    let mut want = vec![
+        ("pm/new".to_owned(), b("n"), r_new),
+        ("pm/mine".to_owned(), b("m"), r_cas),
+        ("pm/plain".to_owned(), b("p"), r_plain),
+    ];
+    want.sort_by_key(|(_, _, r)| *r);
+    assert_eq!(seen, want, "the batch's watch events");
+    expect_marker_first(&mut stream, &f, "pm/marker").await;
+    for (key, value, lease_of) in [
+        ("pm/new", "n", Some(&lease)),
+        ("pm/mine", "m", Some(&lease)),
+        ("pm/plain", "p", None),
+        ("pm/taken", "theirs", None),
+    ] {
+        let kv = get(&*f.backend, key).await.expect(key);
+        assert_eq!((kv.value, kv.lease.as_ref()), (b(value), lease_of), "{key}");
+    }
+    for key in ["pm/stale", "pm/big", "pm/gone"] {
+        assert_eq!(get(&*f.backend, key).await, None, "{key} was written");
+    }
+
+    // More writes than one batch of the backend's carries: split, none lost, all in order.
+    let n = caps.batch_writes.min(2048) * 2 + 3;
+    let writes = (0..n)
+        .map(|i| {
+            CondPut::new(
+                format!("pm/many/{i:05}"),
+                b(&i.to_string()),
+                l.clone(),
+                Condition::Absent,
+            )
+        })
+        .collect();
+    let outcomes = f.backend.put_if_many(writes).await;
+    assert_eq!(outcomes.len(), n);
+    let revs: Vec<Revision> = outcomes
+        .into_iter()
+        .enumerate()
+        .map(|(i, o)| applied(ok(o, &format!("write {i}")), &format!("write {i}")))
+        .collect();
+    let listed = ok(f.backend.list("pm/many").await, "list").entries;
+    assert_eq!(listed.len(), n, "keys written by the split batch");
+    for (i, kv) in listed.iter().enumerate() {
+        assert_eq!(
+            (kv.key.as_str(), kv.value.clone(), kv.revision),
+            (
+                format!("pm/many/{i:05}").as_str(),
+                b(&i.to_string()),
+                revs[i]
+            ),
+            "key {i} as listed against its outcome"
+        );
+    }
+    ok(f.backend.revoke(&lease).await, "revoke");
+    let left: Vec<String> = ok(f.backend.list("pm").await, "list")
+        .entries
+        .into_iter()
+        .map(|kv| kv.key)
+        .collect();
+    assert_eq!(
+        left,
+        ["pm/marker", "pm/plain", "pm/taken"],
+        "keys left after the batch's lease was revoked"
+    );
+}
