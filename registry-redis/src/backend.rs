@@ -16,8 +16,8 @@ use redis::{AsyncCommands, AsyncConnectionConfig, Client, Script, Value};
 use registry_core::config::clamp_duration;
 use registry_core::watch;
 use registry_core::{
-    Backend, Capabilities, CondOutcome, Condition, Error, ErrorKind, Event, KeyValue, Lease,
-    LeaseId, Listing, Result, Revision, WatchStream, key,
+    Backend, Capabilities, CondOutcome, CondPut, Condition, Error, ErrorKind, Event, KeyValue,
+    Lease, LeaseId, Listing, Result, Revision, WatchStream, key,
 };
 
 use crate::error::map;
@@ -42,6 +42,11 @@ fn decompose(rev: Revision) -> (u64, u64) {
 const BLOCK_MS: usize = 2000;
 /// Stream entries read per round trip.
 const READ_COUNT: usize = 512;
+/// The most conditional puts one [`scripts::PUT_IF_MANY`] call carries. A script holds the
+/// server for its whole run (every other client waits), and each write costs it about 10 us: 128
+/// keep that near a millisecond while paying the script's prologue (about 10 us: the server's
+/// time, the restart check, the reaper) once for all of them instead of once each.
+const BATCH_WRITES: usize = 128;
 
 struct Scripts {
     grant: Script,
@@ -50,6 +55,7 @@ struct Scripts {
     put: Script,
     delete: Script,
     put_if: Script,
+    put_if_many: Script,
     delete_if: Script,
     get: Script,
     list: Script,
@@ -68,6 +74,7 @@ impl Scripts {
             put: s(scripts::PUT),
             delete: s(scripts::DELETE),
             put_if: Script::new(&scripts::conditional_source(scripts::PUT_IF)),
+            put_if_many: Script::new(&scripts::conditional_source(scripts::PUT_IF_MANY)),
             delete_if: Script::new(&scripts::conditional_source(scripts::DELETE_IF)),
             get: s(scripts::GET),
             list: s(scripts::LIST),
@@ -266,7 +273,8 @@ impl RedisBackend {
             .with_max_key_len(1024)
             .with_max_value_len(settings.max_value_len)
             .with_exact_history(true)
-            .with_watch_delay(Duration::from_secs(1));
+            .with_watch_delay(Duration::from_secs(1))
+            .with_batch_writes(BATCH_WRITES);
         let backend = RedisBackend {
             inner: Arc::new(Inner {
                 link: ArcSwap::from_pointee(link),
@@ -513,6 +521,97 @@ impl RedisBackend {
         }
     }
 
+    /// Up to [`BATCH_WRITES`] conditional puts in one script call (see [`scripts::PUT_IF_MANY`]).
+    /// A write whose key, value or lease is refused up front gets its error and is not sent.
+    async fn put_if_batch(&self, writes: Vec<CondPut>) -> Vec<Result<CondOutcome>> {
+        const WHAT: &str = "conditional put batch";
+        let mut out: Vec<Option<Result<CondOutcome>>> = Vec::with_capacity(writes.len());
+        // The script's arguments: 7 per write sent, and which write each group is.
+        let mut args: Vec<Vec<u8>> = Vec::with_capacity(writes.len() * 7);
+        let mut sent: Vec<(usize, String)> = Vec::with_capacity(writes.len());
+        let mut single = Vec::new();
+        for (i, w) in writes.into_iter().enumerate() {
+            let parts =
+                key::validate_put(&w.key, &w.value, &self.inner.caps).and_then(|()| {
+                    match &w.lease {
+                        Some(l) => lease_parts(l),
+                        None => Ok((String::new(), String::new())),
+                    }
+                });
+            match (parts, condition_args(&w.cond)) {
+                (Err(e), _) => out.push(Some(Err(e))),
+                // A condition that can hold for no key: answered alone, as `put_if` does.
+                (Ok(_), None) => {
+                    out.push(None);
+                    single.push((i, w));
+                }
+                (Ok((le, lid)), Some([kind, ce, carg])) => {
+                    out.push(None);
+                    args.extend([
+                        w.key.as_bytes().to_vec(),
+                        w.value.to_vec(),
+                        le.into_bytes(),
+                        lid.into_bytes(),
+                        kind.into_bytes(),
+                        ce.into_bytes(),
+                        carg.into_bytes(),
+                    ]);
+                    sent.push((i, w.key));
+                }
+            }
+        }
+        if !sent.is_empty() {
+            let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+            match self
+                .run_epoch(&self.inner.scripts.put_if_many, WHAT, &refs)
+                .await
+            {
+                Ok((epoch, replies)) if replies.len() == sent.len() => {
+                    for ((i, key), reply) in sent.into_iter().zip(replies) {
+                        out[i] = Some(self.batch_outcome(epoch, key, reply));
+                    }
+                }
+                Ok(_) => {
+                    for (i, _) in sent {
+                        out[i] = Some(Err(bad_reply(WHAT)));
+                    }
+                }
+                Err(e) => {
+                    for (i, _) in sent {
+                        out[i] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        for (i, w) in single {
+            out[i] = Some(self.put_if(&w.key, w.value, w.lease.as_ref(), w.cond).await);
+        }
+        out.into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(bad_reply(WHAT))))
+            .collect()
+    }
+
+    /// One write's outcome in a [`scripts::PUT_IF_MANY`] reply.
+    fn batch_outcome(&self, epoch: u64, key: String, reply: Value) -> Result<CondOutcome> {
+        const WHAT: &str = "conditional put batch";
+        let reply = as_array(reply)?;
+        match reply.as_slice() {
+            [applied, rev] if as_u64(applied) == Some(1) => {
+                let rev = as_u64(rev).ok_or_else(|| bad_reply(WHAT))?;
+                Ok(CondOutcome::Applied(compose(epoch, rev)))
+            }
+            [gone] if as_u64(gone) == Some(2) => Err(Error::lease_not_found(
+                "the lease has expired or was revoked",
+            )),
+            [failed] if as_u64(failed) == Some(0) => Ok(CondOutcome::Failed(None)),
+            [failed, value, meta] if as_u64(failed) == Some(0) => self
+                .kv(epoch, key, value, meta)
+                .map(|kv| CondOutcome::Failed(Some(kv)))
+                .ok_or_else(|| bad_reply(WHAT)),
+            _ => Err(bad_reply(WHAT)),
+        }
+    }
+
     fn kv(&self, epoch: u64, key: String, value: &Value, meta: &Value) -> Option<KeyValue> {
         let value = as_bytes(value)?;
         let meta = as_bytes(meta)?;
@@ -651,6 +750,18 @@ impl Backend for RedisBackend {
         let script = &self.inner.scripts.put_if;
         self.run_if(script, "conditional put", k, &value, lease, &cond)
             .await
+    }
+
+    /// Batches of up to [`Capabilities::batch_writes`] writes, each one script call; a larger call
+    /// is split into such batches, sent one after another.
+    async fn put_if_many(&self, writes: Vec<CondPut>) -> Vec<Result<CondOutcome>> {
+        let mut out = Vec::with_capacity(writes.len());
+        let mut writes = writes.into_iter().peekable();
+        while writes.peek().is_some() {
+            let chunk: Vec<CondPut> = writes.by_ref().take(BATCH_WRITES).collect();
+            out.extend(self.put_if_batch(chunk).await);
+        }
+        out
     }
 
     async fn delete_if(&self, k: &str, cond: Condition) -> Result<CondOutcome> {

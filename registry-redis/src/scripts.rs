@@ -210,10 +210,10 @@ if redis.call('HEXISTS', K_KV, key) == 0 then return {EPOCH, 0} end
 return {EPOCH, delete_key(key)}
 "#;
 
-/// The condition of a conditional write, shared by [`PUT_IF`] and [`DELETE_IF`]: ARGV[7] = kind
-/// (`absent`, `rev` or `lease`), ARGV[8] = its epoch, ARGV[9] = its local revision or lease id.
+/// The conditions of conditional writes, shared by [`PUT_IF`], [`DELETE_IF`] and
+/// [`PUT_IF_MANY`]: a condition is a kind (`absent`, `rev` or `lease`), its epoch, and its local
+/// revision or lease id.
 const CONDITION: &str = r#"
-local COND_KIND, COND_EPOCH, COND_ARG = ARGV[7], ARGV[8], ARGV[9]
 
 -- The key's metadata `rev:lease`, or nil when absent. A key whose lease is past its deadline (not
 -- reaped yet) has its lease ended here, exactly as a write with that lease would: it is absent.
@@ -227,13 +227,13 @@ local function current_meta(key)
   return meta
 end
 
--- Whether the condition holds for a key with metadata `meta` (nil: absent).
-local function cond_holds(meta)
-  if COND_KIND == 'absent' then return meta == nil end
-  if meta == nil or COND_EPOCH ~= EPOCH then return false end
+-- Whether the condition (kind, epoch, argument) holds for a key with metadata `meta` (nil: absent).
+local function cond_holds(meta, kind, epoch, arg)
+  if kind == 'absent' then return meta == nil end
+  if meta == nil or epoch ~= EPOCH then return false end
   local rev, lease = string.match(meta, '^([0-9]+):(.*)$')
-  if COND_KIND == 'rev' then return rev == COND_ARG end
-  if COND_KIND == 'lease' then return lease ~= '' and lease == COND_ARG end
+  if kind == 'rev' then return rev == arg end
+  if kind == 'lease' then return lease ~= '' and lease == arg end
   return false
 end
 
@@ -250,7 +250,7 @@ end
 pub(crate) const PUT_IF: &str = r#"
 local key, lease = ARGV[3], ARGV[6]
 local meta = current_meta(key)
-if not cond_holds(meta) then return cond_failed(key, meta) end
+if not cond_holds(meta, ARGV[7], ARGV[8], ARGV[9]) then return cond_failed(key, meta) end
 if lease ~= '' and not live_lease(ARGV[5], lease) then
   return redis.error_reply('LEASE_NOT_FOUND the lease has expired or was revoked')
 end
@@ -263,9 +263,44 @@ return {EPOCH, 1, write_key(key, ARGV[4], lease)}
 pub(crate) const DELETE_IF: &str = r#"
 local key = ARGV[3]
 local meta = current_meta(key)
-if not cond_holds(meta) then return cond_failed(key, meta) end
+if not cond_holds(meta, ARGV[7], ARGV[8], ARGV[9]) then return cond_failed(key, meta) end
 if meta == nil then return {EPOCH, 1, redis.call('GET', K_REV) or '0'} end
 return {EPOCH, 1, delete_key(key)}
+"#;
+
+/// Many [`PUT_IF`]s in one script, each checked and applied on its own: the prelude (the server's
+/// time, the restart check, the reaper) runs once for all of them. ARGV[3..] = 7 arguments per
+/// write: key, value, lease epoch or '', lease id or '', and the condition's kind, epoch and
+/// argument. Returns {epoch, outcome...}, one outcome per write in order: {1, revision} applied,
+/// the failed condition's reply without its epoch ({0} or {0, value, meta}), or {2} when the
+/// condition held and the lease no longer exists (nothing written).
+pub(crate) const PUT_IF_MANY: &str = r#"
+local out = {EPOCH}
+-- Whether each lease is live, asked once per script: the time does not move within it, and no
+-- write here ends a lease.
+local live = {}
+for i = 3, #ARGV, 7 do
+  local key, value, lease_epoch, lease = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local meta = current_meta(key)
+  if not cond_holds(meta, ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]) then
+    local failed = cond_failed(key, meta)
+    table.remove(failed, 1)
+    out[#out + 1] = failed
+  else
+    local ok = true
+    if lease ~= '' then
+      local id = lease_epoch .. '-' .. lease
+      if live[id] == nil then live[id] = live_lease(lease_epoch, lease) ~= nil end
+      ok = live[id]
+    end
+    if ok then
+      out[#out + 1] = {1, write_key(key, value, lease)}
+    else
+      out[#out + 1] = {2}
+    end
+  end
+end
+return out
 "#;
 
 /// ARGV[3] = key. Returns {epoch} or {epoch, value, meta}.
