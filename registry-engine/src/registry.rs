@@ -77,6 +77,10 @@ impl RegistryBuilder {
     /// [`Registry::register_many`], are written this many at a time, each still with its own
     /// conditional write and its own outcome. `1` writes them one after another. Must be at least 1
     /// and at most 4,096.
+    ///
+    /// On a backend with a batch call of its own (Redis, the memory store: see
+    /// [`Capabilities::batch_writes`](registry_core::Capabilities::batch_writes)), they go in
+    /// batches of the backend's size instead, two batch calls in flight (one with `1`).
     pub fn write_concurrency(mut self, n: usize) -> Self {
         self.write_concurrency = n;
         self
@@ -274,9 +278,10 @@ impl Registry {
     /// order given: the same outcome [`register_with`](Self::register_with) would give it alone.
     ///
     /// All the registrations are handed to the keeper in one go, which writes them concurrently
-    /// ([`RegistryBuilder::write_concurrency`] in flight), each with its own conditional write on
-    /// the one shared lease: a registration that fails (an invalid instance, an id another live
-    /// owner holds, a value the backend refuses) fails alone, and the others are registered.
+    /// ([`RegistryBuilder::write_concurrency`] in flight, or in batches on a backend that has a
+    /// batch call), each with its own conditional write on the one shared lease: a registration
+    /// that fails (an invalid instance, an id another live owner holds, a value the backend
+    /// refuses) fails alone, and the others are registered.
     /// Registering the same instance id twice in one call registers the first and refuses the
     /// second. Calling [`register`](Self::register) concurrently (say with `join_all`) is written
     /// the same way; this saves the caller the futures.

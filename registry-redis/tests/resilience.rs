@@ -1,9 +1,12 @@
 //! Redis replaced under live registrations, the stream trimmed under a watcher, and authentication.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use conformance_tests::engine::{until_lost_and_back, until_online};
+use conformance_tests::forward::{Call, Forward, Hook};
 use conformance_tests::resilience::{self, Timings, docker, register_web, retry, until_fresh, web};
 use conformance_tests::testbed::{self, RedisOptions, start_or_skip};
 use futures::StreamExt;
@@ -714,4 +717,117 @@ async fn a_redis_cluster_node_is_refused_with_a_clear_error() {
         .await
         .unwrap();
     assert!(keys.is_empty(), "{keys:?}");
+}
+
+/// Counts conditional puts, alone and in batches.
+#[derive(Default)]
+struct CountWrites {
+    single: AtomicUsize,
+    batches: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Hook for CountWrites {
+    async fn before(&self, call: &Call<'_>) -> registry_core::Result<()> {
+        match call {
+            Call::PutIf { .. } => self.single.fetch_add(1, SeqCst),
+            Call::PutIfMany { .. } => self.batches.fetch_add(1, SeqCst),
+            _ => 0,
+        };
+        Ok(())
+    }
+}
+
+/// Issue 30: `register_many` on Redis goes as a few batch scripts, each write with its own
+/// outcome; what the server holds, read with the redis crate past our backend, is exactly the
+/// registrations the handles claim: every value, its lease, the lease's key set and one stream
+/// event each; the one refused (too large) is nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_many_in_batches_is_what_the_server_holds() {
+    let Some(endpoint) = testbed::shared_redis() else {
+        return;
+    };
+    let ns = testbed::fresh_namespace("batch");
+    let redis: Arc<dyn Backend> = Arc::new(
+        builder(&endpoint)
+            .namespace(ns.clone())
+            .max_value_len(4096)
+            .connect()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(redis.capabilities().batch_writes, 128);
+    let calls = Arc::new(CountWrites::default());
+    let backend: Arc<dyn Backend> = Arc::new(Forward::new(redis, calls.clone()));
+    let registry = Timings::SHORT.registry(&backend);
+    let mut many: Vec<_> = (0..300).map(|i| web(&format!("b{i:03}"))).collect();
+    many[42] = web("b042").meta("huge", "x".repeat(10_000));
+    let outcomes = registry.register_many(many).await;
+    let mut handles = Vec::new();
+    for (i, o) in outcomes.into_iter().enumerate() {
+        match o {
+            Ok(h) if i != 42 => handles.push(h),
+            Err(e) if i == 42 => assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}"),
+            other => panic!("b{i:03}: {other:?}"),
+        }
+    }
+    let lease = match handles[0].state() {
+        registry_engine::RegistrationState::Registered { lease, .. } => lease,
+        other => panic!("{other}"),
+    };
+    let (_, lease_local) = lease.as_str().split_once('-').expect("epoch-id");
+    // 300 writes in batches of 128 at most: three calls when the keeper takes them all off its
+    // queue at once, a few more when it wakes while they are still being queued; 300 without
+    // batches.
+    let (batches, single) = (calls.batches.load(SeqCst), calls.single.load(SeqCst));
+    assert!(
+        batches >= 3 && batches + single <= 16,
+        "{batches} batch calls, {single} single conditional puts"
+    );
+
+    let client = redis::Client::open(format!("redis://{endpoint}")).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let base = format!("{{{ns}}}:");
+    let kv: std::collections::BTreeMap<String, Vec<u8>> = redis::cmd("HGETALL")
+        .arg(format!("{base}kv"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let meta: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!("{base}meta"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let mut on_lease: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(format!("{base}lk:{lease_local}"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    on_lease.sort();
+    let events: Vec<redis::Value> = redis::cmd("XRANGE")
+        .arg(format!("{base}events"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let want: Vec<String> = handles
+        .iter()
+        .map(|h| format!("registry/web/{}", h.instance().id))
+        .collect();
+    assert_eq!(kv.keys().cloned().collect::<Vec<_>>(), want, "keys held");
+    assert_eq!(on_lease, want, "the lease's key set");
+    assert_eq!(
+        events.len(),
+        want.len(),
+        "one stream event per registration"
+    );
+    for h in &handles {
+        let key = format!("registry/web/{}", h.instance().id);
+        assert_eq!(kv[&key], h.instance().encode().to_vec(), "{key}: value");
+        let (_, held_lease) = meta[&key].split_once(':').expect("rev:lease");
+        assert_eq!(held_lease, lease_local, "{key}: lease");
+        assert!(h.state().is_registered(), "{key}: {}", h.state());
+    }
+    registry.crash();
 }

@@ -147,31 +147,47 @@ async fn a_backlog_of_commands_does_not_starve_the_keep_alive() {
 }
 
 /// The same backlog written as one run (issue 17: registrations queued together are written
-/// together), one write at a time: the run stops starting writes when the keep-alive falls due,
-/// sends it, and goes on. Without that the 10 s run held the keep-alive back past the TTL.
+/// together), one call at a time: the run stops starting writes when the keep-alive falls due,
+/// sends it, and goes on. Without that the 10 s run held the keep-alive back past the TTL. Both
+/// ways of writing: one write per call (as on etcd and Consul), and batches (as on Redis and the
+/// memory store; batches of 2 here, so that the run still takes 100 calls of 50 ms).
 #[tokio::test(start_paused = true)]
 async fn a_long_run_of_registrations_pauses_for_the_keep_alive() {
-    let backend = MemoryBackend::new();
-    let a = Registry::builder(Arc::new(backend.clone()))
-        .ttl(TTL)
-        .heartbeat(HEARTBEAT)
-        .write_concurrency(1)
-        .build()
-        .unwrap();
-    let first = a.register(web("first")).await.unwrap();
-    backend.set_latency(Duration::from_millis(50));
-    let regs = a
-        .register_many((0..200).map(|i| web(&format!("w{i:03}"))))
-        .await;
-    assert!(regs.iter().all(|r| r.is_ok()));
-    assert_eq!(a.stats().lost, 0, "{:?}", a.stats());
-    assert!(a.stats().keep_alives >= 5, "{:?}", a.stats());
-    assert!(first.state().is_registered(), "{}", first.state());
-    assert_eq!(a.stats().grants, 1);
-    assert_eq!(
-        backend.list("registry/web").await.unwrap().entries.len(),
-        201
-    );
+    for batch in [1, 2] {
+        let backend = MemoryBackend::builder().batch_writes(batch).build();
+        let a = Registry::builder(Arc::new(backend.clone()))
+            .ttl(TTL)
+            .heartbeat(HEARTBEAT)
+            .write_concurrency(1)
+            .build()
+            .unwrap();
+        let first = a.register(web("first")).await.unwrap();
+        backend.set_latency(Duration::from_millis(50));
+        let regs = a
+            .register_many((0..200).map(|i| web(&format!("w{i:03}"))))
+            .await;
+        assert!(regs.iter().all(|r| r.is_ok()), "batch {batch}");
+        assert_eq!(a.stats().lost, 0, "batch {batch}: {:?}", a.stats());
+        // 10 s of calls one way, 5 s the other, against a heartbeat of 1 s.
+        assert!(
+            a.stats().keep_alives >= if batch == 1 { 5 } else { 2 },
+            "batch {batch}: {:?}",
+            a.stats()
+        );
+        assert!(first.state().is_registered(), "{}", first.state());
+        assert_eq!(a.stats().grants, 1);
+        assert_eq!(
+            backend.list("registry/web").await.unwrap().entries.len(),
+            201
+        );
+        let calls = backend.operation_counts();
+        if batch == 1 {
+            assert_eq!(calls.put_if_many, 0, "{calls:?}");
+        } else {
+            assert_eq!(calls.put_if_many, 100, "{calls:?}");
+        }
+        a.crash();
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -450,12 +466,13 @@ async fn many_registrations_are_read_back_in_turns_and_each_is_repaired() {
     assert!(regs.iter().all(|r| r.state().is_registered()));
 }
 
-/// A hook for the memory backend: a fixed delay on every conditional put, counting how many are
-/// in flight at once.
+/// A hook for the memory backend: a fixed delay on every conditional put (one alone or a batch),
+/// counting how many are in flight at once, and the batches.
 struct SlowPuts {
     delay: Duration,
     now: std::sync::atomic::AtomicUsize,
     most: std::sync::atomic::AtomicUsize,
+    batches: std::sync::atomic::AtomicUsize,
 }
 
 impl SlowPuts {
@@ -464,6 +481,7 @@ impl SlowPuts {
             delay,
             now: Default::default(),
             most: Default::default(),
+            batches: Default::default(),
         };
         Arc::new(Forward::new(Arc::new(store.clone()), slow))
     }
@@ -473,7 +491,10 @@ impl SlowPuts {
 impl Hook for SlowPuts {
     async fn before(&self, call: &Call<'_>) -> Result<()> {
         use std::sync::atomic::Ordering::SeqCst;
-        if let Call::PutIf { .. } = call {
+        if let Call::PutIfMany { .. } = call {
+            self.batches.fetch_add(1, SeqCst);
+        }
+        if let Call::PutIf { .. } | Call::PutIfMany { .. } = call {
             let now = self.now.fetch_add(1, SeqCst) + 1;
             self.most.fetch_max(now, SeqCst);
             sleep(self.delay).await;
@@ -481,7 +502,7 @@ impl Hook for SlowPuts {
         Ok(())
     }
     async fn after(&self, call: &Call<'_>) {
-        if let Call::PutIf { .. } = call {
+        if let Call::PutIf { .. } | Call::PutIfMany { .. } = call {
             self.now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
@@ -490,62 +511,81 @@ impl Hook for SlowPuts {
 /// Issue 17: registrations made at once (`register_many`, or concurrent `register` calls) are
 /// written with up to `write_concurrency` conditional puts in flight, not one after another (the
 /// old keeper awaited each: 500 registrations against a 10 ms put took 5 s, here 0.1 s), still
-/// one lease, each with its own outcome; an invalid value among them fails alone.
+/// one lease, each with its own outcome; an invalid value among them fails alone. On a backend
+/// with a batch call (issue 30), the same in a few batch calls, two in flight at most.
 #[tokio::test(start_paused = true)]
 async fn registrations_made_at_once_are_written_concurrently_on_one_lease() {
     use std::sync::atomic::Ordering::SeqCst;
-    let store = MemoryBackend::builder().max_value_len(4096).build();
-    let slow = SlowPuts::over(&store, Duration::from_millis(10));
-    let r = Registry::builder(slow.clone())
-        .ttl(TTL)
-        .heartbeat(HEARTBEAT)
-        .write_concurrency(50)
-        .build()
-        .unwrap();
-    let huge = "x".repeat(10_000);
-    let mut batch: Vec<Instance> = (0..500).map(|i| web(&format!("b{i:03}"))).collect();
-    batch[42] = web("b042").meta("huge", huge);
-    let t0 = tokio::time::Instant::now();
-    let outcomes = r.register_many(batch).await;
-    let took = t0.elapsed();
-    let most = slow.hook().most.load(SeqCst);
-    assert!(
-        most > 1 && most <= 50,
-        "{most} conditional puts in flight at most"
-    );
-    assert!(
-        took < Duration::from_millis(500),
-        "500 registrations took {took:?}"
-    );
-    let mut handles = Vec::new();
-    for (i, o) in outcomes.into_iter().enumerate() {
-        if i == 42 {
-            let e = o.expect_err("a value too large is refused");
-            assert!(!e.is_temporary(), "{e}");
+    for batch in [1, 1024] {
+        let store = MemoryBackend::builder()
+            .max_value_len(4096)
+            .batch_writes(batch)
+            .build();
+        let slow = SlowPuts::over(&store, Duration::from_millis(10));
+        let r = Registry::builder(slow.clone())
+            .ttl(TTL)
+            .heartbeat(HEARTBEAT)
+            .write_concurrency(50)
+            .build()
+            .unwrap();
+        let huge = "x".repeat(10_000);
+        let mut many: Vec<Instance> = (0..500).map(|i| web(&format!("b{i:03}"))).collect();
+        many[42] = web("b042").meta("huge", huge);
+        let t0 = tokio::time::Instant::now();
+        let outcomes = r.register_many(many).await;
+        let took = t0.elapsed();
+        let most = slow.hook().most.load(SeqCst);
+        let batches = slow.hook().batches.load(SeqCst);
+        if batch == 1 {
+            assert!(
+                most > 1 && most <= 50,
+                "{most} conditional puts in flight at most"
+            );
+            assert_eq!(batches, 0);
         } else {
-            handles.push(o.unwrap_or_else(|e| panic!("b{i:03}: {e}")));
+            assert_eq!(most, 2, "batches in flight at most");
+            assert_eq!(batches, 2, "500 registrations in batches");
         }
-    }
-    assert!(!present(&store, "b042").await);
-    let leases: std::collections::BTreeSet<_> = handles.iter().map(lease_of).collect();
-    assert_eq!(leases.len(), 1, "{leases:?}");
-    assert_eq!(r.stats().grants, 1);
+        assert!(
+            took < Duration::from_millis(500),
+            "batch {batch}: 500 registrations took {took:?}"
+        );
+        let mut handles = Vec::new();
+        for (i, o) in outcomes.into_iter().enumerate() {
+            if i == 42 {
+                let e = o.expect_err("a value too large is refused");
+                assert!(!e.is_temporary(), "{e}");
+            } else {
+                handles.push(o.unwrap_or_else(|e| panic!("b{i:03}: {e}")));
+            }
+        }
+        assert!(!present(&store, "b042").await);
+        assert_eq!(
+            store.list("registry/web").await.unwrap().entries.len(),
+            499,
+            "batch {batch}"
+        );
+        let leases: std::collections::BTreeSet<_> = handles.iter().map(lease_of).collect();
+        assert_eq!(leases.len(), 1, "{leases:?}");
+        assert_eq!(r.stats().grants, 1);
 
-    // Concurrent `register` calls pipeline the same way.
-    slow.hook().most.store(0, SeqCst);
-    let t0 = tokio::time::Instant::now();
-    let more =
-        futures::future::join_all((0..200).map(|i| r.register(web(&format!("c{i:03}"))))).await;
-    assert!(
-        t0.elapsed() < Duration::from_millis(500),
-        "{:?}",
-        t0.elapsed()
-    );
-    assert!(slow.hook().most.load(SeqCst) > 1);
-    for m in more {
-        assert_eq!(lease_of(&m.unwrap()), *leases.first().unwrap());
+        // Concurrent `register` calls pipeline the same way.
+        slow.hook().most.store(0, SeqCst);
+        let t0 = tokio::time::Instant::now();
+        let more =
+            futures::future::join_all((0..200).map(|i| r.register(web(&format!("c{i:03}"))))).await;
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert!(slow.hook().most.load(SeqCst) > 1);
+        for m in more {
+            assert_eq!(lease_of(&m.unwrap()), *leases.first().unwrap());
+        }
+        assert_eq!(r.stats().grants, 1);
+        r.crash();
     }
-    assert_eq!(r.stats().grants, 1);
 }
 
 /// Regression guard (passes on the old, one-at-a-time keeper too): commands for one id are never

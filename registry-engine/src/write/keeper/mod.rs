@@ -93,6 +93,13 @@ enum Written {
     Raced,
 }
 
+/// After the create of a registration's write: its end, or the compare-and-swap still to make.
+enum Next {
+    Done(Written),
+    /// Write over the value found, only if it is still at this revision.
+    Swap(registry_core::backend::Revision),
+}
+
 /// The most new registrations taken off the command queue and written as one run (see
 /// [`Keeper::add_many`]): the writes in flight drain at the end of each run, and every caller of
 /// a run waits for the last write of it. A due keep-alive never waits for a run: writes stop

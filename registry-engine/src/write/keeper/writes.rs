@@ -5,14 +5,18 @@
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use registry_core::backend::{CondOutcome, Condition};
+use registry_core::backend::{CondOutcome, CondPut, Condition};
 use registry_core::error::{Error, ErrorKind, Result};
 use registry_core::lease::LeaseId;
 use tokio::time::{Instant, timeout, timeout_at};
 
-use super::{Cmd, Keeper, Member, Written};
+use super::{Cmd, Keeper, Member, Next, Written};
 use crate::write::observer::RegistrationEvent;
 use crate::write::state::{RegistrationState, closed};
+
+/// Batch calls in flight when the backend writes registrations in batches (see
+/// [`Keeper::write_shape`]): one being applied, the next on its way.
+const BATCHES_IN_FLIGHT: usize = 2;
 
 /// Reads in flight when the keeper checks its own keys at a heartbeat.
 const VERIFY_CONCURRENCY: usize = 16;
@@ -393,42 +397,157 @@ impl Keeper {
         value: Bytes,
         lease: &LeaseId,
     ) -> Result<Written> {
-        let (first, takeover) = match self.members.get(key) {
-            Some(m) => (m.accepted.is_none(), m.takeover),
-            None => return Ok(Written::Raced),
-        };
+        if !self.members.contains_key(key) {
+            return Ok(Written::Raced);
+        }
         let absent = self
             .call(
                 self.backend
                     .put_if(key, value.clone(), Some(lease), Condition::Absent),
             )
             .await?;
+        match self.after_create(key, &value, lease, absent) {
+            Next::Done(w) => Ok(w),
+            Next::Swap(rev) => {
+                let cond = Condition::Revision(rev);
+                match self
+                    .call(self.backend.put_if(key, value, Some(lease), cond))
+                    .await?
+                {
+                    CondOutcome::Applied(_) => Ok(Written::Done),
+                    _ => Ok(Written::Raced),
+                }
+            }
+        }
+    }
+
+    /// [`write_member`](Self::write_member) for many registrations, with the backend's batch
+    /// call ([`Backend::put_if_many`](registry_core::Backend::put_if_many)): one call for all their
+    /// creates, then one for the keys that need a compare-and-swap (ours already, or taken over).
+    /// Each registration has its own outcome, as alone.
+    pub(super) async fn write_members(
+        &self,
+        keys: Vec<String>,
+        lease: &LeaseId,
+    ) -> Vec<(String, Bytes, Result<Written>)> {
+        let mut out = Vec::with_capacity(keys.len());
+        let mut writing = Vec::with_capacity(keys.len());
+        for key in keys {
+            match self.members.get(&key) {
+                Some(m) => writing.push((key, m.value.clone())),
+                None => out.push((key, Bytes::new(), Ok(Written::Raced))),
+            }
+        }
+        let creates = writing
+            .iter()
+            .map(|(k, v)| {
+                CondPut::new(k.clone(), v.clone(), Some(lease.clone()), Condition::Absent)
+            })
+            .collect();
+        let outcomes = self.call_many(creates).await;
+        let mut swaps = Vec::new();
+        for ((key, value), outcome) in writing.into_iter().zip(outcomes) {
+            match outcome.map(|o| self.after_create(&key, &value, lease, o)) {
+                Ok(Next::Done(w)) => out.push((key, value, Ok(w))),
+                Ok(Next::Swap(rev)) => swaps.push((key, value, rev)),
+                Err(e) => out.push((key, value, Err(e))),
+            }
+        }
+        if swaps.is_empty() {
+            return out;
+        }
+        let writes = swaps
+            .iter()
+            .map(|(k, v, rev)| {
+                CondPut::new(
+                    k.clone(),
+                    v.clone(),
+                    Some(lease.clone()),
+                    Condition::Revision(*rev),
+                )
+            })
+            .collect();
+        let outcomes = self.call_many(writes).await;
+        for ((key, value, _), outcome) in swaps.into_iter().zip(outcomes) {
+            let written = outcome.map(|o| match o {
+                CondOutcome::Applied(_) => Written::Done,
+                _ => Written::Raced,
+            });
+            out.push((key, value, written));
+        }
+        out
+    }
+
+    /// How registrations are written: at most this many in one call, and this many calls in
+    /// flight. One write per call and [`write_concurrency`](Keeper::write_concurrency) of them,
+    /// unless the backend has a batch call ([`Capabilities::batch_writes`] above 1): then batches
+    /// of its size, [`BATCHES_IN_FLIGHT`] at once (a write concurrency of 1 writes one batch at a
+    /// time).
+    ///
+    /// [`Capabilities::batch_writes`]: registry_core::Capabilities::batch_writes
+    fn write_shape(&self) -> (usize, usize) {
+        let batch = self
+            .backend
+            .capabilities()
+            .batch_writes
+            .clamp(1, super::ADD_BATCH);
+        if batch > 1 {
+            (batch, self.write_concurrency.min(BATCHES_IN_FLIGHT))
+        } else {
+            (1, self.write_concurrency)
+        }
+    }
+
+    /// One `put_if_many` within the operation timeout: one outcome per write, always (a timeout,
+    /// or a backend that answers with another number of outcomes, is every write's error).
+    async fn call_many(&self, writes: Vec<CondPut>) -> Vec<Result<CondOutcome>> {
+        let n = writes.len();
+        match self
+            .call(async { Ok(self.backend.put_if_many(writes).await) })
+            .await
+        {
+            Ok(outcomes) if outcomes.len() == n => outcomes,
+            Ok(outcomes) => {
+                let e = Error::new(
+                    ErrorKind::Internal,
+                    format!(
+                        "the backend answered {} outcomes for a batch of {n} writes",
+                        outcomes.len()
+                    ),
+                );
+                vec![Err(e); n]
+            }
+            Err(e) => vec![Err(e); n],
+        }
+    }
+
+    /// What comes after the create ("only if absent") of a registration's write: done, a
+    /// conflict or a race, or a compare-and-swap at the revision found (see
+    /// [`write_member`](Self::write_member) for when we may write over what is there).
+    fn after_create(&self, key: &str, value: &Bytes, lease: &LeaseId, absent: CondOutcome) -> Next {
+        let (first, takeover) = match self.members.get(key) {
+            Some(m) => (m.accepted.is_none(), m.takeover),
+            None => return Next::Done(Written::Raced),
+        };
         let current = match absent {
-            CondOutcome::Applied(_) => return Ok(Written::Done),
+            CondOutcome::Applied(_) => return Next::Done(Written::Done),
             CondOutcome::Failed(Some(kv)) => kv,
             // Not applied, and nothing to compare with: try again later.
-            _ => return Ok(Written::Raced),
+            _ => return Next::Done(Written::Raced),
         };
         let ours = match &current.lease {
             None => true,
             Some(l) => l == lease || self.past_leases.contains(l),
         };
-        if !ours && !(first && (takeover || current.value == value)) {
-            return Ok(Written::Conflict(
+        if !ours && !(first && (takeover || current.value == *value)) {
+            return Next::Done(Written::Conflict(
                 current.lease.unwrap_or_else(|| lease.clone()),
             ));
         }
         if !ours {
             tracing::warn!(key, holder = ?current.lease.as_ref().map(|l| l.to_string()), "taking over an instance id another lease holds");
         }
-        let cond = Condition::Revision(current.revision);
-        match self
-            .call(self.backend.put_if(key, value, Some(lease), cond))
-            .await?
-        {
-            CondOutcome::Applied(_) => Ok(Written::Done),
-            _ => Ok(Written::Raced),
-        }
+        Next::Swap(current.revision)
     }
 
     /// Another live owner holds `key`: say so (once) and leave it alone.
@@ -628,14 +747,20 @@ impl Keeper {
             .cloned()
             .collect();
         // Many writes in flight at once (each its own conditional put on the shared lease); the
-        // outcomes are applied once they are all back. A temporary failure (the backend is
-        // unreachable or slow: the same for every key) stops new writes from starting; those
+        // outcomes are applied once they are all back. On a backend with a batch call, the
+        // writes go in batches of its size, a couple of batches in flight (one being applied,
+        // the next on its way); otherwise one call per write. A temporary failure (the backend
+        // is unreachable or slow: the same for every key) stops new writes from starting; those
         // already in flight are awaited, not abandoned.
+        let (batch, requests) = self.write_shape();
         let outcomes = {
-            use futures::StreamExt;
             use futures::stream::FuturesUnordered;
+            use futures::{FutureExt, StreamExt};
             let this = &*self;
             let lease_id = &lease.id;
+            // The writes spread over the requests (a few registrations at once go out as
+            // several small batches, not one), at most a batch each.
+            let take = keys.len().div_ceil(requests).clamp(1, batch);
             let mut queue = keys.into_iter();
             let mut in_flight = FuturesUnordered::new();
             let mut outcomes = Vec::new();
@@ -643,27 +768,39 @@ impl Keeper {
             let mut unfinished = false;
             let mut started = 0;
             loop {
-                while !stop && in_flight.len() < this.write_concurrency {
-                    if started >= this.write_concurrency && Instant::now() >= keep_alive_due {
+                while !stop && in_flight.len() < requests {
+                    if started >= requests && Instant::now() >= keep_alive_due {
                         unfinished = !queue.as_slice().is_empty();
                         break;
                     }
+                    let chunk: Vec<String> = queue.by_ref().take(take).collect();
+                    match chunk.len() {
+                        0 => break,
+                        1 => {
+                            let key = chunk.into_iter().next().unwrap_or_default();
+                            let value = this.members[&key].value.clone();
+                            in_flight.push(
+                                async move {
+                                    let r = this.write_member(&key, value.clone(), lease_id).await;
+                                    vec![(key, value, r)]
+                                }
+                                .boxed(),
+                            );
+                        }
+                        _ => in_flight.push(this.write_members(chunk, lease_id).boxed()),
+                    }
                     started += 1;
-                    let Some(key) = queue.next() else { break };
-                    let value = this.members[&key].value.clone();
-                    in_flight.push(async move {
-                        let r = this.write_member(&key, value.clone(), lease_id).await;
-                        (key, value, r)
-                    });
                 }
-                let Some((key, value, r)) = in_flight.next().await else {
+                let Some(done) = in_flight.next().await else {
                     break;
                 };
-                if matches!(&r, Err(e) if e.is_temporary() || e.kind() == ErrorKind::LeaseNotFound)
-                {
-                    stop = true;
+                for (key, value, r) in done {
+                    if matches!(&r, Err(e) if e.is_temporary() || e.kind() == ErrorKind::LeaseNotFound)
+                    {
+                        stop = true;
+                    }
+                    outcomes.push((key, value, r));
                 }
-                outcomes.push((key, value, r));
             }
             (outcomes, unfinished && !stop)
         };
