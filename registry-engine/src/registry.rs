@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use registry_core::backend::Backend;
+use registry_core::backend::{Backend, CondOutcome, Condition};
 use registry_core::config::{check_duration, check_max_duration};
 use registry_core::error::{Error, ErrorKind, Result};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -20,7 +20,7 @@ use crate::model::names::validate_service;
 use crate::read::directory::Directory;
 use crate::read::discovery::{Discovery, DiscoveryOptions, Running, Scope};
 use crate::telemetry::Telemetry;
-use crate::write::keeper::{Cmd, Keeper};
+use crate::write::keeper::{Claims, Cmd, Fast, Keeper};
 use crate::write::observer::{Observers, RegistrationObserver};
 use crate::write::options::{DEFAULT_WRITE_CONCURRENCY, LeaseOptions, RegisterOptions};
 use crate::write::registration::{Registration, next_token, send};
@@ -161,7 +161,8 @@ struct RegistryInner {
     op_timeout: Duration,
     write_concurrency: usize,
     directory: Directory,
-    shared: Mutex<Option<mpsc::UnboundedSender<Cmd>>>,
+    /// The shared lease's keeper, and what it lets callers write themselves.
+    shared: Mutex<Option<(mpsc::UnboundedSender<Cmd>, Arc<Claims>)>>,
     /// Every keeper this registry started (the shared one and those of dedicated leases), for
     /// [`Registry::shutdown`].
     keepers: Mutex<Vec<mpsc::UnboundedSender<Cmd>>>,
@@ -238,12 +239,95 @@ impl Registry {
     /// unreachable (it keeps trying in the background: see [`Registration::registered`]). Invalid
     /// instances, an instance already registered by this registry, and permanent refusals
     /// (`PermissionDenied`, ...) are errors. With a delay, returns at once in state `Registering`.
+    ///
+    /// While the registry holds its shared lease, the first write is made by the calling task
+    /// itself (a create on that lease), not handed to the keeper's task and waited for: that
+    /// spares two wake-ups of other threads, most of a registration's latency on an idle process.
+    /// Whatever it cannot write that way (the id is there already, the lease has just ended, the
+    /// backend does not answer) goes through the keeper, with the same outcomes.
     pub async fn register_with(
         &self,
         instance: Instance,
         opts: RegisterOptions,
     ) -> Result<Registration> {
+        if opts.dedicated.is_none() && opts.delay.unwrap_or(self.inner.delay).is_zero() {
+            return self.register_now(instance, opts).await;
+        }
         self.start_registration(instance, &opts)?.finish().await
+    }
+
+    /// A registration on the shared lease, without a delay: its first write is made by the
+    /// caller's own task when the keeper allows it (it holds a lease, and the key is neither its
+    /// member's nor being deleted: see the keeper's `claims`), which spares the two hand-offs
+    /// between tasks that a write through the keeper costs (BENCHMARKS.md section 1.1); the
+    /// keeper then takes the registration as written. Anything else goes through the keeper, as
+    /// [`start_registration`](Self::start_registration) does.
+    async fn register_now(
+        &self,
+        instance: Instance,
+        opts: RegisterOptions,
+    ) -> Result<Registration> {
+        instance.validate()?;
+        let (keeper, claims) = self.shared_keeper();
+        let key = self.inner.layout.key(&instance.service, &instance.id);
+        let Some(lease) = claims.claim(&key) else {
+            return self.start_registration(instance, &opts)?.finish().await;
+        };
+        let value = instance.encode();
+        let (mut handle, state_tx) = self.new_handle(key.clone(), instance, &keeper);
+        let (token, cancelled) = (handle.token, handle.cancelled.clone());
+        let write = self
+            .inner
+            .backend
+            .put_if(&key, value.clone(), Some(&lease), Condition::Absent);
+        let fast = match tokio::time::timeout(self.inner.op_timeout, write).await {
+            Ok(Ok(CondOutcome::Applied(_))) => {
+                let stats = &self.inner.stats;
+                stats.record(&stats.puts, "registry_puts_total");
+                tracing::info!(key = %key, lease = %lease, "registered");
+                state_tx.send_replace(RegistrationState::Registered {
+                    since: tokio::time::Instant::now(),
+                    lease: lease.clone(),
+                });
+                Fast::Written(lease)
+            }
+            // Not answered in time: it may still land.
+            Err(_) => Fast::Claimed { late: true },
+            Ok(Err(e)) => Fast::Claimed {
+                late: e.kind() == ErrorKind::Timeout,
+            },
+            // The key is there already, the lease has ended, the backend refused: the keeper
+            // writes it, with everything it knows.
+            _ => Fast::Claimed { late: false },
+        };
+        let (done_tx, done_rx) = match fast {
+            Fast::Written(_) => (None, None),
+            _ => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+        };
+        let add = Cmd::Add {
+            key,
+            token,
+            cancelled,
+            value,
+            takeover: opts.takeover,
+            fast,
+            state: state_tx,
+            done: done_tx,
+        };
+        if let Err(e) = send(&keeper, add) {
+            claims.release(&handle.key);
+            handle.live = false;
+            return Err(e);
+        }
+        Started {
+            handle,
+            done: done_rx,
+        }
+        .finish()
+        .await
     }
 
     /// Registers many instances at once with the registry's defaults, and returns each one's
@@ -314,32 +398,16 @@ impl Registry {
         let keeper = match opts.dedicated {
             Some(lease) => {
                 lease.validate(&*self.inner.backend)?;
-                self.spawn_keeper(lease)
+                self.spawn_keeper(lease).0
             }
-            None => self.shared_keeper(),
+            None => self.shared_keeper().0,
         };
         let key = self.inner.layout.key(&instance.service, &instance.id);
-        let (state_tx, state_rx) = StateTx::new(
-            RegistrationState::Registering { last_error: None },
-            self.inner.stats.tel.clone(),
-            &instance.service,
-            &instance.id,
-        );
         let value = instance.encode();
         let delay = opts.delay.unwrap_or(self.inner.delay);
         let takeover = opts.takeover;
-        let token = next_token();
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let handle = Registration {
-            key: key.clone(),
-            token,
-            cancelled: cancelled.clone(),
-            instance: Mutex::new(instance),
-            keeper: keeper.clone(),
-            state: state_rx,
-            observers: self.inner.observers.clone(),
-            live: true,
-        };
+        let (handle, state_tx) = self.new_handle(key.clone(), instance, &keeper);
+        let (token, cancelled) = (handle.token, handle.cancelled.clone());
         if delay.is_zero() {
             let (done_tx, done_rx) = oneshot::channel();
             if let Err(e) = send(
@@ -350,6 +418,7 @@ impl Registry {
                     cancelled,
                     value,
                     takeover,
+                    fast: Fast::No,
                     state: state_tx,
                     done: Some(done_tx),
                 },
@@ -378,12 +447,40 @@ impl Registry {
                     cancelled,
                     value,
                     takeover,
+                    fast: Fast::No,
                     state: state_tx,
                     done: None,
                 });
             });
             Ok(Started { handle, done: None })
         }
+    }
+
+    /// The handle of a new registration of `instance` at `key` on `keeper`, in state
+    /// `Registering`, and the sender of its state.
+    fn new_handle(
+        &self,
+        key: String,
+        instance: Instance,
+        keeper: &mpsc::UnboundedSender<Cmd>,
+    ) -> (Registration, StateTx) {
+        let (state_tx, state_rx) = StateTx::new(
+            RegistrationState::Registering { last_error: None },
+            self.inner.stats.tel.clone(),
+            &instance.service,
+            &instance.id,
+        );
+        let handle = Registration {
+            key,
+            token: next_token(),
+            cancelled: Arc::new(AtomicBool::new(false)),
+            instance: Mutex::new(instance),
+            keeper: keeper.clone(),
+            state: state_rx,
+            observers: self.inner.observers.clone(),
+            live: true,
+        };
+        (handle, state_tx)
     }
 
     /// Starts discovering `service` into this registry's directory; returns once the first listing
@@ -494,17 +591,17 @@ impl Registry {
         self.inner.halt.send_replace(true);
     }
 
-    fn shared_keeper(&self) -> mpsc::UnboundedSender<Cmd> {
+    fn shared_keeper(&self) -> (mpsc::UnboundedSender<Cmd>, Arc<Claims>) {
         let mut shared = self.inner.shared.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = shared.as_ref().filter(|tx| !tx.is_closed()) {
-            return tx.clone();
+        if let Some(keeper) = shared.as_ref().filter(|(tx, _)| !tx.is_closed()) {
+            return keeper.clone();
         }
-        let tx = self.spawn_keeper(self.inner.lease);
-        *shared = Some(tx.clone());
-        tx
+        let keeper = self.spawn_keeper(self.inner.lease);
+        *shared = Some(keeper.clone());
+        keeper
     }
 
-    fn spawn_keeper(&self, lease: LeaseOptions) -> mpsc::UnboundedSender<Cmd> {
+    fn spawn_keeper(&self, lease: LeaseOptions) -> (mpsc::UnboundedSender<Cmd>, Arc<Claims>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let keeper = Keeper::new(
             self.inner.backend.clone(),
@@ -515,6 +612,7 @@ impl Registry {
             self.inner.observers.clone(),
             self.inner.layout.clone(),
         );
+        let claims = keeper.claims();
         let span = tracing::info_span!("keeper", namespace = self.inner.layout.namespace());
         tokio::spawn(tracing::Instrument::instrument(
             keeper.run(rx, self.inner.halt.subscribe()),
@@ -523,7 +621,7 @@ impl Registry {
         let mut keepers = self.inner.keepers.lock().unwrap_or_else(|p| p.into_inner());
         keepers.retain(|k| !k.is_closed());
         keepers.push(tx.clone());
-        tx
+        (tx, claims)
     }
 }
 

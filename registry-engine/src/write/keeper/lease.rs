@@ -78,8 +78,12 @@ impl Keeper {
                 // backend's pace: a slow read-back or delete must not let the lease run out.
                 let next_keep_alive = self.last_ok + self.opts.heartbeat;
                 self.retry_deletes(&lease.id, next_keep_alive).await;
-                if self.members.is_empty() && self.pending_deletes.is_empty() {
-                    // Only deletes were pending and they are done: the lease has no purpose left.
+                if self.members.is_empty()
+                    && self.pending_deletes.is_empty()
+                    && self.claims.retire()
+                {
+                    // Only deletes were pending and they are done: the lease has no purpose left
+                    // (unless a caller is writing a new registration on it: see `claims`).
                     if self.call(self.backend.revoke(&lease.id)).await.is_ok() {
                         self.stats
                             .record(&self.stats.revokes, "registry_lease_revokes_total");
@@ -144,6 +148,8 @@ impl Keeper {
     /// Every member deregistered: the lease revoked (its keys go with it), or, without a lease,
     /// nothing of ours is in the backend.
     pub(super) async fn shutdown(&mut self) -> Result<()> {
+        // No caller writes on the lease from now on; what one wrote goes with it.
+        self.claims.close();
         for (_, m) in std::mem::take(&mut self.members) {
             m.state.send_replace(RegistrationState::Deregistered);
         }

@@ -23,7 +23,7 @@ use crate::model::instance::Instance;
 use crate::model::layout::Layout;
 use crate::write::observer::{Observers, RegistrationEvent};
 use crate::write::options::LeaseOptions;
-use crate::write::state::StateTx;
+use crate::write::state::{RegistrationState, StateTx, closed};
 use crate::write::stats::RegistryStats;
 use registry_core::backend::Backend;
 use registry_core::error::{Error, ErrorKind, Result};
@@ -38,6 +38,8 @@ pub(crate) enum Cmd {
         value: Bytes,
         /// Whether the first write may replace the id held by another live owner.
         takeover: bool,
+        /// Whether the caller claimed the key and wrote it itself (see [`claims`]).
+        fast: Fast,
         state: StateTx,
         done: Option<oneshot::Sender<Result<()>>>,
     },
@@ -56,6 +58,17 @@ pub(crate) enum Cmd {
     Shutdown { done: oneshot::Sender<Result<()>> },
 }
 
+/// What the caller of a registration did with its key itself (see [`claims`]).
+pub(crate) enum Fast {
+    /// Nothing: the keeper writes it.
+    No,
+    /// It claimed the key but did not write it (the keeper writes it); `late` when its write
+    /// timed out, so that it may still land (see [`Member::late`]).
+    Claimed { late: bool },
+    /// It claimed the key and wrote it on this lease (only if absent), and told the handle so.
+    Written(LeaseId),
+}
+
 struct Member {
     /// The handle this member belongs to.
     token: u64,
@@ -71,6 +84,10 @@ struct Member {
     refused: Option<Error>,
     /// The last write timed out: it may have been applied, or may still be applied later.
     uncertain: bool,
+    /// The caller's own first write timed out (see [`Fast::Claimed`]): it may land at any time,
+    /// even after the keeper's own write succeeded, so a deregistration deletes the key again at
+    /// the next heartbeats, as after an uncertain write.
+    late: bool,
     takeover: bool,
     /// Another live owner holds the key: we do not write over it (retried at heartbeats, with
     /// "only if absent").
@@ -148,10 +165,15 @@ pub(crate) struct Keeper {
     observers: Observers,
     /// Where instances live: to tell observers which instance a key holds.
     layout: Layout,
+    /// What callers of `register` may write themselves (see [`claims`]).
+    claims: Arc<Claims>,
 }
 
+mod claims;
 mod lease;
 mod writes;
+
+pub(crate) use claims::Claims;
 
 impl Keeper {
     /// Whether a registration waits to be written (not parked by a refusal or a conflict).
@@ -195,7 +217,13 @@ impl Keeper {
             stats,
             observers,
             layout,
+            claims: Arc::default(),
         }
+    }
+
+    /// What this keeper lets the callers of `register` write themselves (see [`claims`]).
+    pub(crate) fn claims(&self) -> Arc<Claims> {
+        self.claims.clone()
     }
 
     pub(crate) async fn run(
@@ -206,6 +234,8 @@ impl Keeper {
         // Whether the last turn of the loop was a tick: then a waiting command goes first.
         let mut ticked = false;
         loop {
+            // Callers write on the lease held now (none while there is none).
+            self.claims.publish(self.lease.as_ref().map(|l| &l.id));
             let tick = self.next_tick;
             // A due keep-alive goes before queued commands (a backlog of registrations against a
             // slow backend must not let the lease run out), but ticks and commands take turns
@@ -229,6 +259,7 @@ impl Keeper {
                 cmd = rx.recv() => { ticked = false; match cmd {
                     Some(Cmd::Shutdown { done }) => {
                         let _ = done.send(self.shutdown().await);
+                        self.refuse_queued(&mut rx);
                         return;
                     }
                     Some(add @ Cmd::Add { .. }) => {
@@ -252,6 +283,7 @@ impl Keeper {
                         match next {
                             Some(Cmd::Shutdown { done }) => {
                                 let _ = done.send(self.shutdown().await);
+                                self.refuse_queued(&mut rx);
                                 return;
                             }
                             Some(cmd) => self.handle(cmd).await,
@@ -268,6 +300,34 @@ impl Keeper {
                         return;
                     }
                 }},
+            }
+        }
+    }
+
+    /// After a shutdown: the registrations still queued are answered (their handles end
+    /// `Deregistered`; one a caller wrote itself went with the revoked lease).
+    fn refuse_queued(&self, rx: &mut mpsc::UnboundedReceiver<Cmd>) {
+        rx.close();
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                Cmd::Add { state, done, .. } => {
+                    state.send_replace(RegistrationState::Deregistered);
+                    if let Some(done) = done {
+                        let _ = done.send(Err(closed()));
+                    }
+                }
+                Cmd::Update { done, .. } => {
+                    let _ = done.send(Err(closed()));
+                }
+                // Shut down already.
+                Cmd::Shutdown { done } => {
+                    let _ = done.send(Ok(()));
+                }
+                Cmd::Remove { done, .. } => {
+                    if let Some(done) = done {
+                        let _ = done.send(Ok(()));
+                    }
+                }
             }
         }
     }

@@ -10,7 +10,7 @@ use registry_core::error::{Error, ErrorKind, Result};
 use registry_core::lease::LeaseId;
 use tokio::time::{Instant, timeout, timeout_at};
 
-use super::{Cmd, Keeper, Member, Next, Written};
+use super::{Cmd, Fast, Keeper, Member, Next, Written};
 use crate::write::observer::RegistrationEvent;
 use crate::write::state::{RegistrationState, closed};
 
@@ -46,17 +46,24 @@ impl Keeper {
                 cancelled,
                 value,
                 takeover,
+                fast,
                 state,
                 done,
             } = cmd
             else {
                 continue;
             };
-            if cancelled.load(Ordering::SeqCst) {
+            let claimed = !matches!(fast, Fast::No);
+            // (One its caller wrote is taken in any case: its handle's removal, queued right
+            // behind if it is gone already, deletes it and answers for that.)
+            if cancelled.load(Ordering::SeqCst) && !matches!(fast, Fast::Written(_)) {
                 // The handle went before its (delayed) first write was applied.
                 state.send_replace(RegistrationState::Deregistered);
                 if let Some(done) = done {
                     let _ = done.send(Err(closed()));
+                }
+                if claimed {
+                    self.claims.taken(&key, false);
                 }
                 continue;
             }
@@ -67,28 +74,66 @@ impl Keeper {
                 if let Some(done) = done {
                     let _ = done.send(Err(e));
                 }
+                if let Fast::Written(_) = fast {
+                    // Never happens: a member's key is not claimed (see `claims`). Were it to,
+                    // the member's own value is written again over the caller's.
+                    tracing::error!(key = %key, "a registration written by its caller duplicates a member; writing the member again");
+                    if let Some(m) = self.members.get_mut(&key) {
+                        m.written = false;
+                        self.dirty.insert(key.clone());
+                    }
+                }
+                if claimed {
+                    self.claims.taken(&key, false);
+                }
                 continue;
             }
             self.pending_deletes.remove(&key);
-            // The key stays among the deregistered ones (their re-reads skip members): if this
-            // registration is refused (another owner holds the id) and dropped, a backup restored
-            // later can still bring back our older value of it on our lease (simulator seed
-            // 2056746).
-            self.dirty.insert(key.clone());
+            // Written by its caller on the lease we hold: a member already written. On another
+            // (lost since), it is written again like any other.
+            let written_on = match &fast {
+                Fast::Written(l) if self.lease.as_ref().is_some_and(|cur| cur.id == *l) => {
+                    Some(l.clone())
+                }
+                Fast::Written(_) => {
+                    state.send_replace(RegistrationState::Lost {
+                        since: Instant::now(),
+                        error: Error::lease_not_found("the lease it was written on was lost"),
+                    });
+                    None
+                }
+                _ => None,
+            };
+            if written_on.is_none() {
+                // The key stays among the deregistered ones (their re-reads skip members): if
+                // this registration is refused (another owner holds the id) and dropped, a
+                // backup restored later can still bring back our older value of it on our lease
+                // (simulator seed 2056746).
+                self.dirty.insert(key.clone());
+            }
+            if let Some(lease) = &written_on {
+                self.written(&key, &value, lease);
+            }
             self.members.insert(
                 key.clone(),
                 Member {
                     token,
+                    accepted: written_on.as_ref().map(|_| value.clone()),
                     value,
-                    accepted: None,
                     state,
-                    written: false,
+                    written: written_on.is_some(),
                     refused: None,
                     uncertain: false,
+                    late: matches!(fast, Fast::Claimed { late: true }),
                     takeover,
                     conflict: None,
                 },
             );
+            if claimed {
+                self.claims.taken(&key, true);
+            } else {
+                self.claims.joined(&key);
+            }
             waiting.push((key, token, done));
         }
         if waiting.is_empty() {
@@ -140,6 +185,7 @@ impl Keeper {
                 // Refused for good: the caller gets the error and no handle.
                 if let Some(m) = self.members.remove(&key) {
                     m.state.send_replace(RegistrationState::Deregistered);
+                    self.claims.left(&key);
                 }
                 removed = true;
             }
@@ -204,6 +250,14 @@ impl Keeper {
         let Some(member) = self.members.remove(key) else {
             return Ok(());
         };
+        let result = self.removed_member(key, member).await;
+        // Only now may a caller write the key itself (see `claims`): not while it is deleted.
+        self.claims.left(key);
+        result
+    }
+
+    /// The backend side of [`remove`](Self::remove): `member` is no longer ours to keep.
+    async fn removed_member(&mut self, key: &str, member: Member) -> Result<()> {
         member.state.send_replace(RegistrationState::Deregistered);
         tracing::info!(key, "deregistering");
         let Some(lease) = self.lease.clone() else {
@@ -211,7 +265,8 @@ impl Keeper {
             self.schedule_heartbeat_if_idle();
             return Ok(());
         };
-        let result = if self.members.is_empty() {
+        // (A lease a caller is writing on stays: see `claims`.)
+        let result = if self.members.is_empty() && self.claims.retire() {
             // Last one out revokes the lease: deletes the key and stops the heartbeat.
             let r = self.call(self.backend.revoke(&lease.id)).await;
             match &r {
@@ -245,7 +300,7 @@ impl Keeper {
             match self.delete_if_ours(key, &lease.id).await {
                 Ok(()) => {
                     self.remember_removed(key);
-                    if member.uncertain {
+                    if member.uncertain || member.late {
                         // Its last write timed out and may land after this delete: delete
                         // again (only while it is on our lease) at the next heartbeats.
                         self.pending_deletes
@@ -256,7 +311,7 @@ impl Keeper {
                 Err(e) => {
                     self.pending_deletes.insert(
                         key.to_owned(),
-                        if member.uncertain {
+                        if member.uncertain || member.late {
                             UNCERTAIN_DELETE_HEARTBEATS
                         } else {
                             1
@@ -370,13 +425,18 @@ impl Keeper {
     /// runs, another process may have registered the same instance, and that registration is not
     /// ours to remove. One conditional delete, checked on the server: a read followed by a delete
     /// would remove a registration written between the two.
+    ///
+    /// A key a caller of `register` has claimed is a new registration's, written or about to be:
+    /// it is left alone, and that counts as done (see `claims`).
     pub(super) async fn delete_if_ours(&self, key: &str, lease: &LeaseId) -> Result<()> {
+        if !self.claims.deleting(key) {
+            tracing::debug!(key, "not deleting a key a new registration is writing");
+            return Ok(());
+        }
         let cond = Condition::Lease(lease.clone());
-        if self
-            .call(self.backend.delete_if(key, cond))
-            .await?
-            .is_applied()
-        {
+        let result = self.call(self.backend.delete_if(key, cond)).await;
+        self.claims.deleted(key);
+        if result?.is_applied() {
             self.stats
                 .record(&self.stats.deletes, "registry_deletes_total");
             self.observers.tell(|| RegistrationEvent::Removed {
