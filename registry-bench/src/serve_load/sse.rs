@@ -170,12 +170,27 @@ pub(super) async fn open_streams(c: &Client, addr: SocketAddr) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// A client that asks for the change stream and never reads.
+/// A client that asks for the change stream and, once the server has answered `200`, never reads
+/// again. (The answer's status line is read so that a refused request counts as an error: until
+/// 6b4a0b6 these clients sent a `Host` the server's allow-list refuses since issue 28, and the
+/// phase measured nothing.)
 pub(super) async fn stalled_client(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    use tokio::io::AsyncReadExt;
     let sock = tokio::net::TcpSocket::new_v4()?;
     sock.set_recv_buffer_size(2048)?;
     let mut s = sock.connect(addr).await?;
-    s.write_all(b"GET /v1/events HTTP/1.1\r\nhost: bench\r\naccept: text/event-stream\r\n\r\n")
-        .await?;
+    let request =
+        format!("GET /v1/events HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\n\r\n");
+    s.write_all(request.as_bytes()).await?;
+    let mut status = [0u8; 12];
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_exact(&mut status))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
+    if &status != b"HTTP/1.1 200" {
+        return Err(std::io::Error::other(format!(
+            "the change stream was refused: {}",
+            String::from_utf8_lossy(&status)
+        )));
+    }
     Ok(s)
 }
