@@ -125,6 +125,19 @@ fn smoke(since: Instant, url: &str, only: &[&str]) {
             ));
         }
     }
+    if let Some(stalled) = json.get("serve_load").map(|s| &s["stalled"]) {
+        // The stalled clients must be streams the server holds, not requests it refused (which
+        // the phase measured, unnoticed, from issue 28 until the bench's fix of 2026-12-07).
+        let held = stalled["timeline"]
+            .as_array()
+            .map(|t| t.iter().filter_map(|p| p["open"].as_u64()).max())
+            .unwrap_or_default();
+        if stalled["connect_errors"] != 0 || held != stalled["clients"].as_u64() {
+            failed(format!(
+                "the stalled clients were not held as streams: {stalled}"
+            ));
+        }
+    }
     eprintln!(
         "registry-bench --smoke against {url}: {took:.1?} ({:.1?} with the server's start)",
         since.elapsed()
