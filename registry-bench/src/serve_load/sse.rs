@@ -183,9 +183,12 @@ pub(super) async fn stalled_client(addr: SocketAddr) -> std::io::Result<tokio::n
         format!("GET /v1/events HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\n\r\n");
     s.write_all(request.as_bytes()).await?;
     let mut status = [0u8; 12];
-    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_exact(&mut status))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        s.read_exact(&mut status),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
     if &status != b"HTTP/1.1 200" {
         return Err(std::io::Error::other(format!(
             "the change stream was refused: {}",
