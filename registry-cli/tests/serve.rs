@@ -485,6 +485,16 @@ async fn events_stream_changes_and_resume_without_gaps_or_repeats() {
         .register(Instance::new("web", "w2").addr("10.0.0.3:80"))
         .await
         .unwrap();
+    // Applied before d1 is written: changes that reach the directory in one batch are published
+    // service by service (db before web), and `register` returns before the reader has seen its
+    // write (the caller writes it itself since issue 30), so without this wait the order of the
+    // two inserts below would be the directory's, not this test's.
+    for _ in 0..1000 {
+        if h.dir.get("web").len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let _d1 = h
         .writer
         .register(Instance::new("db", "d1").addr("10.0.0.4:5432"))
