@@ -323,7 +323,7 @@ impl<H: Hook> Backend for Forward<H> {
             return writes.iter().map(|_| Err(e.clone())).collect();
         }
         let answer = self.inner.put_if_many(writes.clone()).await;
-        self.hook.after(&Call::PutIfMany { writes: &writes }).await;
+        self.hook.after(&call).await;
         answer
     }
 

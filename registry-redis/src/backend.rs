@@ -507,14 +507,26 @@ impl RedisBackend {
                 ],
             )
             .await?;
-        match rest.as_slice() {
+        self.cond_outcome(epoch, k.to_owned(), &rest, what)
+    }
+
+    /// A conditional write's outcome as its script answers it after the epoch: `{1, revision}`
+    /// applied, `{0}` failed on an absent key, `{0, value, meta}` failed with what the key holds.
+    fn cond_outcome(
+        &self,
+        epoch: u64,
+        key: String,
+        reply: &[Value],
+        what: &str,
+    ) -> Result<CondOutcome> {
+        match reply {
             [applied, rev] if as_u64(applied) == Some(1) => {
                 let rev = as_u64(rev).ok_or_else(|| bad_reply(what))?;
                 Ok(CondOutcome::Applied(compose(epoch, rev)))
             }
             [failed] if as_u64(failed) == Some(0) => Ok(CondOutcome::Failed(None)),
             [failed, value, meta] if as_u64(failed) == Some(0) => self
-                .kv(epoch, k.to_owned(), value, meta)
+                .kv(epoch, key, value, meta)
                 .map(|kv| CondOutcome::Failed(Some(kv)))
                 .ok_or_else(|| bad_reply(what)),
             _ => Err(bad_reply(what)),
@@ -591,24 +603,15 @@ impl RedisBackend {
             .collect()
     }
 
-    /// One write's outcome in a [`scripts::PUT_IF_MANY`] reply.
+    /// One write's outcome in a [`scripts::PUT_IF_MANY`] reply: a conditional write's, or `{2}`
+    /// when the condition held and the lease is gone.
     fn batch_outcome(&self, epoch: u64, key: String, reply: Value) -> Result<CondOutcome> {
-        const WHAT: &str = "conditional put batch";
         let reply = as_array(reply)?;
         match reply.as_slice() {
-            [applied, rev] if as_u64(applied) == Some(1) => {
-                let rev = as_u64(rev).ok_or_else(|| bad_reply(WHAT))?;
-                Ok(CondOutcome::Applied(compose(epoch, rev)))
-            }
             [gone] if as_u64(gone) == Some(2) => Err(Error::lease_not_found(
                 "the lease has expired or was revoked",
             )),
-            [failed] if as_u64(failed) == Some(0) => Ok(CondOutcome::Failed(None)),
-            [failed, value, meta] if as_u64(failed) == Some(0) => self
-                .kv(epoch, key, value, meta)
-                .map(|kv| CondOutcome::Failed(Some(kv)))
-                .ok_or_else(|| bad_reply(WHAT)),
-            _ => Err(bad_reply(WHAT)),
+            reply => self.cond_outcome(epoch, key, reply, "conditional put batch"),
         }
     }
 

@@ -14,6 +14,15 @@ use super::{Cmd, Fast, Keeper, Member, Next, Written};
 use crate::write::observer::RegistrationEvent;
 use crate::write::state::{RegistrationState, closed};
 
+/// How a registration's compare-and-swap (after its create found the key) ended: written, or
+/// the key changed meanwhile.
+fn swapped(outcome: CondOutcome) -> Written {
+    match outcome {
+        CondOutcome::Applied(_) => Written::Done,
+        _ => Written::Raced,
+    }
+}
+
 /// Batch calls in flight when the backend writes registrations in batches (see
 /// [`Keeper::write_shape`]): one being applied, the next on its way.
 const BATCHES_IN_FLIGHT: usize = 2;
@@ -470,13 +479,8 @@ impl Keeper {
             Next::Done(w) => Ok(w),
             Next::Swap(rev) => {
                 let cond = Condition::Revision(rev);
-                match self
-                    .call(self.backend.put_if(key, value, Some(lease), cond))
-                    .await?
-                {
-                    CondOutcome::Applied(_) => Ok(Written::Done),
-                    _ => Ok(Written::Raced),
-                }
+                let swap = self.call(self.backend.put_if(key, value, Some(lease), cond));
+                Ok(swapped(swap.await?))
             }
         }
     }
@@ -529,11 +533,7 @@ impl Keeper {
             .collect();
         let outcomes = self.call_many(writes).await;
         for ((key, value, _), outcome) in swaps.into_iter().zip(outcomes) {
-            let written = outcome.map(|o| match o {
-                CondOutcome::Applied(_) => Written::Done,
-                _ => Written::Raced,
-            });
-            out.push((key, value, written));
+            out.push((key, value, outcome.map(swapped)));
         }
         out
     }
